@@ -1,0 +1,38 @@
+# ScaleML: `make install` sets up .venv (MPI included), `make test` runs the tests,
+# `make bench` runs the first real job (sparse AllReduce vs MPI_Allreduce, 4 ranks).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MPIEXEC := $(VENV)/bin/mpiexec
+BENCH_ARGS ?= --n 4194304 --density 0.01 --iterations 10
+
+.PHONY: install build test lint bench sanitize clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+
+# Rebuild the C core in place after editing csrc/.
+build:
+	$(PY) setup.py --quiet build_ext --inplace
+
+test:
+	$(PY) -m pytest -q
+
+lint:
+	$(VENV)/bin/ruff check scaleml tests bench
+
+bench:
+	$(MPIEXEC) -n 4 $(PY) -m scaleml.bench $(BENCH_ARGS)
+
+# The C core built with AddressSanitizer and UBSan, then the MPI tests.
+sanitize:
+	SCALEML_CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	SCALEML_LDFLAGS="-fsanitize=address,undefined" $(PY) setup.py --quiet build_ext --inplace --force
+	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		$(PY) -m pytest -q -x tests/test_sparse_allreduce.py
+	$(PY) setup.py --quiet build_ext --inplace --force
+
+clean:
+	rm -rf build scaleml/_core*.so scaleml/_core.c *.egg-info

@@ -1,0 +1,50 @@
+/*
+ * The C API of ScaleML's core, as the Python extension sees it (this file is
+ * also the cffi cdef, so it holds only plain declarations).
+ *
+ * A communicator is passed as the address of an MPI_Comm handle (mpi4py's
+ * MPI._addressof(comm)), which works for both int (MPICH) and pointer
+ * (Open MPI) handles as long as the extension and mpi4py use the same MPI.
+ */
+
+/* Algorithms of scaleml_sparse_allreduce. */
+#define SCALEML_ALG_RECURSIVE_DOUBLING 1
+#define SCALEML_ALG_SPLIT_ALLGATHER 2
+#define SCALEML_ALG_SPLIT_DENSE 3
+#define SCALEML_ALG_DENSE 4
+
+/* Fields of scaleml_consensus: the first SCALEML_CONSENSUS_MAX_FIELDS are
+ * reduced with MAX, the remaining ones with SUM. */
+#define SCALEML_CONSENSUS_FIELDS 16
+#define SCALEML_CONSENSUS_MAX_FIELDS 14
+
+typedef struct scaleml_result scaleml_result;
+
+/* Sum the sparse vectors (indices sorted, unique, in [0, n); nnz entries) of
+ * all ranks. With dense_input, values holds n values and indices is ignored.
+ * On success *result holds the sum (free with scaleml_result_free). */
+int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes,
+                             int value_bytes, int dense_input, uint64_t nnz, const void *indices,
+                             const void *values, scaleml_result **result, uint64_t *bytes_sent);
+
+/* Write the result into n dense values. */
+void scaleml_result_to_dense(const scaleml_result *result, void *dense);
+/* Number of entries scaleml_result_to_sparse writes. */
+uint64_t scaleml_result_sparse_count(const scaleml_result *result);
+/* Write the result as sorted (index, value) entries; returns how many. */
+uint64_t scaleml_result_to_sparse(const scaleml_result *result, void *indices, void *values);
+/* 1 when every segment of the result is dense. */
+int scaleml_result_is_dense(const scaleml_result *result);
+void scaleml_result_free(scaleml_result *result);
+
+/* One MPI_Allreduce over SCALEML_CONSENSUS_FIELDS int64 fields (MAX, then SUM):
+ * how ranks agree on arguments and errors before a collective starts. */
+int scaleml_consensus(uintptr_t comm_address, const int64_t *in, int64_t *out);
+
+/* Detailed message of the last error on this thread. */
+const char *scaleml_error_message(void);
+
+/* The MPI this extension was compiled against. */
+const char *scaleml_mpi_vendor(void);
+int scaleml_mpi_comm_handle_bytes(void);
+int scaleml_mpi_version(void);

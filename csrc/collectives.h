@@ -1,0 +1,59 @@
+/*
+ * The sparse AllReduce family. Every algorithm takes the same context (a
+ * private communicator, the local input as a sparse or dense segment over
+ * [0, n)) and leaves the identical global sum on every rank in a
+ * scaleml_result, as one or more segments that together cover [0, n).
+ *
+ * Cost notation in the header comment of each algorithm file: P ranks, n the
+ * dimension, k the local nnz, K the nnz of the sum, c_s = index + value bytes,
+ * c_d = value bytes, alpha the latency per message, beta seconds per byte.
+ */
+#ifndef SCALEML_COLLECTIVES_H
+#define SCALEML_COLLECTIVES_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "sparse_vector.h"
+
+typedef struct {
+    MPI_Comm comm;
+    int rank, size;
+    uint64_t n;
+    int index_bytes, value_bytes;
+    sv_segment input;     /* view of the caller's data over [0, n) */
+    uint64_t bytes_sent;  /* bytes this rank put on the wire */
+} sa_context;
+
+/* The result: segments in index order covering [0, n), plus the heap blocks
+ * they live in. */
+struct scaleml_result {
+    int nsegments;
+    sv_segment *segments;
+    void *block;          /* one shared block behind view segments, or NULL */
+    uint64_t n;
+};
+typedef struct scaleml_result scaleml_result;
+
+/* Allocate a result with nsegments empty segments. */
+int result_init(scaleml_result *res, int nsegments, uint64_t n);
+
+int sparse_allreduce_recursive_doubling(sa_context *ctx, scaleml_result *res);
+int sparse_allreduce_split_allgather(sa_context *ctx, scaleml_result *res);
+int sparse_allreduce_split_dense(sa_context *ctx, scaleml_result *res);
+int dense_allreduce(sa_context *ctx, scaleml_result *res);
+
+/* Shared first phase of the split algorithms: rank j ends up with the sum
+ * over all ranks of index range j (cu_block_range); dense when
+ * dense_result, else in the form the densify rule gives. */
+int sparse_reduce_scatter(sa_context *ctx, int dense_result, sv_segment *mine);
+
+/* Tags on the private communicator, one per step kind. */
+enum {
+    TAG_RD_FOLD_IN = 101,
+    TAG_RD_ROUND = 102,
+    TAG_RD_FOLD_OUT = 103,
+    TAG_REDUCE_SCATTER = 201
+};
+
+#endif

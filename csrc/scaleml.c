@@ -1,0 +1,147 @@
+/* Entry points of the C core: algorithm dispatch, results, consensus, build facts. */
+#include <mpi.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "collectives.h"
+#include "comm_util.h"
+#include "api_collectives.h"
+
+int result_init(scaleml_result *res, int nsegments, uint64_t n)
+{
+    res->segments = calloc((size_t)nsegments, sizeof *res->segments);
+    if (!res->segments) return sv_fail(SCALEML_ERR_NOMEM, "out of memory for %d segments", nsegments);
+    res->nsegments = nsegments;
+    res->block = NULL;
+    res->n = n;
+    return SCALEML_OK;
+}
+
+void scaleml_result_free(scaleml_result *res)
+{
+    if (!res) return;
+    for (int i = 0; i < res->nsegments; i++) sv_free(&res->segments[i]);
+    free(res->segments);
+    free(res->block);
+    free(res);
+}
+
+int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes,
+                             int value_bytes, int dense_input, uint64_t nnz, const void *indices,
+                             const void *values, scaleml_result **result, uint64_t *bytes_sent)
+{
+    *result = NULL;
+    if ((index_bytes != 4 && index_bytes != 8) || (value_bytes != 4 && value_bytes != 8))
+        return sv_fail(SCALEML_ERR_ARG, "index and value widths must be 4 or 8 bytes");
+    if (index_bytes == 4 && n > (UINT64_C(1) << 32))
+        return sv_fail(SCALEML_ERR_ARG, "n = %llu needs 64-bit indices", (unsigned long long)n);
+    if (!dense_input && nnz > n)
+        return sv_fail(SCALEML_ERR_ARG, "nnz %llu exceeds n %llu", (unsigned long long)nnz,
+                       (unsigned long long)n);
+
+    sa_context ctx = {.comm = *(const MPI_Comm *)comm_address, .n = n, .index_bytes = index_bytes,
+                      .value_bytes = value_bytes, .bytes_sent = 0};
+    int rc = cu_check(MPI_Comm_rank(ctx.comm, &ctx.rank), "MPI_Comm_rank");
+    if (!rc) rc = cu_check(MPI_Comm_size(ctx.comm, &ctx.size), "MPI_Comm_size");
+    if (rc) return rc;
+    if (dense_input)
+        ctx.input = (sv_segment){.offset = 0, .len = n, .nnz = n, .dense = 1, .index_bytes = index_bytes,
+                                 .value_bytes = value_bytes, .values = (void *)values};
+    else
+        sv_view_sparse(&ctx.input, 0, n, nnz, indices, values, index_bytes, value_bytes);
+
+    scaleml_result *res = calloc(1, sizeof *res);
+    if (!res) return sv_fail(SCALEML_ERR_NOMEM, "out of memory");
+    switch (algorithm) {
+    case SCALEML_ALG_RECURSIVE_DOUBLING: rc = sparse_allreduce_recursive_doubling(&ctx, res); break;
+    case SCALEML_ALG_SPLIT_ALLGATHER: rc = sparse_allreduce_split_allgather(&ctx, res); break;
+    case SCALEML_ALG_SPLIT_DENSE: rc = sparse_allreduce_split_dense(&ctx, res); break;
+    case SCALEML_ALG_DENSE: rc = dense_allreduce(&ctx, res); break;
+    default: rc = sv_fail(SCALEML_ERR_ARG, "unknown algorithm %d", algorithm);
+    }
+    if (bytes_sent) *bytes_sent = ctx.bytes_sent;
+    if (rc) {
+        scaleml_result_free(res);
+        return rc;
+    }
+    *result = res;
+    return SCALEML_OK;
+}
+
+void scaleml_result_to_dense(const scaleml_result *res, void *dense)
+{
+    for (int i = 0; i < res->nsegments; i++) {
+        const sv_segment *s = &res->segments[i];
+        sv_write_dense(s, (char *)dense + s->offset * (unsigned)s->value_bytes);
+    }
+}
+
+uint64_t scaleml_result_sparse_count(const scaleml_result *res)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < res->nsegments; i++) total += sv_sparse_entry_count(&res->segments[i]);
+    return total;
+}
+
+uint64_t scaleml_result_to_sparse(const scaleml_result *res, void *indices, void *values)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < res->nsegments; i++) {
+        const sv_segment *s = &res->segments[i];
+        total += sv_write_sparse(s, (char *)indices + total * (unsigned)s->index_bytes,
+                                 (char *)values + total * (unsigned)s->value_bytes);
+    }
+    return total;
+}
+
+int scaleml_result_is_dense(const scaleml_result *res)
+{
+    for (int i = 0; i < res->nsegments; i++)
+        if (!res->segments[i].dense) return 0;
+    return 1;
+}
+
+/* MAX over the first fields, SUM over the rest. */
+static void consensus_op(void *in, void *inout, int *len, MPI_Datatype *type)
+{
+    (void)type;  /* always the record type: MPI never splits a record */
+    for (int r = 0; r < *len; r++) {
+        const int64_t *a = (const int64_t *)in + r * SCALEML_CONSENSUS_FIELDS;
+        int64_t *b = (int64_t *)inout + r * SCALEML_CONSENSUS_FIELDS;
+        for (int i = 0; i < SCALEML_CONSENSUS_MAX_FIELDS; i++) b[i] = a[i] > b[i] ? a[i] : b[i];
+        for (int i = SCALEML_CONSENSUS_MAX_FIELDS; i < SCALEML_CONSENSUS_FIELDS; i++) b[i] += a[i];
+    }
+}
+
+int scaleml_consensus(uintptr_t comm_address, const int64_t *in, int64_t *out)
+{
+    /* Created once and kept: MPI frees them at MPI_Finalize. */
+    static MPI_Op op = MPI_OP_NULL;
+    static MPI_Datatype record = MPI_DATATYPE_NULL;
+    MPI_Comm comm = *(const MPI_Comm *)comm_address;
+    int rc;
+    if (record == MPI_DATATYPE_NULL) {
+        if ((rc = cu_check(MPI_Type_contiguous(SCALEML_CONSENSUS_FIELDS, MPI_INT64_T, &record),
+                           "MPI_Type_contiguous")) ||
+            (rc = cu_check(MPI_Type_commit(&record), "MPI_Type_commit")))
+            return rc;
+    }
+    if (op == MPI_OP_NULL && (rc = cu_check(MPI_Op_create(consensus_op, 1, &op), "MPI_Op_create")))
+        return rc;
+    return cu_check(MPI_Allreduce(in, out, 1, record, op, comm), "MPI_Allreduce");
+}
+
+const char *scaleml_mpi_vendor(void)
+{
+#if defined(OPEN_MPI)
+    return "Open MPI";
+#elif defined(MPICH_VERSION) || defined(MPICH)
+    return "MPICH";
+#else
+    return "unknown";
+#endif
+}
+
+int scaleml_mpi_comm_handle_bytes(void) { return (int)sizeof(MPI_Comm); }
+
+int scaleml_mpi_version(void) { return MPI_VERSION * 10 + MPI_SUBVERSION; }

@@ -1,0 +1,387 @@
+/* Sparse vector segments: merge, densify rule, wire format. See sparse_vector.h. */
+#include "sparse_vector.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local char sv_error_message[512];
+
+int sv_fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sv_error_message, sizeof sv_error_message, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *scaleml_error_message(void)
+{
+    return sv_error_message;
+}
+
+int sv_should_densify(uint64_t nnz, uint64_t len, int index_bytes, int value_bytes)
+{
+    /* 128-bit products: nnz and len may be close to 2^64. */
+    unsigned __int128 sparse_bytes = (unsigned __int128)nnz * (unsigned)(index_bytes + value_bytes);
+    unsigned __int128 dense_bytes = (unsigned __int128)len * (unsigned)value_bytes;
+    return len > 0 && sparse_bytes >= dense_bytes;
+}
+
+/* ---- type-generic kernels: one instance per (index type, value type) ---- */
+
+#define SV_DEFINE_KERNELS(SUFFIX, IT, VT)                                              \
+    static uint64_t merge_##SUFFIX(const IT *ai, const VT *av, uint64_t an,            \
+                                   const IT *bi, const VT *bv, uint64_t bn,            \
+                                   IT *oi, VT *ov)                                     \
+    {                                                                                  \
+        uint64_t i = 0, j = 0, k = 0;                                                  \
+        while (i < an && j < bn) {                                                     \
+            if (ai[i] < bi[j]) {                                                       \
+                oi[k] = ai[i]; ov[k++] = av[i++];                                      \
+            } else if (bi[j] < ai[i]) {                                                \
+                oi[k] = bi[j]; ov[k++] = bv[j++];                                      \
+            } else {                                                                   \
+                oi[k] = ai[i]; ov[k++] = av[i++] + bv[j++];                            \
+            }                                                                          \
+        }                                                                              \
+        for (; i < an; i++, k++) { oi[k] = ai[i]; ov[k] = av[i]; }                     \
+        for (; j < bn; j++, k++) { oi[k] = bi[j]; ov[k] = bv[j]; }                     \
+        return k;                                                                      \
+    }                                                                                  \
+    static void scatter_add_##SUFFIX(VT *dense, uint64_t offset, const IT *idx,        \
+                                     const VT *val, uint64_t nnz)                      \
+    {                                                                                  \
+        for (uint64_t i = 0; i < nnz; i++) dense[idx[i] - offset] += val[i];           \
+    }                                                                                  \
+    static void scatter_set_##SUFFIX(VT *dense, uint64_t offset, const IT *idx,        \
+                                     const VT *val, uint64_t nnz)                      \
+    {                                                                                  \
+        for (uint64_t i = 0; i < nnz; i++) dense[idx[i] - offset] = val[i];            \
+    }                                                                                  \
+    static uint64_t lower_bound_##SUFFIX(const IT *idx, uint64_t nnz, uint64_t key)    \
+    {                                                                                  \
+        uint64_t lo = 0, hi = nnz;                                                     \
+        while (lo < hi) {                                                              \
+            uint64_t mid = lo + (hi - lo) / 2;                                         \
+            if ((uint64_t)idx[mid] < key) lo = mid + 1; else hi = mid;                 \
+        }                                                                              \
+        return lo;                                                                     \
+    }                                                                                  \
+    static int check_indices_##SUFFIX(const IT *idx, uint64_t nnz, uint64_t lo,        \
+                                      uint64_t hi)                                     \
+    {                                                                                  \
+        for (uint64_t i = 0; i < nnz; i++) {                                           \
+            uint64_t x = idx[i];                                                       \
+            if (x < lo || x >= hi) return 0;                                           \
+            if (i > 0 && idx[i - 1] >= idx[i]) return 0;                               \
+        }                                                                              \
+        return 1;                                                                      \
+    }                                                                                  \
+    static uint64_t extract_nonzeros_##SUFFIX(const VT *dense, uint64_t offset,        \
+                                              uint64_t len, IT *oi, VT *ov)            \
+    {                                                                                  \
+        uint64_t k = 0;                                                                \
+        for (uint64_t i = 0; i < len; i++) {                                           \
+            if (dense[i] != 0) {                                                       \
+                if (oi) { oi[k] = (IT)(offset + i); ov[k] = dense[i]; }                \
+                k++;                                                                   \
+            }                                                                          \
+        }                                                                              \
+        return k;                                                                      \
+    }
+
+SV_DEFINE_KERNELS(u32_f32, uint32_t, float)
+SV_DEFINE_KERNELS(u32_f64, uint32_t, double)
+SV_DEFINE_KERNELS(u64_f32, uint64_t, float)
+SV_DEFINE_KERNELS(u64_f64, uint64_t, double)
+
+/* Call KERNEL_<suffix>(args...) for the segment's index and value widths. */
+#define SV_DISPATCH(ib, vb, KERNEL, ...)                                     \
+    ((ib) == 4 ? ((vb) == 4 ? KERNEL##_u32_f32(__VA_ARGS__)                  \
+                            : KERNEL##_u32_f64(__VA_ARGS__))                 \
+               : ((vb) == 4 ? KERNEL##_u64_f32(__VA_ARGS__)                  \
+                            : KERNEL##_u64_f64(__VA_ARGS__)))
+#define SV_DISPATCH_VOID(ib, vb, KERNEL, ...)                                \
+    do {                                                                     \
+        if ((ib) == 4 && (vb) == 4) KERNEL##_u32_f32(__VA_ARGS__);           \
+        else if ((ib) == 4) KERNEL##_u32_f64(__VA_ARGS__);                   \
+        else if ((vb) == 4) KERNEL##_u64_f32(__VA_ARGS__);                   \
+        else KERNEL##_u64_f64(__VA_ARGS__);                                  \
+    } while (0)
+
+static void dense_add(void *acc, const void *b, uint64_t len, int value_bytes)
+{
+    if (value_bytes == 4) {
+        float *restrict a = acc;
+        const float *restrict x = b;
+        for (uint64_t i = 0; i < len; i++) a[i] += x[i];
+    } else {
+        double *restrict a = acc;
+        const double *restrict x = b;
+        for (uint64_t i = 0; i < len; i++) a[i] += x[i];
+    }
+}
+
+/* ---- allocation and views ---- */
+
+static int checked_bytes(uint64_t count, int width, size_t *out)
+{
+    if (count > (uint64_t)(SIZE_MAX / 2) / (unsigned)width)
+        return sv_fail(SCALEML_ERR_TOO_LARGE, "a buffer of %llu entries does not fit in memory",
+                       (unsigned long long)count);
+    *out = (size_t)count * (unsigned)width;
+    return SCALEML_OK;
+}
+
+static size_t pad8(size_t x) { return (x + 7) & ~(size_t)7; }
+
+int sv_alloc_sparse(sv_segment *s, uint64_t offset, uint64_t len, uint64_t cap,
+                    int index_bytes, int value_bytes)
+{
+    size_t ibytes = 0, vbytes = 0;
+    int rc;
+    if ((rc = checked_bytes(cap, index_bytes, &ibytes)) || (rc = checked_bytes(cap, value_bytes, &vbytes)))
+        return rc;
+    char *block = malloc(pad8(ibytes) + vbytes + 8);
+    if (!block)
+        return sv_fail(SCALEML_ERR_NOMEM, "out of memory allocating %llu sparse entries",
+                       (unsigned long long)cap);
+    *s = (sv_segment){.offset = offset, .len = len, .nnz = 0, .dense = 0,
+                      .index_bytes = index_bytes, .value_bytes = value_bytes,
+                      .indices = block, .values = block + pad8(ibytes), .owned = block};
+    return SCALEML_OK;
+}
+
+int sv_alloc_dense(sv_segment *s, uint64_t offset, uint64_t len, int index_bytes, int value_bytes)
+{
+    size_t vbytes = 0;
+    int rc = checked_bytes(len, value_bytes, &vbytes);
+    if (rc) return rc;
+    void *block = calloc(vbytes ? vbytes : 1, 1);
+    if (!block)
+        return sv_fail(SCALEML_ERR_NOMEM, "out of memory allocating a dense segment of %llu values",
+                       (unsigned long long)len);
+    *s = (sv_segment){.offset = offset, .len = len, .nnz = len, .dense = 1,
+                      .index_bytes = index_bytes, .value_bytes = value_bytes,
+                      .indices = NULL, .values = block, .owned = block};
+    return SCALEML_OK;
+}
+
+void sv_free(sv_segment *s)
+{
+    free(s->owned);
+    s->owned = s->indices = s->values = NULL;
+    s->nnz = 0;
+}
+
+void sv_view_sparse(sv_segment *s, uint64_t offset, uint64_t len, uint64_t nnz,
+                    const void *indices, const void *values, int index_bytes, int value_bytes)
+{
+    *s = (sv_segment){.offset = offset, .len = len, .nnz = nnz, .dense = 0,
+                      .index_bytes = index_bytes, .value_bytes = value_bytes,
+                      .indices = (void *)indices, .values = (void *)values, .owned = NULL};
+}
+
+void sv_slice(const sv_segment *v, uint64_t offset, uint64_t len, sv_segment *view)
+{
+    *view = *v;
+    view->owned = NULL;
+    view->offset = offset;
+    view->len = len;
+    if (v->dense) {
+        view->values = (char *)v->values + (offset - v->offset) * (unsigned)v->value_bytes;
+        view->nnz = len;
+        return;
+    }
+    uint64_t lo = SV_DISPATCH(v->index_bytes, v->value_bytes, lower_bound, v->indices, v->nnz, offset);
+    uint64_t hi = SV_DISPATCH(v->index_bytes, v->value_bytes, lower_bound, v->indices, v->nnz, offset + len);
+    view->nnz = hi - lo;
+    view->indices = (char *)v->indices + lo * (unsigned)v->index_bytes;
+    view->values = (char *)v->values + lo * (unsigned)v->value_bytes;
+}
+
+static void copy_values(void *dst, const void *src, uint64_t count, int width)
+{
+    if (count) memcpy(dst, src, (size_t)count * (unsigned)width);
+}
+
+int sv_copy(const sv_segment *src, sv_segment *dst)
+{
+    int rc;
+    if (src->dense) {
+        if ((rc = sv_alloc_dense(dst, src->offset, src->len, src->index_bytes, src->value_bytes)))
+            return rc;
+        copy_values(dst->values, src->values, src->len, src->value_bytes);
+        return SCALEML_OK;
+    }
+    if ((rc = sv_alloc_sparse(dst, src->offset, src->len, src->nnz, src->index_bytes, src->value_bytes)))
+        return rc;
+    copy_values(dst->indices, src->indices, src->nnz, src->index_bytes);
+    copy_values(dst->values, src->values, src->nnz, src->value_bytes);
+    dst->nnz = src->nnz;
+    return SCALEML_OK;
+}
+
+int sv_densify(sv_segment *s)
+{
+    if (s->dense && s->owned) return SCALEML_OK;
+    sv_segment d;
+    int rc = sv_alloc_dense(&d, s->offset, s->len, s->index_bytes, s->value_bytes);
+    if (rc) return rc;
+    if (s->dense)
+        copy_values(d.values, s->values, s->len, s->value_bytes);
+    else
+        SV_DISPATCH_VOID(s->index_bytes, s->value_bytes, scatter_set, d.values, s->offset,
+                         s->indices, s->values, s->nnz);
+    sv_free(s);
+    *s = d;
+    return SCALEML_OK;
+}
+
+int sv_apply_densify_rule(sv_segment *s)
+{
+    if (!s->dense && sv_should_densify(s->nnz, s->len, s->index_bytes, s->value_bytes))
+        return sv_densify(s);
+    return SCALEML_OK;
+}
+
+int sv_accumulate(sv_segment *acc, const sv_segment *b)
+{
+    int rc;
+    if (!acc->owned && acc->dense) { /* a dense view: own a copy before writing */
+        sv_segment copy;
+        if ((rc = sv_copy(acc, &copy))) return rc;
+        *acc = copy;
+    }
+    if (acc->dense) {
+        if (b->dense)
+            dense_add(acc->values, b->values, acc->len, acc->value_bytes);
+        else
+            SV_DISPATCH_VOID(acc->index_bytes, acc->value_bytes, scatter_add, acc->values,
+                             acc->offset, b->indices, b->values, b->nnz);
+        return SCALEML_OK;
+    }
+    if (b->dense) {
+        sv_segment d;
+        if ((rc = sv_copy(b, &d))) return rc;
+        SV_DISPATCH_VOID(acc->index_bytes, acc->value_bytes, scatter_add, d.values, d.offset,
+                         acc->indices, acc->values, acc->nnz);
+        sv_free(acc);
+        *acc = d;
+        return SCALEML_OK;
+    }
+    /* Both sparse. The union holds at least max(nnz_a, nnz_b) entries: when
+     * that alone is dense by the rule, add into a dense buffer directly. */
+    sv_segment out;
+    uint64_t larger = acc->nnz > b->nnz ? acc->nnz : b->nnz;
+    if (sv_should_densify(larger, acc->len, acc->index_bytes, acc->value_bytes)) {
+        if ((rc = sv_densify(acc))) return rc;
+        SV_DISPATCH_VOID(acc->index_bytes, acc->value_bytes, scatter_add, acc->values,
+                         acc->offset, b->indices, b->values, b->nnz);
+        return SCALEML_OK;
+    }
+    if ((rc = sv_alloc_sparse(&out, acc->offset, acc->len, acc->nnz + b->nnz, acc->index_bytes,
+                              acc->value_bytes)))
+        return rc;
+    out.nnz = SV_DISPATCH(acc->index_bytes, acc->value_bytes, merge, acc->indices, acc->values,
+                          acc->nnz, b->indices, b->values, b->nnz, out.indices, out.values);
+    sv_free(acc);
+    *acc = out;
+    return sv_apply_densify_rule(acc);
+}
+
+/* ---- wire format ---- */
+
+size_t sv_wire_bytes(const sv_segment *s)
+{
+    if (s->dense) return SV_WIRE_HEADER_BYTES + (size_t)s->len * (unsigned)s->value_bytes;
+    return SV_WIRE_HEADER_BYTES + pad8((size_t)s->nnz * (unsigned)s->index_bytes) +
+           (size_t)s->nnz * (unsigned)s->value_bytes;
+}
+
+void sv_pack(const sv_segment *s, void *buf)
+{
+    uint64_t header[2] = {s->dense ? SV_WIRE_DENSE : SV_WIRE_SPARSE, s->nnz};
+    char *p = buf;
+    memcpy(p, header, sizeof header);
+    p += SV_WIRE_HEADER_BYTES;
+    if (s->dense) {
+        copy_values(p, s->values, s->len, s->value_bytes);
+        return;
+    }
+    size_t ibytes = (size_t)s->nnz * (unsigned)s->index_bytes;
+    copy_values(p, s->indices, s->nnz, s->index_bytes);
+    memset(p + ibytes, 0, pad8(ibytes) - ibytes);
+    copy_values(p + pad8(ibytes), s->values, s->nnz, s->value_bytes);
+}
+
+int sv_unpack(const void *buf, size_t bytes, uint64_t offset, uint64_t len,
+              int index_bytes, int value_bytes, sv_segment *view)
+{
+    uint64_t header[2];
+    if (bytes < SV_WIRE_HEADER_BYTES)
+        return sv_fail(SCALEML_ERR_MALFORMED, "malformed message: %zu bytes, shorter than its header",
+                       bytes);
+    memcpy(header, buf, sizeof header);
+    const char *p = (const char *)buf + SV_WIRE_HEADER_BYTES;
+    size_t body = bytes - SV_WIRE_HEADER_BYTES;
+    if (header[0] == SV_WIRE_DENSE) {
+        if (header[1] != len || body != (size_t)len * (unsigned)value_bytes)
+            return sv_fail(SCALEML_ERR_MALFORMED,
+                           "malformed message: dense segment of %llu values in %zu bytes, expected %llu values",
+                           (unsigned long long)header[1], body, (unsigned long long)len);
+        *view = (sv_segment){.offset = offset, .len = len, .nnz = len, .dense = 1,
+                             .index_bytes = index_bytes, .value_bytes = value_bytes,
+                             .indices = NULL, .values = (void *)p, .owned = NULL};
+        return SCALEML_OK;
+    }
+    if (header[0] != SV_WIRE_SPARSE)
+        return sv_fail(SCALEML_ERR_MALFORMED, "malformed message: unknown form tag %#llx",
+                       (unsigned long long)header[0]);
+    uint64_t nnz = header[1];
+    if (nnz > len || body != pad8((size_t)nnz * (unsigned)index_bytes) + (size_t)nnz * (unsigned)value_bytes)
+        return sv_fail(SCALEML_ERR_MALFORMED,
+                       "malformed message: sparse segment claims %llu entries in %zu bytes",
+                       (unsigned long long)nnz, body);
+    sv_view_sparse(view, offset, len, nnz, p, p + pad8((size_t)nnz * (unsigned)index_bytes),
+                   index_bytes, value_bytes);
+    if (!SV_DISPATCH(index_bytes, value_bytes, check_indices, view->indices, nnz, offset, offset + len))
+        return sv_fail(SCALEML_ERR_MALFORMED,
+                       "malformed message: indices unsorted, repeated or outside [%llu, %llu)",
+                       (unsigned long long)offset, (unsigned long long)(offset + len));
+    return SCALEML_OK;
+}
+
+/* ---- output ---- */
+
+void sv_write_dense(const sv_segment *s, void *dense)
+{
+    if (s->dense) {
+        copy_values(dense, s->values, s->len, s->value_bytes);
+        return;
+    }
+    if (s->len) memset(dense, 0, (size_t)s->len * (unsigned)s->value_bytes);
+    SV_DISPATCH_VOID(s->index_bytes, s->value_bytes, scatter_set, dense, s->offset, s->indices,
+                     s->values, s->nnz);
+}
+
+uint64_t sv_sparse_entry_count(const sv_segment *s)
+{
+    if (!s->dense) return s->nnz;
+    return SV_DISPATCH(s->index_bytes, s->value_bytes, extract_nonzeros, s->values, s->offset,
+                       s->len, NULL, NULL);
+}
+
+uint64_t sv_write_sparse(const sv_segment *s, void *indices, void *values)
+{
+    if (!s->dense) {
+        copy_values(indices, s->indices, s->nnz, s->index_bytes);
+        copy_values(values, s->values, s->nnz, s->value_bytes);
+        return s->nnz;
+    }
+    return SV_DISPATCH(s->index_bytes, s->value_bytes, extract_nonzeros, s->values, s->offset,
+                       s->len, indices, values);
+}

@@ -1,0 +1,31 @@
+"""ScaleML: sparse and quantized collectives for data-parallel machine learning over MPI.
+
+>>> from mpi4py import MPI
+>>> import scaleml
+>>> comm = scaleml.Comm(MPI.COMM_WORLD)          # drop-in for the mpi4py communicator
+>>> comm.Allreduce(grad, out, op=MPI.SUM)
+>>> total = scaleml.sparse_allreduce(indices, values, n, MPI.COMM_WORLD)
+"""
+
+from __future__ import annotations
+
+from mpi4py import MPI  # noqa: F401  (loads libmpi before the extension does)
+
+from . import cost_model
+from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
+from .comm import Comm
+from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUILT_MPI_VENDOR",
+    "AllreduceInfo",
+    "Comm",
+    "MalformedMessageError",
+    "ScaleMLError",
+    "SparseVector",
+    "cost_model",
+    "index_dtype",
+    "sparse_allreduce",
+]

@@ -1,0 +1,88 @@
+"""cffi build script for ``scaleml._core``: compiles ``csrc/*.c`` against MPI.
+
+The MPI compiler wrapper is taken from ``$MPICC`` if set (a cluster's own MPI),
+else ``<sys.prefix>/bin/mpicc`` (the ``mpich`` package from PyPI), else
+``mpicc`` on ``PATH``. Its ``-show``/``-showme`` output gives the include and
+link flags; the extension also gets an rpath to the environment's ``lib`` so
+``libmpi`` is found at run time without ``LD_LIBRARY_PATH``, even when the
+build ran in a temporary environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+
+
+def find_mpicc() -> str:
+    candidates = [os.environ.get("MPICC"), str(Path(sys.prefix) / "bin" / "mpicc"), shutil.which("mpicc")]
+    for cand in candidates:
+        if cand and shutil.which(cand):
+            return cand
+    raise RuntimeError(
+        "no MPI C compiler wrapper found: install the 'mpich' package (pip install mpich) "
+        "or set MPICC to your MPI's mpicc"
+    )
+
+
+def mpi_flags(mpicc: str) -> dict[str, list[str]]:
+    """Split the wrapper's command line into include dirs, libraries and link args."""
+    for flag in ("-show", "-showme"):
+        try:
+            out = subprocess.run([mpicc, flag], capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        if out.strip():
+            break
+    else:
+        raise RuntimeError(f"{mpicc} answered neither -show nor -showme")
+    flags: dict[str, list[str]] = {"include_dirs": [], "library_dirs": [], "libraries": [], "extra_link_args": []}
+    tokens = shlex.split(out)[1:]  # drop the underlying compiler
+    for tok in tokens:
+        if tok.startswith("-I"):
+            flags["include_dirs"].append(tok[2:])
+        elif tok.startswith("-L"):
+            flags["library_dirs"].append(tok[2:])
+        elif tok.startswith("-l"):
+            flags["libraries"].append(tok[2:])
+        elif tok.startswith("-Wl,") or tok == "-pthread":
+            flags["extra_link_args"].append(tok)
+    for libdir in flags["library_dirs"] + [str(Path(sys.prefix) / "lib")]:
+        flags["extra_link_args"].append(f"-Wl,-rpath,{libdir}")
+    # Installed layout <prefix>/lib/pythonX.Y/site-packages/scaleml/_core*.so -> <prefix>/lib
+    flags["extra_link_args"].append("-Wl,-rpath,$ORIGIN/../../..")
+    return flags
+
+
+# Every csrc/api_*.h is both a cdef (plain declarations after its header
+# comment) and a header the generated C includes.
+API_HEADERS = sorted(CSRC.glob("api_*.h"))
+
+ffibuilder = FFI()
+for header in API_HEADERS:
+    ffibuilder.cdef(header.read_text().split("*/", 1)[1])
+_flags = mpi_flags(find_mpicc())
+ffibuilder.set_source(
+    "scaleml._core",
+    "#include <stdint.h>\n" + "".join(f'#include "{h.name}"\n' for h in API_HEADERS),
+    sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c")),
+    include_dirs=[str(CSRC)] + _flags["include_dirs"],
+    library_dirs=_flags["library_dirs"],
+    libraries=_flags["libraries"],
+    extra_compile_args=["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"]
+    + shlex.split(os.environ.get("SCALEML_CFLAGS", "")),
+    extra_link_args=_flags["extra_link_args"] + shlex.split(os.environ.get("SCALEML_LDFLAGS", "")),
+)
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    ffibuilder.compile(verbose=True)

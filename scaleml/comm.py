@@ -1,0 +1,232 @@
+"""``scaleml.Comm``: a drop-in for an mpi4py communicator whose ``Allreduce`` exploits sparsity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from . import cost_model
+from .sparse import (
+    AllreduceInfo,
+    _LocalError,
+    _run,
+    agree,
+    choose_algorithm,
+    index_dtype,
+    private_comm,
+)
+
+# mpi4py Datatypes are not hashable: a list of pairs.
+_FLOAT_TYPES = [(MPI.FLOAT, np.dtype(np.float32)), (MPI.DOUBLE, np.dtype(np.float64))]
+_NUMPY_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class _Unsupported(Exception):
+    """The buffer spec is not one the engine handles: MPI handles it."""
+
+
+def _parse_spec(spec: Any) -> tuple[Any, np.dtype, int | None, int]:
+    """Split an mpi4py buffer spec into (buffer, float dtype, count or None, displacement).
+
+    Accepts ``buf``, ``[buf, datatype]``, ``[buf, count, datatype]``,
+    ``[buf, (count, displ), datatype]`` and ``[buf, count, displ, datatype]``;
+    raises _Unsupported for anything that is not float32/float64 data.
+    """
+    datatype, count, displ = None, None, 0
+    if isinstance(spec, (list, tuple)):
+        if not 1 <= len(spec) <= 4:
+            raise _Unsupported
+        buf, *rest = spec
+        if rest and isinstance(rest[-1], MPI.Datatype):
+            datatype = rest.pop()
+        if len(rest) == 1 and isinstance(rest[0], tuple) and len(rest[0]) == 2:
+            count, displ = rest[0]
+        elif len(rest) == 1:
+            count = rest[0]
+        elif len(rest) == 2:
+            count, displ = rest
+        elif rest:
+            raise _Unsupported
+    else:
+        buf = spec
+    if datatype is not None:
+        dtype = next((dt for mpi_type, dt in _FLOAT_TYPES if datatype == mpi_type), None)
+        if dtype is None:
+            raise _Unsupported
+    elif isinstance(buf, np.ndarray) and buf.dtype in _NUMPY_FLOATS:
+        dtype = buf.dtype
+    else:
+        raise _Unsupported
+    if not (count is None or isinstance(count, (int, np.integer))) or not isinstance(displ, (int, np.integer)):
+        raise _Unsupported
+    return buf, dtype, None if count is None else int(count), int(displ)
+
+
+def _element_count(buf: Any, dtype: np.dtype, count: int | None) -> int:
+    if count is not None:
+        return count
+    nbytes = buf.nbytes if isinstance(buf, np.ndarray) else memoryview(buf).nbytes
+    return nbytes // dtype.itemsize
+
+
+def _as_array(buf: Any, dtype: np.dtype, count: int, displ: int, writable: bool) -> np.ndarray:
+    """A flat float view of ``count`` elements of ``buf`` (no copy); local errors as _LocalError."""
+    if isinstance(buf, np.ndarray):
+        if not buf.flags.c_contiguous:
+            raise _LocalError(2, ValueError("Allreduce: buffer is not contiguous (mpi4py requires contiguous "
+                                            "buffers; pass np.ascontiguousarray(x))"))
+        if writable and not buf.flags.writeable:
+            raise _LocalError(2, ValueError("Allreduce: receive buffer is read-only"))
+    try:
+        flat = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
+    except (TypeError, ValueError) as exc:
+        raise _LocalError(1, TypeError(f"Allreduce: object of type {type(buf).__name__} is not a "
+                                       f"contiguous buffer ({exc})")) from exc
+    if writable and not flat.flags.writeable:
+        raise _LocalError(2, ValueError("Allreduce: receive buffer is read-only"))
+    start, stop = displ * dtype.itemsize, (displ + count) * dtype.itemsize
+    if displ < 0 or count < 0 or stop > flat.size:
+        raise _LocalError(2, ValueError(f"Allreduce: {count} elements at displacement {displ} do not fit "
+                                        f"in a buffer of {flat.size} bytes"))
+    return flat[start:stop].view(dtype)
+
+
+class Comm:
+    """A drop-in replacement for an mpi4py intra-communicator.
+
+    ``Allreduce(sendbuf, recvbuf, op)`` takes every argument mpi4py's takes and
+    returns the same result; for ``MPI.SUM`` over float32/float64 buffers of at
+    least ``min_count`` elements it counts the non-zeros, and when the alpha-beta
+    model (:mod:`scaleml.cost_model`) predicts a sparse algorithm to be faster it
+    runs that one instead of ``MPI_Allreduce``. Everything else, and every other
+    attribute, is the wrapped communicator's.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm or Comm
+        The communicator to wrap (default ``MPI.COMM_WORLD``).
+    min_count : int
+        Messages smaller than this go straight to ``MPI_Allreduce`` (the
+        sparsity check would cost more than it can save).
+    algorithm : str
+        ``"auto"`` or one of :data:`scaleml.cost_model.ALGORITHMS` to force.
+
+    Examples
+    --------
+    >>> comm = scaleml.Comm(MPI.COMM_WORLD)   # the only line that changes
+    >>> comm.Allreduce(grad, out, op=MPI.SUM)
+    >>> comm.last_info.algorithm               # what ran, or None when MPI did
+    """
+
+    def __init__(self, comm: MPI.Intracomm | Comm = MPI.COMM_WORLD, *, min_count: int = 4096,
+                 algorithm: str = "auto") -> None:
+        if isinstance(comm, Comm):
+            comm = comm.mpi_comm
+        if not isinstance(comm, MPI.Intracomm):
+            raise TypeError(f"scaleml.Comm wraps an mpi4py Intracomm, got {type(comm).__name__}")
+        if algorithm != "auto" and algorithm not in cost_model.ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}")
+        self._comm = comm
+        self.min_count = int(min_count)
+        self.algorithm = algorithm
+        self.last_info: AllreduceInfo | None = None
+        """What the last ``Allreduce`` did; ``None`` when it went to MPI unchanged."""
+
+    @property
+    def mpi_comm(self) -> MPI.Intracomm:
+        """The wrapped mpi4py communicator."""
+        return self._comm
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._comm, name)
+
+    def __eq__(self, other: object) -> bool:
+        return self._comm == (other.mpi_comm if isinstance(other, Comm) else other)
+
+    def __hash__(self) -> int:
+        return hash(self._comm)
+
+    def __repr__(self) -> str:
+        return f"scaleml.Comm({self._comm!r}, min_count={self.min_count}, algorithm={self.algorithm!r})"
+
+    # Communicator constructors return wrapped communicators, so code that splits keeps the engine.
+    def Dup(self, info: MPI.Info | None = None) -> Comm:  # noqa: N802 (mpi4py's name)
+        """Duplicate the communicator (``MPI_Comm_dup``); returns a :class:`Comm`."""
+        dup = self._comm.Dup() if info is None else self._comm.Dup(info)
+        return Comm(dup, min_count=self.min_count, algorithm=self.algorithm)
+
+    def Split(self, color: int = 0, key: int = 0) -> Comm:  # noqa: N802
+        """Split the communicator (``MPI_Comm_split``); returns a :class:`Comm`."""
+        return Comm(self._comm.Split(color, key), min_count=self.min_count, algorithm=self.algorithm)
+
+    def Allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:  # noqa: N802
+        """Combine values from all processes and distribute the result to all (collective).
+
+        Same arguments and result as ``mpi4py.MPI.Comm.Allreduce``; see the
+        class docstring for when the sparse engine takes over.
+        """
+        self.last_info = None
+        plan = self._plan(sendbuf, recvbuf, op)
+        if plan is None:
+            return self._comm.Allreduce(sendbuf, recvbuf, op)
+        self._sparse_allreduce(sendbuf, recvbuf, op, *plan)
+        return None
+
+    def _plan(self, sendbuf: Any, recvbuf: Any, op: MPI.Op) -> tuple[np.dtype, int] | None:
+        """(dtype, count) when the engine may take this call, else None.
+
+        Decided only from what MPI requires to match across ranks (op, datatype,
+        count, IN_PLACE), so every rank makes the same decision.
+        """
+        if op != MPI.SUM:
+            return None
+        try:
+            buf, dtype, count, _ = _parse_spec(recvbuf)
+            n = _element_count(buf, dtype, count)
+        except (_Unsupported, TypeError, ValueError):
+            return None
+        return (dtype, n) if n >= self.min_count else None
+
+    def _sparse_allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype, n: int) -> None:
+        private = private_comm(self._comm)
+        error = None
+        send = recv = None
+        try:
+            rbuf, _, rcount, rdispl = _parse_spec(recvbuf)
+            recv = _as_array(rbuf, dtype, n, rdispl, writable=True)
+            if sendbuf is MPI.IN_PLACE or sendbuf is None:
+                send = recv
+            else:
+                try:
+                    sbuf, sdtype, scount, sdispl = _parse_spec(sendbuf)
+                except _Unsupported:
+                    raise _LocalError(1, TypeError("Allreduce: send buffer is not float32/float64 data like "
+                                                   "the receive buffer")) from None
+                if sdtype != dtype:
+                    raise _LocalError(1, TypeError(f"Allreduce: send dtype {sdtype} differs from receive "
+                                                   f"dtype {dtype}"))
+                scount = _element_count(sbuf, sdtype, scount)
+                if scount != n:
+                    raise _LocalError(2, ValueError(f"Allreduce: send count {scount} differs from receive "
+                                                    f"count {n}"))
+                send = _as_array(sbuf, dtype, n, sdispl, writable=False)
+        except _LocalError as exc:
+            error = exc
+        nnz = int(np.count_nonzero(send)) if error is None else 0
+        agreement = agree(private, error, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=nnz,
+                          op_name="Allreduce")
+        idx_dtype = index_dtype(n)
+        chosen, predicted = choose_algorithm(self.algorithm, n, private.Get_size(), agreement,
+                                             idx_dtype.itemsize, dtype.itemsize, "dense")
+        if chosen == "dense":  # MPI's own Allreduce on the caller's buffers: no copies
+            self._comm.Allreduce(sendbuf, recvbuf, op)
+            P = private.Get_size()
+            self.last_info = AllreduceInfo("dense", self.algorithm, agreement.nnz_max, agreement.nnz_sum,
+                                           2 * (P - 1) * n * dtype.itemsize // P, predicted)
+            return
+        idx = np.flatnonzero(send).astype(idx_dtype)
+        _, info = _run(private, idx, send[idx], n, chosen, "dense", agreement, dense_out=recv)
+        info.requested, info.predicted = self.algorithm, predicted
+        self.last_info = info

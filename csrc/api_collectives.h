@@ -22,10 +22,13 @@ typedef struct scaleml_result scaleml_result;
 
 /* Sum the sparse vectors (indices sorted, unique, in [0, n); nnz entries) of
  * all ranks. With dense_input, values holds n values and indices is ignored.
- * On success *result holds the sum (free with scaleml_result_free). */
+ * dense_out, if not NULL, is n values the caller will read the result into:
+ * algorithms with a dense result compute it there directly. On success
+ * *result holds the sum (free with scaleml_result_free). */
 int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes,
                              int value_bytes, int dense_input, uint64_t nnz, const void *indices,
-                             const void *values, scaleml_result **result, uint64_t *bytes_sent);
+                             const void *values, void *dense_out, scaleml_result **result,
+                             uint64_t *bytes_sent);
 
 /* Write the result into n dense values. */
 void scaleml_result_to_dense(const scaleml_result *result, void *dense);
@@ -36,6 +39,12 @@ uint64_t scaleml_result_to_sparse(const scaleml_result *result, void *indices, v
 /* 1 when every segment of the result is dense. */
 int scaleml_result_is_dense(const scaleml_result *result);
 void scaleml_result_free(scaleml_result *result);
+
+/* Validate one packed segment (sparse_vector.h wire format) covering
+ * [offset, offset + len) exactly as a receiver does: SCALEML_OK or
+ * SCALEML_ERR_MALFORMED (3) with a message. For tests and tools. */
+int scaleml_check_segment_message(const void *buf, size_t bytes, uint64_t offset, uint64_t len,
+                                  int index_bytes, int value_bytes);
 
 /* One MPI_Allreduce over SCALEML_CONSENSUS_FIELDS int64 fields (MAX, then SUM):
  * how ranks agree on arguments and errors before a collective starts. */

@@ -22,6 +22,7 @@ typedef struct {
     uint64_t n;
     int index_bytes, value_bytes;
     sv_segment input;     /* view of the caller's data over [0, n) */
+    void *dense_out;      /* caller's n-value output, or NULL: dense results may live there */
     uint64_t bytes_sent;  /* bytes this rank put on the wire */
 } sa_context;
 
@@ -37,6 +38,11 @@ typedef struct scaleml_result scaleml_result;
 
 /* Allocate a result with nsegments empty segments. */
 int result_init(scaleml_result *res, int nsegments, uint64_t n);
+
+/* A dense segment over [0, n) for the result: the caller's output buffer when
+ * it gave one (no allocation, no final copy; contents undefined), else a new
+ * zeroed allocation. */
+int result_dense_storage(sa_context *ctx, sv_segment *all);
 
 int sparse_allreduce_recursive_doubling(sa_context *ctx, scaleml_result *res);
 int sparse_allreduce_split_allgather(sa_context *ctx, scaleml_result *res);

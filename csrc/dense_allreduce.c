@@ -17,14 +17,9 @@
 int dense_allreduce(sa_context *c, scaleml_result *res)
 {
     sv_segment all;
-    int rc;
-    if (c->input.dense) {
-        rc = sv_copy(&c->input, &all);
-    } else {
-        all = c->input;
-        rc = sv_densify(&all);
-    }
+    int rc = result_dense_storage(c, &all);
     if (rc) return rc;
+    sv_write_dense(&c->input, all.values);
     MPI_Datatype type = c->value_bytes == 4 ? MPI_FLOAT : MPI_DOUBLE;
     /* Chunks keep every count within int, for MPI libraries without MPI-4 large counts. */
     const uint64_t chunk = (uint64_t)INT_MAX / 2;
@@ -36,7 +31,7 @@ int dense_allreduce(sa_context *c, scaleml_result *res)
     }
     if (!rc) rc = result_init(res, 1, c->n);
     if (rc) {
-        sv_free(&all);
+        sv_free(&all);  /* frees nothing when all is the caller's buffer */
         return rc;
     }
     if (c->size > 1)

@@ -17,6 +17,14 @@ int result_init(scaleml_result *res, int nsegments, uint64_t n)
     return SCALEML_OK;
 }
 
+int result_dense_storage(sa_context *c, sv_segment *all)
+{
+    if (!c->dense_out) return sv_alloc_dense(all, 0, c->n, c->index_bytes, c->value_bytes);
+    *all = (sv_segment){.offset = 0, .len = c->n, .nnz = c->n, .dense = 1, .index_bytes = c->index_bytes,
+                        .value_bytes = c->value_bytes, .values = c->dense_out, .owned = NULL};
+    return SCALEML_OK;
+}
+
 void scaleml_result_free(scaleml_result *res)
 {
     if (!res) return;
@@ -28,7 +36,8 @@ void scaleml_result_free(scaleml_result *res)
 
 int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes,
                              int value_bytes, int dense_input, uint64_t nnz, const void *indices,
-                             const void *values, scaleml_result **result, uint64_t *bytes_sent)
+                             const void *values, void *dense_out, scaleml_result **result,
+                             uint64_t *bytes_sent)
 {
     *result = NULL;
     if ((index_bytes != 4 && index_bytes != 8) || (value_bytes != 4 && value_bytes != 8))
@@ -40,7 +49,7 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
                        (unsigned long long)n);
 
     sa_context ctx = {.comm = *(const MPI_Comm *)comm_address, .n = n, .index_bytes = index_bytes,
-                      .value_bytes = value_bytes, .bytes_sent = 0};
+                      .value_bytes = value_bytes, .dense_out = dense_out, .bytes_sent = 0};
     int rc = cu_check(MPI_Comm_rank(ctx.comm, &ctx.rank), "MPI_Comm_rank");
     if (!rc) rc = cu_check(MPI_Comm_size(ctx.comm, &ctx.size), "MPI_Comm_size");
     if (rc) return rc;
@@ -99,6 +108,15 @@ int scaleml_result_is_dense(const scaleml_result *res)
     for (int i = 0; i < res->nsegments; i++)
         if (!res->segments[i].dense) return 0;
     return 1;
+}
+
+int scaleml_check_segment_message(const void *buf, size_t bytes, uint64_t offset, uint64_t len,
+                                  int index_bytes, int value_bytes)
+{
+    sv_segment view;
+    if ((index_bytes != 4 && index_bytes != 8) || (value_bytes != 4 && value_bytes != 8))
+        return sv_fail(SCALEML_ERR_ARG, "index and value widths must be 4 or 8 bytes");
+    return sv_unpack(buf, bytes, offset, len, index_bytes, value_bytes, &view);
 }
 
 /* MAX over the first fields, SUM over the rest. */

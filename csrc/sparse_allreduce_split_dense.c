@@ -21,7 +21,7 @@ int sparse_allreduce_split_dense(sa_context *c, scaleml_result *res)
     int P = c->size, rc;
     sv_segment mine, all;
     if ((rc = sparse_reduce_scatter(c, 1, &mine))) return rc;
-    if ((rc = sv_alloc_dense(&all, 0, c->n, c->index_bytes, c->value_bytes))) {
+    if ((rc = result_dense_storage(c, &all))) {
         sv_free(&mine);
         return rc;
     }
@@ -43,9 +43,9 @@ int sparse_allreduce_split_dense(sa_context *c, scaleml_result *res)
     c->bytes_sent += (uint64_t)c->n * (unsigned)c->value_bytes - (uint64_t)counts[(c->rank + 1) % P];
     if ((rc = result_init(res, 1, c->n))) goto done;
     res->segments[0] = all;
-    all.owned = NULL;
+    all = (sv_segment){0};
 done:
-    if (all.owned) sv_free(&all);
+    sv_free(&all);
     sv_free(&mine);
     free(counts);
     free(displs);

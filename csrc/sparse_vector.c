@@ -359,6 +359,7 @@ int sv_unpack(const void *buf, size_t bytes, uint64_t offset, uint64_t len,
 
 void sv_write_dense(const sv_segment *s, void *dense)
 {
+    if (s->dense && s->values == dense) return;  /* computed in place */
     if (s->dense) {
         copy_values(dense, s->values, s->len, s->value_bytes);
         return;

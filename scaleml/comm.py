@@ -219,7 +219,7 @@ class Comm:
                           op_name="Allreduce")
         idx_dtype = index_dtype(n)
         chosen, predicted = choose_algorithm(self.algorithm, n, private.Get_size(), agreement,
-                                             idx_dtype.itemsize, dtype.itemsize, "dense")
+                                             idx_dtype.itemsize, dtype.itemsize, "dense", dense_input=True)
         if chosen == "dense":  # MPI's own Allreduce on the caller's buffers: no copies
             self._comm.Allreduce(sendbuf, recvbuf, op)
             P = private.Get_size()

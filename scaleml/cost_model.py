@@ -95,7 +95,7 @@ def _expm1_log1p(m: float, x: float) -> float:
 
 
 def predict(algorithm: str, n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,
-            out: str = "dense", params: CostParams | None = None) -> float:
+            out: str = "dense", params: CostParams | None = None, dense_input: bool = False) -> float:
     """Predicted seconds of one sparse AllReduce.
 
     Parameters
@@ -114,6 +114,9 @@ def predict(algorithm: str, n: int, P: int, nnz_max: int, nnz_sum: int, index_by
         Form the caller wants the result in (converting costs local work).
     params : CostParams, optional
         Machine parameters; default :func:`get_params`.
+    dense_input : bool
+        The caller holds dense vectors (``scaleml.Comm.Allreduce``): every
+        algorithm but ``dense`` first scans them for non-zeros.
     """
     p = params or _params
     c_s, c_d = index_bytes + value_bytes, value_bytes
@@ -155,13 +158,16 @@ def predict(algorithm: str, n: int, P: int, nnz_max: int, nnz_sum: int, index_by
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
     # Writing the requested output: a dense output or a dense result touches all n values.
     time += p.gamma * (K * c_s if out == "sparse" and result_sparse else dense_bytes)
+    if dense_input and algorithm != "dense":
+        time += p.gamma * (dense_bytes + k * c_s)
     return time
 
 
 def choose(n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,
-           out: str = "dense", params: CostParams | None = None) -> tuple[str, dict[str, float]]:
-    """Return the algorithm with the smallest predicted time, and every prediction."""
-    predictions = {alg: predict(alg, n, P, nnz_max, nnz_sum, index_bytes, value_bytes, out, params)
+           out: str = "dense", params: CostParams | None = None,
+           dense_input: bool = False) -> tuple[str, dict[str, float]]:
+    """Return the algorithm with the smallest predicted time, and every prediction (see :func:`predict`)."""
+    predictions = {alg: predict(alg, n, P, nnz_max, nnz_sum, index_bytes, value_bytes, out, params, dense_input)
                    for alg in ALGORITHMS}
     best = min(ALGORITHMS, key=lambda a: predictions[a])  # ties: earlier in ALGORITHMS
     return best, predictions

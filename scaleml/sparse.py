@@ -299,10 +299,10 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
 
 
 def choose_algorithm(algorithm: str, n: int, P: int, agreement: Agreement, index_bytes: int,
-                     value_bytes: int, out: str) -> tuple[str, dict[str, float]]:
+                     value_bytes: int, out: str, dense_input: bool = False) -> tuple[str, dict[str, float]]:
     """The algorithm to run (the same on every rank: it depends only on agreed values)."""
     chosen, predicted = cost_model.choose(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes,
-                                          value_bytes, out)
+                                          value_bytes, out, dense_input=dense_input)
     if not agreement.dense_fits:
         chosen = min(("recursive_doubling", "split_allgather"), key=lambda a: predicted[a])
     return (chosen if algorithm == "auto" else algorithm), predicted
@@ -315,16 +315,19 @@ def _run(private: MPI.Intracomm, idx: np.ndarray, vals: np.ndarray, n: int, algo
                                          vals.itemsize, out)
     result_ptr = ffi.new("scaleml_result **")
     bytes_sent = ffi.new("uint64_t *")
+    dense = None
+    if out == "dense":
+        dense = np.empty(n, dtype=vals.dtype) if dense_out is None else dense_out
     check(lib.scaleml_sparse_allreduce(
         comm_address(private), _ALGORITHM_CODES[chosen], n, idx.itemsize, vals.itemsize, 0, idx.size,
-        ffi.from_buffer(idx), ffi.from_buffer(vals), result_ptr, bytes_sent))
+        ffi.from_buffer(idx), ffi.from_buffer(vals),
+        ffi.NULL if dense is None else ffi.from_buffer(dense, require_writable=True), result_ptr, bytes_sent))
     res = ffi.gc(result_ptr[0], lib.scaleml_result_free)
     info = AllreduceInfo(algorithm=chosen, requested=algorithm, nnz_max=agreement.nnz_max,
                          nnz_sum=agreement.nnz_sum, bytes_sent=int(bytes_sent[0]), predicted=predicted)
     log.debug("sparse_allreduce n=%d P=%d nnz_max=%d -> %s (%d bytes sent)", n, private.Get_size(),
               agreement.nnz_max, chosen, info.bytes_sent)
-    if out == "dense":
-        dense = np.empty(n, dtype=vals.dtype) if dense_out is None else dense_out
+    if dense is not None:
         lib.scaleml_result_to_dense(res, ffi.from_buffer(dense, require_writable=True))
         result = dense
     else:

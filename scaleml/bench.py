@@ -1,0 +1,304 @@
+"""``scaleml-bench``: micro-benchmark of ScaleML's collectives against ``MPI_Allreduce``.
+
+Run under ``mpiexec``/``srun``; rank 0 prints one row per case::
+
+    mpiexec -n 4 scaleml-bench --n 4194304 --density 0.01
+    mpiexec -n 4 python -m scaleml.bench -b 4K -e 64M -f 4 --density 1e-3 1e-2 --json out.json
+
+Conventions follow nccl-tests and the OSU benchmarks: sizes in bytes of the
+dense vector (``-b``/``-e``/``-f``), warm-up then timed iterations, each
+iteration fenced by a barrier, time = per-rank average over iterations
+reported as min/avg/max over ranks, ``algbw = bytes / time`` and
+``busbw = algbw * 2(P-1)/P``. Every method runs on the same data in the same
+run as the ``MPI_Allreduce`` baseline, and its speedup is the ratio of the two
+average times. The error column is the largest deviation from the exact
+(float64) sum, relative to the largest magnitude of that sum.
+
+A method is one registration (:func:`register`): a function that receives the
+case and returns a callable performing one collective and returning the dense
+result, the bytes this rank sent and the algorithm that ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from . import cost_model
+from .comm import Comm
+from .datagen import PATTERNS, random_sparse
+from .sparse import sparse_allreduce
+
+
+@dataclass
+class Case:
+    """One benchmark case as every rank sees it."""
+
+    comm: MPI.Intracomm
+    n: int
+    dtype: np.dtype
+    density: float
+    pattern: str
+    indices: np.ndarray
+    values: np.ndarray
+    dense: np.ndarray  # the same vector, dense
+
+
+Runner = Callable[[], "tuple[np.ndarray, int, str]"]
+METHODS: dict[str, Callable[[Case], Runner]] = {}
+LOSSLESS: set[str] = set()
+
+
+def register(name: str, lossless: bool = True) -> Callable[[Callable[[Case], Runner]], Callable[[Case], Runner]]:
+    """Register a benchmark method: ``factory(case) -> run``, ``run() -> (dense result, bytes sent, algorithm)``."""
+
+    def wrap(factory: Callable[[Case], Runner]) -> Callable[[Case], Runner]:
+        METHODS[name] = factory
+        if lossless:
+            LOSSLESS.add(name)
+        return factory
+
+    return wrap
+
+
+BASELINE = "mpi_allreduce"
+
+
+@register(BASELINE)
+def _mpi_allreduce(case: Case) -> Runner:
+    out = np.empty_like(case.dense)
+    P = case.comm.Get_size()
+    ring_bytes = 2 * (P - 1) * case.dense.nbytes // P  # MPI does not report its traffic
+
+    def run():
+        case.comm.Allreduce(case.dense, out, MPI.SUM)
+        return out, ring_bytes, BASELINE
+
+    return run
+
+
+def _sparse_method(algorithm: str) -> Callable[[Case], Runner]:
+    def factory(case: Case) -> Runner:
+        def run():
+            result, info = sparse_allreduce(case.indices, case.values, case.n, case.comm, algorithm,
+                                            return_info=True)
+            return result, info.bytes_sent, info.algorithm
+
+        return run
+
+    return factory
+
+
+for _alg in ("auto", *cost_model.ALGORITHMS):
+    register(_alg)(_sparse_method(_alg))
+
+
+@register("dropin")
+def _dropin(case: Case) -> Runner:
+    """scaleml.Comm.Allreduce on the dense buffer: sparsity detection included."""
+    comm = Comm(case.comm)
+    out = np.empty_like(case.dense)
+
+    def run():
+        comm.Allreduce(case.dense, out, MPI.SUM)
+        info = comm.last_info
+        return out, info.bytes_sent if info else 0, info.algorithm if info else BASELINE
+
+    return run
+
+
+# ---- measurement ---------------------------------------------------------------------------
+
+def measure(run: Runner, comm: MPI.Intracomm, warmup: int, iterations: int) -> tuple[float, np.ndarray, int, str]:
+    """(this rank's average seconds per call, last result, average bytes sent, algorithm)."""
+    for _ in range(warmup):
+        run()
+    total, sent = 0.0, 0
+    result, algorithm = None, ""
+    for _ in range(max(iterations, 1)):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        result, nbytes, algorithm = run()
+        total += time.perf_counter() - t0
+        sent += nbytes
+    return total / max(iterations, 1), result, sent // max(iterations, 1), algorithm
+
+
+def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, pattern: str, methods: Sequence[str],
+             warmup: int, iterations: int, seed: int) -> list[dict]:
+    """Run every method on one input; return rows (meaningful on every rank)."""
+    P, rank = comm.Get_size(), comm.Get_rank()
+    idx, vals = random_sparse(n, density, pattern, dtype, rank, P, seed)
+    dense = np.zeros(n, dtype)
+    dense[idx] = vals
+    case = Case(comm, n, np.dtype(dtype), density, pattern, idx, vals, dense)
+    exact = np.empty(n)
+    comm.Allreduce(dense.astype(np.float64), exact, MPI.SUM)
+    scale = float(np.abs(exact).max()) if n else 0.0
+    nnz = comm.allreduce(int(idx.size), MPI.SUM)
+    rows, baseline_avg = [], None
+    for name in [BASELINE, *[m for m in methods if m != BASELINE]]:
+        run = METHODS[name](case)
+        t, result, sent, ran = measure(run, comm, warmup, iterations)
+        err = float(np.abs(result.astype(np.float64) - exact).max()) / scale if n and scale else 0.0
+        times = comm.allgather(t)
+        err = comm.allreduce(err, MPI.MAX)
+        sent = comm.allreduce(sent, MPI.SUM) // P
+        algorithm = name if ran == name else f"{name}->{ran}"  # what auto and dropin picked
+        t_avg = float(np.mean(times))
+        if name == BASELINE:
+            baseline_avg = t_avg
+        size = n * case.dtype.itemsize
+        algbw = size / t_avg / 1e9 if t_avg > 0 else 0.0
+        rows.append({
+            "size_bytes": size, "count": n, "dtype": case.dtype.name, "ranks": P, "density": density,
+            "global_nnz_input": nnz, "pattern": pattern, "method": name, "algorithm": algorithm,
+            "time_min_us": min(times) * 1e6, "time_avg_us": t_avg * 1e6, "time_max_us": max(times) * 1e6,
+            "algbw_GBps": algbw, "busbw_GBps": algbw * 2 * (P - 1) / P, "bytes_sent_per_rank": sent,
+            "speedup_vs_mpi": baseline_avg / t_avg if t_avg > 0 else float("inf"),
+            "max_rel_error": err, "lossless": name in LOSSLESS,
+        })
+    return rows
+
+
+# ---- command line --------------------------------------------------------------------------
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'4K', '64M', '1G' or a plain number of bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 1024, 4K, 64M)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def sizes_from(args: argparse.Namespace, itemsize: int) -> list[int]:
+    """Element counts of the sweep."""
+    if args.n is not None:
+        return list(args.n)
+    if args.step_factor < 2:
+        raise SystemExit("scaleml-bench: --step-factor must be at least 2")
+    counts, size = [], args.min_bytes
+    while size <= args.max_bytes:
+        counts.append(max(1, size // itemsize))
+        size *= args.step_factor
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scaleml-bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--n", type=int, nargs="+", help="element counts (instead of -b/-e/-f)")
+    p.add_argument("-b", "--min-bytes", type=parse_size, default=parse_size("4K"), help="smallest size")
+    p.add_argument("-e", "--max-bytes", type=parse_size, default=parse_size("16M"), help="largest size")
+    p.add_argument("-f", "--step-factor", type=int, default=4, help="size multiplier between cases")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--density", type=float, nargs="+", default=[0.01], help="fractions of non-zeros per rank")
+    p.add_argument("--pattern", choices=PATTERNS, default="overlap", help="how ranks' indices relate")
+    p.add_argument("--methods", nargs="+", default=["all"],
+                   help=f"methods to time besides {BASELINE}: all or any of {sorted(METHODS)}")
+    p.add_argument("-w", "--warmup", type=int, default=3)
+    p.add_argument("-i", "--iterations", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write rows and run metadata as JSON")
+    p.add_argument("--csv", type=Path, help="write rows as CSV")
+    p.add_argument("--quiet", action="store_true", help="no table on stdout")
+    return p
+
+
+COLUMNS = [("size_bytes", "{:>11d}"), ("count", "{:>10d}"), ("density", "{:>8.0e}"), ("algorithm", "{:<32s}"),
+           ("time_min_us", "{:>11.1f}"), ("time_avg_us", "{:>11.1f}"), ("time_max_us", "{:>11.1f}"),
+           ("algbw_GBps", "{:>8.3f}"), ("busbw_GBps", "{:>8.3f}"), ("bytes_sent_per_rank", "{:>12d}"),
+           ("speedup_vs_mpi", "{:>8.2f}"), ("max_rel_error", "{:>9.1e}")]
+
+
+def format_row(row: dict) -> str:
+    return "  ".join(fmt.format(row[key]) for key, fmt in COLUMNS)
+
+
+def header() -> str:
+    widths = [len(fmt.format(0 if "d}" in fmt or "f}" in fmt or "e}" in fmt else "")) for _, fmt in COLUMNS]
+    names = ["size(B)", "count", "density", "algorithm", "min(us)", "avg(us)", "max(us)", "algbw", "busbw",
+             "sent(B)/rank", "speedup", "rel.err"]
+    return "  ".join(name.rjust(w) if i != 3 else name.ljust(w) for i, (name, w) in enumerate(zip(names, widths)))
+
+
+def run_metadata(comm: MPI.Intracomm) -> dict:
+    """Which machine, commit and MPI produced the numbers."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ranks": comm.Get_size(),
+            "hosts": len(set(comm.allgather(MPI.Get_processor_name()))), "machine": platform.node(),
+            "cpu": platform.processor() or platform.machine(), "commit": commit,
+            "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+            "cost_params": asdict(cost_model.get_params())}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    methods = list(METHODS) if "all" in args.methods else args.methods
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        if rank == 0:
+            print(f"scaleml-bench: unknown method(s) {unknown}; known: {sorted(METHODS)}", file=sys.stderr)
+        return 2
+    dtype = np.dtype(args.dtype)
+    cases = [(n, d) for n in sizes_from(args, dtype.itemsize) for d in args.density]
+    meta = run_metadata(comm)
+    if rank == 0 and not args.quiet:
+        print(f"# scaleml-bench: {meta['ranks']} ranks on {meta['hosts']} host(s), {args.dtype}, pattern "
+              f"{args.pattern}, warmup {args.warmup}, iterations {args.iterations}, commit {meta['commit']}")
+        print(f"# {meta['mpi']}")
+        print(header(), flush=True)
+    progress = None
+    if rank == 0 and (args.quiet or not sys.stdout.isatty()) and len(cases) > 1:
+        try:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(cases), desc="scaleml-bench", unit="case", file=sys.stderr)
+        except ImportError:  # progress bars are optional
+            progress = None
+    rows = []
+    for n, density in cases:
+        case_rows = run_case(comm, n, dtype, density, args.pattern, methods, args.warmup, args.iterations, args.seed)
+        rows.extend(case_rows)
+        if rank == 0 and not args.quiet:
+            for row in case_rows:
+                print(format_row(row), flush=True)
+        if progress is not None:
+            progress.update()
+    if progress is not None:
+        progress.close()
+    if rank == 0:
+        if args.json:
+            args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        if args.csv:
+            with args.csv.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+                writer.writeheader()
+                writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Shared helpers: run a pytest module under mpiexec, with a timeout that kills every rank."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MPI_TESTS = Path(__file__).resolve().parent / "mpi"
+RANK_COUNTS = [1, 2, 3, 4, 5, 8]
+
+
+def mpiexec() -> str:
+    """The mpiexec next to this Python (the venv's MPICH), else the one on PATH."""
+    local = Path(sys.prefix) / "bin" / "mpiexec"
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    if not found:
+        pytest.fail("no mpiexec found: run `make install`")
+    return found
+
+
+def run_mpi(nprocs: int, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n nprocs python ARGS``; on timeout kill the whole job and fail.
+
+    The job runs in its own session so a hung rank cannot outlive the test.
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [mpiexec(), "-n", str(nprocs), sys.executable, *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"mpiexec -n {nprocs} timed out after {timeout} s (a hang):\n{out[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def run_pytest_under_mpi(nprocs: int, module: str, timeout: float = 600, extra: tuple[str, ...] = ()) -> str:
+    """Run tests/mpi/<module> with pytest on every rank; fail unless every rank passed."""
+    result = run_mpi(nprocs, ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(MPI_TESTS / module),
+                              *extra], timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f"{module} failed under mpiexec -n {nprocs} (exit {result.returncode}):\n"
+                    f"{result.stdout[-8000:]}")
+    return result.stdout

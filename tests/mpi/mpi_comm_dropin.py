@@ -1,0 +1,218 @@
+"""scaleml.Comm is a drop-in for mpi4py's communicator: the checks mpi4py runs on its own Allreduce.
+
+Modelled on mpi4py's test_cco_buf.py (testAllreduce): every op over every
+typecode with the buffer specs mpi4py accepts, compared with mpi4py's own
+Allreduce on the same data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import scaleml
+
+world = MPI.COMM_WORLD
+rank, size = world.Get_rank(), world.Get_size()
+
+TYPECODES = ["b", "h", "i", "l", "q", "B", "H", "I", "L", "f", "d"]
+ARITH_OPS = [MPI.SUM, MPI.PROD, MPI.MAX, MPI.MIN]
+INT_OPS = [MPI.BAND, MPI.BOR, MPI.BXOR, MPI.LAND, MPI.LOR, MPI.LXOR]
+MPI_TYPES = {"f": MPI.FLOAT, "d": MPI.DOUBLE, "i": MPI.INT, "l": MPI.LONG, "b": MPI.SIGNED_CHAR}
+
+
+def wrappers():
+    # default thresholds, and one that sends even tiny float SUMs through the engine
+    return [scaleml.Comm(world), scaleml.Comm(world, min_count=0)]
+
+
+def data_for(typecode: str, count: int) -> np.ndarray:
+    rng = np.random.default_rng([17, rank])
+    if typecode in "fd":
+        x = rng.standard_normal(count)
+        x[rng.random(count) < 0.7] = 0  # mostly zeros, so the sparse path can be chosen
+        return x.astype(typecode)
+    info = np.iinfo(np.dtype(typecode))
+    return rng.integers(max(info.min, -3), min(info.max, 4), count).astype(typecode)
+
+
+def assert_same(got: np.ndarray, expected: np.ndarray):
+    if got.dtype.kind == "f":
+        eps = np.finfo(got.dtype).eps
+        np.testing.assert_allclose(got, expected, rtol=size * eps * 4, atol=size * eps * 4)
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("typecode", TYPECODES)
+@pytest.mark.parametrize("count", [0, 1, 7, 5000])
+def test_allreduce_numpy_all_ops(typecode, count):
+    ops = ARITH_OPS + (INT_OPS if typecode not in "fd" else [])
+    for comm in wrappers():
+        for op in ops:
+            send = data_for(typecode, count)
+            expected = np.empty_like(send)
+            world.Allreduce(send, expected, op)
+            got = np.full_like(send, 99)
+            assert comm.Allreduce(send, got, op) is None
+            assert_same(got, expected)
+
+
+@pytest.mark.parametrize("typecode", ["i", "f", "d"])
+def test_buffer_specs(typecode):
+    count = 6000
+    mpi_type = MPI_TYPES[typecode]
+    for comm in wrappers():
+        send = data_for(typecode, count)
+        expected = np.empty_like(send)
+        world.Allreduce(send, expected, MPI.SUM)
+        specs = [
+            ([send, mpi_type], lambda r: [r, mpi_type]),
+            ([send, count, mpi_type], lambda r: [r, count, mpi_type]),
+            ((send, mpi_type), lambda r: (r, mpi_type)),
+        ]
+        for send_spec, recv_spec in specs:
+            got = np.zeros_like(send)
+            comm.Allreduce(send_spec, recv_spec(got), op=MPI.SUM)
+            assert_same(got, expected)
+        # a prefix of the buffer: the rest stays untouched
+        got = np.full(count, 7, dtype=typecode)
+        comm.Allreduce([send, 100, mpi_type], [got, 100, mpi_type], MPI.SUM)
+        assert_same(got[:100], expected[:100])
+        assert (got[100:] == 7).all()
+        # with a displacement
+        got = np.full(count, 7, dtype=typecode)
+        comm.Allreduce([send, (50, 10), mpi_type], [got, (50, 20), mpi_type], MPI.SUM)
+        ref = np.empty(50, dtype=typecode)
+        world.Allreduce([send, (50, 10), mpi_type], ref, MPI.SUM)
+        assert_same(got[20:70], ref)
+        assert (got[:20] == 7).all() and (got[70:] == 7).all()
+
+
+@pytest.mark.parametrize("typecode", ["i", "f", "d"])
+def test_in_place(typecode):
+    for comm in wrappers():
+        for op in ARITH_OPS:
+            buf = data_for(typecode, 5000)
+            expected = np.empty_like(buf)
+            world.Allreduce(buf, expected, op)
+            comm.Allreduce(MPI.IN_PLACE, buf, op)
+            assert_same(buf, expected)
+
+
+def test_bytearray_buffers():
+    count = 5000
+    send = data_for("f", count)
+    expected = np.empty_like(send)
+    world.Allreduce(send, expected, MPI.SUM)
+    raw = bytearray(send.tobytes())
+    out = bytearray(len(raw))
+    scaleml.Comm(world, min_count=0).Allreduce([raw, MPI.FLOAT], [out, MPI.FLOAT], MPI.SUM)
+    assert_same(np.frombuffer(out, dtype=np.float32), expected)
+
+
+def test_sparse_path_is_taken_and_reported():
+    comm = scaleml.Comm(world)
+    n = 1 << 18
+    rng = np.random.default_rng([5, rank])
+    send = np.zeros(n, np.float32)
+    send[rng.choice(n, 20, replace=False)] = 1.0
+    out = np.empty_like(send)
+    comm.Allreduce(send, out, MPI.SUM)
+    expected = np.empty_like(send)
+    world.Allreduce(send, expected, MPI.SUM)
+    assert_same(out, expected)
+    assert comm.last_info is not None
+    if size > 1:
+        assert comm.last_info.algorithm in ("recursive_doubling", "split_allgather")
+    dense = rng.standard_normal(n).astype(np.float32)
+    comm.Allreduce(dense, out, MPI.SUM)
+    world.Allreduce(dense, expected, MPI.SUM)
+    np.testing.assert_array_equal(out, expected)  # the dense path IS MPI_Allreduce
+    assert comm.last_info.algorithm == "dense"
+    comm.Allreduce(dense, out, MPI.MAX)  # not SUM: straight to MPI
+    assert comm.last_info is None
+
+
+@pytest.mark.parametrize("algorithm", ["recursive_doubling", "split_allgather", "split_dense", "dense"])
+def test_forced_algorithm(algorithm):
+    comm = scaleml.Comm(world, algorithm=algorithm, min_count=0)
+    send = data_for("d", 3001)
+    out = np.empty_like(send)
+    comm.Allreduce(send, out)
+    expected = np.empty_like(send)
+    world.Allreduce(send, expected)
+    assert_same(out, expected)
+    assert comm.last_info.algorithm == algorithm
+
+
+def test_attributes_are_the_wrapped_communicators():
+    comm = scaleml.Comm(world)
+    assert comm.rank == world.rank and comm.Get_size() == size
+    assert comm.allreduce(rank) == sum(range(size))
+    assert comm.bcast("x", root=0) == "x"
+    comm.Barrier()
+    assert comm == world and comm.mpi_comm is world
+    sub = comm.Split(rank % 2, rank)
+    dup = comm.Dup()
+    try:
+        assert isinstance(sub, scaleml.Comm) and isinstance(dup, scaleml.Comm)
+        x = np.zeros(5000, np.float32)
+        x[rank] = 1
+        out = np.empty_like(x)
+        sub.Allreduce(x, out)
+        assert out.sum() == sub.Get_size()
+    finally:
+        sub.Free()
+        dup.Free()
+
+
+# ---- bad input: an error on every rank, never a hang ----
+
+def test_read_only_receive_buffer_on_one_rank():
+    comm = scaleml.Comm(world, min_count=0)
+    send = data_for("f", 100)
+    recv = np.zeros_like(send)
+    if rank == 0:
+        recv.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only|failed"):
+        comm.Allreduce(send, recv)
+
+
+def test_non_contiguous_send_buffer():
+    comm = scaleml.Comm(world, min_count=0)
+    send = data_for("f", 200)[::2] if rank == 0 else data_for("f", 100)
+    recv = np.zeros(100, np.float32)
+    with pytest.raises(ValueError, match="contiguous|failed"):
+        comm.Allreduce(send, recv)
+
+
+def test_count_differs_between_ranks():
+    comm = scaleml.Comm(world, min_count=0)
+    count = 100 + (rank % 2)
+    send = data_for("f", count)
+    recv = np.zeros_like(send)
+    with pytest.raises(ValueError, match="n differs") if size > 1 else _no_error():
+        comm.Allreduce(send, recv)
+
+
+def test_send_and_receive_dtype_differ():
+    comm = scaleml.Comm(world, min_count=0)
+    with pytest.raises(TypeError, match="dtype"):
+        comm.Allreduce(np.zeros(100, np.float64), np.zeros(100, np.float32))
+
+
+def test_wrapping_a_non_communicator():
+    with pytest.raises(TypeError):
+        scaleml.Comm(object())
+    with pytest.raises(ValueError):
+        scaleml.Comm(world, algorithm="bogus")
+
+
+class _no_error:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

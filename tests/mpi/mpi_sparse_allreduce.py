@@ -1,0 +1,131 @@
+"""Correctness of every sparse AllReduce algorithm against a dense reference (run on every rank)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from helpers import assert_close_to_sum, dense_reference, sparse_input
+from mpi4py import MPI
+
+import scaleml
+from scaleml.cost_model import ALGORITHMS
+
+comm = MPI.COMM_WORLD
+ALL = ("auto", *ALGORITHMS)
+
+SMALL_CASES = list(itertools.product([0, 1, 1009], [0.0, 1e-4, 1e-2, 0.3, 1.0],
+                                     ["overlap", "disjoint", "identical"], [np.float32, np.float64]))
+LARGE_CASES = [(1 << 20, d, p, np.float32) for d in (0.0, 1e-4, 1e-2, 0.3, 1.0) for p in ("overlap", "disjoint")]
+LARGE_CASES.append((1 << 20, 1e-2, "overlap", np.float64))
+
+
+def check_all_algorithms(n, density, pattern, dtype, c=comm, seed=1):
+    idx, vals = sparse_input(n, density, pattern, dtype, c, seed)
+    exact, exact_abs = dense_reference(idx, vals, n, c)
+    for algorithm in ALL:
+        for out in ("dense", "sparse"):
+            result, info = scaleml.sparse_allreduce(idx, vals, n, c, algorithm, out, return_info=True)
+            assert info.algorithm in ALGORITHMS
+            if algorithm != "auto":
+                assert info.algorithm == algorithm
+            if out == "sparse":
+                assert isinstance(result, scaleml.SparseVector)
+                assert result.n == n and result.values.dtype == dtype
+                assert result.indices.dtype == np.uint32
+                assert (np.diff(result.indices.astype(np.int64)) > 0).all(), "indices not sorted/unique"
+                nonzero = np.flatnonzero(exact)
+                assert np.isin(nonzero, result.indices).all(), "a non-zero of the sum is missing"
+                result = result.to_dense()
+            assert result.dtype == dtype and result.shape == (n,)
+            assert_close_to_sum(result, exact, exact_abs, c.Get_size())
+    # Every rank holds the same result, bit for bit.
+    ref = scaleml.sparse_allreduce(idx, vals, n, c, "split_allgather")
+    gathered = c.allgather(ref.tobytes())
+    assert all(g == gathered[0] for g in gathered)
+
+
+@pytest.mark.parametrize("n,density,pattern,dtype", SMALL_CASES)
+def test_small(n, density, pattern, dtype):
+    check_all_algorithms(n, density, pattern, dtype)
+
+
+@pytest.mark.parametrize("n,density,pattern,dtype", LARGE_CASES)
+def test_large(n, density, pattern, dtype):
+    check_all_algorithms(n, density, pattern, dtype)
+
+
+def test_one_rank_holds_everything():
+    n = 5000
+    rng = np.random.default_rng(7)
+    idx = rng.choice(n, 400, replace=False) if comm.rank == 0 else np.zeros(0, np.int64)
+    vals = rng.standard_normal(idx.size)
+    exact, exact_abs = dense_reference(idx, vals, n, comm)
+    for algorithm in ALL:
+        assert_close_to_sum(scaleml.sparse_allreduce(idx, vals, n, comm, algorithm), exact, exact_abs, comm.size)
+
+
+def test_unsorted_and_repeated_indices_are_summed():
+    n = 300
+    rng = np.random.default_rng([3, comm.rank])
+    idx = rng.integers(0, n, 500)  # many repeats, random order
+    vals = rng.standard_normal(500).astype(np.float32)
+    exact, exact_abs = dense_reference(idx, vals, n, comm)
+    for algorithm in ALL:
+        got = scaleml.sparse_allreduce(idx, vals, n, comm, algorithm)
+        assert_close_to_sum(got, exact, 2 * exact_abs, comm.size * 4)  # local repeats add rounding steps
+
+
+def test_split_and_dup_communicators():
+    sub = comm.Split(color=comm.rank % 2, key=-comm.rank)
+    dup = comm.Dup()
+    try:
+        for c in (sub, dup):
+            check_all_algorithms(2003, 0.05, "overlap", np.float32, c=c, seed=11)
+    finally:
+        sub.Free()
+        dup.Free()
+
+
+def test_auto_choice_follows_density():
+    n = 1 << 18
+    very_sparse = sparse_input(n, 1e-4, "overlap", np.float32, comm, 5)
+    dense = sparse_input(n, 1.0, "overlap", np.float32, comm, 5)
+    _, info_sparse = scaleml.sparse_allreduce(*very_sparse, n, comm, return_info=True)
+    _, info_dense = scaleml.sparse_allreduce(*dense, n, comm, return_info=True)
+    if comm.size > 1:
+        assert info_sparse.algorithm in ("recursive_doubling", "split_allgather")
+        assert info_dense.algorithm in ("dense", "split_dense")
+    assert info_sparse.predicted[info_sparse.algorithm] == min(info_sparse.predicted.values())
+    assert info_sparse.bytes_sent < info_dense.bytes_sent or comm.size == 1
+
+
+def test_huge_dimension_sparse_output():
+    """n = 2^40 with 64-bit indices: never allocates O(n)."""
+    n = 1 << 40
+    rng = np.random.default_rng([9, comm.rank])
+    shared = np.random.default_rng(99).integers(0, n, 300, dtype=np.uint64)
+    idx = np.concatenate([shared, rng.integers(0, n, 700, dtype=np.uint64)])
+    vals = rng.standard_normal(idx.size)
+    all_idx = np.concatenate([i for i, _ in comm.allgather((idx, vals))])
+    all_vals = np.concatenate([v for _, v in comm.allgather((idx, vals))])
+    order = np.argsort(all_idx, kind="stable")
+    ref_idx, starts = np.unique(all_idx[order], return_index=True)
+    ref_vals = np.add.reduceat(all_vals[order], starts)
+    for algorithm in ("auto", "recursive_doubling", "split_allgather"):
+        got, info = scaleml.sparse_allreduce(idx, vals, n, comm, algorithm, out="sparse", return_info=True)
+        assert got.indices.dtype == np.uint64
+        assert info.algorithm in ("recursive_doubling", "split_allgather")
+        np.testing.assert_array_equal(got.indices, ref_idx)
+        np.testing.assert_allclose(got.values, ref_vals, rtol=1e-12, atol=1e-12)
+
+
+def test_result_is_reused_safely_across_calls():
+    """Many calls in a row on one communicator: no stray messages between calls."""
+    n = 4099
+    for step in range(20):
+        idx, vals = sparse_input(n, 0.02 * (1 + step % 3), "overlap", np.float32, comm, 100 + step)
+        exact, exact_abs = dense_reference(idx, vals, n, comm)
+        algorithm = ALL[step % len(ALL)]
+        assert_close_to_sum(scaleml.sparse_allreduce(idx, vals, n, comm, algorithm), exact, exact_abs, comm.size)

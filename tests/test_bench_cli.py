@@ -1,0 +1,72 @@
+"""The benchmark CLI: argument parsing, and a short sweep under mpiexec whose JSON and CSV are checked."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import pytest
+from conftest import run_mpi
+
+from scaleml import bench
+
+ROW_FIELDS = {
+    "size_bytes": int, "count": int, "dtype": str, "ranks": int, "density": float, "global_nnz_input": int,
+    "pattern": str, "method": str, "algorithm": str, "time_min_us": float, "time_avg_us": float,
+    "time_max_us": float, "algbw_GBps": float, "busbw_GBps": float, "bytes_sent_per_rank": int,
+    "speedup_vs_mpi": float, "max_rel_error": float, "lossless": bool,
+}
+
+
+@pytest.mark.parametrize("text,value", [("1024", 1024), ("4K", 4096), ("64M", 64 << 20), ("1g", 1 << 30),
+                                        ("8KB", 8192)])
+def test_parse_size(text, value):
+    assert bench.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "four", "1T", "-5"])
+def test_parse_size_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        bench.parse_size(text)
+
+
+def test_size_sweep_like_nccl_tests():
+    args = bench.build_parser().parse_args(["-b", "4K", "-e", "64K", "-f", "2"])
+    assert bench.sizes_from(args, 4) == [1024, 2048, 4096, 8192, 16384]
+    args = bench.build_parser().parse_args(["--n", "10", "1000"])
+    assert bench.sizes_from(args, 4) == [10, 1000]
+
+
+def test_every_algorithm_is_registered():
+    assert {"mpi_allreduce", "auto", "recursive_doubling", "split_allgather", "split_dense", "dense",
+            "dropin"} <= set(bench.METHODS)
+
+
+def test_short_sweep_under_mpiexec(tmp_path):
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    result = run_mpi(2, ["-m", "scaleml.bench", "-b", "4K", "-e", "16K", "-f", "4", "--density", "0.01", "0.5",
+                         "-w", "1", "-i", "2", "--json", str(out_json), "--csv", str(out_csv)], timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert "mpi_allreduce" in result.stdout and "speedup" in result.stdout
+    doc = json.loads(out_json.read_text())
+    assert doc["meta"]["ranks"] == 2 and doc["meta"]["mpi"].startswith("MPICH")
+    rows = doc["rows"]
+    methods = set(bench.METHODS)
+    assert len(rows) == 2 * 2 * len(methods)  # sizes x densities x methods
+    for row in rows:
+        assert set(row) == set(ROW_FIELDS)
+        for key, kind in ROW_FIELDS.items():
+            assert isinstance(row[key], kind) or (kind is float and isinstance(row[key], int)), key
+        assert row["time_min_us"] <= row["time_avg_us"] <= row["time_max_us"]
+        assert row["time_min_us"] > 0 and row["speedup_vs_mpi"] > 0
+        assert row["max_rel_error"] < 1e-5  # every method here is lossless
+        if row["method"] == "mpi_allreduce":
+            assert row["speedup_vs_mpi"] == 1.0
+    with out_csv.open() as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_unknown_method_is_an_error():
+    result = run_mpi(1, ["-m", "scaleml.bench", "--n", "100", "--methods", "nope"], timeout=120)
+    assert result.returncode == 2 and "unknown method" in result.stdout

@@ -1,0 +1,21 @@
+"""Run each MPI test module under mpiexec at P = 1, 2, 3, 4, 5 and 8 (oversubscribed), with a timeout."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import RANK_COUNTS, run_pytest_under_mpi
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_sparse_allreduce_matches_dense_reference(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_sparse_allreduce.py", timeout=900)
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_bad_input_raises_on_every_rank(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_bad_input.py", timeout=300)
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_comm_is_a_drop_in_for_mpi4py(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_comm_dropin.py", timeout=600)

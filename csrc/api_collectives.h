@@ -15,8 +15,8 @@
 
 /* Fields of scaleml_consensus: the first SCALEML_CONSENSUS_MAX_FIELDS are
  * reduced with MAX, the remaining ones with SUM. */
-#define SCALEML_CONSENSUS_FIELDS 16
-#define SCALEML_CONSENSUS_MAX_FIELDS 14
+#define SCALEML_CONSENSUS_FIELDS 18
+#define SCALEML_CONSENSUS_MAX_FIELDS 16
 
 typedef struct scaleml_result scaleml_result;
 
@@ -39,6 +39,12 @@ uint64_t scaleml_result_to_sparse(const scaleml_result *result, void *indices, v
 /* 1 when every segment of the result is dense. */
 int scaleml_result_is_dense(const scaleml_result *result);
 void scaleml_result_free(scaleml_result *result);
+
+/* Non-zeros of a dense float32/float64 vector (dense_scan.c): how many, and
+ * their positions and values (at most capacity of them; returns how many). */
+uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes);
+uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes,
+                                  void *indices, void *out_values, uint64_t capacity);
 
 /* Validate one packed segment (sparse_vector.h wire format) covering
  * [offset, offset + len) exactly as a receiver does: SCALEML_OK or

@@ -3,7 +3,9 @@
 Run under ``mpiexec``/``srun``; rank 0 prints one row per case::
 
     mpiexec -n 4 scaleml-bench --n 4194304 --density 0.01
-    mpiexec -n 4 python -m scaleml.bench -b 4K -e 64M -f 4 --density 1e-3 1e-2 --json out.json
+    mpiexec -n 4 python -m scaleml.bench -b 4K -e 64M -f 4 --density 1e-3 1e-2 --json out.json --plot out.png
+    mpiexec -n 2 scaleml-bench calibrate        # measure alpha, beta, gamma; auto uses them from then on
+    scaleml-bench model --n 4194304 --ranks 4 64 1024 --density 1e-3 1e-2 1e-1
 
 Conventions follow nccl-tests and the OSU benchmarks: sizes in bytes of the
 dense vector (``-b``/``-e``/``-f``), warm-up then timed iterations, each
@@ -40,7 +42,7 @@ from mpi4py import MPI
 from . import cost_model
 from .comm import Comm
 from .datagen import PATTERNS, random_sparse
-from .sparse import sparse_allreduce
+from .sparse import index_dtype, sparse_allreduce
 
 
 @dataclass
@@ -217,7 +219,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write rows and run metadata as JSON")
     p.add_argument("--csv", type=Path, help="write rows as CSV")
+    p.add_argument("--plot", type=Path, help="write a PNG: time vs size, and speedup vs density (matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no table on stdout")
+    return p
+
+
+def build_calibrate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scaleml-bench calibrate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Measure alpha and beta by a ping-pong between rank 0 and the last "
+                                "rank (least-squares fit of t = alpha + beta*m), and gamma by a local streaming "
+                                "add; save them where algorithm='auto' reads them.")
+    p.add_argument("-e", "--max-bytes", type=parse_size, default=parse_size("16M"), help="largest message")
+    p.add_argument("-i", "--iterations", type=int, default=20, help="round trips per size (fewer for big ones)")
+    p.add_argument("--output", type=Path, help="file to write (default: scaleml.cost_model.calibration_file())")
+    p.add_argument("--no-save", action="store_true", help="only print the parameters")
+    return p
+
+
+def build_model_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scaleml-bench model", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Predicted time of every algorithm from the cost model auto uses.")
+    p.add_argument("--n", type=int, nargs="+", default=[1 << 22], help="element counts")
+    p.add_argument("--ranks", type=int, nargs="+", default=[4, 64, 1024], help="numbers of ranks")
+    p.add_argument("--density", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1], help="non-zeros per rank / n")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--alpha", type=float, help="seconds per message (default: the saved/current parameters)")
+    p.add_argument("--beta", type=float, help="seconds per byte")
+    p.add_argument("--gamma", type=float, help="seconds per byte of local work")
+    p.add_argument("--json", type=Path, help="write the predictions as JSON")
     return p
 
 
@@ -238,22 +267,34 @@ def header() -> str:
     return "  ".join(name.rjust(w) if i != 3 else name.ljust(w) for i, (name, w) in enumerate(zip(names, widths)))
 
 
-def run_metadata(comm: MPI.Intracomm) -> dict:
-    """Which machine, commit and MPI produced the numbers."""
+def run_metadata(comm: MPI.Intracomm, collective: bool = True) -> dict:
+    """Which machine, commit and MPI produced the numbers (``collective``: count hosts)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ranks": comm.Get_size(),
-            "hosts": len(set(comm.allgather(MPI.Get_processor_name()))), "machine": platform.node(),
+            "hosts": len(set(comm.allgather(MPI.Get_processor_name()))) if collective else None,
+            "machine": platform.node(),
             "cpu": platform.processor() or platform.machine(), "commit": commit,
             "mpi": MPI.Get_library_version().splitlines()[0].strip(),
             "cost_params": asdict(cost_model.get_params())}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "calibrate":
+        return calibrate(build_calibrate_parser().parse_args(argv[1:]))
+    if argv and argv[0] == "model":
+        return model(build_model_parser().parse_args(argv[1:]))
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The sweep: every case, every method, one row each."""
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     methods = list(METHODS) if "all" in args.methods else args.methods
@@ -270,12 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{args.pattern}, warmup {args.warmup}, iterations {args.iterations}, commit {meta['commit']}")
         print(f"# {meta['mpi']}")
         print(header(), flush=True)
-    progress = None
-    if rank == 0 and (args.quiet or not sys.stdout.isatty()) and len(cases) > 1:
+    # A progress bar on an interactive terminal; rows go through it so they do not tear it.
+    progress, emit = None, print
+    if rank == 0 and sys.stderr.isatty() and len(cases) > 1:
         try:
             from tqdm import tqdm
 
-            progress = tqdm(total=len(cases), desc="scaleml-bench", unit="case", file=sys.stderr)
+            progress = tqdm(total=len(cases), desc="scaleml-bench", unit="case", file=sys.stderr, leave=False)
+            emit = progress.write
         except ImportError:  # progress bars are optional
             progress = None
     rows = []
@@ -284,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.extend(case_rows)
         if rank == 0 and not args.quiet:
             for row in case_rows:
-                print(format_row(row), flush=True)
+                emit(format_row(row))
+            sys.stdout.flush()
         if progress is not None:
             progress.update()
     if progress is not None:
@@ -297,7 +341,127 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
                 writer.writeheader()
                 writer.writerows(rows)
+        if args.plot:
+            plot(rows, meta, args.plot)
     return 0
+
+
+def plot(rows: list[dict], meta: dict, path: Path) -> None:
+    """Time vs size per method (at the first density) and speedup vs density (at the largest size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_speed) = plt.subplots(1, 2, figsize=(13, 5))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    densities = sorted({r["density"] for r in rows})
+    largest = max(r["size_bytes"] for r in rows)
+    for m in methods:
+        sel = sorted((r for r in rows if r["method"] == m and r["density"] == densities[0]),
+                     key=lambda r: r["size_bytes"])
+        ax_time.plot([r["size_bytes"] for r in sel], [r["time_avg_us"] for r in sel], marker="o", label=m)
+        sel = sorted((r for r in rows if r["method"] == m and r["size_bytes"] == largest), key=lambda r: r["density"])
+        ax_speed.plot([r["density"] for r in sel], [r["speedup_vs_mpi"] for r in sel], marker="o", label=m)
+    ax_time.set(xscale="log", yscale="log", xlabel="message size (bytes, dense)", ylabel="time (us)",
+                title=f"time vs size, density {densities[0]:g}")
+    ax_speed.set(xscale="log", yscale="log", xlabel="density (non-zeros / n per rank)",
+                 ylabel="speedup over MPI_Allreduce", title=f"speedup vs density, {largest} bytes")
+    ax_speed.axhline(1.0, color="gray", lw=0.8)
+    for ax in (ax_time, ax_speed):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"scaleml-bench: {meta['ranks']} ranks on {meta['hosts']} host(s), commit {meta['commit']}, "
+                 f"{meta['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """Ping-pong between rank 0 and the last rank, fit alpha and beta; time a local add for gamma."""
+    comm = MPI.COMM_WORLD
+    rank, P = comm.Get_rank(), comm.Get_size()
+    if P < 2:
+        if rank == 0:
+            print("scaleml-bench calibrate: needs at least 2 ranks (run it under mpiexec -n 2)", file=sys.stderr)
+        return 2
+    peer = P - 1
+    sizes = [0] + [1 << e for e in range(0, args.max_bytes.bit_length()) if (1 << e) <= args.max_bytes]
+    samples = []
+    for size in sizes:
+        buf = np.zeros(max(size, 1), np.uint8)
+        reps = max(3, min(args.iterations, int(args.iterations * 65536 / max(size, 65536))))
+        best = float("inf")
+        comm.Barrier()
+        for _ in range(reps + 1):  # the first round trip is a warm-up
+            t0 = time.perf_counter()
+            if rank == 0:
+                comm.Send([buf, size, MPI.BYTE], dest=peer, tag=7)
+                comm.Recv([buf, size, MPI.BYTE], source=peer, tag=7)
+            elif rank == peer:
+                comm.Recv([buf, size, MPI.BYTE], source=0, tag=7)
+                comm.Send([buf, size, MPI.BYTE], dest=0, tag=7)
+            best = min(best, (time.perf_counter() - t0) / 2)
+        samples.append((size, best))
+    samples = comm.bcast(samples, root=0)
+    m = np.array([s for s, _ in samples], float)
+    t = np.array([x for _, x in samples], float)
+    # Weighted least squares (relative error) so small messages pin alpha and big ones beta.
+    A = np.stack([np.ones_like(m), m], axis=1) / t[:, None]
+    alpha, beta = np.linalg.lstsq(A, np.ones_like(t), rcond=None)[0]
+    alpha, beta = max(float(alpha), 0.0), max(float(beta), 1e-15)
+    a = np.ones(1 << 22, np.float32)
+    b = np.ones_like(a)
+    local = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.add(a, b, out=a)
+        local.append(time.perf_counter() - t0)
+    gamma = comm.allreduce(min(local) / a.nbytes, MPI.MAX)
+    fit_error = float(np.max(np.abs((alpha + beta * m) - t) / t))
+    if rank == 0:
+        print(f"alpha = {alpha * 1e6:.2f} us   beta = {beta * 1e9:.4f} ns/B ({1e-9 / beta:.3f} GB/s)   "
+              f"gamma = {gamma * 1e9:.4f} ns/B   (fit: worst relative error {fit_error:.0%} over "
+              f"{len(sizes)} sizes, ranks 0 <-> {peer})")
+        for size, x in samples:
+            print(f"  {size:>10d} B  {x * 1e6:12.2f} us   model {(alpha + beta * size) * 1e6:12.2f} us")
+        if not args.no_save:
+            path = args.output or cost_model.calibration_file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"alpha": alpha, "beta": beta, "gamma": gamma, "fit_max_rel_error": fit_error,
+                                        "samples": samples, **run_metadata(comm, collective=False)}, indent=1))
+            print(f"saved to {path} (read by algorithm='auto' at import; SCALEML_COST_FILE overrides the path)")
+    return 0
+
+
+def model(args: argparse.Namespace) -> int:
+    """Predictions of every algorithm, and the choice of auto."""
+    params = cost_model.get_params()
+    overrides = {k: getattr(args, k) for k in ("alpha", "beta", "gamma") if getattr(args, k) is not None}
+    params = cost_model.CostParams(**{**asdict(params), **overrides})
+    itemsize = np.dtype(args.dtype).itemsize
+    print(f"# cost model: alpha {params.alpha * 1e6:.2f} us, beta {params.beta * 1e9:.4f} ns/B "
+          f"({1e-9 / params.beta:.3f} GB/s), gamma {params.gamma * 1e9:.4f} ns/B; {args.dtype}, "
+          "independent uniformly spread indices")
+    names = cost_model.ALGORITHMS
+    print(f"{'ranks':>6} {'count':>11} {'density':>8} " + " ".join(f"{a + '(ms)':>22}" for a in names)
+          + f"  {'auto':>18} {'speedup':>8}")
+    rows = []
+    for P in args.ranks:
+        for n in args.n:
+            for density in args.density:
+                k = int(n * density)
+                best, pred = cost_model.choose(n, P, k, k * P, index_dtype(n).itemsize, itemsize, params=params)
+                speedup = pred["dense"] / pred[best]
+                rows.append({"ranks": P, "count": n, "density": density, "auto": best, "speedup_vs_dense": speedup,
+                             **{f"{a}_s": pred[a] for a in names}})
+                print(f"{P:>6d} {n:>11d} {density:>8.0e} " + " ".join(f"{pred[a] * 1e3:>22.3f}" for a in names)
+                      + f"  {best:>18} {speedup:>8.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"params": asdict(params), "rows": rows}, indent=1))
+    return 0
+
 
 
 if __name__ == "__main__":

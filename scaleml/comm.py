@@ -8,6 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import cost_model
+from ._native import ffi, lib
 from .sparse import (
     AllreduceInfo,
     _LocalError,
@@ -91,6 +92,21 @@ def _as_array(buf: Any, dtype: np.dtype, count: int, displ: int, writable: bool)
         raise _LocalError(2, ValueError(f"Allreduce: {count} elements at displacement {displ} do not fit "
                                         f"in a buffer of {flat.size} bytes"))
     return flat[start:stop].view(dtype)
+
+
+def count_nonzeros(x: np.ndarray) -> int:
+    """Number of non-zeros of a contiguous float32/float64 vector (NaN counts)."""
+    return int(lib.scaleml_count_nonzeros(ffi.from_buffer(x), x.size, x.itemsize))
+
+
+def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positions and values of the ``nnz`` non-zeros of ``x`` (one C pass)."""
+    idx = np.empty(nnz, idx_dtype)
+    vals = np.empty(nnz, x.dtype)
+    found = lib.scaleml_extract_nonzeros(ffi.from_buffer(x), x.size, x.itemsize, idx.itemsize,
+                                         ffi.from_buffer(idx, require_writable=True),
+                                         ffi.from_buffer(vals, require_writable=True), nnz)
+    return idx[:found], vals[:found]
 
 
 class Comm:
@@ -214,7 +230,7 @@ class Comm:
                 send = _as_array(sbuf, dtype, n, sdispl, writable=False)
         except _LocalError as exc:
             error = exc
-        nnz = int(np.count_nonzero(send)) if error is None else 0
+        nnz = count_nonzeros(send) if error is None else 0
         agreement = agree(private, error, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=nnz,
                           op_name="Allreduce")
         idx_dtype = index_dtype(n)
@@ -226,7 +242,7 @@ class Comm:
             self.last_info = AllreduceInfo("dense", self.algorithm, agreement.nnz_max, agreement.nnz_sum,
                                            2 * (P - 1) * n * dtype.itemsize // P, predicted)
             return
-        idx = np.flatnonzero(send).astype(idx_dtype)
-        _, info = _run(private, idx, send[idx], n, chosen, "dense", agreement, dense_out=recv)
+        idx, vals = extract_nonzeros(send, nnz, idx_dtype)
+        _, info = _run(private, idx, vals, n, chosen, "dense", agreement, dense_out=recv)
         info.requested, info.predicted = self.algorithm, predicted
         self.last_info = info

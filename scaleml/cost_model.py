@@ -17,9 +17,13 @@ cheaper.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import astuple, dataclass, replace
+from pathlib import Path
 
 ALGORITHMS = ("recursive_doubling", "split_allgather", "split_dense", "dense")
 """Algorithms of :func:`scaleml.sparse_allreduce`, in the order of their C codes (1..4)."""
@@ -32,9 +36,11 @@ class CostParams:
     """Machine parameters of the model.
 
     Defaults describe a commodity cluster (5 us latency, about 10 Gbit/s per
-    link, 4 GB/s of local merge throughput); override with :func:`set_params`
-    or the environment variables ``SCALEML_ALPHA``, ``SCALEML_BETA`` and
-    ``SCALEML_GAMMA`` (seconds, seconds per byte, seconds per byte).
+    link, 4 GB/s of local merge throughput). They are replaced, in this order,
+    by the file ``scaleml-bench calibrate`` writes (``$SCALEML_COST_FILE``, else
+    ``~/.config/scaleml/cost_model.json``), the environment variables
+    ``SCALEML_ALPHA``, ``SCALEML_BETA`` and ``SCALEML_GAMMA`` (seconds, seconds
+    per byte, seconds per byte), and :func:`set_params`.
     """
 
     alpha: float = 5e-6
@@ -42,8 +48,21 @@ class CostParams:
     gamma: float = 1.0 / 4e9
 
 
+def calibration_file() -> Path:
+    """Where ``scaleml-bench calibrate`` saves and ``auto`` reads the parameters."""
+    configured = os.environ.get("SCALEML_COST_FILE")
+    return Path(configured) if configured else Path.home() / ".config" / "scaleml" / "cost_model.json"
+
+
 def _params_from_env() -> CostParams:
     params = CostParams()
+    path = calibration_file()
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            params = replace(params, **{f: float(saved[f]) for f in ("alpha", "beta", "gamma") if f in saved})
+        except (OSError, ValueError, TypeError) as exc:
+            warnings.warn(f"ignoring unreadable cost-model file {path}: {exc}", stacklevel=2)
     for field, var in (("alpha", "SCALEML_ALPHA"), ("beta", "SCALEML_BETA"), ("gamma", "SCALEML_GAMMA")):
         if var in os.environ:
             params = replace(params, **{field: float(os.environ[var])})
@@ -56,6 +75,12 @@ _params = _params_from_env()
 def get_params() -> CostParams:
     """Return the parameters ``auto`` uses now."""
     return _params
+
+
+def params_fingerprint() -> int:
+    """A 62-bit digest of the parameters: ranks compare it so ``auto`` decides alike everywhere."""
+    digest = hashlib.blake2b(repr(astuple(_params)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
 
 
 def set_params(alpha: float | None = None, beta: float | None = None, gamma: float | None = None) -> CostParams:

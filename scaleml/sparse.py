@@ -159,9 +159,10 @@ def agree(comm: MPI.Intracomm, error: _LocalError | None, *, n: int, value_bytes
         fields[1] = -1
     fields[2:12] = [n, -n, value_bytes, -value_bytes, algorithm, -algorithm, out, -out, nnz, -nnz]
     fields[12] = 0 if error is not None or _dense_fits(n, value_bytes) else 1
-    fields[13] = 0
-    fields[14] = nnz
-    fields[15] = 1 if error is not None else 0
+    params = cost_model.params_fingerprint()
+    fields[13:15] = [params, -params]
+    fields[16] = nnz
+    fields[17] = 1 if error is not None else 0
     agreed = np.zeros_like(fields)
     check(lib.scaleml_consensus(comm_address(comm), ffi.from_buffer("int64_t[]", fields),
                                 ffi.from_buffer("int64_t[]", agreed)))
@@ -169,7 +170,7 @@ def agree(comm: MPI.Intracomm, error: _LocalError | None, *, n: int, value_bytes
         if error is not None:
             raise error.exc
         kind, what = _LOCAL_ERRORS.get(int(agreed[0]), (ValueError, "invalid argument"))
-        raise kind(f"{op_name}: {what} on rank {int(agreed[1])} ({int(agreed[15])} rank(s) failed); "
+        raise kind(f"{op_name}: {what} on rank {int(agreed[1])} ({int(agreed[17])} rank(s) failed); "
                    "see that rank's exception")
 
     def differs(i: int) -> bool:
@@ -183,7 +184,10 @@ def agree(comm: MPI.Intracomm, error: _LocalError | None, *, n: int, value_bytes
         raise ValueError(f"{op_name}: algorithm differs between ranks")
     if differs(8):
         raise ValueError(f"{op_name}: output form differs between ranks")
-    return Agreement(nnz_max=int(agreed[10]), nnz_sum=int(agreed[14]), dense_fits=not agreed[12])
+    if differs(13):
+        raise ValueError(f"{op_name}: cost-model parameters differ between ranks (is the calibration file "
+                         f"{cost_model.calibration_file()} the same on every node? set_params on every rank?)")
+    return Agreement(nnz_max=int(agreed[10]), nnz_sum=int(agreed[16]), dense_fits=not agreed[12])
 
 
 # ---- input preparation ---------------------------------------------------------------------

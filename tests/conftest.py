@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests use the built-in cost parameters, never a calibration file of this machine.
+os.environ["SCALEML_COST_FILE"] = os.devnull
+
 ROOT = Path(__file__).resolve().parent.parent
 MPI_TESTS = Path(__file__).resolve().parent / "mpi"
 RANK_COUNTS = [1, 2, 3, 4, 5, 8]
@@ -25,12 +28,13 @@ def mpiexec() -> str:
     return found
 
 
-def run_mpi(nprocs: int, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+def run_mpi(nprocs: int, args: list[str], timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``mpiexec -n nprocs python ARGS``; on timeout kill the whole job and fail.
 
     The job runs in its own session so a hung rank cannot outlive the test.
     """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {}))
     cmd = [mpiexec(), "-n", str(nprocs), sys.executable, *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

@@ -70,3 +70,39 @@ def test_short_sweep_under_mpiexec(tmp_path):
 def test_unknown_method_is_an_error():
     result = run_mpi(1, ["-m", "scaleml.bench", "--n", "100", "--methods", "nope"], timeout=120)
     assert result.returncode == 2 and "unknown method" in result.stdout
+
+
+def test_model_subcommand_prints_every_algorithm(tmp_path, capsys):
+    out = tmp_path / "model.json"
+    assert bench.main(["model", "--n", "4194304", "--ranks", "4", "1024", "--density", "1e-3", "1e-1",
+                       "--alpha", "1e-6", "--beta", "1e-9", "--gamma", "0", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("recursive_doubling", "split_allgather", "split_dense", "dense", "auto"):
+        assert name in text
+    doc = json.loads(out.read_text())
+    assert doc["params"] == {"alpha": 1e-6, "beta": 1e-9, "gamma": 0.0}
+    assert len(doc["rows"]) == 4
+    row = doc["rows"][0]
+    # hand check of the dense prediction: 2 log2 P alpha + 2 (P-1)/P n c_d beta
+    assert row["dense_s"] == pytest.approx(2 * 2 * 1e-6 + 2 * 3 / 4 * 4194304 * 4 * 1e-9)
+    assert row["speedup_vs_dense"] == pytest.approx(row["dense_s"] / row[row["auto"] + "_s"])
+
+
+def test_calibrate_fits_and_saves(tmp_path):
+    target = tmp_path / "cost.json"
+    result = run_mpi(2, ["-m", "scaleml.bench", "calibrate", "-e", "64K", "-i", "5", "--output", str(target)],
+                     timeout=300)
+    assert result.returncode == 0, result.stdout
+    saved = json.loads(target.read_text())
+    assert saved["alpha"] >= 0 and saved["beta"] > 0 and saved["gamma"] > 0
+    assert len(saved["samples"]) == 18  # 0 and 2^0 .. 2^16 bytes
+    # auto reads the file at import
+    check = run_mpi(1, ["-c", "import scaleml, json, sys; p = scaleml.cost_model.get_params(); "
+                              f"s = json.load(open({str(target)!r})); sys.exit(0 if p.beta == s['beta'] else 1)"],
+                    timeout=120, env={"SCALEML_COST_FILE": str(target)})
+    assert check.returncode == 0, check.stdout
+
+
+def test_calibrate_needs_two_ranks():
+    result = run_mpi(1, ["-m", "scaleml.bench", "calibrate", "--no-save"], timeout=120)
+    assert result.returncode == 2 and "at least 2 ranks" in result.stdout

@@ -163,3 +163,17 @@ class _no_error:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_cost_parameters_differ_between_ranks():
+    from scaleml import cost_model
+
+    before = cost_model.get_params()
+    idx, vals = good_input()
+    try:
+        cost_model.set_params(alpha=before.alpha * (1 + rank))
+        with pytest.raises(ValueError, match="cost-model parameters differ") if size > 1 else _no_error():
+            scaleml.sparse_allreduce(idx, vals, N, comm)
+    finally:
+        cost_model.set_params(alpha=before.alpha)
+    still_works()

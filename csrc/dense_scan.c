@@ -1,0 +1,68 @@
+/*
+ * Scanning a dense vector for its non-zeros: what scaleml.Comm.Allreduce does
+ * before it can use a sparse algorithm. Two passes over n values: a branch-free
+ * count (vectorizes), then an extraction into exactly sized index and value
+ * arrays. NaN counts as a non-zero (it must reach the sum, as in MPI); -0.0
+ * does not (it adds nothing).
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api_collectives.h"
+
+#define DEFINE_COUNT(VT)                                                                     \
+    static uint64_t count_##VT(const VT *x, uint64_t n)                                      \
+    {                                                                                        \
+        uint64_t count = 0;                                                                  \
+        for (uint64_t i = 0; i < n; i++) count += (x[i] != 0);                               \
+        return count;                                                                        \
+    }
+DEFINE_COUNT(float)
+DEFINE_COUNT(double)
+
+/* Blocks of 32 values are first tested as a whole (a vectorized compare-or),
+ * so the mostly-zero blocks of a sparse gradient cost no branch per value. */
+#define SCAN_BLOCK 32
+#define DEFINE_SCAN(SUFFIX, VT, IT)                                                          \
+    static uint64_t extract_##SUFFIX(const VT *x, uint64_t n, IT *idx, VT *val, uint64_t cap) \
+    {                                                                                        \
+        uint64_t k = 0, i = 0;                                                               \
+        for (; i + SCAN_BLOCK <= n; i += SCAN_BLOCK) {                                       \
+            int any = 0;                                                                     \
+            for (int j = 0; j < SCAN_BLOCK; j++) any |= (x[i + j] != 0);                     \
+            if (!any) continue;                                                              \
+            for (int j = 0; j < SCAN_BLOCK; j++)                                             \
+                if (x[i + j] != 0) {                                                         \
+                    if (k == cap) return k;                                                  \
+                    idx[k] = (IT)(i + j);                                                    \
+                    val[k++] = x[i + j];                                                     \
+                }                                                                            \
+        }                                                                                    \
+        for (; i < n; i++)                                                                   \
+            if (x[i] != 0) {                                                                 \
+                if (k == cap) return k;                                                      \
+                idx[k] = (IT)i;                                                              \
+                val[k++] = x[i];                                                             \
+            }                                                                                \
+        return k;                                                                            \
+    }
+
+DEFINE_SCAN(f32_u32, float, uint32_t)
+DEFINE_SCAN(f64_u32, double, uint32_t)
+DEFINE_SCAN(f32_u64, float, uint64_t)
+DEFINE_SCAN(f64_u64, double, uint64_t)
+
+uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes)
+{
+    return value_bytes == 4 ? count_float(values, n) : count_double(values, n);
+}
+
+uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes,
+                                  void *indices, void *out_values, uint64_t capacity)
+{
+    if (index_bytes == 4)
+        return value_bytes == 4 ? extract_f32_u32(values, n, indices, out_values, capacity)
+                                : extract_f64_u32(values, n, indices, out_values, capacity);
+    return value_bytes == 4 ? extract_f32_u64(values, n, indices, out_values, capacity)
+                            : extract_f64_u64(values, n, indices, out_values, capacity);
+}

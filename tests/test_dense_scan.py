@@ -1,0 +1,37 @@
+"""Scanning dense vectors for non-zeros (the drop-in's first step), against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scaleml.comm import count_nonzeros, extract_nonzeros
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 1000, 4099])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.5, 1.0])
+def test_matches_numpy(dtype, n, density):
+    rng = np.random.default_rng([n, int(density * 100)])
+    x = np.where(rng.random(n) < density, rng.standard_normal(n), 0).astype(dtype)
+    k = count_nonzeros(x)
+    assert k == np.count_nonzero(x)
+    for idx_dtype in (np.dtype(np.uint32), np.dtype(np.uint64)):
+        idx, vals = extract_nonzeros(x, k, idx_dtype)
+        assert idx.dtype == idx_dtype and vals.dtype == dtype
+        np.testing.assert_array_equal(idx, np.flatnonzero(x))
+        np.testing.assert_array_equal(vals, x[np.flatnonzero(x)])
+
+
+def test_nan_is_kept_and_negative_zero_is_not():
+    x = np.zeros(100, np.float32)
+    x[3], x[50], x[99] = np.nan, -0.0, np.inf
+    assert count_nonzeros(x) == 2
+    idx, vals = extract_nonzeros(x, 2, np.dtype(np.uint32))
+    assert list(idx) == [3, 99] and np.isnan(vals[0]) and np.isinf(vals[1])
+
+
+def test_capacity_is_respected():
+    x = np.ones(100, np.float64)
+    idx, vals = extract_nonzeros(x, 10, np.dtype(np.uint32))
+    assert list(idx) == list(range(10)) and vals.size == 10

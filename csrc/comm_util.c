@@ -81,6 +81,7 @@ int cu_recv(MPI_Comm comm, int source, int tag, void **buf, size_t *bytes, int *
         MPI_Mrecv(&dummy, 0, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
         return sv_fail(SCALEML_ERR_NOMEM, "out of memory receiving %zu bytes", *bytes);
     }
+    cu_prefault(*buf, *bytes);
 #if CU_LARGE_COUNT
     rc = MPI_Mrecv_c(*buf, count, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
 #else
@@ -88,6 +89,12 @@ int cu_recv(MPI_Comm comm, int source, int tag, void **buf, size_t *bytes, int *
 #endif
     if (actual_source) *actual_source = status.MPI_SOURCE;
     return cu_check(rc, "MPI_Mrecv");
+}
+
+void cu_prefault(void *buf, size_t bytes)
+{
+    volatile char *p = buf;
+    for (size_t i = 0; i < bytes; i += 4096) p[i] = 0;
 }
 
 int cu_exchange(MPI_Comm comm, int partner, int tag, const void *sendbuf, size_t sendbytes,

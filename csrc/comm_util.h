@@ -41,6 +41,12 @@ int cu_recv_segment(MPI_Comm comm, int source, int tag, uint64_t offset, uint64_
 int cu_allgatherv_bytes(const void *sendbuf, size_t sendbytes, void *recvbuf, const MPI_Count *counts,
                         const MPI_Aint *displs, int parts, MPI_Comm comm);
 
+/* Touch every page of a buffer MPI is about to write into. Fresh pages
+ * faulted inside MPI's copy loops cost 5-10x more than here when ranks share
+ * cores (seen with MPICH's shared-memory transport), so receive buffers are
+ * faulted in first; one byte per page, a few microseconds per MiB. */
+void cu_prefault(void *buf, size_t bytes);
+
 /* Range j of P contiguous ranges of [0, n): sizes differ by at most one. */
 void cu_block_range(uint64_t n, int parts, int j, uint64_t *start, uint64_t *len);
 

@@ -54,6 +54,7 @@ int sparse_allreduce_split_allgather(sa_context *c, scaleml_result *res)
         rc = sv_fail(SCALEML_ERR_NOMEM, "out of memory gathering %llu bytes", (unsigned long long)total);
         goto done;
     }
+    cu_prefault(res->block, total);
     rc = cu_allgatherv_bytes(packed, packed_bytes, res->block, counts, displs, P, c->comm);
     if (rc) goto done;
     c->bytes_sent += total - sizes[(c->rank + 1) % P];  /* ring: all blocks but the next rank's */

@@ -37,6 +37,7 @@ int sparse_allreduce_split_dense(sa_context *c, scaleml_result *res)
         counts[j] = (MPI_Count)len * c->value_bytes;
         displs[j] = (MPI_Aint)start * c->value_bytes;
     }
+    cu_prefault(all.values, (size_t)c->n * (unsigned)c->value_bytes);
     rc = cu_allgatherv_bytes(mine.values, (size_t)counts[c->rank], all.values, counts, displs, P,
                              c->comm);
     if (rc) goto done;

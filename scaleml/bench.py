@@ -151,6 +151,7 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     comm.Allreduce(dense.astype(np.float64), exact, MPI.SUM)
     scale = float(np.abs(exact).max()) if n else 0.0
     nnz = comm.allreduce(int(idx.size), MPI.SUM)
+    nnz_max = comm.allreduce(int(idx.size), MPI.MAX)
     rows, baseline_avg = [], None
     for name in [BASELINE, *[m for m in methods if m != BASELINE]]:
         run = METHODS[name](case)
@@ -167,7 +168,8 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
         algbw = size / t_avg / 1e9 if t_avg > 0 else 0.0
         rows.append({
             "size_bytes": size, "count": n, "dtype": case.dtype.name, "ranks": P, "density": density,
-            "global_nnz_input": nnz, "pattern": pattern, "method": name, "algorithm": algorithm,
+            "global_nnz_input": nnz, "max_nnz_input": nnz_max, "pattern": pattern, "method": name,
+            "algorithm": algorithm,
             "time_min_us": min(times) * 1e6, "time_avg_us": t_avg * 1e6, "time_max_us": max(times) * 1e6,
             "algbw_GBps": algbw, "busbw_GBps": algbw * 2 * (P - 1) / P, "bytes_sent_per_rank": sent,
             "speedup_vs_mpi": baseline_avg / t_avg if t_avg > 0 else float("inf"),

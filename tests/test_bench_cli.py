@@ -13,6 +13,7 @@ from scaleml import bench
 
 ROW_FIELDS = {
     "size_bytes": int, "count": int, "dtype": str, "ranks": int, "density": float, "global_nnz_input": int,
+    "max_nnz_input": int,
     "pattern": str, "method": str, "algorithm": str, "time_min_us": float, "time_avg_us": float,
     "time_max_us": float, "algbw_GBps": float, "busbw_GBps": float, "bytes_sent_per_rank": int,
     "speedup_vs_mpi": float, "max_rel_error": float, "lossless": bool,

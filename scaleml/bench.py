@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", choices=PATTERNS, default="overlap", help="how ranks' indices relate")
     p.add_argument("--methods", nargs="+", default=["all"],
                    help=f"methods to time besides {BASELINE}: all or any of {sorted(METHODS)}")
-    p.add_argument("-w", "--warmup", type=int, default=3)
+    p.add_argument("-w", "--warmup", type=int, default=5)
     p.add_argument("-i", "--iterations", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write rows and run metadata as JSON")

@@ -114,9 +114,7 @@ def parse_rate(text: str) -> int | None:
         return None
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
     if not m or (m.group(2) and m.group(2) not in _RATE_UNITS):
-        raise argparse.ArgumentTypeError(
-            f"bad rate {text!r}: use e.g. 1gbit, 500mbit, 2gbit, or 'none'"
-        )
+        raise argparse.ArgumentTypeError(f"bad rate {text!r}: use e.g. 1gbit, 500mbit, 2gbit, or 'none'")
     bits = float(m.group(1)) * _RATE_UNITS[m.group(2) or "bit"]
     if bits < 8000:
         raise argparse.ArgumentTypeError(f"rate {text!r} is too small (minimum 8kbit)")
@@ -439,7 +437,9 @@ exec ip netns exec "$ns" sh -c "$*"
         for ns in self.host_ns:
             r = self.r.ns(ns, sys.executable, "-c", probe, self.launcher_addr, check=False)
             if r.returncode != 0:
-                raise SetupError(f"{ns} cannot reach the launcher at {self.launcher_addr}: {r.stderr.strip()}")
+                raise SetupError(
+                    f"{ns} cannot reach the launcher at {self.launcher_addr}: {r.stderr.strip()}"
+                )
 
     def mpiexec_command(
         self, mpiexec: str, ranks_per_host: int, command: list[str], extra: list[str]

@@ -53,6 +53,8 @@ def test_parse_rate_units():
     assert ec.format_rate(10**9) == "1gbit"
     assert ec.format_rate(500 * 10**6) == "500mbit"
     assert ec.format_rate(None) == "none"
+    assert ec.default_burst(10**9) == 250_000  # 2 ms at 1 Gbit/s
+    assert ec.default_burst(100 * 10**6) == 65536  # floor: one GSO segment
 
 
 def test_parse_args_command_and_defaults():
@@ -78,6 +80,7 @@ def test_parse_args_command_and_defaults():
         ["--hosts", "2", "--rate", "1gbit", "--subnet", "10.77", "--", "prog"],
         ["--cleanup", "--hosts", "2"],
         ["--hosts", "2", "--rate", "1gbit", "--force", "--", "prog"],
+        ["--hosts", "2", "--rate", "1gbit", "--burst", "100", "--", "prog"],
     ],
 )
 def test_parse_args_errors_exit_2(argv, capsys):

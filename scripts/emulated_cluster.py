@@ -406,7 +406,8 @@ class Cluster:
         if r.returncode != 0:
             raise SetupError(
                 f"tc tbf failed on {dev} in {ns}: {r.stderr.strip()}\n"
-                "the kernel needs the sch_tbf qdisc (CONFIG_NET_SCH_TBF); or run with --rate none"
+                "(if the qdisc kind is unknown, the kernel lacks sch_tbf (CONFIG_NET_SCH_TBF): "
+                "use --rate none)"
             )
 
     def _write_launcher(self) -> None:

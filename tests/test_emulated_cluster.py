@@ -207,6 +207,13 @@ def test_failing_command_tears_down():
 
 
 @needs_cluster
+def test_setup_failure_tears_down():
+    # tc rejects this bucket on the first host, after the bridge and that host exist
+    r, _ = _cluster(["--hosts", "2", "--rate", "1gbit", "--burst", "100000000000", "--", "true"])
+    assert r.returncode == 2 and "tc tbf failed" in r.stderr, r.stderr
+
+
+@needs_cluster
 def test_timeout_tears_down():
     r, _ = _cluster(["--hosts", "2", "--rate", "none", "--timeout", "2", "--", "sleep", "60"])
     assert r.returncode == 124, r.stderr

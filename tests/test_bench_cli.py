@@ -107,3 +107,13 @@ def test_calibrate_fits_and_saves(tmp_path):
 def test_calibrate_needs_two_ranks():
     result = run_mpi(1, ["-m", "scaleml.bench", "calibrate", "--no-save"], timeout=120)
     assert result.returncode == 2 and "at least 2 ranks" in result.stdout
+
+
+def test_alpha_beta_fit_recovers_a_known_line():
+    import numpy as np
+
+    m = np.array([0, 8, 512, 1024, 4096, 65536, 1 << 20, 1 << 24], float)
+    t = 5e-6 + 8e-9 * m
+    t[4] *= 0.3  # a shaper's burst allowance lets a mid-size message through early: ignored
+    alpha, beta = bench.fit_alpha_beta(m, t)
+    assert alpha == pytest.approx(5e-6, rel=1e-3) and beta == pytest.approx(8e-9, rel=1e-3)

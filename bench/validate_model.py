@@ -1,6 +1,6 @@
 """Compare the cost model's predictions with a measured ``scaleml-bench`` sweep.
 
-    python bench/validate_model.py SWEEP.json [--params COST.json] [--markdown]
+    python bench/validate_model.py SWEEP.json [--params COST.json] [--min-bytes B] [--markdown]
 
 For every row of the sweep that ran one of the model's algorithms (forced, not
 ``auto``), predicts its time from the parameters (a file written by
@@ -63,8 +63,10 @@ def main() -> int:
     p.add_argument("sweep", type=Path)
     p.add_argument("--params", type=Path, help="cost-model file (default: the sweep's recorded parameters)")
     p.add_argument("--markdown", action="store_true", help="print markdown tables")
+    p.add_argument("--min-bytes", type=int, default=0, help="only cases of at least this many bytes (dense)")
     args = p.parse_args()
     doc = json.loads(args.sweep.read_text())
+    doc["rows"] = [r for r in doc["rows"] if r["size_bytes"] >= args.min_bytes]
     saved = json.loads(args.params.read_text()) if args.params else doc["meta"]["cost_params"]
     params = cost_model.CostParams(saved["alpha"], saved["beta"], saved["gamma"])
     rows = predictions(doc["rows"], params)

@@ -46,6 +46,10 @@ uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes)
 uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes,
                                   void *indices, void *out_values, uint64_t capacity);
 
+/* Seconds per byte of input that merging two sparse float32 vectors of nnz
+ * entries each (half the indices shared) takes here: gamma of the cost model. */
+double scaleml_merge_seconds_per_byte(uint64_t nnz, int repetitions);
+
 /* Validate one packed segment (sparse_vector.h wire format) covering
  * [offset, offset + len) exactly as a receiver does: SCALEML_OK or
  * SCALEML_ERR_MALFORMED (3) with a message. For tests and tools. */

@@ -119,6 +119,34 @@ int scaleml_check_segment_message(const void *buf, size_t bytes, uint64_t offset
     return sv_unpack(buf, bytes, offset, len, index_bytes, value_bytes, &view);
 }
 
+double scaleml_merge_seconds_per_byte(uint64_t nnz, int repetitions)
+{
+    uint32_t *ia = malloc(nnz * sizeof *ia), *ib = malloc(nnz * sizeof *ib);
+    float *va = malloc(nnz * sizeof *va), *vb = malloc(nnz * sizeof *vb);
+    double best = -1.0;
+    if (ia && ib && va && vb) {
+        for (uint64_t i = 0; i < nnz; i++) {  /* a: 0, 2, 4, ...; b: every other one shared */
+            ia[i] = (uint32_t)(2 * i);
+            ib[i] = (uint32_t)(i % 2 ? 2 * i + 1 : 2 * i);
+            va[i] = vb[i] = 1.0f;
+        }
+        uint64_t n = 2 * nnz + 2;
+        for (int r = 0; r < repetitions; r++) {
+            sv_segment acc, b;
+            sv_view_sparse(&acc, 0, n, nnz, ia, va, 4, 4);
+            sv_view_sparse(&b, 0, n, nnz, ib, vb, 4, 4);
+            double t0 = MPI_Wtime();
+            int rc = sv_accumulate(&acc, &b);
+            double t = MPI_Wtime() - t0;
+            sv_free(&acc);
+            if (rc) break;
+            if (best < 0 || t < best) best = t;
+        }
+    }
+    free(ia), free(ib), free(va), free(vb);
+    return best < 0 ? best : best / (double)(2 * nnz * 8);
+}
+
 /* MAX over the first fields, SUM over the rest. */
 static void consensus_op(void *in, void *inout, int *len, MPI_Datatype *type)
 {

@@ -420,14 +420,14 @@ def calibrate(args: argparse.Namespace) -> int:
     comm.Barrier()
     gamma = comm.allreduce(float(lib.scaleml_merge_seconds_per_byte(1 << 20, 5)), MPI.MAX)
     fitted = (m <= 1024) | (m >= 65536)
-    fit_error = float(np.max(np.abs((alpha + beta * m[fitted]) - t[fitted]) / t[fitted]))
+    fit_error = float(np.max(np.abs((alpha_link + beta_link * m[fitted]) - t[fitted]) / t[fitted]))
     if rank == 0:
         print(f"alpha = {alpha * 1e6:.2f} us (ping-pong: {alpha_link * 1e6:.2f} us)   "
               f"beta = {beta * 1e9:.4f} ns/B ({1e-9 / beta:.3f} GB/s; one link alone: {1e-9 / beta_link:.3f} GB/s)   "
               f"gamma = {gamma * 1e9:.4f} ns/B (sparse merge)\n"
               f"ping-pong fit: worst relative error {fit_error:.0%} at <= 1 KiB and >= 64 KiB, ranks 0 <-> {peer}")
         for size, x in samples:
-            print(f"  {size:>10d} B  {x * 1e6:12.2f} us   model {(alpha + beta * size) * 1e6:12.2f} us")
+            print(f"  {size:>10d} B  {x * 1e6:12.2f} us   ping-pong fit {(alpha_link + beta_link * size) * 1e6:12.2f} us")
         if not args.no_save:
             path = args.output or cost_model.calibration_file()
             path.parent.mkdir(parents=True, exist_ok=True)

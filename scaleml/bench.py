@@ -427,7 +427,8 @@ def calibrate(args: argparse.Namespace) -> int:
               f"gamma = {gamma * 1e9:.4f} ns/B (sparse merge)\n"
               f"ping-pong fit: worst relative error {fit_error:.0%} at <= 1 KiB and >= 64 KiB, ranks 0 <-> {peer}")
         for size, x in samples:
-            print(f"  {size:>10d} B  {x * 1e6:12.2f} us   ping-pong fit {(alpha_link + beta_link * size) * 1e6:12.2f} us")
+            fitted_us = (alpha_link + beta_link * size) * 1e6
+            print(f"  {size:>10d} B  {x * 1e6:12.2f} us   ping-pong fit {fitted_us:12.2f} us")
         if not args.no_save:
             path = args.output or cost_model.calibration_file()
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,288 @@
+/*
+ * QSGD stochastic quantization (Alistarh et al., NeurIPS 2017), bucketed.
+ *
+ * The input is cut into buckets of d consecutive values (the last one may be
+ * shorter); each bucket is quantized with its own norm N (L2 or max, rounded
+ * UP to float32 so that |v_i| / N <= 1 and the decoder uses exactly the N the
+ * encoder used). With s = 2^bits - 1 levels and r_i = s |v_i| / N in [l, l+1]:
+ *     level_i = l + 1 with probability r_i - l, else l
+ *     Q(v_i)  = N * sgn(v_i) * level_i / s
+ * so E[Q(v_i)] = v_i. The uniform number is 32 bits from the counter RNG
+ * (element i of the whole vector uses draw i of the stream), so the
+ * probability is exact up to 2^-32.
+ *
+ * Wire formats (bit streams, LSB-first, see bitstream.h), per bucket in order:
+ *   FIXED: 32 bits  float32 norm
+ *          per element (bits + 1) bits: level in the low `bits` bits, then the
+ *          sign bit (1 = negative; always 0 when the level is 0)
+ *          -> bits + 1 + 32/d bits per element.
+ *   ELIAS: 32 bits  float32 norm
+ *          omega(nnz + 1)
+ *          per non-zero: omega(gap) (gap = position - previous position, the
+ *          first one counted from -1, so gap >= 1), 1 sign bit, omega(level)
+ *          -> for the sparse regime (small s); expected size bounded by
+ *          Theorem 3.2 of the paper.
+ * The stream is zero padded to a byte; the decoder rejects any other length.
+ */
+#include <float.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_compress.h"
+#include "bitstream.h"
+#include "counter_rng.h"
+#include "sparse_vector.h"
+
+#define QSGD_MAX_BUCKET (UINT64_C(1) << 31)
+
+static int check_args(uint64_t n, uint32_t bits, uint64_t bucket, int format, int value_bytes)
+{
+    (void)n;
+    if (bits < 1 || bits > 8) return sv_fail(SCALEML_ERR_ARG, "QSGD bits must be in 1..8, got %u", bits);
+    if (bucket < 1 || bucket > QSGD_MAX_BUCKET)
+        return sv_fail(SCALEML_ERR_ARG, "QSGD bucket size must be in 1..2^31, got %llu",
+                       (unsigned long long)bucket);
+    if (format != SCALEML_QSGD_FIXED && format != SCALEML_QSGD_ELIAS)
+        return sv_fail(SCALEML_ERR_ARG, "unknown QSGD format %d", format);
+    if (value_bytes != 4 && value_bytes != 8)
+        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    return SCALEML_OK;
+}
+
+size_t scaleml_qsgd_max_bytes(uint64_t n, uint32_t bits, uint64_t bucket, int format)
+{
+    if (bits < 1 || bits > 8 || bucket < 1) return 0;
+    uint64_t nb = (n + bucket - 1) / bucket;
+    if (format == SCALEML_QSGD_FIXED) return (size_t)((nb * 32 + n * (bits + 1) + 7) / 8);
+    uint64_t s = (UINT64_C(1) << bits) - 1;
+    uint64_t full = n / bucket, rest = n % bucket;
+    uint64_t per_full = 32 + elias_omega_bits(bucket + 1)
+                        + bucket * (elias_omega_bits(bucket) + 1 + elias_omega_bits(s));
+    uint64_t total = full * per_full;
+    if (rest) total += 32 + elias_omega_bits(rest + 1) + rest * (elias_omega_bits(rest) + 1 + elias_omega_bits(s));
+    return (size_t)((total + 7) / 8);
+}
+
+/* Smallest float32 >= x (x finite, >= 0); +inf when x is beyond float32. */
+static float round_up_f32(double x)
+{
+    float f = (float)x;
+    if ((double)f < x) f = nextafterf(f, INFINITY);
+    return f;
+}
+
+/* One bucket: norm and the codes level | sign << 8. Returns 0, or -1 on a non-finite value. */
+#define QSGD_DEFINE_BUCKET(SUFFIX, VT, VT_MAX)                                              \
+    static int bucket_codes_##SUFFIX(const VT *v, uint64_t len, uint64_t base, int norm_kind, \
+                                     uint32_t s, uint64_t key, uint16_t *codes, float *norm_out, \
+                                     uint64_t *nnz_out)                                       \
+    {                                                                                         \
+        double norm;                                                                          \
+        int bad = 0;                                                                          \
+        if (norm_kind == SCALEML_NORM_MAX) {                                                  \
+            VT m = 0;                                                                         \
+            for (uint64_t i = 0; i < len; i++) {                                              \
+                VT a = v[i] < 0 ? -v[i] : v[i];                                               \
+                bad |= !(a <= VT_MAX);                                                        \
+                m = a > m ? a : m;                                                            \
+            }                                                                                 \
+            norm = (double)m;                                                                 \
+        } else {                                                                              \
+            double acc = 0;                                                                   \
+            for (uint64_t i = 0; i < len; i++) acc += (double)v[i] * (double)v[i];            \
+            if (!isfinite(acc)) {                                                             \
+                double m = 0;                                                                 \
+                for (uint64_t i = 0; i < len; i++) {                                          \
+                    double a = fabs((double)v[i]);                                            \
+                    bad |= !(a <= DBL_MAX);                                                   \
+                    m = a > m ? a : m;                                                        \
+                }                                                                             \
+                if (!bad) {                                                                   \
+                    acc = 0;                                                                  \
+                    for (uint64_t i = 0; i < len; i++) {                                      \
+                        double t = (double)v[i] / m;                                          \
+                        acc += t * t;                                                         \
+                    }                                                                         \
+                    acc = m * sqrt(acc);                                                      \
+                }                                                                             \
+            } else {                                                                          \
+                acc = sqrt(acc);                                                              \
+            }                                                                                 \
+            norm = acc;                                                                       \
+        }                                                                                     \
+        if (bad) return -1;                                                                   \
+        float nf = round_up_f32(norm);                                                        \
+        if (!isfinite(nf)) return -2;                                                         \
+        *norm_out = nf;                                                                       \
+        uint64_t nnz = 0;                                                                     \
+        if (nf == 0) {                                                                        \
+            memset(codes, 0, len * sizeof *codes);                                            \
+            *nnz_out = 0;                                                                     \
+            return 0;                                                                         \
+        }                                                                                     \
+        double scale = (double)s / (double)nf;                                                \
+        for (uint64_t i = 0; i < len; i++) {                                                  \
+            double x = (double)v[i];                                                          \
+            double r = fabs(x) * scale;                                                       \
+            double l = floor(r);                                                              \
+            double u = (double)crng_u32(key, base + i) * 0x1.0p-32;                           \
+            uint32_t level = (uint32_t)l + (u < r - l);                                       \
+            if (level > s) level = s;                                                         \
+            uint16_t code = (uint16_t)(level | ((uint32_t)(x < 0 && level) << 8));            \
+            codes[i] = code;                                                                  \
+            nnz += level != 0;                                                                \
+        }                                                                                     \
+        *nnz_out = nnz;                                                                       \
+        return 0;                                                                             \
+    }                                                                                         \
+    static void bucket_decode_##SUFFIX(VT *out, uint64_t len, float norm, uint32_t s,         \
+                                       uint32_t level, int neg, uint64_t i)                   \
+    {                                                                                         \
+        (void)len;                                                                            \
+        double unit = (double)norm / (double)s;                                               \
+        VT val = (VT)(unit * (double)level);                                                  \
+        out[i] = neg ? -val : val;                                                            \
+    }
+
+QSGD_DEFINE_BUCKET(f32, float, FLT_MAX)
+QSGD_DEFINE_BUCKET(f64, double, DBL_MAX)
+
+int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                        int norm, int format, uint64_t key, uint8_t *out, size_t cap, size_t *written)
+{
+    int rc = check_args(n, bits, bucket, format, value_bytes);
+    if (rc) return rc;
+    if (norm != SCALEML_NORM_L2 && norm != SCALEML_NORM_MAX)
+        return sv_fail(SCALEML_ERR_ARG, "unknown QSGD norm %d", norm);
+    *written = 0;
+    if (n == 0) return SCALEML_OK;
+    uint32_t s = (UINT32_C(1) << bits) - 1;
+    uint64_t maxlen = bucket < n ? bucket : n;
+    uint16_t *codes = malloc(maxlen * sizeof *codes);
+    if (!codes) return sv_fail(SCALEML_ERR_NOMEM, "QSGD: out of memory for %llu codes", (unsigned long long)maxlen);
+    bitwriter w;
+    bw_init(&w, out, cap);
+    for (uint64_t start = 0; start < n; start += bucket) {
+        uint64_t len = n - start < bucket ? n - start : bucket;
+        float nf;
+        uint64_t nnz;
+        int bad = value_bytes == 4
+                      ? bucket_codes_f32((const float *)x + start, len, start, norm, s, key, codes, &nf, &nnz)
+                      : bucket_codes_f64((const double *)x + start, len, start, norm, s, key, codes, &nf, &nnz);
+        if (bad) {
+            free(codes);
+            return bad == -1 ? sv_fail(SCALEML_ERR_ARG, "QSGD: non-finite value (NaN or Inf) in the input")
+                             : sv_fail(SCALEML_ERR_ARG, "QSGD: bucket norm exceeds the float32 range");
+        }
+        uint32_t nbits;
+        memcpy(&nbits, &nf, 4);
+        bw_put(&w, nbits, 32);
+        if (format == SCALEML_QSGD_FIXED) {
+            if (bits == 8) {
+                for (uint64_t i = 0; i < len; i++) bw_put(&w, codes[i], 9);
+            } else {
+                for (uint64_t i = 0; i < len; i++) {
+                    uint32_t c = codes[i];
+                    bw_put(&w, (c & 0xff) | ((c >> 8) << bits), bits + 1);
+                }
+            }
+        } else {
+            elias_omega_put(&w, nnz + 1);
+            uint64_t prev = (uint64_t)-1;
+            if (nnz) {
+                for (uint64_t i = 0; i < len; i++) {
+                    uint32_t c = codes[i];
+                    if (!(c & 0xff)) continue;
+                    elias_omega_put(&w, i - prev);
+                    bw_put(&w, c >> 8, 1);
+                    elias_omega_put(&w, c & 0xff);
+                    prev = i;
+                }
+            }
+        }
+        if (w.overflow) break;
+    }
+    free(codes);
+    size_t bytes = bw_finish(&w, out);
+    if (w.overflow) {
+        *written = scaleml_qsgd_max_bytes(n, bits, bucket, format);
+        return sv_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
+    }
+    *written = bytes;
+    return SCALEML_OK;
+}
+
+static int read_norm(bitreader *r, float *norm)
+{
+    uint32_t b = (uint32_t)br_get(r, 32);
+    if (r->err) return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+    memcpy(norm, &b, 4);
+    if (!(*norm >= 0) || !isfinite(*norm))
+        return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
+    return SCALEML_OK;
+}
+
+int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                        int format, void *out, int value_bytes)
+{
+    int rc = check_args(n, bits, bucket, format, value_bytes);
+    if (rc) return rc;
+    uint32_t s = (UINT32_C(1) << bits) - 1;
+    if (format == SCALEML_QSGD_FIXED && bytes != scaleml_qsgd_max_bytes(n, bits, bucket, format))
+        return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
+                       scaleml_qsgd_max_bytes(n, bits, bucket, format));
+    bitreader r;
+    br_init(&r, buf, bytes);
+    for (uint64_t start = 0; start < n; start += bucket) {
+        uint64_t len = n - start < bucket ? n - start : bucket;
+        float nf;
+        if ((rc = read_norm(&r, &nf))) return rc;
+        if (format == SCALEML_QSGD_FIXED) {
+            uint64_t mask = ((uint64_t)1 << bits) - 1;
+            double unit = (double)nf / (double)s;
+            if (value_bytes == 4) {
+                float *o = (float *)out + start;
+                for (uint64_t i = 0; i < len; i++) {
+                    uint64_t c = br_get(&r, bits + 1);
+                    float val = (float)(unit * (double)(c & mask));
+                    o[i] = (c >> bits) ? -val : val;
+                }
+            } else {
+                double *o = (double *)out + start;
+                for (uint64_t i = 0; i < len; i++) {
+                    uint64_t c = br_get(&r, bits + 1);
+                    double val = unit * (double)(c & mask);
+                    o[i] = (c >> bits) ? -val : val;
+                }
+            }
+            if (r.err) return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+        } else {
+            memset((char *)out + start * (uint64_t)value_bytes, 0, len * (uint64_t)value_bytes);
+            uint64_t nnz1 = elias_omega_get(&r);
+            if (r.err || nnz1 - 1 > len)
+                return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload: bad non-zero count in bucket at %llu",
+                               (unsigned long long)start);
+            uint64_t pos = (uint64_t)-1;
+            for (uint64_t j = 0; j + 1 < nnz1; j++) {
+                uint64_t gap = elias_omega_get(&r);
+                uint64_t neg = br_get(&r, 1);
+                uint64_t level = elias_omega_get(&r);
+                if (r.err || gap > len || pos + gap >= len || level > s)
+                    return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload: bad entry in bucket at %llu",
+                                   (unsigned long long)start);
+                pos += gap;
+                if (value_bytes == 4)
+                    bucket_decode_f32((float *)out + start, len, nf, s, (uint32_t)level, (int)neg, pos);
+                else
+                    bucket_decode_f64((double *)out + start, len, nf, s, (uint32_t)level, (int)neg, pos);
+            }
+        }
+    }
+    if (br_bits_left(&r) >= 8)
+        return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %llu trailing bytes",
+                       (unsigned long long)(br_bits_left(&r) / 8));
+    return SCALEML_OK;
+}

@@ -266,7 +266,7 @@ int scaleml_adaptive_decode(const uint8_t *buf, size_t bytes, uint64_t rows, uin
         }
     }
     if (!rc) {
-        memset(out, 0, rows * cols * (size_t)value_bytes);
+        if (rows && cols) memset(out, 0, rows * cols * (size_t)value_bytes);
         if (value_bytes == 4) decode_f32(words, wb, off, rec, cols, out);
         else decode_f64(words, wb, off, rec, cols, out);
     }

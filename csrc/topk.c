@@ -157,7 +157,7 @@ int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, 
     memset(out + 8 + count * 4, 0, pad8(count * 4) - count * 4);
     void *val = out + 8 + pad8(count * 4);
     if (k == 0) {
-        if (residual) memcpy(residual, x, n * (size_t)value_bytes);
+        if (residual && n) memcpy(residual, x, n * (size_t)value_bytes);
         return SCALEML_OK;
     }
     if (value_bytes == 4) emit_f32(x, n, t32, take_eq, idx, val, residual);
@@ -205,7 +205,7 @@ int scaleml_topk_decode(const uint8_t *buf, size_t bytes, uint64_t n, void *out,
     size_t io, vo;
     int rc = scaleml_topk_layout(buf, bytes, n, value_bytes, &c, &io, &vo);
     if (rc) return rc;
-    memset(out, 0, n * (size_t)value_bytes);
+    if (n) memset(out, 0, n * (size_t)value_bytes);
     for (uint64_t i = 0; i < c; i++) {
         uint32_t j;
         memcpy(&j, buf + io + 4 * i, 4);

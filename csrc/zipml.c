@@ -82,7 +82,7 @@ int scaleml_zipml_levels(const double *sorted, uint64_t m, uint32_t s, uint32_t 
             double v = sorted[(uint64_t)((double)q * (double)(m - 1) / (double)(M - 1) + 0.5)];
             if (j == 0 || v > cand[j - 1]) cand[j++] = v;
         }
-        if (cand[j - 1] != sorted[m - 1]) {
+        if (j > 0 && cand[j - 1] != sorted[m - 1]) {
             if (j < M) cand[j++] = sorted[m - 1];
             else cand[j - 1] = sorted[m - 1];
         }

@@ -7,9 +7,10 @@
  * encoder used). With s = 2^bits - 1 levels and r_i = s |v_i| / N in [l, l+1]:
  *     level_i = l + 1 with probability r_i - l, else l
  *     Q(v_i)  = N * sgn(v_i) * level_i / s
- * so E[Q(v_i)] = v_i. The uniform number is 32 bits from the counter RNG
- * (element i of the whole vector uses draw i of the stream), so the
- * probability is exact up to 2^-32.
+ * so E[Q(v_i)] = v_i. Element i of the whole vector takes its uniform number
+ * from half of draw i/2 of the counter RNG: 24 bits for float32 input (the
+ * comparison is done in float), 32 bits for float64 input, so the rounding
+ * probability is exact up to 2^-24 (resp. 2^-32).
  *
  * Wire formats (bit streams, LSB-first, see bitstream.h), per bucket in order:
  *   FIXED: 32 bits  float32 norm
@@ -74,8 +75,78 @@ static float round_up_f32(double x)
     return f;
 }
 
+static inline float abs_f32(float x) { return fabsf(x); }
+static inline double abs_f64(double x) { return fabs(x); }
+
+/* ---- fast paths of the FIXED format when d % 8 == 0: every bucket then starts on a
+ * byte boundary and 8 codes of w bits fill exactly w bytes. ---- */
+
+/* Pack 8 codes (level | sign << 8) as w = bits + 1 bit fields at p; room = bytes left. */
+static inline void pack8(uint8_t *p, size_t room, const uint16_t *c, unsigned bits)
+{
+    unsigned w = bits + 1;
+    if (w <= 8) {
+        uint64_t acc = 0;
+        for (unsigned j = 0; j < 8; j++) {
+            uint64_t code = (uint64_t)(c[j] & 0xff) | ((uint64_t)(c[j] >> 8) << bits);
+            acc |= code << (j * w);
+        }
+        if (room >= 8) memcpy(p, &acc, 8);
+        else for (unsigned b = 0; b < w; b++) p[b] = (uint8_t)(acc >> (8 * b));
+    } else { /* w == 9: 72 bits */
+        uint64_t lo = 0;
+        for (unsigned j = 0; j < 7; j++) lo |= (uint64_t)c[j] << (9 * j);
+        lo |= (uint64_t)(c[7] & 1) << 63;
+        memcpy(p, &lo, 8);
+        p[8] = (uint8_t)(c[7] >> 1);
+    }
+}
+
+/* Unpack 8 codes (level | sign << bits) from p. */
+static inline void unpack8(const uint8_t *p, size_t room, uint32_t *c, unsigned bits)
+{
+    unsigned w = bits + 1;
+    if (w <= 8) {
+        uint64_t acc = 0;
+        if (room >= 8) memcpy(&acc, p, 8);
+        else for (unsigned b = 0; b < w; b++) acc |= (uint64_t)p[b] << (8 * b);
+        uint64_t mask = ((uint64_t)1 << w) - 1;
+        for (unsigned j = 0; j < 8; j++) c[j] = (uint32_t)((acc >> (j * w)) & mask);
+    } else {
+        uint64_t lo;
+        memcpy(&lo, p, 8);
+        for (unsigned j = 0; j < 7; j++) c[j] = (uint32_t)((lo >> (9 * j)) & 0x1ff);
+        c[7] = (uint32_t)(lo >> 63) | ((uint32_t)p[8] << 1);
+    }
+}
+
+/* One element: code = level | sign << 8 (sign only with a non-zero level). */
+static inline void qsgd_code_f32(float x, float scale, uint32_t s, uint32_t u32, uint16_t *code,
+                                 uint64_t *nnz)
+{
+    float r = fabsf(x) * scale;
+    uint32_t l = (uint32_t)r;
+    float u = (float)(u32 >> 8) * 0x1.0p-24f;
+    uint32_t level = l + (uint32_t)(u < r - (float)l);
+    level = level > s ? s : level;
+    *code = (uint16_t)(level | ((uint32_t)((x < 0) & (level != 0)) << 8));
+    *nnz += level != 0;
+}
+
+static inline void qsgd_code_f64(double x, double scale, uint32_t s, uint32_t u32, uint16_t *code,
+                                 uint64_t *nnz)
+{
+    double r = fabs(x) * scale;
+    uint32_t l = (uint32_t)r;
+    double u = (double)u32 * 0x1.0p-32;
+    uint32_t level = l + (uint32_t)(u < r - (double)l);
+    level = level > s ? s : level;
+    *code = (uint16_t)(level | ((uint32_t)((x < 0) & (level != 0)) << 8));
+    *nnz += level != 0;
+}
+
 /* One bucket: norm and the codes level | sign << 8. Returns 0, or -1 on a non-finite value. */
-#define QSGD_DEFINE_BUCKET(SUFFIX, VT, VT_MAX)                                              \
+#define QSGD_DEFINE_BUCKET(SUFFIX, VT, FT, VT_MAX)                                              \
     static int bucket_codes_##SUFFIX(const VT *v, uint64_t len, uint64_t base, int norm_kind, \
                                      uint32_t s, uint64_t key, uint16_t *codes, float *norm_out, \
                                      uint64_t *nnz_out)                                       \
@@ -83,16 +154,32 @@ static float round_up_f32(double x)
         double norm;                                                                          \
         int bad = 0;                                                                          \
         if (norm_kind == SCALEML_NORM_MAX) {                                                  \
-            VT m = 0;                                                                         \
-            for (uint64_t i = 0; i < len; i++) {                                              \
-                VT a = v[i] < 0 ? -v[i] : v[i];                                               \
-                bad |= !(a <= VT_MAX);                                                        \
-                m = a > m ? a : m;                                                            \
+            VT m0 = 0, m1 = 0, m2 = 0, m3 = 0;                                                \
+            uint64_t i = 0;                                                                   \
+            for (; i + 4 <= len; i += 4) {                                                    \
+                VT a0 = abs_##SUFFIX(v[i]), a1 = abs_##SUFFIX(v[i + 1]), a2 = abs_##SUFFIX(v[i + 2]), a3 = abs_##SUFFIX(v[i + 3]); \
+                bad |= !(a0 <= VT_MAX) | !(a1 <= VT_MAX) | !(a2 <= VT_MAX) | !(a3 <= VT_MAX); \
+                m0 = a0 > m0 ? a0 : m0; m1 = a1 > m1 ? a1 : m1;                               \
+                m2 = a2 > m2 ? a2 : m2; m3 = a3 > m3 ? a3 : m3;                               \
             }                                                                                 \
-            norm = (double)m;                                                                 \
+            for (; i < len; i++) {                                                            \
+                VT a = abs_##SUFFIX(v[i]);                                                    \
+                bad |= !(a <= VT_MAX);                                                        \
+                m0 = a > m0 ? a : m0;                                                         \
+            }                                                                                 \
+            m0 = m1 > m0 ? m1 : m0; m2 = m3 > m2 ? m3 : m2;                                   \
+            norm = (double)(m2 > m0 ? m2 : m0);                                               \
         } else {                                                                              \
-            double acc = 0;                                                                   \
-            for (uint64_t i = 0; i < len; i++) acc += (double)v[i] * (double)v[i];            \
+            double a0 = 0, a1 = 0, a2 = 0, a3 = 0, acc;                                        \
+            uint64_t i = 0;                                                                   \
+            for (; i + 4 <= len; i += 4) {                                                    \
+                a0 += (double)v[i] * (double)v[i];                                            \
+                a1 += (double)v[i + 1] * (double)v[i + 1];                                    \
+                a2 += (double)v[i + 2] * (double)v[i + 2];                                    \
+                a3 += (double)v[i + 3] * (double)v[i + 3];                                    \
+            }                                                                                 \
+            for (; i < len; i++) a0 += (double)v[i] * (double)v[i];                           \
+            acc = (a0 + a1) + (a2 + a3);                                                      \
             if (!isfinite(acc)) {                                                             \
                 double m = 0;                                                                 \
                 for (uint64_t i = 0; i < len; i++) {                                          \
@@ -123,18 +210,24 @@ static float round_up_f32(double x)
             *nnz_out = 0;                                                                     \
             return 0;                                                                         \
         }                                                                                     \
-        double scale = (double)s / (double)nf;                                                \
-        for (uint64_t i = 0; i < len; i++) {                                                  \
-            double x = (double)v[i];                                                          \
-            double r = fabs(x) * scale;                                                       \
-            double l = floor(r);                                                              \
-            double u = (double)crng_u32(key, base + i) * 0x1.0p-32;                           \
-            uint32_t level = (uint32_t)l + (u < r - l);                                       \
-            if (level > s) level = s;                                                         \
-            uint16_t code = (uint16_t)(level | ((uint32_t)(x < 0 && level) << 8));            \
-            codes[i] = code;                                                                  \
-            nnz += level != 0;                                                                \
+        /* r = s |v_i| / N in FT (float for float32 input); level = floor(r) + (u < frac)  \
+         * with a 24-bit (float) or 32-bit (double) uniform u. Branch free: r >= 0, so  \
+         * the truncating conversion is the floor. */                                        \
+        const FT scale = (FT)((double)s / (double)nf);                                        \
+        uint64_t i = 0;                                                                       \
+        if (len && ((base + i) & 1)) {                                                        \
+            qsgd_code_##SUFFIX(v[i], scale, s, (uint32_t)(crng_draw(key, (base + i) >> 1) >> 32), \
+                               codes + i, &nnz);                                              \
+            i++;                                                                              \
         }                                                                                     \
+        for (; i + 2 <= len; i += 2) {                                                        \
+            uint64_t h = crng_draw(key, (base + i) >> 1);                                     \
+            qsgd_code_##SUFFIX(v[i], scale, s, (uint32_t)h, codes + i, &nnz);                 \
+            qsgd_code_##SUFFIX(v[i + 1], scale, s, (uint32_t)(h >> 32), codes + i + 1, &nnz); \
+        }                                                                                     \
+        if (i < len)                                                                          \
+            qsgd_code_##SUFFIX(v[i], scale, s, (uint32_t)crng_draw(key, (base + i) >> 1),     \
+                               codes + i, &nnz);                                              \
         *nnz_out = nnz;                                                                       \
         return 0;                                                                             \
     }                                                                                         \
@@ -147,8 +240,8 @@ static float round_up_f32(double x)
         out[i] = neg ? -val : val;                                                            \
     }
 
-QSGD_DEFINE_BUCKET(f32, float, FLT_MAX)
-QSGD_DEFINE_BUCKET(f64, double, DBL_MAX)
+QSGD_DEFINE_BUCKET(f32, float, float, FLT_MAX)
+QSGD_DEFINE_BUCKET(f64, double, double, DBL_MAX)
 
 int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bits, uint64_t bucket,
                         int norm, int format, uint64_t key, uint8_t *out, size_t cap, size_t *written)
@@ -165,6 +258,13 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
     if (!codes) return sv_fail(SCALEML_ERR_NOMEM, "QSGD: out of memory for %llu codes", (unsigned long long)maxlen);
     bitwriter w;
     bw_init(&w, out, cap);
+    const int fast = format == SCALEML_QSGD_FIXED && bucket % 8 == 0;
+    uint8_t *p = out, *end = out + cap;
+    if (fast && cap < scaleml_qsgd_max_bytes(n, bits, bucket, format)) {
+        free(codes);
+        *written = scaleml_qsgd_max_bytes(n, bits, bucket, format);
+        return sv_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
+    }
     for (uint64_t start = 0; start < n; start += bucket) {
         uint64_t len = n - start < bucket ? n - start : bucket;
         float nf;
@@ -179,6 +279,19 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
         }
         uint32_t nbits;
         memcpy(&nbits, &nf, 4);
+        if (fast) {
+            memcpy(p, &nbits, 4);
+            p += 4;
+            uint64_t i = 0;
+            for (; i + 8 <= len; i += 8, p += bits + 1) pack8(p, (size_t)(end - p), codes + i, bits);
+            if (i < len) {
+                bitwriter t;
+                bw_init(&t, p, (size_t)(end - p));
+                for (; i < len; i++) bw_put(&t, (codes[i] & 0xffu) | ((uint32_t)(codes[i] >> 8) << bits), bits + 1);
+                p += bw_finish(&t, p);
+            }
+            continue;
+        }
         bw_put(&w, nbits, 32);
         if (format == SCALEML_QSGD_FIXED) {
             if (bits == 8) {
@@ -206,6 +319,10 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
         if (w.overflow) break;
     }
     free(codes);
+    if (fast) {
+        *written = (size_t)(p - out);
+        return SCALEML_OK;
+    }
     size_t bytes = bw_finish(&w, out);
     if (w.overflow) {
         *written = scaleml_qsgd_max_bytes(n, bits, bucket, format);
@@ -234,6 +351,61 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
     if (format == SCALEML_QSGD_FIXED && bytes != scaleml_qsgd_max_bytes(n, bits, bucket, format))
         return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
                        scaleml_qsgd_max_bytes(n, bits, bucket, format));
+    if (format == SCALEML_QSGD_FIXED && bucket % 8 == 0) {
+        /* the size was checked exactly above, so every read below is in bounds */
+        const uint8_t *p = buf, *end = buf + bytes;
+        uint32_t mask = s;
+        for (uint64_t start = 0; start < n; start += bucket) {
+            uint64_t len = n - start < bucket ? n - start : bucket;
+            float nf;
+            memcpy(&nf, p, 4);
+            p += 4;
+            if (!(nf >= 0) || !isfinite(nf))
+                return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
+            double unit = (double)nf / (double)s;
+            uint64_t i = 0;
+            uint32_t c[8];
+            if (value_bytes == 4) {
+                float *o = (float *)out + start;
+                for (; i + 8 <= len; i += 8, p += bits + 1) {
+                    unpack8(p, (size_t)(end - p), c, bits);
+                    for (unsigned j = 0; j < 8; j++) {
+                        float val = (float)(unit * (double)(c[j] & mask));
+                        uint32_t vb;
+                        memcpy(&vb, &val, 4);
+                        vb |= (c[j] >> bits) << 31;
+                        memcpy(o + i + j, &vb, 4);
+                    }
+                }
+            } else {
+                double *o = (double *)out + start;
+                for (; i + 8 <= len; i += 8, p += bits + 1) {
+                    unpack8(p, (size_t)(end - p), c, bits);
+                    for (unsigned j = 0; j < 8; j++) {
+                        double val = unit * (double)(c[j] & mask);
+                        uint64_t vb;
+                        memcpy(&vb, &val, 8);
+                        vb |= (uint64_t)(c[j] >> bits) << 63;
+                        memcpy(o + i + j, &vb, 8);
+                    }
+                }
+            }
+            if (i < len) { /* only the last bucket has a partial group: it ends the stream */
+                bitreader t;
+                br_init(&t, p, (size_t)(end - p));
+                for (; i < len; i++) {
+                    uint64_t cc = br_get(&t, bits + 1);
+                    double val = unit * (double)(cc & mask);
+                    val = (cc >> bits) ? -val : val;
+                    if (value_bytes == 4) ((float *)out)[start + i] = (float)val;
+                    else ((double *)out)[start + i] = val;
+                }
+                if (t.err) return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+                p = end;
+            }
+        }
+        return SCALEML_OK;
+    }
     bitreader r;
     br_init(&r, buf, bytes);
     for (uint64_t start = 0; start < n; start += bucket) {

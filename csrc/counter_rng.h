@@ -9,8 +9,9 @@
  * every element's randomness is reproducible, can be computed in any order,
  * and two ranks (different keys) draw independent-looking numbers.
  *
- * The quantizers split one 64-bit draw into two 32-bit uniforms (element 2j
- * uses the low half of draw(key, j), element 2j+1 the high half).
+ * The per-element quantizers (QSGD) use a second, 32-bit-lane form that
+ * vectorizes (crng_u32 below: two rounds of a bijective 32-bit mixer over
+ * the counter and the key); samplers and ZipML use the 64-bit draws.
  */
 #ifndef SCALEML_COUNTER_RNG_H
 #define SCALEML_COUNTER_RNG_H
@@ -32,11 +33,44 @@ static inline uint64_t crng_draw(uint64_t key, uint64_t i)
     return crng_mix64(key + (i + 1) * CRNG_GOLDEN);
 }
 
-/* 32-bit uniform number of element i (two elements share one 64-bit draw). */
+/* lowbias32 (C. Wellons): a bijective 32-bit mixer with two multiplies. */
+static inline uint32_t crng_mix32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= UINT32_C(0x7feb352d);
+    x ^= x >> 15;
+    x *= UINT32_C(0x846ca68b);
+    x ^= x >> 16;
+    return x;
+}
+
+/* Per-element 32-bit uniforms for the vectorized quantizers: element i of a
+ * stream takes crng_mix32(crng_mix32(lo32(i) ^ k0) + k1) with k0 = lo32(key)
+ * and k1 = hi32(key) ^ (hi32(i) * golden): only 32-bit lane arithmetic, so the
+ * loops using it vectorize. */
+static inline uint32_t crng_k1(uint64_t key, uint64_t i)
+{
+    return (uint32_t)(key >> 32) ^ ((uint32_t)(i >> 32) * UINT32_C(0x9e3779b9));
+}
+
+static inline uint32_t crng_u32_lanes(uint32_t k0, uint32_t k1, uint32_t lo)
+{
+    return crng_mix32(crng_mix32(lo ^ k0) + k1);
+}
+
 static inline uint32_t crng_u32(uint64_t key, uint64_t i)
 {
-    return (uint32_t)(crng_draw(key, i >> 1) >> ((i & 1) * 32));
+    return crng_u32_lanes((uint32_t)key, crng_k1(key, i), (uint32_t)i);
 }
+
+/* Function clones for the hot loops: AVX-512 and AVX2 versions chosen at load
+ * time (ifunc), the baseline otherwise. Results are identical in every clone
+ * (no reassociation of floating point sums). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SCALEML_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SCALEML_CLONES
+#endif
 
 /* Uniform double in [0, 1) with 53 random bits (one full draw). */
 static inline double crng_uniform53(uint64_t key, uint64_t i)

@@ -39,31 +39,53 @@ size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket)
         for (uint64_t b = 0; b < nb; b++) {                                                  \
             const VT *v = x + b * bucket;                                                    \
             uint64_t len = n - b * bucket < bucket ? n - b * bucket : bucket;                \
-            double sp = 0, sn = 0;                                                           \
-            uint64_t cn = 0;                                                                 \
-            int bad = 0;                                                                     \
-            for (uint64_t i = 0; i < len; i++) {                                             \
-                VT a = v[i];                                                                 \
-                bad |= !(a <= VT_MAX && a >= -VT_MAX);                                       \
-                if (a < 0) { sn += (double)a; cn++; } else sp += (double)a;                  \
-            }                                                                                \
-            if (bad) return -1;                                                              \
-            float rp = len > cn ? (float)(sp / (double)(len - cn)) : 0.0f;                   \
-            float rn = cn ? (float)(sn / (double)cn) : 0.0f;                                 \
-            if (!isfinite(rp) || !isfinite(rn)) return -2;                                   \
-            memcpy(out + b * 8, &rp, 4);                                                     \
-            memcpy(out + b * 8 + 4, &rn, 4);                                                 \
-            if (residual) {                                                                  \
-                VT *res = residual + b * bucket;                                             \
-                for (uint64_t i = 0; i < len; i++) {                                         \
-                    int neg = v[i] < 0;                                                      \
-                    res[i] = v[i] - (neg ? (VT)rn : (VT)rp);                                 \
-                    bw_put(&w, (uint64_t)neg, 1);                                            \
-                }                                                                            \
-            } else {                                                                         \
-                for (uint64_t i = 0; i < len; i++) bw_put(&w, (uint64_t)(v[i] < 0), 1);      \
-            }                                                                                \
-        }                                                                                    \
+            /* branch free: sum of all values, sum of min(v, 0), count of v < 0; \
+             * four accumulators each to break the add latency chains */       \
+            double sa[4] = {0, 0, 0, 0}, sm[4] = {0, 0, 0, 0};                   \
+            uint64_t cn = 0;                                                     \
+            int bad = 0;                                                         \
+            uint64_t i = 0;                                                      \
+            for (; i + 4 <= len; i += 4) {                                       \
+                for (unsigned j = 0; j < 4; j++) {                               \
+                    VT a = v[i + j];                                             \
+                    bad |= !(a <= VT_MAX) | !(a >= -VT_MAX);                     \
+                    sa[j] += (double)a;                                          \
+                    sm[j] += (double)(a < 0 ? a : (VT)0);                        \
+                    cn += a < 0;                                                 \
+                }                                                                \
+            }                                                                    \
+            for (; i < len; i++) {                                               \
+                VT a = v[i];                                                     \
+                bad |= !(a <= VT_MAX) | !(a >= -VT_MAX);                         \
+                sa[0] += (double)a;                                              \
+                sm[0] += (double)(a < 0 ? a : (VT)0);                            \
+                cn += a < 0;                                                     \
+            }                                                                    \
+            if (bad) return -1;                                                  \
+            double sn = (sm[0] + sm[1]) + (sm[2] + sm[3]);                       \
+            double sp = ((sa[0] + sa[1]) + (sa[2] + sa[3])) - sn;                \
+            float rp = len > cn ? (float)(sp / (double)(len - cn)) : 0.0f;       \
+            float rn = cn ? (float)(sn / (double)cn) : 0.0f;                     \
+            if (!isfinite(rp) || !isfinite(rn)) return -2;                       \
+            if (rp < 0) rp = 0; /* rounding of sa - sn on tiny values */         \
+            memcpy(out + b * 8, &rp, 4);                                         \
+            memcpy(out + b * 8 + 4, &rn, 4);                                     \
+            const VT vp = (VT)rp, vn = (VT)rn;                                   \
+            VT *res = residual ? residual + b * bucket : NULL;                   \
+            i = 0;                                                               \
+            for (; i + 32 <= len; i += 32) {                                     \
+                uint32_t m = 0;                                                  \
+                for (unsigned j = 0; j < 32; j++) m |= (uint32_t)(v[i + j] < 0) << j; \
+                if (res)                                                         \
+                    for (unsigned j = 0; j < 32; j++)                            \
+                        res[i + j] = v[i + j] - (v[i + j] < 0 ? vn : vp);        \
+                bw_put(&w, m, 32);                                               \
+            }                                                                    \
+            for (; i < len; i++) {                                               \
+                if (res) res[i] = v[i] - (v[i] < 0 ? vn : vp);                   \
+                bw_put(&w, (uint64_t)(v[i] < 0), 1);                             \
+            }                                                                    \
+        }                                                                        \
         bw_finish(&w, out + nb * 8);                                                         \
         return 0;                                                                            \
     }                                                                                        \

@@ -7,10 +7,11 @@
  * encoder used). With s = 2^bits - 1 levels and r_i = s |v_i| / N in [l, l+1]:
  *     level_i = l + 1 with probability r_i - l, else l
  *     Q(v_i)  = N * sgn(v_i) * level_i / s
- * so E[Q(v_i)] = v_i. Element i of the whole vector takes its uniform number
- * from half of draw i/2 of the counter RNG: 24 bits for float32 input (the
- * comparison is done in float), 32 bits for float64 input, so the rounding
- * probability is exact up to 2^-24 (resp. 2^-32).
+ * so E[Q(v_i)] = v_i. Element i of the whole vector takes the 32-bit uniform
+ * crng_u32(key, i) of the counter RNG, of which 24 bits are used for float32
+ * input (the comparison is done in float) and 31 for float64 input, so the
+ * rounding probability is exact up to 2^-24 (resp. 2^-31). The quantization
+ * loop is branch free and compiled in AVX-512/AVX2/baseline clones.
  *
  * Wire formats (bit streams, LSB-first, see bitstream.h), per bucket in order:
  *   FIXED: 32 bits  float32 norm
@@ -120,29 +121,133 @@ static inline void unpack8(const uint8_t *p, size_t room, uint32_t *c, unsigned 
     }
 }
 
-/* One element: code = level | sign << 8 (sign only with a non-zero level). */
-static inline void qsgd_code_f32(float x, float scale, uint32_t s, uint32_t u32, uint16_t *code,
-                                 uint64_t *nnz)
+/* Sum of squares and max magnitude in 8 explicit lanes (vectorizable without
+ * reassociation, so every clone gives the same bits); *bad = 1 on NaN/Inf. */
+#define QSGD_DEFINE_NORMS(SUFFIX, VT, VT_MAX)                                                \
+    SCALEML_CLONES static double sumsq_##SUFFIX(const VT *v, uint64_t len, int *bad)         \
+    {                                                                                        \
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
+        int b = 0;                                                                           \
+        uint64_t i = 0;                                                                      \
+        for (; i + 8 <= len; i += 8)                                                         \
+            for (unsigned j = 0; j < 8; j++) {                                               \
+                double x = (double)v[i + j];                                                 \
+                acc[j] += x * x;                                                             \
+            }                                                                                \
+        for (; i < len; i++) acc[0] += (double)v[i] * (double)v[i];                          \
+        double t = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])); \
+        if (!isfinite(t))                                                                    \
+            for (i = 0; i < len; i++) b |= !(v[i] <= VT_MAX && v[i] >= -VT_MAX);             \
+        *bad = b;                                                                            \
+        return t;                                                                            \
+    }                                                                                        \
+    SCALEML_CLONES static VT maxabs_##SUFFIX(const VT *v, uint64_t len, int *bad)            \
+    {                                                                                        \
+        VT m[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                  \
+        int32_t b[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                             \
+        uint64_t i = 0;                                                                      \
+        for (; i + 8 <= len; i += 8)                                                         \
+            for (unsigned j = 0; j < 8; j++) {                                               \
+                VT a = v[i + j] < 0 ? -v[i + j] : v[i + j];                                  \
+                b[j] |= !(a <= VT_MAX);                                                      \
+                m[j] = a > m[j] ? a : m[j];                                                  \
+            }                                                                                \
+        for (; i < len; i++) {                                                               \
+            VT a = v[i] < 0 ? -v[i] : v[i];                                                  \
+            b[0] |= !(a <= VT_MAX);                                                          \
+            m[0] = a > m[0] ? a : m[0];                                                      \
+        }                                                                                    \
+        VT r = 0;                                                                            \
+        int32_t bb = 0;                                                                      \
+        for (unsigned j = 0; j < 8; j++) { r = m[j] > r ? m[j] : r; bb |= b[j]; }            \
+        *bad = bb != 0;                                                                      \
+        return r;                                                                            \
+    }
+
+QSGD_DEFINE_NORMS(f32, float, FLT_MAX)
+QSGD_DEFINE_NORMS(f64, double, DBL_MAX)
+
+/* Pack the codes of a bucket, 8 at a time, at a byte-aligned p (w = W bits each). */
+#define QSGD_DEFINE_PACK(W)                                                                  \
+    static inline uint8_t *pack_w##W(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_t groups) \
+    {                                                                                        \
+        for (uint64_t g = 0; g < groups; g++, c += 8, p += W) {                              \
+            uint64_t acc = 0;                                                                \
+            for (unsigned j = 0; j < 8; j++) {                                               \
+                uint64_t code = (uint64_t)(c[j] & 0xff) | ((uint64_t)(c[j] >> 8) << (W - 1)); \
+                acc |= code << (j * W);                                                      \
+            }                                                                                \
+            if (end - p >= 8) memcpy(p, &acc, 8);                                            \
+            else for (unsigned b = 0; b < W; b++) p[b] = (uint8_t)(acc >> (8 * b));          \
+        }                                                                                    \
+        return p;                                                                            \
+    }
+QSGD_DEFINE_PACK(2)
+QSGD_DEFINE_PACK(3)
+QSGD_DEFINE_PACK(4)
+QSGD_DEFINE_PACK(5)
+QSGD_DEFINE_PACK(6)
+QSGD_DEFINE_PACK(7)
+QSGD_DEFINE_PACK(8)
+
+static uint8_t *pack_groups(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_t groups, unsigned bits)
 {
-    float r = fabsf(x) * scale;
-    uint32_t l = (uint32_t)r;
-    float u = (float)(u32 >> 8) * 0x1.0p-24f;
-    uint32_t level = l + (uint32_t)(u < r - (float)l);
-    level = level > s ? s : level;
-    *code = (uint16_t)(level | ((uint32_t)((x < 0) & (level != 0)) << 8));
-    *nnz += level != 0;
+    switch (bits + 1) {
+    case 2: return pack_w2(p, end, c, groups);
+    case 3: return pack_w3(p, end, c, groups);
+    case 4: return pack_w4(p, end, c, groups);
+    case 5: return pack_w5(p, end, c, groups);
+    case 6: return pack_w6(p, end, c, groups);
+    case 7: return pack_w7(p, end, c, groups);
+    case 8: return pack_w8(p, end, c, groups);
+    default:
+        for (uint64_t g = 0; g < groups; g++, c += 8, p += 9) pack8(p, (size_t)(end - p), c, bits);
+        return p;
+    }
 }
 
-static inline void qsgd_code_f64(double x, double scale, uint32_t s, uint32_t u32, uint16_t *code,
-                                 uint64_t *nnz)
+/* Codes (level | sign << 8) of len elements whose counters are lo, lo+1, ...
+ * (no 32-bit wrap inside); returns the number of non-zero levels. r >= 0, so the
+ * truncating conversion is the floor; u has 24 random bits (float) or 31
+ * (double), so the rounding probability is exact up to 2^-24 (2^-31). */
+SCALEML_CLONES
+static uint32_t qsgd_codes_f32(const float *v, uint32_t len, float scale, int32_t s, uint32_t k0, uint32_t k1,
+                               uint32_t lo, uint16_t *codes)
 {
-    double r = fabs(x) * scale;
-    uint32_t l = (uint32_t)r;
-    double u = (double)u32 * 0x1.0p-32;
-    uint32_t level = l + (uint32_t)(u < r - (double)l);
-    level = level > s ? s : level;
-    *code = (uint16_t)(level | ((uint32_t)((x < 0) & (level != 0)) << 8));
-    *nnz += level != 0;
+    uint32_t nnz = 0;
+    for (uint32_t i = 0; i < len; i++) {
+        float x = v[i];
+        float r = fabsf(x) * scale;
+        int32_t l = (int32_t)r;
+        uint32_t u = crng_u32_lanes(k0, k1, lo + i);
+        float uf = (float)(int32_t)(u >> 8) * 0x1.0p-24f;
+        int32_t level = l + (int32_t)(uf < r - (float)l);
+        level = level > s ? s : level;
+        int32_t neg = (int32_t)(x < 0) & (int32_t)(level != 0);
+        codes[i] = (uint16_t)(level | (neg << 8));
+        nnz += level != 0;
+    }
+    return nnz;
+}
+
+SCALEML_CLONES
+static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int32_t s, uint32_t k0, uint32_t k1,
+                               uint32_t lo, uint16_t *codes)
+{
+    uint32_t nnz = 0;
+    for (uint32_t i = 0; i < len; i++) {
+        double x = v[i];
+        double r = fabs(x) * scale;
+        int32_t l = (int32_t)r;
+        uint32_t u = crng_u32_lanes(k0, k1, lo + i);
+        double uf = (double)(int32_t)(u >> 1) * 0x1.0p-31;
+        int32_t level = l + (int32_t)(uf < r - (double)l);
+        level = level > s ? s : level;
+        int32_t neg = (int32_t)(x < 0) & (int32_t)(level != 0);
+        codes[i] = (uint16_t)(level | (neg << 8));
+        nnz += level != 0;
+    }
+    return nnz;
 }
 
 /* One bucket: norm and the codes level | sign << 8. Returns 0, or -1 on a non-finite value. */
@@ -154,47 +259,21 @@ static inline void qsgd_code_f64(double x, double scale, uint32_t s, uint32_t u3
         double norm;                                                                          \
         int bad = 0;                                                                          \
         if (norm_kind == SCALEML_NORM_MAX) {                                                  \
-            VT m0 = 0, m1 = 0, m2 = 0, m3 = 0;                                                \
-            uint64_t i = 0;                                                                   \
-            for (; i + 4 <= len; i += 4) {                                                    \
-                VT a0 = abs_##SUFFIX(v[i]), a1 = abs_##SUFFIX(v[i + 1]), a2 = abs_##SUFFIX(v[i + 2]), a3 = abs_##SUFFIX(v[i + 3]); \
-                bad |= !(a0 <= VT_MAX) | !(a1 <= VT_MAX) | !(a2 <= VT_MAX) | !(a3 <= VT_MAX); \
-                m0 = a0 > m0 ? a0 : m0; m1 = a1 > m1 ? a1 : m1;                               \
-                m2 = a2 > m2 ? a2 : m2; m3 = a3 > m3 ? a3 : m3;                               \
-            }                                                                                 \
-            for (; i < len; i++) {                                                            \
-                VT a = abs_##SUFFIX(v[i]);                                                    \
-                bad |= !(a <= VT_MAX);                                                        \
-                m0 = a > m0 ? a : m0;                                                         \
-            }                                                                                 \
-            m0 = m1 > m0 ? m1 : m0; m2 = m3 > m2 ? m3 : m2;                                   \
-            norm = (double)(m2 > m0 ? m2 : m0);                                               \
+            norm = (double)maxabs_##SUFFIX(v, len, &bad);                                     \
         } else {                                                                              \
-            double a0 = 0, a1 = 0, a2 = 0, a3 = 0, acc;                                        \
-            uint64_t i = 0;                                                                   \
-            for (; i + 4 <= len; i += 4) {                                                    \
-                a0 += (double)v[i] * (double)v[i];                                            \
-                a1 += (double)v[i + 1] * (double)v[i + 1];                                    \
-                a2 += (double)v[i + 2] * (double)v[i + 2];                                    \
-                a3 += (double)v[i + 3] * (double)v[i + 3];                                    \
-            }                                                                                 \
-            for (; i < len; i++) a0 += (double)v[i] * (double)v[i];                           \
-            acc = (a0 + a1) + (a2 + a3);                                                      \
-            if (!isfinite(acc)) {                                                             \
+            double acc = sumsq_##SUFFIX(v, len, &bad);                                        \
+            if (!bad && !isfinite(acc)) { /* finite values whose squares overflow */           \
                 double m = 0;                                                                 \
                 for (uint64_t i = 0; i < len; i++) {                                          \
                     double a = fabs((double)v[i]);                                            \
-                    bad |= !(a <= DBL_MAX);                                                   \
                     m = a > m ? a : m;                                                        \
                 }                                                                             \
-                if (!bad) {                                                                   \
-                    acc = 0;                                                                  \
-                    for (uint64_t i = 0; i < len; i++) {                                      \
-                        double t = (double)v[i] / m;                                          \
-                        acc += t * t;                                                         \
-                    }                                                                         \
-                    acc = m * sqrt(acc);                                                      \
+                acc = 0;                                                                      \
+                for (uint64_t i = 0; i < len; i++) {                                          \
+                    double t = (double)v[i] / m;                                              \
+                    acc += t * t;                                                             \
                 }                                                                             \
+                acc = m * sqrt(acc);                                                          \
             } else {                                                                          \
                 acc = sqrt(acc);                                                              \
             }                                                                                 \
@@ -215,19 +294,15 @@ static inline void qsgd_code_f64(double x, double scale, uint32_t s, uint32_t u3
          * the truncating conversion is the floor. */                                        \
         const FT scale = (FT)((double)s / (double)nf);                                        \
         uint64_t i = 0;                                                                       \
-        if (len && ((base + i) & 1)) {                                                        \
-            qsgd_code_##SUFFIX(v[i], scale, s, (uint32_t)(crng_draw(key, (base + i) >> 1) >> 32), \
-                               codes + i, &nnz);                                              \
-            i++;                                                                              \
+        while (i < len) {                                                                     \
+            /* split where the low 32 bits of the counter wrap */                             \
+            uint64_t c = base + i;                                                            \
+            uint64_t run = (UINT64_C(1) << 32) - (c & UINT32_MAX);                            \
+            if (run > len - i) run = len - i;                                                 \
+            nnz += qsgd_codes_##SUFFIX(v + i, (uint32_t)run, scale, (int32_t)s, (uint32_t)key, \
+                                       crng_k1(key, c), (uint32_t)c, codes + i);              \
+            i += run;                                                                         \
         }                                                                                     \
-        for (; i + 2 <= len; i += 2) {                                                        \
-            uint64_t h = crng_draw(key, (base + i) >> 1);                                     \
-            qsgd_code_##SUFFIX(v[i], scale, s, (uint32_t)h, codes + i, &nnz);                 \
-            qsgd_code_##SUFFIX(v[i + 1], scale, s, (uint32_t)(h >> 32), codes + i + 1, &nnz); \
-        }                                                                                     \
-        if (i < len)                                                                          \
-            qsgd_code_##SUFFIX(v[i], scale, s, (uint32_t)crng_draw(key, (base + i) >> 1),     \
-                               codes + i, &nnz);                                              \
         *nnz_out = nnz;                                                                       \
         return 0;                                                                             \
     }                                                                                         \
@@ -283,7 +358,8 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
             memcpy(p, &nbits, 4);
             p += 4;
             uint64_t i = 0;
-            for (; i + 8 <= len; i += 8, p += bits + 1) pack8(p, (size_t)(end - p), codes + i, bits);
+            p = pack_groups(p, end, codes, len / 8, bits);
+            i = len / 8 * 8;
             if (i < len) {
                 bitwriter t;
                 bw_init(&t, p, (size_t)(end - p));

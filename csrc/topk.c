@@ -1,11 +1,13 @@
 /*
  * TopK sparsification: the k entries of largest magnitude.
  *
- * Exact mode: the magnitudes (float bit patterns with the sign cleared, which
- * order like the magnitudes) are copied and the k-th largest is found by
- * introselect (select.h, O(n)); one more pass emits every entry above that
- * threshold and, in index order, as many entries equal to it as are needed
- * to reach exactly k. Approximate mode: the threshold is the matching
+ * Exact mode: magnitudes are compared as float bit patterns with the sign
+ * cleared (which order like the magnitudes). A radix select finds the k-th
+ * largest: a histogram of the top 16 bits of every key, the bin holding the
+ * k-th largest, then introselect (select.h) among the keys of that bin only;
+ * O(n) in all, no sort and no copy of the whole vector. One more pass emits
+ * every entry above that threshold and, in index order, as many entries
+ * equal to it as are needed to reach exactly k. Approximate mode: the threshold is the matching
  * quantile of `sample` magnitudes drawn at random positions (counter RNG), and
  * every entry at or above it is sent (about k; zeros never).
  * Either mode can write the error feedback residual (x with the sent entries
@@ -41,12 +43,23 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
     return 8 + pad8((size_t)count * 4) + (size_t)count * (size_t)value_bytes;
 }
 
-#define TOPK_DEFINE(SUFFIX, VT, KT, KSUF, ABSMASK, INFKEY)                                          \
+#define TOPK_DEFINE(SUFFIX, VT, KT, KSUF, ABSMASK, INFKEY, SHIFT)                                          \
     static inline KT key_##SUFFIX(VT v)                                                       \
     {                                                                                         \
         KT k;                                                                                 \
         memcpy(&k, &v, sizeof k);                                                             \
         return k & ABSMASK;                                                                   \
+    }                                                                                         \
+    /* histogram of the top 16 bits of the magnitude keys; 1 on NaN/Inf */                    \
+    static int histogram_##SUFFIX(const VT *x, uint64_t n, uint64_t *hist)                    \
+    {                                                                                         \
+        KT bad = 0;                                                                           \
+        for (uint64_t i = 0; i < n; i++) {                                                    \
+            KT m = key_##SUFFIX(x[i]);                                                        \
+            bad |= (KT)(m >= INFKEY);                                                         \
+            hist[m >> SHIFT]++;                                                               \
+        }                                                                                     \
+        return bad != 0;                                                                      \
     }                                                                                         \
     /* Threshold key and how many entries equal to it to take (UINT64_MAX = all). */          \
     static int threshold_##SUFFIX(const VT *x, uint64_t n, uint64_t k, int approximate,       \
@@ -54,20 +67,32 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
                                   uint64_t *count)                                            \
     {                                                                                         \
         if (!approximate || sample >= n) {                                                    \
-            KT *a = malloc(n * sizeof *a);                                                    \
+            /* Radix select: histogram of the top 16 bits of the keys, the bin      \
+             * holding the k-th largest, then introselect among that bin's keys    \
+             * only. Two streaming passes plus a small selection: O(n). */         \
+            uint64_t *hist = calloc(65536, sizeof *hist);                                     \
+            if (!hist) return SCALEML_ERR_NOMEM;                                              \
+            if (histogram_##SUFFIX(x, n, hist)) { free(hist); return SCALEML_ERR_ARG; }       \
+            uint64_t above = 0;                                                               \
+            unsigned bin = 65535;                                                             \
+            while (above + hist[bin] < k) above += hist[bin--];                               \
+            uint64_t m = hist[bin];                                                           \
+            free(hist);                                                                       \
+            KT *a = malloc(m * sizeof *a);                                                    \
             if (!a) return SCALEML_ERR_NOMEM;                                                 \
-            KT bad = 0;                                                                       \
+            uint64_t j = 0;                                                                   \
             for (uint64_t i = 0; i < n; i++) {                                                \
-                KT m = key_##SUFFIX(x[i]);                                                    \
-                bad |= (KT)(m >= INFKEY);                                                     \
-                a[i] = m;                                                                     \
+                KT key_i = key_##SUFFIX(x[i]);                                                \
+                a[j] = key_i;                                                                 \
+                j += (unsigned)(key_i >> SHIFT) == bin;                                       \
+                if (j == m) break;                                                            \
             }                                                                                 \
-            if (bad) { free(a); return SCALEML_ERR_ARG; }                                     \
-            uint64_t r = n - k;                                                               \
-            select_##KSUF(a, n, r);                                                         \
+            uint64_t need = k - above; /* 1 <= need <= m */                                   \
+            uint64_t r = m - need;                                                            \
+            select_##KSUF(a, m, r);                                                           \
             KT t = a[r];                                                                      \
-            uint64_t gt = 0;                                                                  \
-            for (uint64_t i = r + 1; i < n; i++) gt += a[i] > t;                              \
+            uint64_t gt = above;                                                              \
+            for (uint64_t i = r + 1; i < m; i++) gt += a[i] > t;                              \
             free(a);                                                                          \
             *thr = t;                                                                         \
             *take_eq = k - gt;                                                                \
@@ -118,8 +143,8 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         }                                                                                     \
     }
 
-TOPK_DEFINE(f32, float, uint32_t, u32, UINT32_C(0x7fffffff), UINT32_C(0x7f800000))
-TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0x7ff0000000000000))
+TOPK_DEFINE(f32, float, uint32_t, u32, UINT32_C(0x7fffffff), UINT32_C(0x7f800000), 15)
+TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0x7ff0000000000000), 47)
 
 int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, int approximate,
                         uint64_t sample, uint64_t key, uint8_t *out, size_t cap, size_t *written,

@@ -7,7 +7,11 @@
  * k-th largest, then introselect (select.h) among the keys of that bin only;
  * O(n) in all, no sort and no copy of the whole vector. One more pass emits
  * every entry above that threshold and, in index order, as many entries
- * equal to it as are needed to reach exactly k. Approximate mode: the threshold is the matching
+ * equal to it as are needed to reach exactly k. For large n a faster path
+ * (candidates_*) first keeps, in one streaming pass, the entries above a
+ * conservative cut estimated from 8192 random samples, checks that at least
+ * k came out, and selects among those only (same result; it falls back to the
+ * radix select when the check fails). Approximate mode: the threshold is the matching
  * quantile of `sample` magnitudes drawn at random positions (counter RNG), and
  * every entry at or above it is sent (about k; zeros never).
  * Either mode can write the error feedback residual (x with the sent entries
@@ -146,6 +150,97 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
 TOPK_DEFINE(f32, float, uint32_t, u32, UINT32_C(0x7fffffff), UINT32_C(0x7f800000), 15)
 TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0x7ff0000000000000), 47)
 
+/* Candidate path (both modes, large n): one streaming pass keeps the (index, key)
+ * of every entry whose key is >= a cut t_lo taken from a random sample, then the
+ * selection and the output use the candidates only. Exact mode takes a cut a
+ * few sampling standard deviations below the estimated k-th largest and checks
+ * that at least k candidates came out, so the result is exactly the top k;
+ * otherwise (or when the candidates overflow their buffer) the caller falls back
+ * to the full radix select. Returns 1 when it produced the output, 0 to fall
+ * back, or a negative error (-SCALEML_ERR_*). */
+#define TOPK_DEFINE_CANDIDATES(SUFFIX, VT, KT, KSUF, INFKEY)                                  \
+    static int candidates_##SUFFIX(const VT *x, uint64_t n, uint64_t k, int approximate,      \
+                                   uint64_t sample, uint64_t key, uint8_t *out, size_t cap,   \
+                                   size_t *written, VT *residual)                             \
+    {                                                                                         \
+        uint64_t ms = approximate ? sample : 8192;                                            \
+        if (ms > n / 8) return 0;                                                             \
+        double ks = (double)ms * (double)k / (double)n;                                       \
+        double cut = approximate ? ks : ks + 4.0 * sqrt(ks) + 16.0;                           \
+        if (!approximate && cut * 4 > (double)ms) return 0; /* dense: radix is better */      \
+        uint64_t rank = (uint64_t)(cut + 0.5);                                                \
+        if (rank < 1) rank = 1;                                                               \
+        if (rank > ms) rank = ms;                                                             \
+        KT *a = malloc(ms * sizeof *a);                                                       \
+        if (!a) return -SCALEML_ERR_NOMEM;                                                    \
+        for (uint64_t j = 0; j < ms; j++) {                                                   \
+            uint64_t pos = (uint64_t)(((unsigned __int128)crng_draw(key, j) * n) >> 64);      \
+            a[j] = key_##SUFFIX(x[pos]);                                                      \
+        }                                                                                     \
+        select_##KSUF(a, ms, ms - rank);                                                      \
+        KT tlo = a[ms - rank];                                                                \
+        free(a);                                                                              \
+        if (tlo == 0) return 0; /* too many zeros for a useful cut */                         \
+        uint64_t expect = (uint64_t)((double)n * (double)rank / (double)ms);                  \
+        uint64_t ccap = 2 * expect + 4096;                                                    \
+        uint32_t *ci = malloc(ccap * sizeof *ci);                                             \
+        KT *ck = malloc(ccap * sizeof *ck);                                                   \
+        if (!ci || !ck) { free(ci); free(ck); return -SCALEML_ERR_NOMEM; }                    \
+        uint64_t c = 0;                                                                       \
+        KT bad = 0;                                                                           \
+        for (uint64_t i = 0; i < n; i++) {                                                    \
+            KT m = key_##SUFFIX(x[i]);                                                        \
+            bad |= (KT)(m >= INFKEY);                                                         \
+            if (m >= tlo) {                                                                   \
+                if (c < ccap) { ci[c] = (uint32_t)i; ck[c] = m; }                             \
+                c++;                                                                          \
+            }                                                                                 \
+        }                                                                                     \
+        int rc = 0;                                                                           \
+        if (bad) { rc = -SCALEML_ERR_ARG; goto done; }                                        \
+        if (c > ccap || (!approximate && c < k)) goto done; /* fall back */                   \
+        KT t = tlo;                                                                           \
+        uint64_t take_eq = UINT64_MAX, count = c;                                             \
+        if (!approximate) {                                                                   \
+            KT *tmp = malloc((c ? c : 1) * sizeof *tmp);                                      \
+            if (!tmp) { rc = -SCALEML_ERR_NOMEM; goto done; }                                 \
+            memcpy(tmp, ck, c * sizeof *tmp);                                                 \
+            select_##KSUF(tmp, c, c - k);                                                     \
+            t = tmp[c - k];                                                                   \
+            uint64_t gt = 0;                                                                  \
+            for (uint64_t j = c - k + 1; j < c; j++) gt += tmp[j] > t;                        \
+            free(tmp);                                                                        \
+            take_eq = k - gt;                                                                 \
+            count = k;                                                                        \
+        }                                                                                     \
+        size_t need = scaleml_topk_bytes(count, (int)sizeof(VT));                             \
+        *written = need;                                                                      \
+        if (cap < need) { rc = -SCALEML_ERR_TOO_LARGE; goto done; }                           \
+        memcpy(out, &count, 8);                                                               \
+        memset(out + 8 + count * 4, 0, pad8(count * 4) - count * 4);                          \
+        uint8_t *ip = out + 8, *vp = out + 8 + pad8(count * 4);                               \
+        if (residual) memcpy(residual, x, n * sizeof(VT));                                    \
+        uint64_t o = 0;                                                                       \
+        for (uint64_t j = 0; j < c; j++) {                                                    \
+            KT m = ck[j];                                                                     \
+            int send = m > t || (m == t && take_eq > 0);                                      \
+            if (m == t && take_eq > 0 && take_eq != UINT64_MAX) take_eq--;                    \
+            if (!send) continue;                                                              \
+            memcpy(ip + 4 * o, &ci[j], 4);                                                    \
+            memcpy(vp + sizeof(VT) * o, x + ci[j], sizeof(VT));                               \
+            if (residual) residual[ci[j]] = 0;                                                \
+            o++;                                                                              \
+        }                                                                                     \
+        rc = 1;                                                                               \
+    done:                                                                                     \
+        free(ci);                                                                             \
+        free(ck);                                                                             \
+        return rc;                                                                            \
+    }
+
+TOPK_DEFINE_CANDIDATES(f32, float, uint32_t, u32, UINT32_C(0x7f800000))
+TOPK_DEFINE_CANDIDATES(f64, double, uint64_t, u64, UINT64_C(0x7ff0000000000000))
+
 int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, int approximate,
                         uint64_t sample, uint64_t key, uint8_t *out, size_t cap, size_t *written,
                         void *residual)
@@ -162,6 +257,13 @@ int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, 
     uint64_t t64 = 0;
     int rc = SCALEML_OK;
     if (k > 0) {
+        int c = value_bytes == 4 ? candidates_f32(x, n, k, approximate, sample, key, out, cap, written, residual)
+                                 : candidates_f64(x, n, k, approximate, sample, key, out, cap, written, residual);
+        if (c == 1) return SCALEML_OK;
+        if (c == -SCALEML_ERR_TOO_LARGE)
+            return sv_fail(SCALEML_ERR_TOO_LARGE, "TopK: output capacity %zu < %zu bytes", cap, *written);
+        if (c == -SCALEML_ERR_NOMEM) return sv_fail(SCALEML_ERR_NOMEM, "TopK: out of memory");
+        if (c == -SCALEML_ERR_ARG) return sv_fail(SCALEML_ERR_ARG, "TopK: non-finite value (NaN or Inf) in the input");
         rc = value_bytes == 4 ? threshold_f32(x, n, k, approximate, sample, key, &t32, &take_eq, &count)
                               : threshold_f64(x, n, k, approximate, sample, key, &t64, &take_eq, &count);
     } else {

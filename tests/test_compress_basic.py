@@ -367,3 +367,32 @@ def test_error_feedback_save_load(tmp_path):
     lost = C.ErrorFeedback(C.QSGD(bits=2, bucket=64, seed=3))
     lost.compressor.step = 3
     assert not np.array_equal(run(lost, grads[3:4])[0], rest[0])
+
+
+@pytest.mark.parametrize("kind", ["gauss", "ties", "sparse", "small-k", "large-k"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_exact_large_matches_sort(kind, dtype):
+    """Large n goes through the sampled-candidate path (and its radix fallback); the
+    result must equal the top k of a full sort, ties going to the lower index."""
+    rng = np.random.default_rng(len(kind))
+    n = 300000
+    x = rng.standard_normal(n)
+    k = 3000
+    if kind == "ties":
+        x = np.round(x * 4) / 4
+    elif kind == "sparse":
+        x[rng.random(n) < 0.995] = 0
+    elif kind == "small-k":
+        k = 1
+    elif kind == "large-k":
+        k = n // 2
+    x = x.astype(dtype)
+    t = C.TopK(k=k, seed=3)
+    c, res = t.encode_with_residual(x)
+    idx, val = t.entries(c)
+    expect = np.sort(np.lexsort((np.arange(n), -np.abs(x)))[:k])
+    np.testing.assert_array_equal(idx, expect)
+    np.testing.assert_array_equal(val, x[expect])
+    r = x.copy()
+    r[expect] = 0
+    np.testing.assert_array_equal(res, r)

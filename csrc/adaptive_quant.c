@@ -74,6 +74,9 @@ static inline uint64_t get_word(const uint8_t *words, unsigned wb, uint64_t at)
     return x;
 }
 
+static uint64_t skip_f32(const float *row, uint64_t c, uint64_t C, float tp, float tn, unsigned *mask);
+static uint64_t skip_f64(const double *row, uint64_t c, uint64_t C, double tp, double tn, unsigned *mask);
+
 #define ADAPTIVE_DEFINE(SUFFIX, VT, VT_MAX)                                                     \
     static int sample_thresholds_##SUFFIX(const VT *x, uint64_t N, double pi, uint64_t sample,  \
                                           uint64_t key, double *tp, double *tn)                 \
@@ -107,20 +110,63 @@ static inline uint64_t get_word(const uint8_t *words, unsigned wb, uint64_t at)
         *tn = q;                                                                                \
         return SCALEML_OK;                                                                      \
     }                                                                                           \
-    static int pass1_##SUFFIX(const VT *x, uint64_t R, uint64_t C, VT tp, VT tn, double *ps,    \
+    /* First c' >= c (a multiple of 8 steps from c, at most C) where a block of  \
+     * 8 holds a sent or non-finite value; C when none (portable version). */     \
+    static uint64_t skip_scalar_##SUFFIX(const VT *row, uint64_t c, uint64_t C, VT tp, VT tn, \
+                                         unsigned *mask)                                        \
+    {                                                                                           \
+        for (; c + 8 <= C; c += 8) {                                                            \
+            unsigned m = 0;                                                                     \
+            for (unsigned j = 0; j < 8; j++) {                                                  \
+                VT v = row[c + j];                                                              \
+                m |= (unsigned)((v >= tp) | (v <= tn) | !(v <= VT_MAX) | !(v >= -VT_MAX)) << j; \
+            }                                                                                   \
+            if (m) { *mask = m; return c; }                                                     \
+        }                                                                                       \
+        *mask = 0;                                                                              \
+        return c;                                                                               \
+    }                                                                                           \
+    static int pass1_##SUFFIX(const VT *x, uint64_t R, uint64_t C, VT tp, VT tn, double *ps,     \
                               double *ns, uint64_t *pc, uint64_t *nc)                           \
     {                                                                                           \
         int bad = 0;                                                                            \
         for (uint64_t r = 0; r < R; r++) {                                                      \
             const VT *row = x + r * C;                                                          \
-            for (uint64_t c = 0; c < C; c++) {                                                  \
+            uint64_t c = 0;                                                                     \
+            for (;;) {                                                                          \
+                unsigned m;                                                                     \
+                c = skip_##SUFFIX(row, c, C, tp, tn, &m); /* blocks of 8 with nothing sent */   \
+                if (!m) break;                                                                  \
+                for (; m; m &= m - 1) {                                                         \
+                    uint64_t cc = c + (unsigned)__builtin_ctz(m);                               \
+                    VT v = row[cc];                                                             \
+                    bad |= !(v <= VT_MAX) | !(v >= -VT_MAX);                                    \
+                    if (v >= tp) { ps[cc] += (double)v; pc[cc]++; }                             \
+                    else if (v <= tn) { ns[cc] += (double)v; nc[cc]++; }                        \
+                }                                                                               \
+                c += 8;                                                                         \
+            }                                                                                   \
+            for (; c < C; c++) { /* tail of fewer than 8 */                                     \
                 VT v = row[c];                                                                  \
-                bad |= !(v <= VT_MAX && v >= -VT_MAX);                                          \
+                bad |= !(v <= VT_MAX) | !(v >= -VT_MAX);                                        \
                 if (v >= tp) { ps[c] += (double)v; pc[c]++; }                                   \
                 else if (v <= tn) { ns[c] += (double)v; nc[c]++; }                              \
             }                                                                                   \
         }                                                                                       \
         return bad;                                                                             \
+    }                                                                                           \
+    static inline void send_##SUFFIX(const VT *row, uint64_t r, uint64_t c, VT tp, VT tn,       \
+                                     const float *rec, uint64_t *cursor, uint8_t *words,        \
+                                     unsigned wb, VT *res)                                      \
+    {                                                                                           \
+        VT v = row[c];                                                                          \
+        if (v >= tp) {                                                                          \
+            put_word(words, wb, cursor[c]++, r << 1);                                           \
+            if (res) res[c] = v - (VT)rec[2 * c];                                               \
+        } else if (v <= tn) {                                                                   \
+            put_word(words, wb, cursor[c]++, (r << 1) | 1);                                     \
+            if (res) res[c] = v - (VT)rec[2 * c + 1];                                           \
+        }                                                                                       \
     }                                                                                           \
     static void pass2_##SUFFIX(const VT *x, uint64_t R, uint64_t C, VT tp, VT tn,               \
                                const float *rec, uint64_t *cursor, uint8_t *words, unsigned wb, \
@@ -129,18 +175,18 @@ static inline uint64_t get_word(const uint8_t *words, unsigned wb, uint64_t at)
         for (uint64_t r = 0; r < R; r++) {                                                      \
             const VT *row = x + r * C;                                                          \
             VT *res = residual ? residual + r * C : NULL;                                       \
-            for (uint64_t c = 0; c < C; c++) {                                                  \
-                VT v = row[c];                                                                  \
-                VT out = v;                                                                     \
-                if (v >= tp) {                                                                  \
-                    put_word(words, wb, cursor[c]++, r << 1);                                   \
-                    out = v - (VT)rec[2 * c];                                                   \
-                } else if (v <= tn) {                                                           \
-                    put_word(words, wb, cursor[c]++, (r << 1) | 1);                             \
-                    out = v - (VT)rec[2 * c + 1];                                               \
-                }                                                                               \
-                if (res) res[c] = out;                                                          \
+            if (res) memcpy(res, row, C * sizeof(VT));                                          \
+            uint64_t c = 0;                                                                     \
+            for (;;) {                                                                          \
+                unsigned m;                                                                     \
+                c = skip_##SUFFIX(row, c, C, tp, tn, &m);                                       \
+                if (!m) break;                                                                  \
+                for (; m; m &= m - 1)                                                           \
+                    send_##SUFFIX(row, r, c + (unsigned)__builtin_ctz(m), tp, tn, rec, cursor,  \
+                                  words, wb, res);                                              \
+                c += 8;                                                                         \
             }                                                                                   \
+            for (; c < C; c++) send_##SUFFIX(row, r, c, tp, tn, rec, cursor, words, wb, res);   \
         }                                                                                       \
     }                                                                                           \
     static void decode_##SUFFIX(const uint8_t *words, unsigned wb, const uint64_t *off,         \
@@ -155,8 +201,43 @@ static inline uint64_t get_word(const uint8_t *words, unsigned wb, uint64_t at)
         }                                                                                       \
     }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* AVX2 version of the block skip for float32 (same result as the portable one). */
+__attribute__((target("avx2"))) static uint64_t skip_f32_avx2(const float *row, uint64_t c, uint64_t C,
+                                                              float tp, float tn, unsigned *mask)
+{
+    const __m256 vtp = _mm256_set1_ps(tp), vtn = _mm256_set1_ps(tn);
+    const __m256 big = _mm256_set1_ps(FLT_MAX), nbig = _mm256_set1_ps(-FLT_MAX);
+    for (; c + 8 <= C; c += 8) {
+        __m256 v = _mm256_loadu_ps(row + c);
+        __m256 send = _mm256_or_ps(_mm256_cmp_ps(v, vtp, _CMP_GE_OQ), _mm256_cmp_ps(v, vtn, _CMP_LE_OQ));
+        __m256 ok = _mm256_and_ps(_mm256_cmp_ps(v, big, _CMP_LE_OQ), _mm256_cmp_ps(v, nbig, _CMP_GE_OQ));
+        unsigned m = (unsigned)_mm256_movemask_ps(send) | ((unsigned)_mm256_movemask_ps(ok) ^ 0xffu);
+        if (m) { *mask = m; return c; }
+    }
+    *mask = 0;
+    return c;
+}
+#endif
+
 ADAPTIVE_DEFINE(f32, float, FLT_MAX)
 ADAPTIVE_DEFINE(f64, double, DBL_MAX)
+
+static uint64_t skip_f32(const float *row, uint64_t c, uint64_t C, float tp, float tn, unsigned *mask)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int have_avx2 = -1;
+    if (have_avx2 < 0) have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (have_avx2) return skip_f32_avx2(row, c, C, tp, tn, mask);
+#endif
+    return skip_scalar_f32(row, c, C, tp, tn, mask);
+}
+
+static uint64_t skip_f64(const double *row, uint64_t c, uint64_t C, double tp, double tn, unsigned *mask)
+{
+    return skip_scalar_f64(row, c, C, tp, tn, mask);
+}
 
 int scaleml_adaptive_encode(const void *x, int value_bytes, uint64_t rows, uint64_t cols, double pi,
                             uint64_t sample, uint64_t key, uint8_t *out, size_t cap, size_t *written,

@@ -35,7 +35,7 @@ import math
 import os
 import struct
 import zlib
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 from mpi4py import MPI
@@ -190,7 +190,7 @@ class Compressed:
         return self.buffer.tobytes()
 
     @classmethod
-    def from_bytes(cls, data: Union[bytes, bytearray, memoryview, np.ndarray]) -> Compressed:
+    def from_bytes(cls, data: bytes | bytearray | memoryview | np.ndarray) -> Compressed:
         """Parse and validate a message header (the payload is validated by ``decode``).
 
         Raises
@@ -201,7 +201,8 @@ class Compressed:
         buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
         buf = np.array(buf.reshape(-1), dtype=np.uint8, copy=True)  # aligned, owned
         if buf.size < _HEADER.size:
-            raise CorruptBufferError(f"compressed buffer truncated: {buf.size} bytes < {_HEADER.size}-byte header")
+            raise CorruptBufferError(
+                f"compressed buffer truncated: {buf.size} bytes < {_HEADER.size}-byte header")
         magic, version, method, dcode, ndim, n, payload, p0, p1, p2, p3, crc, _ = _HEADER.unpack_from(buf, 0)
         if magic != _MAGIC:
             raise CorruptBufferError("not a ScaleML compressed buffer (bad magic)")
@@ -250,6 +251,21 @@ def _header_crc(head: np.ndarray) -> int:
     h = bytearray(head.tobytes())
     h[_CRC_AT:_CRC_AT + 4] = b"\0\0\0\0"
     return zlib.crc32(h)
+
+
+def _out_array(c: Compressed, out: np.ndarray | None) -> np.ndarray:
+    """The array a decoder writes: ``out`` after checks, or a new one."""
+    if out is None:
+        return np.empty(c.shape, dtype=c.dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError("out must be a numpy array")
+    if out.dtype != c.dtype:
+        raise TypeError(f"out has dtype {out.dtype}, the message holds {c.dtype}")
+    if out.shape != c.shape:
+        raise ValueError(f"out has shape {out.shape}, the message holds {c.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    return out
 
 
 def _as_compressed(c: BufferLike) -> Compressed:
@@ -306,29 +322,33 @@ class Compressor:
     method: int = 0
     name: str = "compressor"
 
-    def __init__(self, seed: int = 0, rank: Optional[int] = None) -> None:
+    def __init__(self, seed: int = 0, rank: int | None = None) -> None:
         self.seed = int(seed)
         self.rank = _default_rank() if rank is None else int(rank)
         self.step = 0
 
-    def _key(self, step: Optional[int], stream: int = 0) -> int:
+    def _key(self, step: int | None, stream: int = 0) -> int:
         if step is None:
             step = self.step
             self.step += 1
         return int(lib.scaleml_rng_key(self.seed, self.rank, int(step), int(stream)))
 
-    def encode(self, x: ArrayLike, *, step: Optional[int] = None) -> Compressed:  # pragma: no cover
+    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:  # pragma: no cover
         """Compress ``x``; ``step`` overrides the internal step counter."""
         raise NotImplementedError
 
-    def decode(self, c: BufferLike) -> np.ndarray:
-        """Decompress a :class:`Compressed` (or its bytes) made by this method."""
+    def decode(self, c: BufferLike, out: np.ndarray | None = None) -> np.ndarray:
+        """Decompress a :class:`Compressed` (or its bytes) made by this method.
+
+        ``out``, when given, is a C-contiguous array of the message's shape and
+        dtype that receives the result (no allocation); it is returned.
+        """
         c = _as_compressed(c)
         if c.method != self.method:
             raise CorruptBufferError(f"buffer holds method {_NAMES.get(c.method, c.method)}, not {self.name}")
-        return _DECODERS[c.method](c)
+        return _DECODERS[c.method](c, out)
 
-    def encode_with_residual(self, x: ArrayLike, *, step: Optional[int] = None) -> tuple[Compressed, np.ndarray]:
+    def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
         """Compress ``x`` and return the quantization error ``x - decode(encode(x))`` too."""
         a = _as_input(x)
         c = self.encode(a, step=step)
@@ -367,11 +387,12 @@ class QSGD(Compressor):
     name = "qsgd"
 
     def __init__(self, bits: int = 4, bucket: int = 512, norm: Literal["l2", "max"] = "l2",
-                 format: Literal["fixed", "elias"] = "fixed", seed: int = 0, rank: Optional[int] = None) -> None:
+                 format: Literal["fixed", "elias"] = "fixed", seed: int = 0, rank: int | None = None) -> None:
         super().__init__(seed, rank)
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
             raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
-        if isinstance(bucket, bool) or not isinstance(bucket, (int, np.integer)) or not 1 <= bucket <= 1 << 31:
+        if (isinstance(bucket, bool) or not isinstance(bucket, (int, np.integer))
+                or not 1 <= bucket <= 1 << 31):
             raise ValueError(f"bucket must be an integer in 1..2**31, got {bucket!r}")
         if norm not in _NORMS:
             raise ValueError(f"norm must be 'l2' or 'max', got {norm!r}")
@@ -384,7 +405,7 @@ class QSGD(Compressor):
         """Number of non-zero levels, ``2**bits - 1``."""
         return (1 << self.bits) - 1
 
-    def encode(self, x: ArrayLike, *, step: Optional[int] = None) -> Compressed:
+    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
         """Quantize ``x`` (float32/float64, any shape)."""
         a = _as_input(x)
         key = self._key(step)
@@ -400,7 +421,7 @@ class QSGD(Compressor):
                              (self.bits, self.bucket, _NORMS[self.norm], fmt))
 
 
-def _decode_qsgd(c: Compressed) -> np.ndarray:
+def _decode_qsgd(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
     bits, bucket, norm, fmt = c.params
     if not 1 <= bits <= 8 or not 1 <= bucket <= 1 << 31 or norm not in (0, 1) or fmt not in (0, 1):
         raise CorruptBufferError(f"QSGD header has invalid parameters {c.params}")
@@ -411,7 +432,7 @@ def _decode_qsgd(c: Compressed) -> np.ndarray:
                                  f"{lib.scaleml_qsgd_max_bytes(c.size, bits, bucket, 0)}")
     if fmt == 1 and p.size * 8 < -(-c.size // bucket) * 33:
         raise CorruptBufferError(f"QSGD payload of {p.size} bytes is too short for {c.size} elements")
-    out = np.empty(c.shape, dtype=c.dtype)
+    out = _out_array(c, out)
     _check(lib.scaleml_qsgd_decode(_ptr(p, "uint8_t *"), p.size, out.size, bits, bucket, fmt,
                                    _wptr(out), out.itemsize))
     return out
@@ -440,7 +461,7 @@ class OneBit(Compressor):
     name = "onebit"
 
     def __init__(self, bucket: int = 512, per_column: bool = True, seed: int = 0,
-                 rank: Optional[int] = None) -> None:
+                 rank: int | None = None) -> None:
         super().__init__(seed, rank)
         if isinstance(bucket, bool) or not isinstance(bucket, (int, np.integer)) or bucket < 1:
             raise ValueError(f"bucket must be a positive integer, got {bucket!r}")
@@ -452,7 +473,7 @@ class OneBit(Compressor):
             return np.ascontiguousarray(a.T), max(a.shape[0], 1), 1
         return a, self.bucket, 0
 
-    def _encode(self, x: ArrayLike, residual: bool) -> tuple[Compressed, Optional[np.ndarray]]:
+    def _encode(self, x: ArrayLike, residual: bool) -> tuple[Compressed, np.ndarray | None]:
         a = _as_input(x)
         flat, bucket, columns = self._layout(a)
         res = np.empty_like(flat) if residual else None
@@ -470,17 +491,17 @@ class OneBit(Compressor):
             res = np.ascontiguousarray(res.T)
         return c, res
 
-    def encode(self, x: ArrayLike, *, step: Optional[int] = None) -> Compressed:
+    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
         """Quantize ``x`` (deterministic; ``step`` is accepted for a uniform interface)."""
         return self._encode(x, False)[0]
 
-    def encode_with_residual(self, x: ArrayLike, *, step: Optional[int] = None) -> tuple[Compressed, np.ndarray]:
+    def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
         """Quantize ``x`` and return the error ``x - reconstruction`` computed in the same C pass."""
         c, res = self._encode(x, True)
         return c, res  # type: ignore[return-value]
 
 
-def _decode_onebit(c: Compressed) -> np.ndarray:
+def _decode_onebit(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
     bucket, columns = c.params[0], c.params[1]
     if bucket < 1 or columns not in (0, 1) or (columns and len(c.shape) != 2):
         raise CorruptBufferError(f"1-bit header has invalid parameters {c.params}")
@@ -489,12 +510,14 @@ def _decode_onebit(c: Compressed) -> np.ndarray:
     n = c.size
     p = c.payload
     if p.size != lib.scaleml_onebit_bytes(n, bucket):
-        raise CorruptBufferError(f"1-bit payload has {p.size} bytes, expected {lib.scaleml_onebit_bytes(n, bucket)}")
-    flat = np.empty(n, dtype=c.dtype)
+        raise CorruptBufferError(
+            f"1-bit payload has {p.size} bytes, expected {lib.scaleml_onebit_bytes(n, bucket)}")
+    res = _out_array(c, out)
+    flat = np.empty(n, dtype=c.dtype) if columns else res.reshape(-1)
     _check(lib.scaleml_onebit_decode(_ptr(p, "uint8_t *"), p.size, n, bucket, _wptr(flat), flat.itemsize))
     if columns:
-        return np.ascontiguousarray(flat.reshape(c.shape[1], c.shape[0]).T)
-    return flat.reshape(c.shape)
+        res[...] = flat.reshape(c.shape[1], c.shape[0]).T
+    return res
 
 
 # ----------------------------------------------------------------------------- TopK
@@ -519,8 +542,8 @@ class TopK(Compressor):
     method = TOPK_ID
     name = "topk"
 
-    def __init__(self, k: Optional[int] = None, *, ratio: Optional[float] = None, approximate: bool = False,
-                 sample: int = 16384, seed: int = 0, rank: Optional[int] = None) -> None:
+    def __init__(self, k: int | None = None, *, ratio: float | None = None, approximate: bool = False,
+                 sample: int = 16384, seed: int = 0, rank: int | None = None) -> None:
         super().__init__(seed, rank)
         if (k is None) == (ratio is None):
             raise ValueError("give exactly one of k and ratio")
@@ -539,7 +562,7 @@ class TopK(Compressor):
             raise ValueError(f"k = {k} exceeds the tensor size n = {n}")
         return int(k)
 
-    def _encode(self, x: ArrayLike, step: Optional[int], residual: bool) -> tuple[Compressed, Optional[np.ndarray]]:
+    def _encode(self, x: ArrayLike, step: int | None, residual: bool) -> tuple[Compressed, np.ndarray | None]:
         a = _as_input(x)
         if a.size > 1 << 32:
             raise ValueError("TopK supports tensors of at most 2**32 elements (uint32 indices)")
@@ -557,11 +580,11 @@ class TopK(Compressor):
 
         return _encode_retry(call, cap, self.method, a.dtype, a.shape, (int(self.approximate),)), res
 
-    def encode(self, x: ArrayLike, *, step: Optional[int] = None) -> Compressed:
+    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
         """Select the top entries of ``x`` (flattened)."""
         return self._encode(x, step, False)[0]
 
-    def encode_with_residual(self, x: ArrayLike, *, step: Optional[int] = None) -> tuple[Compressed, np.ndarray]:
+    def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
         """Select and return the unsent remainder (x with the sent entries zeroed)."""
         return self._encode(x, step, True)  # type: ignore[return-value]
 
@@ -584,8 +607,8 @@ class TopK(Compressor):
         return idx, val
 
 
-def _decode_topk(c: Compressed) -> np.ndarray:
-    out = np.empty(c.shape, dtype=c.dtype)
+def _decode_topk(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
+    out = _out_array(c, out)
     p = c.payload
     _check(lib.scaleml_topk_decode(_ptr(p, "uint8_t *"), p.size, out.size, _wptr(out), out.itemsize))
     return out
@@ -616,7 +639,7 @@ class AdaptiveQuant(Compressor):
     method = ADAPTIVE_ID
     name = "adaptive"
 
-    def __init__(self, pi: float = 32.0, sample: int = 4096, seed: int = 0, rank: Optional[int] = None) -> None:
+    def __init__(self, pi: float = 32.0, sample: int = 4096, seed: int = 0, rank: int | None = None) -> None:
         super().__init__(seed, rank)
         if not (isinstance(pi, (int, float, np.floating, np.integer)) and math.isfinite(pi) and pi >= 1):
             raise ValueError(f"pi must be a finite number >= 1, got {pi!r}")
@@ -625,7 +648,7 @@ class AdaptiveQuant(Compressor):
         self.pi, self.sample = float(pi), int(sample)
         self.last_thresholds: tuple[float, float] = (math.inf, -math.inf)
 
-    def _encode(self, x: ArrayLike, step: Optional[int], residual: bool) -> tuple[Compressed, Optional[np.ndarray]]:
+    def _encode(self, x: ArrayLike, step: int | None, residual: bool) -> tuple[Compressed, np.ndarray | None]:
         a = _as_input(x)
         if a.ndim > 2:
             raise ValueError("adaptive quantization takes a matrix (or a vector, as one column)")
@@ -639,19 +662,19 @@ class AdaptiveQuant(Compressor):
         rp = _wptr(res) if res is not None else ffi.NULL
 
         def call(out, cap, written):
-            return lib.scaleml_adaptive_encode(xp, a.itemsize, rows, cols, self.pi, self.sample, key, out, cap,
-                                               written, rp, taus)
+            return lib.scaleml_adaptive_encode(xp, a.itemsize, rows, cols, self.pi, self.sample, key, out,
+                                               cap, written, rp, taus)
 
         pi_bits = struct.unpack("<I", struct.pack("<f", self.pi))[0]
         c = _encode_retry(call, cap, self.method, a.dtype, a.shape, (pi_bits,))
         self.last_thresholds = (float(taus[0]), float(taus[1]))
         return c, res
 
-    def encode(self, x: ArrayLike, *, step: Optional[int] = None) -> Compressed:
+    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
         """Quantize the matrix ``x`` (a 1-D input is one column)."""
         return self._encode(x, step, False)[0]
 
-    def encode_with_residual(self, x: ArrayLike, *, step: Optional[int] = None) -> tuple[Compressed, np.ndarray]:
+    def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
         """Quantize and return the error (value - reconstruction where sent, value elsewhere)."""
         return self._encode(x, step, True)  # type: ignore[return-value]
 
@@ -667,11 +690,11 @@ class AdaptiveQuant(Compressor):
             np.float32).reshape(cols, 2)
 
 
-def _decode_adaptive(c: Compressed) -> np.ndarray:
+def _decode_adaptive(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
     if len(c.shape) > 2:
         raise CorruptBufferError("adaptive buffer with more than 2 dimensions")
     rows, cols = (c.shape[0], c.shape[1]) if len(c.shape) == 2 else (c.size, 1)
-    out = np.empty(c.shape, dtype=c.dtype)
+    out = _out_array(c, out)
     p = c.payload
     _check(lib.scaleml_adaptive_decode(_ptr(p, "uint8_t *"), p.size, rows, cols, _wptr(out), out.itemsize))
     return out
@@ -697,7 +720,7 @@ class ZipML(Compressor):
     method = ZIPML_ID
     name = "zipml"
 
-    def __init__(self, levels: ArrayLike, seed: int = 0, rank: Optional[int] = None) -> None:
+    def __init__(self, levels: ArrayLike, seed: int = 0, rank: int | None = None) -> None:
         super().__init__(seed, rank)
         lv = np.asarray(levels, dtype=np.float64).reshape(-1)
         if not 2 <= lv.size <= 256:
@@ -708,7 +731,7 @@ class ZipML(Compressor):
 
     @classmethod
     def fit(cls, sample: ArrayLike, s: int, max_candidates: int = 512, seed: int = 0,
-            rank: Optional[int] = None) -> ZipML:
+            rank: int | None = None) -> ZipML:
         """Quantizer with the ``s`` levels minimising the rounding variance of ``sample``.
 
         Dynamic programming over the sorted sample (candidates: its distinct
@@ -736,17 +759,17 @@ class ZipML(Compressor):
         return cls(lv, seed=seed, rank=rank)
 
     @classmethod
-    def uniform(cls, lo: float, hi: float, s: int, seed: int = 0, rank: Optional[int] = None) -> ZipML:
+    def uniform(cls, lo: float, hi: float, s: int, seed: int = 0, rank: int | None = None) -> ZipML:
         """Quantizer with ``s`` evenly spaced levels from ``lo`` to ``hi``."""
         return cls(np.linspace(lo, hi, s), seed=seed, rank=rank)
 
     def variance(self, x: ArrayLike) -> float:
-        """Exact expected squared error ``sum (x - a)(b - x)`` of rounding ``x`` (clamped) with these levels."""
+        """Exact expected squared error ``sum (x - a)(b - x)`` of rounding (clamped) ``x``."""
         v = np.clip(np.asarray(x, dtype=np.float64).reshape(-1), self.levels[0], self.levels[-1])
         j = np.clip(np.searchsorted(self.levels, v, side="right") - 1, 0, self.levels.size - 2)
         return float(np.sum((v - self.levels[j]) * (self.levels[j + 1] - v)))
 
-    def encode(self, x: ArrayLike, *, step: Optional[int] = None, stream: int = 0) -> Compressed:
+    def encode(self, x: ArrayLike, *, step: int | None = None, stream: int = 0) -> Compressed:
         """Round ``x`` stochastically; ``stream`` selects an independent draw for the same step."""
         a = _as_input(x)
         key = self._key(step, stream)
@@ -760,20 +783,21 @@ class ZipML(Compressor):
         return _encode_retry(call, cap, self.method, a.dtype, a.shape, (s,))
 
 
-def _decode_zipml(c: Compressed) -> np.ndarray:
+def _decode_zipml(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
     s = c.params[0]
     if not 2 <= s <= 256:
         raise CorruptBufferError(f"ZipML header: bad level count {s}")
     p = c.payload
     if p.size != lib.scaleml_zipml_bytes(c.size, s):
-        raise CorruptBufferError(f"ZipML payload has {p.size} bytes, expected {lib.scaleml_zipml_bytes(c.size, s)}")
-    out = np.empty(c.shape, dtype=c.dtype)
+        raise CorruptBufferError(
+            f"ZipML payload has {p.size} bytes, expected {lib.scaleml_zipml_bytes(c.size, s)}")
+    out = _out_array(c, out)
     _check(lib.scaleml_zipml_decode(_ptr(p, "uint8_t *"), p.size, out.size, s, _wptr(out), out.itemsize))
     return out
 
 
 def double_sampling_gradient(A: ArrayLike, b: ArrayLike, x: ArrayLike, quantizer: ZipML, *,
-                             step: Optional[int] = None, double: bool = True) -> np.ndarray:
+                             step: int | None = None, double: bool = True) -> np.ndarray:
     """Least-squares gradient from quantized data rows (ZipML double sampling).
 
     Returns ``sum_r Q1(a_r) (Q2(a_r)^T x - b_r) / m`` for the ``m`` rows of
@@ -814,13 +838,14 @@ class Cast(Compressor):
     method = CAST_ID
     name = "cast"
 
-    def __init__(self, format: Literal["fp16", "bf16"] = "fp16", seed: int = 0, rank: Optional[int] = None) -> None:
+    def __init__(self, format: Literal["fp16", "bf16"] = "fp16", seed: int = 0,
+                 rank: int | None = None) -> None:
         super().__init__(seed, rank)
         if format not in _CASTS:
             raise ValueError(f"format must be 'fp16' or 'bf16', got {format!r}")
         self.format = format
 
-    def encode(self, x: ArrayLike, *, step: Optional[int] = None) -> Compressed:
+    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
         """Cast ``x`` to 16 bits."""
         a = _as_input(x)
         fmt = _CASTS[self.format]
@@ -833,14 +858,14 @@ class Cast(Compressor):
         return _encode_retry(call, 2 * a.size, self.method, a.dtype, a.shape, (fmt,))
 
 
-def _decode_cast(c: Compressed) -> np.ndarray:
+def _decode_cast(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
     fmt = c.params[0]
     if fmt not in (0, 1):
         raise CorruptBufferError(f"cast header: bad format {fmt}")
     p = c.payload
     if p.size != 2 * c.size:
         raise CorruptBufferError(f"cast payload has {p.size} bytes, expected {2 * c.size}")
-    out = np.empty(c.shape, dtype=c.dtype)
+    out = _out_array(c, out)
     _check(lib.scaleml_cast_decode(_ptr(p, "uint16_t *"), c.size, fmt, _wptr(out), out.itemsize))
     return out
 
@@ -851,8 +876,11 @@ _NAMES = {QSGD_ID: "qsgd", ONEBIT_ID: "onebit", TOPK_ID: "topk", ADAPTIVE_ID: "a
           CAST_ID: "cast"}
 
 
-def decode(c: BufferLike) -> np.ndarray:
+def decode(c: BufferLike, out: np.ndarray | None = None) -> np.ndarray:
     """Decode any compressed message (the method is read from its header).
+
+    ``out``: optional C-contiguous array of the message's shape and dtype to
+    write the result into.
 
     Raises
     ------
@@ -860,7 +888,7 @@ def decode(c: BufferLike) -> np.ndarray:
         When the buffer is truncated or corrupted.
     """
     c = _as_compressed(c)
-    return _DECODERS[c.method](c)
+    return _DECODERS[c.method](c, out)
 
 
 # ----------------------------------------------------------------------------- error feedback
@@ -885,7 +913,7 @@ class ErrorFeedback:
         self.compressor = compressor
         self._residuals: dict[str, np.ndarray] = {}
 
-    def compress(self, name: str, grad: ArrayLike, *, step: Optional[int] = None) -> Compressed:
+    def compress(self, name: str, grad: ArrayLike, *, step: int | None = None) -> Compressed:
         """Compensate ``grad`` with the residual of ``name``, compress, and keep the new residual."""
         g = _as_input(grad, "grad")
         r = self._residuals.get(name)
@@ -896,7 +924,7 @@ class ErrorFeedback:
         self._residuals[name] = res
         return c
 
-    def residual(self, name: str) -> Optional[np.ndarray]:
+    def residual(self, name: str) -> np.ndarray | None:
         """The current residual of ``name`` (``None`` before its first step)."""
         return self._residuals.get(name)
 
@@ -904,7 +932,7 @@ class ErrorFeedback:
         """Names of the tensors with a residual."""
         return sorted(self._residuals)
 
-    def reset(self, name: Optional[str] = None) -> None:
+    def reset(self, name: str | None = None) -> None:
         """Drop the residual of ``name`` (all residuals when ``None``)."""
         if name is None:
             self._residuals.clear()
@@ -932,11 +960,11 @@ class ErrorFeedback:
         if "step" in state:
             self.compressor.step = int(np.asarray(state["step"]))
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the state to an ``.npz`` file."""
         np.savez(path, **self.state_dict())
 
-    def load(self, path: Union[str, os.PathLike]) -> None:
+    def load(self, path: str | os.PathLike) -> None:
         """Read the state written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as f:
             self.load_state_dict({k: f[k] for k in f.files})

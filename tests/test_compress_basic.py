@@ -396,3 +396,19 @@ def test_topk_exact_large_matches_sort(kind, dtype):
     r = x.copy()
     r[expect] = 0
     np.testing.assert_array_equal(res, r)
+
+
+def test_decode_into_out():
+    x = np.random.default_rng(0).standard_normal((30, 7)).astype(np.float32)
+    for comp in make_compressors():
+        c = comp.encode(x)
+        out = np.full(x.shape, 7.0, dtype=np.float32)
+        got = comp.decode(c, out=out)
+        assert got is out
+        np.testing.assert_array_equal(out, C.decode(c))
+        with pytest.raises(TypeError):
+            comp.decode(c, out=np.empty(x.shape, dtype=np.float64))
+        with pytest.raises(ValueError):
+            comp.decode(c, out=np.empty((7, 30), dtype=np.float32))
+        with pytest.raises(ValueError):
+            comp.decode(c, out=np.empty((30, 14), dtype=np.float32)[:, ::2])

@@ -202,7 +202,7 @@ def brute_force_levels(x: np.ndarray, s: int) -> float:
 
 def test_zipml_dp_is_optimal_on_small_samples():
     rng = np.random.default_rng(0)
-    for trial in range(5):
+    for _trial in range(5):
         x = rng.lognormal(0, 1, 14)
         for s in (3, 4, 5):
             z = C.ZipML.fit(x, s)

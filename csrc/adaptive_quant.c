@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "api_compress.h"
+#include "cpu_features.h"
 #include "counter_rng.h"
 #include "select.h"
 #include "sparse_vector.h"
@@ -228,7 +229,7 @@ static uint64_t skip_f32(const float *row, uint64_t c, uint64_t C, float tp, flo
 {
 #if defined(__x86_64__) && defined(__GNUC__)
     static int have_avx2 = -1;
-    if (have_avx2 < 0) have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (have_avx2 < 0) have_avx2 = scaleml_cpu_avx2();
     if (have_avx2) return skip_f32_avx2(row, c, C, tp, tn, mask);
 #endif
     return skip_scalar_f32(row, c, C, tp, tn, mask);

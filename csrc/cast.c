@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "api_compress.h"
+#include "cpu_features.h"
 #include "sparse_vector.h"
 
 /* float32 bits -> float16 bits, round to nearest even (F. Giesen's method). */
@@ -129,7 +130,7 @@ __attribute__((target("avx,f16c"))) static uint32_t f16c_decode(const uint16_t *
 static int have_f16c(void)
 {
     static int have = -1;
-    if (have < 0) have = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+    if (have < 0) have = scaleml_cpu_f16c();
     return have;
 }
 #else

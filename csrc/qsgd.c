@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "api_compress.h"
+#include "cpu_features.h"
 #include "bitstream.h"
 #include "counter_rng.h"
 #include "sparse_vector.h"
@@ -89,7 +90,7 @@ static inline void pack8(uint8_t *p, size_t room, const uint16_t *c, unsigned bi
     if (w <= 8) {
         uint64_t acc = 0;
         for (unsigned j = 0; j < 8; j++) {
-            uint64_t code = (uint64_t)(c[j] & 0xff) | ((uint64_t)(c[j] >> 8) << bits);
+            uint64_t code = c[j];
             acc |= code << (j * w);
         }
         if (room >= 8) memcpy(p, &acc, 8);
@@ -174,7 +175,7 @@ QSGD_DEFINE_NORMS(f64, double, DBL_MAX)
         for (uint64_t g = 0; g < groups; g++, c += 8, p += W) {                              \
             uint64_t acc = 0;                                                                \
             for (unsigned j = 0; j < 8; j++) {                                               \
-                uint64_t code = (uint64_t)(c[j] & 0xff) | ((uint64_t)(c[j] >> 8) << (W - 1)); \
+                uint64_t code = c[j];                                                        \
                 acc |= code << (j * W);                                                      \
             }                                                                                \
             if (end - p >= 8) memcpy(p, &acc, 8);                                            \
@@ -190,8 +191,55 @@ QSGD_DEFINE_PACK(6)
 QSGD_DEFINE_PACK(7)
 QSGD_DEFINE_PACK(8)
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* BMI2 packing: 8 codes -> 8 bytes -> PEXT keeps the low w bits of each byte,
+ * already in LSB-first order (9-bit codes: two PEXTs over 4 x 16 bits). */
+__attribute__((target("bmi2"))) static uint8_t *pack_pext(uint8_t *p, uint8_t *end, const uint16_t *c,
+                                                          uint64_t groups, unsigned w)
+{
+    if (w <= 8) {
+        const uint64_t mask = UINT64_C(0x0101010101010101) * ((UINT64_C(1) << w) - 1);
+        for (uint64_t g = 0; g < groups; g++, c += 8, p += w) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)c);
+            uint64_t b = (uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(v, v));
+            uint64_t acc = _pext_u64(b, mask);
+            if (end - p >= 8) memcpy(p, &acc, 8);
+            else for (unsigned k = 0; k < w; k++) p[k] = (uint8_t)(acc >> (8 * k));
+        }
+    } else {
+        const uint64_t mask = UINT64_C(0x01ff01ff01ff01ff);
+        for (uint64_t g = 0; g < groups; g++, c += 8, p += 9) {
+            uint64_t a, b;
+            memcpy(&a, c, 8);
+            memcpy(&b, c + 4, 8);
+            uint64_t lo = _pext_u64(a, mask), hi = _pext_u64(b, mask); /* 36 bits each */
+            uint64_t first = lo | (hi << 36);
+            memcpy(p, &first, 8);
+            p[8] = (uint8_t)(hi >> 28);
+        }
+    }
+    return p;
+}
+
+static int have_bmi2(void)
+{
+    static int have = -1;
+    if (have < 0) have = scaleml_cpu_bmi2();
+    return have;
+}
+#else
+static int have_bmi2(void) { return 0; }
+static uint8_t *pack_pext(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_t groups, unsigned w)
+{
+    (void)end; (void)c; (void)groups; (void)w;
+    return p;
+}
+#endif
+
 static uint8_t *pack_groups(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_t groups, unsigned bits)
 {
+    if (have_bmi2()) return pack_pext(p, end, c, groups, bits + 1);
     switch (bits + 1) {
     case 2: return pack_w2(p, end, c, groups);
     case 3: return pack_w3(p, end, c, groups);
@@ -206,13 +254,13 @@ static uint8_t *pack_groups(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_
     }
 }
 
-/* Codes (level | sign << 8) of len elements whose counters are lo, lo+1, ...
+/* Codes (level | sign << sign_shift) of len elements whose counters are lo, lo+1, ...
  * (no 32-bit wrap inside); returns the number of non-zero levels. r >= 0, so the
  * truncating conversion is the floor; u has 24 random bits (float) or 31
  * (double), so the rounding probability is exact up to 2^-24 (2^-31). */
 SCALEML_CLONES
 static uint32_t qsgd_codes_f32(const float *v, uint32_t len, float scale, int32_t s, uint32_t k0, uint32_t k1,
-                               uint32_t lo, uint16_t *codes)
+                               uint32_t lo, int32_t sign_shift, uint16_t *codes)
 {
     uint32_t nnz = 0;
     for (uint32_t i = 0; i < len; i++) {
@@ -224,7 +272,7 @@ static uint32_t qsgd_codes_f32(const float *v, uint32_t len, float scale, int32_
         int32_t level = l + (int32_t)(uf < r - (float)l);
         level = level > s ? s : level;
         int32_t neg = (int32_t)(x < 0) & (int32_t)(level != 0);
-        codes[i] = (uint16_t)(level | (neg << 8));
+        codes[i] = (uint16_t)(level | (neg << sign_shift));
         nnz += level != 0;
     }
     return nnz;
@@ -232,7 +280,7 @@ static uint32_t qsgd_codes_f32(const float *v, uint32_t len, float scale, int32_
 
 SCALEML_CLONES
 static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int32_t s, uint32_t k0, uint32_t k1,
-                               uint32_t lo, uint16_t *codes)
+                               uint32_t lo, int32_t sign_shift, uint16_t *codes)
 {
     uint32_t nnz = 0;
     for (uint32_t i = 0; i < len; i++) {
@@ -244,7 +292,7 @@ static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int3
         int32_t level = l + (int32_t)(uf < r - (double)l);
         level = level > s ? s : level;
         int32_t neg = (int32_t)(x < 0) & (int32_t)(level != 0);
-        codes[i] = (uint16_t)(level | (neg << 8));
+        codes[i] = (uint16_t)(level | (neg << sign_shift));
         nnz += level != 0;
     }
     return nnz;
@@ -252,7 +300,7 @@ static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int3
 
 /* One bucket: norm and the codes level | sign << 8. Returns 0, or -1 on a non-finite value. */
 #define QSGD_DEFINE_BUCKET(SUFFIX, VT, FT, VT_MAX)                                              \
-    static int bucket_codes_##SUFFIX(const VT *v, uint64_t len, uint64_t base, int norm_kind, \
+    static int bucket_codes_##SUFFIX(const VT *v, uint64_t len, uint64_t base, int norm_kind, int32_t sign_shift, \
                                      uint32_t s, uint64_t key, uint16_t *codes, float *norm_out, \
                                      uint64_t *nnz_out)                                       \
     {                                                                                         \
@@ -300,7 +348,7 @@ static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int3
             uint64_t run = (UINT64_C(1) << 32) - (c & UINT32_MAX);                            \
             if (run > len - i) run = len - i;                                                 \
             nnz += qsgd_codes_##SUFFIX(v + i, (uint32_t)run, scale, (int32_t)s, (uint32_t)key, \
-                                       crng_k1(key, c), (uint32_t)c, codes + i);              \
+                                       crng_k1(key, c), (uint32_t)c, sign_shift, codes + i);              \
             i += run;                                                                         \
         }                                                                                     \
         *nnz_out = nnz;                                                                       \
@@ -334,6 +382,8 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
     bitwriter w;
     bw_init(&w, out, cap);
     const int fast = format == SCALEML_QSGD_FIXED && bucket % 8 == 0;
+    /* fixed format: codes are the wire fields (level | sign << bits); Elias: sign at bit 8 */
+    const int32_t sign_shift = format == SCALEML_QSGD_FIXED ? (int32_t)bits : 8;
     uint8_t *p = out, *end = out + cap;
     if (fast && cap < scaleml_qsgd_max_bytes(n, bits, bucket, format)) {
         free(codes);
@@ -345,8 +395,8 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
         float nf;
         uint64_t nnz;
         int bad = value_bytes == 4
-                      ? bucket_codes_f32((const float *)x + start, len, start, norm, s, key, codes, &nf, &nnz)
-                      : bucket_codes_f64((const double *)x + start, len, start, norm, s, key, codes, &nf, &nnz);
+                      ? bucket_codes_f32((const float *)x + start, len, start, norm, sign_shift, s, key, codes, &nf, &nnz)
+                      : bucket_codes_f64((const double *)x + start, len, start, norm, sign_shift, s, key, codes, &nf, &nnz);
         if (bad) {
             free(codes);
             return bad == -1 ? sv_fail(SCALEML_ERR_ARG, "QSGD: non-finite value (NaN or Inf) in the input")
@@ -363,21 +413,14 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
             if (i < len) {
                 bitwriter t;
                 bw_init(&t, p, (size_t)(end - p));
-                for (; i < len; i++) bw_put(&t, (codes[i] & 0xffu) | ((uint32_t)(codes[i] >> 8) << bits), bits + 1);
+                for (; i < len; i++) bw_put(&t, codes[i], bits + 1);
                 p += bw_finish(&t, p);
             }
             continue;
         }
         bw_put(&w, nbits, 32);
         if (format == SCALEML_QSGD_FIXED) {
-            if (bits == 8) {
-                for (uint64_t i = 0; i < len; i++) bw_put(&w, codes[i], 9);
-            } else {
-                for (uint64_t i = 0; i < len; i++) {
-                    uint32_t c = codes[i];
-                    bw_put(&w, (c & 0xff) | ((c >> 8) << bits), bits + 1);
-                }
-            }
+            for (uint64_t i = 0; i < len; i++) bw_put(&w, codes[i], bits + 1);
         } else {
             elias_omega_put(&w, nnz + 1);
             uint64_t prev = (uint64_t)-1;

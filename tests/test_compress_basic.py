@@ -412,3 +412,57 @@ def test_decode_into_out():
             comp.decode(c, out=np.empty((7, 30), dtype=np.float32))
         with pytest.raises(ValueError):
             comp.decode(c, out=np.empty((30, 14), dtype=np.float32)[:, ::2])
+
+
+_SIMD_SCRIPT = """
+import sys
+import numpy as np
+from scaleml import compress as C
+
+def run():
+    rng = np.random.default_rng(7)
+    out = {}
+    for n in (0, 7, 1000, 4099):
+        for dtype in (np.float32, np.float64):
+            x = (rng.standard_normal(n) * 3).astype(dtype)
+            m = x[: (n // 7) * 7].reshape(-1, 7) if n >= 7 else x.reshape(-1, 1)
+            comps = {
+                **{f"qsgd{b}": C.QSGD(bits=b, bucket=64, seed=1, rank=0) for b in range(1, 9)},
+                "qsgd-odd": C.QSGD(bits=3, bucket=50, seed=1, rank=0),
+                "onebit": C.OneBit(bucket=40), "topk": C.TopK(ratio=0.1, seed=1, rank=0),
+                "fp16": C.Cast("fp16"), "bf16": C.Cast("bf16"),
+            }
+            for name, comp in comps.items():
+                c, res = comp.encode_with_residual(x, step=3)
+                out[f"{name}-{n}-{dtype.__name__}"] = np.concatenate(
+                    [np.frombuffer(c.to_bytes(), np.uint8), C.decode(c).view(np.uint8).ravel(),
+                     res.view(np.uint8).ravel()])
+            a = C.AdaptiveQuant(pi=3, seed=1, rank=0)
+            c, res = a.encode_with_residual(m, step=3)
+            out[f"adaptive-{n}-{dtype.__name__}"] = np.concatenate(
+                [np.frombuffer(c.to_bytes(), np.uint8), res.view(np.uint8).ravel()])
+    return out
+
+if __name__ == "__main__":
+    np.savez(sys.argv[1], **run())
+"""
+
+
+def test_portable_and_simd_paths_agree(tmp_path):
+    """The hand-written SIMD paths (AVX2, BMI2, F16C) give the same bytes as the
+    portable code, which a subprocess forces with SCALEML_NO_SIMD=1."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "simd_case.py"
+    script.write_text(_SIMD_SCRIPT)
+    env = dict(os.environ, SCALEML_NO_SIMD="1")
+    subprocess.run([sys.executable, str(script), str(tmp_path / "portable.npz")], env=env, check=True)
+    namespace: dict = {}
+    exec(compile(_SIMD_SCRIPT, "simd_case", "exec"), namespace)
+    here = namespace["run"]()
+    with np.load(tmp_path / "portable.npz") as portable:
+        assert sorted(portable.files) == sorted(here)
+        for k in here:
+            np.testing.assert_array_equal(portable[k], here[k], err_msg=k)

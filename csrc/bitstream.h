@@ -134,6 +134,31 @@ static inline void elias_omega_put(bitwriter *w, uint64_t v)
     bw_put(w, 0, 1);
 }
 
+/* The Elias omega code of 1 <= v < 2^20 as one field (the bits elias_omega_put
+ * writes, in order) and its length (<= 32), for table-driven encoding. */
+static inline void elias_omega_field(uint64_t v, uint32_t *field, unsigned *len)
+{
+    uint64_t groups[8];
+    int g = 0;
+    while (v > 1) {
+        groups[g++] = v;
+        v = bit_length64(v) - 1;
+    }
+    uint64_t acc = 0;
+    unsigned n = 0;
+    while (g > 0) {
+        uint64_t x = groups[--g];
+        unsigned l = bit_length64(x);
+        acc |= (uint64_t)1 << n;
+        n += 1;
+        acc |= (x & ((UINT64_C(1) << (l - 1)) - 1)) << n;
+        n += l - 1;
+    }
+    n += 1; /* terminating 0 */
+    *field = (uint32_t)acc;
+    *len = n;
+}
+
 /* Length in bits of the Elias omega code of v >= 1. */
 static inline unsigned elias_omega_bits(uint64_t v)
 {

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "api_compress.h"
+#include "counter_rng.h" /* SCALEML_CLONES */
 #include "cpu_features.h"
 #include "sparse_vector.h"
 
@@ -72,6 +73,17 @@ static inline float f16_to_f32(uint16_t h)
 static inline uint16_t f32_to_bf16(uint32_t x)
 {
     return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
+}
+
+SCALEML_CLONES static uint32_t bf16_encode(const uint32_t *xb, uint64_t n, uint16_t *out)
+{
+    uint32_t bad = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint16_t h = f32_to_bf16(xb[i]);
+        bad |= (uint32_t)((h & 0x7f80u) == 0x7f80u);
+        out[i] = h;
+    }
+    return bad;
 }
 
 static inline uint32_t load_f32_bits(const void *x, int value_bytes, uint64_t i)
@@ -157,11 +169,7 @@ int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, 
                 out[i] = h;
             }
         } else {
-            for (uint64_t i = 0; i < n; i++) {
-                uint16_t h = f32_to_bf16(xb[i]);
-                bad |= (h & 0x7f80u) == 0x7f80u;
-                out[i] = h;
-            }
+            bad = bf16_encode(xb, n, out);
         }
     } else {
         for (uint64_t i = 0; i < n; i++) {

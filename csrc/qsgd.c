@@ -384,6 +384,15 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
     const int fast = format == SCALEML_QSGD_FIXED && bucket % 8 == 0;
     /* fixed format: codes are the wire fields (level | sign << bits); Elias: sign at bit 8 */
     const int32_t sign_shift = format == SCALEML_QSGD_FIXED ? (int32_t)bits : 8;
+    /* Elias omega codes of 1..1023 as single fields (gaps within small buckets, levels) */
+    uint32_t om_field[1024];
+    uint8_t om_len[1024];
+    if (format == SCALEML_QSGD_ELIAS)
+        for (unsigned v = 1; v < 1024; v++) {
+            unsigned l;
+            elias_omega_field(v, &om_field[v], &l);
+            om_len[v] = (uint8_t)l;
+        }
     uint8_t *p = out, *end = out + cap;
     if (fast && cap < scaleml_qsgd_max_bytes(n, bits, bucket, format)) {
         free(codes);
@@ -425,7 +434,24 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
             elias_omega_put(&w, nnz + 1);
             uint64_t prev = (uint64_t)-1;
             if (nnz) {
-                for (uint64_t i = 0; i < len; i++) {
+                uint64_t i = 0;
+                for (; i + 16 <= len; i += 16) {
+                    /* skip 16 zero levels at once (levels are the low bytes) */
+                    uint64_t q[4];
+                    memcpy(q, codes + i, 32);
+                    if (!((q[0] | q[1] | q[2] | q[3]) & UINT64_C(0x00ff00ff00ff00ff))) continue;
+                    for (unsigned j = 0; j < 16; j++) {
+                        uint32_t c = codes[i + j];
+                        if (!(c & 0xff)) continue;
+                        uint64_t gap = i + j - prev;
+                        if (gap < 1024) bw_put(&w, om_field[gap], om_len[gap]);
+                        else elias_omega_put(&w, gap);
+                        bw_put(&w, c >> 8, 1);
+                        bw_put(&w, om_field[c & 0xff], om_len[c & 0xff]);
+                        prev = i + j;
+                    }
+                }
+                for (; i < len; i++) {
                     uint32_t c = codes[i];
                     if (!(c & 0xff)) continue;
                     elias_omega_put(&w, i - prev);

@@ -31,6 +31,7 @@
 #include "api_compress.h"
 #include "bitstream.h"
 #include "counter_rng.h"
+#include "cpu_features.h"
 #include "sparse_vector.h"
 
 #define ZIPML_MAX_LEVELS 256
@@ -183,6 +184,187 @@ static int check_levels(const double *levels, uint32_t s)
 ZIPML_DEFINE(f32, float)
 ZIPML_DEFINE(f64, double)
 
+/* ---- float32 fast path: the search and rounding in float against the float32
+ * levels (the values a float32 decode produces), so E[decode] = x exactly up to
+ * the 24-bit uniform. The portable loop and the AVX2 loop give the same bytes:
+ * both find the true interval (AVX2: at most two steps from a cell table whose
+ * cells are at most half the smallest level gap) and use the same float ops. */
+
+typedef struct {
+    float lo, hi, inv_h;
+    int32_t cells, fine;
+    const float *Ls;   /* search levels: Ls[k] = level k, Ls[s - 1] = +inf */
+    const float *Lf;   /* levels as float */
+    const float *W;    /* Lf[k + 1] - Lf[k] */
+    const int32_t *cell;
+    const float *B1, *B2; /* per cell: Ls[cell + 1], Ls[cell + 2] */
+    uint32_t k0, k1;
+} zip32;
+
+static inline uint8_t zip32_one(const zip32 *z, float v, uint32_t counter)
+{
+    float vc = v >= z->lo ? v : z->lo;
+    vc = vc <= z->hi ? vc : z->hi;
+    int32_t c = (int32_t)((vc - z->lo) * z->inv_h);
+    c = c < z->cells - 1 ? c : z->cells - 1;
+    c = c > 0 ? c : 0;
+    int32_t j = z->cell[c];
+    while (z->Ls[j + 1] <= vc) j++;
+    float u = (float)(int32_t)(crng_u32_lanes(z->k0, z->k1, counter) >> 8) * 0x1.0p-24f;
+    return (uint8_t)(j + (int32_t)(u * z->W[j] < vc - z->Lf[j]));
+}
+
+static int zip32_portable(const zip32 *z, const float *x, uint32_t len, uint32_t lo32, uint8_t *idx)
+{
+    int bad = 0;
+    for (uint32_t i = 0; i < len; i++) {
+        bad |= !(x[i] <= FLT_MAX) | !(x[i] >= -FLT_MAX);
+        idx[i] = zip32_one(z, x[i], lo32 + i);
+    }
+    return bad;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx2"))) static inline __m256i mix32_avx2(__m256i x)
+{
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+    x = _mm256_mullo_epi32(x, _mm256_set1_epi32((int32_t)0x7feb352d));
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+    x = _mm256_mullo_epi32(x, _mm256_set1_epi32((int32_t)0x846ca68bu));
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+    return x;
+}
+
+__attribute__((target("avx2"))) static int zip32_avx2(const zip32 *z, const float *x, uint32_t len,
+                                                      uint32_t lo32, uint8_t *idx)
+{
+    const __m256 vlo = _mm256_set1_ps(z->lo), vhi = _mm256_set1_ps(z->hi), vinv = _mm256_set1_ps(z->inv_h);
+    const __m256 big = _mm256_set1_ps(FLT_MAX), nbig = _mm256_set1_ps(-FLT_MAX);
+    const __m256i last = _mm256_set1_epi32(z->cells - 1), zero = _mm256_setzero_si256();
+    const __m256i k0 = _mm256_set1_epi32((int32_t)z->k0), k1 = _mm256_set1_epi32((int32_t)z->k1);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 scale = _mm256_set1_ps(0x1.0p-24f);
+    int bad = 0;
+    uint32_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 ok = _mm256_and_ps(_mm256_cmp_ps(v, big, _CMP_LE_OQ), _mm256_cmp_ps(v, nbig, _CMP_GE_OQ));
+        bad |= _mm256_movemask_ps(ok) != 0xff;
+        __m256 vc = _mm256_max_ps(v, vlo); /* NaN -> lo, like the portable loop */
+        vc = _mm256_min_ps(vc, vhi);
+        __m256i c = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_sub_ps(vc, vlo), vinv));
+        c = _mm256_max_epi32(_mm256_min_epi32(c, last), zero);
+        /* the entry and the next two boundaries come from the cell at once */
+        __m256i j = _mm256_i32gather_epi32(z->cell, c, 4);
+        __m256 b1 = _mm256_i32gather_ps(z->B1, c, 4);
+        __m256 b2 = _mm256_i32gather_ps(z->B2, c, 4);
+        j = _mm256_sub_epi32(j, _mm256_castps_si256(_mm256_cmp_ps(b1, vc, _CMP_LE_OQ)));
+        j = _mm256_sub_epi32(j, _mm256_castps_si256(_mm256_cmp_ps(b2, vc, _CMP_LE_OQ)));
+        __m256 a = _mm256_i32gather_ps(z->Lf, j, 4);
+        __m256 w = _mm256_i32gather_ps(z->W, j, 4);
+        __m256i ctr = _mm256_add_epi32(_mm256_set1_epi32((int32_t)(lo32 + i)), lane);
+        __m256i h = mix32_avx2(_mm256_add_epi32(mix32_avx2(_mm256_xor_si256(ctr, k0)), k1));
+        __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h, 8)), scale);
+        __m256 up = _mm256_cmp_ps(_mm256_mul_ps(u, w), _mm256_sub_ps(vc, a), _CMP_LT_OQ);
+        __m256i r = _mm256_sub_epi32(j, _mm256_castps_si256(up));
+        int32_t t[8];
+        _mm256_storeu_si256((__m256i *)(void *)t, r);
+        for (unsigned k = 0; k < 8; k++) idx[i + k] = (uint8_t)t[k];
+    }
+    for (; i < len; i++) {
+        bad |= !(x[i] <= FLT_MAX) | !(x[i] >= -FLT_MAX);
+        idx[i] = zip32_one(z, x[i], lo32 + i);
+    }
+    return bad;
+}
+
+/* 8 indices of w bits -> w bytes with PEXT (LSB-first, like the bit writer). */
+__attribute__((target("bmi2"))) static uint8_t *zpack_pext(uint8_t *p, uint8_t *end, const uint8_t *c,
+                                                           uint64_t groups, unsigned w)
+{
+    const uint64_t mask = UINT64_C(0x0101010101010101) * ((UINT64_C(1) << w) - 1);
+    for (uint64_t g = 0; g < groups; g++, c += 8, p += w) {
+        uint64_t b;
+        memcpy(&b, c, 8);
+        uint64_t acc = _pext_u64(b, mask);
+        if (end - p >= 8) memcpy(p, &acc, 8);
+        else for (unsigned k = 0; k < w; k++) p[k] = (uint8_t)(acc >> (8 * k));
+    }
+    return p;
+}
+#endif
+
+static uint8_t *zpack(uint8_t *p, uint8_t *end, const uint8_t *c, uint64_t groups, unsigned w)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (scaleml_cpu_bmi2()) return zpack_pext(p, end, c, groups, w);
+#endif
+    for (uint64_t g = 0; g < groups; g++, c += 8, p += w) {
+        uint64_t acc = 0;
+        for (unsigned k = 0; k < 8; k++) acc |= (uint64_t)c[k] << (k * w);
+        if (end - p >= 8) memcpy(p, &acc, 8);
+        else for (unsigned k = 0; k < w; k++) p[k] = (uint8_t)(acc >> (8 * k));
+    }
+    return p;
+}
+
+static int encode_f32_levels(const float *x, uint64_t n, const double *levels, uint32_t s, uint64_t key,
+                             uint8_t *p, uint8_t *end)
+{
+    float Lf[ZIPML_MAX_LEVELS + 2], Ls[ZIPML_MAX_LEVELS + 2], W[ZIPML_MAX_LEVELS + 2];
+    for (uint32_t k = 0; k < s; k++) Lf[k] = Ls[k] = (float)levels[k];
+    Ls[s - 1] = Ls[s] = INFINITY;
+    Lf[s] = Lf[s - 1];
+    for (uint32_t k = 0; k < s; k++) W[k] = Lf[k + 1] - Lf[k];
+    float lo = Lf[0], hi = Lf[s - 1], range = hi - lo, mingap = range;
+    for (uint32_t k = 0; k + 1 < s; k++) mingap = W[k] < mingap ? W[k] : mingap;
+    int32_t cells = 1024;
+    while (cells < 65536 && range / (float)cells > mingap / 2) cells *= 2;
+    int fine = mingap > 0 && range > 0 && range / (float)cells <= mingap / 2;
+    int32_t *cell = malloc((size_t)cells * sizeof *cell);
+    float *bounds = malloc(2 * (size_t)cells * sizeof *bounds);
+    if (!cell || !bounds) { free(cell); free(bounds); return SCALEML_ERR_NOMEM; }
+    double h = range > 0 ? (double)range / cells : 1.0;
+    float inv_h = (float)(1.0 / h);
+    int32_t j = 0;
+    for (int32_t c = 0; c < cells; c++) {
+        /* entry: last interval whose left level is <= the left edge of cell c - 1 */
+        double edge = (double)lo + h * ((double)c - 1.0);
+        while (j + 2 < (int32_t)s && (double)Lf[j + 1] <= edge) j++;
+        cell[c] = j;
+        bounds[c] = Ls[j + 1];
+        bounds[cells + c] = Ls[j + 2];
+    }
+    zip32 z = {lo, hi, inv_h, cells, fine, Ls, Lf, W, cell, bounds, bounds + cells, (uint32_t)key, 0};
+    unsigned wbits = index_bits(s);
+    int use_avx2 = fine && scaleml_cpu_avx2();
+    uint8_t idx[4096];
+    int bad = 0;
+    for (uint64_t start = 0; start < n && !bad; start += 4096) {
+        /* 4096-element chunks never straddle a 2^32 boundary of the counter */
+        uint32_t len = n - start < 4096 ? (uint32_t)(n - start) : 4096;
+        z.k1 = crng_k1(key, start);
+#if defined(__x86_64__) && defined(__GNUC__)
+        bad = use_avx2 ? zip32_avx2(&z, x + start, len, (uint32_t)start, idx)
+                       : zip32_portable(&z, x + start, len, (uint32_t)start, idx);
+#else
+        (void)use_avx2;
+        bad = zip32_portable(&z, x + start, len, (uint32_t)start, idx);
+#endif
+        p = zpack(p, end, idx, len / 8, wbits);
+        if (len % 8) { /* only the last chunk: it ends the stream */
+            bitwriter w;
+            bw_init(&w, p, (size_t)(end - p));
+            for (uint32_t i = len / 8 * 8; i < len; i++) bw_put(&w, idx[i], wbits);
+            p += bw_finish(&w, p);
+        }
+    }
+    free(cell);
+    free(bounds);
+    return bad ? SCALEML_ERR_ARG : SCALEML_OK;
+}
+
 int scaleml_zipml_encode(const void *x, int value_bytes, uint64_t n, const double *levels, uint32_t s,
                          uint64_t key, uint8_t *out, size_t cap, size_t *written)
 {
@@ -195,7 +377,13 @@ int scaleml_zipml_encode(const void *x, int value_bytes, uint64_t n, const doubl
     *written = need;
     if (cap < need) return sv_fail(SCALEML_ERR_TOO_LARGE, "ZipML: output capacity %zu < %zu bytes", cap, need);
     memcpy(out, levels, 8 * (size_t)s);
-    /* cell[c] = index of the last level <= the cell's left edge */
+    if (value_bytes == 4) {
+        int rc = encode_f32_levels(x, n, levels, s, key, out + 8 * (size_t)s, out + need);
+        if (rc == SCALEML_ERR_NOMEM) return sv_fail(rc, "ZipML: out of memory");
+        if (rc) return sv_fail(SCALEML_ERR_ARG, "ZipML: non-finite value (NaN or Inf) in the input");
+        return SCALEML_OK;
+    }
+    /* float64: cell[c] = index of the last level <= the cell's left edge */
     uint16_t cell[ZIPML_CELLS];
     double lo = levels[0], h = (levels[s - 1] - levels[0]) / ZIPML_CELLS;
     uint32_t j = 0;

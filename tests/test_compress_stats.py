@@ -258,3 +258,21 @@ def test_double_sampling_unbiased_single_sampling_biased():
     z_single = np.abs(sgl.mean(axis=0) - true) / se_s
     assert z_single.max() > 10  # the bias is statistically significant ...
     assert np.all(np.abs(sgl.mean(axis=0) - true - bias) <= Z * se_s)  # ... and the predicted one
+
+
+def test_zipml_float32_path_unbiased():
+    """float32 input is rounded in float against the float32 levels (the values a
+    float32 decode returns): the mean of N draws is within Z standard errors."""
+    rng = np.random.default_rng(3)
+    x = rng.lognormal(0, 1, 64).astype(np.float32)
+    z = C.ZipML.fit(x.astype(np.float64), 6, seed=2)
+    N = 2000
+    Q = z.decode(z.encode(np.tile(x, N))).astype(np.float64).reshape(N, x.size)
+    lv = z.levels.astype(np.float32).astype(np.float64)
+    xv = x.astype(np.float64)
+    j = np.clip(np.searchsorted(lv, xv, side="right") - 1, 0, lv.size - 2)
+    sd = np.sqrt(np.maximum((xv - lv[j]) * (lv[j + 1] - xv), 0))
+    # 24-bit uniforms: probability exact up to 2^-24 -> bias <= 2^-24 * gap
+    tol = Z * sd / math.sqrt(N) + 2.0**-24 * (lv[j + 1] - lv[j]) + 1e-7 * np.abs(xv)
+    assert np.all(np.abs(Q.mean(axis=0) - xv) <= tol)
+    assert set(np.unique(Q)) <= set(lv)

@@ -124,7 +124,7 @@ static inline void unpack8(const uint8_t *p, size_t room, uint32_t *c, unsigned 
 
 /* Sum of squares and max magnitude in 8 explicit lanes (vectorizable without
  * reassociation, so every clone gives the same bits); *bad = 1 on NaN/Inf. */
-#define QSGD_DEFINE_NORMS(SUFFIX, VT, VT_MAX)                                                \
+#define QSGD_DEFINE_NORMS(SUFFIX, VT, VT_MAX, KT, ABSMASK, INFKEY)                                                \
     SCALEML_CLONES static double sumsq_##SUFFIX(const VT *v, uint64_t len, int *bad)         \
     {                                                                                        \
         double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
@@ -142,31 +142,26 @@ static inline void unpack8(const uint8_t *p, size_t room, uint32_t *c, unsigned 
         *bad = b;                                                                            \
         return t;                                                                            \
     }                                                                                        \
+    /* max |v| through the bit patterns with the sign cleared (they order like \
+     * the magnitudes; NaN/Inf are the keys >= INFKEY): an integer max, which  \
+     * vectorizes. */                                                            \
     SCALEML_CLONES static VT maxabs_##SUFFIX(const VT *v, uint64_t len, int *bad)            \
     {                                                                                        \
-        VT m[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                  \
-        int32_t b[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                             \
-        uint64_t i = 0;                                                                      \
-        for (; i + 8 <= len; i += 8)                                                         \
-            for (unsigned j = 0; j < 8; j++) {                                               \
-                VT a = v[i + j] < 0 ? -v[i + j] : v[i + j];                                  \
-                b[j] |= !(a <= VT_MAX);                                                      \
-                m[j] = a > m[j] ? a : m[j];                                                  \
-            }                                                                                \
-        for (; i < len; i++) {                                                               \
-            VT a = v[i] < 0 ? -v[i] : v[i];                                                  \
-            b[0] |= !(a <= VT_MAX);                                                          \
-            m[0] = a > m[0] ? a : m[0];                                                      \
+        KT m = 0;                                                                            \
+        for (uint64_t i = 0; i < len; i++) {                                                 \
+            KT k;                                                                            \
+            memcpy(&k, v + i, sizeof k);                                                     \
+            k &= ABSMASK;                                                                    \
+            m = k > m ? k : m;                                                               \
         }                                                                                    \
-        VT r = 0;                                                                            \
-        int32_t bb = 0;                                                                      \
-        for (unsigned j = 0; j < 8; j++) { r = m[j] > r ? m[j] : r; bb |= b[j]; }            \
-        *bad = bb != 0;                                                                      \
+        *bad = m >= INFKEY;                                                                  \
+        VT r;                                                                                \
+        memcpy(&r, &m, sizeof r);                                                            \
         return r;                                                                            \
     }
 
-QSGD_DEFINE_NORMS(f32, float, FLT_MAX)
-QSGD_DEFINE_NORMS(f64, double, DBL_MAX)
+QSGD_DEFINE_NORMS(f32, float, FLT_MAX, uint32_t, UINT32_C(0x7fffffff), UINT32_C(0x7f800000))
+QSGD_DEFINE_NORMS(f64, double, DBL_MAX, uint64_t, UINT64_C(0x7fffffffffffffff), UINT64_C(0x7ff0000000000000))
 
 /* Pack the codes of a bucket, 8 at a time, at a byte-aligned p (w = W bits each). */
 #define QSGD_DEFINE_PACK(W)                                                                  \

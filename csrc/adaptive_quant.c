@@ -78,6 +78,31 @@ static inline uint64_t get_word(const uint8_t *words, unsigned wb, uint64_t at)
 static uint64_t skip_f32(const float *row, uint64_t c, uint64_t C, float tp, float tn, unsigned *mask);
 static uint64_t skip_f64(const double *row, uint64_t c, uint64_t C, double tp, double tn, unsigned *mask);
 
+/* The entries pass 1 decided to send, in row-major order: word (row << 1 | sign)
+ * and column. Pass 2 then only visits these (about N/pi), not the matrix. */
+typedef struct {
+    uint64_t *word;
+    uint64_t *col;
+    uint64_t n, cap;
+    int oom;
+} sent_list;
+
+static void sl_push(sent_list *l, uint64_t word, uint64_t col)
+{
+    if (l->n == l->cap) {
+        uint64_t cap = l->cap ? 2 * l->cap : 4096;
+        uint64_t *w = realloc(l->word, cap * sizeof *w);
+        if (w) l->word = w;
+        uint64_t *c = w ? realloc(l->col, cap * sizeof *c) : NULL;
+        if (c) l->col = c;
+        if (!w || !c) { l->oom = 1; return; }
+        l->cap = cap;
+    }
+    l->word[l->n] = word;
+    l->col[l->n] = col;
+    l->n++;
+}
+
 #define ADAPTIVE_DEFINE(SUFFIX, VT, VT_MAX)                                                     \
     static int sample_thresholds_##SUFFIX(const VT *x, uint64_t N, double pi, uint64_t sample,  \
                                           uint64_t key, double *tp, double *tn)                 \
@@ -128,7 +153,7 @@ static uint64_t skip_f64(const double *row, uint64_t c, uint64_t C, double tp, d
         return c;                                                                               \
     }                                                                                           \
     static int pass1_##SUFFIX(const VT *x, uint64_t R, uint64_t C, VT tp, VT tn, double *ps,     \
-                              double *ns, uint64_t *pc, uint64_t *nc)                           \
+                              double *ns, uint64_t *pc, uint64_t *nc, sent_list *l)             \
     {                                                                                           \
         int bad = 0;                                                                            \
         for (uint64_t r = 0; r < R; r++) {                                                      \
@@ -142,52 +167,32 @@ static uint64_t skip_f64(const double *row, uint64_t c, uint64_t C, double tp, d
                     uint64_t cc = c + (unsigned)__builtin_ctz(m);                               \
                     VT v = row[cc];                                                             \
                     bad |= !(v <= VT_MAX) | !(v >= -VT_MAX);                                    \
-                    if (v >= tp) { ps[cc] += (double)v; pc[cc]++; }                             \
-                    else if (v <= tn) { ns[cc] += (double)v; nc[cc]++; }                        \
+                    if (v >= tp) { ps[cc] += (double)v; pc[cc]++; sl_push(l, r << 1, cc); }     \
+                    else if (v <= tn) { ns[cc] += (double)v; nc[cc]++; sl_push(l, (r << 1) | 1, cc); } \
                 }                                                                               \
                 c += 8;                                                                         \
             }                                                                                   \
             for (; c < C; c++) { /* tail of fewer than 8 */                                     \
                 VT v = row[c];                                                                  \
                 bad |= !(v <= VT_MAX) | !(v >= -VT_MAX);                                        \
-                if (v >= tp) { ps[c] += (double)v; pc[c]++; }                                   \
-                else if (v <= tn) { ns[c] += (double)v; nc[c]++; }                              \
+                if (v >= tp) { ps[c] += (double)v; pc[c]++; sl_push(l, r << 1, c); }            \
+                else if (v <= tn) { ns[c] += (double)v; nc[c]++; sl_push(l, (r << 1) | 1, c); } \
             }                                                                                   \
         }                                                                                       \
         return bad;                                                                             \
     }                                                                                           \
-    static inline void send_##SUFFIX(const VT *row, uint64_t r, uint64_t c, VT tp, VT tn,       \
-                                     const float *rec, uint64_t *cursor, uint8_t *words,        \
-                                     unsigned wb, VT *res)                                      \
-    {                                                                                           \
-        VT v = row[c];                                                                          \
-        if (v >= tp) {                                                                          \
-            put_word(words, wb, cursor[c]++, r << 1);                                           \
-            if (res) res[c] = v - (VT)rec[2 * c];                                               \
-        } else if (v <= tn) {                                                                   \
-            put_word(words, wb, cursor[c]++, (r << 1) | 1);                                     \
-            if (res) res[c] = v - (VT)rec[2 * c + 1];                                           \
-        }                                                                                       \
-    }                                                                                           \
-    static void pass2_##SUFFIX(const VT *x, uint64_t R, uint64_t C, VT tp, VT tn,               \
+    static void pass2_##SUFFIX(const VT *x, uint64_t R, uint64_t C, const sent_list *l,         \
                                const float *rec, uint64_t *cursor, uint8_t *words, unsigned wb, \
                                VT *residual)                                                    \
     {                                                                                           \
-        for (uint64_t r = 0; r < R; r++) {                                                      \
-            const VT *row = x + r * C;                                                          \
-            VT *res = residual ? residual + r * C : NULL;                                       \
-            if (res) memcpy(res, row, C * sizeof(VT));                                          \
-            uint64_t c = 0;                                                                     \
-            for (;;) {                                                                          \
-                unsigned m;                                                                     \
-                c = skip_##SUFFIX(row, c, C, tp, tn, &m);                                       \
-                if (!m) break;                                                                  \
-                for (; m; m &= m - 1)                                                           \
-                    send_##SUFFIX(row, r, c + (unsigned)__builtin_ctz(m), tp, tn, rec, cursor,  \
-                                  words, wb, res);                                              \
-                c += 8;                                                                         \
+        if (residual && R && C) memcpy(residual, x, R * C * sizeof(VT));                         \
+        for (uint64_t i = 0; i < l->n; i++) {                                                   \
+            uint64_t c = l->col[i], w = l->word[i];                                             \
+            put_word(words, wb, cursor[c]++, w);                                                \
+            if (residual) {                                                                     \
+                uint64_t at = (w >> 1) * C + c;                                                 \
+                residual[at] = x[at] - (VT)rec[2 * c + (w & 1)];                                \
             }                                                                                   \
-            for (; c < C; c++) send_##SUFFIX(row, r, c, tp, tn, rec, cursor, words, wb, res);   \
         }                                                                                       \
     }                                                                                           \
     static void decode_##SUFFIX(const uint8_t *words, unsigned wb, const uint64_t *off,         \
@@ -273,10 +278,15 @@ int scaleml_adaptive_encode(const void *x, int value_bytes, uint64_t rows, uint6
     }
     double *ps = sums, *ns = sums + cols;
     uint64_t *pc = counts, *nc = counts + cols;
-    int bad = value_bytes == 4 ? pass1_f32(x, rows, cols, tp32, tn32, ps, ns, pc, nc)
-                               : pass1_f64(x, rows, cols, tp, tn, ps, ns, pc, nc);
+    sent_list list = {NULL, NULL, 0, 0, 0};
+    int bad = value_bytes == 4 ? pass1_f32(x, rows, cols, tp32, tn32, ps, ns, pc, nc, &list)
+                               : pass1_f64(x, rows, cols, tp, tn, ps, ns, pc, nc, &list);
+    if (list.oom) {
+        free(list.word); free(list.col); free(sums); free(counts); free(cursor);
+        return sv_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory");
+    }
     if (bad) {
-        free(sums); free(counts); free(cursor);
+        free(list.word); free(list.col); free(sums); free(counts); free(cursor);
         return sv_fail(SCALEML_ERR_ARG, "adaptive: non-finite value (NaN or Inf) in the input");
     }
     uint64_t total = 0;
@@ -285,13 +295,13 @@ int scaleml_adaptive_encode(const void *x, int value_bytes, uint64_t rows, uint6
     size_t need = scaleml_adaptive_bytes(rows, cols, total);
     *written = need;
     if (cap < need) {
-        free(sums); free(counts); free(cursor);
+        free(list.word); free(list.col); free(sums); free(counts); free(cursor);
         return sv_fail(SCALEML_ERR_TOO_LARGE, "adaptive: output capacity %zu < %zu bytes", cap, need);
     }
     memcpy(out, cursor, (cols + 1) * 8);
     float *rec = malloc((2 * cols + 1) * sizeof *rec);
     if (!rec) {
-        free(sums); free(counts); free(cursor);
+        free(list.word); free(list.col); free(sums); free(counts); free(cursor);
         return sv_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory");
     }
     for (uint64_t c = 0; c < cols; c++) {
@@ -304,8 +314,10 @@ int scaleml_adaptive_encode(const void *x, int value_bytes, uint64_t rows, uint6
     uint8_t *words = recp + cols * 8;
     size_t used = (size_t)((cols + 1) * 8 + cols * 8 + total * wb);
     memset(out + used, 0, need - used);
-    if (value_bytes == 4) pass2_f32(x, rows, cols, tp32, tn32, rec, cursor, words, wb, residual);
-    else pass2_f64(x, rows, cols, tp, tn, rec, cursor, words, wb, residual);
+    if (value_bytes == 4) pass2_f32(x, rows, cols, &list, rec, cursor, words, wb, residual);
+    else pass2_f64(x, rows, cols, &list, rec, cursor, words, wb, residual);
+    free(list.word);
+    free(list.col);
     free(rec); free(sums); free(counts); free(cursor);
     return SCALEML_OK;
 }

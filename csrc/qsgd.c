@@ -163,6 +163,30 @@ static inline void unpack8(const uint8_t *p, size_t room, uint32_t *c, unsigned 
 QSGD_DEFINE_NORMS(f32, float, FLT_MAX, uint32_t, UINT32_C(0x7fffffff), UINT32_C(0x7f800000))
 QSGD_DEFINE_NORMS(f64, double, DBL_MAX, uint64_t, UINT64_C(0x7fffffffffffffff), UINT64_C(0x7ff0000000000000))
 
+/* Bit j set when code j of 64 has a non-zero level (low byte). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <emmintrin.h>
+static inline uint64_t nonzero64(const uint16_t *codes) /* SSE2: baseline x86-64 */
+{
+    const __m128i lowbyte = _mm_set1_epi16(0xff), zero = _mm_setzero_si128();
+    uint64_t m = 0;
+    for (unsigned k = 0; k < 64; k += 16) {
+        __m128i a = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(codes + k)), lowbyte);
+        __m128i b = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(codes + k + 8)), lowbyte);
+        __m128i z = _mm_packs_epi16(_mm_cmpeq_epi16(a, zero), _mm_cmpeq_epi16(b, zero));
+        m |= (uint64_t)(~(unsigned)_mm_movemask_epi8(z) & 0xffffu) << k;
+    }
+    return m;
+}
+#else
+static inline uint64_t nonzero64(const uint16_t *codes)
+{
+    uint64_t m = 0;
+    for (unsigned j = 0; j < 64; j++) m |= (uint64_t)((codes[j] & 0xff) != 0) << j;
+    return m;
+}
+#endif
+
 /* Pack the codes of a bucket, 8 at a time, at a byte-aligned p (w = W bits each). */
 #define QSGD_DEFINE_PACK(W)                                                                  \
     static inline uint8_t *pack_w##W(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_t groups) \
@@ -430,20 +454,18 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
             uint64_t prev = (uint64_t)-1;
             if (nnz) {
                 uint64_t i = 0;
-                for (; i + 16 <= len; i += 16) {
-                    /* skip 16 zero levels at once (levels are the low bytes) */
-                    uint64_t q[4];
-                    memcpy(q, codes + i, 32);
-                    if (!((q[0] | q[1] | q[2] | q[3]) & UINT64_C(0x00ff00ff00ff00ff))) continue;
-                    for (unsigned j = 0; j < 16; j++) {
-                        uint32_t c = codes[i + j];
-                        if (!(c & 0xff)) continue;
-                        uint64_t gap = i + j - prev;
+                for (; i + 64 <= len; i += 64) {
+                    /* bitmap of the non-zero levels of 64 codes, then visit its set bits */
+                    uint64_t m = nonzero64(codes + i);
+                    for (; m; m &= m - 1) {
+                        uint64_t at = i + (uint64_t)__builtin_ctzll(m);
+                        uint32_t c = codes[at];
+                        uint64_t gap = at - prev;
                         if (gap < 1024) bw_put(&w, om_field[gap], om_len[gap]);
                         else elias_omega_put(&w, gap);
                         bw_put(&w, c >> 8, 1);
                         bw_put(&w, om_field[c & 0xff], om_len[c & 0xff]);
-                        prev = i + j;
+                        prev = at;
                     }
                 }
                 for (; i < len; i++) {

@@ -193,6 +193,7 @@ ZIPML_DEFINE(f64, double)
 typedef struct {
     float lo, hi, inv_h;
     int32_t cells, fine;
+    uint32_t s;
     const float *Ls;   /* search levels: Ls[k] = level k, Ls[s - 1] = +inf */
     const float *Lf;   /* levels as float */
     const float *W;    /* Lf[k + 1] - Lf[k] */
@@ -247,7 +248,36 @@ __attribute__((target("avx2"))) static int zip32_avx2(const zip32 *z, const floa
     const __m256 scale = _mm256_set1_ps(0x1.0p-24f);
     int bad = 0;
     uint32_t i = 0;
-    for (; i + 8 <= len; i += 8) {
+    if (z->s <= 16) {
+        /* up to 16 levels: the interval is a count of compares with broadcast
+         * levels, and a, w come from register permutes (no gathers) */
+        __m256 lv[16];
+        for (uint32_t k = 0; k < 16; k++) lv[k] = _mm256_set1_ps(k < z->s ? z->Ls[k] : INFINITY);
+        const __m256 lf_lo = _mm256_loadu_ps(z->Lf), lf_hi = _mm256_loadu_ps(z->Lf + 8);
+        const __m256 w_lo = _mm256_loadu_ps(z->W), w_hi = _mm256_loadu_ps(z->W + 8);
+        const __m256i seven = _mm256_set1_epi32(7);
+        for (; i + 8 <= len; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            __m256 ok = _mm256_and_ps(_mm256_cmp_ps(v, big, _CMP_LE_OQ), _mm256_cmp_ps(v, nbig, _CMP_GE_OQ));
+            bad |= _mm256_movemask_ps(ok) != 0xff;
+            __m256 vc = _mm256_min_ps(_mm256_max_ps(v, vlo), vhi);
+            __m256i j = _mm256_setzero_si256();
+            for (uint32_t k = 1; k + 1 < z->s; k++)
+                j = _mm256_sub_epi32(j, _mm256_castps_si256(_mm256_cmp_ps(lv[k], vc, _CMP_LE_OQ)));
+            __m256 high = _mm256_castsi256_ps(_mm256_cmpgt_epi32(j, seven));
+            __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lf_lo, j), _mm256_permutevar8x32_ps(lf_hi, j), high);
+            __m256 w = _mm256_blendv_ps(_mm256_permutevar8x32_ps(w_lo, j), _mm256_permutevar8x32_ps(w_hi, j), high);
+            __m256i ctr = _mm256_add_epi32(_mm256_set1_epi32((int32_t)(lo32 + i)), lane);
+            __m256i h = mix32_avx2(_mm256_add_epi32(mix32_avx2(_mm256_xor_si256(ctr, k0)), k1));
+            __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h, 8)), scale);
+            __m256 up = _mm256_cmp_ps(_mm256_mul_ps(u, w), _mm256_sub_ps(vc, a), _CMP_LT_OQ);
+            __m256i r = _mm256_sub_epi32(j, _mm256_castps_si256(up));
+            __m128i r16 = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+            uint64_t b8 = (uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(r16, r16));
+            memcpy(idx + i, &b8, 8);
+        }
+    }
+    for (; z->fine && i + 8 <= len; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
         __m256 ok = _mm256_and_ps(_mm256_cmp_ps(v, big, _CMP_LE_OQ), _mm256_cmp_ps(v, nbig, _CMP_GE_OQ));
         bad |= _mm256_movemask_ps(ok) != 0xff;
@@ -312,7 +342,7 @@ static uint8_t *zpack(uint8_t *p, uint8_t *end, const uint8_t *c, uint64_t group
 static int encode_f32_levels(const float *x, uint64_t n, const double *levels, uint32_t s, uint64_t key,
                              uint8_t *p, uint8_t *end)
 {
-    float Lf[ZIPML_MAX_LEVELS + 2], Ls[ZIPML_MAX_LEVELS + 2], W[ZIPML_MAX_LEVELS + 2];
+    float Lf[ZIPML_MAX_LEVELS + 2] = {0}, Ls[ZIPML_MAX_LEVELS + 2] = {0}, W[ZIPML_MAX_LEVELS + 2] = {0};
     for (uint32_t k = 0; k < s; k++) Lf[k] = Ls[k] = (float)levels[k];
     Ls[s - 1] = Ls[s] = INFINITY;
     Lf[s] = Lf[s - 1];
@@ -336,9 +366,9 @@ static int encode_f32_levels(const float *x, uint64_t n, const double *levels, u
         bounds[c] = Ls[j + 1];
         bounds[cells + c] = Ls[j + 2];
     }
-    zip32 z = {lo, hi, inv_h, cells, fine, Ls, Lf, W, cell, bounds, bounds + cells, (uint32_t)key, 0};
+    zip32 z = {lo, hi, inv_h, cells, fine, s, Ls, Lf, W, cell, bounds, bounds + cells, (uint32_t)key, 0};
     unsigned wbits = index_bits(s);
-    int use_avx2 = fine && scaleml_cpu_avx2();
+    int use_avx2 = (fine || s <= 16) && scaleml_cpu_avx2();
     uint8_t idx[4096];
     int bad = 0;
     for (uint64_t start = 0; start < n && !bad; start += 4096) {

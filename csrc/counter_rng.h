@@ -63,11 +63,11 @@ static inline uint32_t crng_u32(uint64_t key, uint64_t i)
     return crng_u32_lanes((uint32_t)key, crng_k1(key, i), (uint32_t)i);
 }
 
-/* Function clones for the hot loops: AVX-512 and AVX2 versions chosen at load
+/* Function clones for the hot loops: an AVX2 version chosen at load
  * time (ifunc), the baseline otherwise. Results are identical in every clone
  * (no reassociation of floating point sums). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SCALEML_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define SCALEML_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define SCALEML_CLONES
 #endif

@@ -11,7 +11,7 @@
  * crng_u32(key, i) of the counter RNG, of which 24 bits are used for float32
  * input (the comparison is done in float) and 31 for float64 input, so the
  * rounding probability is exact up to 2^-24 (resp. 2^-31). The quantization
- * loop is branch free and compiled in AVX-512/AVX2/baseline clones.
+ * loop is branch free and compiled in AVX2/baseline clones.
  *
  * Wire formats (bit streams, LSB-first, see bitstream.h), per bucket in order:
  *   FIXED: 32 bits  float32 norm

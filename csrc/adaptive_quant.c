@@ -233,9 +233,7 @@ ADAPTIVE_DEFINE(f64, double, DBL_MAX)
 static uint64_t skip_f32(const float *row, uint64_t c, uint64_t C, float tp, float tn, unsigned *mask)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    static int have_avx2 = -1;
-    if (have_avx2 < 0) have_avx2 = scaleml_cpu_avx2();
-    if (have_avx2) return skip_f32_avx2(row, c, C, tp, tn, mask);
+    if (scaleml_cpu_avx2()) return skip_f32_avx2(row, c, C, tp, tn, mask);
 #endif
     return skip_scalar_f32(row, c, C, tp, tn, mask);
 }

@@ -141,9 +141,7 @@ __attribute__((target("avx,f16c"))) static uint32_t f16c_decode(const uint16_t *
 
 static int have_f16c(void)
 {
-    static int have = -1;
-    if (have < 0) have = scaleml_cpu_f16c();
-    return have;
+    return scaleml_cpu_f16c();
 }
 #else
 static int have_f16c(void) { return 0; }

@@ -4,14 +4,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Read once; an atomic cache, as the kernels may run on several threads. */
 static int simd_allowed(void)
 {
-    static int allowed = -1;
-    if (allowed < 0) {
+    static _Atomic int allowed = -1;
+    int a = allowed;
+    if (a < 0) {
         const char *e = getenv("SCALEML_NO_SIMD");
-        allowed = !(e && *e && strcmp(e, "0") != 0);
+        a = !(e && *e && strcmp(e, "0") != 0);
+        allowed = a;
     }
-    return allowed;
+    return a;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -129,9 +129,7 @@ __attribute__((target("avx2"))) static int stats_f32_avx2(const float *v, uint64
 
 static int stats_f32_dispatch(const float *v, uint64_t len, double *sum_all, double *sum_neg, uint64_t *count_neg)
 {
-    static int have_avx2 = -1;
-    if (have_avx2 < 0) have_avx2 = scaleml_cpu_avx2();
-    return have_avx2 ? stats_f32_avx2(v, len, sum_all, sum_neg, count_neg)
+    return scaleml_cpu_avx2() ? stats_f32_avx2(v, len, sum_all, sum_neg, count_neg)
                      : stats_f32(v, len, sum_all, sum_neg, count_neg);
 }
 #else

@@ -243,9 +243,7 @@ __attribute__((target("bmi2"))) static uint8_t *pack_pext(uint8_t *p, uint8_t *e
 
 static int have_bmi2(void)
 {
-    static int have = -1;
-    if (have < 0) have = scaleml_cpu_bmi2();
-    return have;
+    return scaleml_cpu_bmi2();
 }
 #else
 static int have_bmi2(void) { return 0; }

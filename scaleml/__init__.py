@@ -5,13 +5,15 @@
 >>> comm = scaleml.Comm(MPI.COMM_WORLD)          # drop-in for the mpi4py communicator
 >>> comm.Allreduce(grad, out, op=MPI.SUM)
 >>> total = scaleml.sparse_allreduce(indices, values, n, MPI.COMM_WORLD)
+>>> q = scaleml.compress.QSGD(bits=4)             # gradient compression
+>>> grad_hat = q.decode(q.encode(grad))
 """
 
 from __future__ import annotations
 
 from mpi4py import MPI  # noqa: F401  (loads libmpi before the extension does)
 
-from . import cost_model
+from . import compress, cost_model
 from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
 from .comm import Comm
 from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
@@ -25,6 +27,7 @@ __all__ = [
     "MalformedMessageError",
     "ScaleMLError",
     "SparseVector",
+    "compress",
     "cost_model",
     "index_dtype",
     "sparse_allreduce",

@@ -1,0 +1,245 @@
+/*
+ * 1-bit SGD quantization (Seide et al., 2014), per bucket (a bucket is a
+ * column when the Python side hands over a matrix column by column).
+ *
+ * Each value is sent as its sign bit (1 = negative); a bucket's non-negative
+ * values are reconstructed as their mean and its negative values as theirs
+ * (0 when a side is empty). The encoder can also write the quantization error
+ * x - reconstruction (the error feedback residual) in the same pass.
+ *
+ * Wire format: for each of the ceil(n/d) buckets two float32 values
+ * (mean of the non-negative values, mean of the negative values), then n sign
+ * bits LSB-first (bit i of the vector), zero padded to a byte.
+ *   -> 1 + 64/d bits per element.
+ */
+#include <float.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "api_compress.h"
+#include "cpu_features.h"
+#include "bitstream.h"
+#include "counter_rng.h"
+#include "sparse_vector.h"
+
+size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket)
+{
+    if (bucket == 0) return 0;
+    uint64_t nb = (n + bucket - 1) / bucket;
+    return (size_t)(nb * 8 + (n + 7) / 8);
+}
+
+/* Lane-wise passes (vectorizable without reassociation: identical results in
+ * every clone). stats: sum of all values, sum of min(v, 0), count of v < 0. */
+#define ONEBIT_DEFINE_LANES(SUFFIX, VT, VT_MAX)                                               \
+    SCALEML_CLONES static int stats_##SUFFIX(const VT *v, uint64_t len, double *sum_all,       \
+                                             double *sum_neg, uint64_t *count_neg)            \
+    {                                                                                         \
+        double sa[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sm[8] = {0, 0, 0, 0, 0, 0, 0, 0};            \
+        int32_t cn[8] = {0, 0, 0, 0, 0, 0, 0, 0}, bad[8] = {0, 0, 0, 0, 0, 0, 0, 0};          \
+        uint64_t i = 0, c = 0;                                                                \
+        while (i + 8 <= len) {                                                                \
+            uint64_t stop = len - i > (UINT64_C(1) << 28) ? i + (UINT64_C(1) << 28) : len;    \
+            for (; i + 8 <= stop; i += 8)                                                     \
+                for (unsigned j = 0; j < 8; j++) {                                            \
+                    VT a = v[i + j];                                                          \
+                    bad[j] |= !(a <= VT_MAX) | !(a >= -VT_MAX);                               \
+                    sa[j] += (double)a;                                                       \
+                    sm[j] += (double)(a < 0 ? a : (VT)0);                                     \
+                    cn[j] += a < 0;                                                           \
+                }                                                                             \
+            for (unsigned j = 0; j < 8; j++) { c += (uint64_t)cn[j]; cn[j] = 0; }             \
+        }                                                                                     \
+        for (; i < len; i++) {                                                                \
+            VT a = v[i];                                                                      \
+            bad[0] |= !(a <= VT_MAX) | !(a >= -VT_MAX);                                       \
+            sa[0] += (double)a;                                                               \
+            sm[0] += (double)(a < 0 ? a : (VT)0);                                             \
+            c += a < 0;                                                                       \
+        }                                                                                     \
+        int32_t b = 0;                                                                        \
+        for (unsigned j = 0; j < 8; j++) b |= bad[j];                                         \
+        *sum_all = ((sa[0] + sa[1]) + (sa[2] + sa[3])) + ((sa[4] + sa[5]) + (sa[6] + sa[7])); \
+        *sum_neg = ((sm[0] + sm[1]) + (sm[2] + sm[3])) + ((sm[4] + sm[5]) + (sm[6] + sm[7])); \
+        *count_neg = c;                                                                       \
+        return b != 0;                                                                        \
+    }                                                                                         \
+    /* sign masks of 32-element chunks and (optionally) the residual */                       \
+    SCALEML_CLONES static void signs_##SUFFIX(const VT *v, uint64_t chunks, VT vp, VT vn,     \
+                                              uint32_t *masks, VT *res)                       \
+    {                                                                                         \
+        for (uint64_t k = 0; k < chunks; k++) {                                               \
+            const VT *x = v + 32 * k;                                                         \
+            uint32_t m = 0;                                                                   \
+            for (unsigned j = 0; j < 32; j++) m |= (uint32_t)(x[j] < 0) << j;                 \
+            masks[k] = m;                                                                     \
+            if (res)                                                                          \
+                for (unsigned j = 0; j < 32; j++) res[32 * k + j] = x[j] - (x[j] < 0 ? vn : vp); \
+        }                                                                                     \
+    }
+
+ONEBIT_DEFINE_LANES(f32, float, FLT_MAX)
+ONEBIT_DEFINE_LANES(f64, double, DBL_MAX)
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* AVX2 version of stats_f32 with the same 8 lanes and the same final order, so
+ * its result is bit-identical to the portable loop (GCC does not vectorize the
+ * mixed float/double/int lanes of that loop by itself). */
+__attribute__((target("avx2"))) static int stats_f32_avx2(const float *v, uint64_t len, double *sum_all,
+                                                           double *sum_neg, uint64_t *count_neg)
+{
+    __m256d sa_lo = _mm256_setzero_pd(), sa_hi = _mm256_setzero_pd();
+    __m256d sm_lo = _mm256_setzero_pd(), sm_hi = _mm256_setzero_pd();
+    const __m256 zero = _mm256_setzero_ps(), big = _mm256_set1_ps(FLT_MAX), nbig = _mm256_set1_ps(-FLT_MAX);
+    uint64_t c = 0;
+    int bad = 0;
+    uint64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        __m256 a = _mm256_loadu_ps(v + i);
+        __m256 ok = _mm256_and_ps(_mm256_cmp_ps(a, big, _CMP_LE_OQ), _mm256_cmp_ps(a, nbig, _CMP_GE_OQ));
+        bad |= _mm256_movemask_ps(ok) != 0xff;
+        __m256 neg = _mm256_cmp_ps(a, zero, _CMP_LT_OQ);
+        c += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(neg));
+        __m256 mn = _mm256_and_ps(a, neg);
+        sa_lo = _mm256_add_pd(sa_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(a)));
+        sa_hi = _mm256_add_pd(sa_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)));
+        sm_lo = _mm256_add_pd(sm_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(mn)));
+        sm_hi = _mm256_add_pd(sm_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(mn, 1)));
+    }
+    double sa[8], sm[8];
+    _mm256_storeu_pd(sa, sa_lo);
+    _mm256_storeu_pd(sa + 4, sa_hi);
+    _mm256_storeu_pd(sm, sm_lo);
+    _mm256_storeu_pd(sm + 4, sm_hi);
+    for (; i < len; i++) {
+        float a = v[i];
+        bad |= !(a <= FLT_MAX) | !(a >= -FLT_MAX);
+        sa[0] += (double)a;
+        sm[0] += (double)(a < 0 ? a : 0.0f);
+        c += a < 0;
+    }
+    *sum_all = ((sa[0] + sa[1]) + (sa[2] + sa[3])) + ((sa[4] + sa[5]) + (sa[6] + sa[7]));
+    *sum_neg = ((sm[0] + sm[1]) + (sm[2] + sm[3])) + ((sm[4] + sm[5]) + (sm[6] + sm[7]));
+    *count_neg = c;
+    return bad;
+}
+
+static int stats_f32_dispatch(const float *v, uint64_t len, double *sum_all, double *sum_neg, uint64_t *count_neg)
+{
+    return scaleml_cpu_avx2() ? stats_f32_avx2(v, len, sum_all, sum_neg, count_neg)
+                     : stats_f32(v, len, sum_all, sum_neg, count_neg);
+}
+#else
+#define stats_f32_dispatch stats_f32
+#endif
+
+static inline int stats_f64_dispatch(const double *v, uint64_t len, double *sum_all, double *sum_neg,
+                                     uint64_t *count_neg)
+{
+    return stats_f64(v, len, sum_all, sum_neg, count_neg);
+}
+
+#define ONEBIT_DEFINE(SUFFIX, VT, VT_MAX)                                                    \
+    static int encode_##SUFFIX(const VT *x, uint64_t n, uint64_t bucket, uint8_t *out,       \
+                               VT *residual)                                                 \
+    {                                                                                        \
+        uint64_t nb = (n + bucket - 1) / bucket;                                             \
+        bitwriter w;                                                                         \
+        bw_init(&w, out + nb * 8, (n + 7) / 8);                                              \
+        for (uint64_t b = 0; b < nb; b++) {                                                  \
+            const VT *v = x + b * bucket;                                                    \
+            uint64_t len = n - b * bucket < bucket ? n - b * bucket : bucket;                \
+            double sa, sn;                                                                    \
+            uint64_t cn;                                                                      \
+            int bad = stats_##SUFFIX##_dispatch(v, len, &sa, &sn, &cn);                                  \
+            if (bad) return -1;                                                  \
+            double sp = sa - sn;                                                 \
+            float rp = len > cn ? (float)(sp / (double)(len - cn)) : 0.0f;       \
+            float rn = cn ? (float)(sn / (double)cn) : 0.0f;                     \
+            if (!isfinite(rp) || !isfinite(rn)) return -2;                       \
+            if (rp < 0) rp = 0; /* rounding of sa - sn on tiny values */         \
+            memcpy(out + b * 8, &rp, 4);                                         \
+            memcpy(out + b * 8 + 4, &rn, 4);                                     \
+            const VT vp = (VT)rp, vn = (VT)rn;                                   \
+            VT *res = residual ? residual + b * bucket : NULL;                   \
+            uint64_t i = 0, chunks = len / 32;                                   \
+            for (uint64_t c0 = 0; c0 < chunks; c0 += 64) {                       \
+                uint32_t masks[64];                                              \
+                uint64_t cc = chunks - c0 < 64 ? chunks - c0 : 64;               \
+                signs_##SUFFIX(v + 32 * c0, cc, vp, vn, masks, res ? res + 32 * c0 : NULL); \
+                for (uint64_t k = 0; k < cc; k++) bw_put(&w, masks[k], 32);      \
+            }                                                                    \
+            i = chunks * 32;                                                     \
+            for (; i < len; i++) {                                               \
+                if (res) res[i] = v[i] - (v[i] < 0 ? vn : vp);                   \
+                bw_put(&w, (uint64_t)(v[i] < 0), 1);                             \
+            }                                                                    \
+        }                                                                        \
+        bw_finish(&w, out + nb * 8);                                                         \
+        return 0;                                                                            \
+    }                                                                                        \
+    static void decode_##SUFFIX(const uint8_t *buf, uint64_t n, uint64_t bucket, VT *out)    \
+    {                                                                                        \
+        uint64_t nb = (n + bucket - 1) / bucket;                                             \
+        bitreader r;                                                                         \
+        br_init(&r, buf + nb * 8, (n + 7) / 8);                                              \
+        for (uint64_t b = 0; b < nb; b++) {                                                  \
+            uint64_t len = n - b * bucket < bucket ? n - b * bucket : bucket;                \
+            float rp, rn;                                                                    \
+            memcpy(&rp, buf + b * 8, 4);                                                     \
+            memcpy(&rn, buf + b * 8 + 4, 4);                                                 \
+            VT vals[2] = {(VT)rp, (VT)rn};                                                   \
+            VT *o = out + b * bucket;                                                        \
+            uint64_t i = 0;                                                                  \
+            for (; i + 32 <= len; i += 32) {                                                 \
+                uint64_t bits = br_get(&r, 32);                                              \
+                for (unsigned j = 0; j < 32; j++) o[i + j] = vals[(bits >> j) & 1];          \
+            }                                                                                \
+            for (; i < len; i++) o[i] = vals[br_get(&r, 1)];                                 \
+        }                                                                                    \
+    }
+
+ONEBIT_DEFINE(f32, float, FLT_MAX)
+ONEBIT_DEFINE(f64, double, DBL_MAX)
+
+int scaleml_onebit_encode(const void *x, int value_bytes, uint64_t n, uint64_t bucket,
+                          uint8_t *out, size_t cap, void *residual)
+{
+    if (bucket < 1) return sv_fail(SCALEML_ERR_ARG, "1-bit bucket size must be >= 1");
+    if (value_bytes != 4 && value_bytes != 8)
+        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (cap < scaleml_onebit_bytes(n, bucket))
+        return sv_fail(SCALEML_ERR_TOO_LARGE, "1-bit: output capacity %zu bytes is too small", cap);
+    if (n == 0) return SCALEML_OK;
+    int rc = value_bytes == 4 ? encode_f32(x, n, bucket, out, residual)
+                              : encode_f64(x, n, bucket, out, residual);
+    if (rc == -1) return sv_fail(SCALEML_ERR_ARG, "1-bit: non-finite value (NaN or Inf) in the input");
+    if (rc == -2) return sv_fail(SCALEML_ERR_ARG, "1-bit: bucket mean exceeds the float32 range");
+    return SCALEML_OK;
+}
+
+int scaleml_onebit_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t bucket,
+                          void *out, int value_bytes)
+{
+    if (bucket < 1) return sv_fail(SCALEML_ERR_ARG, "1-bit bucket size must be >= 1");
+    if (value_bytes != 4 && value_bytes != 8)
+        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (bytes != scaleml_onebit_bytes(n, bucket))
+        return sv_fail(SCALEML_ERR_MALFORMED, "1-bit payload has %zu bytes, expected %zu", bytes,
+                       scaleml_onebit_bytes(n, bucket));
+    uint64_t nb = (n + bucket - 1) / bucket;
+    for (uint64_t b = 0; b < nb; b++) {
+        float rp, rn;
+        memcpy(&rp, buf + b * 8, 4);
+        memcpy(&rn, buf + b * 8 + 4, 4);
+        if (!(rp >= 0 && rp <= FLT_MAX) || !(rn <= 0 && rn >= -FLT_MAX))
+            return sv_fail(SCALEML_ERR_MALFORMED, "1-bit payload: invalid reconstruction values in bucket %llu",
+                           (unsigned long long)b);
+    }
+    if (value_bytes == 4) decode_f32(buf, n, bucket, out);
+    else decode_f64(buf, n, bucket, out);
+    return SCALEML_OK;
+}

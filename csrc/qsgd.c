@@ -1,0 +1,620 @@
+/*
+ * QSGD stochastic quantization (Alistarh et al., NeurIPS 2017), bucketed.
+ *
+ * The input is cut into buckets of d consecutive values (the last one may be
+ * shorter); each bucket is quantized with its own norm N (L2 or max, rounded
+ * UP to float32 so that |v_i| / N <= 1 and the decoder uses exactly the N the
+ * encoder used). With s = 2^bits - 1 levels and r_i = s |v_i| / N in [l, l+1]:
+ *     level_i = l + 1 with probability r_i - l, else l
+ *     Q(v_i)  = N * sgn(v_i) * level_i / s
+ * so E[Q(v_i)] = v_i. Element i of the whole vector takes the 32-bit uniform
+ * crng_u32(key, i) of the counter RNG, of which 24 bits are used for float32
+ * input (the comparison is done in float) and 31 for float64 input, so the
+ * rounding probability is exact up to 2^-24 (resp. 2^-31). The quantization
+ * loop is branch free and compiled in AVX2/baseline clones.
+ *
+ * Wire formats (bit streams, LSB-first, see bitstream.h), per bucket in order:
+ *   FIXED: 32 bits  float32 norm
+ *          per element (bits + 1) bits: level in the low `bits` bits, then the
+ *          sign bit (1 = negative; always 0 when the level is 0)
+ *          -> bits + 1 + 32/d bits per element.
+ *   ELIAS: 32 bits  float32 norm
+ *          omega(nnz + 1)
+ *          per non-zero: omega(gap) (gap = position - previous position, the
+ *          first one counted from -1, so gap >= 1), 1 sign bit, omega(level)
+ *          -> for the sparse regime (small s); expected size bounded by
+ *          Theorem 3.2 of the paper.
+ * The stream is zero padded to a byte; the decoder rejects any other length.
+ */
+#include <float.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_compress.h"
+#include "cpu_features.h"
+#include "bitstream.h"
+#include "counter_rng.h"
+#include "sparse_vector.h"
+
+#define QSGD_MAX_BUCKET (UINT64_C(1) << 31)
+
+static int check_args(uint64_t n, uint32_t bits, uint64_t bucket, int format, int value_bytes)
+{
+    (void)n;
+    if (bits < 1 || bits > 8) return sv_fail(SCALEML_ERR_ARG, "QSGD bits must be in 1..8, got %u", bits);
+    if (bucket < 1 || bucket > QSGD_MAX_BUCKET)
+        return sv_fail(SCALEML_ERR_ARG, "QSGD bucket size must be in 1..2^31, got %llu",
+                       (unsigned long long)bucket);
+    if (format != SCALEML_QSGD_FIXED && format != SCALEML_QSGD_ELIAS)
+        return sv_fail(SCALEML_ERR_ARG, "unknown QSGD format %d", format);
+    if (value_bytes != 4 && value_bytes != 8)
+        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    return SCALEML_OK;
+}
+
+size_t scaleml_qsgd_max_bytes(uint64_t n, uint32_t bits, uint64_t bucket, int format)
+{
+    if (bits < 1 || bits > 8 || bucket < 1) return 0;
+    uint64_t nb = (n + bucket - 1) / bucket;
+    if (format == SCALEML_QSGD_FIXED) return (size_t)((nb * 32 + n * (bits + 1) + 7) / 8);
+    uint64_t s = (UINT64_C(1) << bits) - 1;
+    uint64_t full = n / bucket, rest = n % bucket;
+    uint64_t per_full = 32 + elias_omega_bits(bucket + 1)
+                        + bucket * (elias_omega_bits(bucket) + 1 + elias_omega_bits(s));
+    uint64_t total = full * per_full;
+    if (rest) total += 32 + elias_omega_bits(rest + 1) + rest * (elias_omega_bits(rest) + 1 + elias_omega_bits(s));
+    return (size_t)((total + 7) / 8);
+}
+
+/* Smallest float32 >= x (x finite, >= 0); +inf when x is beyond float32. */
+static float round_up_f32(double x)
+{
+    float f = (float)x;
+    if ((double)f < x) f = nextafterf(f, INFINITY);
+    return f;
+}
+
+static inline float abs_f32(float x) { return fabsf(x); }
+static inline double abs_f64(double x) { return fabs(x); }
+
+/* ---- fast paths of the FIXED format when d % 8 == 0: every bucket then starts on a
+ * byte boundary and 8 codes of w bits fill exactly w bytes. ---- */
+
+/* Pack 8 codes (level | sign << 8) as w = bits + 1 bit fields at p; room = bytes left. */
+static inline void pack8(uint8_t *p, size_t room, const uint16_t *c, unsigned bits)
+{
+    unsigned w = bits + 1;
+    if (w <= 8) {
+        uint64_t acc = 0;
+        for (unsigned j = 0; j < 8; j++) {
+            uint64_t code = c[j];
+            acc |= code << (j * w);
+        }
+        if (room >= 8) memcpy(p, &acc, 8);
+        else for (unsigned b = 0; b < w; b++) p[b] = (uint8_t)(acc >> (8 * b));
+    } else { /* w == 9: 72 bits */
+        uint64_t lo = 0;
+        for (unsigned j = 0; j < 7; j++) lo |= (uint64_t)c[j] << (9 * j);
+        lo |= (uint64_t)(c[7] & 1) << 63;
+        memcpy(p, &lo, 8);
+        p[8] = (uint8_t)(c[7] >> 1);
+    }
+}
+
+/* Unpack 8 codes (level | sign << bits) from p. */
+static inline void unpack8(const uint8_t *p, size_t room, uint32_t *c, unsigned bits)
+{
+    unsigned w = bits + 1;
+    if (w <= 8) {
+        uint64_t acc = 0;
+        if (room >= 8) memcpy(&acc, p, 8);
+        else for (unsigned b = 0; b < w; b++) acc |= (uint64_t)p[b] << (8 * b);
+        uint64_t mask = ((uint64_t)1 << w) - 1;
+        for (unsigned j = 0; j < 8; j++) c[j] = (uint32_t)((acc >> (j * w)) & mask);
+    } else {
+        uint64_t lo;
+        memcpy(&lo, p, 8);
+        for (unsigned j = 0; j < 7; j++) c[j] = (uint32_t)((lo >> (9 * j)) & 0x1ff);
+        c[7] = (uint32_t)(lo >> 63) | ((uint32_t)p[8] << 1);
+    }
+}
+
+/* Sum of squares and max magnitude in 8 explicit lanes (vectorizable without
+ * reassociation, so every clone gives the same bits); *bad = 1 on NaN/Inf. */
+#define QSGD_DEFINE_NORMS(SUFFIX, VT, VT_MAX, KT, ABSMASK, INFKEY)                                                \
+    SCALEML_CLONES static double sumsq_##SUFFIX(const VT *v, uint64_t len, int *bad)         \
+    {                                                                                        \
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
+        int b = 0;                                                                           \
+        uint64_t i = 0;                                                                      \
+        for (; i + 8 <= len; i += 8)                                                         \
+            for (unsigned j = 0; j < 8; j++) {                                               \
+                double x = (double)v[i + j];                                                 \
+                acc[j] += x * x;                                                             \
+            }                                                                                \
+        for (; i < len; i++) acc[0] += (double)v[i] * (double)v[i];                          \
+        double t = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])); \
+        if (!isfinite(t))                                                                    \
+            for (i = 0; i < len; i++) b |= !(v[i] <= VT_MAX && v[i] >= -VT_MAX);             \
+        *bad = b;                                                                            \
+        return t;                                                                            \
+    }                                                                                        \
+    /* max |v| through the bit patterns with the sign cleared (they order like \
+     * the magnitudes; NaN/Inf are the keys >= INFKEY): an integer max, which  \
+     * vectorizes. */                                                            \
+    SCALEML_CLONES static VT maxabs_##SUFFIX(const VT *v, uint64_t len, int *bad)            \
+    {                                                                                        \
+        KT m = 0;                                                                            \
+        for (uint64_t i = 0; i < len; i++) {                                                 \
+            KT k;                                                                            \
+            memcpy(&k, v + i, sizeof k);                                                     \
+            k &= ABSMASK;                                                                    \
+            m = k > m ? k : m;                                                               \
+        }                                                                                    \
+        *bad = m >= INFKEY;                                                                  \
+        VT r;                                                                                \
+        memcpy(&r, &m, sizeof r);                                                            \
+        return r;                                                                            \
+    }
+
+QSGD_DEFINE_NORMS(f32, float, FLT_MAX, uint32_t, UINT32_C(0x7fffffff), UINT32_C(0x7f800000))
+QSGD_DEFINE_NORMS(f64, double, DBL_MAX, uint64_t, UINT64_C(0x7fffffffffffffff), UINT64_C(0x7ff0000000000000))
+
+/* Bit j set when code j of 64 has a non-zero level (low byte). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <emmintrin.h>
+static inline uint64_t nonzero64(const uint16_t *codes) /* SSE2: baseline x86-64 */
+{
+    const __m128i lowbyte = _mm_set1_epi16(0xff), zero = _mm_setzero_si128();
+    uint64_t m = 0;
+    for (unsigned k = 0; k < 64; k += 16) {
+        __m128i a = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(codes + k)), lowbyte);
+        __m128i b = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(codes + k + 8)), lowbyte);
+        __m128i z = _mm_packs_epi16(_mm_cmpeq_epi16(a, zero), _mm_cmpeq_epi16(b, zero));
+        m |= (uint64_t)(~(unsigned)_mm_movemask_epi8(z) & 0xffffu) << k;
+    }
+    return m;
+}
+#else
+static inline uint64_t nonzero64(const uint16_t *codes)
+{
+    uint64_t m = 0;
+    for (unsigned j = 0; j < 64; j++) m |= (uint64_t)((codes[j] & 0xff) != 0) << j;
+    return m;
+}
+#endif
+
+/* Pack the codes of a bucket, 8 at a time, at a byte-aligned p (w = W bits each). */
+#define QSGD_DEFINE_PACK(W)                                                                  \
+    static inline uint8_t *pack_w##W(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_t groups) \
+    {                                                                                        \
+        for (uint64_t g = 0; g < groups; g++, c += 8, p += W) {                              \
+            uint64_t acc = 0;                                                                \
+            for (unsigned j = 0; j < 8; j++) {                                               \
+                uint64_t code = c[j];                                                        \
+                acc |= code << (j * W);                                                      \
+            }                                                                                \
+            if (end - p >= 8) memcpy(p, &acc, 8);                                            \
+            else for (unsigned b = 0; b < W; b++) p[b] = (uint8_t)(acc >> (8 * b));          \
+        }                                                                                    \
+        return p;                                                                            \
+    }
+QSGD_DEFINE_PACK(2)
+QSGD_DEFINE_PACK(3)
+QSGD_DEFINE_PACK(4)
+QSGD_DEFINE_PACK(5)
+QSGD_DEFINE_PACK(6)
+QSGD_DEFINE_PACK(7)
+QSGD_DEFINE_PACK(8)
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* BMI2 packing: 8 codes -> 8 bytes -> PEXT keeps the low w bits of each byte,
+ * already in LSB-first order (9-bit codes: two PEXTs over 4 x 16 bits). */
+__attribute__((target("bmi2"))) static uint8_t *pack_pext(uint8_t *p, uint8_t *end, const uint16_t *c,
+                                                          uint64_t groups, unsigned w)
+{
+    if (w <= 8) {
+        const uint64_t mask = UINT64_C(0x0101010101010101) * ((UINT64_C(1) << w) - 1);
+        for (uint64_t g = 0; g < groups; g++, c += 8, p += w) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)c);
+            uint64_t b = (uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(v, v));
+            uint64_t acc = _pext_u64(b, mask);
+            if (end - p >= 8) memcpy(p, &acc, 8);
+            else for (unsigned k = 0; k < w; k++) p[k] = (uint8_t)(acc >> (8 * k));
+        }
+    } else {
+        const uint64_t mask = UINT64_C(0x01ff01ff01ff01ff);
+        for (uint64_t g = 0; g < groups; g++, c += 8, p += 9) {
+            uint64_t a, b;
+            memcpy(&a, c, 8);
+            memcpy(&b, c + 4, 8);
+            uint64_t lo = _pext_u64(a, mask), hi = _pext_u64(b, mask); /* 36 bits each */
+            uint64_t first = lo | (hi << 36);
+            memcpy(p, &first, 8);
+            p[8] = (uint8_t)(hi >> 28);
+        }
+    }
+    return p;
+}
+
+static int have_bmi2(void)
+{
+    return scaleml_cpu_bmi2();
+}
+#else
+static int have_bmi2(void) { return 0; }
+static uint8_t *pack_pext(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_t groups, unsigned w)
+{
+    (void)end; (void)c; (void)groups; (void)w;
+    return p;
+}
+#endif
+
+static uint8_t *pack_groups(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_t groups, unsigned bits)
+{
+    if (have_bmi2()) return pack_pext(p, end, c, groups, bits + 1);
+    switch (bits + 1) {
+    case 2: return pack_w2(p, end, c, groups);
+    case 3: return pack_w3(p, end, c, groups);
+    case 4: return pack_w4(p, end, c, groups);
+    case 5: return pack_w5(p, end, c, groups);
+    case 6: return pack_w6(p, end, c, groups);
+    case 7: return pack_w7(p, end, c, groups);
+    case 8: return pack_w8(p, end, c, groups);
+    default:
+        for (uint64_t g = 0; g < groups; g++, c += 8, p += 9) pack8(p, (size_t)(end - p), c, bits);
+        return p;
+    }
+}
+
+/* Codes (level | sign << sign_shift) of len elements whose counters are lo, lo+1, ...
+ * (no 32-bit wrap inside); returns the number of non-zero levels. r >= 0, so the
+ * truncating conversion is the floor; u has 24 random bits (float) or 31
+ * (double), so the rounding probability is exact up to 2^-24 (2^-31). */
+SCALEML_CLONES
+static uint32_t qsgd_codes_f32(const float *v, uint32_t len, float scale, int32_t s, uint32_t k0, uint32_t k1,
+                               uint32_t lo, int32_t sign_shift, uint16_t *codes)
+{
+    uint32_t nnz = 0;
+    for (uint32_t i = 0; i < len; i++) {
+        float x = v[i];
+        float r = fabsf(x) * scale;
+        int32_t l = (int32_t)r;
+        uint32_t u = crng_u32_lanes(k0, k1, lo + i);
+        float uf = (float)(int32_t)(u >> 8) * 0x1.0p-24f;
+        int32_t level = l + (int32_t)(uf < r - (float)l);
+        level = level > s ? s : level;
+        int32_t neg = (int32_t)(x < 0) & (int32_t)(level != 0);
+        codes[i] = (uint16_t)(level | (neg << sign_shift));
+        nnz += level != 0;
+    }
+    return nnz;
+}
+
+SCALEML_CLONES
+static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int32_t s, uint32_t k0, uint32_t k1,
+                               uint32_t lo, int32_t sign_shift, uint16_t *codes)
+{
+    uint32_t nnz = 0;
+    for (uint32_t i = 0; i < len; i++) {
+        double x = v[i];
+        double r = fabs(x) * scale;
+        int32_t l = (int32_t)r;
+        uint32_t u = crng_u32_lanes(k0, k1, lo + i);
+        double uf = (double)(int32_t)(u >> 1) * 0x1.0p-31;
+        int32_t level = l + (int32_t)(uf < r - (double)l);
+        level = level > s ? s : level;
+        int32_t neg = (int32_t)(x < 0) & (int32_t)(level != 0);
+        codes[i] = (uint16_t)(level | (neg << sign_shift));
+        nnz += level != 0;
+    }
+    return nnz;
+}
+
+/* One bucket: norm and the codes level | sign << 8. Returns 0, or -1 on a non-finite value. */
+#define QSGD_DEFINE_BUCKET(SUFFIX, VT, FT, VT_MAX)                                              \
+    static int bucket_codes_##SUFFIX(const VT *v, uint64_t len, uint64_t base, int norm_kind, int32_t sign_shift, \
+                                     uint32_t s, uint64_t key, uint16_t *codes, float *norm_out, \
+                                     uint64_t *nnz_out)                                       \
+    {                                                                                         \
+        double norm;                                                                          \
+        int bad = 0;                                                                          \
+        if (norm_kind == SCALEML_NORM_MAX) {                                                  \
+            norm = (double)maxabs_##SUFFIX(v, len, &bad);                                     \
+        } else {                                                                              \
+            double acc = sumsq_##SUFFIX(v, len, &bad);                                        \
+            if (!bad && !isfinite(acc)) { /* finite values whose squares overflow */           \
+                double m = 0;                                                                 \
+                for (uint64_t i = 0; i < len; i++) {                                          \
+                    double a = fabs((double)v[i]);                                            \
+                    m = a > m ? a : m;                                                        \
+                }                                                                             \
+                acc = 0;                                                                      \
+                for (uint64_t i = 0; i < len; i++) {                                          \
+                    double t = (double)v[i] / m;                                              \
+                    acc += t * t;                                                             \
+                }                                                                             \
+                acc = m * sqrt(acc);                                                          \
+            } else {                                                                          \
+                acc = sqrt(acc);                                                              \
+            }                                                                                 \
+            norm = acc;                                                                       \
+        }                                                                                     \
+        if (bad) return -1;                                                                   \
+        float nf = round_up_f32(norm);                                                        \
+        if (!isfinite(nf)) return -2;                                                         \
+        *norm_out = nf;                                                                       \
+        uint64_t nnz = 0;                                                                     \
+        if (nf == 0) {                                                                        \
+            memset(codes, 0, len * sizeof *codes);                                            \
+            *nnz_out = 0;                                                                     \
+            return 0;                                                                         \
+        }                                                                                     \
+        /* r = s |v_i| / N in FT (float for float32 input); level = floor(r) + (u < frac)  \
+         * with a 24-bit (float) or 32-bit (double) uniform u. Branch free: r >= 0, so  \
+         * the truncating conversion is the floor. */                                        \
+        const FT scale = (FT)((double)s / (double)nf);                                        \
+        uint64_t i = 0;                                                                       \
+        while (i < len) {                                                                     \
+            /* split where the low 32 bits of the counter wrap */                             \
+            uint64_t c = base + i;                                                            \
+            uint64_t run = (UINT64_C(1) << 32) - (c & UINT32_MAX);                            \
+            if (run > len - i) run = len - i;                                                 \
+            nnz += qsgd_codes_##SUFFIX(v + i, (uint32_t)run, scale, (int32_t)s, (uint32_t)key, \
+                                       crng_k1(key, c), (uint32_t)c, sign_shift, codes + i);              \
+            i += run;                                                                         \
+        }                                                                                     \
+        *nnz_out = nnz;                                                                       \
+        return 0;                                                                             \
+    }                                                                                         \
+    static void bucket_decode_##SUFFIX(VT *out, uint64_t len, float norm, uint32_t s,         \
+                                       uint32_t level, int neg, uint64_t i)                   \
+    {                                                                                         \
+        (void)len;                                                                            \
+        double unit = (double)norm / (double)s;                                               \
+        VT val = (VT)(unit * (double)level);                                                  \
+        out[i] = neg ? -val : val;                                                            \
+    }
+
+QSGD_DEFINE_BUCKET(f32, float, float, FLT_MAX)
+QSGD_DEFINE_BUCKET(f64, double, double, DBL_MAX)
+
+int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                        int norm, int format, uint64_t key, uint8_t *out, size_t cap, size_t *written)
+{
+    int rc = check_args(n, bits, bucket, format, value_bytes);
+    if (rc) return rc;
+    if (norm != SCALEML_NORM_L2 && norm != SCALEML_NORM_MAX)
+        return sv_fail(SCALEML_ERR_ARG, "unknown QSGD norm %d", norm);
+    *written = 0;
+    if (n == 0) return SCALEML_OK;
+    uint32_t s = (UINT32_C(1) << bits) - 1;
+    uint64_t maxlen = bucket < n ? bucket : n;
+    uint16_t *codes = malloc(maxlen * sizeof *codes);
+    if (!codes) return sv_fail(SCALEML_ERR_NOMEM, "QSGD: out of memory for %llu codes", (unsigned long long)maxlen);
+    bitwriter w;
+    bw_init(&w, out, cap);
+    const int fast = format == SCALEML_QSGD_FIXED && bucket % 8 == 0;
+    /* fixed format: codes are the wire fields (level | sign << bits); Elias: sign at bit 8 */
+    const int32_t sign_shift = format == SCALEML_QSGD_FIXED ? (int32_t)bits : 8;
+    /* Elias omega codes of 1..1023 as single fields (gaps within small buckets, levels) */
+    uint32_t om_field[1024];
+    uint8_t om_len[1024];
+    if (format == SCALEML_QSGD_ELIAS)
+        for (unsigned v = 1; v < 1024; v++) {
+            unsigned l;
+            elias_omega_field(v, &om_field[v], &l);
+            om_len[v] = (uint8_t)l;
+        }
+    uint8_t *p = out, *end = out + cap;
+    if (fast && cap < scaleml_qsgd_max_bytes(n, bits, bucket, format)) {
+        free(codes);
+        *written = scaleml_qsgd_max_bytes(n, bits, bucket, format);
+        return sv_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
+    }
+    for (uint64_t start = 0; start < n; start += bucket) {
+        uint64_t len = n - start < bucket ? n - start : bucket;
+        float nf;
+        uint64_t nnz;
+        int bad = value_bytes == 4
+                      ? bucket_codes_f32((const float *)x + start, len, start, norm, sign_shift, s, key, codes, &nf, &nnz)
+                      : bucket_codes_f64((const double *)x + start, len, start, norm, sign_shift, s, key, codes, &nf, &nnz);
+        if (bad) {
+            free(codes);
+            return bad == -1 ? sv_fail(SCALEML_ERR_ARG, "QSGD: non-finite value (NaN or Inf) in the input")
+                             : sv_fail(SCALEML_ERR_ARG, "QSGD: bucket norm exceeds the float32 range");
+        }
+        uint32_t nbits;
+        memcpy(&nbits, &nf, 4);
+        if (fast) {
+            memcpy(p, &nbits, 4);
+            p += 4;
+            uint64_t i = 0;
+            p = pack_groups(p, end, codes, len / 8, bits);
+            i = len / 8 * 8;
+            if (i < len) {
+                bitwriter t;
+                bw_init(&t, p, (size_t)(end - p));
+                for (; i < len; i++) bw_put(&t, codes[i], bits + 1);
+                p += bw_finish(&t, p);
+            }
+            continue;
+        }
+        bw_put(&w, nbits, 32);
+        if (format == SCALEML_QSGD_FIXED) {
+            for (uint64_t i = 0; i < len; i++) bw_put(&w, codes[i], bits + 1);
+        } else {
+            elias_omega_put(&w, nnz + 1);
+            uint64_t prev = (uint64_t)-1;
+            if (nnz) {
+                uint64_t i = 0;
+                for (; i + 64 <= len; i += 64) {
+                    /* bitmap of the non-zero levels of 64 codes, then visit its set bits */
+                    uint64_t m = nonzero64(codes + i);
+                    for (; m; m &= m - 1) {
+                        uint64_t at = i + (uint64_t)__builtin_ctzll(m);
+                        uint32_t c = codes[at];
+                        uint64_t gap = at - prev;
+                        if (gap < 1024) bw_put(&w, om_field[gap], om_len[gap]);
+                        else elias_omega_put(&w, gap);
+                        bw_put(&w, c >> 8, 1);
+                        bw_put(&w, om_field[c & 0xff], om_len[c & 0xff]);
+                        prev = at;
+                    }
+                }
+                for (; i < len; i++) {
+                    uint32_t c = codes[i];
+                    if (!(c & 0xff)) continue;
+                    elias_omega_put(&w, i - prev);
+                    bw_put(&w, c >> 8, 1);
+                    elias_omega_put(&w, c & 0xff);
+                    prev = i;
+                }
+            }
+        }
+        if (w.overflow) break;
+    }
+    free(codes);
+    if (fast) {
+        *written = (size_t)(p - out);
+        return SCALEML_OK;
+    }
+    size_t bytes = bw_finish(&w, out);
+    if (w.overflow) {
+        *written = scaleml_qsgd_max_bytes(n, bits, bucket, format);
+        return sv_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
+    }
+    *written = bytes;
+    return SCALEML_OK;
+}
+
+static int read_norm(bitreader *r, float *norm)
+{
+    uint32_t b = (uint32_t)br_get(r, 32);
+    if (r->err) return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+    memcpy(norm, &b, 4);
+    if (!(*norm >= 0) || !isfinite(*norm))
+        return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
+    return SCALEML_OK;
+}
+
+int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                        int format, void *out, int value_bytes)
+{
+    int rc = check_args(n, bits, bucket, format, value_bytes);
+    if (rc) return rc;
+    uint32_t s = (UINT32_C(1) << bits) - 1;
+    if (format == SCALEML_QSGD_FIXED && bytes != scaleml_qsgd_max_bytes(n, bits, bucket, format))
+        return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
+                       scaleml_qsgd_max_bytes(n, bits, bucket, format));
+    if (format == SCALEML_QSGD_FIXED && bucket % 8 == 0) {
+        /* the size was checked exactly above, so every read below is in bounds */
+        const uint8_t *p = buf, *end = buf + bytes;
+        uint32_t mask = s;
+        for (uint64_t start = 0; start < n; start += bucket) {
+            uint64_t len = n - start < bucket ? n - start : bucket;
+            float nf;
+            memcpy(&nf, p, 4);
+            p += 4;
+            if (!(nf >= 0) || !isfinite(nf))
+                return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
+            double unit = (double)nf / (double)s;
+            uint64_t i = 0;
+            uint32_t c[8];
+            if (value_bytes == 4) {
+                float *o = (float *)out + start;
+                for (; i + 8 <= len; i += 8, p += bits + 1) {
+                    unpack8(p, (size_t)(end - p), c, bits);
+                    for (unsigned j = 0; j < 8; j++) {
+                        float val = (float)(unit * (double)(c[j] & mask));
+                        uint32_t vb;
+                        memcpy(&vb, &val, 4);
+                        vb |= (c[j] >> bits) << 31;
+                        memcpy(o + i + j, &vb, 4);
+                    }
+                }
+            } else {
+                double *o = (double *)out + start;
+                for (; i + 8 <= len; i += 8, p += bits + 1) {
+                    unpack8(p, (size_t)(end - p), c, bits);
+                    for (unsigned j = 0; j < 8; j++) {
+                        double val = unit * (double)(c[j] & mask);
+                        uint64_t vb;
+                        memcpy(&vb, &val, 8);
+                        vb |= (uint64_t)(c[j] >> bits) << 63;
+                        memcpy(o + i + j, &vb, 8);
+                    }
+                }
+            }
+            if (i < len) { /* only the last bucket has a partial group: it ends the stream */
+                bitreader t;
+                br_init(&t, p, (size_t)(end - p));
+                for (; i < len; i++) {
+                    uint64_t cc = br_get(&t, bits + 1);
+                    double val = unit * (double)(cc & mask);
+                    val = (cc >> bits) ? -val : val;
+                    if (value_bytes == 4) ((float *)out)[start + i] = (float)val;
+                    else ((double *)out)[start + i] = val;
+                }
+                if (t.err) return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+                p = end;
+            }
+        }
+        return SCALEML_OK;
+    }
+    bitreader r;
+    br_init(&r, buf, bytes);
+    for (uint64_t start = 0; start < n; start += bucket) {
+        uint64_t len = n - start < bucket ? n - start : bucket;
+        float nf;
+        if ((rc = read_norm(&r, &nf))) return rc;
+        if (format == SCALEML_QSGD_FIXED) {
+            uint64_t mask = ((uint64_t)1 << bits) - 1;
+            double unit = (double)nf / (double)s;
+            if (value_bytes == 4) {
+                float *o = (float *)out + start;
+                for (uint64_t i = 0; i < len; i++) {
+                    uint64_t c = br_get(&r, bits + 1);
+                    float val = (float)(unit * (double)(c & mask));
+                    o[i] = (c >> bits) ? -val : val;
+                }
+            } else {
+                double *o = (double *)out + start;
+                for (uint64_t i = 0; i < len; i++) {
+                    uint64_t c = br_get(&r, bits + 1);
+                    double val = unit * (double)(c & mask);
+                    o[i] = (c >> bits) ? -val : val;
+                }
+            }
+            if (r.err) return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+        } else {
+            memset((char *)out + start * (uint64_t)value_bytes, 0, len * (uint64_t)value_bytes);
+            uint64_t nnz1 = elias_omega_get(&r);
+            if (r.err || nnz1 - 1 > len)
+                return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload: bad non-zero count in bucket at %llu",
+                               (unsigned long long)start);
+            uint64_t pos = (uint64_t)-1;
+            for (uint64_t j = 0; j + 1 < nnz1; j++) {
+                uint64_t gap = elias_omega_get(&r);
+                uint64_t neg = br_get(&r, 1);
+                uint64_t level = elias_omega_get(&r);
+                if (r.err || gap > len || pos + gap >= len || level > s)
+                    return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload: bad entry in bucket at %llu",
+                                   (unsigned long long)start);
+                pos += gap;
+                if (value_bytes == 4)
+                    bucket_decode_f32((float *)out + start, len, nf, s, (uint32_t)level, (int)neg, pos);
+                else
+                    bucket_decode_f64((double *)out + start, len, nf, s, (uint32_t)level, (int)neg, pos);
+            }
+        }
+    }
+    if (br_bits_left(&r) >= 8)
+        return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %llu trailing bytes",
+                       (unsigned long long)(br_bits_left(&r) / 8));
+    return SCALEML_OK;
+}

@@ -1,0 +1,342 @@
+/*
+ * TopK sparsification: the k entries of largest magnitude.
+ *
+ * Exact mode: magnitudes are compared as float bit patterns with the sign
+ * cleared (which order like the magnitudes). A radix select finds the k-th
+ * largest: a histogram of the top 16 bits of every key, the bin holding the
+ * k-th largest, then introselect (select.h) among the keys of that bin only;
+ * O(n) in all, no sort and no copy of the whole vector. One more pass emits
+ * every entry above that threshold and, in index order, as many entries
+ * equal to it as are needed to reach exactly k. For large n a faster path
+ * (candidates_*) first keeps, in one streaming pass, the entries above a
+ * conservative cut estimated from 8192 random samples, checks that at least
+ * k came out, and selects among those only (same result; it falls back to the
+ * radix select when the check fails). Approximate mode: the threshold is the matching
+ * quantile of `sample` magnitudes drawn at random positions (counter RNG), and
+ * every entry at or above it is sent (about k; zeros never).
+ * Either mode can write the error feedback residual (x with the sent entries
+ * set to 0) in its final pass.
+ *
+ * Wire format (ready for scaleml.sparse_allreduce):
+ *   uint64 count
+ *   count uint32 indices, strictly increasing, < n   (so n <= 2^32)
+ *   zero padding to a multiple of 8 bytes
+ *   count values (float32 or float64, the input's type)
+ *   -> 32 + 8*value_bytes bits per sent entry, i.e. (k/n)*(32 + 32) + 64/n
+ *      bits per element for float32.
+ */
+#include <float.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_compress.h"
+#include "counter_rng.h"
+#include "select.h"
+#include "sparse_vector.h"
+
+SELECT_DEFINE(u32, uint32_t)
+SELECT_DEFINE(u64, uint64_t)
+
+static size_t pad8(size_t b) { return (b + 7) & ~(size_t)7; }
+
+size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
+{
+    return 8 + pad8((size_t)count * 4) + (size_t)count * (size_t)value_bytes;
+}
+
+#define TOPK_DEFINE(SUFFIX, VT, KT, KSUF, ABSMASK, INFKEY, SHIFT)                                          \
+    static inline KT key_##SUFFIX(VT v)                                                       \
+    {                                                                                         \
+        KT k;                                                                                 \
+        memcpy(&k, &v, sizeof k);                                                             \
+        return k & ABSMASK;                                                                   \
+    }                                                                                         \
+    /* histogram of the top 16 bits of the magnitude keys; 1 on NaN/Inf */                    \
+    static int histogram_##SUFFIX(const VT *x, uint64_t n, uint64_t *hist)                    \
+    {                                                                                         \
+        KT bad = 0;                                                                           \
+        for (uint64_t i = 0; i < n; i++) {                                                    \
+            KT m = key_##SUFFIX(x[i]);                                                        \
+            bad |= (KT)(m >= INFKEY);                                                         \
+            hist[m >> SHIFT]++;                                                               \
+        }                                                                                     \
+        return bad != 0;                                                                      \
+    }                                                                                         \
+    /* Threshold key and how many entries equal to it to take (UINT64_MAX = all). */          \
+    static int threshold_##SUFFIX(const VT *x, uint64_t n, uint64_t k, int approximate,       \
+                                  uint64_t sample, uint64_t key, KT *thr, uint64_t *take_eq,  \
+                                  uint64_t *count)                                            \
+    {                                                                                         \
+        if (!approximate || sample >= n) {                                                    \
+            /* Radix select: histogram of the top 16 bits of the keys, the bin      \
+             * holding the k-th largest, then introselect among that bin's keys    \
+             * only. Two streaming passes plus a small selection: O(n). */         \
+            uint64_t *hist = calloc(65536, sizeof *hist);                                     \
+            if (!hist) return SCALEML_ERR_NOMEM;                                              \
+            if (histogram_##SUFFIX(x, n, hist)) { free(hist); return SCALEML_ERR_ARG; }       \
+            uint64_t above = 0;                                                               \
+            unsigned bin = 65535;                                                             \
+            while (above + hist[bin] < k) above += hist[bin--];                               \
+            uint64_t m = hist[bin];                                                           \
+            free(hist);                                                                       \
+            KT *a = malloc(m * sizeof *a);                                                    \
+            if (!a) return SCALEML_ERR_NOMEM;                                                 \
+            uint64_t j = 0;                                                                   \
+            for (uint64_t i = 0; i < n; i++) {                                                \
+                KT key_i = key_##SUFFIX(x[i]);                                                \
+                a[j] = key_i;                                                                 \
+                j += (unsigned)(key_i >> SHIFT) == bin;                                       \
+                if (j == m) break;                                                            \
+            }                                                                                 \
+            uint64_t need = k - above; /* 1 <= need <= m */                                   \
+            uint64_t r = m - need;                                                            \
+            select_##KSUF(a, m, r);                                                           \
+            KT t = a[r];                                                                      \
+            uint64_t gt = above;                                                              \
+            for (uint64_t i = r + 1; i < m; i++) gt += a[i] > t;                              \
+            free(a);                                                                          \
+            *thr = t;                                                                         \
+            *take_eq = k - gt;                                                                \
+            *count = k;                                                                       \
+            return SCALEML_OK;                                                                \
+        }                                                                                     \
+        KT *a = malloc(sample * sizeof *a);                                                   \
+        if (!a) return SCALEML_ERR_NOMEM;                                                     \
+        for (uint64_t j = 0; j < sample; j++) {                                               \
+            uint64_t pos = (uint64_t)(((unsigned __int128)crng_draw(key, j) * n) >> 64);      \
+            a[j] = key_##SUFFIX(x[pos]);                                                      \
+        }                                                                                     \
+        uint64_t ks = (uint64_t)((double)sample * (double)k / (double)n + 0.5);               \
+        if (ks < 1) ks = 1;                                                                   \
+        if (ks > sample) ks = sample;                                                         \
+        select_##KSUF(a, sample, sample - ks);                                              \
+        KT t = a[sample - ks];                                                                \
+        free(a);                                                                              \
+        if (t == 0) t = 1; /* never send zeros */                                             \
+        uint64_t c = 0;                                                                       \
+        KT bad = 0;                                                                           \
+        for (uint64_t i = 0; i < n; i++) {                                                    \
+            KT m = key_##SUFFIX(x[i]);                                                        \
+            bad |= (KT)(m >= INFKEY);                                                         \
+            c += m >= t;                                                                      \
+        }                                                                                     \
+        if (bad) return SCALEML_ERR_ARG;                                                      \
+        *thr = t;                                                                             \
+        *take_eq = UINT64_MAX;                                                                \
+        *count = c;                                                                           \
+        return SCALEML_OK;                                                                    \
+    }                                                                                         \
+    static void emit_##SUFFIX(const VT *x, uint64_t n, KT t, uint64_t take_eq, uint32_t *idx, \
+                              VT *val, VT *residual)                                          \
+    {                                                                                         \
+        uint64_t c = 0;                                                                       \
+        for (uint64_t i = 0; i < n; i++) {                                                    \
+            KT m = key_##SUFFIX(x[i]);                                                        \
+            int send = m > t || (m == t && take_eq > 0);                                      \
+            if (m == t && take_eq > 0 && take_eq != UINT64_MAX) take_eq--;                    \
+            if (send) {                                                                       \
+                uint32_t ii = (uint32_t)i;                                                    \
+                memcpy(idx + c, &ii, 4);                                                      \
+                memcpy(val + c, x + i, sizeof(VT));                                           \
+                c++;                                                                          \
+            }                                                                                 \
+            if (residual) residual[i] = send ? (VT)0 : x[i];                                  \
+        }                                                                                     \
+    }
+
+TOPK_DEFINE(f32, float, uint32_t, u32, UINT32_C(0x7fffffff), UINT32_C(0x7f800000), 15)
+TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0x7ff0000000000000), 47)
+
+/* Candidate path (both modes, large n): one streaming pass keeps the (index, key)
+ * of every entry whose key is >= a cut t_lo taken from a random sample, then the
+ * selection and the output use the candidates only. Exact mode takes a cut a
+ * few sampling standard deviations below the estimated k-th largest and checks
+ * that at least k candidates came out, so the result is exactly the top k;
+ * otherwise (or when the candidates overflow their buffer) the caller falls back
+ * to the full radix select. Returns 1 when it produced the output, 0 to fall
+ * back, or a negative error (-SCALEML_ERR_*). */
+#define TOPK_DEFINE_CANDIDATES(SUFFIX, VT, KT, KSUF, INFKEY)                                  \
+    static int candidates_##SUFFIX(const VT *x, uint64_t n, uint64_t k, int approximate,      \
+                                   uint64_t sample, uint64_t key, uint8_t *out, size_t cap,   \
+                                   size_t *written, VT *residual)                             \
+    {                                                                                         \
+        uint64_t ms = approximate ? sample : 8192;                                            \
+        if (ms > n / 8) return 0;                                                             \
+        double ks = (double)ms * (double)k / (double)n;                                       \
+        double cut = approximate ? ks : ks + 4.0 * sqrt(ks) + 16.0;                           \
+        if (!approximate && cut * 4 > (double)ms) return 0; /* dense: radix is better */      \
+        uint64_t rank = (uint64_t)(cut + 0.5);                                                \
+        if (rank < 1) rank = 1;                                                               \
+        if (rank > ms) rank = ms;                                                             \
+        KT *a = malloc(ms * sizeof *a);                                                       \
+        if (!a) return -SCALEML_ERR_NOMEM;                                                    \
+        for (uint64_t j = 0; j < ms; j++) {                                                   \
+            uint64_t pos = (uint64_t)(((unsigned __int128)crng_draw(key, j) * n) >> 64);      \
+            a[j] = key_##SUFFIX(x[pos]);                                                      \
+        }                                                                                     \
+        select_##KSUF(a, ms, ms - rank);                                                      \
+        KT tlo = a[ms - rank];                                                                \
+        free(a);                                                                              \
+        if (tlo == 0) return 0; /* too many zeros for a useful cut */                         \
+        uint64_t expect = (uint64_t)((double)n * (double)rank / (double)ms);                  \
+        uint64_t ccap = 2 * expect + 4096;                                                    \
+        uint32_t *ci = malloc(ccap * sizeof *ci);                                             \
+        KT *ck = malloc(ccap * sizeof *ck);                                                   \
+        if (!ci || !ck) { free(ci); free(ck); return -SCALEML_ERR_NOMEM; }                    \
+        uint64_t c = 0;                                                                       \
+        KT bad = 0;                                                                           \
+        for (uint64_t i = 0; i < n; i++) {                                                    \
+            KT m = key_##SUFFIX(x[i]);                                                        \
+            bad |= (KT)(m >= INFKEY);                                                         \
+            if (m >= tlo) {                                                                   \
+                if (c < ccap) { ci[c] = (uint32_t)i; ck[c] = m; }                             \
+                c++;                                                                          \
+            }                                                                                 \
+        }                                                                                     \
+        int rc = 0;                                                                           \
+        if (bad) { rc = -SCALEML_ERR_ARG; goto done; }                                        \
+        if (c > ccap || (!approximate && c < k)) goto done; /* fall back */                   \
+        KT t = tlo;                                                                           \
+        uint64_t take_eq = UINT64_MAX, count = c;                                             \
+        if (!approximate) {                                                                   \
+            KT *tmp = malloc((c ? c : 1) * sizeof *tmp);                                      \
+            if (!tmp) { rc = -SCALEML_ERR_NOMEM; goto done; }                                 \
+            memcpy(tmp, ck, c * sizeof *tmp);                                                 \
+            select_##KSUF(tmp, c, c - k);                                                     \
+            t = tmp[c - k];                                                                   \
+            uint64_t gt = 0;                                                                  \
+            for (uint64_t j = c - k + 1; j < c; j++) gt += tmp[j] > t;                        \
+            free(tmp);                                                                        \
+            take_eq = k - gt;                                                                 \
+            count = k;                                                                        \
+        }                                                                                     \
+        size_t need = scaleml_topk_bytes(count, (int)sizeof(VT));                             \
+        *written = need;                                                                      \
+        if (cap < need) { rc = -SCALEML_ERR_TOO_LARGE; goto done; }                           \
+        memcpy(out, &count, 8);                                                               \
+        memset(out + 8 + count * 4, 0, pad8(count * 4) - count * 4);                          \
+        uint8_t *ip = out + 8, *vp = out + 8 + pad8(count * 4);                               \
+        if (residual) memcpy(residual, x, n * sizeof(VT));                                    \
+        uint64_t o = 0;                                                                       \
+        for (uint64_t j = 0; j < c; j++) {                                                    \
+            KT m = ck[j];                                                                     \
+            int send = m > t || (m == t && take_eq > 0);                                      \
+            if (m == t && take_eq > 0 && take_eq != UINT64_MAX) take_eq--;                    \
+            if (!send) continue;                                                              \
+            memcpy(ip + 4 * o, &ci[j], 4);                                                    \
+            memcpy(vp + sizeof(VT) * o, x + ci[j], sizeof(VT));                               \
+            if (residual) residual[ci[j]] = 0;                                                \
+            o++;                                                                              \
+        }                                                                                     \
+        rc = 1;                                                                               \
+    done:                                                                                     \
+        free(ci);                                                                             \
+        free(ck);                                                                             \
+        return rc;                                                                            \
+    }
+
+TOPK_DEFINE_CANDIDATES(f32, float, uint32_t, u32, UINT32_C(0x7f800000))
+TOPK_DEFINE_CANDIDATES(f64, double, uint64_t, u64, UINT64_C(0x7ff0000000000000))
+
+int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, int approximate,
+                        uint64_t sample, uint64_t key, uint8_t *out, size_t cap, size_t *written,
+                        void *residual)
+{
+    if (value_bytes != 4 && value_bytes != 8)
+        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (n > (UINT64_C(1) << 32))
+        return sv_fail(SCALEML_ERR_ARG, "TopK: n = %llu exceeds the uint32 index range", (unsigned long long)n);
+    if (k > n) return sv_fail(SCALEML_ERR_ARG, "TopK: k = %llu > n = %llu", (unsigned long long)k,
+                              (unsigned long long)n);
+    if (approximate && sample < 1) return sv_fail(SCALEML_ERR_ARG, "TopK: sample size must be >= 1");
+    uint64_t count = 0, take_eq = 0;
+    uint32_t t32 = 0;
+    uint64_t t64 = 0;
+    int rc = SCALEML_OK;
+    if (k > 0) {
+        int c = value_bytes == 4 ? candidates_f32(x, n, k, approximate, sample, key, out, cap, written, residual)
+                                 : candidates_f64(x, n, k, approximate, sample, key, out, cap, written, residual);
+        if (c == 1) return SCALEML_OK;
+        if (c == -SCALEML_ERR_TOO_LARGE)
+            return sv_fail(SCALEML_ERR_TOO_LARGE, "TopK: output capacity %zu < %zu bytes", cap, *written);
+        if (c == -SCALEML_ERR_NOMEM) return sv_fail(SCALEML_ERR_NOMEM, "TopK: out of memory");
+        if (c == -SCALEML_ERR_ARG) return sv_fail(SCALEML_ERR_ARG, "TopK: non-finite value (NaN or Inf) in the input");
+        rc = value_bytes == 4 ? threshold_f32(x, n, k, approximate, sample, key, &t32, &take_eq, &count)
+                              : threshold_f64(x, n, k, approximate, sample, key, &t64, &take_eq, &count);
+    } else {
+        /* nothing sent: every entry stays in the residual (still reject NaN/Inf) */
+        for (uint64_t i = 0; i < n && rc == SCALEML_OK; i++) {
+            double v = value_bytes == 4 ? (double)((const float *)x)[i] : ((const double *)x)[i];
+            if (!isfinite(v)) rc = SCALEML_ERR_ARG;
+        }
+        t32 = UINT32_MAX; t64 = UINT64_MAX;
+    }
+    if (rc == SCALEML_ERR_NOMEM) return sv_fail(rc, "TopK: out of memory");
+    if (rc == SCALEML_ERR_ARG) return sv_fail(rc, "TopK: non-finite value (NaN or Inf) in the input");
+    size_t need = scaleml_topk_bytes(count, value_bytes);
+    *written = need;
+    if (cap < need) return sv_fail(SCALEML_ERR_TOO_LARGE, "TopK: output capacity %zu < %zu bytes", cap, need);
+    memcpy(out, &count, 8);
+    uint32_t *idx = (uint32_t *)(void *)(out + 8);
+    memset(out + 8 + count * 4, 0, pad8(count * 4) - count * 4);
+    void *val = out + 8 + pad8(count * 4);
+    if (k == 0) {
+        if (residual && n) memcpy(residual, x, n * (size_t)value_bytes);
+        return SCALEML_OK;
+    }
+    if (value_bytes == 4) emit_f32(x, n, t32, take_eq, idx, val, residual);
+    else emit_f64(x, n, t64, take_eq, idx, val, residual);
+    return SCALEML_OK;
+}
+
+int scaleml_topk_layout(const uint8_t *buf, size_t bytes, uint64_t n, int value_bytes,
+                        uint64_t *count, size_t *index_offset, size_t *value_offset)
+{
+    if (value_bytes != 4 && value_bytes != 8)
+        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (bytes < 8) return sv_fail(SCALEML_ERR_MALFORMED, "TopK payload truncated (%zu bytes)", bytes);
+    uint64_t c;
+    memcpy(&c, buf, 8);
+    if (c > n || c > (UINT64_C(1) << 32) || bytes != scaleml_topk_bytes(c, value_bytes))
+        return sv_fail(SCALEML_ERR_MALFORMED, "TopK payload: count %llu does not match %zu bytes (n = %llu)",
+                       (unsigned long long)c, bytes, (unsigned long long)n);
+    const uint8_t *ip = buf + 8;
+    uint64_t prev = 0;
+    for (uint64_t i = 0; i < c; i++) {
+        uint32_t v;
+        memcpy(&v, ip + 4 * i, 4);
+        if (v >= n || (i > 0 && v <= prev))
+            return sv_fail(SCALEML_ERR_MALFORMED, "TopK payload: index %u at %llu out of range or order", v,
+                           (unsigned long long)i);
+        prev = v;
+    }
+    const uint8_t *vp = buf + 8 + pad8(c * 4);
+    for (uint64_t i = 0; i < c; i++) {
+        double v;
+        if (value_bytes == 4) { float f; memcpy(&f, vp + 4 * i, 4); v = f; }
+        else memcpy(&v, vp + 8 * i, 8);
+        if (!isfinite(v)) return sv_fail(SCALEML_ERR_MALFORMED, "TopK payload: non-finite value");
+    }
+    *count = c;
+    *index_offset = 8;
+    *value_offset = 8 + pad8(c * 4);
+    return SCALEML_OK;
+}
+
+int scaleml_topk_decode(const uint8_t *buf, size_t bytes, uint64_t n, void *out, int value_bytes)
+{
+    uint64_t c;
+    size_t io, vo;
+    int rc = scaleml_topk_layout(buf, bytes, n, value_bytes, &c, &io, &vo);
+    if (rc) return rc;
+    if (n) memset(out, 0, n * (size_t)value_bytes);
+    for (uint64_t i = 0; i < c; i++) {
+        uint32_t j;
+        memcpy(&j, buf + io + 4 * i, 4);
+        memcpy((uint8_t *)out + (size_t)j * value_bytes, buf + vo + (size_t)i * value_bytes, value_bytes);
+    }
+    return SCALEML_OK;
+}

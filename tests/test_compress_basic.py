@@ -494,7 +494,7 @@ assert mine.to_bytes() != other.to_bytes()
 # one writer: hydra may interleave the bytes of two ranks' output
 statuses = comm.gather(f"ok {comm.rank}")
 if comm.rank == 0:
-    print("\n".join(statuses))
+    print(*statuses, sep=chr(10))
 """
 
 

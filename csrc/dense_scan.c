@@ -21,7 +21,9 @@ DEFINE_COUNT(float)
 DEFINE_COUNT(double)
 
 /* Blocks of 32 values are first tested as a whole (a vectorized compare-or),
- * so the mostly-zero blocks of a sparse gradient cost no branch per value. */
+ * so the mostly-zero blocks of a sparse gradient cost no branch per value;
+ * blocks with non-zeros are compacted without branches while the output has
+ * room for a whole block. */
 #define SCAN_BLOCK 32
 #define DEFINE_SCAN(SUFFIX, VT, IT)                                                          \
     static uint64_t extract_##SUFFIX(const VT *x, uint64_t n, IT *idx, VT *val, uint64_t cap) \
@@ -31,6 +33,15 @@ DEFINE_COUNT(double)
             int any = 0;                                                                     \
             for (int j = 0; j < SCAN_BLOCK; j++) any |= (x[i + j] != 0);                     \
             if (!any) continue;                                                              \
+            if (k + SCAN_BLOCK <= cap) {                                                     \
+                /* branch-free: always store, advance only past non-zeros */                 \
+                for (int j = 0; j < SCAN_BLOCK; j++) {                                       \
+                    idx[k] = (IT)(i + j);                                                    \
+                    val[k] = x[i + j];                                                       \
+                    k += (x[i + j] != 0);                                                    \
+                }                                                                            \
+                continue;                                                                    \
+            }                                                                                \
             for (int j = 0; j < SCAN_BLOCK; j++)                                             \
                 if (x[i + j] != 0) {                                                         \
                     if (k == cap) return k;                                                  \

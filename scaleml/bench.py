@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from . import cost_model
+from . import compress, cost_model
 from ._native import lib
 from .comm import Comm
 from .datagen import PATTERNS, random_sparse
@@ -121,6 +121,70 @@ def _dropin(case: Case) -> Runner:
         return out, info.bytes_sent if info else 0, info.algorithm if info else BASELINE
 
     return run
+
+
+# ---- compressed methods (lossy): --compression NAME ... -----------------------------------
+
+def _allgather_compressed(make: Callable[[Case], compress.Compressor], name: str) -> Callable[[Case], Runner]:
+    """Each rank compresses its dense vector, the messages are allgathered, every rank decodes and sums."""
+
+    def factory(case: Case) -> Runner:
+        compressor = make(case)
+        comm, P = case.comm, case.comm.Get_size()
+
+        def run():
+            message = compressor.encode(case.dense)
+            sizes = comm.allgather(message.nbytes)
+            displs = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int)
+            gathered = np.empty(int(sum(sizes)), np.uint8)
+            comm.Allgatherv(message.buffer, [gathered, (sizes, displs), MPI.BYTE])
+            total = np.zeros(case.n, case.dtype)
+            part = np.empty(case.n, case.dtype)
+            for j in range(P):
+                total += compress.decode(gathered[displs[j]:displs[j] + sizes[j]], out=part)
+            ring_bytes = sum(sizes) - sizes[(comm.Get_rank() + 1) % P]  # a ring allgather's share
+            return total, ring_bytes, name
+
+        return run
+
+    return factory
+
+
+def _topk_sparse(ratio: float, name: str) -> Callable[[Case], Runner]:
+    """TopK of each rank's dense vector, summed by the sparse AllReduce (auto)."""
+
+    def factory(case: Case) -> Runner:
+        topk = compress.TopK(ratio=ratio)
+
+        def run():
+            idx, vals = compress.TopK.entries(topk.encode(case.dense))
+            result, info = sparse_allreduce(idx, vals, case.n, case.comm, "auto", return_info=True)
+            return result, info.bytes_sent, info.algorithm
+
+        return run
+
+    return factory
+
+
+def register_compression(name: str) -> str:
+    """Register the lossy method NAME: qsgdB (B = 1..8 bits, max norm, buckets of 512), onebit, fp16, bf16,
+    or topkR (R a ratio such as 0.01, then the sparse AllReduce)."""
+    if name in METHODS:
+        return name
+    if m := re.fullmatch(r"qsgd([1-8])", name):
+        bits = int(m.group(1))
+        factory = _allgather_compressed(
+            lambda case: compress.QSGD(bits=bits, bucket=512, norm="max", rank=case.comm.Get_rank()), name)
+    elif name == "onebit":
+        factory = _allgather_compressed(lambda case: compress.OneBit(bucket=512, rank=case.comm.Get_rank()), name)
+    elif name in ("fp16", "bf16"):
+        factory = _allgather_compressed(lambda case: compress.Cast(name, rank=case.comm.Get_rank()), name)
+    elif (m := re.fullmatch(r"topk(0?\.\d+|1(\.0*)?)", name)) and 0 < float(m.group(1)) <= 1:
+        factory = _topk_sparse(float(m.group(1)), name)
+    else:
+        raise ValueError(f"unknown compression {name!r}: use qsgd1..qsgd8, onebit, fp16, bf16 or topkR (0 < R <= 1)")
+    register(name, lossless=False)(factory)
+    return name
 
 
 # ---- measurement ---------------------------------------------------------------------------
@@ -216,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--density", type=float, nargs="+", default=[0.01], help="fractions of non-zeros per rank")
     p.add_argument("--pattern", choices=PATTERNS, default="overlap", help="how ranks' indices relate")
     p.add_argument("--methods", nargs="+", default=["all"],
-                   help=f"methods to time besides {BASELINE}: all or any of {sorted(METHODS)}")
+                   help=f"lossless methods to time besides {BASELINE}: all or any of {sorted(METHODS)}")
+    p.add_argument("--compression", nargs="+", default=[], metavar="NAME",
+                   help="lossy methods to add: qsgd1..qsgd8 (QSGD, max norm, buckets of 512, allgather), onebit, "
+                   "fp16, bf16 (allgather), topkR (TopK with ratio R, e.g. topk0.01, then the sparse AllReduce)")
     p.add_argument("-w", "--warmup", type=int, default=5)
     p.add_argument("-i", "--iterations", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -301,7 +368,13 @@ def run(args: argparse.Namespace) -> int:
     """The sweep: every case, every method, one row each."""
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
-    methods = list(METHODS) if "all" in args.methods else args.methods
+    methods = sorted(LOSSLESS, key=list(METHODS).index) if "all" in args.methods else args.methods
+    try:
+        methods += [register_compression(name) for name in args.compression]
+    except ValueError as exc:
+        if rank == 0:
+            print(f"scaleml-bench: {exc}", file=sys.stderr)
+        return 2
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         if rank == 0:

@@ -68,6 +68,28 @@ def test_short_sweep_under_mpiexec(tmp_path):
         assert len(list(csv.DictReader(f))) == len(rows)
 
 
+def test_compressed_methods_join_the_sweep(tmp_path):
+    out_json = tmp_path / "c.json"
+    result = run_mpi(2, ["-m", "scaleml.bench", "--n", "5000", "--density", "0.3", "-w", "1", "-i", "2",
+                         "--methods", "recursive_doubling", "--compression", "qsgd4", "onebit", "fp16", "topk0.05",
+                         "--json", str(out_json)], timeout=300)
+    assert result.returncode == 0, result.stdout
+    rows = {r["method"]: r for r in json.loads(out_json.read_text())["rows"]}
+    assert set(rows) == {"mpi_allreduce", "recursive_doubling", "qsgd4", "onebit", "fp16", "topk0.05"}
+    assert rows["recursive_doubling"]["lossless"] and rows["recursive_doubling"]["max_rel_error"] < 1e-6
+    for name in ("qsgd4", "onebit", "fp16", "topk0.05"):
+        assert not rows[name]["lossless"]
+        assert 0 < rows[name]["max_rel_error"] < 2, name  # lossy, but an approximation of the sum
+    assert rows["fp16"]["max_rel_error"] < 1e-2
+    assert rows["qsgd4"]["bytes_sent_per_rank"] < rows["fp16"]["bytes_sent_per_rank"]
+    assert rows["topk0.05"]["algorithm"].startswith("topk0.05->")
+
+
+def test_unknown_compression_is_an_error():
+    result = run_mpi(1, ["-m", "scaleml.bench", "--n", "100", "--compression", "qsgd9"], timeout=120)
+    assert result.returncode == 2 and "unknown compression" in result.stdout
+
+
 def test_unknown_method_is_an_error():
     result = run_mpi(1, ["-m", "scaleml.bench", "--n", "100", "--methods", "nope"], timeout=120)
     assert result.returncode == 2 and "unknown method" in result.stdout

@@ -34,8 +34,9 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
 void scaleml_result_to_dense(const scaleml_result *result, void *dense);
 /* Number of entries scaleml_result_to_sparse writes. */
 uint64_t scaleml_result_sparse_count(const scaleml_result *result);
-/* Write the result as sorted (index, value) entries; returns how many. */
-uint64_t scaleml_result_to_sparse(const scaleml_result *result, void *indices, void *values);
+/* Write the result as sorted (index, value) entries into arrays of capacity
+ * entries (scaleml_result_sparse_count); returns how many were written. */
+uint64_t scaleml_result_to_sparse(const scaleml_result *result, void *indices, void *values, uint64_t capacity);
 /* 1 when every segment of the result is dense. */
 int scaleml_result_is_dense(const scaleml_result *result);
 void scaleml_result_free(scaleml_result *result);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "api_collectives.h"
+#include "dense_scan.h"
 
 #define DEFINE_COUNT(VT)                                                                     \
     static uint64_t count_##VT(const VT *x, uint64_t n)                                      \
@@ -26,7 +27,8 @@ DEFINE_COUNT(double)
  * room for a whole block. */
 #define SCAN_BLOCK 32
 #define DEFINE_SCAN(SUFFIX, VT, IT)                                                          \
-    static uint64_t extract_##SUFFIX(const VT *x, uint64_t n, IT *idx, VT *val, uint64_t cap) \
+    static uint64_t extract_##SUFFIX(const VT *x, uint64_t n, uint64_t offset, IT *idx, VT *val,  \
+                                     uint64_t cap)                                            \
     {                                                                                        \
         uint64_t k = 0, i = 0;                                                               \
         for (; i + SCAN_BLOCK <= n; i += SCAN_BLOCK) {                                       \
@@ -36,7 +38,7 @@ DEFINE_COUNT(double)
             if (k + SCAN_BLOCK <= cap) {                                                     \
                 /* branch-free: always store, advance only past non-zeros */                 \
                 for (int j = 0; j < SCAN_BLOCK; j++) {                                       \
-                    idx[k] = (IT)(i + j);                                                    \
+                    idx[k] = (IT)(offset + i + j);                                                    \
                     val[k] = x[i + j];                                                       \
                     k += (x[i + j] != 0);                                                    \
                 }                                                                            \
@@ -45,14 +47,14 @@ DEFINE_COUNT(double)
             for (int j = 0; j < SCAN_BLOCK; j++)                                             \
                 if (x[i + j] != 0) {                                                         \
                     if (k == cap) return k;                                                  \
-                    idx[k] = (IT)(i + j);                                                    \
+                    idx[k] = (IT)(offset + i + j);                                                    \
                     val[k++] = x[i + j];                                                     \
                 }                                                                            \
         }                                                                                    \
         for (; i < n; i++)                                                                   \
             if (x[i] != 0) {                                                                 \
                 if (k == cap) return k;                                                      \
-                idx[k] = (IT)i;                                                              \
+                idx[k] = (IT)(offset + i);                                                              \
                 val[k++] = x[i];                                                             \
             }                                                                                \
         return k;                                                                            \
@@ -68,12 +70,18 @@ uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes)
     return value_bytes == 4 ? count_float(values, n) : count_double(values, n);
 }
 
+uint64_t dense_extract_nonzeros(const void *values, uint64_t n, uint64_t offset, int value_bytes,
+                                int index_bytes, void *indices, void *out_values, uint64_t capacity)
+{
+    if (index_bytes == 4)
+        return value_bytes == 4 ? extract_f32_u32(values, n, offset, indices, out_values, capacity)
+                                : extract_f64_u32(values, n, offset, indices, out_values, capacity);
+    return value_bytes == 4 ? extract_f32_u64(values, n, offset, indices, out_values, capacity)
+                            : extract_f64_u64(values, n, offset, indices, out_values, capacity);
+}
+
 uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes,
                                   void *indices, void *out_values, uint64_t capacity)
 {
-    if (index_bytes == 4)
-        return value_bytes == 4 ? extract_f32_u32(values, n, indices, out_values, capacity)
-                                : extract_f64_u32(values, n, indices, out_values, capacity);
-    return value_bytes == 4 ? extract_f32_u64(values, n, indices, out_values, capacity)
-                            : extract_f64_u64(values, n, indices, out_values, capacity);
+    return dense_extract_nonzeros(values, n, 0, value_bytes, index_bytes, indices, out_values, capacity);
 }

@@ -92,13 +92,13 @@ uint64_t scaleml_result_sparse_count(const scaleml_result *res)
     return total;
 }
 
-uint64_t scaleml_result_to_sparse(const scaleml_result *res, void *indices, void *values)
+uint64_t scaleml_result_to_sparse(const scaleml_result *res, void *indices, void *values, uint64_t capacity)
 {
     uint64_t total = 0;
     for (int i = 0; i < res->nsegments; i++) {
         const sv_segment *s = &res->segments[i];
         total += sv_write_sparse(s, (char *)indices + total * (unsigned)s->index_bytes,
-                                 (char *)values + total * (unsigned)s->value_bytes);
+                                 (char *)values + total * (unsigned)s->value_bytes, capacity - total);
     }
     return total;
 }

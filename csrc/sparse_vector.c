@@ -1,6 +1,9 @@
 /* Sparse vector segments: merge, densify rule, wire format. See sparse_vector.h. */
 #include "sparse_vector.h"
 
+#include "api_collectives.h"
+#include "dense_scan.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,18 +82,6 @@ int sv_should_densify(uint64_t nnz, uint64_t len, int index_bytes, int value_byt
             if (i > 0 && idx[i - 1] >= idx[i]) return 0;                               \
         }                                                                              \
         return 1;                                                                      \
-    }                                                                                  \
-    static uint64_t extract_nonzeros_##SUFFIX(const VT *dense, uint64_t offset,        \
-                                              uint64_t len, IT *oi, VT *ov)            \
-    {                                                                                  \
-        uint64_t k = 0;                                                                \
-        for (uint64_t i = 0; i < len; i++) {                                           \
-            if (dense[i] != 0) {                                                       \
-                if (oi) { oi[k] = (IT)(offset + i); ov[k] = dense[i]; }                \
-                k++;                                                                   \
-            }                                                                          \
-        }                                                                              \
-        return k;                                                                      \
     }
 
 SV_DEFINE_KERNELS(u32_f32, uint32_t, float)
@@ -372,17 +363,17 @@ void sv_write_dense(const sv_segment *s, void *dense)
 uint64_t sv_sparse_entry_count(const sv_segment *s)
 {
     if (!s->dense) return s->nnz;
-    return SV_DISPATCH(s->index_bytes, s->value_bytes, extract_nonzeros, s->values, s->offset,
-                       s->len, NULL, NULL);
+    return scaleml_count_nonzeros(s->values, s->len, s->value_bytes);
 }
 
-uint64_t sv_write_sparse(const sv_segment *s, void *indices, void *values)
+uint64_t sv_write_sparse(const sv_segment *s, void *indices, void *values, uint64_t capacity)
 {
     if (!s->dense) {
+        if (s->nnz > capacity) return 0;
         copy_values(indices, s->indices, s->nnz, s->index_bytes);
         copy_values(values, s->values, s->nnz, s->value_bytes);
         return s->nnz;
     }
-    return SV_DISPATCH(s->index_bytes, s->value_bytes, extract_nonzeros, s->values, s->offset,
-                       s->len, indices, values);
+    return dense_extract_nonzeros(s->values, s->len, s->offset, s->value_bytes, s->index_bytes, indices,
+                                  values, capacity);
 }

@@ -96,7 +96,7 @@ int sv_unpack(const void *buf, size_t bytes, uint64_t offset, uint64_t len,
 void sv_write_dense(const sv_segment *s, void *dense);
 /* Entries that sv_write_sparse produces: nnz (sparse) or the non-zeros (dense). */
 uint64_t sv_sparse_entry_count(const sv_segment *s);
-/* Write those entries; returns how many were written. */
-uint64_t sv_write_sparse(const sv_segment *s, void *indices, void *values);
+/* Write those entries, at most capacity of them; returns how many were written. */
+uint64_t sv_write_sparse(const sv_segment *s, void *indices, void *values, uint64_t capacity);
 
 #endif

@@ -338,8 +338,8 @@ def _run(private: MPI.Intracomm, idx: np.ndarray, vals: np.ndarray, n: int, algo
         count = lib.scaleml_result_sparse_count(res)
         out_idx = np.empty(count, dtype=idx.dtype)
         out_vals = np.empty(count, dtype=vals.dtype)
-        lib.scaleml_result_to_sparse(res, ffi.from_buffer(out_idx, require_writable=True),
-                                     ffi.from_buffer(out_vals, require_writable=True))
-        result = SparseVector(out_idx, out_vals, n)
+        written = lib.scaleml_result_to_sparse(res, ffi.from_buffer(out_idx, require_writable=True),
+                                               ffi.from_buffer(out_vals, require_writable=True), count)
+        result = SparseVector(out_idx[:written], out_vals[:written], n)
     ffi.release(res)  # free the C result now rather than at the next garbage collection
     return result, info

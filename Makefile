@@ -26,12 +26,12 @@ lint:
 bench:
 	$(MPIEXEC) -n 4 $(PY) -m scaleml.bench $(BENCH_ARGS)
 
-# The C core built with AddressSanitizer and UBSan, then the MPI tests.
+# The C core built with AddressSanitizer and UBSan, then the tests (all but the emulated cluster and the CLI).
 sanitize:
 	SCALEML_CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
 	SCALEML_LDFLAGS="-fsanitize=address,undefined" $(PY) setup.py --quiet build_ext --inplace --force
 	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-		$(PY) -m pytest -q -x tests/test_wire_format.py tests/test_mpi_suites.py -k "wire or sparse_allreduce or bad_input"; \
+		$(PY) -m pytest -q -x tests --ignore=tests/test_emulated_cluster.py --ignore=tests/test_bench_cli.py; \
 		status=$$?; $(PY) setup.py --quiet build_ext --inplace --force; exit $$status
 
 clean:

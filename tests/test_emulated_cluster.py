@@ -91,11 +91,11 @@ def test_parse_args_errors_exit_2(argv, capsys):
 
 def test_mpiexec_command_line():
     c = ec.Cluster(ec.Runner(), hosts=3, rate=None, subnet="10.77.0")
-    c.launcher_script = "/tmp/x/launch.sh"
+    c.launcher_script = "launcher-dir/launch.sh"
     cmd = c.mpiexec_command("/m/mpiexec", 2, ["python", "p.py"], ["-verbose"])
     assert cmd[:5] == ["ip", "netns", "exec", c.launcher_ns, "/m/mpiexec"]
     s = " ".join(cmd)
-    assert "-launcher ssh -launcher-exec /tmp/x/launch.sh" in s
+    assert "-launcher ssh -launcher-exec launcher-dir/launch.sh" in s
     assert "-localhost 10.77.0.254" in s
     assert "-hosts 10.77.0.1:2,10.77.0.2:2,10.77.0.3:2 -ppn 2 -n 6 -verbose python p.py" in s
     env = ec.mpi_environment(no_shm=True)

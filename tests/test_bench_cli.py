@@ -109,6 +109,18 @@ def test_model_subcommand_prints_every_algorithm(tmp_path, capsys):
     # hand check of the dense prediction: 2 log2 P alpha + 2 (P-1)/P n c_d beta
     assert row["dense_s"] == pytest.approx(2 * 2 * 1e-6 + 2 * 3 / 4 * 4194304 * 4 * 1e-9)
     assert row["speedup_vs_dense"] == pytest.approx(row["dense_s"] / row[row["auto"] + "_s"])
+    assert row["bits"] == 32
+
+
+def test_model_with_quantized_values(tmp_path):
+    out = tmp_path / "model.json"
+    assert bench.main(["model", "--n", "1048576", "--ranks", "8", "--density", "1", "--bits", "32", "8",
+                       "--alpha", "0", "--beta", "1e-9", "--gamma", "0", "--json", str(out)]) == 0
+    full, quantized = json.loads(out.read_text())["rows"]
+    # dense AllReduce of 8-bit values moves a quarter of the bytes of float32: 4x by the model
+    assert quantized["dense_s"] == pytest.approx(full["dense_s"] / 4)
+    assert quantized["speedup_vs_dense"] == pytest.approx(4.0)
+    assert bench.main(["model", "--bits", "0"]) == 2
 
 
 def test_calibrate_fits_and_saves(tmp_path):

@@ -429,7 +429,7 @@ def run():
             comps = {
                 **{f"qsgd{b}": C.QSGD(bits=b, bucket=64, seed=1, rank=0) for b in range(1, 9)},
                 "qsgd-odd": C.QSGD(bits=3, bucket=50, seed=1, rank=0),
-                "onebit": C.OneBit(bucket=40), "topk": C.TopK(ratio=0.1, seed=1, rank=0),
+                "onebit": C.OneBit(bucket=40), "onebit-96": C.OneBit(bucket=96), "topk": C.TopK(ratio=0.1, seed=1, rank=0),
                 "fp16": C.Cast("fp16"), "bf16": C.Cast("bf16"),
                 "zipml": C.ZipML([-5, -1, -0.3, 0, 0.2, 0.9, 5], seed=1, rank=0),
                 "zipml-uniform": C.ZipML(np.linspace(-9, 9, 256), seed=1, rank=0),

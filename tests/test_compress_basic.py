@@ -83,6 +83,22 @@ def test_cast_exactness():
     assert c16.encode(x).payload.size == 2 * x.size
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 40])
+@pytest.mark.parametrize("pattern", [0x7F800000, 0xFF800000, 0x7FC00000, 0xFFFFFFFF, 0x7FFFFFFF, 0xFF8000FF,
+                                     0x7F7F8000, 0xFF7FFFFF])
+def test_bf16_rejects_nan_inf_and_overflow_everywhere(n, pattern):
+    """NaN (any payload, either sign), Inf and values that round to Inf raise,
+    in the vector body and the tail; the largest value that rounds down passes."""
+    cb = C.Cast("bf16")
+    for pos in {0, n // 2, n - 1}:
+        b = np.full(n, 0x3F800000, dtype=np.uint32)
+        b[pos] = pattern
+        with pytest.raises(ValueError):
+            cb.encode(b.view(np.float32))
+    ok = np.full(n, 0x7F7F7FFF, dtype=np.uint32).view(np.float32)
+    assert np.all(np.isfinite(cb.decode(cb.encode(ok))))
+
+
 def test_qsgd_fixed_and_elias_agree_and_sizes():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(5000).astype(np.float32)

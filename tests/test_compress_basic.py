@@ -463,7 +463,8 @@ def run():
             comps = {
                 **{f"qsgd{b}": C.QSGD(bits=b, bucket=64, seed=1, rank=0) for b in range(1, 9)},
                 "qsgd-odd": C.QSGD(bits=3, bucket=50, seed=1, rank=0),
-                "onebit": C.OneBit(bucket=40), "onebit-96": C.OneBit(bucket=96), "topk": C.TopK(ratio=0.1, seed=1, rank=0),
+                "onebit": C.OneBit(bucket=40), "onebit-96": C.OneBit(bucket=96),
+                "topk": C.TopK(ratio=0.1, seed=1, rank=0),
                 "topk-1pct": C.TopK(ratio=0.01, seed=1, rank=0),
                 "topk-approx": C.TopK(ratio=0.01, approximate=True, sample=2048, seed=1, rank=0),
                 "fp16": C.Cast("fp16"), "bf16": C.Cast("bf16"),

@@ -75,13 +75,16 @@ static inline uint16_t f32_to_bf16(uint32_t x)
     return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
 }
 
+/* Smallest magnitude bit pattern that is NaN/Inf or rounds to Inf in bfloat16
+ * (checked on the input, so no wrap-around of the rounding add can hide it). */
+#define BF16_BAD_MIN UINT32_C(0x7f7f8000)
+
 SCALEML_CLONES static uint32_t bf16_encode(const uint32_t *xb, uint64_t n, uint16_t *out)
 {
     uint32_t bad = 0;
     for (uint64_t i = 0; i < n; i++) {
-        uint16_t h = f32_to_bf16(xb[i]);
-        bad |= (uint32_t)((h & 0x7f80u) == 0x7f80u);
-        out[i] = h;
+        bad |= (uint32_t)((xb[i] & 0x7fffffffu) >= BF16_BAD_MIN);
+        out[i] = f32_to_bf16(xb[i]);
     }
     return bad;
 }
@@ -139,11 +142,42 @@ __attribute__((target("avx,f16c"))) static uint32_t f16c_decode(const uint16_t *
     return bad;
 }
 
+/* AVX2 bfloat16 encode: the same integer round to nearest even on 16 values
+ * at a time, narrowed with packus (values are < 2^16, so no saturation). */
+__attribute__((target("avx2"))) static uint32_t bf16_encode_avx2(const uint32_t *xb, uint64_t n, uint16_t *out)
+{
+    uint64_t i = 0;
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff), badmin = _mm256_set1_epi32((int)(BF16_BAD_MIN - 1));
+    const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+    __m256i acc = _mm256_setzero_si256();
+    for (; i + 16 <= n; i += 16) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(xb + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(xb + i + 8));
+        /* |x| and the threshold are < 2^31: the signed compare is exact */
+        acc = _mm256_or_si256(acc, _mm256_cmpgt_epi32(_mm256_and_si256(a, absmask), badmin));
+        acc = _mm256_or_si256(acc, _mm256_cmpgt_epi32(_mm256_and_si256(b, absmask), badmin));
+        a = _mm256_add_epi32(_mm256_add_epi32(a, bias), _mm256_and_si256(_mm256_srli_epi32(a, 16), one));
+        b = _mm256_add_epi32(_mm256_add_epi32(b, bias), _mm256_and_si256(_mm256_srli_epi32(b, 16), one));
+        __m256i h = _mm256_packus_epi32(_mm256_srli_epi32(a, 16), _mm256_srli_epi32(b, 16));
+        h = _mm256_permute4x64_epi64(h, 0xd8);
+        _mm256_storeu_si256((__m256i *)(void *)(out + i), h);
+    }
+    uint32_t bad = !_mm256_testz_si256(acc, acc);
+    for (; i < n; i++) {
+        bad |= (uint32_t)((xb[i] & 0x7fffffffu) >= BF16_BAD_MIN);
+        out[i] = f32_to_bf16(xb[i]);
+    }
+    return bad;
+}
+
 static int have_f16c(void)
 {
     return scaleml_cpu_f16c();
 }
+static int have_avx2(void) { return scaleml_cpu_avx2(); }
 #else
+static int have_avx2(void) { return 0; }
+static uint32_t bf16_encode_avx2(const uint32_t *xb, uint64_t n, uint16_t *out) { (void)xb; (void)n; (void)out; return 0; }
 static int have_f16c(void) { return 0; }
 static uint32_t f16c_encode(const float *x, uint64_t n, uint16_t *out) { (void)x; (void)n; (void)out; return 0; }
 static uint32_t f16c_decode(const uint16_t *in, uint64_t n, float *out) { (void)in; (void)n; (void)out; return 0; }
@@ -167,7 +201,7 @@ int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, 
                 out[i] = h;
             }
         } else {
-            bad = bf16_encode(xb, n, out);
+            bad = have_avx2() ? bf16_encode_avx2(xb, n, out) : bf16_encode(xb, n, out);
         }
     } else {
         for (uint64_t i = 0; i < n; i++) {

@@ -158,7 +158,7 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
  * otherwise (or when the candidates overflow their buffer) the caller falls back
  * to the full radix select. Returns 1 when it produced the output, 0 to fall
  * back, or a negative error (-SCALEML_ERR_*). */
-#define TOPK_DEFINE_CANDIDATES(SUFFIX, VT, KT, KSUF, INFKEY)                                  \
+#define TOPK_DEFINE_CANDIDATES(SUFFIX, VT, KT, KSUF, AM)                                      \
     static int candidates_##SUFFIX(const VT *x, uint64_t n, uint64_t k, int approximate,      \
                                    uint64_t sample, uint64_t key, uint8_t *out, size_t cap,   \
                                    size_t *written, VT *residual)                             \
@@ -186,29 +186,39 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
         uint32_t *ci = malloc(ccap * sizeof *ci);                                             \
         KT *ck = malloc(ccap * sizeof *ck);                                                   \
         if (!ci || !ck) { free(ci); free(ck); return -SCALEML_ERR_NOMEM; }                    \
-        uint64_t c = 0;                                                                       \
-        KT bad = 0;                                                                           \
-        for (uint64_t i = 0; i < n; i++) {                                                    \
-            KT m = key_##SUFFIX(x[i]);                                                        \
-            bad |= (KT)(m >= INFKEY);                                                         \
-            if (m >= tlo) {                                                                   \
-                if (c < ccap) { ci[c] = (uint32_t)i; ck[c] = m; }                             \
-                c++;                                                                          \
-            }                                                                                 \
-        }                                                                                     \
+        int bad = 0;                                                                          \
+        uint64_t c = collect_##SUFFIX##_dispatch(x, n, tlo, ci, ck, ccap, &bad);              \
         int rc = 0;                                                                           \
         if (bad) { rc = -SCALEML_ERR_ARG; goto done; }                                        \
         if (c > ccap || (!approximate && c < k)) goto done; /* fall back */                   \
         KT t = tlo;                                                                           \
         uint64_t take_eq = UINT64_MAX, count = c;                                             \
         if (!approximate) {                                                                   \
-            KT *tmp = malloc((c ? c : 1) * sizeof *tmp);                                      \
+            /* k-th largest candidate key: a 4096-bin histogram of key - tlo, the             \
+             * bin holding it, then a selection among that bin's keys only */                 \
+            KT kmax = tlo;                                                                    \
+            for (uint64_t j = 0; j < c; j++) kmax = (ck[j] & AM) > kmax ? (ck[j] & AM) : kmax;              \
+            unsigned sh = 0;                                                                  \
+            while (((kmax - tlo) >> sh) >= 4096) sh++;                                        \
+            uint32_t hist[4096];                                                              \
+            memset(hist, 0, sizeof hist);                                                     \
+            for (uint64_t j = 0; j < c; j++) hist[((ck[j] & AM) - tlo) >> sh]++;                     \
+            uint64_t above = 0;                                                               \
+            unsigned bin = (unsigned)((kmax - tlo) >> sh);                                    \
+            while (above + hist[bin] < k) above += hist[bin--];                               \
+            uint64_t mb = hist[bin];                                                          \
+            KT *tmp = malloc(mb * sizeof *tmp);                                               \
             if (!tmp) { rc = -SCALEML_ERR_NOMEM; goto done; }                                 \
-            memcpy(tmp, ck, c * sizeof *tmp);                                                 \
-            select_##KSUF(tmp, c, c - k);                                                     \
-            t = tmp[c - k];                                                                   \
-            uint64_t gt = 0;                                                                  \
-            for (uint64_t j = c - k + 1; j < c; j++) gt += tmp[j] > t;                        \
+            uint64_t q = 0;                                                                   \
+            for (uint64_t j = 0; j < c && q < mb; j++) {                                      \
+                tmp[q] = ck[j] & AM;                                                               \
+                q += (KT)(((ck[j] & AM) - tlo) >> sh) == (KT)bin;                                    \
+            }                                                                                 \
+            uint64_t r = mb - (k - above); /* 1 <= k - above <= mb */                         \
+            select_##KSUF(tmp, mb, r);                                                        \
+            t = tmp[r];                                                                       \
+            uint64_t gt = above;                                                              \
+            for (uint64_t j = r + 1; j < mb; j++) gt += tmp[j] > t;                           \
             free(tmp);                                                                        \
             take_eq = k - gt;                                                                 \
             count = k;                                                                        \
@@ -217,20 +227,24 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
         *written = need;                                                                      \
         if (cap < need) { rc = -SCALEML_ERR_TOO_LARGE; goto done; }                           \
         memcpy(out, &count, 8);                                                               \
-        memset(out + 8 + count * 4, 0, pad8(count * 4) - count * 4);                          \
         uint8_t *ip = out + 8, *vp = out + 8 + pad8(count * 4);                               \
         if (residual) memcpy(residual, x, n * sizeof(VT));                                    \
+        /* branch-free compaction: every candidate is written at slot o, which                \
+         * advances only when it is sent; stops once all count are out, so no                 \
+         * write goes past the last slot */                                                   \
         uint64_t o = 0;                                                                       \
-        for (uint64_t j = 0; j < c; j++) {                                                    \
-            KT m = ck[j];                                                                     \
-            int send = m > t || (m == t && take_eq > 0);                                      \
-            if (m == t && take_eq > 0 && take_eq != UINT64_MAX) take_eq--;                    \
-            if (!send) continue;                                                              \
-            memcpy(ip + 4 * o, &ci[j], 4);                                                    \
-            memcpy(vp + sizeof(VT) * o, x + ci[j], sizeof(VT));                               \
-            if (residual) residual[ci[j]] = 0;                                                \
-            o++;                                                                              \
+        for (uint64_t j = 0; j < c && o < count; j++) {                                       \
+            KT m = ck[j] & AM;                                                                     \
+            uint32_t ij = ci[j];                                                              \
+            uint64_t eq = (uint64_t)(m == t) & (uint64_t)(take_eq > 0);                       \
+            uint64_t send = (uint64_t)(m > t) | eq;                                           \
+            take_eq -= eq & (uint64_t)(take_eq != UINT64_MAX);                                \
+            memcpy(ip + 4 * o, &ij, 4);                                                       \
+            memcpy(vp + sizeof(VT) * o, &ck[j], sizeof(VT));                                  \
+            if (residual && send) residual[ij] = 0;                                           \
+            o += send;                                                                        \
         }                                                                                     \
+        memset(out + 8 + count * 4, 0, pad8(count * 4) - count * 4);                          \
         rc = 1;                                                                               \
     done:                                                                                     \
         free(ci);                                                                             \
@@ -238,8 +252,102 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
         return rc;                                                                            \
     }
 
-TOPK_DEFINE_CANDIDATES(f32, float, uint32_t, u32, UINT32_C(0x7f800000))
-TOPK_DEFINE_CANDIDATES(f64, double, uint64_t, u64, UINT64_C(0x7ff0000000000000))
+/* The candidate filter: (index, key) of every entry with key >= tlo, in index
+ * order, stored while fewer than ccap; returns how many there are (stored or
+ * not) and sets *bad on NaN/Inf. */
+#define TOPK_DEFINE_COLLECT(SUFFIX, VT, KT, INFKEY)                                           \
+    static uint64_t collect_##SUFFIX(const VT *x, uint64_t n, KT tlo, uint32_t *ci, KT *ck,   \
+                                     uint64_t ccap, int *bad_out)                             \
+    {                                                                                         \
+        uint64_t c = 0;                                                                       \
+        KT bad = 0;                                                                           \
+        for (uint64_t i = 0; i < n; i++) {                                                    \
+            KT m = key_##SUFFIX(x[i]);                                                        \
+            bad |= (KT)(m >= INFKEY);                                                         \
+            if (m >= tlo) {                                                                   \
+                if (c < ccap) { ci[c] = (uint32_t)i; memcpy(&ck[c], x + i, sizeof(VT)); }    \
+                c++;                                                                          \
+            }                                                                                 \
+        }                                                                                     \
+        *bad_out = bad != 0;                                                                  \
+        return c;                                                                             \
+    }
+
+TOPK_DEFINE_COLLECT(f32, float, uint32_t, UINT32_C(0x7f800000))
+TOPK_DEFINE_COLLECT(f64, double, uint64_t, UINT64_C(0x7ff0000000000000))
+#define collect_f64_dispatch collect_f64
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* AVX2 filter for float32: 8 keys per compare, a movemask, and a scalar walk
+ * over the (rare) set bits; the same output as collect_f32. */
+__attribute__((target("avx2,bmi,bmi2"))) static uint64_t collect_f32_avx2(const float *x, uint64_t n, uint32_t tlo,
+                                                                         uint32_t *ci, uint32_t *ck, uint64_t ccap,
+                                                                         int bmi2, int *bad_out)
+{
+    /* keys are < 2^31 and tlo >= 1, so signed compares against tlo - 1 and
+     * INFKEY - 1 are exact */
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    const __m256i lo = _mm256_set1_epi32((int)(tlo - 1)), inf = _mm256_set1_epi32(0x7f800000 - 1);
+    __m256i acc = _mm256_setzero_si256();
+    uint64_t c = 0, i = 0;
+    const uint32_t *xb = (const uint32_t *)(const void *)x;
+    if (bmi2) {
+        /* branch-free compaction while 8 more slots fit: the lanes that pass
+         * are packed to the front (a permutation built with pext) and all 8
+         * are stored; c advances by the number that passed */
+        const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (; i + 8 <= n && c + 8 <= ccap; i += 8) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(const void *)(xb + i));
+            __m256i m = _mm256_and_si256(raw, absmask);
+            acc = _mm256_or_si256(acc, _mm256_cmpgt_epi32(m, inf));
+            unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(m, lo)));
+            if (!mask) continue;
+            uint64_t spread = _pdep_u64(mask, UINT64_C(0x0101010101010101)) * 0xff;
+            uint64_t wanted = _pext_u64(UINT64_C(0x0706050403020100), spread);
+            __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)wanted));
+            __m256i idx = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)i), iota);
+            _mm256_storeu_si256((__m256i *)(void *)(ci + c), _mm256_permutevar8x32_epi32(idx, perm));
+            _mm256_storeu_si256((__m256i *)(void *)(ck + c), _mm256_permutevar8x32_epi32(raw, perm));
+            c += (uint64_t)__builtin_popcount(mask);
+        }
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(xb + i)), absmask);
+        acc = _mm256_or_si256(acc, _mm256_cmpgt_epi32(m, inf));
+        unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(m, lo)));
+        while (mask) {
+            unsigned j = (unsigned)__builtin_ctz(mask);
+            mask &= mask - 1;
+            if (c < ccap) { ci[c] = (uint32_t)(i + j); ck[c] = xb[i + j]; }
+            c++;
+        }
+    }
+    int bad = !_mm256_testz_si256(acc, acc);
+    for (; i < n; i++) {
+        uint32_t m = xb[i] & 0x7fffffffu;
+        bad |= m >= 0x7f800000u;
+        if (m >= tlo) {
+            if (c < ccap) { ci[c] = (uint32_t)i; ck[c] = xb[i]; }
+            c++;
+        }
+    }
+    *bad_out = bad;
+    return c;
+}
+#include "cpu_features.h"
+static uint64_t collect_f32_dispatch(const float *x, uint64_t n, uint32_t tlo, uint32_t *ci, uint32_t *ck,
+                                     uint64_t ccap, int *bad)
+{
+    return scaleml_cpu_avx2() ? collect_f32_avx2(x, n, tlo, ci, ck, ccap, scaleml_cpu_bmi2(), bad)
+                              : collect_f32(x, n, tlo, ci, ck, ccap, bad);
+}
+#else
+#define collect_f32_dispatch collect_f32
+#endif
+
+TOPK_DEFINE_CANDIDATES(f32, float, uint32_t, u32, UINT32_C(0x7fffffff))
+TOPK_DEFINE_CANDIDATES(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff))
 
 int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, int approximate,
                         uint64_t sample, uint64_t key, uint8_t *out, size_t cap, size_t *written,

@@ -83,6 +83,22 @@ def test_cast_exactness():
     assert c16.encode(x).payload.size == 2 * x.size
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 40])
+@pytest.mark.parametrize("pattern", [0x7F800000, 0xFF800000, 0x7FC00000, 0xFFFFFFFF, 0x7FFFFFFF, 0xFF8000FF,
+                                     0x7F7F8000, 0xFF7FFFFF])
+def test_bf16_rejects_nan_inf_and_overflow_everywhere(n, pattern):
+    """NaN (any payload, either sign), Inf and values that round to Inf raise,
+    in the vector body and the tail; the largest value that rounds down passes."""
+    cb = C.Cast("bf16")
+    for pos in {0, n // 2, n - 1}:
+        b = np.full(n, 0x3F800000, dtype=np.uint32)
+        b[pos] = pattern
+        with pytest.raises(ValueError):
+            cb.encode(b.view(np.float32))
+    ok = np.full(n, 0x7F7F7FFF, dtype=np.uint32).view(np.float32)
+    assert np.all(np.isfinite(cb.decode(cb.encode(ok))))
+
+
 def test_qsgd_fixed_and_elias_agree_and_sizes():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(5000).astype(np.float32)
@@ -369,7 +385,8 @@ def test_error_feedback_save_load(tmp_path):
     assert not np.array_equal(run(lost, grads[3:4])[0], rest[0])
 
 
-@pytest.mark.parametrize("kind", ["gauss", "ties", "sparse", "small-k", "large-k"])
+@pytest.mark.parametrize("kind", ["gauss", "ties", "sparse", "small-k", "large-k", "all-k", "equal", "ascending",
+                                  "descending", "wide-range", "odd-n", "two-values", "no-k"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_topk_exact_large_matches_sort(kind, dtype):
     """Large n goes through the sampled-candidate path (and its radix fallback); the
@@ -386,6 +403,23 @@ def test_topk_exact_large_matches_sort(kind, dtype):
         k = 1
     elif kind == "large-k":
         k = n // 2
+    elif kind == "all-k":
+        k = n
+    elif kind == "no-k":
+        k = 0
+    elif kind == "equal":
+        x = np.full(n, -1.5)
+    elif kind == "ascending":
+        x = np.arange(n) * 1e-3
+    elif kind == "descending":
+        x = -np.arange(n, 0, -1) * 1e-3
+    elif kind == "wide-range":
+        x = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-30, 30, n)
+    elif kind == "odd-n":
+        n, k = 300007, 2999
+        x = rng.standard_normal(n)
+    elif kind == "two-values":
+        x = np.where(rng.random(n) < 0.02, 2.0, 1.0) * rng.choice([-1.0, 1.0], n)
     x = x.astype(dtype)
     t = C.TopK(k=k, seed=3)
     c, res = t.encode_with_residual(x)
@@ -422,14 +456,17 @@ from scaleml import compress as C
 def run():
     rng = np.random.default_rng(7)
     out = {}
-    for n in (0, 7, 1000, 4099):
+    for n in (0, 7, 1000, 4099, 100003):
         for dtype in (np.float32, np.float64):
             x = (rng.standard_normal(n) * 3).astype(dtype)
             m = x[: (n // 7) * 7].reshape(-1, 7) if n >= 7 else x.reshape(-1, 1)
             comps = {
                 **{f"qsgd{b}": C.QSGD(bits=b, bucket=64, seed=1, rank=0) for b in range(1, 9)},
                 "qsgd-odd": C.QSGD(bits=3, bucket=50, seed=1, rank=0),
-                "onebit": C.OneBit(bucket=40), "topk": C.TopK(ratio=0.1, seed=1, rank=0),
+                "onebit": C.OneBit(bucket=40), "onebit-96": C.OneBit(bucket=96),
+                "topk": C.TopK(ratio=0.1, seed=1, rank=0),
+                "topk-1pct": C.TopK(ratio=0.01, seed=1, rank=0),
+                "topk-approx": C.TopK(ratio=0.01, approximate=True, sample=2048, seed=1, rank=0),
                 "fp16": C.Cast("fp16"), "bf16": C.Cast("bf16"),
                 "zipml": C.ZipML([-5, -1, -0.3, 0, 0.2, 0.9, 5], seed=1, rank=0),
                 "zipml-uniform": C.ZipML(np.linspace(-9, 9, 256), seed=1, rank=0),

@@ -21,12 +21,11 @@
 typedef struct scaleml_result scaleml_result;
 
 /* Sum the sparse vectors (indices sorted, unique, in [0, n); nnz entries) of
- * all ranks. With dense_input, values holds n values and indices is ignored.
- * dense_out, if not NULL, is n values the caller will read the result into:
+ * all ranks. dense_out, if not NULL, is n values the caller will read the result into:
  * algorithms with a dense result compute it there directly. On success
  * *result holds the sum (free with scaleml_result_free). */
 int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes,
-                             int value_bytes, int dense_input, uint64_t nnz, const void *indices,
+                             int value_bytes, uint64_t nnz, const void *indices,
                              const void *values, void *dense_out, scaleml_result **result,
                              uint64_t *bytes_sent);
 

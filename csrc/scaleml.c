@@ -35,7 +35,7 @@ void scaleml_result_free(scaleml_result *res)
 }
 
 int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes,
-                             int value_bytes, int dense_input, uint64_t nnz, const void *indices,
+                             int value_bytes, uint64_t nnz, const void *indices,
                              const void *values, void *dense_out, scaleml_result **result,
                              uint64_t *bytes_sent)
 {
@@ -44,7 +44,7 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
         return sv_fail(SCALEML_ERR_ARG, "index and value widths must be 4 or 8 bytes");
     if (index_bytes == 4 && n > (UINT64_C(1) << 32))
         return sv_fail(SCALEML_ERR_ARG, "n = %llu needs 64-bit indices", (unsigned long long)n);
-    if (!dense_input && nnz > n)
+    if (nnz > n)
         return sv_fail(SCALEML_ERR_ARG, "nnz %llu exceeds n %llu", (unsigned long long)nnz,
                        (unsigned long long)n);
 
@@ -53,11 +53,7 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
     int rc = cu_check(MPI_Comm_rank(ctx.comm, &ctx.rank), "MPI_Comm_rank");
     if (!rc) rc = cu_check(MPI_Comm_size(ctx.comm, &ctx.size), "MPI_Comm_size");
     if (rc) return rc;
-    if (dense_input)
-        ctx.input = (sv_segment){.offset = 0, .len = n, .nnz = n, .dense = 1, .index_bytes = index_bytes,
-                                 .value_bytes = value_bytes, .values = (void *)values};
-    else
-        sv_view_sparse(&ctx.input, 0, n, nnz, indices, values, index_bytes, value_bytes);
+    sv_view_sparse(&ctx.input, 0, n, nnz, indices, values, index_bytes, value_bytes);
 
     scaleml_result *res = calloc(1, sizeof *res);
     if (!res) return sv_fail(SCALEML_ERR_NOMEM, "out of memory");

@@ -323,7 +323,7 @@ def _run(private: MPI.Intracomm, idx: np.ndarray, vals: np.ndarray, n: int, algo
     if out == "dense":
         dense = np.empty(n, dtype=vals.dtype) if dense_out is None else dense_out
     check(lib.scaleml_sparse_allreduce(
-        comm_address(private), _ALGORITHM_CODES[chosen], n, idx.itemsize, vals.itemsize, 0, idx.size,
+        comm_address(private), _ALGORITHM_CODES[chosen], n, idx.itemsize, vals.itemsize, idx.size,
         ffi.from_buffer(idx), ffi.from_buffer(vals),
         ffi.NULL if dense is None else ffi.from_buffer(dense, require_writable=True), result_ptr, bytes_sent))
     res = ffi.gc(result_ptr[0], lib.scaleml_result_free)

@@ -298,7 +298,10 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
                       value_bytes=vals.itemsize if vals is not None else 0,
                       algorithm=_ALGORITHM_CODES.get(algorithm, 0), out=_OUT_CODES.get(out, 0),
                       nnz=idx.size if idx is not None else 0, op_name=op_name)
-    result, info = _run(private, idx, vals, int(n), algorithm, out, agreement)
+    chosen, predicted = choose_algorithm(algorithm, int(n), private.Get_size(), agreement, idx.itemsize,
+                                         vals.itemsize, out)
+    result, info = _run(private, idx, vals, int(n), chosen, out, agreement)
+    info.requested, info.predicted = algorithm, predicted
     return (result, info) if return_info else result
 
 
@@ -312,11 +315,10 @@ def choose_algorithm(algorithm: str, n: int, P: int, agreement: Agreement, index
     return (chosen if algorithm == "auto" else algorithm), predicted
 
 
-def _run(private: MPI.Intracomm, idx: np.ndarray, vals: np.ndarray, n: int, algorithm: str, out: str,
+def _run(private: MPI.Intracomm, idx: np.ndarray, vals: np.ndarray, n: int, chosen: str, out: str,
          agreement: Agreement, dense_out: np.ndarray | None = None):
-    """Choose the algorithm and run it; write a dense result into ``dense_out`` when given."""
-    chosen, predicted = choose_algorithm(algorithm, n, private.Get_size(), agreement, idx.itemsize,
-                                         vals.itemsize, out)
+    """Run the algorithm ``chosen`` (see :func:`choose_algorithm`); write a dense result into ``dense_out``
+    when given. The returned info's ``requested`` and ``predicted`` are for the caller to fill in."""
     result_ptr = ffi.new("scaleml_result **")
     bytes_sent = ffi.new("uint64_t *")
     dense = None
@@ -327,8 +329,8 @@ def _run(private: MPI.Intracomm, idx: np.ndarray, vals: np.ndarray, n: int, algo
         ffi.from_buffer(idx), ffi.from_buffer(vals),
         ffi.NULL if dense is None else ffi.from_buffer(dense, require_writable=True), result_ptr, bytes_sent))
     res = ffi.gc(result_ptr[0], lib.scaleml_result_free)
-    info = AllreduceInfo(algorithm=chosen, requested=algorithm, nnz_max=agreement.nnz_max,
-                         nnz_sum=agreement.nnz_sum, bytes_sent=int(bytes_sent[0]), predicted=predicted)
+    info = AllreduceInfo(algorithm=chosen, requested=chosen, nnz_max=agreement.nnz_max,
+                         nnz_sum=agreement.nnz_sum, bytes_sent=int(bytes_sent[0]))
     log.debug("sparse_allreduce n=%d P=%d nnz_max=%d -> %s (%d bytes sent)", n, private.Get_size(),
               agreement.nnz_max, chosen, info.bytes_sent)
     if dense is not None:

@@ -1,4 +1,4 @@
-"""cffi build script for ``scaleml._core``: compiles ``csrc/*.c`` against MPI.
+"""cffi build script for ``scaleml._core``: compiles ``csrc/{core,collectives,compress}/*.c`` against MPI.
 
 The MPI compiler wrapper is taken from ``$MPICC`` if set (a cluster's own MPI),
 else ``<sys.prefix>/bin/mpicc`` (the ``mpich`` package from PyPI), else
@@ -74,7 +74,8 @@ _flags = mpi_flags(find_mpicc())
 ffibuilder.set_source(
     "scaleml._core",
     "#include <stdint.h>\n" + "".join(f'#include "{h.name}"\n' for h in API_HEADERS),
-    sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c")),
+    # csrc/core, csrc/collectives, csrc/compress (csrc/cuda is built by nvcc, not here)
+    sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*/*.c") if p.parent.name != "cuda"),
     include_dirs=[str(CSRC)] + _flags["include_dirs"],
     library_dirs=_flags["library_dirs"],
     libraries=_flags["libraries"],

@@ -32,10 +32,10 @@
 #include <string.h>
 
 #include "api_compress.h"
-#include "cpu_features.h"
-#include "counter_rng.h"
-#include "select.h"
-#include "sparse_vector.h"
+#include "core/cpu_features.h"
+#include "core/counter_rng.h"
+#include "compress/select.h"
+#include "core/errors.h"
 
 SELECT_DEFINE(u64, uint64_t)
 
@@ -248,18 +248,18 @@ int scaleml_adaptive_encode(const void *x, int value_bytes, uint64_t rows, uint6
                             void *residual, double *thresholds)
 {
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
-    if (!(pi >= 1.0) || !isfinite(pi)) return sv_fail(SCALEML_ERR_ARG, "adaptive: pi must be finite and >= 1");
-    if (sample < 1) return sv_fail(SCALEML_ERR_ARG, "adaptive: sample size must be >= 1");
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (!(pi >= 1.0) || !isfinite(pi)) return scaleml_fail(SCALEML_ERR_ARG, "adaptive: pi must be finite and >= 1");
+    if (sample < 1) return scaleml_fail(SCALEML_ERR_ARG, "adaptive: sample size must be >= 1");
     uint64_t N = rows * cols;
-    if (cols && N / cols != rows) return sv_fail(SCALEML_ERR_ARG, "adaptive: matrix too large");
+    if (cols && N / cols != rows) return scaleml_fail(SCALEML_ERR_ARG, "adaptive: matrix too large");
     double tp = INFINITY, tn = -INFINITY;
     int rc;
     if (N > 0) {
         rc = value_bytes == 4 ? sample_thresholds_f32(x, N, pi, sample, key, &tp, &tn)
                               : sample_thresholds_f64(x, N, pi, sample, key, &tp, &tn);
-        if (rc == SCALEML_ERR_NOMEM) return sv_fail(rc, "adaptive: out of memory");
-        if (rc) return sv_fail(rc, "adaptive: non-finite value (NaN or Inf) in the input");
+        if (rc == SCALEML_ERR_NOMEM) return scaleml_fail(rc, "adaptive: out of memory");
+        if (rc) return scaleml_fail(rc, "adaptive: non-finite value (NaN or Inf) in the input");
     }
     /* Thresholds as the input type (tau+ rounded up, tau- down, so the float
      * compare sends exactly the entries the double thresholds select). */
@@ -272,7 +272,7 @@ int scaleml_adaptive_encode(const void *x, int value_bytes, uint64_t rows, uint6
     uint64_t *cursor = malloc((cols + 1) * sizeof *cursor);
     if (!sums || !counts || !cursor) {
         free(sums); free(counts); free(cursor);
-        return sv_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory");
+        return scaleml_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory");
     }
     double *ps = sums, *ns = sums + cols;
     uint64_t *pc = counts, *nc = counts + cols;
@@ -281,11 +281,11 @@ int scaleml_adaptive_encode(const void *x, int value_bytes, uint64_t rows, uint6
                                : pass1_f64(x, rows, cols, tp, tn, ps, ns, pc, nc, &list);
     if (list.oom) {
         free(list.word); free(list.col); free(sums); free(counts); free(cursor);
-        return sv_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory");
+        return scaleml_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory");
     }
     if (bad) {
         free(list.word); free(list.col); free(sums); free(counts); free(cursor);
-        return sv_fail(SCALEML_ERR_ARG, "adaptive: non-finite value (NaN or Inf) in the input");
+        return scaleml_fail(SCALEML_ERR_ARG, "adaptive: non-finite value (NaN or Inf) in the input");
     }
     uint64_t total = 0;
     for (uint64_t c = 0; c < cols; c++) { cursor[c] = total; total += pc[c] + nc[c]; }
@@ -294,13 +294,13 @@ int scaleml_adaptive_encode(const void *x, int value_bytes, uint64_t rows, uint6
     *written = need;
     if (cap < need) {
         free(list.word); free(list.col); free(sums); free(counts); free(cursor);
-        return sv_fail(SCALEML_ERR_TOO_LARGE, "adaptive: output capacity %zu < %zu bytes", cap, need);
+        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "adaptive: output capacity %zu < %zu bytes", cap, need);
     }
     memcpy(out, cursor, (cols + 1) * 8);
     float *rec = malloc((2 * cols + 1) * sizeof *rec);
     if (!rec) {
         free(list.word); free(list.col); free(sums); free(counts); free(cursor);
-        return sv_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory");
+        return scaleml_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory");
     }
     for (uint64_t c = 0; c < cols; c++) {
         rec[2 * c] = pc[c] ? (float)(ps[c] / (double)pc[c]) : (isinf(tp) ? 0.0f : (float)tp);
@@ -324,23 +324,23 @@ int scaleml_adaptive_decode(const uint8_t *buf, size_t bytes, uint64_t rows, uin
                             void *out, int value_bytes)
 {
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
     if (cols > (SIZE_MAX / 16) || bytes < (cols + 1) * 8 + cols * 8)
-        return sv_fail(SCALEML_ERR_MALFORMED, "adaptive payload truncated (%zu bytes)", bytes);
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "adaptive payload truncated (%zu bytes)", bytes);
     uint64_t *off = malloc((cols + 1) * 8);
     float *rec = malloc(cols * 8 + 8);
-    if (!off || !rec) { free(off); free(rec); return sv_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory"); }
+    if (!off || !rec) { free(off); free(rec); return scaleml_fail(SCALEML_ERR_NOMEM, "adaptive: out of memory"); }
     memcpy(off, buf, (cols + 1) * 8);
     memcpy(rec, buf + (cols + 1) * 8, cols * 8);
     int rc = SCALEML_OK;
     uint64_t total = off[cols];
     if (off[0] != 0 || total > rows * cols || bytes != scaleml_adaptive_bytes(rows, cols, total))
-        rc = sv_fail(SCALEML_ERR_MALFORMED, "adaptive payload: word count does not match %zu bytes", bytes);
+        rc = scaleml_fail(SCALEML_ERR_MALFORMED, "adaptive payload: word count does not match %zu bytes", bytes);
     for (uint64_t c = 0; c < cols && !rc; c++) {
         if (off[c + 1] < off[c] || off[c + 1] - off[c] > rows)
-            rc = sv_fail(SCALEML_ERR_MALFORMED, "adaptive payload: bad offset of column %llu", (unsigned long long)c);
+            rc = scaleml_fail(SCALEML_ERR_MALFORMED, "adaptive payload: bad offset of column %llu", (unsigned long long)c);
         else if (!(rec[2 * c] >= 0 && rec[2 * c] <= FLT_MAX) || !(rec[2 * c + 1] <= 0 && rec[2 * c + 1] >= -FLT_MAX))
-            rc = sv_fail(SCALEML_ERR_MALFORMED, "adaptive payload: bad reconstruction values of column %llu",
+            rc = scaleml_fail(SCALEML_ERR_MALFORMED, "adaptive payload: bad reconstruction values of column %llu",
                          (unsigned long long)c);
     }
     unsigned wb = word_bytes(rows);
@@ -350,7 +350,7 @@ int scaleml_adaptive_decode(const uint8_t *buf, size_t bytes, uint64_t rows, uin
         for (uint64_t j = off[c]; j < off[c + 1]; j++) {
             uint64_t row = get_word(words, wb, j) >> 1;
             if (row >= rows || (j > off[c] && row <= prev)) {
-                rc = sv_fail(SCALEML_ERR_MALFORMED, "adaptive payload: bad row index in column %llu",
+                rc = scaleml_fail(SCALEML_ERR_MALFORMED, "adaptive payload: bad row index in column %llu",
                              (unsigned long long)c);
                 break;
             }

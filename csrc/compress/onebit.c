@@ -19,10 +19,10 @@
 #include <string.h>
 
 #include "api_compress.h"
-#include "cpu_features.h"
-#include "bitstream.h"
-#include "counter_rng.h"
-#include "sparse_vector.h"
+#include "core/cpu_features.h"
+#include "core/bitstream.h"
+#include "core/counter_rng.h"
+#include "core/errors.h"
 
 size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket)
 {
@@ -241,27 +241,27 @@ __attribute__((target("avx2"))) static void decode_f32_avx2(const uint8_t *buf, 
 int scaleml_onebit_encode(const void *x, int value_bytes, uint64_t n, uint64_t bucket,
                           uint8_t *out, size_t cap, void *residual)
 {
-    if (bucket < 1) return sv_fail(SCALEML_ERR_ARG, "1-bit bucket size must be >= 1");
+    if (bucket < 1) return scaleml_fail(SCALEML_ERR_ARG, "1-bit bucket size must be >= 1");
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
     if (cap < scaleml_onebit_bytes(n, bucket))
-        return sv_fail(SCALEML_ERR_TOO_LARGE, "1-bit: output capacity %zu bytes is too small", cap);
+        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "1-bit: output capacity %zu bytes is too small", cap);
     if (n == 0) return SCALEML_OK;
     int rc = value_bytes == 4 ? encode_f32(x, n, bucket, out, residual)
                               : encode_f64(x, n, bucket, out, residual);
-    if (rc == -1) return sv_fail(SCALEML_ERR_ARG, "1-bit: non-finite value (NaN or Inf) in the input");
-    if (rc == -2) return sv_fail(SCALEML_ERR_ARG, "1-bit: bucket mean exceeds the float32 range");
+    if (rc == -1) return scaleml_fail(SCALEML_ERR_ARG, "1-bit: non-finite value (NaN or Inf) in the input");
+    if (rc == -2) return scaleml_fail(SCALEML_ERR_ARG, "1-bit: bucket mean exceeds the float32 range");
     return SCALEML_OK;
 }
 
 int scaleml_onebit_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t bucket,
                           void *out, int value_bytes)
 {
-    if (bucket < 1) return sv_fail(SCALEML_ERR_ARG, "1-bit bucket size must be >= 1");
+    if (bucket < 1) return scaleml_fail(SCALEML_ERR_ARG, "1-bit bucket size must be >= 1");
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
     if (bytes != scaleml_onebit_bytes(n, bucket))
-        return sv_fail(SCALEML_ERR_MALFORMED, "1-bit payload has %zu bytes, expected %zu", bytes,
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "1-bit payload has %zu bytes, expected %zu", bytes,
                        scaleml_onebit_bytes(n, bucket));
     uint64_t nb = (n + bucket - 1) / bucket;
     for (uint64_t b = 0; b < nb; b++) {
@@ -269,7 +269,7 @@ int scaleml_onebit_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t
         memcpy(&rp, buf + b * 8, 4);
         memcpy(&rn, buf + b * 8 + 4, 4);
         if (!(rp >= 0 && rp <= FLT_MAX) || !(rn <= 0 && rn >= -FLT_MAX))
-            return sv_fail(SCALEML_ERR_MALFORMED, "1-bit payload: invalid reconstruction values in bucket %llu",
+            return scaleml_fail(SCALEML_ERR_MALFORMED, "1-bit payload: invalid reconstruction values in bucket %llu",
                            (unsigned long long)b);
     }
 #if defined(__x86_64__) && defined(__GNUC__)

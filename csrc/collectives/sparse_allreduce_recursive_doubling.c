@@ -20,8 +20,8 @@
  */
 #include <stdlib.h>
 
-#include "collectives.h"
-#include "comm_util.h"
+#include "collectives/collectives.h"
+#include "collectives/comm_util.h"
 
 static int send_segment(sa_context *c, int dest, int tag, const sv_segment *s)
 {

@@ -11,8 +11,8 @@
  */
 #include <limits.h>
 
-#include "collectives.h"
-#include "comm_util.h"
+#include "collectives/collectives.h"
+#include "collectives/comm_util.h"
 
 int dense_allreduce(sa_context *c, scaleml_result *res)
 {

@@ -33,9 +33,9 @@
 #include <string.h>
 
 #include "api_compress.h"
-#include "counter_rng.h"
-#include "select.h"
-#include "sparse_vector.h"
+#include "core/counter_rng.h"
+#include "compress/select.h"
+#include "core/errors.h"
 
 SELECT_DEFINE(u32, uint32_t)
 SELECT_DEFINE(u64, uint64_t)
@@ -335,7 +335,7 @@ __attribute__((target("avx2,bmi,bmi2"))) static uint64_t collect_f32_avx2(const 
     *bad_out = bad;
     return c;
 }
-#include "cpu_features.h"
+#include "core/cpu_features.h"
 static uint64_t collect_f32_dispatch(const float *x, uint64_t n, uint32_t tlo, uint32_t *ci, uint32_t *ck,
                                      uint64_t ccap, int *bad)
 {
@@ -354,12 +354,12 @@ int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, 
                         void *residual)
 {
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
     if (n > (UINT64_C(1) << 32))
-        return sv_fail(SCALEML_ERR_ARG, "TopK: n = %llu exceeds the uint32 index range", (unsigned long long)n);
-    if (k > n) return sv_fail(SCALEML_ERR_ARG, "TopK: k = %llu > n = %llu", (unsigned long long)k,
+        return scaleml_fail(SCALEML_ERR_ARG, "TopK: n = %llu exceeds the uint32 index range", (unsigned long long)n);
+    if (k > n) return scaleml_fail(SCALEML_ERR_ARG, "TopK: k = %llu > n = %llu", (unsigned long long)k,
                               (unsigned long long)n);
-    if (approximate && sample < 1) return sv_fail(SCALEML_ERR_ARG, "TopK: sample size must be >= 1");
+    if (approximate && sample < 1) return scaleml_fail(SCALEML_ERR_ARG, "TopK: sample size must be >= 1");
     uint64_t count = 0, take_eq = 0;
     uint32_t t32 = 0;
     uint64_t t64 = 0;
@@ -369,9 +369,9 @@ int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, 
                                  : candidates_f64(x, n, k, approximate, sample, key, out, cap, written, residual);
         if (c == 1) return SCALEML_OK;
         if (c == -SCALEML_ERR_TOO_LARGE)
-            return sv_fail(SCALEML_ERR_TOO_LARGE, "TopK: output capacity %zu < %zu bytes", cap, *written);
-        if (c == -SCALEML_ERR_NOMEM) return sv_fail(SCALEML_ERR_NOMEM, "TopK: out of memory");
-        if (c == -SCALEML_ERR_ARG) return sv_fail(SCALEML_ERR_ARG, "TopK: non-finite value (NaN or Inf) in the input");
+            return scaleml_fail(SCALEML_ERR_TOO_LARGE, "TopK: output capacity %zu < %zu bytes", cap, *written);
+        if (c == -SCALEML_ERR_NOMEM) return scaleml_fail(SCALEML_ERR_NOMEM, "TopK: out of memory");
+        if (c == -SCALEML_ERR_ARG) return scaleml_fail(SCALEML_ERR_ARG, "TopK: non-finite value (NaN or Inf) in the input");
         rc = value_bytes == 4 ? threshold_f32(x, n, k, approximate, sample, key, &t32, &take_eq, &count)
                               : threshold_f64(x, n, k, approximate, sample, key, &t64, &take_eq, &count);
     } else {
@@ -382,11 +382,11 @@ int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, 
         }
         t32 = UINT32_MAX; t64 = UINT64_MAX;
     }
-    if (rc == SCALEML_ERR_NOMEM) return sv_fail(rc, "TopK: out of memory");
-    if (rc == SCALEML_ERR_ARG) return sv_fail(rc, "TopK: non-finite value (NaN or Inf) in the input");
+    if (rc == SCALEML_ERR_NOMEM) return scaleml_fail(rc, "TopK: out of memory");
+    if (rc == SCALEML_ERR_ARG) return scaleml_fail(rc, "TopK: non-finite value (NaN or Inf) in the input");
     size_t need = scaleml_topk_bytes(count, value_bytes);
     *written = need;
-    if (cap < need) return sv_fail(SCALEML_ERR_TOO_LARGE, "TopK: output capacity %zu < %zu bytes", cap, need);
+    if (cap < need) return scaleml_fail(SCALEML_ERR_TOO_LARGE, "TopK: output capacity %zu < %zu bytes", cap, need);
     memcpy(out, &count, 8);
     uint32_t *idx = (uint32_t *)(void *)(out + 8);
     memset(out + 8 + count * 4, 0, pad8(count * 4) - count * 4);
@@ -404,12 +404,12 @@ int scaleml_topk_layout(const uint8_t *buf, size_t bytes, uint64_t n, int value_
                         uint64_t *count, size_t *index_offset, size_t *value_offset)
 {
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
-    if (bytes < 8) return sv_fail(SCALEML_ERR_MALFORMED, "TopK payload truncated (%zu bytes)", bytes);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (bytes < 8) return scaleml_fail(SCALEML_ERR_MALFORMED, "TopK payload truncated (%zu bytes)", bytes);
     uint64_t c;
     memcpy(&c, buf, 8);
     if (c > n || c > (UINT64_C(1) << 32) || bytes != scaleml_topk_bytes(c, value_bytes))
-        return sv_fail(SCALEML_ERR_MALFORMED, "TopK payload: count %llu does not match %zu bytes (n = %llu)",
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "TopK payload: count %llu does not match %zu bytes (n = %llu)",
                        (unsigned long long)c, bytes, (unsigned long long)n);
     const uint8_t *ip = buf + 8;
     uint64_t prev = 0;
@@ -417,7 +417,7 @@ int scaleml_topk_layout(const uint8_t *buf, size_t bytes, uint64_t n, int value_
         uint32_t v;
         memcpy(&v, ip + 4 * i, 4);
         if (v >= n || (i > 0 && v <= prev))
-            return sv_fail(SCALEML_ERR_MALFORMED, "TopK payload: index %u at %llu out of range or order", v,
+            return scaleml_fail(SCALEML_ERR_MALFORMED, "TopK payload: index %u at %llu out of range or order", v,
                            (unsigned long long)i);
         prev = v;
     }
@@ -426,7 +426,7 @@ int scaleml_topk_layout(const uint8_t *buf, size_t bytes, uint64_t n, int value_
         double v;
         if (value_bytes == 4) { float f; memcpy(&f, vp + 4 * i, 4); v = f; }
         else memcpy(&v, vp + 8 * i, 8);
-        if (!isfinite(v)) return sv_fail(SCALEML_ERR_MALFORMED, "TopK payload: non-finite value");
+        if (!isfinite(v)) return scaleml_fail(SCALEML_ERR_MALFORMED, "TopK payload: non-finite value");
     }
     *count = c;
     *index_offset = 8;

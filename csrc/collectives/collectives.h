@@ -14,7 +14,7 @@
 #include <mpi.h>
 #include <stdint.h>
 
-#include "sparse_vector.h"
+#include "collectives/sparse_vector.h"
 
 typedef struct {
     MPI_Comm comm;

@@ -1,29 +1,13 @@
 /* Sparse vector segments: merge, densify rule, wire format. See sparse_vector.h. */
-#include "sparse_vector.h"
+#include "collectives/sparse_vector.h"
 
 #include "api_collectives.h"
-#include "dense_scan.h"
+#include "core/dense_scan.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static _Thread_local char sv_error_message[512];
-
-int sv_fail(int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sv_error_message, sizeof sv_error_message, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-const char *scaleml_error_message(void)
-{
-    return sv_error_message;
-}
 
 int sv_should_densify(uint64_t nnz, uint64_t len, int index_bytes, int value_bytes)
 {
@@ -121,7 +105,7 @@ static void dense_add(void *acc, const void *b, uint64_t len, int value_bytes)
 static int checked_bytes(uint64_t count, int width, size_t *out)
 {
     if (count > (uint64_t)(SIZE_MAX / 2) / (unsigned)width)
-        return sv_fail(SCALEML_ERR_TOO_LARGE, "a buffer of %llu entries does not fit in memory",
+        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "a buffer of %llu entries does not fit in memory",
                        (unsigned long long)count);
     *out = (size_t)count * (unsigned)width;
     return SCALEML_OK;
@@ -138,7 +122,7 @@ int sv_alloc_sparse(sv_segment *s, uint64_t offset, uint64_t len, uint64_t cap,
         return rc;
     char *block = malloc(pad8(ibytes) + vbytes + 8);
     if (!block)
-        return sv_fail(SCALEML_ERR_NOMEM, "out of memory allocating %llu sparse entries",
+        return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory allocating %llu sparse entries",
                        (unsigned long long)cap);
     *s = (sv_segment){.offset = offset, .len = len, .nnz = 0, .dense = 0,
                       .index_bytes = index_bytes, .value_bytes = value_bytes,
@@ -153,7 +137,7 @@ int sv_alloc_dense(sv_segment *s, uint64_t offset, uint64_t len, int index_bytes
     if (rc) return rc;
     void *block = calloc(vbytes ? vbytes : 1, 1);
     if (!block)
-        return sv_fail(SCALEML_ERR_NOMEM, "out of memory allocating a dense segment of %llu values",
+        return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory allocating a dense segment of %llu values",
                        (unsigned long long)len);
     *s = (sv_segment){.offset = offset, .len = len, .nnz = len, .dense = 1,
                       .index_bytes = index_bytes, .value_bytes = value_bytes,
@@ -314,14 +298,14 @@ int sv_unpack(const void *buf, size_t bytes, uint64_t offset, uint64_t len,
 {
     uint64_t header[2];
     if (bytes < SV_WIRE_HEADER_BYTES)
-        return sv_fail(SCALEML_ERR_MALFORMED, "malformed message: %zu bytes, shorter than its header",
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "malformed message: %zu bytes, shorter than its header",
                        bytes);
     memcpy(header, buf, sizeof header);
     const char *p = (const char *)buf + SV_WIRE_HEADER_BYTES;
     size_t body = bytes - SV_WIRE_HEADER_BYTES;
     if (header[0] == SV_WIRE_DENSE) {
         if (header[1] != len || body != (size_t)len * (unsigned)value_bytes)
-            return sv_fail(SCALEML_ERR_MALFORMED,
+            return scaleml_fail(SCALEML_ERR_MALFORMED,
                            "malformed message: dense segment of %llu values in %zu bytes, expected %llu values",
                            (unsigned long long)header[1], body, (unsigned long long)len);
         *view = (sv_segment){.offset = offset, .len = len, .nnz = len, .dense = 1,
@@ -330,17 +314,17 @@ int sv_unpack(const void *buf, size_t bytes, uint64_t offset, uint64_t len,
         return SCALEML_OK;
     }
     if (header[0] != SV_WIRE_SPARSE)
-        return sv_fail(SCALEML_ERR_MALFORMED, "malformed message: unknown form tag %#llx",
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "malformed message: unknown form tag %#llx",
                        (unsigned long long)header[0]);
     uint64_t nnz = header[1];
     if (nnz > len || body != pad8((size_t)nnz * (unsigned)index_bytes) + (size_t)nnz * (unsigned)value_bytes)
-        return sv_fail(SCALEML_ERR_MALFORMED,
+        return scaleml_fail(SCALEML_ERR_MALFORMED,
                        "malformed message: sparse segment claims %llu entries in %zu bytes",
                        (unsigned long long)nnz, body);
     sv_view_sparse(view, offset, len, nnz, p, p + pad8((size_t)nnz * (unsigned)index_bytes),
                    index_bytes, value_bytes);
     if (!SV_DISPATCH(index_bytes, value_bytes, check_indices, view->indices, nnz, offset, offset + len))
-        return sv_fail(SCALEML_ERR_MALFORMED,
+        return scaleml_fail(SCALEML_ERR_MALFORMED,
                        "malformed message: indices unsorted, repeated or outside [%llu, %llu)",
                        (unsigned long long)offset, (unsigned long long)(offset + len));
     return SCALEML_OK;

@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "api_collectives.h"
-#include "dense_scan.h"
+#include "core/dense_scan.h"
 
 #define DEFINE_COUNT(VT)                                                                     \
     static uint64_t count_##VT(const VT *x, uint64_t n)                                      \

@@ -14,8 +14,8 @@
  */
 #include <stdlib.h>
 
-#include "collectives.h"
-#include "comm_util.h"
+#include "collectives/collectives.h"
+#include "collectives/comm_util.h"
 
 int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
 {
@@ -28,7 +28,7 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
     MPI_Request *requests = malloc((size_t)P * sizeof *requests);
     char *sendblock = NULL;
     if (!offsets || !requests) {
-        rc = sv_fail(SCALEML_ERR_NOMEM, "out of memory for %d send slots", P);
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %d send slots", P);
         goto done;
     }
     for (int j = 0; j < P; j++) {
@@ -40,7 +40,7 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
     }
     sendblock = malloc(offsets[P] ? offsets[P] : 1);
     if (!sendblock) {
-        rc = sv_fail(SCALEML_ERR_NOMEM, "out of memory packing %zu bytes", offsets[P]);
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory packing %zu bytes", offsets[P]);
         goto done;
     }
     int nrequests = 0;

@@ -34,24 +34,24 @@
 #include <string.h>
 
 #include "api_compress.h"
-#include "cpu_features.h"
-#include "bitstream.h"
-#include "counter_rng.h"
-#include "sparse_vector.h"
+#include "core/cpu_features.h"
+#include "core/bitstream.h"
+#include "core/counter_rng.h"
+#include "core/errors.h"
 
 #define QSGD_MAX_BUCKET (UINT64_C(1) << 31)
 
 static int check_args(uint64_t n, uint32_t bits, uint64_t bucket, int format, int value_bytes)
 {
     (void)n;
-    if (bits < 1 || bits > 8) return sv_fail(SCALEML_ERR_ARG, "QSGD bits must be in 1..8, got %u", bits);
+    if (bits < 1 || bits > 8) return scaleml_fail(SCALEML_ERR_ARG, "QSGD bits must be in 1..8, got %u", bits);
     if (bucket < 1 || bucket > QSGD_MAX_BUCKET)
-        return sv_fail(SCALEML_ERR_ARG, "QSGD bucket size must be in 1..2^31, got %llu",
+        return scaleml_fail(SCALEML_ERR_ARG, "QSGD bucket size must be in 1..2^31, got %llu",
                        (unsigned long long)bucket);
     if (format != SCALEML_QSGD_FIXED && format != SCALEML_QSGD_ELIAS)
-        return sv_fail(SCALEML_ERR_ARG, "unknown QSGD format %d", format);
+        return scaleml_fail(SCALEML_ERR_ARG, "unknown QSGD format %d", format);
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
     return SCALEML_OK;
 }
 
@@ -389,13 +389,13 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
     int rc = check_args(n, bits, bucket, format, value_bytes);
     if (rc) return rc;
     if (norm != SCALEML_NORM_L2 && norm != SCALEML_NORM_MAX)
-        return sv_fail(SCALEML_ERR_ARG, "unknown QSGD norm %d", norm);
+        return scaleml_fail(SCALEML_ERR_ARG, "unknown QSGD norm %d", norm);
     *written = 0;
     if (n == 0) return SCALEML_OK;
     uint32_t s = (UINT32_C(1) << bits) - 1;
     uint64_t maxlen = bucket < n ? bucket : n;
     uint16_t *codes = malloc(maxlen * sizeof *codes);
-    if (!codes) return sv_fail(SCALEML_ERR_NOMEM, "QSGD: out of memory for %llu codes", (unsigned long long)maxlen);
+    if (!codes) return scaleml_fail(SCALEML_ERR_NOMEM, "QSGD: out of memory for %llu codes", (unsigned long long)maxlen);
     bitwriter w;
     bw_init(&w, out, cap);
     const int fast = format == SCALEML_QSGD_FIXED && bucket % 8 == 0;
@@ -414,7 +414,7 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
     if (fast && cap < scaleml_qsgd_max_bytes(n, bits, bucket, format)) {
         free(codes);
         *written = scaleml_qsgd_max_bytes(n, bits, bucket, format);
-        return sv_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
+        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
     }
     for (uint64_t start = 0; start < n; start += bucket) {
         uint64_t len = n - start < bucket ? n - start : bucket;
@@ -425,8 +425,8 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
                       : bucket_codes_f64((const double *)x + start, len, start, norm, sign_shift, s, key, codes, &nf, &nnz);
         if (bad) {
             free(codes);
-            return bad == -1 ? sv_fail(SCALEML_ERR_ARG, "QSGD: non-finite value (NaN or Inf) in the input")
-                             : sv_fail(SCALEML_ERR_ARG, "QSGD: bucket norm exceeds the float32 range");
+            return bad == -1 ? scaleml_fail(SCALEML_ERR_ARG, "QSGD: non-finite value (NaN or Inf) in the input")
+                             : scaleml_fail(SCALEML_ERR_ARG, "QSGD: bucket norm exceeds the float32 range");
         }
         uint32_t nbits;
         memcpy(&nbits, &nf, 4);
@@ -486,7 +486,7 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
     size_t bytes = bw_finish(&w, out);
     if (w.overflow) {
         *written = scaleml_qsgd_max_bytes(n, bits, bucket, format);
-        return sv_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
+        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
     }
     *written = bytes;
     return SCALEML_OK;
@@ -495,10 +495,10 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
 static int read_norm(bitreader *r, float *norm)
 {
     uint32_t b = (uint32_t)br_get(r, 32);
-    if (r->err) return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+    if (r->err) return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
     memcpy(norm, &b, 4);
     if (!(*norm >= 0) || !isfinite(*norm))
-        return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
     return SCALEML_OK;
 }
 
@@ -509,7 +509,7 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
     if (rc) return rc;
     uint32_t s = (UINT32_C(1) << bits) - 1;
     if (format == SCALEML_QSGD_FIXED && bytes != scaleml_qsgd_max_bytes(n, bits, bucket, format))
-        return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
                        scaleml_qsgd_max_bytes(n, bits, bucket, format));
     if (format == SCALEML_QSGD_FIXED && bucket % 8 == 0) {
         /* the size was checked exactly above, so every read below is in bounds */
@@ -521,7 +521,7 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
             memcpy(&nf, p, 4);
             p += 4;
             if (!(nf >= 0) || !isfinite(nf))
-                return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
+                return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
             double unit = (double)nf / (double)s;
             uint64_t i = 0;
             uint32_t c[8];
@@ -560,7 +560,7 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
                     if (value_bytes == 4) ((float *)out)[start + i] = (float)val;
                     else ((double *)out)[start + i] = val;
                 }
-                if (t.err) return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+                if (t.err) return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
                 p = end;
             }
         }
@@ -590,12 +590,12 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
                     o[i] = (c >> bits) ? -val : val;
                 }
             }
-            if (r.err) return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+            if (r.err) return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
         } else {
             memset((char *)out + start * (uint64_t)value_bytes, 0, len * (uint64_t)value_bytes);
             uint64_t nnz1 = elias_omega_get(&r);
             if (r.err || nnz1 - 1 > len)
-                return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload: bad non-zero count in bucket at %llu",
+                return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload: bad non-zero count in bucket at %llu",
                                (unsigned long long)start);
             uint64_t pos = (uint64_t)-1;
             for (uint64_t j = 0; j + 1 < nnz1; j++) {
@@ -603,7 +603,7 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
                 uint64_t neg = br_get(&r, 1);
                 uint64_t level = elias_omega_get(&r);
                 if (r.err || gap > len || pos + gap >= len || level > s)
-                    return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload: bad entry in bucket at %llu",
+                    return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload: bad entry in bucket at %llu",
                                    (unsigned long long)start);
                 pos += gap;
                 if (value_bytes == 4)
@@ -614,7 +614,7 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
         }
     }
     if (br_bits_left(&r) >= 8)
-        return sv_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %llu trailing bytes",
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %llu trailing bytes",
                        (unsigned long long)(br_bits_left(&r) / 8));
     return SCALEML_OK;
 }

@@ -1,5 +1,5 @@
 /* Point-to-point helpers; see comm_util.h. */
-#include "comm_util.h"
+#include "collectives/comm_util.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -11,14 +11,14 @@ int cu_check(int mpi_rc, const char *what)
     int len = 0;
     if (MPI_Error_string(mpi_rc, text, &len) != MPI_SUCCESS) len = 0;
     text[len < MPI_MAX_ERROR_STRING ? len : MPI_MAX_ERROR_STRING - 1] = '\0';
-    return sv_fail(SCALEML_ERR_MPI, "%s failed: %s", what, text);
+    return scaleml_fail(SCALEML_ERR_MPI, "%s failed: %s", what, text);
 }
 
 int cu_pack(const sv_segment *s, void **buf, size_t *bytes)
 {
     *bytes = sv_wire_bytes(s);
     *buf = malloc(*bytes);
-    if (!*buf) return sv_fail(SCALEML_ERR_NOMEM, "out of memory packing %zu bytes", *bytes);
+    if (!*buf) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory packing %zu bytes", *bytes);
     sv_pack(s, *buf);
     return SCALEML_OK;
 }
@@ -39,7 +39,7 @@ int cu_isend(MPI_Comm comm, int dest, int tag, const void *buf, size_t bytes, MP
              uint64_t *bytes_sent)
 {
     if (!count_fits(bytes))
-        return sv_fail(SCALEML_ERR_TOO_LARGE, "message of %zu bytes needs MPI-4 large counts", bytes);
+        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "message of %zu bytes needs MPI-4 large counts", bytes);
 #if CU_LARGE_COUNT
     int rc = MPI_Isend_c(buf, (MPI_Count)bytes, MPI_BYTE, dest, tag, comm, req);
 #else
@@ -72,14 +72,14 @@ int cu_recv(MPI_Comm comm, int source, int tag, void **buf, size_t *bytes, int *
     rc = MPI_Get_count(&status, MPI_BYTE, &count);
 #endif
     if ((rc = cu_check(rc, "MPI_Get_count"))) return rc;
-    if (count < 0) return sv_fail(SCALEML_ERR_MALFORMED, "message of undefined length");
+    if (count < 0) return scaleml_fail(SCALEML_ERR_MALFORMED, "message of undefined length");
     *bytes = (size_t)count;
     *buf = malloc(*bytes ? *bytes : 1);
     if (!*buf) {
         /* Still consume the matched message so the communicator stays usable. */
         char dummy;
         MPI_Mrecv(&dummy, 0, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
-        return sv_fail(SCALEML_ERR_NOMEM, "out of memory receiving %zu bytes", *bytes);
+        return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory receiving %zu bytes", *bytes);
     }
     cu_prefault(*buf, *bytes);
 #if CU_LARGE_COUNT
@@ -130,10 +130,10 @@ int cu_allgatherv_bytes(const void *sendbuf, size_t sendbytes, void *recvbuf, co
     int *icounts = malloc((size_t)parts * sizeof *icounts);
     int *idispls = malloc((size_t)parts * sizeof *idispls);
     int rc = SCALEML_OK;
-    if (!icounts || !idispls) rc = sv_fail(SCALEML_ERR_NOMEM, "out of memory for %d counts", parts);
+    if (!icounts || !idispls) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %d counts", parts);
     for (int j = 0; j < parts && !rc; j++) {
         if (counts[j] > INT_MAX || displs[j] > INT_MAX)
-            rc = sv_fail(SCALEML_ERR_TOO_LARGE, "allgather of more than 2 GiB needs MPI-4 large counts");
+            rc = scaleml_fail(SCALEML_ERR_TOO_LARGE, "allgather of more than 2 GiB needs MPI-4 large counts");
         else {
             icounts[j] = (int)counts[j];
             idispls[j] = (int)displs[j];

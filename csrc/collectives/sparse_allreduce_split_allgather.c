@@ -17,8 +17,8 @@
  */
 #include <stdlib.h>
 
-#include "collectives.h"
-#include "comm_util.h"
+#include "collectives/collectives.h"
+#include "collectives/comm_util.h"
 
 int sparse_allreduce_split_allgather(sa_context *c, scaleml_result *res)
 {
@@ -32,7 +32,7 @@ int sparse_allreduce_split_allgather(sa_context *c, scaleml_result *res)
     MPI_Count *counts = malloc((size_t)P * sizeof *counts);
     MPI_Aint *displs = malloc((size_t)P * sizeof *displs);
     if (!sizes || !counts || !displs) {
-        rc = sv_fail(SCALEML_ERR_NOMEM, "out of memory for %d sizes", P);
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %d sizes", P);
         goto done;
     }
     if ((rc = cu_pack(&mine, &packed, &packed_bytes))) goto done;
@@ -51,7 +51,7 @@ int sparse_allreduce_split_allgather(sa_context *c, scaleml_result *res)
     if ((rc = result_init(res, P, c->n))) goto done;
     res->block = malloc(total ? total : 1);
     if (!res->block) {
-        rc = sv_fail(SCALEML_ERR_NOMEM, "out of memory gathering %llu bytes", (unsigned long long)total);
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory gathering %llu bytes", (unsigned long long)total);
         goto done;
     }
     cu_prefault(res->block, total);

@@ -16,9 +16,9 @@
 #include <string.h>
 
 #include "api_compress.h"
-#include "counter_rng.h" /* SCALEML_CLONES */
-#include "cpu_features.h"
-#include "sparse_vector.h"
+#include "core/counter_rng.h" /* SCALEML_CLONES */
+#include "core/cpu_features.h"
+#include "core/errors.h"
 
 /* float32 bits -> float16 bits, round to nearest even (F. Giesen's method). */
 static inline uint16_t f32_to_f16(uint32_t x)
@@ -186,9 +186,9 @@ static uint32_t f16c_decode(const uint16_t *in, uint64_t n, float *out) { (void)
 int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, uint16_t *out)
 {
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
     if (format != SCALEML_CAST_FP16 && format != SCALEML_CAST_BF16)
-        return sv_fail(SCALEML_ERR_ARG, "unknown cast format %d", format);
+        return scaleml_fail(SCALEML_ERR_ARG, "unknown cast format %d", format);
     uint32_t bad = 0;
     if (value_bytes == 4) {
         const uint32_t *xb = x;
@@ -214,7 +214,7 @@ int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, 
         }
     }
     if (bad)
-        return sv_fail(SCALEML_ERR_ARG, "%s cast: NaN, Inf or a value beyond the format's range in the input",
+        return scaleml_fail(SCALEML_ERR_ARG, "%s cast: NaN, Inf or a value beyond the format's range in the input",
                        format == SCALEML_CAST_FP16 ? "float16" : "bfloat16");
     return SCALEML_OK;
 }
@@ -222,14 +222,14 @@ int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, 
 int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes)
 {
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
     if (format != SCALEML_CAST_FP16 && format != SCALEML_CAST_BF16)
-        return sv_fail(SCALEML_ERR_ARG, "unknown cast format %d", format);
+        return scaleml_fail(SCALEML_ERR_ARG, "unknown cast format %d", format);
     uint32_t bad = 0;
     uint16_t expmask = format == SCALEML_CAST_FP16 ? 0x7c00u : 0x7f80u;
     if (format == SCALEML_CAST_FP16 && value_bytes == 4 && have_f16c()) {
         if (f16c_decode(in, n, out))
-            return sv_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
+            return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
         return SCALEML_OK;
     }
     if (format == SCALEML_CAST_BF16 && value_bytes == 4) {
@@ -240,7 +240,7 @@ int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, i
             bad |= (h & 0x7f80u) == 0x7f80u;
             o[i] = (uint32_t)h << 16;
         }
-        if (bad) return sv_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
+        if (bad) return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
         return SCALEML_OK;
     }
     for (uint64_t i = 0; i < n; i++) {
@@ -256,6 +256,6 @@ int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, i
         }
         if (value_bytes == 4) ((float *)out)[i] = f; else ((double *)out)[i] = f;
     }
-    if (bad) return sv_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
+    if (bad) return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
     return SCALEML_OK;
 }

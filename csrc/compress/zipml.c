@@ -29,10 +29,10 @@
 #include <string.h>
 
 #include "api_compress.h"
-#include "bitstream.h"
-#include "counter_rng.h"
-#include "cpu_features.h"
-#include "sparse_vector.h"
+#include "core/bitstream.h"
+#include "core/counter_rng.h"
+#include "core/cpu_features.h"
+#include "core/errors.h"
 
 #define ZIPML_MAX_LEVELS 256
 #define ZIPML_CELLS 1024
@@ -52,12 +52,12 @@ size_t scaleml_zipml_bytes(uint64_t n, uint32_t s)
 int scaleml_zipml_levels(const double *sorted, uint64_t m, uint32_t s, uint32_t max_candidates,
                          double *levels, uint32_t *count)
 {
-    if (s < 2 || s > ZIPML_MAX_LEVELS) return sv_fail(SCALEML_ERR_ARG, "ZipML: s must be in 2..256, got %u", s);
-    if (m < 1) return sv_fail(SCALEML_ERR_ARG, "ZipML: empty sample");
+    if (s < 2 || s > ZIPML_MAX_LEVELS) return scaleml_fail(SCALEML_ERR_ARG, "ZipML: s must be in 2..256, got %u", s);
+    if (m < 1) return scaleml_fail(SCALEML_ERR_ARG, "ZipML: empty sample");
     if (max_candidates < s) max_candidates = s;
     for (uint64_t i = 0; i < m; i++) {
-        if (!isfinite(sorted[i])) return sv_fail(SCALEML_ERR_ARG, "ZipML: non-finite value in the sample");
-        if (i && sorted[i] < sorted[i - 1]) return sv_fail(SCALEML_ERR_ARG, "ZipML: sample is not sorted");
+        if (!isfinite(sorted[i])) return scaleml_fail(SCALEML_ERR_ARG, "ZipML: non-finite value in the sample");
+        if (i && sorted[i] < sorted[i - 1]) return scaleml_fail(SCALEML_ERR_ARG, "ZipML: sample is not sorted");
     }
     /* distinct values */
     uint64_t distinct = 1;
@@ -70,7 +70,7 @@ int scaleml_zipml_levels(const double *sorted, uint64_t m, uint32_t s, uint32_t 
     uint32_t *arg = malloc((size_t)s * M * sizeof *arg);
     int rc = SCALEML_OK;
     if (!cand || !p0 || !p1 || !p2 || !lo || !hi || !f || !arg) {
-        rc = sv_fail(SCALEML_ERR_NOMEM, "ZipML: out of memory");
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "ZipML: out of memory");
         goto done;
     }
     if (M == distinct) {
@@ -399,18 +399,18 @@ int scaleml_zipml_encode(const void *x, int value_bytes, uint64_t n, const doubl
                          uint64_t key, uint8_t *out, size_t cap, size_t *written)
 {
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
-    if (s < 2 || s > ZIPML_MAX_LEVELS) return sv_fail(SCALEML_ERR_ARG, "ZipML: s must be in 2..256, got %u", s);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (s < 2 || s > ZIPML_MAX_LEVELS) return scaleml_fail(SCALEML_ERR_ARG, "ZipML: s must be in 2..256, got %u", s);
     if (!check_levels(levels, s))
-        return sv_fail(SCALEML_ERR_ARG, "ZipML: levels must be finite and strictly increasing");
+        return scaleml_fail(SCALEML_ERR_ARG, "ZipML: levels must be finite and strictly increasing");
     size_t need = scaleml_zipml_bytes(n, s);
     *written = need;
-    if (cap < need) return sv_fail(SCALEML_ERR_TOO_LARGE, "ZipML: output capacity %zu < %zu bytes", cap, need);
+    if (cap < need) return scaleml_fail(SCALEML_ERR_TOO_LARGE, "ZipML: output capacity %zu < %zu bytes", cap, need);
     memcpy(out, levels, 8 * (size_t)s);
     if (value_bytes == 4) {
         int rc = encode_f32_levels(x, n, levels, s, key, out + 8 * (size_t)s, out + need);
-        if (rc == SCALEML_ERR_NOMEM) return sv_fail(rc, "ZipML: out of memory");
-        if (rc) return sv_fail(SCALEML_ERR_ARG, "ZipML: non-finite value (NaN or Inf) in the input");
+        if (rc == SCALEML_ERR_NOMEM) return scaleml_fail(rc, "ZipML: out of memory");
+        if (rc) return scaleml_fail(SCALEML_ERR_ARG, "ZipML: non-finite value (NaN or Inf) in the input");
         return SCALEML_OK;
     }
     /* float64: cell[c] = index of the last level <= the cell's left edge */
@@ -428,7 +428,7 @@ int scaleml_zipml_encode(const void *x, int value_bytes, uint64_t n, const doubl
     unsigned wbits = index_bits(s);
     int bad = value_bytes == 4 ? encode_f32(x, n, levels, s, cell, inv_h, key, &w, wbits)
                                : encode_f64(x, n, levels, s, cell, inv_h, key, &w, wbits);
-    if (bad) return sv_fail(SCALEML_ERR_ARG, "ZipML: non-finite value (NaN or Inf) in the input");
+    if (bad) return scaleml_fail(SCALEML_ERR_ARG, "ZipML: non-finite value (NaN or Inf) in the input");
     bw_finish(&w, out + 8 * (size_t)s);
     return SCALEML_OK;
 }
@@ -437,14 +437,14 @@ int scaleml_zipml_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t 
                          int value_bytes)
 {
     if (value_bytes != 4 && value_bytes != 8)
-        return sv_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
-    if (s < 2 || s > ZIPML_MAX_LEVELS) return sv_fail(SCALEML_ERR_ARG, "ZipML: s must be in 2..256, got %u", s);
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (s < 2 || s > ZIPML_MAX_LEVELS) return scaleml_fail(SCALEML_ERR_ARG, "ZipML: s must be in 2..256, got %u", s);
     if (bytes != scaleml_zipml_bytes(n, s))
-        return sv_fail(SCALEML_ERR_MALFORMED, "ZipML payload has %zu bytes, expected %zu", bytes,
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "ZipML payload has %zu bytes, expected %zu", bytes,
                        scaleml_zipml_bytes(n, s));
     double L[ZIPML_MAX_LEVELS];
     memcpy(L, buf, 8 * (size_t)s);
-    if (!check_levels(L, s)) return sv_fail(SCALEML_ERR_MALFORMED, "ZipML payload: invalid level table");
+    if (!check_levels(L, s)) return scaleml_fail(SCALEML_ERR_MALFORMED, "ZipML payload: invalid level table");
     bitreader r;
     br_init(&r, buf + 8 * (size_t)s, bytes - 8 * (size_t)s);
     unsigned wbits = index_bits(s);
@@ -466,6 +466,6 @@ int scaleml_zipml_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t 
             o[i] = L[idx < s ? idx : 0];
         }
     }
-    if (r.err || badidx) return sv_fail(SCALEML_ERR_MALFORMED, "ZipML payload: level index out of range");
+    if (r.err || badidx) return scaleml_fail(SCALEML_ERR_MALFORMED, "ZipML payload: level index out of range");
     return SCALEML_OK;
 }

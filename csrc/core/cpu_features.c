@@ -1,5 +1,5 @@
 /* Run-time CPU feature checks with the SCALEML_NO_SIMD override. See cpu_features.h. */
-#include "cpu_features.h"
+#include "core/cpu_features.h"
 
 #include <stdlib.h>
 #include <string.h>

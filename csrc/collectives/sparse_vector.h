@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/errors.h"
+
 #define SV_WIRE_SPARSE UINT64_C(0x5053)  /* "SP" */
 #define SV_WIRE_DENSE UINT64_C(0x4e44)   /* "DN" */
 #define SV_WIRE_HEADER_BYTES 16
@@ -42,19 +44,6 @@ typedef struct {
     void *values;      /* nnz (sparse) or len (dense) values */
     void *owned;       /* heap block behind indices/values, NULL for a view */
 } sv_segment;
-
-/* Error codes shared by the whole C core (see scaleml.h). */
-enum {
-    SCALEML_OK = 0,
-    SCALEML_ERR_NOMEM = 1,
-    SCALEML_ERR_MPI = 2,
-    SCALEML_ERR_MALFORMED = 3,
-    SCALEML_ERR_ARG = 4,
-    SCALEML_ERR_TOO_LARGE = 5
-};
-
-/* Set the detailed message returned by scaleml_error_message(); returns code. */
-int sv_fail(int code, const char *fmt, ...);
 
 int sv_should_densify(uint64_t nnz, uint64_t len, int index_bytes, int value_bytes);
 

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sparse_vector.h"
+#include "collectives/sparse_vector.h"
 
 /* Map an MPI return code to SCALEML_ERR_MPI with MPI's own error string. */
 int cu_check(int mpi_rc, const char *what);

@@ -13,8 +13,8 @@
  */
 #include <stdlib.h>
 
-#include "collectives.h"
-#include "comm_util.h"
+#include "collectives/collectives.h"
+#include "collectives/comm_util.h"
 
 int sparse_allreduce_split_dense(sa_context *c, scaleml_result *res)
 {
@@ -28,7 +28,7 @@ int sparse_allreduce_split_dense(sa_context *c, scaleml_result *res)
     MPI_Count *counts = malloc((size_t)P * sizeof *counts);
     MPI_Aint *displs = malloc((size_t)P * sizeof *displs);
     if (!counts || !displs) {
-        rc = sv_fail(SCALEML_ERR_NOMEM, "out of memory for %d counts", P);
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %d counts", P);
         goto done;
     }
     for (int j = 0; j < P; j++) {

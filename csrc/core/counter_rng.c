@@ -1,5 +1,5 @@
 /* Counter-based random number streams keyed by (seed, rank, step, stream). See counter_rng.h. */
-#include "counter_rng.h"
+#include "core/counter_rng.h"
 
 #include <stddef.h>
 #include <stdint.h>

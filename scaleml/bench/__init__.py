@@ -1,0 +1,55 @@
+"""``scaleml-bench``: micro-benchmark of ScaleML's collectives against ``MPI_Allreduce``.
+
+Run under ``mpiexec``/``srun``; rank 0 prints one row per case::
+
+    mpiexec -n 4 scaleml-bench --n 4194304 --density 0.01
+    mpiexec -n 4 python -m scaleml.bench -b 4K -e 64M -f 4 --density 1e-3 1e-2 --json out.json --plot out.png
+    mpiexec -n 2 scaleml-bench calibrate        # measure alpha, beta, gamma; auto uses them from then on
+    scaleml-bench model --n 4194304 --ranks 4 64 1024 --density 1e-3 1e-2 1e-1
+
+Conventions follow nccl-tests and the OSU benchmarks: sizes in bytes of the
+dense vector (``-b``/``-e``/``-f``), warm-up then timed iterations, each
+iteration fenced by a barrier, time = per-rank average over iterations
+reported as min/avg/max over ranks, ``algbw = bytes / time`` and
+``busbw = algbw * 2(P-1)/P``. Every method runs on the same data in the same
+run as the ``MPI_Allreduce`` baseline, and its speedup is the ratio of the two
+average times. The error column is the largest deviation from the exact
+(float64) sum, relative to the largest magnitude of that sum.
+
+A method is one registration (:func:`register`): a function that receives the
+case and returns a callable performing one collective and returning the dense
+result, the bytes this rank sent and the algorithm that ran.
+
+Modules: :mod:`~scaleml.bench.cli` (arguments, dispatch, the sweep, table/JSON/CSV/plot output),
+:mod:`~scaleml.bench.methods` (:class:`Case`, the registry, lossless and ``--compression`` methods),
+:mod:`~scaleml.bench.measure` (timing and one row per method of a case), :mod:`~scaleml.bench.calibrate`
+(the ``calibrate`` subcommand and the alpha/beta fits) and :mod:`~scaleml.bench.model` (the ``model``
+subcommand). The functions ``calibrate``, ``model`` and ``measure`` live in the modules of the same names
+(``scaleml.bench.calibrate.calibrate``, ...): re-exporting them here would hide those modules.
+"""
+
+from __future__ import annotations
+
+from .calibrate import alpha_under_load, beta_under_load, fit_alpha_beta
+from .cli import (
+    COLUMNS,
+    build_calibrate_parser,
+    build_model_parser,
+    build_parser,
+    format_row,
+    header,
+    main,
+    parse_size,
+    plot,
+    run,
+    sizes_from,
+)
+from .measure import run_case, run_metadata
+from .methods import BASELINE, LOSSLESS, METHODS, Case, Runner, register, register_compression
+
+__all__ = [
+    "BASELINE", "COLUMNS", "LOSSLESS", "METHODS", "Case", "Runner", "alpha_under_load", "beta_under_load",
+    "build_calibrate_parser", "build_model_parser", "build_parser", "fit_alpha_beta", "format_row", "header",
+    "main", "parse_size", "plot", "register", "register_compression", "run", "run_case", "run_metadata",
+    "sizes_from",
+]

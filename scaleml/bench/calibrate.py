@@ -1,0 +1,128 @@
+"""``scaleml-bench calibrate``: measure alpha, beta and gamma of this machine and network, and save them where
+``algorithm='auto'`` reads them (:func:`scaleml.cost_model.calibration_file`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import cost_model
+from .._native import lib
+from .measure import run_metadata
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """Ping-pong between rank 0 and the last rank, fit alpha and beta; time a local add for gamma."""
+    comm = MPI.COMM_WORLD
+    rank, P = comm.Get_rank(), comm.Get_size()
+    if P < 2:
+        if rank == 0:
+            print("scaleml-bench calibrate: needs at least 2 ranks (run it under mpiexec -n 2)", file=sys.stderr)
+        return 2
+    peer = P - 1
+    sizes = [0] + [1 << e for e in range(0, args.max_bytes.bit_length()) if (1 << e) <= args.max_bytes]
+    samples = []
+    for size in sizes:
+        buf = np.zeros(max(size, 1), np.uint8)
+        reps = max(3, min(args.iterations, int(args.iterations * 65536 / max(size, 65536))))
+        best = float("inf")
+        comm.Barrier()
+        for _ in range(reps + 1):  # the first round trip is a warm-up
+            t0 = time.perf_counter()
+            if rank == 0:
+                comm.Send([buf, size, MPI.BYTE], dest=peer, tag=7)
+                comm.Recv([buf, size, MPI.BYTE], source=peer, tag=7)
+            elif rank == peer:
+                comm.Recv([buf, size, MPI.BYTE], source=0, tag=7)
+                comm.Send([buf, size, MPI.BYTE], dest=0, tag=7)
+            best = min(best, (time.perf_counter() - t0) / 2)
+        samples.append((size, best))
+    samples = comm.bcast(samples, root=0)
+    m = np.array([s for s, _ in samples], float)
+    t = np.array([x for _, x in samples], float)
+    alpha, beta_link = fit_alpha_beta(m, t)
+    # Collectives keep every rank busy at once: alpha and beta under load are what they see.
+    alpha_link = alpha
+    alpha = max(alpha_link, alpha_under_load(comm))
+    beta = max(beta_under_load(comm, args.max_bytes), beta_link)
+    # gamma: the C merge itself, on every rank at once (ranks may share cores).
+    comm.Barrier()
+    gamma = comm.allreduce(float(lib.scaleml_merge_seconds_per_byte(1 << 20, 5)), MPI.MAX)
+    fitted = (m <= 1024) | (m >= 65536)
+    fit_error = float(np.max(np.abs((alpha_link + beta_link * m[fitted]) - t[fitted]) / t[fitted]))
+    if rank == 0:
+        print(f"alpha = {alpha * 1e6:.2f} us (ping-pong: {alpha_link * 1e6:.2f} us)   "
+              f"beta = {beta * 1e9:.4f} ns/B ({1e-9 / beta:.3f} GB/s; one link alone: {1e-9 / beta_link:.3f} GB/s)   "
+              f"gamma = {gamma * 1e9:.4f} ns/B (sparse merge)\n"
+              f"ping-pong fit: worst relative error {fit_error:.0%} at <= 1 KiB and >= 64 KiB, ranks 0 <-> {peer}")
+        for size, x in samples:
+            fitted_us = (alpha_link + beta_link * size) * 1e6
+            print(f"  {size:>10d} B  {x * 1e6:12.2f} us   ping-pong fit {fitted_us:12.2f} us")
+        if not args.no_save:
+            path = args.output or cost_model.calibration_file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"alpha": alpha, "beta": beta, "gamma": gamma, "alpha_ping_pong": alpha_link,
+                                        "beta_one_link": beta_link,
+                                        "fit_max_rel_error": fit_error,
+                                        "samples": samples, **run_metadata(comm, collective=False)}, indent=1))
+            print(f"saved to {path} (read by algorithm='auto' at import; SCALEML_COST_FILE overrides the path)")
+    return 0
+
+
+def alpha_under_load(comm: MPI.Intracomm, rounds: int = 200) -> float:
+    """Median seconds of one round of 8-byte pairwise exchanges in which every rank takes part.
+
+    Recursive-doubling partners, as the collectives use them; where ranks share
+    cores or the network is busy this is far above the ping-pong latency.
+    """
+    rank, P = comm.Get_rank(), comm.Get_size()
+    p2 = 1 << (P.bit_length() - 1)
+    send, recv = np.zeros(8, np.uint8), np.zeros(8, np.uint8)
+    times = []
+    comm.Barrier()
+    for i in range(rounds):
+        mask = 1 << (i % max(p2.bit_length() - 1, 1))
+        partner = rank ^ mask if rank < p2 and (rank ^ mask) < p2 else MPI.PROC_NULL
+        t0 = time.perf_counter()
+        comm.Sendrecv(send, partner, 8, recv, partner, 8)
+        times.append(time.perf_counter() - t0)
+    return comm.allreduce(float(np.median(times)), MPI.MAX)
+
+
+def beta_under_load(comm: MPI.Intracomm, max_bytes: int) -> float:
+    """Seconds per byte when every rank exchanges max_bytes with a partner at the same time."""
+    rank, P = comm.Get_rank(), comm.Get_size()
+    partner = rank ^ 1 if (rank ^ 1) < P else MPI.PROC_NULL  # the odd one out of an odd P idles
+    send = np.zeros(max_bytes, np.uint8)
+    recv = np.zeros_like(send)
+    best = float("inf")
+    for _ in range(4):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        comm.Sendrecv(send, partner, 9, recv, partner, 9)
+        best = min(best, time.perf_counter() - t0)
+    return comm.allreduce(best, MPI.MAX) / max_bytes
+
+
+def fit_alpha_beta(m: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """Hockney fit of t = alpha + beta*m: alpha from the small messages, beta from the large ones.
+
+    beta is the least-squares slope of (t - alpha) over the messages of at
+    least 64 KiB (or the largest quarter when the sweep stops below that), where
+    bandwidth, not latency or a shaper's burst allowance, sets the time; alpha
+    is the median of (t - beta*m) over the messages up to 1 KiB. Two rounds,
+    starting from alpha = median small-message time.
+    """
+    small = m <= 1024 if (m <= 1024).any() else m <= m.min()
+    big = m >= 65536 if (m >= 65536).sum() >= 2 else m >= np.quantile(m, 0.75)
+    x = m[big]
+    alpha, beta = float(np.median(t[small])), 0.0
+    for _ in range(2):
+        beta = float(np.dot(x, t[big] - alpha) / np.dot(x, x)) if np.dot(x, x) > 0 else 0.0
+        alpha = float(np.median(t[small] - beta * m[small]))
+    return max(alpha, 0.0), max(beta, 1e-15)

@@ -15,8 +15,9 @@ ROW_FIELDS = {
     "size_bytes": int, "count": int, "dtype": str, "ranks": int, "density": float, "global_nnz_input": int,
     "max_nnz_input": int,
     "pattern": str, "method": str, "algorithm": str, "time_min_us": float, "time_avg_us": float,
-    "time_max_us": float, "algbw_GBps": float, "busbw_GBps": float, "bytes_sent_per_rank": int,
-    "speedup_vs_mpi": float, "max_rel_error": float, "lossless": bool,
+    "time_max_us": float, "time_median_us": float, "algbw_GBps": float, "busbw_GBps": float,
+    "bytes_sent_per_rank": int, "speedup_vs_mpi": float, "speedup_median_vs_mpi": float, "max_rel_error": float,
+    "lossless": bool,
 }
 
 
@@ -61,11 +62,83 @@ def test_short_sweep_under_mpiexec(tmp_path):
             assert isinstance(row[key], kind) or (kind is float and isinstance(row[key], int)), key
         assert row["time_min_us"] <= row["time_avg_us"] <= row["time_max_us"]
         assert row["time_min_us"] > 0 and row["speedup_vs_mpi"] > 0
+        assert row["time_median_us"] > 0 and row["speedup_median_vs_mpi"] > 0
         assert row["max_rel_error"] < 1e-5  # every method here is lossless
         if row["method"] == "mpi_allreduce":
-            assert row["speedup_vs_mpi"] == 1.0
+            assert row["speedup_vs_mpi"] == 1.0 and row["speedup_median_vs_mpi"] == 1.0
+        # both speedups are against the baseline of the same case: the means, and the medians
+        baseline = next(r for r in rows if r["method"] == "mpi_allreduce" and r["size_bytes"] == row["size_bytes"]
+                        and r["density"] == row["density"])
+        assert row["speedup_vs_mpi"] == pytest.approx(baseline["time_avg_us"] / row["time_avg_us"])
+        assert row["speedup_median_vs_mpi"] == pytest.approx(baseline["time_median_us"] / row["time_median_us"])
     with out_csv.open() as f:
-        assert len(list(csv.DictReader(f))) == len(rows)
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == list(rows[0]) and "time_median_us" in reader.fieldnames
+        assert len(list(reader)) == len(rows)
+    header = next(line for line in result.stdout.splitlines() if "algorithm" in line)
+    assert header.split()[4:8] == ["min(us)", "avg(us)", "max(us)", "med(us)"]
+
+
+# Each rank's seconds per timed call, per method; a fake clock advances by them (deterministic timings).
+FAKE_DURATIONS = {
+    "mpi_allreduce": [[2, 2, 2], [2, 2, 2]],
+    "slow_tail": [[1, 1, 10], [1, 1, 10]],  # one slow iteration: mean 4, median 1
+    "skewed": [[1, 5, 1], [5, 1, 1]],  # each rank's median is 1, but the slowest rank per iteration: 5, 5, 1
+}
+
+FAKE_CLOCK_SCRIPT = """
+import json, sys, types
+import numpy as np
+from mpi4py import MPI
+from scaleml import bench
+from scaleml.bench import measure as measure_module
+
+durations = json.loads(sys.argv[1])
+rank = MPI.COMM_WORLD.Get_rank()
+clock = [0.0]
+measure_module.time = types.SimpleNamespace(perf_counter=lambda: clock[0])
+
+
+def fake(per_rank):
+    def factory(case):
+        steps = iter(per_rank[rank])
+
+        def run():
+            clock[0] += next(steps)
+            return case.dense, 0, "fake"
+
+        return run
+
+    return factory
+
+
+for name, per_rank in durations.items():
+    bench.METHODS[name] = fake(per_rank)
+rows = bench.run_case(MPI.COMM_WORLD, 64, np.float32, 0.5, "overlap", ["slow_tail", "skewed"], 0, 3, 0)
+if rank == 0:
+    print("ROWS " + json.dumps(rows))
+"""
+
+
+def test_median_is_over_iterations_of_the_slowest_rank(tmp_path):
+    script = tmp_path / "fake_clock.py"
+    script.write_text(FAKE_CLOCK_SCRIPT)
+    result = run_mpi(2, [str(script), json.dumps(FAKE_DURATIONS)], timeout=120)
+    assert result.returncode == 0, result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.startswith("ROWS "))
+    rows = {r["method"]: r for r in json.loads(line[len("ROWS "):])}
+    assert list(rows) == ["mpi_allreduce", "slow_tail", "skewed"]
+    base, tail, skewed = rows["mpi_allreduce"], rows["slow_tail"], rows["skewed"]
+    assert base["time_avg_us"] == pytest.approx(2e6) and base["time_median_us"] == pytest.approx(2e6)
+    assert base["speedup_vs_mpi"] == 1.0 and base["speedup_median_vs_mpi"] == 1.0
+    # the mean sees the slow iteration, the median does not; speedup_vs_mpi stays the ratio of means
+    assert tail["time_avg_us"] == pytest.approx(4e6) and tail["time_median_us"] == pytest.approx(1e6)
+    assert tail["speedup_vs_mpi"] == pytest.approx(0.5) and tail["speedup_median_vs_mpi"] == pytest.approx(2.0)
+    # max over ranks per iteration first (5, 5, 1), then the median: 5 (not the ranks' own medians, 1)
+    assert skewed["time_min_us"] == pytest.approx(7e6 / 3) and skewed["time_max_us"] == pytest.approx(7e6 / 3)
+    assert skewed["time_median_us"] == pytest.approx(5e6)
+    assert skewed["speedup_median_vs_mpi"] == pytest.approx(0.4)
+    assert skewed["speedup_vs_mpi"] == pytest.approx(2 / (7 / 3))
 
 
 def test_compressed_methods_join_the_sweep(tmp_path):

@@ -13,8 +13,11 @@ iteration fenced by a barrier, time = per-rank average over iterations
 reported as min/avg/max over ranks, ``algbw = bytes / time`` and
 ``busbw = algbw * 2(P-1)/P``. Every method runs on the same data in the same
 run as the ``MPI_Allreduce`` baseline, and its speedup is the ratio of the two
-average times. The error column is the largest deviation from the exact
-(float64) sum, relative to the largest magnitude of that sum.
+average times. Beside them, the median over iterations of each iteration's
+slowest rank (``time_median_us``, column ``med(us)``) and the ratio of the
+baseline's and the method's medians (``speedup_median_vs_mpi``, JSON/CSV only)
+are robust to a few slow iterations. The error column is the largest deviation
+from the exact (float64) sum, relative to the largest magnitude of that sum.
 
 A method is one registration (:func:`register`): a function that receives the
 case and returns a callable performing one collective and returning the dense

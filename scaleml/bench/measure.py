@@ -19,24 +19,105 @@ from ..datagen import random_sparse
 from .methods import BASELINE, LOSSLESS, METHODS, Case, Runner
 
 
-def measure(run: Runner, comm: MPI.Intracomm, warmup: int, iterations: int) -> tuple[float, np.ndarray, int, str]:
-    """(this rank's average seconds per call, last result, average bytes sent, algorithm)."""
+def measure(run: Runner, comm: MPI.Intracomm, warmup: int, iterations: int) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """Time one method on this rank: warm-up calls, then timed calls each fenced by a barrier.
+
+    Parameters
+    ----------
+    run : Runner
+        Performs one collective; returns (dense result, bytes sent, algorithm).
+    comm : MPI.Intracomm
+        The communicator of the case (its barrier starts every timed call).
+    warmup : int
+        Untimed calls first.
+    iterations : int
+        Timed calls (at least one is made).
+
+    Returns
+    -------
+    times : numpy.ndarray
+        This rank's seconds of each timed call, float64, one per iteration.
+    result : numpy.ndarray
+        The dense result of the last call.
+    sent : int
+        Average bytes this rank sent per call.
+    algorithm : str
+        The algorithm that ran last.
+    """
     for _ in range(warmup):
         run()
-    total, sent = 0.0, 0
+    count = max(iterations, 1)
+    times = np.empty(count)
+    sent = 0
     result, algorithm = None, ""
-    for _ in range(max(iterations, 1)):
+    for i in range(count):
         comm.Barrier()
         t0 = time.perf_counter()
         result, nbytes, algorithm = run()
-        total += time.perf_counter() - t0
+        times[i] = time.perf_counter() - t0
         sent += nbytes
-    return total / max(iterations, 1), result, sent // max(iterations, 1), algorithm
+    return times, result, sent // count, algorithm
+
+
+def median_of_iteration_max(comm: MPI.Intracomm, times: np.ndarray) -> np.ndarray:
+    """Median over iterations of each iteration's slowest rank, for several methods at once.
+
+    Collective: one ``Allreduce(MAX)`` of the whole array, so every rank gets the same answer.
+
+    Parameters
+    ----------
+    comm : MPI.Intracomm
+        The ranks that timed the calls.
+    times : numpy.ndarray
+        This rank's seconds, shape (methods, iterations), float64; the same shape on every rank.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (methods,): for each method, the median over iterations of the maximum over ranks.
+    """
+    local = np.ascontiguousarray(times, dtype=np.float64)
+    slowest = np.empty_like(local)
+    comm.Allreduce(local, slowest, MPI.MAX)
+    return np.median(slowest, axis=-1)
 
 
 def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, pattern: str, methods: Sequence[str],
              warmup: int, iterations: int, seed: int) -> list[dict]:
-    """Run every method on one input; return rows (meaningful on every rank)."""
+    """Run every method on one input, the ``MPI_Allreduce`` baseline first; one row per method.
+
+    ``time_min_us``/``time_avg_us``/``time_max_us`` are the minimum, mean and maximum over ranks of each
+    rank's average time per call, and ``speedup_vs_mpi`` is the ratio of the baseline's and the method's
+    mean. ``time_median_us`` is the median over iterations of each iteration's time, which is the maximum
+    over ranks of that iteration (the slowest rank finishes the collective), and ``speedup_median_vs_mpi``
+    is the ratio of the baseline's and the method's median.
+
+    Parameters
+    ----------
+    comm : MPI.Intracomm
+        The ranks taking part (collective: every rank calls it with the same arguments).
+    n : int
+        Length of the dense vector.
+    dtype : numpy.dtype
+        Value type.
+    density : float
+        Fraction of non-zeros per rank.
+    pattern : str
+        How ranks' indices relate (one of :data:`scaleml.datagen.PATTERNS`).
+    methods : Sequence[str]
+        Names in :data:`METHODS`; the baseline is always run, first.
+    warmup : int
+        Untimed calls per method.
+    iterations : int
+        Timed calls per method.
+    seed : int
+        Seed of the random input.
+
+    Returns
+    -------
+    list[dict]
+        One row per method, the same on every rank.
+    """
     P, rank = comm.Get_size(), comm.Get_rank()
     idx, vals = random_sparse(n, density, pattern, dtype, rank, P, seed)
     dense = np.zeros(n, dtype)
@@ -47,10 +128,12 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     scale = float(np.abs(exact).max()) if n else 0.0
     nnz = comm.allreduce(int(idx.size), MPI.SUM)
     nnz_max = comm.allreduce(int(idx.size), MPI.MAX)
-    rows, baseline_avg = [], None
+    rows, baseline_avg, per_iteration = [], None, []
     for name in [BASELINE, *[m for m in methods if m != BASELINE]]:
         run = METHODS[name](case)
-        t, result, sent, ran = measure(run, comm, warmup, iterations)
+        iteration_times, result, sent, ran = measure(run, comm, warmup, iterations)
+        per_iteration.append(iteration_times)
+        t = sum(iteration_times.tolist()) / iteration_times.size
         err = float(np.abs(result.astype(np.float64) - exact).max()) / scale if n and scale else 0.0
         times = comm.allgather(t)
         err = comm.allreduce(err, MPI.MAX)
@@ -66,10 +149,18 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
             "global_nnz_input": nnz, "max_nnz_input": nnz_max, "pattern": pattern, "method": name,
             "algorithm": algorithm,
             "time_min_us": min(times) * 1e6, "time_avg_us": t_avg * 1e6, "time_max_us": max(times) * 1e6,
+            "time_median_us": None,
             "algbw_GBps": algbw, "busbw_GBps": algbw * 2 * (P - 1) / P, "bytes_sent_per_rank": sent,
             "speedup_vs_mpi": baseline_avg / t_avg if t_avg > 0 else float("inf"),
+            "speedup_median_vs_mpi": None,
             "max_rel_error": err, "lossless": name in LOSSLESS,
         })
+    # The per-iteration times of every method, gathered once per case (not inside the timed loop).
+    medians = median_of_iteration_max(comm, np.stack(per_iteration))
+    baseline_median = float(medians[0])
+    for row, median in zip(rows, medians.tolist()):
+        row["time_median_us"] = median * 1e6
+        row["speedup_median_vs_mpi"] = baseline_median / median if median > 0 else float("inf")
     return rows
 
 

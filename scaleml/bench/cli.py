@@ -53,6 +53,13 @@ def sizes_from(args: argparse.Namespace, itemsize: int) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the sweep (``scaleml-bench [run] ...``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Sizes, densities, pattern, methods, iterations and output options.
+    """
     p = argparse.ArgumentParser(prog="scaleml-bench", description=DESCRIPTION,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--n", type=int, nargs="+", help="element counts (instead of -b/-e/-f)")
@@ -78,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_calibrate_parser() -> argparse.ArgumentParser:
+    """The parser of ``scaleml-bench calibrate``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Largest message, round trips per size and where to save.
+    """
     p = argparse.ArgumentParser(prog="scaleml-bench calibrate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Measure alpha by a ping-pong between rank 0 and the last rank, beta "
                                 "as the larger of the ping-pong slope and the time per byte when all ranks exchange "
@@ -91,6 +105,13 @@ def build_calibrate_parser() -> argparse.ArgumentParser:
 
 
 def build_model_parser() -> argparse.ArgumentParser:
+    """The parser of ``scaleml-bench model``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Counts, ranks, densities, dtype, bits per value and parameter overrides.
+    """
     p = argparse.ArgumentParser(prog="scaleml-bench model", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Predicted time of every algorithm from the cost model auto uses.")
     p.add_argument("--n", type=int, nargs="+", default=[1 << 22], help="element counts")
@@ -114,10 +135,29 @@ COLUMNS = [("size_bytes", "{:>11d}"), ("count", "{:>10d}"), ("density", "{:>8.0e
 
 
 def format_row(row: dict) -> str:
+    """One line of the table.
+
+    Parameters
+    ----------
+    row : dict
+        A row of :func:`scaleml.bench.measure.run_case`.
+
+    Returns
+    -------
+    str
+        The fields of :data:`COLUMNS`, aligned under :func:`header`.
+    """
     return "  ".join(fmt.format(row[key]) for key, fmt in COLUMNS)
 
 
 def header() -> str:
+    """The table's header line.
+
+    Returns
+    -------
+    str
+        One name per column of :data:`COLUMNS`, as wide as the column.
+    """
     widths = [len(fmt.format(0 if "d}" in fmt or "f}" in fmt or "e}" in fmt else "")) for _, fmt in COLUMNS]
     names = ["size(B)", "count", "density", "algorithm", "min(us)", "avg(us)", "max(us)", "med(us)", "algbw", "busbw",
              "sent(B)/rank", "speedup", "rel.err"]
@@ -125,6 +165,19 @@ def header() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scaleml-bench`` and ``python -m scaleml.bench``.
+
+    Parameters
+    ----------
+    argv : Sequence[str], optional
+        Arguments without the program name (default: ``sys.argv[1:]``); a first
+        ``calibrate`` or ``model`` selects that subcommand, ``run`` or none the sweep.
+
+    Returns
+    -------
+    int
+        Exit status: 0, or 2 for a usage error.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "calibrate":
         return calibrate(build_calibrate_parser().parse_args(argv[1:]))

@@ -6,28 +6,75 @@
  * MPI._addressof(comm)), which works for both int (MPICH) and pointer
  * (Open MPI) handles as long as the extension and mpi4py use the same MPI.
  */
+#ifndef SCALEML_API_COLLECTIVES_H
+#define SCALEML_API_COLLECTIVES_H
 
-/* Algorithms of scaleml_sparse_allreduce. */
-#define SCALEML_ALG_RECURSIVE_DOUBLING 1
-#define SCALEML_ALG_SPLIT_ALLGATHER 2
-#define SCALEML_ALG_SPLIT_DENSE 3
-#define SCALEML_ALG_DENSE 4
+
+/* ---- the registry of algorithms (collectives/registry.c) ----
+ * One entry per algorithm: its name, entry point, cost function and
+ * capabilities. Algorithm ids are 1 .. scaleml_algorithm_count() in registry
+ * order; 0 means "auto". Python, the bench, the docs table and the tests all
+ * read this table. */
+
+/* Capability bits. */
+#define SCALEML_FORM_SPARSE 1       /* input/output forms */
+#define SCALEML_FORM_DENSE 2
+#define SCALEML_FORMAT_FLOAT32 1    /* value formats */
+#define SCALEML_FORMAT_FLOAT64 2
+
+typedef struct {
+    const char *name;
+    const char *when;          /* the regime it is for (docs table) */
+    const char *messages;      /* messages per rank (docs table) */
+    const char *bytes;         /* bytes sent per rank (docs table) */
+    unsigned input_forms;      /* SCALEML_FORM_* it takes */
+    unsigned result_forms;     /* SCALEML_FORM_* its result can stay in without O(n) dense memory */
+    unsigned value_formats;    /* SCALEML_FORMAT_* */
+    int exact;                 /* 1: lossless */
+} scaleml_algorithm_info;
+
+/* What a prediction depends on (all agreed between ranks). */
+typedef struct {
+    uint64_t n;
+    int ranks;
+    uint64_t nnz_max, nnz_sum;
+    int index_bytes, value_bytes;
+    int sparse_out;            /* the caller wants a sparse result */
+    int dense_input;           /* the caller holds dense vectors that are scanned first */
+} scaleml_cost_case;
+
+typedef struct {
+    double alpha;              /* seconds per message */
+    double beta;               /* seconds per byte sent */
+    double gamma;              /* seconds per byte of local work */
+} scaleml_cost_params;
+
+int scaleml_algorithm_count(void);
+/* Fill *info for algorithm id (1..count); SCALEML_ERR_ARG for an unknown id. */
+int scaleml_algorithm_describe(int id, scaleml_algorithm_info *info);
+/* Predicted seconds of algorithm id (alpha-beta-gamma model in its C file); -1 for an unknown id. */
+double scaleml_algorithm_cost(int id, const scaleml_cost_case *c, const scaleml_cost_params *p);
+/* Expected nnz of the sum of `ranks` random vectors of k_mean non-zeros each over n. */
+double scaleml_expected_union(uint64_t n, double k_mean, double ranks);
 
 /* Fields of scaleml_consensus: the first SCALEML_CONSENSUS_MAX_FIELDS are
  * reduced with MAX, the remaining ones with SUM. */
-#define SCALEML_CONSENSUS_FIELDS 18
-#define SCALEML_CONSENSUS_MAX_FIELDS 16
+#define SCALEML_CONSENSUS_FIELDS 24
+#define SCALEML_CONSENSUS_MAX_FIELDS 20
 
 typedef struct scaleml_result scaleml_result;
 
 /* Sum the sparse vectors (indices sorted, unique, in [0, n); nnz entries) of
- * all ranks. dense_out, if not NULL, is n values the caller will read the result into:
- * algorithms with a dense result compute it there directly. On success
- * *result holds the sum (free with scaleml_result_free). */
+ * all ranks with algorithm id. nnz_max and nnz_sum are the agreed largest and
+ * total nnz over the ranks: they bound every message (a rank with more entries
+ * than nnz_max fails with SCALEML_ERR_ARG). dense_out, if not NULL, is n
+ * values the caller will read the result into: algorithms with a dense result
+ * compute it there directly. On success *result holds the sum (free with
+ * scaleml_result_free). */
 int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes,
-                             int value_bytes, uint64_t nnz, const void *indices,
-                             const void *values, void *dense_out, scaleml_result **result,
-                             uint64_t *bytes_sent);
+                             int value_bytes, uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum,
+                             const void *indices, const void *values, void *dense_out,
+                             scaleml_result **result, uint64_t *bytes_sent);
 
 /* Write the result into n dense values. */
 void scaleml_result_to_dense(const scaleml_result *result, void *dense);
@@ -43,6 +90,8 @@ void scaleml_result_free(scaleml_result *result);
 /* Non-zeros of a dense float32/float64 vector (dense_scan.c): how many, and
  * their positions and values (at most capacity of them; returns how many). */
 uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes);
+/* 1 when any of the n values is NaN (the drop-in's check for a poisoned sum). */
+int scaleml_has_nan(const void *values, uint64_t n, int value_bytes);
 uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes,
                                   void *indices, void *out_values, uint64_t capacity);
 
@@ -67,3 +116,5 @@ const char *scaleml_error_message(void);
 const char *scaleml_mpi_vendor(void);
 int scaleml_mpi_comm_handle_bytes(void);
 int scaleml_mpi_version(void);
+
+#endif

@@ -11,6 +11,9 @@
  * buf[0 .. bytes). Non-finite input or a bad argument gives SCALEML_ERR_ARG (4).
  * `key` is a random stream from scaleml_rng_key(seed, rank, step, stream).
  */
+#ifndef SCALEML_API_COMPRESS_H
+#define SCALEML_API_COMPRESS_H
+
 
 #define SCALEML_NORM_L2 0
 #define SCALEML_NORM_MAX 1
@@ -67,3 +70,5 @@ int scaleml_zipml_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t 
 /* cast.c: float16 / bfloat16 with round to nearest even. */
 int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, uint16_t *out);
 int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes);
+
+#endif

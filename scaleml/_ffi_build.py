@@ -11,6 +11,7 @@ build ran in a temporary environment.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -67,9 +68,19 @@ def mpi_flags(mpicc: str) -> dict[str, list[str]]:
 # comment) and a header the generated C includes.
 API_HEADERS = sorted(CSRC.glob("api_*.h"))
 
+_INCLUDE_GUARD = re.compile(r"^#(ifndef|define|endif)\b\s*(SCALEML_API_\w+_H)?\s*$")
+
+
+def cdef_text(header: Path) -> str:
+    """The declarations of an API header: after its comment, without the include guard."""
+    body = header.read_text().split("*/", 1)[1]
+    return "\n".join(line for line in body.splitlines()
+                     if not (_INCLUDE_GUARD.match(line) and (line.startswith("#endif") or "SCALEML_API_" in line)))
+
+
 ffibuilder = FFI()
 for header in API_HEADERS:
-    ffibuilder.cdef(header.read_text().split("*/", 1)[1])
+    ffibuilder.cdef(cdef_text(header))
 _flags = mpi_flags(find_mpicc())
 ffibuilder.set_source(
     "scaleml._core",
@@ -78,7 +89,7 @@ ffibuilder.set_source(
     sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*/*.c") if p.parent.name != "cuda"),
     include_dirs=[str(CSRC)] + _flags["include_dirs"],
     library_dirs=_flags["library_dirs"],
-    libraries=_flags["libraries"],
+    libraries=_flags["libraries"] + ["m"],
     extra_compile_args=["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"]
     + shlex.split(os.environ.get("SCALEML_CFLAGS", "")),
     extra_link_args=_flags["extra_link_args"] + shlex.split(os.environ.get("SCALEML_LDFLAGS", "")),

@@ -12,8 +12,10 @@
 #define SCALEML_COLLECTIVES_H
 
 #include <mpi.h>
+#include <stddef.h>
 #include <stdint.h>
 
+#include "api_collectives.h"
 #include "collectives/sparse_vector.h"
 
 typedef struct {
@@ -21,6 +23,8 @@ typedef struct {
     int rank, size;
     uint64_t n;
     int index_bytes, value_bytes;
+    uint64_t nnz_max;     /* agreed: the largest local nnz, bounds every message of one rank's input */
+    uint64_t nnz_sum;     /* agreed: the sum of local nnz, bounds every partial sum */
     sv_segment input;     /* view of the caller's data over [0, n) */
     void *dense_out;      /* caller's n-value output, or NULL: dense results may live there */
     uint64_t bytes_sent;  /* bytes this rank put on the wire */
@@ -53,6 +57,8 @@ int dense_allreduce(sa_context *ctx, scaleml_result *res);
  * over all ranks of index range j (cu_block_range); dense when
  * dense_result, else in the form the densify rule gives. */
 int sparse_reduce_scatter(sa_context *ctx, int dense_result, sv_segment *mine);
+/* Its alpha-beta-gamma cost (the registry's cost functions of the split algorithms add to it). */
+double sparse_reduce_scatter_cost(const scaleml_cost_case *c, const scaleml_cost_params *p);
 
 /* Tags on the private communicator, one per step kind. */
 enum {

@@ -1,7 +1,9 @@
 /* Point-to-point helpers; see comm_util.h. */
+#define _POSIX_C_SOURCE 200809L /* sched_yield */
 #include "collectives/comm_util.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <stdlib.h>
 
 int cu_check(int mpi_rc, const char *what)
@@ -35,6 +37,21 @@ static int count_fits(size_t bytes)
     return CU_LARGE_COUNT || bytes <= (size_t)INT_MAX;
 }
 
+/* Polls before the first yield: a message already on its way completes
+ * without a system call. */
+#define CU_SPIN_POLLS 64
+
+int cu_waitall(int count, MPI_Request *requests, MPI_Status *statuses)
+{
+    for (unsigned polls = 0;; polls++) {
+        int done = 0;
+        int rc = MPI_Testall(count, requests, &done, statuses ? statuses : MPI_STATUSES_IGNORE);
+        if (rc != MPI_SUCCESS) return cu_check(rc, "MPI_Testall");
+        if (done) return SCALEML_OK;
+        if (polls >= CU_SPIN_POLLS) sched_yield();
+    }
+}
+
 int cu_isend(MPI_Comm comm, int dest, int tag, const void *buf, size_t bytes, MPI_Request *req,
              uint64_t *bytes_sent)
 {
@@ -54,41 +71,38 @@ int cu_send(MPI_Comm comm, int dest, int tag, const void *buf, size_t bytes, uin
     MPI_Request req;
     int rc = cu_isend(comm, dest, tag, buf, bytes, &req, bytes_sent);
     if (rc) return rc;
-    return cu_check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
+    return cu_waitall(1, &req, NULL);
 }
 
-int cu_recv(MPI_Comm comm, int source, int tag, void **buf, size_t *bytes, int *actual_source)
+int cu_irecv_alloc(MPI_Comm comm, int source, int tag, size_t cap, void **buf, MPI_Request *req)
 {
-    MPI_Message msg;
-    MPI_Status status;
-    int rc;
-    *buf = NULL;
-    if ((rc = cu_check(MPI_Mprobe(source, tag, comm, &msg, &status), "MPI_Mprobe"))) return rc;
+    *req = MPI_REQUEST_NULL;
+    if (!count_fits(cap))
+        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "message of up to %zu bytes needs MPI-4 large counts", cap);
+    *buf = malloc(cap ? cap : 1);
+    if (!*buf) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory receiving up to %zu bytes", cap);
+    cu_prefault(*buf, cap);
+#if CU_LARGE_COUNT
+    int rc = MPI_Irecv_c(*buf, (MPI_Count)cap, MPI_BYTE, source, tag, comm, req);
+#else
+    int rc = MPI_Irecv(*buf, (int)cap, MPI_BYTE, source, tag, comm, req);
+#endif
+    return cu_check(rc, "MPI_Irecv");
+}
+
+int cu_received_bytes(const MPI_Status *status, size_t *bytes)
+{
 #if CU_LARGE_COUNT
     MPI_Count count = 0;
-    rc = MPI_Get_count_c(&status, MPI_BYTE, &count);
+    int rc = MPI_Get_count_c(status, MPI_BYTE, &count);
 #else
     int count = 0;
-    rc = MPI_Get_count(&status, MPI_BYTE, &count);
+    int rc = MPI_Get_count(status, MPI_BYTE, &count);
 #endif
     if ((rc = cu_check(rc, "MPI_Get_count"))) return rc;
     if (count < 0) return scaleml_fail(SCALEML_ERR_MALFORMED, "message of undefined length");
     *bytes = (size_t)count;
-    *buf = malloc(*bytes ? *bytes : 1);
-    if (!*buf) {
-        /* Still consume the matched message so the communicator stays usable. */
-        char dummy;
-        MPI_Mrecv(&dummy, 0, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
-        return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory receiving %zu bytes", *bytes);
-    }
-    cu_prefault(*buf, *bytes);
-#if CU_LARGE_COUNT
-    rc = MPI_Mrecv_c(*buf, count, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
-#else
-    rc = MPI_Mrecv(*buf, count, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
-#endif
-    if (actual_source) *actual_source = status.MPI_SOURCE;
-    return cu_check(rc, "MPI_Mrecv");
+    return SCALEML_OK;
 }
 
 void cu_prefault(void *buf, size_t bytes)
@@ -98,22 +112,33 @@ void cu_prefault(void *buf, size_t bytes)
 }
 
 int cu_exchange(MPI_Comm comm, int partner, int tag, const void *sendbuf, size_t sendbytes,
-                void **recvbuf, size_t *recvbytes, uint64_t *bytes_sent)
+                size_t recvcap, void **recvbuf, size_t *recvbytes, uint64_t *bytes_sent)
 {
-    MPI_Request req;
-    int rc = cu_isend(comm, partner, tag, sendbuf, sendbytes, &req, bytes_sent);
+    MPI_Request reqs[2];
+    MPI_Status status[2];
+    int rc = cu_irecv_alloc(comm, partner, tag, recvcap, recvbuf, &reqs[0]);
     if (rc) return rc;
-    rc = cu_recv(comm, partner, tag, recvbuf, recvbytes, NULL);
-    int wait_rc = cu_check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
-    return rc ? rc : wait_rc;
+    rc = cu_isend(comm, partner, tag, sendbuf, sendbytes, &reqs[1], bytes_sent);
+    if (rc) {
+        /* Nothing was sent, so the partner may never send either: withdraw the receive. */
+        MPI_Cancel(&reqs[0]);
+        MPI_Wait(&reqs[0], MPI_STATUS_IGNORE);
+        return rc;
+    }
+    if ((rc = cu_waitall(2, reqs, status))) return rc;
+    return cu_received_bytes(&status[0], recvbytes);
 }
 
-int cu_recv_segment(MPI_Comm comm, int source, int tag, uint64_t offset, uint64_t len,
-                    int index_bytes, int value_bytes, void **buf, sv_segment *view,
-                    int *actual_source)
+int cu_recv_segment(MPI_Comm comm, int source, int tag, uint64_t offset, uint64_t len, uint64_t nnz_bound,
+                    int index_bytes, int value_bytes, void **buf, sv_segment *view)
 {
+    MPI_Request req;
+    MPI_Status status;
     size_t bytes = 0;
-    int rc = cu_recv(comm, source, tag, buf, &bytes, actual_source);
+    int rc = cu_irecv_alloc(comm, source, tag, sv_wire_bytes_bound(len, nnz_bound, index_bytes, value_bytes),
+                            buf, &req);
+    if (!rc) rc = cu_waitall(1, &req, &status);
+    if (!rc) rc = cu_received_bytes(&status, &bytes);
     if (rc) return rc;
     return sv_unpack(*buf, bytes, offset, len, index_bytes, value_bytes, view);
 }

@@ -40,5 +40,8 @@ int scaleml_consensus(uintptr_t comm_address, const int64_t *in, int64_t *out)
     }
     if (op == MPI_OP_NULL && (rc = cu_check(MPI_Op_create(consensus_op, 1, &op), "MPI_Op_create")))
         return rc;
-    return cu_check(MPI_Allreduce(in, out, 1, record, op, comm), "MPI_Allreduce");
+    /* Nonblocking, completed by cu_waitall: it yields the core while waiting (see comm_util.h). */
+    MPI_Request req;
+    if ((rc = cu_check(MPI_Iallreduce(in, out, 1, record, op, comm, &req), "MPI_Iallreduce"))) return rc;
+    return cu_waitall(1, &req, NULL);
 }

@@ -12,6 +12,7 @@
 #include <limits.h>
 
 #include "collectives/collectives.h"
+#include "collectives/registry.h"
 #include "collectives/comm_util.h"
 
 int dense_allreduce(sa_context *c, scaleml_result *res)
@@ -38,4 +39,12 @@ int dense_allreduce(sa_context *c, scaleml_result *res)
         c->bytes_sent += 2 * (uint64_t)(c->size - 1) * c->n * (unsigned)c->value_bytes / (uint64_t)c->size;
     res->segments[0] = all;
     return SCALEML_OK;
+}
+
+double dense_allreduce_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)
+{
+    int P = c->ranks, log_p = P > 1 ? sa_log2_floor(P) : 0;
+    double dense = (double)c->n * c->value_bytes;
+    *result_sparse = 0;
+    return 2 * log_p * p->alpha + p->beta * 2 * (P - 1) / P * dense + p->gamma * 2 * dense;
 }

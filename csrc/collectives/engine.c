@@ -5,12 +5,13 @@
 
 #include "collectives/collectives.h"
 #include "collectives/comm_util.h"
+#include "collectives/registry.h"
 #include "api_collectives.h"
 
 int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes,
-                             int value_bytes, uint64_t nnz, const void *indices,
-                             const void *values, void *dense_out, scaleml_result **result,
-                             uint64_t *bytes_sent)
+                             int value_bytes, uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum,
+                             const void *indices, const void *values, void *dense_out,
+                             scaleml_result **result, uint64_t *bytes_sent)
 {
     *result = NULL;
     if ((index_bytes != 4 && index_bytes != 8) || (value_bytes != 4 && value_bytes != 8))
@@ -20,9 +21,15 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
     if (nnz > n)
         return scaleml_fail(SCALEML_ERR_ARG, "nnz %llu exceeds n %llu", (unsigned long long)nnz,
                        (unsigned long long)n);
+    if (nnz > nnz_max || nnz_max > nnz_sum)
+        return scaleml_fail(SCALEML_ERR_ARG, "nnz %llu exceeds the agreed bounds (max %llu, sum %llu)",
+                            (unsigned long long)nnz, (unsigned long long)nnz_max, (unsigned long long)nnz_sum);
+    const sa_algorithm *entry = sa_registry_lookup(algorithm);
+    if (!entry) return scaleml_fail(SCALEML_ERR_ARG, "unknown algorithm %d", algorithm);
 
     sa_context ctx = {.comm = *(const MPI_Comm *)comm_address, .n = n, .index_bytes = index_bytes,
-                      .value_bytes = value_bytes, .dense_out = dense_out, .bytes_sent = 0};
+                      .value_bytes = value_bytes, .nnz_max = nnz_max, .nnz_sum = nnz_sum,
+                      .dense_out = dense_out, .bytes_sent = 0};
     int rc = cu_check(MPI_Comm_rank(ctx.comm, &ctx.rank), "MPI_Comm_rank");
     if (!rc) rc = cu_check(MPI_Comm_size(ctx.comm, &ctx.size), "MPI_Comm_size");
     if (rc) return rc;
@@ -30,13 +37,7 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
 
     scaleml_result *res = calloc(1, sizeof *res);
     if (!res) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
-    switch (algorithm) {
-    case SCALEML_ALG_RECURSIVE_DOUBLING: rc = sparse_allreduce_recursive_doubling(&ctx, res); break;
-    case SCALEML_ALG_SPLIT_ALLGATHER: rc = sparse_allreduce_split_allgather(&ctx, res); break;
-    case SCALEML_ALG_SPLIT_DENSE: rc = sparse_allreduce_split_dense(&ctx, res); break;
-    case SCALEML_ALG_DENSE: rc = dense_allreduce(&ctx, res); break;
-    default: rc = scaleml_fail(SCALEML_ERR_ARG, "unknown algorithm %d", algorithm);
-    }
+    rc = entry->run(&ctx, res);
     if (bytes_sent) *bytes_sent = ctx.bytes_sent;
     if (rc) {
         scaleml_result_free(res);

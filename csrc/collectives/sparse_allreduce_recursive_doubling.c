@@ -21,6 +21,7 @@
 #include <stdlib.h>
 
 #include "collectives/collectives.h"
+#include "collectives/registry.h"
 #include "collectives/comm_util.h"
 
 static int send_segment(sa_context *c, int dest, int tag, const sv_segment *s)
@@ -34,12 +35,11 @@ static int send_segment(sa_context *c, int dest, int tag, const sv_segment *s)
     return rc;
 }
 
-/* Receive a segment over [0, n) that owns its receive buffer. */
-static int recv_segment(sa_context *c, int source, int tag, sv_segment *s)
+/* Receive a segment over [0, n) of at most nnz_bound entries that owns its receive buffer. */
+static int recv_segment(sa_context *c, int source, int tag, uint64_t nnz_bound, sv_segment *s)
 {
     void *buf = NULL;
-    int rc = cu_recv_segment(c->comm, source, tag, 0, c->n, c->index_bytes, c->value_bytes, &buf, s,
-                             NULL);
+    int rc = cu_recv_segment(c->comm, source, tag, 0, c->n, nnz_bound, c->index_bytes, c->value_bytes, &buf, s);
     if (rc) {
         free(buf);
         return rc;
@@ -55,7 +55,8 @@ static int exchange_and_merge(sa_context *c, int partner, sv_segment *acc)
     sv_segment theirs;
     int rc = cu_pack(acc, &sendbuf, &sendbytes);
     if (rc) return rc;
-    rc = cu_exchange(c->comm, partner, TAG_RD_ROUND, sendbuf, sendbytes, &recvbuf, &recvbytes,
+    size_t recvcap = sv_wire_bytes_bound(c->n, c->nnz_sum, c->index_bytes, c->value_bytes);
+    rc = cu_exchange(c->comm, partner, TAG_RD_ROUND, sendbuf, sendbytes, recvcap, &recvbuf, &recvbytes,
                      &c->bytes_sent);
     free(sendbuf);
     if (!rc) rc = sv_unpack(recvbuf, recvbytes, 0, c->n, c->index_bytes, c->value_bytes, &theirs);
@@ -80,7 +81,7 @@ int sparse_allreduce_recursive_doubling(sa_context *c, scaleml_result *res)
             folded_rank = -1;
         } else {
             sv_segment theirs;
-            rc = recv_segment(c, rank - 1, TAG_RD_FOLD_IN, &theirs);
+            rc = recv_segment(c, rank - 1, TAG_RD_FOLD_IN, c->nnz_max, &theirs);
             if (!rc) rc = sv_accumulate(&acc, &theirs);
             sv_free(&theirs);
             folded_rank = rank / 2;
@@ -100,7 +101,7 @@ int sparse_allreduce_recursive_doubling(sa_context *c, scaleml_result *res)
             rc = send_segment(c, rank - 1, TAG_RD_FOLD_OUT, &acc);
         } else {
             sv_free(&acc);
-            rc = recv_segment(c, rank + 1, TAG_RD_FOLD_OUT, &acc);
+            rc = recv_segment(c, rank + 1, TAG_RD_FOLD_OUT, c->nnz_sum, &acc);
         }
     }
     if (!rc && !acc.owned) rc = sv_copy(&c->input, &acc);  /* P == 1: own the result */
@@ -114,4 +115,25 @@ int sparse_allreduce_recursive_doubling(sa_context *c, scaleml_result *res)
     }
     res->segments[0] = acc;
     return SCALEML_OK;
+}
+
+/* The model of the header comment: folds, then log2(p2) rounds whose partial
+ * sums grow as the union of 2^i ranks' entries (capped at dense). */
+double sparse_allreduce_recursive_doubling_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
+                                                int *result_sparse)
+{
+    int P = c->ranks, log_p = P > 1 ? sa_log2_floor(P) : 0, p2 = 1 << log_p;
+    double k = (double)c->nnz_max, k_mean = (double)c->nnz_sum / P;
+    double K = sa_expected_union(c->n, k_mean, P);
+    double time = 0.0;
+    if (P > p2)
+        time += 2 * p->alpha + p->beta * (sa_wire_bytes(c, k) + sa_wire_bytes(c, K)) +
+                p->gamma * sa_wire_bytes(c, 2 * k);
+    for (int i = 0; i < log_p; i++) {
+        double ranks_held = (double)(1 << i) * P / p2;
+        double size = sa_wire_bytes(c, sa_expected_union(c->n, k_mean, ranks_held < P ? ranks_held : P));
+        time += p->alpha + p->beta * size + p->gamma * 3 * size;  /* pack, merge both inputs */
+    }
+    *result_sparse = K * (c->index_bytes + c->value_bytes) < (double)c->n * c->value_bytes;
+    return time;
 }

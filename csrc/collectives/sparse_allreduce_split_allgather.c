@@ -18,6 +18,7 @@
 #include <stdlib.h>
 
 #include "collectives/collectives.h"
+#include "collectives/registry.h"
 #include "collectives/comm_util.h"
 
 int sparse_allreduce_split_allgather(sa_context *c, scaleml_result *res)
@@ -72,4 +73,16 @@ done:
     free(counts);
     free(displs);
     return rc;
+}
+
+double sparse_allreduce_split_allgather_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
+                                             int *result_sparse)
+{
+    int P = c->ranks, log_p = P > 1 ? sa_log2_floor(P) : 0;
+    double K = sa_expected_union(c->n, (double)c->nnz_sum / P, P);
+    double dense = (double)c->n * c->value_bytes, sparse = K * (c->index_bytes + c->value_bytes);
+    double gathered = (sparse < dense ? sparse : dense) + P * SA_SEGMENT_HEADER_BYTES;
+    *result_sparse = sparse < dense;
+    return sparse_reduce_scatter_cost(c, p) + 2 * log_p * p->alpha + p->beta * (P - 1) / P * gathered +
+           p->gamma * 2 * gathered;
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "collectives/collectives.h"
+#include "collectives/registry.h"
 #include "collectives/comm_util.h"
 
 int sparse_allreduce_split_dense(sa_context *c, scaleml_result *res)
@@ -51,4 +52,14 @@ done:
     free(counts);
     free(displs);
     return rc;
+}
+
+double sparse_allreduce_split_dense_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
+                                         int *result_sparse)
+{
+    int P = c->ranks, log_p = P > 1 ? sa_log2_floor(P) : 0;
+    double dense = (double)c->n * c->value_bytes;
+    *result_sparse = 0;
+    return sparse_reduce_scatter_cost(c, p) + log_p * p->alpha + p->beta * (P - 1) / P * dense +
+           p->gamma * (dense / P + dense);
 }

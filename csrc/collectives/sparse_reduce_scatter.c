@@ -7,14 +7,20 @@
  * and rank j sums the P contributions to its range. Contributions are added
  * in rank order, not arrival order, so the result is the same from run to run.
  *
+ * A slice travels dense when its entries would take as many bytes (the
+ * densify rule at pack time), so dense input costs n/P*c_d per slice, not
+ * n/P*c_s. Receives are posted before the sends, each with room for the
+ * agreed largest nnz (capped at the dense slice size).
+ *
  * Cost: (P-1)*alpha + beta * sum over j != me of min(k_j*c_s, n/P*c_d),
  * about (P-1)*alpha + (P-1)/P * k*c_s*beta when indices are spread evenly.
- * Memory: the packed outgoing slices (O(k)) plus one incoming message at a
- * time (O(n/P)).
+ * Memory: the packed outgoing slices (O(min(k c_s, n c_d))) plus P-1
+ * incoming slices of at most n/P*c_d each: O(n).
  */
 #include <stdlib.h>
 
 #include "collectives/collectives.h"
+#include "collectives/registry.h"
 #include "collectives/comm_util.h"
 
 int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
@@ -25,25 +31,30 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
 
     /* Pack every outgoing slice into one block; slice j sits at offsets[j]. */
     size_t *offsets = calloc((size_t)P + 1, sizeof *offsets);
-    MPI_Request *requests = malloc((size_t)P * sizeof *requests);
+    MPI_Request *sends = malloc((size_t)P * sizeof *sends);
+    MPI_Request *recvs = malloc((size_t)P * sizeof *recvs);
+    void **recvbufs = calloc((size_t)P, sizeof *recvbufs);
     char *sendblock = NULL;
-    if (!offsets || !requests) {
+    int nsends = 0, have = 0;
+    if (!offsets || !sends || !recvs || !recvbufs) {
         rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %d send slots", P);
         goto done;
     }
-    for (int j = 0; j < P; j++) {
+    for (int j = 0; j < P; j++) recvs[j] = MPI_REQUEST_NULL;
+    size_t recvcap = sv_wire_bytes_bound(my_len, c->nnz_max, c->index_bytes, c->value_bytes);
+    for (int step = 1; step < P && !rc; step++) {  /* receives first: no message waits unmatched */
+        int src = (c->rank - step + P) % P;
+        rc = cu_irecv_alloc(c->comm, src, TAG_REDUCE_SCATTER, recvcap, &recvbufs[src], &recvs[src]);
+    }
+    for (int j = 0; j < P && !rc; j++) {
         uint64_t start, len;
         sv_segment slice;
         cu_block_range(c->n, P, j, &start, &len);
         sv_slice(&c->input, start, len, &slice);
         offsets[j + 1] = offsets[j] + (j == c->rank ? 0 : sv_wire_bytes(&slice));
     }
-    sendblock = malloc(offsets[P] ? offsets[P] : 1);
-    if (!sendblock) {
+    if (!rc && !(sendblock = malloc(offsets[P] ? offsets[P] : 1)))
         rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory packing %zu bytes", offsets[P]);
-        goto done;
-    }
-    int nrequests = 0;
     for (int step = 1; step < P && !rc; step++) {  /* start with the next rank: spreads load */
         int j = (c->rank + step) % P;
         uint64_t start, len;
@@ -52,24 +63,26 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
         sv_slice(&c->input, start, len, &slice);
         sv_pack(&slice, sendblock + offsets[j]);
         rc = cu_isend(c->comm, j, TAG_REDUCE_SCATTER, sendblock + offsets[j], offsets[j + 1] - offsets[j],
-                      &requests[nrequests], &c->bytes_sent);
-        if (!rc) nrequests++;
+                      &sends[nsends], &c->bytes_sent);
+        if (!rc) nsends++;
     }
 
-    /* Sum contributions in rank order. */
-    int have = 0;
+    /* Sum contributions in rank order, not arrival order: the same result every run. */
     if (!rc && dense_result) {
         rc = sv_alloc_dense(mine, my_start, my_len, c->index_bytes, c->value_bytes);
         have = !rc;
     }
     for (int src = 0; src < P && !rc; src++) {
         sv_segment part;
-        void *buf = NULL;
         if (src == c->rank) {
             sv_slice(&c->input, my_start, my_len, &part);
         } else {
-            rc = cu_recv_segment(c->comm, src, TAG_REDUCE_SCATTER, my_start, my_len, c->index_bytes,
-                                 c->value_bytes, &buf, &part, NULL);
+            MPI_Status status;
+            size_t bytes = 0;
+            rc = cu_waitall(1, &recvs[src], &status);
+            if (!rc) rc = cu_received_bytes(&status, &bytes);
+            if (!rc)
+                rc = sv_unpack(recvbufs[src], bytes, my_start, my_len, c->index_bytes, c->value_bytes, &part);
         }
         if (!rc) {
             if (have) {
@@ -79,17 +92,39 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
                 have = !rc;
             }
         }
-        free(buf);
+        if (src != c->rank) {
+            free(recvbufs[src]);
+            recvbufs[src] = NULL;
+        }
     }
     if (!rc && !dense_result) rc = sv_apply_densify_rule(mine);
     if (rc && have) sv_free(mine);
 
-    int wait_rc = nrequests ? cu_check(MPI_Waitall(nrequests, requests, MPI_STATUSES_IGNORE), "MPI_Waitall")
-                            : SCALEML_OK;
+    int wait_rc = nsends ? cu_waitall(nsends, sends, NULL) : SCALEML_OK;
     if (!rc) rc = wait_rc;
 done:
+    if (recvs && recvbufs) {
+        for (int j = 0; j < P; j++) {
+            if (recvs[j] != MPI_REQUEST_NULL) {  /* left over after an error: withdraw it */
+                MPI_Cancel(&recvs[j]);
+                MPI_Wait(&recvs[j], MPI_STATUS_IGNORE);
+            }
+            free(recvbufs[j]);
+        }
+    }
     free(sendblock);
-    free(requests);
+    free(sends);
+    free(recvs);
+    free(recvbufs);
     free(offsets);
     return rc;
+}
+
+double sparse_reduce_scatter_cost(const scaleml_cost_case *c, const scaleml_cost_params *p)
+{
+    int P = c->ranks;
+    double sent = (double)c->nnz_max * (c->index_bytes + c->value_bytes);
+    double dense = (double)c->n * c->value_bytes;
+    if (sent > dense) sent = dense;
+    return (P - 1) * p->alpha + p->beta * (P - 1) / P * sent + p->gamma * 2 * sent;
 }

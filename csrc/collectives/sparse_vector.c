@@ -270,21 +270,39 @@ int sv_accumulate(sv_segment *acc, const sv_segment *b)
 
 /* ---- wire format ---- */
 
+/* A sparse segment whose entries take at least as many bytes as its dense form
+ * travels dense: the densify rule applies to what is sent, not only to what is kept. */
+static int packs_dense(const sv_segment *s)
+{
+    return s->dense || sv_should_densify(s->nnz, s->len, s->index_bytes, s->value_bytes);
+}
+
 size_t sv_wire_bytes(const sv_segment *s)
 {
-    if (s->dense) return SV_WIRE_HEADER_BYTES + (size_t)s->len * (unsigned)s->value_bytes;
+    if (packs_dense(s)) return SV_WIRE_HEADER_BYTES + (size_t)s->len * (unsigned)s->value_bytes;
     return SV_WIRE_HEADER_BYTES + pad8((size_t)s->nnz * (unsigned)s->index_bytes) +
            (size_t)s->nnz * (unsigned)s->value_bytes;
 }
 
+size_t sv_wire_bytes_bound(uint64_t len, uint64_t nnz_bound, int index_bytes, int value_bytes)
+{
+    /* Sparse only while nnz*(ib+vb) < len*vb, so a sparse message is below
+     * len*vb plus the index padding; a dense one is exactly len*vb. */
+    uint64_t nnz = nnz_bound < len ? nnz_bound : len;
+    size_t dense = (size_t)len * (unsigned)value_bytes;
+    size_t sparse = pad8((size_t)nnz * (unsigned)index_bytes) + (size_t)nnz * (unsigned)value_bytes;
+    return SV_WIRE_HEADER_BYTES + (sparse < dense ? sparse : dense + 8);
+}
+
 void sv_pack(const sv_segment *s, void *buf)
 {
-    uint64_t header[2] = {s->dense ? SV_WIRE_DENSE : SV_WIRE_SPARSE, s->nnz};
+    int dense = packs_dense(s);
+    uint64_t header[2] = {dense ? SV_WIRE_DENSE : SV_WIRE_SPARSE, dense ? s->len : s->nnz};
     char *p = buf;
     memcpy(p, header, sizeof header);
     p += SV_WIRE_HEADER_BYTES;
-    if (s->dense) {
-        copy_values(p, s->values, s->len, s->value_bytes);
+    if (dense) {
+        sv_write_dense(s, p);
         return;
     }
     size_t ibytes = (size_t)s->nnz * (unsigned)s->index_bytes;

@@ -75,7 +75,10 @@ int sv_densify(sv_segment *s);
 /* Apply the densify rule to an owned sparse segment. */
 int sv_apply_densify_rule(sv_segment *s);
 
+/* Bytes of s on the wire: dense when the densify rule says so, even for a sparse segment. */
 size_t sv_wire_bytes(const sv_segment *s);
+/* Largest wire size of a segment over len indices with at most nnz_bound entries. */
+size_t sv_wire_bytes_bound(uint64_t len, uint64_t nnz_bound, int index_bytes, int value_bytes);
 void sv_pack(const sv_segment *s, void *buf);
 /* Zero-copy view of a received segment; validates header, size, range, order. */
 int sv_unpack(const void *buf, size_t bytes, uint64_t offset, uint64_t len,

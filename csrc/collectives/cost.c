@@ -1,0 +1,43 @@
+/*
+ * Terms the cost functions of the algorithms share. Each prediction is
+ * messages * alpha + bytes on the wire * beta + bytes touched * gamma along the
+ * critical path of one rank. The nnz of the global sum is not known before
+ * the collective runs; it is estimated from the ranks' nnz by assuming
+ * independent, uniformly spread indices (n * (1 - (1 - k/n)^m) for the union
+ * of m ranks), the pessimistic case for sparse algorithms: overlapping indices
+ * only make them cheaper.
+ */
+#include <math.h>
+
+#include "collectives/registry.h"
+
+double sa_expected_union(uint64_t n, double k_mean, double ranks)
+{
+    if (n == 0 || k_mean <= 0) return 0.0;
+    double density = k_mean / (double)n;
+    if (density >= 1.0) return (double)n;
+    /* (1 - d)^m - 1, accurate for tiny d (very sparse vectors in huge dimensions) */
+    return (double)n * -expm1(ranks * log1p(-density));
+}
+
+double sa_wire_bytes(const scaleml_cost_case *c, double entries)
+{
+    double sparse = entries * (c->index_bytes + c->value_bytes);
+    double dense = (double)c->n * c->value_bytes;
+    return SA_SEGMENT_HEADER_BYTES + (sparse < dense ? sparse : dense);
+}
+
+int sa_log2_floor(int p)
+{
+    int log = 0;
+    while (p > 1) {
+        p >>= 1;
+        log++;
+    }
+    return log;
+}
+
+double scaleml_expected_union(uint64_t n, double k_mean, double ranks)
+{
+    return sa_expected_union(n, k_mean, ranks);
+}

@@ -1,0 +1,60 @@
+/*
+ * The registry: every collective algorithm of the sparse AllReduce family,
+ * in id order (ids start at 1; 0 is "auto"). See registry.h.
+ */
+#include "collectives/registry.h"
+
+#define SPARSE SCALEML_FORM_SPARSE
+#define DENSE SCALEML_FORM_DENSE
+#define FLOATS (SCALEML_FORMAT_FLOAT32 | SCALEML_FORMAT_FLOAT64)
+
+static const sa_algorithm registry[] = {
+    {{"recursive_doubling", "latency-bound (few non-zeros)", "log2 P (+2 if P is not a power of 2)",
+      "up to (P-1) k c_s, capped at n c_d per round", SPARSE, SPARSE | DENSE, FLOATS, 1},
+     sparse_allreduce_recursive_doubling, sparse_allreduce_recursive_doubling_cost},
+    {{"split_allgather", "bandwidth-bound, sparse result", "(P-1) + 2 log2 P",
+      "(P-1)/P (k c_s + min(K c_s, n c_d))", SPARSE, SPARSE | DENSE, FLOATS, 1},
+     sparse_allreduce_split_allgather, sparse_allreduce_split_allgather_cost},
+    {{"split_dense", "bandwidth-bound, dense result", "(P-1) + log2 P", "(P-1)/P (k c_s + n c_d)", SPARSE, DENSE,
+      FLOATS, 1},
+     sparse_allreduce_split_dense, sparse_allreduce_split_dense_cost},
+    {{"dense", "data already dense", "2 log2 P (MPI_Allreduce)", "2 (P-1)/P n c_d", SPARSE | DENSE, DENSE, FLOATS,
+      1},
+     dense_allreduce, dense_allreduce_cost},
+};
+
+#define REGISTRY_COUNT ((int)(sizeof registry / sizeof registry[0]))
+
+const sa_algorithm *sa_registry_lookup(int id)
+{
+    return id >= 1 && id <= REGISTRY_COUNT ? &registry[id - 1] : NULL;
+}
+
+int scaleml_algorithm_count(void)
+{
+    return REGISTRY_COUNT;
+}
+
+int scaleml_algorithm_describe(int id, scaleml_algorithm_info *info)
+{
+    const sa_algorithm *a = sa_registry_lookup(id);
+    if (!a) return scaleml_fail(SCALEML_ERR_ARG, "unknown algorithm id %d", id);
+    *info = a->info;
+    return SCALEML_OK;
+}
+
+double scaleml_algorithm_cost(int id, const scaleml_cost_case *c, const scaleml_cost_params *p)
+{
+    const sa_algorithm *a = sa_registry_lookup(id);
+    if (!a || c->ranks < 1) return -1.0;
+    int result_sparse = 0;
+    double time = a->cost(c, p, &result_sparse);
+    double c_s = c->index_bytes + c->value_bytes, dense_bytes = (double)c->n * c->value_bytes;
+    double K = sa_expected_union(c->n, (double)c->nnz_sum / c->ranks, c->ranks);
+    /* Writing the requested output: a dense output or a dense result touches all n values. */
+    time += p->gamma * (c->sparse_out && result_sparse ? K * c_s : dense_bytes);
+    /* Dense input that an algorithm takes only sparse is scanned for its non-zeros first. */
+    if (c->dense_input && !(a->info.input_forms & SCALEML_FORM_DENSE))
+        time += p->gamma * (dense_bytes + (double)c->nnz_max * c_s);
+    return time;
+}

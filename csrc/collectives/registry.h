@@ -1,0 +1,48 @@
+/*
+ * The registry of collective algorithms: one entry per algorithm, giving its
+ * name, entry point, cost function and capabilities (registry.c). Adding an
+ * algorithm is one C file (entry point + cost function + header comment with
+ * its steps and alpha-beta cost) and one entry in registry.c; Python reads the
+ * table through scaleml_algorithm_describe and scaleml_algorithm_cost.
+ */
+#ifndef SCALEML_REGISTRY_H
+#define SCALEML_REGISTRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api_collectives.h"
+#include "collectives/collectives.h"
+
+/* Time of the communication and merging itself; *result_sparse says whether
+ * the result can stay sparse (the registry adds the cost of the output form
+ * and of scanning dense input). */
+typedef double (*sa_cost_fn)(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
+typedef int (*sa_run_fn)(sa_context *ctx, scaleml_result *res);
+
+typedef struct {
+    scaleml_algorithm_info info;
+    sa_run_fn run;
+    sa_cost_fn cost;
+} sa_algorithm;
+
+/* The entry of id (1..count), or NULL. */
+const sa_algorithm *sa_registry_lookup(int id);
+
+/* Shared terms of the cost functions (cost.c). */
+#define SA_SEGMENT_HEADER_BYTES 16.0  /* per packed segment (sparse_vector.h) */
+double sa_expected_union(uint64_t n, double k_mean, double ranks);
+/* Wire bytes of a segment over [0, n) holding `entries` non-zeros (capped at dense). */
+double sa_wire_bytes(const scaleml_cost_case *c, double entries);
+int sa_log2_floor(int p);
+
+/* Cost functions, one in each algorithm's file. */
+double sparse_allreduce_recursive_doubling_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
+                                                int *result_sparse);
+double sparse_allreduce_split_allgather_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
+                                             int *result_sparse);
+double sparse_allreduce_split_dense_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
+                                         int *result_sparse);
+double dense_allreduce_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
+
+#endif

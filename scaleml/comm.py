@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
-from . import cost_model
+from . import algorithms
 from ._native import ffi, lib
 from .sparse import (
     AllreduceInfo,
     _LocalError,
+    _predict,
     _run,
     agree,
     choose_algorithm,
+    engine_state,
     index_dtype,
-    private_comm,
 )
+from .tuner import WIN_MARGIN
 
 # mpi4py Datatypes are not hashable: a list of pairs.
 _FLOAT_TYPES = [(MPI.FLOAT, np.dtype(np.float32)), (MPI.DOUBLE, np.dtype(np.float64))]
@@ -127,7 +130,8 @@ class Comm:
         Messages smaller than this go straight to ``MPI_Allreduce`` (the
         sparsity check would cost more than it can save).
     algorithm : str
-        ``"auto"`` or one of :data:`scaleml.cost_model.ALGORITHMS` to force.
+        ``"auto"`` or one of :data:`scaleml.algorithms.NAMES` to force (agreed
+        between ranks like every other argument).
 
     Examples
     --------
@@ -142,8 +146,8 @@ class Comm:
             comm = comm.mpi_comm
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"scaleml.Comm wraps an mpi4py Intracomm, got {type(comm).__name__}")
-        if algorithm != "auto" and algorithm not in cost_model.ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algorithm!r}")
+        if algorithm != "auto":
+            algorithms.get(algorithm)  # ValueError naming the choices
         self._comm = comm
         self.min_count = int(min_count)
         self.algorithm = algorithm
@@ -187,8 +191,57 @@ class Comm:
         plan = self._plan(sendbuf, recvbuf, op)
         if plan is None:
             return self._comm.Allreduce(sendbuf, recvbuf, op)
-        self._sparse_allreduce(sendbuf, recvbuf, op, *plan)
+        dtype, n = plan
+        state = engine_state(self._comm)
+        stats = state.tuner.stats("Allreduce", dtype.itemsize, n)
+        stats.calls += 1
+        if self.algorithm == "auto" and stats.calls <= stats.mpi_until:
+            self._mpi_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
+        else:
+            self._engine_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
         return None
+
+    def _mpi_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype,
+                       n: int) -> None:
+        """MPI won this size class at its last check: MPI_Allreduce with no agreement (see scaleml.tuner).
+
+        A rank whose buffers are bad still joins the MPI_Allreduce, with NaN,
+        then raises through the agreement. Every rank's sum then holds NaN, and
+        ranks that see NaN join the agreement too: they raise with it, or, when
+        no rank failed, the NaN was the data's and the result stands as MPI's.
+        """
+        t0 = time.perf_counter()
+        try:
+            _, recv = self._buffers(sendbuf, recvbuf, dtype, n)
+        except _LocalError as exc:
+            poison = np.full(n, np.nan, dtype)
+            self._comm.Allreduce(MPI.IN_PLACE, poison, op)
+            agree(state, exc, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce")
+            raise AssertionError("unreachable: the agreement raises this rank's error") from exc  # pragma: no cover
+        self._comm.Allreduce(sendbuf, recvbuf, op)
+        stats.record_mpi(time.perf_counter() - t0)
+        if lib.scaleml_has_nan(ffi.from_buffer(recv), n, dtype.itemsize):
+            agree(state, None, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce")
+
+    def _buffers(self, sendbuf: Any, recvbuf: Any, dtype: np.dtype, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(send, recv) as flat float arrays without copies; local errors as _LocalError."""
+        rbuf, _, rcount, rdispl = _parse_spec(recvbuf)
+        recv = _as_array(rbuf, dtype, n, rdispl, writable=True)
+        if sendbuf is MPI.IN_PLACE or sendbuf is None:
+            return recv, recv
+        try:
+            sbuf, sdtype, scount, sdispl = _parse_spec(sendbuf)
+        except _Unsupported:
+            raise _LocalError(1, TypeError("Allreduce: send buffer is not float32/float64 data like "
+                                           "the receive buffer")) from None
+        if sdtype != dtype:
+            raise _LocalError(1, TypeError(f"Allreduce: send dtype {sdtype} differs from receive "
+                                           f"dtype {dtype}"))
+        scount = _element_count(sbuf, sdtype, scount)
+        if scount != n:
+            raise _LocalError(2, ValueError(f"Allreduce: send count {scount} differs from receive "
+                                            f"count {n}"))
+        return _as_array(sbuf, dtype, n, sdispl, writable=False), recv
 
     def _plan(self, sendbuf: Any, recvbuf: Any, op: MPI.Op) -> tuple[np.dtype, int] | None:
         """(dtype, count) when the engine may take this call, else None.
@@ -205,44 +258,45 @@ class Comm:
             return None
         return (dtype, n) if n >= self.min_count else None
 
-    def _sparse_allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype, n: int) -> None:
-        private = private_comm(self._comm)
+    def _engine_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype,
+                          n: int) -> None:
+        t0 = time.perf_counter()
         error = None
         send = recv = None
         try:
-            rbuf, _, rcount, rdispl = _parse_spec(recvbuf)
-            recv = _as_array(rbuf, dtype, n, rdispl, writable=True)
-            if sendbuf is MPI.IN_PLACE or sendbuf is None:
-                send = recv
-            else:
-                try:
-                    sbuf, sdtype, scount, sdispl = _parse_spec(sendbuf)
-                except _Unsupported:
-                    raise _LocalError(1, TypeError("Allreduce: send buffer is not float32/float64 data like "
-                                                   "the receive buffer")) from None
-                if sdtype != dtype:
-                    raise _LocalError(1, TypeError(f"Allreduce: send dtype {sdtype} differs from receive "
-                                                   f"dtype {dtype}"))
-                scount = _element_count(sbuf, sdtype, scount)
-                if scount != n:
-                    raise _LocalError(2, ValueError(f"Allreduce: send count {scount} differs from receive "
-                                                    f"count {n}"))
-                send = _as_array(sbuf, dtype, n, sdispl, writable=False)
+            send, recv = self._buffers(sendbuf, recvbuf, dtype, n)
         except _LocalError as exc:
             error = exc
         nnz = count_nonzeros(send) if error is None else 0
-        agreement = agree(private, error, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=nnz,
-                          op_name="Allreduce")
+        agreement = agree(state, error, n=n, value_bytes=dtype.itemsize,
+                          algorithm=algorithms.code_of(self.algorithm), out=0, nnz=nnz, op_name="Allreduce",
+                          reports=stats.reports_ns())
+        stats.learn(agreement.engine_ns, agreement.mpi_ns)
         idx_dtype = index_dtype(n)
-        chosen, predicted = choose_algorithm(self.algorithm, n, private.Get_size(), agreement,
-                                             idx_dtype.itemsize, dtype.itemsize, "dense", dense_input=True)
+        P = state.private.Get_size()
+        predicted = _predict(n, P, agreement, idx_dtype.itemsize, dtype.itemsize, False, dense_input=True)
+        if self.algorithm != "auto":
+            chosen = self.algorithm
+        else:
+            # MPI_Allreduce on the caller's buffers is the alternative: an engine algorithm must beat
+            # its measured time (the model's until measured) by a margin.
+            best = choose_algorithm(predicted, agreement, stats, exclude=("dense",))
+            mpi = stats.mpi_seconds if stats.mpi_seconds is not None else predicted["dense"]
+            if stats.estimate(best, predicted[best]) < WIN_MARGIN * mpi:
+                chosen = best
+                stats.stay_engine()
+            else:
+                chosen = "dense"
+                stats.go_mpi()
         if chosen == "dense":  # MPI's own Allreduce on the caller's buffers: no copies
+            t_mpi = time.perf_counter()
             self._comm.Allreduce(sendbuf, recvbuf, op)
-            P = private.Get_size()
+            stats.record_mpi(time.perf_counter() - t_mpi)
             self.last_info = AllreduceInfo("dense", self.algorithm, agreement.nnz_max, agreement.nnz_sum,
                                            2 * (P - 1) * n * dtype.itemsize // P, predicted)
             return
         idx, vals = extract_nonzeros(send, nnz, idx_dtype)
-        _, info = _run(private, idx, vals, n, chosen, "dense", agreement, dense_out=recv)
+        _, info = _run(state.private, idx, vals, n, chosen, "dense", agreement, dense_out=recv)
+        stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
         info.requested, info.predicted = self.algorithm, predicted
         self.last_info = info

@@ -1,4 +1,8 @@
-"""Alpha-beta cost model of the sparse AllReduce family; ``auto`` picks its minimum.
+"""Alpha-beta cost model of the sparse AllReduce family; ``auto`` starts from its minimum.
+
+The formulas live next to each algorithm, in its C file (the registry's cost
+functions); this module holds the machine parameters and the Python entry
+points. Measured times correct the predictions online (:mod:`scaleml.tuner`).
 
 Each prediction is ``messages * alpha + bytes_on_the_wire * beta + bytes_touched * gamma``
 along the critical path of one rank, with the step counts and bytes that the
@@ -19,16 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import warnings
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
-ALGORITHMS = ("recursive_doubling", "split_allgather", "split_dense", "dense")
-"""Algorithms of :func:`scaleml.sparse_allreduce`, in the order of their C codes (1..4)."""
+from . import algorithms
+from ._native import lib
 
-HEADER_BYTES = 16  # per packed segment (sparse_vector.h)
+ALGORITHMS = algorithms.NAMES
+"""Algorithms of :func:`scaleml.sparse_allreduce`, in registry order (see :mod:`scaleml.algorithms`)."""
 
 
 @dataclass(frozen=True)
@@ -100,28 +104,14 @@ def set_params(alpha: float | None = None, beta: float | None = None, gamma: flo
     return _params
 
 
-def _log2_floor(p: int) -> int:
-    return p.bit_length() - 1
-
-
 def expected_union(n: int, k_mean: float, ranks: float) -> float:
     """Expected nnz of the sum of ``ranks`` vectors with ``k_mean`` random non-zeros each."""
-    if n == 0 or k_mean <= 0:
-        return 0.0
-    density = min(k_mean / n, 1.0)
-    return n * -_expm1_log1p(ranks, -density)
-
-
-def _expm1_log1p(m: float, x: float) -> float:
-    # (1 + x)^m - 1, accurate for tiny x (very sparse vectors in huge dimensions)
-    if x <= -1.0:
-        return -1.0
-    return math.expm1(m * math.log1p(x))
+    return float(lib.scaleml_expected_union(n, k_mean, ranks))
 
 
 def predict(algorithm: str, n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,
             out: str = "dense", params: CostParams | None = None, dense_input: bool = False) -> float:
-    """Predicted seconds of one sparse AllReduce.
+    """Predicted seconds of one sparse AllReduce (the cost function of the algorithm's C file).
 
     Parameters
     ----------
@@ -141,51 +131,11 @@ def predict(algorithm: str, n: int, P: int, nnz_max: int, nnz_sum: int, index_by
         Machine parameters; default :func:`get_params`.
     dense_input : bool
         The caller holds dense vectors (``scaleml.Comm.Allreduce``): every
-        algorithm but ``dense`` first scans them for non-zeros.
+        algorithm that takes only sparse input first scans them for non-zeros.
     """
     p = params or _params
-    c_s, c_d = index_bytes + value_bytes, value_bytes
-    dense_bytes = n * c_d
-    k = float(nnz_max)
-    k_mean = nnz_sum / P if P else 0.0
-
-    def wire(entries: float) -> float:  # bytes of a segment of `entries` non-zeros over n
-        return HEADER_BYTES + min(entries * c_s, dense_bytes)
-
-    K = expected_union(n, k_mean, P)
-    frac = (P - 1) / P
-    log_p = _log2_floor(P) if P > 1 else 0
-    if algorithm == "recursive_doubling":
-        p2 = 1 << log_p
-        extra = P - p2
-        time = 0.0
-        if extra:
-            time += 2 * p.alpha + p.beta * (wire(k) + wire(K)) + p.gamma * wire(2 * k)
-        for i in range(log_p):
-            held = expected_union(n, k_mean, min(P, (1 << i) * P / p2))
-            size = wire(held)
-            time += p.alpha + p.beta * size + p.gamma * 3 * size  # pack, merge both inputs
-        result_sparse = K * c_s < dense_bytes
-    elif algorithm in ("split_allgather", "split_dense"):
-        slice_dense = dense_bytes / P
-        time = (P - 1) * p.alpha + p.beta * frac * min(k * c_s, dense_bytes) + p.gamma * 2 * min(k * c_s, dense_bytes)
-        if algorithm == "split_allgather":
-            gathered = min(K * c_s, dense_bytes) + P * HEADER_BYTES
-            time += 2 * log_p * p.alpha + p.beta * frac * gathered + p.gamma * 2 * gathered
-            result_sparse = K * c_s < dense_bytes
-        else:
-            time += log_p * p.alpha + p.beta * frac * dense_bytes + p.gamma * (slice_dense + dense_bytes)
-            result_sparse = False
-    elif algorithm == "dense":
-        time = 2 * log_p * p.alpha + p.beta * 2 * frac * dense_bytes + p.gamma * 2 * dense_bytes
-        result_sparse = False
-    else:
-        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
-    # Writing the requested output: a dense output or a dense result touches all n values.
-    time += p.gamma * (K * c_s if out == "sparse" and result_sparse else dense_bytes)
-    if dense_input and algorithm != "dense":
-        time += p.gamma * (dense_bytes + k * c_s)
-    return time
+    return algorithms.get(algorithm).cost(n, P, nnz_max, nnz_sum, index_bytes, value_bytes, out == "sparse",
+                                          dense_input, p.alpha, p.beta, p.gamma)
 
 
 def choose(n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,

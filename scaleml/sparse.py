@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from mpi4py import MPI
 
-from . import cost_model
+from . import algorithms, cost_model
 from ._native import check, comm_address, ffi, lib
+from .tuner import ClassStats, Tuner
 
 log = logging.getLogger("scaleml")
 
-Algorithm = Literal["auto", "recursive_doubling", "split_allgather", "split_dense", "dense"]
+Algorithm = str
+"""``"auto"`` or a name of :data:`scaleml.algorithms.NAMES`."""
 OutForm = Literal["dense", "sparse"]
 
-_ALGORITHM_CODES = {name: code for code, name in enumerate(cost_model.ALGORITHMS, start=1)}
 _OUT_CODES = {"dense": 0, "sparse": 1}
 _VALUE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INDEX_LIMIT_32 = 1 << 32
@@ -83,14 +85,41 @@ def index_dtype(n: int) -> np.dtype:
     return np.dtype(np.uint32) if n <= _INDEX_LIMIT_32 else np.dtype(np.uint64)
 
 
-# ---- a private duplicate of each user communicator ----------------------------------------
+# ---- a private duplicate of each user communicator, and the engine's state on it ----------
 
-_private_keyval: int | None = None
+_state_keyval: int | None = None
 
 
-def _free_private(comm: MPI.Comm, keyval: int, private: MPI.Comm) -> None:
-    if not MPI.Is_finalized() and private != MPI.COMM_NULL:
-        private.Free()
+@dataclass
+class EngineState:
+    """What the engine keeps per user communicator (identical on every rank)."""
+
+    private: MPI.Intracomm
+    """ScaleML's duplicate: its messages never match the application's."""
+    tuner: Tuner = field(default_factory=Tuner)
+    sequence: int = 0
+    """Agreements so far: ranks compare it, so a call is never paired with another call."""
+
+
+def _free_state(comm: MPI.Comm, keyval: int, state: EngineState) -> None:
+    if not MPI.Is_finalized() and state.private != MPI.COMM_NULL:
+        state.private.Free()
+
+
+def engine_state(comm: MPI.Comm) -> EngineState:
+    """ScaleML's state for ``comm`` (collective on first use: duplicates ``comm``; cached as an attribute)."""
+    global _state_keyval
+    if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
+        raise TypeError(f"expected an mpi4py intra-communicator, got {type(comm).__name__}")
+    if _state_keyval is None:
+        _state_keyval = MPI.Comm.Create_keyval(delete_fn=_free_state)
+    state = comm.Get_attr(_state_keyval)
+    if state is None:
+        private = comm.Dup()
+        private.Set_errhandler(MPI.ERRORS_RETURN)
+        state = EngineState(private)
+        comm.Set_attr(_state_keyval, state)
+    return state
 
 
 def private_comm(comm: MPI.Comm) -> MPI.Intracomm:
@@ -100,17 +129,7 @@ def private_comm(comm: MPI.Comm) -> MPI.Intracomm:
     they can never match a message of the application's, and it returns MPI
     errors instead of aborting, so they become Python exceptions.
     """
-    global _private_keyval
-    if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
-        raise TypeError(f"expected an mpi4py intra-communicator, got {type(comm).__name__}")
-    if _private_keyval is None:
-        _private_keyval = MPI.Comm.Create_keyval(delete_fn=_free_private)
-    private = comm.Get_attr(_private_keyval)
-    if private is None:
-        private = comm.Dup()
-        private.Set_errhandler(MPI.ERRORS_RETURN)
-        comm.Set_attr(_private_keyval, private)
-    return private
+    return engine_state(comm).private
 
 
 # ---- agreement between ranks ---------------------------------------------------------------
@@ -140,54 +159,80 @@ class Agreement:
     nnz_sum: int
     dense_fits: bool
     """Whether every rank has memory for a dense vector of n values."""
+    engine_ns: int = 0
+    """Agreed (MAX over ranks) time of the class's last engine call, for the tuner."""
+    mpi_ns: int = 0
+    """Agreed mean time of the class's plain MPI calls since its last agreement."""
 
 
-def agree(comm: MPI.Intracomm, error: _LocalError | None, *, n: int, value_bytes: int, algorithm: int,
-          out: int, nnz: int, op_name: str) -> Agreement:
+# Fields of the agreement (SCALEML_CONSENSUS_FIELDS int64: MAX over the first 20, SUM over the rest).
+# A value v with its negation -v beside it gives, after MAX, both max and -min: they differ iff ranks differ.
+_ERROR, _ERROR_RANK, _N, _VALUE_BYTES, _ALGORITHM, _OUT, _NNZ, _DENSE_MISSING, _PARAMS, _SEQUENCE = (
+    0, 1, 2, 4, 6, 8, 10, 12, 13, 15)
+_ENGINE_NS, _MPI_NS = 17, 18
+_NNZ_SUM, _FAILED = 20, 21
+_fields = np.zeros(lib.SCALEML_CONSENSUS_FIELDS, dtype=np.int64)
+_agreed = np.zeros_like(_fields)
+_fields_ptr = ffi.from_buffer("int64_t[]", _fields)
+_agreed_ptr = ffi.from_buffer("int64_t[]", _agreed)
+
+
+def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes: int, algorithm: int,
+          out: int, nnz: int, op_name: str, reports: tuple[int, int] = (0, 0)) -> Agreement:
     """One small MPI_Allreduce that checks arguments on all ranks at once.
 
     Raises the same kind of exception on every rank when any rank had a local
-    error or when ranks disagree on ``n``, dtype, algorithm or output form, so
-    a bad argument never leaves some ranks waiting in a collective.
+    error or when ranks disagree on ``n``, dtype, algorithm, output form, cost
+    parameters or the number of agreements so far, so a bad argument never
+    leaves some ranks waiting in a collective. ``reports`` are this rank's
+    timings for the tuner (nanoseconds), agreed as their maximum.
     """
-    fields = np.zeros(lib.SCALEML_CONSENSUS_FIELDS, dtype=np.int64)
-    rank = comm.Get_rank()
+    comm = state.private
+    state.sequence += 1
+    f = _fields
+    f[:] = 0
     if error is not None:
-        fields[0], fields[1] = error.code, rank
+        f[_ERROR], f[_ERROR_RANK] = error.code, comm.Get_rank()
         n = value_bytes = algorithm = out = nnz = 0
+        f[_FAILED] = 1
     else:
-        fields[1] = -1
-    fields[2:12] = [n, -n, value_bytes, -value_bytes, algorithm, -algorithm, out, -out, nnz, -nnz]
-    fields[12] = 0 if error is not None or _dense_fits(n, value_bytes) else 1
-    params = cost_model.params_fingerprint()
-    fields[13:15] = [params, -params]
-    fields[16] = nnz
-    fields[17] = 1 if error is not None else 0
-    agreed = np.zeros_like(fields)
-    check(lib.scaleml_consensus(comm_address(comm), ffi.from_buffer("int64_t[]", fields),
-                                ffi.from_buffer("int64_t[]", agreed)))
-    if agreed[0] > 0:
+        f[_ERROR_RANK] = -1
+        f[_DENSE_MISSING] = 0 if _dense_fits(n, value_bytes) else 1
+    for at, v in ((_N, n), (_VALUE_BYTES, value_bytes), (_ALGORITHM, algorithm), (_OUT, out), (_NNZ, nnz),
+                  (_PARAMS, cost_model.params_fingerprint()), (_SEQUENCE, state.sequence)):
+        f[at], f[at + 1] = v, -v
+    f[_ENGINE_NS], f[_MPI_NS] = reports
+    f[_NNZ_SUM] = nnz
+    check(lib.scaleml_consensus(comm_address(comm), _fields_ptr, _agreed_ptr))
+    a = _agreed
+    if a[_ERROR] > 0:
         if error is not None:
             raise error.exc
-        kind, what = _LOCAL_ERRORS.get(int(agreed[0]), (ValueError, "invalid argument"))
-        raise kind(f"{op_name}: {what} on rank {int(agreed[1])} ({int(agreed[17])} rank(s) failed); "
+        kind, what = _LOCAL_ERRORS.get(int(a[_ERROR]), (ValueError, "invalid argument"))
+        raise kind(f"{op_name}: {what} on rank {int(a[_ERROR_RANK])} ({int(a[_FAILED])} rank(s) failed); "
                    "see that rank's exception")
 
     def differs(i: int) -> bool:
-        return bool(agreed[i] != -agreed[i + 1])
+        return bool(a[i] != -a[i + 1])
 
-    if differs(2):
-        raise ValueError(f"{op_name}: n differs between ranks (from {-agreed[3]} to {agreed[2]})")
-    if differs(4):
+    if differs(_SEQUENCE):
+        raise RuntimeError(f"{op_name}: ranks are in different collective calls (agreement {-a[_SEQUENCE + 1]} "
+                           f"to {a[_SEQUENCE]}): every rank must make the same ScaleML calls in the same order")
+    if differs(_N):
+        raise ValueError(f"{op_name}: n differs between ranks (from {-a[_N + 1]} to {a[_N]})")
+    if differs(_VALUE_BYTES):
         raise TypeError(f"{op_name}: value dtype differs between ranks (float32 on some, float64 on others)")
-    if differs(6):
-        raise ValueError(f"{op_name}: algorithm differs between ranks")
-    if differs(8):
+    if differs(_ALGORITHM):
+        names = {0: "auto", **{alg.id: alg.name for alg in algorithms.REGISTRY.values()}}
+        raise ValueError(f"{op_name}: algorithm differs between ranks ({names.get(int(-a[_ALGORITHM + 1]))!r} "
+                         f"on some, {names.get(int(a[_ALGORITHM]))!r} on others)")
+    if differs(_OUT):
         raise ValueError(f"{op_name}: output form differs between ranks")
-    if differs(13):
+    if differs(_PARAMS):
         raise ValueError(f"{op_name}: cost-model parameters differ between ranks (is the calibration file "
                          f"{cost_model.calibration_file()} the same on every node? set_params on every rank?)")
-    return Agreement(nnz_max=int(agreed[10]), nnz_sum=int(agreed[16]), dense_fits=not agreed[12])
+    return Agreement(nnz_max=int(a[_NNZ]), nnz_sum=int(a[_NNZ_SUM]), dense_fits=not a[_DENSE_MISSING],
+                     engine_ns=int(a[_ENGINE_NS]), mpi_ns=int(a[_MPI_NS]))
 
 
 # ---- input preparation ---------------------------------------------------------------------
@@ -257,9 +302,12 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
         ``out="sparse"``).
     comm : mpi4py.MPI.Intracomm
         Any intra-communicator (``COMM_WORLD``, one from ``Split`` or ``Dup``).
-    algorithm : {"auto", "recursive_doubling", "split_allgather", "split_dense", "dense"}
-        ``auto`` picks the one with the least predicted time
-        (:mod:`scaleml.cost_model`); the same on every rank.
+    algorithm : str
+        ``"auto"`` or a name of :data:`scaleml.algorithms.NAMES`
+        (``recursive_doubling``, ``split_allgather``, ``split_dense``,
+        ``dense``); the same on every rank. ``auto`` picks the least estimated
+        time: the model of :mod:`scaleml.cost_model` corrected by the times
+        measured on earlier calls (:mod:`scaleml.tuner`).
     out : {"dense", "sparse"}
         Return a dense array of length ``n``, or a :class:`SparseVector` that
         holds every non-zero of the sum.
@@ -281,38 +329,55 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     op_name = "sparse_allreduce"
     error = None
     idx = vals = None
+    code = algorithms.code_of(algorithm)
     try:
-        if algorithm != "auto" and algorithm not in _ALGORITHM_CODES:
+        if code < 0:
             raise _LocalError(2, ValueError(f"unknown algorithm {algorithm!r}; expected 'auto' or one of "
-                                            f"{cost_model.ALGORITHMS}"))
+                                            f"{algorithms.NAMES}"))
         if out not in _OUT_CODES:
             raise _LocalError(2, ValueError(f"out must be 'dense' or 'sparse', got {out!r}"))
         idx, vals = _canonical_input(indices, values, n, check_finite)
-        if (out == "dense" or algorithm in ("dense", "split_dense")) and not _dense_fits(int(n), vals.itemsize):
+        needs_dense = out == "dense" or (code and "sparse" not in algorithms.BY_ID[code].result_forms)
+        if needs_dense and not _dense_fits(int(n), vals.itemsize):
             raise _LocalError(5, MemoryError(f"a dense vector of n = {n} does not fit in memory; "
                                              "use out='sparse' with a sparse algorithm"))
     except _LocalError as exc:
         error = exc
-    private = private_comm(comm)
-    agreement = agree(private, error, n=int(n) if error is None else 0,
-                      value_bytes=vals.itemsize if vals is not None else 0,
-                      algorithm=_ALGORITHM_CODES.get(algorithm, 0), out=_OUT_CODES.get(out, 0),
-                      nnz=idx.size if idx is not None else 0, op_name=op_name)
-    chosen, predicted = choose_algorithm(algorithm, int(n), private.Get_size(), agreement, idx.itemsize,
-                                         vals.itemsize, out)
-    result, info = _run(private, idx, vals, int(n), chosen, out, agreement)
+    t0 = time.perf_counter()
+    state = engine_state(comm)
+    ok = error is None
+    stats = state.tuner.stats("sparse_allreduce", vals.itemsize if ok else 0, int(n) if ok else 0,
+                              out if ok else "")
+    stats.calls += 1
+    agreement = agree(state, error, n=int(n) if ok else 0, value_bytes=vals.itemsize if ok else 0,
+                      algorithm=max(code, 0), out=_OUT_CODES.get(out, 0), nnz=idx.size if ok else 0,
+                      op_name=op_name, reports=stats.reports_ns())
+    stats.learn(agreement.engine_ns, agreement.mpi_ns)
+    P = state.private.Get_size()
+    predicted = _predict(int(n), P, agreement, idx.itemsize, vals.itemsize, out == "sparse", dense_input=False)
+    chosen = algorithm if code else choose_algorithm(predicted, agreement, stats)
+    result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement)
+    stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = algorithm, predicted
     return (result, info) if return_info else result
 
 
-def choose_algorithm(algorithm: str, n: int, P: int, agreement: Agreement, index_bytes: int,
-                     value_bytes: int, out: str, dense_input: bool = False) -> tuple[str, dict[str, float]]:
-    """The algorithm to run (the same on every rank: it depends only on agreed values)."""
-    chosen, predicted = cost_model.choose(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes,
-                                          value_bytes, out, dense_input=dense_input)
-    if not agreement.dense_fits:
-        chosen = min(("recursive_doubling", "split_allgather"), key=lambda a: predicted[a])
-    return (chosen if algorithm == "auto" else algorithm), predicted
+def _predict(n: int, P: int, agreement: Agreement, index_bytes: int, value_bytes: int, sparse_out: bool,
+             dense_input: bool) -> dict[str, float]:
+    """The model's prediction for every registered algorithm (seconds)."""
+    p = cost_model.get_params()
+    return {a.name: a.cost(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes, value_bytes, sparse_out,
+                           dense_input, p.alpha, p.beta, p.gamma)
+            for a in algorithms.REGISTRY.values()}
+
+
+def choose_algorithm(predicted: dict[str, float], agreement: Agreement, stats: ClassStats,
+                     exclude: tuple[str, ...] = ()) -> str:
+    """The algorithm with the least estimated time (model x measured correction); the same on every rank,
+    since it depends only on agreed values. Without memory for n values only sparse-result algorithms qualify."""
+    candidates = [a.name for a in algorithms.REGISTRY.values() if a.name not in exclude
+                  and (agreement.dense_fits or "sparse" in a.result_forms)]
+    return min(candidates, key=lambda a: stats.estimate(a, predicted[a]))  # ties: registry order
 
 
 def _run(private: MPI.Intracomm, idx: np.ndarray, vals: np.ndarray, n: int, chosen: str, out: str,
@@ -325,8 +390,8 @@ def _run(private: MPI.Intracomm, idx: np.ndarray, vals: np.ndarray, n: int, chos
     if out == "dense":
         dense = np.empty(n, dtype=vals.dtype) if dense_out is None else dense_out
     check(lib.scaleml_sparse_allreduce(
-        comm_address(private), _ALGORITHM_CODES[chosen], n, idx.itemsize, vals.itemsize, idx.size,
-        ffi.from_buffer(idx), ffi.from_buffer(vals),
+        comm_address(private), algorithms.REGISTRY[chosen].id, n, idx.itemsize, vals.itemsize, idx.size,
+        agreement.nnz_max, agreement.nnz_sum, ffi.from_buffer(idx), ffi.from_buffer(vals),
         ffi.NULL if dense is None else ffi.from_buffer(dense, require_writable=True), result_ptr, bytes_sent))
     res = ffi.gc(result_ptr[0], lib.scaleml_result_free)
     info = AllreduceInfo(algorithm=chosen, requested=chosen, nnz_max=agreement.nnz_max,

@@ -1,0 +1,105 @@
+"""The registry of collective algorithms, as the C core defines it (``csrc/collectives/registry.c``).
+
+Every algorithm is one entry there: its name, C entry point, cost function and
+capabilities. This module is a read-only view of that table; selection
+(:mod:`scaleml.cost_model`, :mod:`scaleml.tuner`), argument validation, the
+benchmark's method list, the documentation table and the parametrised tests
+all read it, so an algorithm added in C appears everywhere at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._native import check, ffi, lib
+
+_FORMS = {"sparse": lib.SCALEML_FORM_SPARSE, "dense": lib.SCALEML_FORM_DENSE}
+_FORMATS = {np.dtype(np.float32): lib.SCALEML_FORMAT_FLOAT32, np.dtype(np.float64): lib.SCALEML_FORMAT_FLOAT64}
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One registry entry."""
+
+    id: int
+    """Code passed to the C core (1..count); 0 is ``auto``."""
+    name: str
+    when: str
+    """The regime it is made for."""
+    messages: str
+    """Messages each rank sends."""
+    bytes: str
+    """Bytes each rank sends."""
+    input_forms: frozenset[str]
+    """``"sparse"``, ``"dense"``: what it takes without converting."""
+    result_forms: frozenset[str]
+    """Forms its result can stay in; without ``"sparse"`` it needs memory for n values."""
+    value_dtypes: tuple[np.dtype, ...]
+    exact: bool
+
+    def cost(self, n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,
+             sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float) -> float:
+        """Predicted seconds (the alpha-beta-gamma model of the algorithm's C file)."""
+        case = ffi.new("scaleml_cost_case *", {
+            "n": n, "ranks": P, "nnz_max": nnz_max, "nnz_sum": nnz_sum, "index_bytes": index_bytes,
+            "value_bytes": value_bytes, "sparse_out": int(sparse_out), "dense_input": int(dense_input)})
+        params = ffi.new("scaleml_cost_params *", {"alpha": alpha, "beta": beta, "gamma": gamma})
+        return float(lib.scaleml_algorithm_cost(self.id, case, params))
+
+
+def _load() -> dict[str, Algorithm]:
+    table = {}
+    info = ffi.new("scaleml_algorithm_info *")
+    for code in range(1, lib.scaleml_algorithm_count() + 1):
+        check(lib.scaleml_algorithm_describe(code, info))
+
+        def text(ptr) -> str:
+            return ffi.string(ptr).decode()
+
+        entry = Algorithm(
+            id=code, name=text(info.name), when=text(info.when), messages=text(info.messages),
+            bytes=text(info.bytes),
+            input_forms=frozenset(f for f, bit in _FORMS.items() if info.input_forms & bit),
+            result_forms=frozenset(f for f, bit in _FORMS.items() if info.result_forms & bit),
+            value_dtypes=tuple(dt for dt, bit in _FORMATS.items() if info.value_formats & bit),
+            exact=bool(info.exact))
+        table[entry.name] = entry
+    return table
+
+
+REGISTRY: dict[str, Algorithm] = _load()
+"""Every algorithm by name, in id order."""
+
+NAMES: tuple[str, ...] = tuple(REGISTRY)
+"""Algorithm names in id order (what ``algorithm=`` accepts besides ``"auto"``)."""
+
+BY_ID: dict[int, Algorithm] = {a.id: a for a in REGISTRY.values()}
+
+
+def get(name: str) -> Algorithm:
+    """The entry of ``name``; ``ValueError`` naming the choices for an unknown one."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown algorithm {name!r}; expected 'auto' or one of {NAMES}") from None
+
+
+def code_of(name: object) -> int:
+    """The agreed code of an ``algorithm=`` argument: 0 for ``"auto"``, the id otherwise, -1 if unknown."""
+    if name == "auto":
+        return 0
+    entry = REGISTRY.get(name) if isinstance(name, str) else None
+    return entry.id if entry else -1
+
+
+def markdown_table() -> str:
+    """The algorithm table of the README and docs/algorithms.md, generated from the registry."""
+    lines = ["| algorithm | when | messages | bytes sent per rank |", "|---|---|---|---|"]
+    lines += [f"| `{a.name}` | {a.when} | {a.messages} | {a.bytes} |" for a in REGISTRY.values()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m scaleml.algorithms: print the docs table
+    print(markdown_table())

@@ -1,0 +1,103 @@
+"""Online correction of the cost model: every rank learns the same measured times and keeps choosing alike.
+
+The alpha-beta model predicts; measurements decide. Each collective call of a
+size class (value width, ``n.bit_length()``, entry point) is timed on every
+rank, and the next agreement of that class carries the times (MAX over ranks:
+the collective's time as its slowest rank sees it). Every rank therefore
+updates identical statistics from identical agreed numbers, and its choices,
+which depend only on agreed values, stay identical without extra messages.
+
+* For each algorithm the tuner keeps ``ratio = measured / predicted`` (an
+  exponential average) and ranks candidates by ``predicted * ratio``; an
+  algorithm never measured in a class keeps ratio 1 (the model alone).
+* For the drop-in it also keeps the time of plain ``MPI_Allreduce`` in the
+  class. When the best engine estimate is not clearly faster (below
+  :data:`WIN_MARGIN` of MPI's time), the class goes to MPI directly, with no
+  agreement at all, for the next ``backoff`` calls (4, then x4 up to 1024), so
+  small and mid-size messages cost what MPI costs; the call that ends the
+  period re-checks with fresh numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+WIN_MARGIN = 0.9
+"""An engine algorithm replaces MPI only when its estimate is below this fraction of MPI's time."""
+INITIAL_BACKOFF = 4
+MAX_BACKOFF = 1024
+_EMA = 0.5
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else (1 - _EMA) * old + _EMA * new
+
+
+@dataclass
+class ClassStats:
+    """What the ranks have agreed about one size class (identical on every rank)."""
+
+    calls: int = 0
+    mpi_until: int = 0
+    """Calls up to this count go to MPI without an agreement."""
+    backoff: int = INITIAL_BACKOFF
+    ratio: dict[str, float] = field(default_factory=dict)
+    """Measured / predicted time per algorithm (agreed)."""
+    mpi_seconds: float | None = None
+    """Agreed time of plain MPI_Allreduce in this class."""
+    last_engine: tuple[str, float] | None = None
+    """(algorithm, predicted seconds) of the last engine call, whose time the next agreement reports."""
+    # this rank's own measurements, reported at the next agreement of the class
+    _engine_local: float = 0.0
+    _mpi_local_total: float = 0.0
+    _mpi_local_count: int = 0
+
+    def reports_ns(self) -> tuple[int, int]:
+        """(last engine call, mean MPI call) of this rank in nanoseconds, 0 for none; then cleared."""
+        mpi = self._mpi_local_total / self._mpi_local_count if self._mpi_local_count else 0.0
+        engine = self._engine_local
+        self._engine_local, self._mpi_local_total, self._mpi_local_count = 0.0, 0.0, 0
+        return int(engine * 1e9), int(mpi * 1e9)
+
+    def learn(self, engine_ns: int, mpi_ns: int) -> None:
+        """Update from the agreed (MAX over ranks) reports."""
+        if engine_ns > 0 and self.last_engine is not None:
+            algorithm, predicted = self.last_engine
+            if predicted > 0:
+                self.ratio[algorithm] = _average(self.ratio.get(algorithm), engine_ns * 1e-9 / predicted)
+        self.last_engine = None
+        if mpi_ns > 0:
+            self.mpi_seconds = _average(self.mpi_seconds, mpi_ns * 1e-9)
+
+    def estimate(self, algorithm: str, predicted: float) -> float:
+        return predicted * self.ratio.get(algorithm, 1.0)
+
+    def record_engine(self, algorithm: str, predicted: float, seconds: float) -> None:
+        self.last_engine = (algorithm, predicted)
+        self._engine_local = seconds
+
+    def record_mpi(self, seconds: float) -> None:
+        self._mpi_local_total += seconds
+        self._mpi_local_count += 1
+
+    def go_mpi(self) -> None:
+        """MPI won: skip agreements for the next ``backoff`` calls."""
+        self.mpi_until = self.calls + self.backoff
+        self.backoff = min(self.backoff * 4, MAX_BACKOFF)
+
+    def stay_engine(self) -> None:
+        self.backoff = INITIAL_BACKOFF
+
+
+class Tuner:
+    """Statistics per size class of one communicator."""
+
+    def __init__(self) -> None:
+        self.classes: dict[tuple, ClassStats] = {}
+
+    def stats(self, entry: str, value_bytes: int, n: int, *extra: object) -> ClassStats:
+        key = (entry, value_bytes, int(n).bit_length(), *extra)
+        found = self.classes.get(key)
+        if found is None:
+            found = self.classes[key] = ClassStats()
+        return found

@@ -37,8 +37,8 @@ typedef struct {
 typedef struct {
     uint64_t n;
     int ranks;
-    uint64_t nnz_max, nnz_sum;
-    int index_bytes, value_bytes;
+    double nnz_max, nnz_sum;   /* largest and total nnz over the ranks (the model takes fractional ones) */
+    double index_bytes, value_bytes;  /* bytes per index and value (fractional for quantized values) */
     int sparse_out;            /* the caller wants a sparse result */
     int dense_input;           /* the caller holds dense vectors that are scanned first */
 } scaleml_cost_case;

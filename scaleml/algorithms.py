@@ -43,7 +43,7 @@ class Algorithm:
              sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float) -> float:
         """Predicted seconds (the alpha-beta-gamma model of the algorithm's C file)."""
         case = ffi.new("scaleml_cost_case *", {
-            "n": n, "ranks": P, "nnz_max": nnz_max, "nnz_sum": nnz_sum, "index_bytes": index_bytes,
+            "n": int(n), "ranks": int(P), "nnz_max": nnz_max, "nnz_sum": nnz_sum, "index_bytes": index_bytes,
             "value_bytes": value_bytes, "sparse_out": int(sparse_out), "dense_input": int(dense_input)})
         params = ffi.new("scaleml_cost_params *", {"alpha": alpha, "beta": beta, "gamma": gamma})
         return float(lib.scaleml_algorithm_cost(self.id, case, params))

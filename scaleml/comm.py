@@ -224,7 +224,16 @@ class Comm:
             agree(state, None, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce")
 
     def _buffers(self, sendbuf: Any, recvbuf: Any, dtype: np.dtype, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(send, recv) as flat float arrays without copies; local errors as _LocalError."""
+        """(send, recv) as float arrays of n elements without copies; local errors as _LocalError."""
+        # The common case, plain contiguous arrays, in a few attribute reads: this runs on every call.
+        if type(recvbuf) is np.ndarray and recvbuf.dtype == dtype and recvbuf.size == n \
+                and recvbuf.flags.c_contiguous and recvbuf.flags.writeable:
+            recv = recvbuf.reshape(-1)
+            if sendbuf is MPI.IN_PLACE or sendbuf is None:
+                return recv, recv
+            if type(sendbuf) is np.ndarray and sendbuf.dtype == dtype and sendbuf.size == n \
+                    and sendbuf.flags.c_contiguous:
+                return sendbuf.reshape(-1), recv
         rbuf, _, rcount, rdispl = _parse_spec(recvbuf)
         recv = _as_array(rbuf, dtype, n, rdispl, writable=True)
         if sendbuf is MPI.IN_PLACE or sendbuf is None:
@@ -251,6 +260,8 @@ class Comm:
         """
         if op != MPI.SUM:
             return None
+        if type(recvbuf) is np.ndarray and recvbuf.dtype in _NUMPY_FLOATS:  # the common case, quickly
+            return (recvbuf.dtype, recvbuf.size) if recvbuf.size >= self.min_count else None
         try:
             buf, dtype, count, _ = _parse_spec(recvbuf)
             n = _element_count(buf, dtype, count)

@@ -47,6 +47,7 @@ typedef struct {
     double alpha;              /* seconds per message */
     double beta;               /* seconds per byte sent */
     double gamma;              /* seconds per byte of local work */
+    double delta;              /* seconds per call of the engine: the agreement and the Python around it */
 } scaleml_cost_params;
 
 int scaleml_algorithm_count(void);

@@ -40,12 +40,14 @@ class Algorithm:
     exact: bool
 
     def cost(self, n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,
-             sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float) -> float:
+             sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
+             delta: float = 0.0) -> float:
         """Predicted seconds (the alpha-beta-gamma model of the algorithm's C file)."""
         case = ffi.new("scaleml_cost_case *", {
             "n": int(n), "ranks": int(P), "nnz_max": nnz_max, "nnz_sum": nnz_sum, "index_bytes": index_bytes,
             "value_bytes": value_bytes, "sparse_out": int(sparse_out), "dense_input": int(dense_input)})
-        params = ffi.new("scaleml_cost_params *", {"alpha": alpha, "beta": beta, "gamma": gamma})
+        params = ffi.new("scaleml_cost_params *", {"alpha": alpha, "beta": beta, "gamma": gamma,
+                                                      "delta": delta})
         return float(lib.scaleml_algorithm_cost(self.id, case, params))
 
 

@@ -40,16 +40,20 @@ class CostParams:
     """Machine parameters of the model.
 
     Defaults describe a commodity cluster (5 us latency, about 10 Gbit/s per
-    link, 4 GB/s of local merge throughput). They are replaced, in this order,
-    by the file ``scaleml-bench calibrate`` writes (``$SCALEML_COST_FILE``, else
+    link, 4 GB/s of local merge throughput) and the engine's fixed cost per
+    call measured here (30 us: the agreement, an MPI_Allreduce of 192 bytes,
+    and the Python around it). They are replaced, in this order, by the file
+    ``scaleml-bench calibrate`` writes (``$SCALEML_COST_FILE``, else
     ``~/.config/scaleml/cost_model.json``), the environment variables
-    ``SCALEML_ALPHA``, ``SCALEML_BETA`` and ``SCALEML_GAMMA`` (seconds, seconds
-    per byte, seconds per byte), and :func:`set_params`.
+    ``SCALEML_ALPHA``, ``SCALEML_BETA``, ``SCALEML_GAMMA`` and
+    ``SCALEML_DELTA`` (seconds, seconds per byte, seconds per byte, seconds),
+    and :func:`set_params`.
     """
 
     alpha: float = 5e-6
     beta: float = 1.0 / 1.25e9
     gamma: float = 1.0 / 4e9
+    delta: float = 30e-6
 
 
 def calibration_file() -> Path:
@@ -58,16 +62,20 @@ def calibration_file() -> Path:
     return Path(configured) if configured else Path.home() / ".config" / "scaleml" / "cost_model.json"
 
 
+_FIELDS = ("alpha", "beta", "gamma", "delta")
+
+
 def _params_from_env() -> CostParams:
     params = CostParams()
     path = calibration_file()
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            params = replace(params, **{f: float(saved[f]) for f in ("alpha", "beta", "gamma") if f in saved})
+            params = replace(params, **{f: float(saved[f]) for f in _FIELDS if f in saved})
         except (OSError, ValueError, TypeError) as exc:
             warnings.warn(f"ignoring unreadable cost-model file {path}: {exc}", stacklevel=2)
-    for field, var in (("alpha", "SCALEML_ALPHA"), ("beta", "SCALEML_BETA"), ("gamma", "SCALEML_GAMMA")):
+    for field in _FIELDS:
+        var = f"SCALEML_{field.upper()}"
         if var in os.environ:
             params = replace(params, **{field: float(os.environ[var])})
     return params
@@ -87,19 +95,22 @@ def params_fingerprint() -> int:
     return int.from_bytes(digest, "little") >> 2
 
 
-def set_params(alpha: float | None = None, beta: float | None = None, gamma: float | None = None) -> CostParams:
+def set_params(alpha: float | None = None, beta: float | None = None, gamma: float | None = None,
+               delta: float | None = None) -> CostParams:
     """Set the parameters ``auto`` uses (every rank must set the same values).
 
     Parameters
     ----------
-    alpha, beta, gamma : float, optional
-        Latency per message (s), time per byte sent (s/B) and time per byte of
-        local work (s/B). Omitted ones keep their value.
+    alpha, beta, gamma, delta : float, optional
+        Latency per message (s), time per byte sent (s/B), time per byte of
+        local work (s/B) and the engine's fixed time per call (s). Omitted
+        ones keep their value.
     """
     global _params
-    changes = {k: float(v) for k, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)) if v is not None}
-    if any(v < 0 for v in changes.values()):
-        raise ValueError("cost parameters must be non-negative")
+    given = {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta}
+    changes = {k: float(v) for k, v in given.items() if v is not None}
+    if any(not v >= 0 for v in changes.values()):
+        raise ValueError("cost parameters must be non-negative numbers")
     _params = replace(_params, **changes)
     return _params
 
@@ -135,7 +146,7 @@ def predict(algorithm: str, n: int, P: int, nnz_max: int, nnz_sum: int, index_by
     """
     p = params or _params
     return algorithms.get(algorithm).cost(n, P, nnz_max, nnz_sum, index_bytes, value_bytes, out == "sparse",
-                                          dense_input, p.alpha, p.beta, p.gamma)
+                                          dense_input, p.alpha, p.beta, p.gamma, p.delta)
 
 
 def choose(n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,

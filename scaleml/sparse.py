@@ -367,7 +367,7 @@ def _predict(n: int, P: int, agreement: Agreement, index_bytes: int, value_bytes
     """The model's prediction for every registered algorithm (seconds)."""
     p = cost_model.get_params()
     return {a.name: a.cost(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes, value_bytes, sparse_out,
-                           dense_input, p.alpha, p.beta, p.gamma)
+                           dense_input, p.alpha, p.beta, p.gamma, p.delta)
             for a in algorithms.REGISTRY.values()}
 
 

@@ -171,12 +171,12 @@ def test_unknown_method_is_an_error():
 def test_model_subcommand_prints_every_algorithm(tmp_path, capsys):
     out = tmp_path / "model.json"
     assert bench.main(["model", "--n", "4194304", "--ranks", "4", "1024", "--density", "1e-3", "1e-1",
-                       "--alpha", "1e-6", "--beta", "1e-9", "--gamma", "0", "--json", str(out)]) == 0
+                       "--alpha", "1e-6", "--beta", "1e-9", "--gamma", "0", "--delta", "0", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     for name in ("recursive_doubling", "split_allgather", "split_dense", "dense", "auto"):
         assert name in text
     doc = json.loads(out.read_text())
-    assert doc["params"] == {"alpha": 1e-6, "beta": 1e-9, "gamma": 0.0}
+    assert doc["params"] == {"alpha": 1e-6, "beta": 1e-9, "gamma": 0.0, "delta": 0.0}
     assert len(doc["rows"]) == 4
     row = doc["rows"][0]
     # hand check of the dense prediction: 2 log2 P alpha + 2 (P-1)/P n c_d beta
@@ -188,7 +188,7 @@ def test_model_subcommand_prints_every_algorithm(tmp_path, capsys):
 def test_model_with_quantized_values(tmp_path):
     out = tmp_path / "model.json"
     assert bench.main(["model", "--n", "1048576", "--ranks", "8", "--density", "1", "--bits", "32", "8",
-                       "--alpha", "0", "--beta", "1e-9", "--gamma", "0", "--json", str(out)]) == 0
+                       "--alpha", "0", "--beta", "1e-9", "--gamma", "0", "--delta", "0", "--json", str(out)]) == 0
     full, quantized = json.loads(out.read_text())["rows"]
     # dense AllReduce of 8-bit values moves a quarter of the bytes of float32: 4x by the model
     assert quantized["dense_s"] == pytest.approx(full["dense_s"] / 4)
@@ -203,10 +203,12 @@ def test_calibrate_fits_and_saves(tmp_path):
     assert result.returncode == 0, result.stdout
     saved = json.loads(target.read_text())
     assert saved["alpha"] >= 0 and saved["beta"] > 0 and saved["gamma"] > 0
+    assert 0 < saved["delta"] < 0.1  # the engine's fixed cost per call: some microseconds, not nothing
     assert len(saved["samples"]) == 18  # 0 and 2^0 .. 2^16 bytes
     # auto reads the file at import
     check = run_mpi(1, ["-c", "import scaleml, json, sys; p = scaleml.cost_model.get_params(); "
-                              f"s = json.load(open({str(target)!r})); sys.exit(0 if p.beta == s['beta'] else 1)"],
+                              f"s = json.load(open({str(target)!r})); "
+                              "sys.exit(0 if (p.beta, p.delta) == (s['beta'], s['delta']) else 1)"],
                     timeout=120, env={"SCALEML_COST_FILE": str(target)})
     assert check.returncode == 0, check.stdout
 

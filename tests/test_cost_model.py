@@ -7,11 +7,12 @@ import math
 import pytest
 
 from scaleml import cost_model
-from scaleml.cost_model import CostParams, choose, expected_union, predict
+from scaleml.cost_model import ALGORITHMS, CostParams, choose, expected_union, predict
 
-LATENCY_ONLY = CostParams(alpha=1.0, beta=0.0, gamma=0.0)
-BANDWIDTH_ONLY = CostParams(alpha=0.0, beta=1.0, gamma=0.0)
-LOCAL_ONLY = CostParams(alpha=0.0, beta=0.0, gamma=1.0)
+LATENCY_ONLY = CostParams(alpha=1.0, beta=0.0, gamma=0.0, delta=0.0)
+BANDWIDTH_ONLY = CostParams(alpha=0.0, beta=1.0, gamma=0.0, delta=0.0)
+LOCAL_ONLY = CostParams(alpha=0.0, beta=0.0, gamma=1.0, delta=0.0)
+CALL_ONLY = CostParams(alpha=0.0, beta=0.0, gamma=0.0, delta=1.0)
 # n = 1000 float32 with 32-bit indices: c_s = 8, c_d = 4; each of P ranks holds k = 10
 N, K, IB, VB = 1000, 10, 4, 4
 
@@ -104,3 +105,9 @@ def test_set_params_and_environment(monkeypatch):
 def test_unknown_algorithm():
     with pytest.raises(ValueError, match="unknown algorithm"):
         predict("ring_of_fire", N, 4, K, 4 * K, IB, VB)
+
+
+def test_fixed_cost_per_call_is_paid_once_by_every_algorithm():
+    for algorithm in ALGORITHMS:
+        assert predict(algorithm, 1 << 20, 8, 100, 800, 4, 4, params=CALL_ONLY) == 1.0
+    assert choose(1 << 20, 8, 100, 800, 4, 4, params=CALL_ONLY)[0] == ALGORITHMS[0]  # ties: registry order

@@ -48,7 +48,7 @@ double scaleml_algorithm_cost(int id, const scaleml_cost_case *c, const scaleml_
     const sa_algorithm *a = sa_registry_lookup(id);
     if (!a || c->ranks < 1) return -1.0;
     int result_sparse = 0;
-    double time = a->cost(c, p, &result_sparse);
+    double time = p->delta + a->cost(c, p, &result_sparse);
     double c_s = c->index_bytes + c->value_bytes, dense_bytes = (double)c->n * c->value_bytes;
     double K = sa_expected_union(c->n, (double)c->nnz_sum / c->ranks, c->ranks);
     /* Writing the requested output: a dense output or a dense result touches all n values. */

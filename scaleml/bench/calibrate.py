@@ -53,12 +53,13 @@ def calibrate(args: argparse.Namespace) -> int:
     # gamma: the C merge itself, on every rank at once (ranks may share cores).
     comm.Barrier()
     gamma = comm.allreduce(float(lib.scaleml_merge_seconds_per_byte(1 << 20, 5)), MPI.MAX)
+    delta = delta_per_call(comm, alpha)
     fitted = (m <= 1024) | (m >= 65536)
     fit_error = float(np.max(np.abs((alpha_link + beta_link * m[fitted]) - t[fitted]) / t[fitted]))
     if rank == 0:
         print(f"alpha = {alpha * 1e6:.2f} us (ping-pong: {alpha_link * 1e6:.2f} us)   "
               f"beta = {beta * 1e9:.4f} ns/B ({1e-9 / beta:.3f} GB/s; one link alone: {1e-9 / beta_link:.3f} GB/s)   "
-              f"gamma = {gamma * 1e9:.4f} ns/B (sparse merge)\n"
+              f"gamma = {gamma * 1e9:.4f} ns/B (sparse merge)   delta = {delta * 1e6:.1f} us per call\n"
               f"ping-pong fit: worst relative error {fit_error:.0%} at <= 1 KiB and >= 64 KiB, ranks 0 <-> {peer}")
         for size, x in samples:
             fitted_us = (alpha_link + beta_link * size) * 1e6
@@ -66,12 +67,34 @@ def calibrate(args: argparse.Namespace) -> int:
         if not args.no_save:
             path = args.output or cost_model.calibration_file()
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"alpha": alpha, "beta": beta, "gamma": gamma, "alpha_ping_pong": alpha_link,
+            path.write_text(json.dumps({"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta,
+                                        "alpha_ping_pong": alpha_link,
                                         "beta_one_link": beta_link,
                                         "fit_max_rel_error": fit_error,
                                         "samples": samples, **run_metadata(comm, collective=False)}, indent=1))
             print(f"saved to {path} (read by algorithm='auto' at import; SCALEML_COST_FILE overrides the path)")
     return 0
+
+
+def delta_per_call(comm: MPI.Intracomm, alpha: float, rounds: int = 100) -> float:
+    """The engine's fixed seconds per call: a forced recursive doubling of empty vectors, less its messages.
+
+    What remains is the agreement (one small MPI_Allreduce), validation and
+    the Python around the C call: the cost model's ``delta``.
+    """
+    from ..sparse import sparse_allreduce
+
+    idx, vals = np.empty(0, np.uint32), np.empty(0, np.float32)
+    times = []
+    for i in range(rounds + 10):  # the first ten are a warm-up
+        comm.Barrier()
+        t0 = time.perf_counter()
+        sparse_allreduce(idx, vals, 1, comm, "recursive_doubling")
+        if i >= 10:
+            times.append(time.perf_counter() - t0)
+    P = comm.Get_size()
+    messages = (P.bit_length() - 1) + (2 if P & (P - 1) else 0)
+    return max(comm.allreduce(float(np.median(times)), MPI.MAX) - messages * alpha, 0.0)
 
 
 def alpha_under_load(comm: MPI.Intracomm, rounds: int = 200) -> float:

@@ -124,6 +124,7 @@ def build_model_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="seconds per message (default: the saved/current parameters)")
     p.add_argument("--beta", type=float, help="seconds per byte")
     p.add_argument("--gamma", type=float, help="seconds per byte of local work")
+    p.add_argument("--delta", type=float, help="seconds of the engine's fixed cost per call")
     p.add_argument("--json", type=Path, help="write the predictions as JSON")
     return p
 

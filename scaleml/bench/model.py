@@ -16,7 +16,7 @@ from ..sparse import index_dtype
 def model(args: argparse.Namespace) -> int:
     """Predictions of every algorithm, and the choice of auto."""
     params = cost_model.get_params()
-    overrides = {k: getattr(args, k) for k in ("alpha", "beta", "gamma") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("alpha", "beta", "gamma", "delta") if getattr(args, k) is not None}
     params = cost_model.CostParams(**{**asdict(params), **overrides})
     itemsize = np.dtype(args.dtype).itemsize
     bits_list = args.bits or [8.0 * itemsize]

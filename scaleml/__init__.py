@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from mpi4py import MPI  # noqa: F401  (loads libmpi before the extension does)
 
-from . import compress, cost_model
+from . import algorithms, compress, cost_model
 from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
 from .comm import Comm
 from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
@@ -27,6 +27,7 @@ __all__ = [
     "MalformedMessageError",
     "ScaleMLError",
     "SparseVector",
+    "algorithms",
     "compress",
     "cost_model",
     "index_dtype",

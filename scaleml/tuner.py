@@ -57,7 +57,7 @@ class ClassStats:
         mpi = self._mpi_local_total / self._mpi_local_count if self._mpi_local_count else 0.0
         engine = self._engine_local
         self._engine_local, self._mpi_local_total, self._mpi_local_count = 0.0, 0.0, 0
-        return int(engine * 1e9), int(mpi * 1e9)
+        return round(engine * 1e9), round(mpi * 1e9)
 
     def learn(self, engine_ns: int, mpi_ns: int) -> None:
         """Update from the agreed (MAX over ranks) reports."""

@@ -177,3 +177,16 @@ def test_cost_parameters_differ_between_ranks():
     finally:
         cost_model.set_params(alpha=before.alpha)
     still_works()
+
+
+def test_calls_out_of_step_raise_on_every_rank():
+    """A rank whose agreement count differs (its calls were paired with other calls) fails everywhere."""
+    state = scaleml.sparse.engine_state(comm)
+    idx, vals = good_input()
+    if rank == 0:
+        state.sequence += 1
+    with pytest.raises(RuntimeError, match="different collective calls") if size > 1 else _no_error():
+        scaleml.sparse_allreduce(idx, vals, N, comm)
+    if rank == 0:
+        state.sequence -= 1
+    still_works()

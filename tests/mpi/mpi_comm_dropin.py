@@ -135,7 +135,7 @@ def test_sparse_path_is_taken_and_reported():
     assert comm.last_info is None
 
 
-@pytest.mark.parametrize("algorithm", ["recursive_doubling", "split_allgather", "split_dense", "dense"])
+@pytest.mark.parametrize("algorithm", scaleml.algorithms.NAMES)  # every registered algorithm
 def test_forced_algorithm(algorithm):
     comm = scaleml.Comm(world, algorithm=algorithm, min_count=0)
     send = data_for("d", 3001)
@@ -189,12 +189,16 @@ def test_non_contiguous_send_buffer():
 
 
 def test_count_differs_between_ranks():
-    comm = scaleml.Comm(world, min_count=0)
+    # A fresh communicator: its calls go through the agreement. (Inside a period in which the tuner sends a
+    # size class straight to MPI, counts that differ get what plain MPI gives them; see docs/algorithms.md.)
+    fresh = world.Dup()
+    comm = scaleml.Comm(fresh, min_count=0)
     count = 100 + (rank % 2)
     send = data_for("f", count)
     recv = np.zeros_like(send)
     with pytest.raises(ValueError, match="n differs") if size > 1 else _no_error():
         comm.Allreduce(send, recv)
+    fresh.Free()
 
 
 def test_send_and_receive_dtype_differ():
@@ -216,3 +220,79 @@ class _no_error:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_forced_algorithm_differs_between_ranks():
+    names = scaleml.algorithms.NAMES
+    comm = scaleml.Comm(world, algorithm=names[rank % 2], min_count=0)
+    send = data_for("f", 500)
+    out = np.empty_like(send)
+    if size > 1:
+        with pytest.raises(ValueError, match="algorithm differs between ranks"):
+            comm.Allreduce(send, out)
+    else:
+        comm.Allreduce(send, out)
+    ok = scaleml.Comm(world, min_count=0)  # the communicator is still usable
+    ok.Allreduce(send, out)
+    expected = np.empty_like(send)
+    world.Allreduce(send, expected)
+    assert_same(out, expected)
+
+
+def _class_goes_to_mpi(comm, n: int, dtype) -> None:
+    """Put the drop-in's size class of n into its no-agreement MPI period (as the tuner does when MPI wins)."""
+    stats = scaleml.sparse.engine_state(comm.mpi_comm).tuner.stats("Allreduce", np.dtype(dtype).itemsize, n)
+    stats.mpi_until = stats.calls + 1000
+
+
+def test_mpi_period_bad_buffer_on_one_rank_raises_everywhere():
+    comm = scaleml.Comm(world, min_count=0)
+    n = 700
+    _class_goes_to_mpi(comm, n, np.float32)
+    send = data_for("f", n)
+    recv = np.zeros_like(send)
+    if rank == size - 1:
+        recv.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only|failed"):
+        comm.Allreduce(send, recv)
+    assert comm.last_info is None
+    recv = np.zeros_like(send)
+    comm.Allreduce(send, recv)  # and the next call is right
+    expected = np.empty_like(send)
+    world.Allreduce(send, expected)
+    assert_same(recv, expected)
+
+
+def test_mpi_period_nan_in_the_data_is_mpis_result():
+    comm = scaleml.Comm(world, min_count=0)
+    n = 701
+    _class_goes_to_mpi(comm, n, np.float64)
+    send = data_for("d", n)
+    if rank == 0:
+        send[5] = np.nan
+    recv = np.zeros_like(send)
+    comm.Allreduce(send, recv)  # no rank failed: the NaN is the data's, as with plain MPI
+    expected = np.empty_like(send)
+    world.Allreduce(send, expected)
+    assert np.isnan(recv[5]) and np.isnan(expected[5])
+    assert_same(np.nan_to_num(recv), np.nan_to_num(expected))
+
+
+def test_tuner_agrees_on_every_rank():
+    """After many calls of mixed density every rank holds the same tuner state (the choices depend on it)."""
+    comm = scaleml.Comm(world)
+    n = 1 << 14
+    rng = np.random.default_rng([3, rank])
+    for i in range(40):
+        send = np.zeros(n, np.float32)
+        density = (0.001, 0.5)[(i // 10) % 2]
+        send[rng.random(n) < density] = 1.0
+        out = np.empty_like(send)
+        comm.Allreduce(send, out)
+        expected = np.empty_like(send)
+        world.Allreduce(send, expected)
+        assert_same(out, expected)
+    state = scaleml.sparse.engine_state(world)
+    mine = {k: (v.calls, v.mpi_until, v.backoff, sorted(v.ratio.items()), v.mpi_seconds)
+            for k, v in state.tuner.classes.items()}
+    assert all(other == mine for other in world.allgather(mine))

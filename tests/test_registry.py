@@ -1,0 +1,70 @@
+"""The registry of algorithms (csrc/collectives/registry.c) is the one place every consumer reads."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaleml import algorithms, cost_model
+from scaleml._native import ffi, lib
+from scaleml.bench import METHODS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ids_are_contiguous_and_names_unique():
+    assert len(algorithms.NAMES) == lib.scaleml_algorithm_count() >= 1
+    assert [a.id for a in algorithms.REGISTRY.values()] == list(range(1, len(algorithms.NAMES) + 1))
+    assert len(set(algorithms.NAMES)) == len(algorithms.NAMES)
+    assert "auto" not in algorithms.NAMES
+
+
+@pytest.mark.parametrize("name", algorithms.NAMES)
+def test_every_entry_is_complete(name):
+    a = algorithms.REGISTRY[name]
+    assert a.when and a.messages and a.bytes
+    assert a.input_forms and a.input_forms <= {"sparse", "dense"}
+    assert a.result_forms and a.result_forms <= {"sparse", "dense"}
+    assert set(a.value_dtypes) == {np.dtype(np.float32), np.dtype(np.float64)}
+    assert a.exact
+    t = a.cost(1 << 20, 8, 1000, 8000, 4, 4, False, False, 5e-6, 1e-9, 1e-10, 1e-5)
+    assert math.isfinite(t) and t > 1e-5
+
+
+def test_unknown_ids_are_refused_in_c():
+    info = ffi.new("scaleml_algorithm_info *")
+    err_arg = 4  # SCALEML_ERR_ARG of csrc/core/errors.h
+    assert lib.scaleml_algorithm_describe(0, info) == err_arg
+    assert lib.scaleml_algorithm_describe(len(algorithms.NAMES) + 1, info) == err_arg
+    case = ffi.new("scaleml_cost_case *", {"n": 10, "ranks": 2})
+    params = ffi.new("scaleml_cost_params *")
+    assert lib.scaleml_algorithm_cost(99, case, params) == -1.0
+
+
+def test_consumers_read_the_registry():
+    assert cost_model.ALGORITHMS == algorithms.NAMES
+    assert set(algorithms.NAMES) | {"auto"} <= set(METHODS)  # the bench times every algorithm
+    assert algorithms.code_of("auto") == 0 and algorithms.code_of("nope") == -1 and algorithms.code_of(3) == -1
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        algorithms.get("nope")
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        cost_model.predict("nope", 10, 2, 1, 2, 4, 4)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/algorithms.md"])
+def test_docs_table_is_the_registry(doc):
+    """The table in the docs is what `python -m scaleml.algorithms` prints from the registry."""
+    assert algorithms.markdown_table() in (ROOT / doc).read_text()
+
+
+def test_only_sparse_result_algorithms_run_without_dense_memory():
+    from scaleml.sparse import Agreement, choose_algorithm
+    from scaleml.tuner import ClassStats
+
+    predicted = {name: 1.0 for name in algorithms.NAMES}
+    predicted["dense"] = predicted["split_dense"] = 0.0  # the model would pick these
+    chosen = choose_algorithm(predicted, Agreement(10, 20, dense_fits=False), ClassStats())
+    assert "sparse" in algorithms.REGISTRY[chosen].result_forms

@@ -1,0 +1,61 @@
+"""scaleml.tuner: measured times correct the model, and MPI periods back off (pure logic, no MPI)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaleml.tuner import INITIAL_BACKOFF, MAX_BACKOFF, ClassStats, Tuner
+
+
+def test_ratio_is_learned_from_agreed_reports():
+    s = ClassStats()
+    assert s.estimate("recursive_doubling", 2e-3) == 2e-3  # never measured: the model alone
+    s.record_engine("recursive_doubling", predicted=1e-3, seconds=4e-3)
+    engine_ns, mpi_ns = s.reports_ns()
+    assert (engine_ns, mpi_ns) == (4_000_000, 0)
+    assert s.reports_ns() == (0, 0)  # reported once
+    s.learn(engine_ns, mpi_ns)
+    assert s.ratio["recursive_doubling"] == pytest.approx(4.0)
+    assert s.estimate("recursive_doubling", 2e-3) == pytest.approx(8e-3)
+    s.record_engine("recursive_doubling", predicted=1e-3, seconds=2e-3)
+    s.learn(*s.reports_ns())
+    assert s.ratio["recursive_doubling"] == pytest.approx(3.0)  # an average, not the last sample
+
+
+def test_reports_without_a_pending_engine_call_teach_nothing():
+    s = ClassStats()
+    s.learn(5_000_000, 0)
+    assert s.ratio == {} and s.mpi_seconds is None
+
+
+def test_mpi_time_is_the_mean_of_the_calls_since_the_last_agreement():
+    s = ClassStats()
+    for t in (1e-4, 3e-4):
+        s.record_mpi(t)
+    engine_ns, mpi_ns = s.reports_ns()
+    assert engine_ns == 0 and mpi_ns == 200_000
+    s.learn(engine_ns, mpi_ns)
+    assert s.mpi_seconds == pytest.approx(2e-4)
+
+
+def test_backoff_grows_to_its_cap_and_resets():
+    s = ClassStats()
+    periods = []
+    for _ in range(10):
+        s.calls += 1
+        s.go_mpi()
+        periods.append(s.mpi_until - s.calls)
+        s.calls = s.mpi_until
+    assert periods[0] == INITIAL_BACKOFF and periods[-1] == MAX_BACKOFF
+    assert all(b >= a for a, b in zip(periods, periods[1:]))
+    s.stay_engine()
+    assert s.backoff == INITIAL_BACKOFF
+
+
+def test_classes_are_per_entry_width_and_size():
+    t = Tuner()
+    a = t.stats("Allreduce", 4, 5000)
+    assert t.stats("Allreduce", 4, 8000) is a  # same power of two
+    assert t.stats("Allreduce", 4, 9000) is not a
+    assert t.stats("Allreduce", 8, 5000) is not a
+    assert t.stats("sparse_allreduce", 4, 5000, "dense") is not a

@@ -22,6 +22,58 @@
 #define SCALEML_CAST_FP16 0
 #define SCALEML_CAST_BF16 1
 
+/* framing.c: the message header every compressed tensor starts with.
+ *
+ * Layout (little endian, 48 bytes): magic "SMLC", version (1), method, dtype
+ * code, ndim, uint64 element count, uint64 payload bytes, 4 x uint32 method
+ * parameters, uint32 CRC-32 (zlib's) of header and shape computed with this
+ * field zeroed, uint32 reserved (0); then ndim x uint64 shape; then the
+ * payload of the method's encoder. */
+#define SCALEML_COMPRESSED_HEADER_BYTES 48
+#define SCALEML_COMPRESSED_VERSION 1
+#define SCALEML_COMPRESSED_MAX_NDIM 8
+#define SCALEML_METHOD_QSGD 1
+#define SCALEML_METHOD_ONEBIT 2
+#define SCALEML_METHOD_TOPK 3
+#define SCALEML_METHOD_ADAPTIVE 4
+#define SCALEML_METHOD_ZIPML 5
+#define SCALEML_METHOD_CAST 6
+#define SCALEML_DTYPE_FLOAT32 1
+#define SCALEML_DTYPE_FLOAT64 2
+
+/* The fields of a header. shape[0 .. ndim) is used (the array has room for
+ * SCALEML_COMPRESSED_MAX_NDIM dimensions). crc and header_bytes are filled by
+ * scaleml_compressed_parse and ignored by scaleml_compressed_write_header. */
+typedef struct {
+    uint32_t method;          /* SCALEML_METHOD_* */
+    uint32_t dtype_code;      /* SCALEML_DTYPE_* */
+    uint32_t ndim;            /* 0 .. SCALEML_COMPRESSED_MAX_NDIM */
+    uint64_t count;           /* elements: the product of the shape, < 2^48 */
+    uint64_t payload_bytes;   /* bytes after header and shape */
+    uint32_t params[4];       /* method parameters */
+    uint64_t shape[8];
+    uint32_t crc;             /* the stored CRC-32 */
+    size_t header_bytes;      /* 48 + 8 ndim: offset of the payload */
+} scaleml_compressed_header;
+
+/* Bytes of header and shape for ndim dimensions: 48 + 8 ndim. */
+size_t scaleml_compressed_header_bytes(uint32_t ndim);
+/* Write header and shape (with their CRC) into buf[0 .. cap); *header_bytes
+ * gets their size. SCALEML_ERR_ARG for an unknown method or dtype, ndim > 8,
+ * count differing from the product of the shape or >= 2^48;
+ * SCALEML_ERR_TOO_LARGE when cap is smaller than the header. */
+int scaleml_compressed_write_header(uint8_t *buf, size_t cap, const scaleml_compressed_header *header,
+                                    size_t *header_bytes);
+/* Parse and validate the header of the message buf[0 .. bytes): magic,
+ * version, known method and dtype, ndim, truncation, CRC, shape product equal
+ * to the count (< 2^48), payload size equal to what follows the shape.
+ * SCALEML_ERR_MALFORMED with a message on any failure (the payload itself is
+ * validated by the method's decoder). */
+int scaleml_compressed_parse(const uint8_t *buf, size_t bytes, scaleml_compressed_header *header);
+/* CRC-32 of head[0 .. bytes) (header and shape) with the CRC field taken as
+ * zero: the value a header stores. SCALEML_ERR_ARG when bytes < 48. */
+int scaleml_compressed_header_crc(const uint8_t *head, size_t bytes, uint32_t *crc);
+
 /* counter_rng.c */
 uint64_t scaleml_rng_key(uint64_t seed, uint64_t rank, uint64_t step, uint64_t stream);
 void scaleml_rng_uniform(uint64_t key, uint64_t offset, uint64_t n, double *out);

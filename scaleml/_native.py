@@ -1,8 +1,17 @@
-"""Loads the C core and checks that it was built against the MPI mpi4py uses."""
+"""Loads the C core and checks that it was built against the MPI mpi4py uses.
+
+The exceptions and :func:`check` live in :mod:`scaleml.errors`; they are
+re-exported here for the modules that import them from ``_native``.
+"""
 
 from __future__ import annotations
 
 from mpi4py import MPI
+
+from .errors import CorruptBufferError, MalformedMessageError, ScaleMLError, check
+
+__all__ = ["BUILT_MPI_VENDOR", "CorruptBufferError", "MalformedMessageError", "ScaleMLError", "check",
+           "check_mpi_abi", "comm_address", "ffi", "lib"]
 
 _REBUILD_HINT = (
     "Rebuild ScaleML against the MPI that mpi4py loads: with the MPI from PyPI run "
@@ -45,24 +54,6 @@ def check_mpi_abi(built_vendor: str, built_handle_bytes: int, runtime_vendor: st
 
 BUILT_MPI_VENDOR = ffi.string(lib.scaleml_mpi_vendor()).decode()
 check_mpi_abi(BUILT_MPI_VENDOR, lib.scaleml_mpi_comm_handle_bytes(), MPI.get_vendor()[0], MPI._sizeof(MPI.Comm))
-
-
-class ScaleMLError(RuntimeError):
-    """An MPI or internal failure inside a ScaleML collective."""
-
-
-class MalformedMessageError(ScaleMLError):
-    """A received message did not match the wire format (corrupt or foreign data)."""
-
-
-_ERRORS = {1: MemoryError, 2: ScaleMLError, 3: MalformedMessageError, 4: ValueError, 5: MemoryError}
-
-
-def check(rc: int) -> None:
-    """Raise the exception that a C return code stands for."""
-    if rc:
-        message = ffi.string(lib.scaleml_error_message()).decode(errors="replace")
-        raise _ERRORS.get(rc, ScaleMLError)(message)
 
 
 def comm_address(comm: MPI.Comm) -> int:

@@ -1,0 +1,64 @@
+"""float16 / bfloat16 casting, the baseline: kernel in ``csrc/compress/cast.c``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from .._native import ffi, lib
+from ..errors import CorruptBufferError, check
+from .base import ArrayLike, Compressor, _as_input, _encode_retry, _out_array, _ptr, _wptr
+from .framing import Compressed, register_method
+
+CAST_ID = int(lib.SCALEML_METHOD_CAST)
+
+
+_CASTS = {"fp16": 0, "bf16": 1}
+
+
+class Cast(Compressor):
+    """float16 / bfloat16 casting with round to nearest even (the baseline).
+
+    Parameters
+    ----------
+    format : {"fp16", "bf16"}
+        Target format; values beyond its range (and NaN/Inf) raise ``ValueError``.
+    """
+
+    method = CAST_ID
+    name = "cast"
+
+    def __init__(self, format: Literal["fp16", "bf16"] = "fp16", seed: int = 0,
+                 rank: int | None = None) -> None:
+        super().__init__(seed, rank)
+        if format not in _CASTS:
+            raise ValueError(f"format must be 'fp16' or 'bf16', got {format!r}")
+        self.format = format
+
+    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
+        """Cast ``x`` to 16 bits."""
+        a = _as_input(x)
+        fmt = _CASTS[self.format]
+        xp = _ptr(a)
+
+        def call(out, cap, written):
+            written[0] = 2 * a.size
+            return lib.scaleml_cast_encode(xp, a.itemsize, a.size, fmt, ffi.cast("uint16_t *", out))
+
+        return _encode_retry(call, 2 * a.size, self.method, a.dtype, a.shape, (fmt,))
+
+
+def _decode_cast(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
+    fmt = c.params[0]
+    if fmt not in (0, 1):
+        raise CorruptBufferError(f"cast header: bad format {fmt}")
+    p = c.payload
+    if p.size != 2 * c.size:
+        raise CorruptBufferError(f"cast payload has {p.size} bytes, expected {2 * c.size}")
+    out = _out_array(c, out)
+    check(lib.scaleml_cast_decode(_ptr(p, "uint16_t *"), c.size, fmt, _wptr(out), out.itemsize))
+    return out
+
+
+register_method(Cast.method, Cast.name, _decode_cast)

@@ -1,0 +1,108 @@
+"""TopK sparsification (exact selection or sampled threshold): kernel in ``csrc/compress/topk.c``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._native import ffi, lib
+from ..errors import CorruptBufferError, check
+from .base import ArrayLike, Compressor, _as_input, _encode_retry, _out_array, _ptr, _wptr
+from .framing import BufferLike, Compressed, _as_compressed, register_method
+
+TOPK_ID = int(lib.SCALEML_METHOD_TOPK)
+
+
+class TopK(Compressor):
+    """TopK sparsification: the ``k`` entries of largest magnitude.
+
+    Parameters
+    ----------
+    k : int, optional
+        Entries to send (``0 <= k <= n``, checked at encode time).
+    ratio : float, optional
+        Alternatively the fraction of entries to send (``k = ceil(ratio * n)``).
+    approximate : bool
+        Estimate the threshold from ``sample`` random entries instead of an
+        exact selection; then about ``k`` entries are sent.
+    sample : int
+        Sample size of the approximate mode.
+    """
+
+    method = TOPK_ID
+    name = "topk"
+
+    def __init__(self, k: int | None = None, *, ratio: float | None = None, approximate: bool = False,
+                 sample: int = 16384, seed: int = 0, rank: int | None = None) -> None:
+        super().__init__(seed, rank)
+        if (k is None) == (ratio is None):
+            raise ValueError("give exactly one of k and ratio")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0):
+            raise ValueError(f"k must be a non-negative integer, got {k!r}")
+        if ratio is not None and not (0.0 <= ratio <= 1.0):
+            raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
+        if sample < 1:
+            raise ValueError("sample must be >= 1")
+        self.k, self.ratio, self.approximate, self.sample = k, ratio, bool(approximate), int(sample)
+
+    def k_for(self, n: int) -> int:
+        """The number of entries requested for a tensor of ``n`` elements."""
+        k = self.k if self.k is not None else math.ceil(self.ratio * n)  # type: ignore[operator]
+        if k > n:
+            raise ValueError(f"k = {k} exceeds the tensor size n = {n}")
+        return int(k)
+
+    def _encode(self, x: ArrayLike, step: int | None, residual: bool) -> tuple[Compressed, np.ndarray | None]:
+        a = _as_input(x)
+        if a.size > 1 << 32:
+            raise ValueError("TopK supports tensors of at most 2**32 elements (uint32 indices)")
+        k = self.k_for(a.size)
+        key = self._key(step)
+        res = np.empty_like(a) if residual else None
+        guess = k if not self.approximate else min(a.size, 2 * k + 64)
+        cap = int(lib.scaleml_topk_bytes(guess, a.itemsize))
+        xp = _ptr(a)
+        rp = _wptr(res) if res is not None else ffi.NULL
+
+        def call(out, cap, written):
+            return lib.scaleml_topk_encode(xp, a.itemsize, a.size, k, int(self.approximate), self.sample, key,
+                                           out, cap, written, rp)
+
+        return _encode_retry(call, cap, self.method, a.dtype, a.shape, (int(self.approximate),)), res
+
+    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
+        """Select the top entries of ``x`` (flattened)."""
+        return self._encode(x, step, False)[0]
+
+    def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
+        """Select and return the unsent remainder (x with the sent entries zeroed)."""
+        return self._encode(x, step, True)  # type: ignore[return-value]
+
+    @staticmethod
+    def entries(c: BufferLike) -> tuple[np.ndarray, np.ndarray]:
+        """Validated ``(indices, values)`` of a TopK message, ready for ``scaleml.sparse_allreduce``.
+
+        Indices are ``uint32``, sorted and unique (into the flattened tensor).
+        """
+        c = _as_compressed(c)
+        if c.method != TOPK_ID:
+            raise CorruptBufferError("not a TopK buffer")
+        p = c.payload
+        count = ffi.new("uint64_t *")
+        io, vo = ffi.new("size_t *"), ffi.new("size_t *")
+        check(lib.scaleml_topk_layout(_ptr(p, "uint8_t *"), p.size, c.size, c.dtype.itemsize, count, io, vo))
+        k = int(count[0])
+        idx = p[io[0]:io[0] + 4 * k].view(np.uint32)
+        val = p[vo[0]:vo[0] + c.dtype.itemsize * k].view(c.dtype)
+        return idx, val
+
+
+def _decode_topk(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
+    out = _out_array(c, out)
+    p = c.payload
+    check(lib.scaleml_topk_decode(_ptr(p, "uint8_t *"), p.size, out.size, _wptr(out), out.itemsize))
+    return out
+
+
+register_method(TopK.method, TopK.name, _decode_topk)

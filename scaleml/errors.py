@@ -1,0 +1,83 @@
+"""The exceptions of ScaleML and the one table that maps the C core's return codes to them.
+
+The C codes are defined in ``csrc/core/errors.h``; :func:`check` turns a
+non-zero code into the exception of :data:`EXCEPTIONS` carrying the C core's
+message (``scaleml_error_message``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["ERR_ARG", "ERR_MALFORMED", "ERR_MPI", "ERR_NOMEM", "ERR_TOO_LARGE", "EXCEPTIONS", "OK",
+           "CorruptBufferError", "MalformedMessageError", "ScaleMLError", "check", "error_for"]
+
+
+class ScaleMLError(RuntimeError):
+    """An MPI or internal failure inside a ScaleML collective."""
+
+
+class MalformedMessageError(ScaleMLError):
+    """A received message did not match the wire format (corrupt or foreign data)."""
+
+
+class CorruptBufferError(MalformedMessageError, ValueError):
+    """A message or compressed buffer failed validation (truncated, corrupted or foreign data).
+
+    It is what the C core's ``SCALEML_ERR_MALFORMED`` raises: a
+    :class:`MalformedMessageError` and, since the bytes a caller passed are a
+    bad value, a ``ValueError``.
+    """
+
+
+# The return codes of csrc/core/errors.h (SCALEML_OK, SCALEML_ERR_*).
+OK = 0
+ERR_NOMEM = 1       # an allocation failed
+ERR_MPI = 2         # an MPI call failed (MPI's own error string)
+ERR_MALFORMED = 3   # a message or compressed buffer failed validation
+ERR_ARG = 4         # a bad argument or non-finite input
+ERR_TOO_LARGE = 5   # an output buffer too small, or a count beyond what MPI takes
+
+#: C return code -> exception class: the one table of the package.
+EXCEPTIONS: dict[int, type[Exception]] = {
+    ERR_NOMEM: MemoryError,
+    ERR_MPI: ScaleMLError,
+    ERR_MALFORMED: CorruptBufferError,
+    ERR_ARG: ValueError,
+    ERR_TOO_LARGE: MemoryError,
+}
+
+
+def error_for(rc: int, message: str) -> Exception:
+    """The exception that C return code ``rc`` stands for, carrying ``message``.
+
+    Parameters
+    ----------
+    rc : int
+        A non-zero return code of the C core.
+    message : str
+        The C core's message for it.
+
+    Returns
+    -------
+    Exception
+        An instance of ``EXCEPTIONS[rc]`` (:class:`ScaleMLError` for an unknown code).
+    """
+    return EXCEPTIONS.get(rc, ScaleMLError)(message)
+
+
+def check(rc: int) -> None:
+    """Raise the exception that a C return code stands for (nothing for ``SCALEML_OK``).
+
+    Parameters
+    ----------
+    rc : int
+        Return code of a C core function.
+
+    Raises
+    ------
+    Exception
+        ``EXCEPTIONS[rc]`` with the C core's message when ``rc`` is not 0.
+    """
+    if rc:
+        from ._native import ffi, lib  # here, not at import: _native imports this module
+
+        raise error_for(rc, ffi.string(lib.scaleml_error_message()).decode(errors="replace"))

@@ -45,6 +45,17 @@ EXCEPTIONS: dict[int, type[Exception]] = {
     ERR_TOO_LARGE: MemoryError,
 }
 
+#: Agreement code -> (exception class, what it means): the errors one rank finds in its own arguments
+#: before a collective, which every rank then raises together (``scaleml.sparse.agree``). These
+#: codes travel between ranks in the agreement; they are not C return codes.
+AGREEMENT_EXCEPTIONS: dict[int, tuple[type[Exception], str]] = {
+    1: (TypeError, "unsupported argument type or dtype"),
+    2: (ValueError, "invalid argument"),
+    3: (ValueError, "index out of range [0, n)"),
+    4: (ValueError, "non-finite value (NaN or Inf)"),
+    5: (MemoryError, "result does not fit in memory"),
+}
+
 
 def error_for(rc: int, message: str) -> Exception:
     """The exception that C return code ``rc`` stands for, carrying ``message``.

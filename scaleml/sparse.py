@@ -13,6 +13,7 @@ from mpi4py import MPI
 
 from . import algorithms, cost_model
 from ._native import check, comm_address, ffi, lib
+from .errors import AGREEMENT_EXCEPTIONS
 from .tuner import ClassStats, Tuner
 
 log = logging.getLogger("scaleml")
@@ -135,13 +136,7 @@ def private_comm(comm: MPI.Comm) -> MPI.Intracomm:
 # ---- agreement between ranks ---------------------------------------------------------------
 
 # Local error codes: every rank learns the largest code and the rank that raised it.
-_LOCAL_ERRORS = {
-    1: (TypeError, "unsupported argument type or dtype"),
-    2: (ValueError, "invalid argument"),
-    3: (ValueError, "index out of range [0, n)"),
-    4: (ValueError, "non-finite value (NaN or Inf)"),
-    5: (MemoryError, "result does not fit in memory"),
-}
+_LOCAL_ERRORS = AGREEMENT_EXCEPTIONS  # scaleml/errors.py
 
 
 class _LocalError(Exception):

@@ -11,6 +11,7 @@ import pytest
 from scaleml import algorithms, cost_model
 from scaleml._native import ffi, lib
 from scaleml.bench import METHODS
+from scaleml.errors import ERR_ARG
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,9 +37,8 @@ def test_every_entry_is_complete(name):
 
 def test_unknown_ids_are_refused_in_c():
     info = ffi.new("scaleml_algorithm_info *")
-    err_arg = 4  # SCALEML_ERR_ARG of csrc/core/errors.h
-    assert lib.scaleml_algorithm_describe(0, info) == err_arg
-    assert lib.scaleml_algorithm_describe(len(algorithms.NAMES) + 1, info) == err_arg
+    assert lib.scaleml_algorithm_describe(0, info) == ERR_ARG
+    assert lib.scaleml_algorithm_describe(len(algorithms.NAMES) + 1, info) == ERR_ARG
     case = ffi.new("scaleml_cost_case *", {"n": 10, "ranks": 2})
     params = ffi.new("scaleml_cost_params *")
     assert lib.scaleml_algorithm_cost(99, case, params) == -1.0

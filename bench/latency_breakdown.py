@@ -4,8 +4,8 @@
 
 Rank 0 prints, for each step, the median over iterations of the slowest rank's
 time (every iteration starts after a barrier): plain ``MPI_Allreduce`` on the
-dense buffer, the agreement alone, the drop-in's local steps (buffer checks, NaN
-scan, non-zero count and extraction, the model's predictions), one engine call
+dense buffer, the agreement alone, the drop-in's local steps (buffer checks,
+non-zero count and extraction, the model's predictions), one engine call
 per registered algorithm, and the drop-in and ``auto`` end to end.
 """
 
@@ -20,7 +20,6 @@ from mpi4py import MPI
 
 import scaleml
 from scaleml import algorithms
-from scaleml._native import ffi, lib
 from scaleml.comm import count_nonzeros, extract_nonzeros
 from scaleml.sparse import _predict, agree, engine_state, index_dtype
 
@@ -63,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         "agreement (MPI_Iallreduce of 24 int64 + Python)":
             lambda: agree(state, None, n=n, value_bytes=4, algorithm=0, out=0, nnz=nnz, op_name="breakdown"),
         "drop-in buffer checks": lambda: dropin._buffers(x, y, x.dtype, n),
-        "NaN scan of the result": lambda: lib.scaleml_has_nan(ffi.from_buffer(y), n, 4),
         "count non-zeros": lambda: count_nonzeros(x),
         "extract non-zeros": lambda: extract_nonzeros(x, nnz, index_dtype(n)),
         "model predictions (all algorithms)": lambda: _predict(n, P, agreement, 4, 4, False, True),

@@ -55,6 +55,8 @@ int scaleml_algorithm_count(void);
 int scaleml_algorithm_describe(int id, scaleml_algorithm_info *info);
 /* Predicted seconds of algorithm id (alpha-beta-gamma model in its C file); -1 for an unknown id. */
 double scaleml_algorithm_cost(int id, const scaleml_cost_case *c, const scaleml_cost_params *p);
+/* The predictions of every algorithm at once: out[id - 1] for id 1..count. */
+void scaleml_algorithm_costs(const scaleml_cost_case *c, const scaleml_cost_params *p, double *out);
 /* Expected nnz of the sum of `ranks` random vectors of k_mean non-zeros each over n. */
 double scaleml_expected_union(uint64_t n, double k_mean, double ranks);
 
@@ -91,8 +93,6 @@ void scaleml_result_free(scaleml_result *result);
 /* Non-zeros of a dense float32/float64 vector (dense_scan.c): how many, and
  * their positions and values (at most capacity of them; returns how many). */
 uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes);
-/* 1 when any of the n values is NaN (the drop-in's check for a poisoned sum). */
-int scaleml_has_nan(const void *values, uint64_t n, int value_bytes);
 uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes,
                                   void *indices, void *out_values, uint64_t capacity);
 

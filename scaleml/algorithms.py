@@ -96,6 +96,23 @@ def code_of(name: object) -> int:
     return entry.id if entry else -1
 
 
+_case = ffi.new("scaleml_cost_case *")
+_params = ffi.new("scaleml_cost_params *")
+_costs = ffi.new("double[]", len(NAMES))
+
+
+def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, value_bytes: float,
+          sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
+          delta: float = 0.0) -> dict[str, float]:
+    """Predicted seconds of every algorithm by name (one C call; see :meth:`Algorithm.cost`)."""
+    c, p = _case, _params
+    c.n, c.ranks, c.nnz_max, c.nnz_sum = n, P, nnz_max, nnz_sum
+    c.index_bytes, c.value_bytes, c.sparse_out, c.dense_input = index_bytes, value_bytes, sparse_out, dense_input
+    p.alpha, p.beta, p.gamma, p.delta = alpha, beta, gamma, delta
+    lib.scaleml_algorithm_costs(c, p, _costs)
+    return dict(zip(NAMES, _costs))
+
+
 def markdown_table() -> str:
     """The algorithm table of the README and docs/algorithms.md, generated from the registry."""
     lines = ["| algorithm | when | messages | bytes sent per rank |", "|---|---|---|---|"]

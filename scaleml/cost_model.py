@@ -21,6 +21,7 @@ cheaper.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -91,7 +92,12 @@ def get_params() -> CostParams:
 
 def params_fingerprint() -> int:
     """A 62-bit digest of the parameters: ranks compare it so ``auto`` decides alike everywhere."""
-    digest = hashlib.blake2b(repr(astuple(_params)).encode(), digest_size=8).digest()
+    return _fingerprint(_params)
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(params: CostParams) -> int:  # every agreement sends it: computed once per value
+    digest = hashlib.blake2b(repr(astuple(params)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2
 
 

@@ -272,12 +272,18 @@ def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray
     return idx, vals
 
 
-def _dense_fits(n: int, value_bytes: int) -> bool:
+def _physical_memory() -> int:
     try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        memory = 1 << 62
-    return n * value_bytes < memory // 2
+        return 1 << 62
+
+
+_MEMORY = _physical_memory()
+
+
+def _dense_fits(n: int, value_bytes: int) -> bool:
+    return n * value_bytes < _MEMORY // 2
 
 
 def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WORLD,
@@ -349,6 +355,7 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
                       op_name=op_name, reports=stats.reports_ns())
     stats.learn(agreement.engine_ns, agreement.mpi_ns)
     P = state.private.Get_size()
+    stats.at_density(agreement.nnz_sum, P, int(n))
     predicted = _predict(int(n), P, agreement, idx.itemsize, vals.itemsize, out == "sparse", dense_input=False)
     chosen = algorithm if code else choose_algorithm(predicted, agreement, stats)
     result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement)
@@ -361,9 +368,8 @@ def _predict(n: int, P: int, agreement: Agreement, index_bytes: int, value_bytes
              dense_input: bool) -> dict[str, float]:
     """The model's prediction for every registered algorithm (seconds)."""
     p = cost_model.get_params()
-    return {a.name: a.cost(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes, value_bytes, sparse_out,
-                           dense_input, p.alpha, p.beta, p.gamma, p.delta)
-            for a in algorithms.REGISTRY.values()}
+    return algorithms.costs(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes, value_bytes, sparse_out,
+                            dense_input, p.alpha, p.beta, p.gamma, p.delta)
 
 
 def choose_algorithm(predicted: dict[str, float], agreement: Agreement, stats: ClassStats,

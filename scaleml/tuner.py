@@ -7,9 +7,12 @@ the collective's time as its slowest rank sees it). Every rank therefore
 updates identical statistics from identical agreed numbers, and its choices,
 which depend only on agreed values, stay identical without extra messages.
 
-* For each algorithm the tuner keeps ``ratio = measured / predicted`` (an
-  exponential average) and ranks candidates by ``predicted * ratio``; an
-  algorithm never measured in a class keeps ratio 1 (the model alone).
+* For each algorithm and density (half decades of the agreed nnz / (P n)) the
+  tuner keeps ``ratio = measured / predicted`` (an exponential average) and
+  ranks candidates by ``predicted * ratio``; an algorithm never measured at a
+  class and density keeps ratio 1 (the model alone). Densities are kept apart
+  because where the model errs depends on them (merging costs grow with the
+  union, which the model estimates).
 * For the drop-in it also keeps the time of plain ``MPI_Allreduce`` in the
   class. When the best engine estimate is not clearly faster (below
   :data:`WIN_MARGIN` of MPI's time), the class goes to MPI directly, with no
@@ -20,6 +23,7 @@ which depend only on agreed values, stay identical without extra messages.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 WIN_MARGIN = 0.9
@@ -27,6 +31,13 @@ WIN_MARGIN = 0.9
 INITIAL_BACKOFF = 4
 MAX_BACKOFF = 1024
 _EMA = 0.5
+
+
+def density_bucket(nnz_sum: int, ranks: int, n: int) -> int:
+    """Half decades of the mean density nnz_sum / (ranks n) (an agreed value, so the same on every rank)."""
+    if n <= 0 or ranks <= 0 or nnz_sum <= 0:
+        return -100
+    return math.floor(2 * math.log10(min(nnz_sum / (ranks * n), 1.0)))
 
 
 def _average(old: float | None, new: float) -> float:
@@ -41,12 +52,14 @@ class ClassStats:
     mpi_until: int = 0
     """Calls up to this count go to MPI without an agreement."""
     backoff: int = INITIAL_BACKOFF
-    ratio: dict[str, float] = field(default_factory=dict)
-    """Measured / predicted time per algorithm (agreed)."""
+    ratio: dict[tuple[str, int], float] = field(default_factory=dict)
+    """Measured / predicted time per (algorithm, density bucket) (agreed)."""
+    bucket: int = 0
+    """Density bucket of the current call (:func:`density_bucket` of the agreed nnz)."""
     mpi_seconds: float | None = None
     """Agreed time of plain MPI_Allreduce in this class."""
-    last_engine: tuple[str, float] | None = None
-    """(algorithm, predicted seconds) of the last engine call, whose time the next agreement reports."""
+    last_engine: tuple[str, int, float] | None = None
+    """(algorithm, density bucket, predicted seconds) of the last engine call, reported at the next agreement."""
     # this rank's own measurements, reported at the next agreement of the class
     _engine_local: float = 0.0
     _mpi_local_total: float = 0.0
@@ -62,18 +75,23 @@ class ClassStats:
     def learn(self, engine_ns: int, mpi_ns: int) -> None:
         """Update from the agreed (MAX over ranks) reports."""
         if engine_ns > 0 and self.last_engine is not None:
-            algorithm, predicted = self.last_engine
+            algorithm, bucket, predicted = self.last_engine
             if predicted > 0:
-                self.ratio[algorithm] = _average(self.ratio.get(algorithm), engine_ns * 1e-9 / predicted)
+                key = (algorithm, bucket)
+                self.ratio[key] = _average(self.ratio.get(key), engine_ns * 1e-9 / predicted)
         self.last_engine = None
         if mpi_ns > 0:
             self.mpi_seconds = _average(self.mpi_seconds, mpi_ns * 1e-9)
 
+    def at_density(self, nnz_sum: int, ranks: int, n: int) -> None:
+        """Set the density bucket of this call from agreed values."""
+        self.bucket = density_bucket(nnz_sum, ranks, n)
+
     def estimate(self, algorithm: str, predicted: float) -> float:
-        return predicted * self.ratio.get(algorithm, 1.0)
+        return predicted * self.ratio.get((algorithm, self.bucket), 1.0)
 
     def record_engine(self, algorithm: str, predicted: float, seconds: float) -> None:
-        self.last_engine = (algorithm, predicted)
+        self.last_engine = (algorithm, self.bucket, predicted)
         self._engine_local = seconds
 
     def record_mpi(self, seconds: float) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaleml.tuner import INITIAL_BACKOFF, MAX_BACKOFF, ClassStats, Tuner
+from scaleml.tuner import INITIAL_BACKOFF, MAX_BACKOFF, ClassStats, Tuner, density_bucket
 
 
 def test_ratio_is_learned_from_agreed_reports():
@@ -15,11 +15,11 @@ def test_ratio_is_learned_from_agreed_reports():
     assert (engine_ns, mpi_ns) == (4_000_000, 0)
     assert s.reports_ns() == (0, 0)  # reported once
     s.learn(engine_ns, mpi_ns)
-    assert s.ratio["recursive_doubling"] == pytest.approx(4.0)
+    assert s.ratio["recursive_doubling", s.bucket] == pytest.approx(4.0)
     assert s.estimate("recursive_doubling", 2e-3) == pytest.approx(8e-3)
     s.record_engine("recursive_doubling", predicted=1e-3, seconds=2e-3)
     s.learn(*s.reports_ns())
-    assert s.ratio["recursive_doubling"] == pytest.approx(3.0)  # an average, not the last sample
+    assert s.ratio["recursive_doubling", s.bucket] == pytest.approx(3.0)  # an average, not the last sample
 
 
 def test_reports_without_a_pending_engine_call_teach_nothing():
@@ -59,3 +59,22 @@ def test_classes_are_per_entry_width_and_size():
     assert t.stats("Allreduce", 4, 9000) is not a
     assert t.stats("Allreduce", 8, 5000) is not a
     assert t.stats("sparse_allreduce", 4, 5000, "dense") is not a
+
+
+def test_ratios_are_kept_per_density():
+    s = ClassStats()
+    s.at_density(40, 4, 1000)  # density 1e-2
+    s.record_engine("split_allgather", predicted=1e-3, seconds=5e-3)
+    s.learn(*s.reports_ns())
+    assert s.estimate("split_allgather", 1e-3) == pytest.approx(5e-3)
+    s.at_density(4, 4, 10_000)  # density 1e-4: nothing measured there yet
+    assert s.estimate("split_allgather", 1e-3) == pytest.approx(1e-3)
+    s.at_density(41, 4, 1000)  # the same half decade as the first
+    assert s.estimate("split_allgather", 1e-3) == pytest.approx(5e-3)
+
+
+def test_density_buckets():
+    assert density_bucket(0, 4, 100) == density_bucket(5, 4, 0) == -100
+    assert density_bucket(400, 4, 100) == 0  # dense
+    assert density_bucket(4, 4, 100) == -4  # 1e-2
+    assert density_bucket(4, 4, 1000) == density_bucket(12, 4, 1000) == -6  # 1e-3 .. 3.16e-3

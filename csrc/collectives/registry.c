@@ -58,3 +58,8 @@ double scaleml_algorithm_cost(int id, const scaleml_cost_case *c, const scaleml_
         time += p->gamma * (dense_bytes + (double)c->nnz_max * c_s);
     return time;
 }
+
+void scaleml_algorithm_costs(const scaleml_cost_case *c, const scaleml_cost_params *p, double *out)
+{
+    for (int id = 1; id <= REGISTRY_COUNT; id++) out[id - 1] = scaleml_algorithm_cost(id, c, p);
+}

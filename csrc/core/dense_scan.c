@@ -86,23 +86,3 @@ uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_byte
     return dense_extract_nonzeros(values, n, 0, value_bytes, index_bytes, indices, out_values, capacity);
 }
 
-/* x != x only for NaN; blocks of 1024 let the compiler vectorize the compare
- * and still stop early. */
-#define DEFINE_HAS_NAN(NAME, T)                                           \
-    static int NAME(const T *x, uint64_t n)                               \
-    {                                                                     \
-        for (uint64_t start = 0; start < n; start += 1024) {              \
-            uint64_t end = n - start < 1024 ? n : start + 1024;           \
-            int found = 0;                                                \
-            for (uint64_t i = start; i < end; i++) found |= x[i] != x[i]; \
-            if (found) return 1;                                          \
-        }                                                                 \
-        return 0;                                                         \
-    }
-DEFINE_HAS_NAN(has_nan_float, float)
-DEFINE_HAS_NAN(has_nan_double, double)
-
-int scaleml_has_nan(const void *values, uint64_t n, int value_bytes)
-{
-    return value_bytes == 4 ? has_nan_float(values, n) : has_nan_double(values, n);
-}

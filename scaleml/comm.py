@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import algorithms, cost_model
+from . import algorithms
 from ._native import ffi, lib
 from .sparse import (
     AllreduceInfo,
@@ -330,10 +330,9 @@ class Comm:
             # MPI_Allreduce on the caller's buffers is the alternative: an engine algorithm must beat
             # its measured time (the model's until measured) by a margin.
             best = choose_algorithm(predicted, agreement, stats, exclude=("dense",))
-            # MPI directly skips the engine's fixed cost per call (delta) that the dense prediction holds.
-            mpi = stats.mpi_seconds if stats.mpi_seconds is not None else \
-                predicted["dense"] - cost_model.get_params().delta
-            if stats.estimate(best, predicted[best]) < WIN_MARGIN * mpi:
+            if stats.mpi_seconds is None:
+                chosen = "dense"  # MPI's time in this class is measured first: it is what must not be lost to
+            elif stats.estimate(best, predicted[best]) < WIN_MARGIN * stats.mpi_seconds:
                 chosen = best
                 stats.stay_engine()
             else:

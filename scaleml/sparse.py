@@ -357,7 +357,12 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     P = state.private.Get_size()
     stats.at_density(agreement.nnz_sum, P, int(n))
     predicted = _predict(int(n), P, agreement, idx.itemsize, vals.itemsize, out == "sparse", dense_input=False)
-    chosen = algorithm if code else choose_algorithm(predicted, agreement, stats)
+    if code:
+        chosen = algorithm
+    elif agreement.dense_fits and not stats.measured("dense"):
+        chosen = "dense"  # MPI_Allreduce's time at this size and density first: the baseline never to lose to
+    else:
+        chosen = choose_algorithm(predicted, agreement, stats)
     result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement)
     stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = algorithm, predicted

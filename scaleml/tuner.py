@@ -13,6 +13,12 @@ which depend only on agreed values, stay identical without extra messages.
   class and density keeps ratio 1 (the model alone). Densities are kept apart
   because where the model errs depends on them (merging costs grow with the
   union, which the model estimates).
+* Plain ``MPI_Allreduce`` is measured first in every class (the ``dense``
+  algorithm for :func:`scaleml.sparse_allreduce`, at every density): it is the
+  baseline never to lose to, and the model, with its parameters for a network,
+  can be far off on shared memory. An engine algorithm is tried only where the
+  model, corrected by what has been measured, predicts it faster; its measured
+  time then corrects the model for the next calls.
 * For the drop-in it also keeps the time of plain ``MPI_Allreduce`` in the
   class. When the best engine estimate is not clearly faster (below
   :data:`WIN_MARGIN` of MPI's time), the class goes to MPI directly, with no
@@ -86,6 +92,10 @@ class ClassStats:
     def at_density(self, nnz_sum: int, ranks: int, n: int) -> None:
         """Set the density bucket of this call from agreed values."""
         self.bucket = density_bucket(nnz_sum, ranks, n)
+
+    def measured(self, algorithm: str) -> bool:
+        """Whether ``algorithm`` has an agreed time at the current density."""
+        return (algorithm, self.bucket) in self.ratio
 
     def estimate(self, algorithm: str, predicted: float) -> float:
         return predicted * self.ratio.get((algorithm, self.bucket), 1.0)

@@ -119,7 +119,9 @@ def test_sparse_path_is_taken_and_reported():
     send = np.zeros(n, np.float32)
     send[rng.choice(n, 20, replace=False)] = 1.0
     out = np.empty_like(send)
-    comm.Allreduce(send, out, MPI.SUM)
+    comm.Allreduce(send, out, MPI.SUM)  # the first call of a size class times MPI_Allreduce itself
+    assert comm.last_info is not None and comm.last_info.algorithm == "dense"
+    comm.Allreduce(send, out, MPI.SUM)  # 20 non-zeros against 2^18 values: the sparse path wins
     expected = np.empty_like(send)
     world.Allreduce(send, expected, MPI.SUM)
     assert_same(out, expected)
@@ -127,10 +129,12 @@ def test_sparse_path_is_taken_and_reported():
     if size > 1:
         assert comm.last_info.algorithm in ("recursive_doubling", "split_allgather")
     dense = rng.standard_normal(n).astype(np.float32)
-    comm.Allreduce(dense, out, MPI.SUM)
     world.Allreduce(dense, expected, MPI.SUM)
-    np.testing.assert_array_equal(out, expected)  # the dense path IS MPI_Allreduce
-    assert comm.last_info.algorithm == "dense"
+    for _ in range(6):  # an engine algorithm the model favours may be tried once; measured, it is compared with MPI
+        comm.Allreduce(dense, out, MPI.SUM)
+        assert_same(out, expected)
+        if comm.last_info is None or comm.last_info.algorithm == "dense":
+            np.testing.assert_array_equal(out, expected)  # the dense path IS MPI_Allreduce
     comm.Allreduce(dense, out, MPI.MAX)  # not SUM: straight to MPI
     assert comm.last_info is None
 

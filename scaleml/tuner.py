@@ -8,7 +8,9 @@ updates identical statistics from identical agreed numbers, and its choices,
 which depend only on agreed values, stay identical without extra messages.
 
 * For each algorithm and density (half decades of the agreed nnz / (P n)) the
-  tuner keeps ``ratio = measured / predicted`` (an exponential average) and
+  tuner keeps ``ratio = measured / predicted`` (the median of the last
+  :data:`WINDOW` agreed samples: times on ranks that share cores have heavy
+  tails, and one slow call must not flip a choice) and
   ranks candidates by ``predicted * ratio``; an algorithm never measured at a
   class and density keeps ratio 1 (the model alone). Densities are kept apart
   because where the model errs depends on them (merging costs grow with the
@@ -36,7 +38,8 @@ WIN_MARGIN = 0.9
 """An engine algorithm replaces MPI only when its estimate is below this fraction of MPI's time."""
 INITIAL_BACKOFF = 4
 MAX_BACKOFF = 1024
-_EMA = 0.5
+WINDOW = 5
+"""Agreed samples kept per estimate; the estimate is their median."""
 
 
 def density_bucket(nnz_sum: int, ranks: int, n: int) -> int:
@@ -46,8 +49,13 @@ def density_bucket(nnz_sum: int, ranks: int, n: int) -> int:
     return math.floor(2 * math.log10(min(nnz_sum / (ranks * n), 1.0)))
 
 
-def _average(old: float | None, new: float) -> float:
-    return new if old is None else (1 - _EMA) * old + _EMA * new
+def _push(samples: list[float], value: float) -> float:
+    """Append value, keep the last WINDOW samples, return their median."""
+    samples.append(value)
+    del samples[:-WINDOW]
+    ordered = sorted(samples)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
 
 
 @dataclass
@@ -66,16 +74,18 @@ class ClassStats:
     """Agreed time of plain MPI_Allreduce in this class."""
     last_engine: tuple[str, int, float] | None = None
     """(algorithm, density bucket, predicted seconds) of the last engine call, reported at the next agreement."""
+    _ratio_samples: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    _mpi_samples: list[float] = field(default_factory=list)
     # this rank's own measurements, reported at the next agreement of the class
     _engine_local: float = 0.0
-    _mpi_local_total: float = 0.0
-    _mpi_local_count: int = 0
+    _mpi_local: list[float] = field(default_factory=list)
 
     def reports_ns(self) -> tuple[int, int]:
-        """(last engine call, mean MPI call) of this rank in nanoseconds, 0 for none; then cleared."""
-        mpi = self._mpi_local_total / self._mpi_local_count if self._mpi_local_count else 0.0
+        """(last engine call, median MPI call) of this rank in nanoseconds, 0 for none; then cleared."""
+        mpi = sorted(self._mpi_local)[len(self._mpi_local) // 2] if self._mpi_local else 0.0
         engine = self._engine_local
-        self._engine_local, self._mpi_local_total, self._mpi_local_count = 0.0, 0.0, 0
+        self._engine_local = 0.0
+        self._mpi_local.clear()
         return round(engine * 1e9), round(mpi * 1e9)
 
     def learn(self, engine_ns: int, mpi_ns: int) -> None:
@@ -84,10 +94,10 @@ class ClassStats:
             algorithm, bucket, predicted = self.last_engine
             if predicted > 0:
                 key = (algorithm, bucket)
-                self.ratio[key] = _average(self.ratio.get(key), engine_ns * 1e-9 / predicted)
+                self.ratio[key] = _push(self._ratio_samples.setdefault(key, []), engine_ns * 1e-9 / predicted)
         self.last_engine = None
         if mpi_ns > 0:
-            self.mpi_seconds = _average(self.mpi_seconds, mpi_ns * 1e-9)
+            self.mpi_seconds = _push(self._mpi_samples, mpi_ns * 1e-9)
 
     def at_density(self, nnz_sum: int, ranks: int, n: int) -> None:
         """Set the density bucket of this call from agreed values."""
@@ -105,8 +115,7 @@ class ClassStats:
         self._engine_local = seconds
 
     def record_mpi(self, seconds: float) -> None:
-        self._mpi_local_total += seconds
-        self._mpi_local_count += 1
+        self._mpi_local.append(seconds)
 
     def go_mpi(self) -> None:
         """MPI won: skip agreements for the next ``backoff`` calls."""

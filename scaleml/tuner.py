@@ -10,7 +10,8 @@ which depend only on agreed values, stay identical without extra messages.
 * For each algorithm and density (half decades of the agreed nnz / (P n)) the
   tuner keeps ``ratio = measured / predicted`` (the median of the last
   :data:`WINDOW` agreed samples: times on ranks that share cores have heavy
-  tails, and one slow call must not flip a choice) and
+  tails, and one slow call must not flip a choice; MPI's time is the minimum
+  of its last samples, so a comparison leans towards MPI) and
   ranks candidates by ``predicted * ratio``; an algorithm never measured at a
   class and density keeps ratio 1 (the model alone). Densities are kept apart
   because where the model errs depends on them (merging costs grow with the
@@ -97,7 +98,9 @@ class ClassStats:
                 self.ratio[key] = _push(self._ratio_samples.setdefault(key, []), engine_ns * 1e-9 / predicted)
         self.last_engine = None
         if mpi_ns > 0:
-            self.mpi_seconds = _push(self._mpi_samples, mpi_ns * 1e-9)
+            # MPI's best recent time, not its median: the comparison leans towards MPI, the safe side.
+            _push(self._mpi_samples, mpi_ns * 1e-9)
+            self.mpi_seconds = min(self._mpi_samples)
 
     def at_density(self, nnz_sum: int, ranks: int, n: int) -> None:
         """Set the density bucket of this call from agreed values."""

@@ -201,6 +201,8 @@ class Comm:
         # The steady state of a size class that MPI won, with plain contiguous arrays, in a few attribute
         # reads: the same checks as _buffers and the same protocol as _mpi_allreduce, minus their calls.
         if type(recvbuf) is np.ndarray:
+            if recvbuf.size < self.min_count:  # below the engine's threshold: MPI, and nothing else on the way
+                return self._comm.Allreduce(sendbuf, recvbuf, op)
             stats = self._mpi_classes.get((recvbuf.size, recvbuf.dtype))
             if stats is not None and stats.calls < stats.mpi_until and op == MPI.SUM \
                     and recvbuf.flags.c_contiguous and recvbuf.flags.writeable \
@@ -329,10 +331,10 @@ class Comm:
         else:
             # MPI_Allreduce on the caller's buffers is the alternative: an engine algorithm must beat
             # its measured time (the model's until measured) by a margin.
+            # MPI's time in a class is measured first, by a few calls without agreement (what must not be
+            # lost to); an engine algorithm runs where it is estimated clearly faster.
             best = choose_algorithm(predicted, agreement, stats, exclude=("dense",))
-            if stats.mpi_seconds is None:
-                chosen = "dense"  # MPI's time in this class is measured first: it is what must not be lost to
-            elif stats.estimate(best, predicted[best]) < WIN_MARGIN * stats.mpi_seconds:
+            if stats.engine_may_win() and stats.estimate(best, predicted[best]) < WIN_MARGIN * stats.mpi_seconds:
                 chosen = best
                 stats.stay_engine()
             else:

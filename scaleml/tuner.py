@@ -73,6 +73,9 @@ class ClassStats:
     """Density bucket of the current call (:func:`density_bucket` of the agreed nnz)."""
     mpi_seconds: float | None = None
     """Agreed time of plain MPI_Allreduce in this class."""
+    engine_floor: float | None = None
+    """The least agreed time of any engine call in this class: the agreement and the Python around it
+    cost at least this much, so when it is not below MPI's time no untried algorithm is worth a try."""
     last_engine: tuple[str, int, float] | None = None
     """(algorithm, density bucket, predicted seconds) of the last engine call, reported at the next agreement."""
     _ratio_samples: dict[tuple[str, int], list[float]] = field(default_factory=dict)
@@ -96,6 +99,8 @@ class ClassStats:
             if predicted > 0:
                 key = (algorithm, bucket)
                 self.ratio[key] = _push(self._ratio_samples.setdefault(key, []), engine_ns * 1e-9 / predicted)
+            seconds = engine_ns * 1e-9
+            self.engine_floor = seconds if self.engine_floor is None else min(self.engine_floor, seconds)
         self.last_engine = None
         if mpi_ns > 0:
             # MPI's best recent time, not its median: the comparison leans towards MPI, the safe side.
@@ -119,6 +124,11 @@ class ClassStats:
 
     def record_mpi(self, seconds: float) -> None:
         self._mpi_local.append(seconds)
+
+    def engine_may_win(self) -> bool:
+        """Whether an engine call can beat MPI here at all (see :attr:`engine_floor`)."""
+        return self.mpi_seconds is not None and (
+            self.engine_floor is None or self.engine_floor < WIN_MARGIN * self.mpi_seconds)
 
     def go_mpi(self) -> None:
         """MPI won: skip agreements for the next ``backoff`` calls."""

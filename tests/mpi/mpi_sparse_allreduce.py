@@ -88,17 +88,24 @@ def test_split_and_dup_communicators():
         dup.Free()
 
 
-def test_auto_choice_follows_density():
+def test_auto_measures_mpi_first_then_follows_the_corrected_model():
+    """At a new size and density auto runs 'dense' (MPI_Allreduce, the baseline) once; then the least
+    estimate (model x measured ratio) wins, identically on every rank."""
+    c = comm.Dup()  # a fresh tuner
     n = 1 << 18
-    very_sparse = sparse_input(n, 1e-4, "overlap", np.float32, comm, 5)
-    dense = sparse_input(n, 1.0, "overlap", np.float32, comm, 5)
-    _, info_sparse = scaleml.sparse_allreduce(*very_sparse, n, comm, return_info=True)
-    _, info_dense = scaleml.sparse_allreduce(*dense, n, comm, return_info=True)
-    if comm.size > 1:
-        assert info_sparse.algorithm in ("recursive_doubling", "split_allgather")
-        assert info_dense.algorithm in ("dense", "split_dense")
-    assert info_sparse.predicted[info_sparse.algorithm] == min(info_sparse.predicted.values())
-    assert info_sparse.bytes_sent < info_dense.bytes_sent or comm.size == 1
+    for density in (1e-4, 1.0):
+        data = sparse_input(n, density, "overlap", np.float32, c, 5)
+        _, first = scaleml.sparse_allreduce(*data, n, c, return_info=True)
+        assert first.algorithm == "dense"
+        _, second = scaleml.sparse_allreduce(*data, n, c, return_info=True)
+        stats = scaleml.sparse.engine_state(c).tuner.stats("sparse_allreduce", 4, n, "dense")
+        assert stats.measured("dense")
+        estimates = {a: stats.estimate(a, p) for a, p in second.predicted.items()}
+        assert second.algorithm == min(estimates, key=estimates.get)
+        assert len(set(c.allgather(second.algorithm))) == 1
+        if density < 1 and second.algorithm != "dense":  # sparse data: fewer bytes than MPI's ring
+            assert second.bytes_sent < first.bytes_sent or c.size == 1
+    c.Free()
 
 
 def test_huge_dimension_sparse_output():

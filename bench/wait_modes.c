@@ -4,7 +4,7 @@
  * with rank ^ 1 (P even), 200 times after 5 warm-ups; rank 0 prints the
  * slowest rank's mean per exchange.
  *
- *   mpicc -O2 bench/wait_modes.c -o /tmp/wait_modes && mpiexec -n 4 /tmp/wait_modes
+ *   mkdir -p build && .venv/bin/mpicc -O2 bench/wait_modes.c -o build/wait_modes && .venv/bin/mpiexec -n 4 build/wait_modes
  *
  * With ranks sharing cores (4 ranks on 2), MPICH's blocking MPI_Mprobe spins
  * through a scheduler time slice; polling with a yield lets the partner run.

@@ -42,13 +42,9 @@ class Algorithm:
     def cost(self, n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,
              sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
              delta: float = 0.0) -> float:
-        """Predicted seconds (the alpha-beta-gamma model of the algorithm's C file)."""
-        case = ffi.new("scaleml_cost_case *", {
-            "n": int(n), "ranks": int(P), "nnz_max": nnz_max, "nnz_sum": nnz_sum, "index_bytes": index_bytes,
-            "value_bytes": value_bytes, "sparse_out": int(sparse_out), "dense_input": int(dense_input)})
-        params = ffi.new("scaleml_cost_params *", {"alpha": alpha, "beta": beta, "gamma": gamma,
-                                                      "delta": delta})
-        return float(lib.scaleml_algorithm_cost(self.id, case, params))
+        """Predicted seconds (the alpha-beta-gamma model of the algorithm's C file; see :func:`costs`)."""
+        return costs(n, P, nnz_max, nnz_sum, index_bytes, value_bytes, sparse_out, dense_input,
+                     alpha, beta, gamma, delta)[self.name]
 
 
 def _load() -> dict[str, Algorithm]:
@@ -106,7 +102,7 @@ def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, va
           delta: float = 0.0) -> dict[str, float]:
     """Predicted seconds of every algorithm by name (one C call; see :meth:`Algorithm.cost`)."""
     c, p = _case, _params
-    c.n, c.ranks, c.nnz_max, c.nnz_sum = n, P, nnz_max, nnz_sum
+    c.n, c.ranks, c.nnz_max, c.nnz_sum = int(n), int(P), nnz_max, nnz_sum
     c.index_bytes, c.value_bytes, c.sparse_out, c.dense_input = index_bytes, value_bytes, sparse_out, dense_input
     p.alpha, p.beta, p.gamma, p.delta = alpha, beta, gamma, delta
     lib.scaleml_algorithm_costs(c, p, _costs)

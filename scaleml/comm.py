@@ -199,7 +199,7 @@ class Comm:
         """
         self.last_info = None
         # The steady state of a size class that MPI won, with plain contiguous arrays, in a few attribute
-        # reads: the same checks as _buffers and the same protocol as _mpi_allreduce, minus their calls.
+        # reads: the checks of _buffers without its parsing, then the call of _mpi_allreduce.
         if type(recvbuf) is np.ndarray:
             if recvbuf.size < self.min_count:  # below the engine's threshold: MPI, and nothing else on the way
                 return self._comm.Allreduce(sendbuf, recvbuf, op)
@@ -210,16 +210,7 @@ class Comm:
                                                      and sendbuf.size == recvbuf.size
                                                      and sendbuf.flags.c_contiguous)):
                 stats.calls += 1
-                if stats.mpi_until - stats.calls < _TIMED_CALLS:  # the times the next check reports
-                    t0 = time.perf_counter()
-                    self._comm.Allreduce(sendbuf, recvbuf, op)
-                    stats.record_mpi(time.perf_counter() - t0)
-                else:
-                    self._comm.Allreduce(sendbuf, recvbuf, op)
-                first = recvbuf.item(0)
-                if first != first:  # NaN: a rank may have failed (see _mpi_allreduce)
-                    agree(self._state, None, n=recvbuf.size, value_bytes=recvbuf.itemsize, algorithm=0, out=0,
-                          nnz=0, op_name="Allreduce")
+                self._mpi_call(self._state, stats, sendbuf, recvbuf, op, recvbuf)
                 return None
         plan = self._plan(sendbuf, recvbuf, op)
         if plan is None:
@@ -246,7 +237,6 @@ class Comm:
         raise with it, or, when no rank failed, the NaN was the data's and the
         result stands as MPI's. The check costs one element, not a scan.
         """
-        t0 = time.perf_counter()
         try:
             _, recv = self._buffers(sendbuf, recvbuf, dtype, n)
         except _LocalError as exc:
@@ -256,11 +246,21 @@ class Comm:
             self._comm.Allreduce(MPI.IN_PLACE, poison, op)
             agree(state, exc, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce")
             raise AssertionError("unreachable: the agreement raises this rank's error") from exc  # pragma: no cover
-        self._comm.Allreduce(sendbuf, recvbuf, op)
-        stats.record_mpi(time.perf_counter() - t0)
-        first = recv[0]
-        if first != first:  # NaN: a rank may have failed
-            agree(state, None, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce")
+        self._mpi_call(state, stats, sendbuf, recvbuf, op, recv)
+
+    def _mpi_call(self, state, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, recv: np.ndarray) -> None:
+        """MPI_Allreduce in an MPI period, timed on the calls whose times the next check reports; NaN at
+        index 0 of the sum (a rank may have failed) leads every rank into the agreement."""
+        if stats.mpi_until - stats.calls < _TIMED_CALLS:
+            t0 = time.perf_counter()
+            self._comm.Allreduce(sendbuf, recvbuf, op)  # the caller's buffers, on the caller's communicator
+            stats.record_mpi(time.perf_counter() - t0)
+        else:
+            self._comm.Allreduce(sendbuf, recvbuf, op)
+        first = recv.item(0)
+        if first != first:
+            agree(state, None, n=recv.size, value_bytes=recv.itemsize, algorithm=0, out=0, nnz=0,
+                  op_name="Allreduce")
 
     def _buffers(self, sendbuf: Any, recvbuf: Any, dtype: np.dtype, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(send, recv) as float arrays of n elements without copies; local errors as _LocalError."""

@@ -123,16 +123,6 @@ def engine_state(comm: MPI.Comm) -> EngineState:
     return state
 
 
-def private_comm(comm: MPI.Comm) -> MPI.Intracomm:
-    """Return ScaleML's duplicate of ``comm`` (collective on first use; cached as an attribute).
-
-    The collectives send their point-to-point messages on this duplicate so
-    they can never match a message of the application's, and it returns MPI
-    errors instead of aborting, so they become Python exceptions.
-    """
-    return engine_state(comm).private
-
-
 # ---- agreement between ranks ---------------------------------------------------------------
 
 # Local error codes: every rank learns the largest code and the rank that raised it.

@@ -41,10 +41,10 @@ class Algorithm:
 
     def cost(self, n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,
              sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
-             delta: float = 0.0) -> float:
+             delta: float = 0.0, quantized_value_bytes: float = 0.0) -> float:
         """Predicted seconds (the alpha-beta-gamma model of the algorithm's C file; see :func:`costs`)."""
         return costs(n, P, nnz_max, nnz_sum, index_bytes, value_bytes, sparse_out, dense_input,
-                     alpha, beta, gamma, delta)[self.name]
+                     alpha, beta, gamma, delta, quantized_value_bytes)[self.name]
 
 
 def _load() -> dict[str, Algorithm]:
@@ -99,10 +99,16 @@ _costs = ffi.new("double[]", len(NAMES))
 
 def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, value_bytes: float,
           sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
-          delta: float = 0.0) -> dict[str, float]:
-    """Predicted seconds of every algorithm by name (one C call; see :meth:`Algorithm.cost`)."""
+          delta: float = 0.0, quantized_value_bytes: float = 0.0) -> dict[str, float]:
+    """Predicted seconds of every algorithm by name (one C call; see :meth:`Algorithm.cost`).
+
+    ``quantized_value_bytes`` is the size of a value in the caller's lossy
+    format (0: exact); the lossy algorithms and the sparse-to-quantized switch
+    are costed with it.
+    """
     c, p = _case, _params
     c.n, c.ranks, c.nnz_max, c.nnz_sum = int(n), int(P), nnz_max, nnz_sum
+    c.quantized_value_bytes = quantized_value_bytes
     c.index_bytes, c.value_bytes, c.sparse_out, c.dense_input = index_bytes, value_bytes, sparse_out, dense_input
     p.alpha, p.beta, p.gamma, p.delta = alpha, beta, gamma, delta
     lib.scaleml_algorithm_costs(c, p, _costs)
@@ -111,8 +117,9 @@ def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, va
 
 def markdown_table() -> str:
     """The algorithm table of the README and docs/algorithms.md, generated from the registry."""
-    lines = ["| algorithm | when | messages | bytes sent per rank |", "|---|---|---|---|"]
-    lines += [f"| `{a.name}` | {a.when} | {a.messages} | {a.bytes} |" for a in REGISTRY.values()]
+    lines = ["| algorithm | when | exact | messages | bytes sent per rank |", "|---|---|---|---|---|"]
+    lines += [f"| `{a.name}` | {a.when} | {'yes' if a.exact else 'no (needs `compression=`)'} | {a.messages} "
+              f"| {a.bytes} |" for a in REGISTRY.values()]
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from . import algorithms, cost_model
 from ._native import check, comm_address, ffi, lib
 from .errors import AGREEMENT_EXCEPTIONS
 from .tuner import ClassStats, Tuner
+from .value_format import ValueFormat, value_format
 
 log = logging.getLogger("scaleml")
 
@@ -79,6 +80,8 @@ class AllreduceInfo:
     """Bytes this rank put on the wire (dense path: the ring figure)."""
     predicted: dict[str, float] = field(default_factory=dict)
     """Model prediction in seconds for each algorithm."""
+    format: str = "exact"
+    """The value format on the wire: ``exact``, or the lossy one (``qsgd4``, ``fp16``, ``onebit``, ...)."""
 
 
 def index_dtype(n: int) -> np.dtype:
@@ -154,8 +157,8 @@ class Agreement:
 # A value v with its negation -v beside it gives, after MAX, both max and -min: they differ iff ranks differ.
 _ERROR, _ERROR_RANK, _N, _VALUE_BYTES, _ALGORITHM, _OUT, _NNZ, _DENSE_MISSING, _PARAMS, _SEQUENCE = (
     0, 1, 2, 4, 6, 8, 10, 12, 13, 15)
-_ENGINE_NS, _MPI_NS = 17, 18
-_NNZ_SUM, _FAILED = 20, 21
+_ENGINE_NS, _MPI_NS, _CODEC = 17, 18, 19
+_NNZ_SUM, _FAILED = 24, 25
 _fields = np.zeros(lib.SCALEML_CONSENSUS_FIELDS, dtype=np.int64)
 _agreed = np.zeros_like(_fields)
 _fields_ptr = ffi.from_buffer("int64_t[]", _fields)
@@ -163,14 +166,15 @@ _agreed_ptr = ffi.from_buffer("int64_t[]", _agreed)
 
 
 def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes: int, algorithm: int,
-          out: int, nnz: int, op_name: str, reports: tuple[int, int] = (0, 0)) -> Agreement:
+          out: int, nnz: int, op_name: str, reports: tuple[int, int] = (0, 0), codec: int = 0) -> Agreement:
     """One small MPI_Allreduce that checks arguments on all ranks at once.
 
     Raises the same kind of exception on every rank when any rank had a local
     error or when ranks disagree on ``n``, dtype, algorithm, output form, cost
     parameters or the number of agreements so far, so a bad argument never
     leaves some ranks waiting in a collective. ``reports`` are this rank's
-    timings for the tuner (nanoseconds), agreed as their maximum.
+    timings for the tuner (nanoseconds), agreed as their maximum; ``codec``
+    is the fingerprint of the lossy value format (0: exact), which must agree.
     """
     comm = state.private
     state.sequence += 1
@@ -178,13 +182,13 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
     f[:] = 0
     if error is not None:
         f[_ERROR], f[_ERROR_RANK] = error.code, comm.Get_rank()
-        n = value_bytes = algorithm = out = nnz = 0
+        n = value_bytes = algorithm = out = nnz = codec = 0
         f[_FAILED] = 1
     else:
         f[_ERROR_RANK] = -1
         f[_DENSE_MISSING] = 0 if _dense_fits(n, value_bytes) else 1
     for at, v in ((_N, n), (_VALUE_BYTES, value_bytes), (_ALGORITHM, algorithm), (_OUT, out), (_NNZ, nnz),
-                  (_PARAMS, cost_model.params_fingerprint()), (_SEQUENCE, state.sequence)):
+                  (_PARAMS, cost_model.params_fingerprint()), (_SEQUENCE, state.sequence), (_CODEC, codec)):
         f[at], f[at + 1] = v, -v
     f[_ENGINE_NS], f[_MPI_NS] = reports
     f[_NNZ_SUM] = nnz
@@ -213,6 +217,8 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
                          f"on some, {names.get(int(a[_ALGORITHM]))!r} on others)")
     if differs(_OUT):
         raise ValueError(f"{op_name}: output form differs between ranks")
+    if differs(_CODEC):
+        raise ValueError(f"{op_name}: compression (lossy value format and its parameters) differs between ranks")
     if differs(_PARAMS):
         raise ValueError(f"{op_name}: cost-model parameters differ between ranks (is the calibration file "
                          f"{cost_model.calibration_file()} the same on every node? set_params on every rank?)")
@@ -278,7 +284,7 @@ def _dense_fits(n: int, value_bytes: int) -> bool:
 
 def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WORLD,
                      algorithm: Algorithm = "auto", out: OutForm = "dense", *,
-                     check_finite: bool = True, return_info: bool = False):
+                     compression: object = None, check_finite: bool = True, return_info: bool = False):
     """Sum sparse vectors over all ranks of a communicator (collective).
 
     Parameters
@@ -302,6 +308,13 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     out : {"dense", "sparse"}
         Return a dense array of length ``n``, or a :class:`SparseVector` that
         holds every non-zero of the sum.
+    compression : QSGD, Cast or OneBit, optional
+        Opt into a lossy format (the same on every rank): a partial sum that
+        becomes dense continues as dense data in this format (the SparCML
+        sparse-to-dense-quantized switch: a segment travels quantized when its
+        sparse form would take at least as many bytes), and ``auto`` may also
+        choose the dense quantized algorithms. Sparse parts stay exact; every
+        rank gets the same result, bitwise. ``None`` (default): exact.
     check_finite : bool
         Reject NaN and Inf values (on every rank) instead of summing them.
     return_info : bool
@@ -319,12 +332,13 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     """
     op_name = "sparse_allreduce"
     error = None
-    idx = vals = None
+    idx = vals = fmt = None
     code = algorithms.code_of(algorithm)
     try:
         if code < 0:
             raise _LocalError(2, ValueError(f"unknown algorithm {algorithm!r}; expected 'auto' or one of "
                                             f"{algorithms.NAMES}"))
+        fmt = lossy_format(compression, code)
         if out not in _OUT_CODES:
             raise _LocalError(2, ValueError(f"out must be 'dense' or 'sparse', got {out!r}"))
         idx, vals = _canonical_input(indices, values, n, check_finite)
@@ -342,53 +356,86 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     stats.calls += 1
     agreement = agree(state, error, n=int(n) if ok else 0, value_bytes=vals.itemsize if ok else 0,
                       algorithm=max(code, 0), out=_OUT_CODES.get(out, 0), nnz=idx.size if ok else 0,
-                      op_name=op_name, reports=stats.reports_ns())
+                      op_name=op_name, reports=stats.reports_ns(), codec=fmt.fingerprint if fmt else 0)
     stats.learn(agreement.engine_ns, agreement.mpi_ns)
     P = state.private.Get_size()
     stats.at_density(agreement.nnz_sum, P, int(n))
-    predicted = _predict(int(n), P, agreement, idx.itemsize, vals.itemsize, out == "sparse", dense_input=False)
+    q = fmt.value_bytes(int(n), vals.itemsize) if fmt else 0.0
+    predicted = _predict(int(n), P, agreement, idx.itemsize, vals.itemsize, out == "sparse", dense_input=False,
+                         quantized_value_bytes=q)
     if code:
         chosen = algorithm
     elif agreement.dense_fits and not stats.measured("dense"):
         chosen = "dense"  # MPI_Allreduce's time at this size and density first: the baseline never to lose to
     else:
-        chosen = choose_algorithm(predicted, agreement, stats)
-    result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement)
+        chosen = choose_algorithm(predicted, agreement, stats, lossy=fmt is not None)
+    result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement,
+                        codec=fmt.next_codec() if fmt else None)
     stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = algorithm, predicted
+    if fmt is not None and chosen != "dense":
+        info.format = fmt.name
     return (result, info) if return_info else result
 
 
+def lossy_format(compression: object, code: int) -> ValueFormat | None:
+    """The caller's lossy format (None: exact), checked against the algorithm code; errors as _LocalError."""
+    fmt = None
+    if compression is not None:
+        try:
+            fmt = value_format(compression)
+        except TypeError as exc:
+            raise _LocalError(1, exc) from None
+        except ValueError as exc:
+            raise _LocalError(2, exc) from None
+    if code > 0 and fmt is None and not algorithms.BY_ID[code].exact:
+        raise _LocalError(2, ValueError(f"algorithm {algorithms.BY_ID[code].name!r} is lossy: pass compression= "
+                                        "(QSGD, Cast or OneBit)"))
+    return fmt
+
+
 def _predict(n: int, P: int, agreement: Agreement, index_bytes: int, value_bytes: int, sparse_out: bool,
-             dense_input: bool) -> dict[str, float]:
+             dense_input: bool, quantized_value_bytes: float = 0.0) -> dict[str, float]:
     """The model's prediction for every registered algorithm (seconds)."""
     p = cost_model.get_params()
     return algorithms.costs(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes, value_bytes, sparse_out,
-                            dense_input, p.alpha, p.beta, p.gamma, p.delta)
+                            dense_input, p.alpha, p.beta, p.gamma, p.delta, quantized_value_bytes)
 
 
 def choose_algorithm(predicted: dict[str, float], agreement: Agreement, stats: ClassStats,
-                     exclude: tuple[str, ...] = ()) -> str:
+                     exclude: tuple[str, ...] = (), lossy: bool = False) -> str:
     """The algorithm with the least estimated time (model x measured correction); the same on every rank,
-    since it depends only on agreed values. Without memory for n values only sparse-result algorithms qualify."""
+    since it depends only on agreed values. Without memory for n values only sparse-result algorithms qualify;
+    lossy algorithms only when the caller chose a lossy format (``lossy``)."""
     candidates = [a.name for a in algorithms.REGISTRY.values() if a.name not in exclude
-                  and (agreement.dense_fits or "sparse" in a.result_forms)]
+                  and (a.exact or lossy) and (agreement.dense_fits or "sparse" in a.result_forms)]
     return min(candidates, key=lambda a: stats.estimate(a, predicted[a]))  # ties: registry order
 
 
-def _run(private: MPI.Intracomm, idx: np.ndarray, vals: np.ndarray, n: int, chosen: str, out: str,
-         agreement: Agreement, dense_out: np.ndarray | None = None):
+def _run(private: MPI.Intracomm, idx: np.ndarray | None, vals: np.ndarray, n: int, chosen: str, out: str,
+         agreement: Agreement, dense_out: np.ndarray | None = None, codec=None,
+         residuals: tuple[np.ndarray | None, np.ndarray | None] = (None, None)):
     """Run the algorithm ``chosen`` (see :func:`choose_algorithm`); write a dense result into ``dense_out``
-    when given. The returned info's ``requested`` and ``predicted`` are for the caller to fill in."""
+    when given. ``idx`` None means ``vals`` is the dense input (n values). ``codec`` is the C
+    ``scaleml_codec *`` of a lossy format (None: exact); ``residuals`` the worker and server error feedback
+    buffers of the algorithms that keep them. The returned info's ``requested`` and ``predicted`` are for the
+    caller to fill in."""
     result_ptr = ffi.new("scaleml_result **")
     bytes_sent = ffi.new("uint64_t *")
     dense = None
     if out == "dense":
         dense = np.empty(n, dtype=vals.dtype) if dense_out is None else dense_out
-    check(lib.scaleml_sparse_allreduce(
-        comm_address(private), algorithms.REGISTRY[chosen].id, n, idx.itemsize, vals.itemsize, idx.size,
-        agreement.nnz_max, agreement.nnz_sum, ffi.from_buffer(idx), ffi.from_buffer(vals),
-        ffi.NULL if dense is None else ffi.from_buffer(dense, require_writable=True), result_ptr, bytes_sent))
+    if idx is None:
+        idx = np.empty(0, dtype=index_dtype(n))
+        idx_ptr, nnz = ffi.NULL, n
+    else:
+        idx_ptr, nnz = ffi.from_buffer(idx), idx.size
+    worker, server = (ffi.NULL if r is None else ffi.from_buffer(r, require_writable=True) for r in residuals)
+    check(lib.scaleml_allreduce(
+        comm_address(private), algorithms.REGISTRY[chosen].id, n, idx.itemsize, vals.itemsize, nnz,
+        agreement.nnz_max, agreement.nnz_sum, idx_ptr, ffi.from_buffer(vals),
+        ffi.NULL if dense is None else ffi.from_buffer(dense, require_writable=True),
+        ffi.NULL if codec is None else codec, worker, server, result_ptr, bytes_sent))
     res = ffi.gc(result_ptr[0], lib.scaleml_result_free)
     info = AllreduceInfo(algorithm=chosen, requested=chosen, nnz_max=agreement.nnz_max,
                          nnz_sum=agreement.nnz_sum, bytes_sent=int(bytes_sent[0]))

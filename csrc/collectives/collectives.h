@@ -27,6 +27,9 @@ typedef struct {
     uint64_t nnz_sum;     /* agreed: the sum of local nnz, bounds every partial sum */
     sv_segment input;     /* view of the caller's data over [0, n) */
     void *dense_out;      /* caller's n-value output, or NULL: dense results may live there */
+    const scaleml_codec *codec;  /* lossy format dense data may travel in, or NULL (exact) */
+    void *worker_residual;       /* error feedback over [0, n), or NULL (quantized_direct) */
+    void *server_residual;       /* error feedback over this rank's block, or NULL (quantized_direct) */
     uint64_t bytes_sent;  /* bytes this rank put on the wire */
 } sa_context;
 
@@ -52,6 +55,9 @@ int sparse_allreduce_recursive_doubling(sa_context *ctx, scaleml_result *res);
 int sparse_allreduce_split_allgather(sa_context *ctx, scaleml_result *res);
 int sparse_allreduce_split_dense(sa_context *ctx, scaleml_result *res);
 int dense_allreduce(sa_context *ctx, scaleml_result *res);
+int quantized_allreduce_ring(sa_context *ctx, scaleml_result *res);
+int quantized_allreduce_rhd(sa_context *ctx, scaleml_result *res);
+int quantized_allreduce_direct(sa_context *ctx, scaleml_result *res);
 
 /* Shared first phase of the split algorithms: rank j ends up with the sum
  * over all ranks of index range j (cu_block_range); dense when
@@ -60,12 +66,56 @@ int sparse_reduce_scatter(sa_context *ctx, int dense_result, sv_segment *mine);
 /* Its alpha-beta-gamma cost (the registry's cost functions of the split algorithms add to it). */
 double sparse_reduce_scatter_cost(const scaleml_cost_case *c, const scaleml_cost_params *p);
 
+/* Shared pieces of the quantized algorithms (quantized_allgather.c). The
+ * index space is cut into `parts` blocks (cu_block_range) and each block into
+ * chunks of `chunk` values, each encoded on its own (so a chunk can be sent,
+ * decoded and re-encoded while the next one travels); a block's encoded
+ * chunks lie one after another in its slot of a byte buffer. */
+typedef struct {
+    int parts;
+    uint64_t n, chunk;
+    int value_bytes;
+    const scaleml_codec *codec;
+    size_t *offset;       /* parts + 1 byte offsets of the blocks' slots */
+} qa_layout;
+
+/* chunk 0: one chunk per block. */
+int qa_layout_init(qa_layout *l, const sa_context *c, int parts, uint64_t chunk);
+void qa_layout_free(qa_layout *l);
+/* Chunks of block j, and chunk i's values [*start, *start + *len) and bytes at slots + *at. */
+uint64_t qa_chunk_count(const qa_layout *l, int j);
+void qa_chunk(const qa_layout *l, int j, uint64_t i, uint64_t *start, uint64_t *len, size_t *at, size_t *bytes);
+/* The largest slot of a block, in bytes, and the most values a chunk holds. */
+size_t qa_max_slot(const qa_layout *l);
+uint64_t qa_max_chunk(const qa_layout *l);
+/* Encode block j of all (n values) chunk by chunk into slots, replacing the
+ * values by their decoded form; residual, if not NULL, gets the error (its
+ * element 0 is global index residual_origin). scratch: qa_max_chunk values. */
+int qa_encode_block(sa_context *c, const qa_layout *l, int j, void *all, uint8_t *slots, int phase,
+                    void *residual, uint64_t residual_origin, void *scratch);
+/* all[block j] = (or +=, when add) the decoded slot of block j. */
+int qa_decode_block(const qa_layout *l, int j, const uint8_t *slots, void *all, int add, void *scratch);
+/* Ring allgather of the encoded blocks: rank r holds block r in slots; every
+ * other block arrives, is passed on chunk by chunk, and is decoded into all. */
+int qa_ring_allgather(sa_context *c, const qa_layout *l, uint8_t *slots, void *all, void *scratch);
+/* Withdraw receives still posted after an error. */
+void qa_cancel(MPI_Request *reqs, uint64_t count);
+/* The dense buffer the quantized algorithms work in (the result), holding the input. */
+int qa_dense_start(sa_context *c, sv_segment *all);
+/* Chunk size of the pipelined algorithms: big enough to amortize a message,
+ * small enough that coding one chunk overlaps the transfer of the next. */
+uint64_t qa_pipeline_chunk(const sa_context *c);
+
 /* Tags on the private communicator, one per step kind. */
 enum {
     TAG_RD_FOLD_IN = 101,
     TAG_RD_ROUND = 102,
     TAG_RD_FOLD_OUT = 103,
-    TAG_REDUCE_SCATTER = 201
+    TAG_REDUCE_SCATTER = 201,
+    TAG_QUANT_REDUCE = 301,
+    TAG_QUANT_GATHER = 302,
+    TAG_QUANT_FOLD_IN = 303,
+    TAG_QUANT_FOLD_OUT = 304
 };
 
 #endif

@@ -90,6 +90,30 @@ int cu_irecv_alloc(MPI_Comm comm, int source, int tag, size_t cap, void **buf, M
     return cu_check(rc, "MPI_Irecv");
 }
 
+int cu_irecv(MPI_Comm comm, int source, int tag, void *buf, size_t bytes, MPI_Request *req)
+{
+    *req = MPI_REQUEST_NULL;
+    if (!count_fits(bytes))
+        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "message of %zu bytes needs MPI-4 large counts", bytes);
+#if CU_LARGE_COUNT
+    int rc = MPI_Irecv_c(buf, (MPI_Count)bytes, MPI_BYTE, source, tag, comm, req);
+#else
+    int rc = MPI_Irecv(buf, (int)bytes, MPI_BYTE, source, tag, comm, req);
+#endif
+    return cu_check(rc, "MPI_Irecv");
+}
+
+int cu_wait_exact(MPI_Request *req, size_t expected)
+{
+    MPI_Status status;
+    size_t got = 0;
+    int rc = cu_waitall(1, req, &status);
+    if (!rc) rc = cu_received_bytes(&status, &got);
+    if (!rc && got != expected)
+        rc = scaleml_fail(SCALEML_ERR_MALFORMED, "message of %zu bytes where %zu were expected", got, expected);
+    return rc;
+}
+
 int cu_received_bytes(const MPI_Status *status, size_t *bytes)
 {
 #if CU_LARGE_COUNT

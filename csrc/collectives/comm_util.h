@@ -37,6 +37,10 @@ int cu_send(MPI_Comm comm, int dest, int tag, const void *buf, size_t bytes, uin
  * (cu_received_bytes). */
 int cu_irecv_alloc(MPI_Comm comm, int source, int tag, size_t cap, void **buf, MPI_Request *req);
 int cu_received_bytes(const MPI_Status *status, size_t *bytes);
+/* Post a receive of exactly `bytes` into buf (the quantized collectives know every size in advance). */
+int cu_irecv(MPI_Comm comm, int source, int tag, void *buf, size_t bytes, MPI_Request *req);
+/* Wait for a receive posted by cu_irecv and check that it brought exactly `expected` bytes. */
+int cu_wait_exact(MPI_Request *req, size_t expected);
 
 /* Send bytes to partner and receive its message of at most recvcap bytes
  * (heap buffer, caller frees). The receive is posted first and both sides

@@ -21,6 +21,15 @@ static const sa_algorithm registry[] = {
     {{"dense", "data already dense", "2 log2 P (MPI_Allreduce)", "2 (P-1)/P n c_d", SPARSE | DENSE, DENSE, FLOATS,
       1},
      dense_allreduce, dense_allreduce_cost},
+    {{"quantized_ring", "dense data, lossy format, bandwidth-bound", "2 (P-1) (pipelined in chunks)",
+      "2 (P-1)/P n q", SPARSE | DENSE, DENSE, FLOATS, 0},
+     quantized_allreduce_ring, quantized_allreduce_ring_cost},
+    {{"quantized_rhd", "dense data, lossy format, latency-bound", "2 log2 P (+2 if P is not a power of 2)",
+      "2 (P-1)/P n q", SPARSE | DENSE, DENSE, FLOATS, 0},
+     quantized_allreduce_rhd, quantized_allreduce_rhd_cost},
+    {{"quantized_direct", "lossy format with error feedback on both sides (1-bit Adam)", "2 (P-1)",
+      "2 (P-1)/P n q", SPARSE | DENSE, DENSE, FLOATS, 0},
+     quantized_allreduce_direct, quantized_allreduce_direct_cost},
 };
 
 #define REGISTRY_COUNT ((int)(sizeof registry / sizeof registry[0]))

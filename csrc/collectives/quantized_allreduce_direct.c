@@ -1,0 +1,142 @@
+/*
+ * Quantized AllReduce with error feedback on both sides (the scheme of 1-bit
+ * Adam / DeepSpeed's compressed allreduce; 1-bit by default, any lossy format
+ * of collectives/codec.h).
+ *
+ * Steps (blocks = P ranges of [0, n), block j owned by rank j):
+ *   1. worker compression: y = x + e_w (the worker residual over [0, n), when
+ *      given); y is encoded block by block and e_w = y - decode(encode(y));
+ *   2. each rank sends encoded block j straight to rank j (P-1 messages);
+ *   3. the owner decodes the P contributions to its block and sums them in
+ *      rank order (not arrival order: the same result every run), adds its
+ *      server residual e_s (when given), encodes the block once and keeps
+ *      e_s = z - decode(encode(z));
+ *   4. ring allgather of the encoded blocks (quantized_allgather.c): every
+ *      rank decodes the same bytes, so all ranks hold the same result, bitwise.
+ * With both residuals, what was applied plus the residuals equals what was
+ * put in, step after step (error feedback conserves mass). At P = 1 the input
+ * is the result (no compression, residuals untouched).
+ *
+ * Cost, q = encoded bytes per value (1-bit: (1 + 64/bucket)/8):
+ *   (P-1)*alpha + (P-1)/P * n*q*beta           (to the owners)
+ * + (P-1)*alpha*chunks + (P-1)/P * n*q*beta    (allgather)
+ * + gamma * n*c_d * 6 (encode and decode of every value on both sides).
+ * Error: two encodings of each contribution (worker and server), each
+ * corrected at the next step by its residual.
+ * Memory: the n-value result, n*q bytes encoded to send, (P-1) n*q/P received,
+ * n*q/P for the encoded result.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "collectives/codec.h"
+#include "collectives/collectives.h"
+#include "collectives/comm_util.h"
+#include "collectives/registry.h"
+
+static int reduce_at_owners(sa_context *c, const qa_layout *l, char *all, uint8_t *slots, void *scratch)
+{
+    int P = c->size, r = c->rank, rc = SCALEML_OK;
+    unsigned vb = (unsigned)c->value_bytes;
+    uint64_t my_start, my_len;
+    cu_block_range(c->n, P, r, &my_start, &my_len);
+    size_t my_slot = l->offset[r + 1] - l->offset[r];
+    uint8_t *send = malloc(l->offset[P] ? l->offset[P] : 1), *recv = malloc((size_t)P * my_slot + 1);
+    char *sum = malloc((my_len ? my_len : 1) * vb);
+    MPI_Request *reqs = malloc(2 * (size_t)P * sizeof *reqs);
+    int nsends = 0;
+    if (!send || !recv || !sum || !reqs) {
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %zu encoded bytes", l->offset[P]);
+        goto done;
+    }
+    MPI_Request *recvs = reqs, *sends = reqs + P;
+    for (int j = 0; j < P; j++) recvs[j] = MPI_REQUEST_NULL;
+    for (int step = 1; step < P && !rc; step++) {  /* receives first */
+        int src = (r - step + P) % P;
+        rc = cu_irecv(c->comm, src, TAG_QUANT_REDUCE, recv + (size_t)src * my_slot, my_slot, &recvs[src]);
+    }
+    if (!rc && c->worker_residual) codec_add(all, c->worker_residual, c->n, c->value_bytes);
+    for (int step = 1; step <= P && !rc; step++) {  /* the next rank first: spreads the load; own block last */
+        int j = (r + step) % P;
+        rc = qa_encode_block(c, l, j, all, send, CODEC_PHASE_REDUCE, c->worker_residual, 0, scratch);
+        if (!rc && j != r) {
+            rc = cu_isend(c->comm, j, TAG_QUANT_REDUCE, send + l->offset[j], l->offset[j + 1] - l->offset[j],
+                          &sends[nsends], &c->bytes_sent);
+            if (!rc) nsends++;
+        }
+    }
+    if (!rc) memset(sum, 0, my_len * vb);
+    for (int src = 0; src < P && !rc; src++) {  /* rank order */
+        if (src == r) {
+            codec_add(sum, all + my_start * vb, my_len, c->value_bytes);  /* already decoded by the round trip */
+            continue;
+        }
+        rc = cu_wait_exact(&recvs[src], my_slot);
+        /* decode block r from the received slot (a copy of the sender's slot r) */
+        for (uint64_t i = 0; i < qa_chunk_count(l, r) && !rc; i++) {
+            uint64_t start, len;
+            size_t at, bytes;
+            qa_chunk(l, r, i, &start, &len, &at, &bytes);
+            rc = codec_decode_add(c->codec, recv + (size_t)src * my_slot + (at - l->offset[r]), bytes, len,
+                                  sum + (start - my_start) * vb, scratch, c->value_bytes);
+        }
+    }
+    if (rc) qa_cancel(recvs, (uint64_t)P);
+    if (nsends) {
+        int wait_rc = cu_waitall(nsends, sends, NULL);
+        if (!rc) rc = wait_rc;
+    }
+    if (!rc) {
+        memcpy(all + my_start * vb, sum, my_len * vb);
+        if (c->server_residual) codec_add(all + my_start * vb, c->server_residual, my_len, c->value_bytes);
+        rc = qa_encode_block(c, l, r, all, slots, CODEC_PHASE_FINAL, c->server_residual, my_start, scratch);
+    }
+done:
+    free(send);
+    free(recv);
+    free(sum);
+    free(reqs);
+    return rc;
+}
+
+int quantized_allreduce_direct(sa_context *c, scaleml_result *res)
+{
+    sv_segment all;
+    int rc = qa_dense_start(c, &all);
+    if (rc) return rc;
+    if (c->size > 1) {
+        qa_layout l;
+        uint8_t *slots = NULL;
+        void *scratch = NULL;
+        rc = qa_layout_init(&l, c, c->size, qa_pipeline_chunk(c));
+        if (!rc) {
+            slots = malloc(l.offset[c->size] ? l.offset[c->size] : 1);
+            scratch = malloc(qa_max_chunk(&l) * (unsigned)c->value_bytes);
+            if (!slots || !scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the encoded result");
+        }
+        if (!rc) rc = reduce_at_owners(c, &l, all.values, slots, scratch);
+        if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);
+        free(slots);
+        free(scratch);
+        qa_layout_free(&l);
+    }
+    if (!rc) rc = result_init(res, 1, c->n);
+    if (rc) {
+        sv_free(&all);
+        return rc;
+    }
+    res->segments[0] = all;
+    return SCALEML_OK;
+}
+
+double quantized_allreduce_direct_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
+                                       int *result_sparse)
+{
+    int P = c->ranks;
+    double n = (double)c->n, q = c->quantized_value_bytes > 0 ? c->quantized_value_bytes : c->value_bytes;
+    double chunks = n / P / 65536.0;
+    *result_sparse = 0;
+    if (P == 1) return p->gamma * n * c->value_bytes;
+    return (P - 1) * p->alpha * (1 + (chunks > 1 ? chunks : 1)) + p->beta * 2 * (P - 1) / P * n * q +
+           p->gamma * n * c->value_bytes * 6;
+}

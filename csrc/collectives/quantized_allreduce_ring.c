@@ -1,0 +1,154 @@
+/*
+ * Quantized AllReduce by ring reduce-scatter and ring allgather
+ * (bandwidth-bound case), for dense data in the caller's lossy format
+ * (QSGD b-bit, float16/bfloat16 or 1-bit: collectives/codec.h).
+ *
+ * Steps (P ranks, the index space cut into P blocks, each into chunks):
+ *   1. reduce-scatter, P-1 steps: in step s rank r sends its partial sum of
+ *      block (r-s-1) mod P, encoded, to rank r+1, and receives block
+ *      (r-s-2) mod P from rank r-1; each received chunk is decoded, added in
+ *      full precision to the rank's own values and re-encoded for the next
+ *      step at once, so coding overlaps the transfer of the next chunk.
+ *      Rank r ends with the full sum of block r.
+ *   2. the owner encodes its block once and replaces it by the decoded values;
+ *   3. ring allgather of the encoded blocks (quantized_allgather.c): every
+ *      rank decodes the same bytes, so all ranks hold the same result, bitwise.
+ * At P = 1 the input is the result (nothing is encoded).
+ *
+ * Cost, q = encoded bytes per value (QSGD: (bits + 1 + 32/bucket)/8):
+ *   2*(P-1)*alpha (times the chunks per block) + 2*(P-1)/P * n*q*beta
+ *   + gamma * (P-1)/P * n * (2 c_d decode/add + encode) per phase.
+ * Bytes sent per rank: 2 (P-1)/P n q, independent of P.
+ * Error: each block's partial sum is re-encoded at each of the P-1 steps, then
+ * once more by its owner: P independent unbiased roundings for QSGD.
+ * Memory: the n-value result, two encoded blocks to send and one to receive,
+ * the n*q encoded result.
+ */
+#include <stdlib.h>
+
+#include "collectives/codec.h"
+#include "collectives/collectives.h"
+#include "collectives/comm_util.h"
+#include "collectives/registry.h"
+
+/* Reduce-scatter: rank r ends with the sum of block r in all (see above). */
+static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, void *scratch)
+{
+    int P = c->size, r = c->rank, left = (r - 1 + P) % P, right = (r + 1) % P, rc = SCALEML_OK;
+    unsigned vb = (unsigned)c->value_bytes;
+    size_t slot = qa_max_slot(l);
+    uint64_t most = qa_chunk_count(l, 0);
+    uint8_t *sendbuf[2] = {malloc(slot ? slot : 1), malloc(slot ? slot : 1)}, *recvbuf = malloc(slot ? slot : 1);
+    MPI_Request *sends[2] = {malloc(most * sizeof(MPI_Request)), malloc(most * sizeof(MPI_Request))};
+    MPI_Request *recvs = malloc(most * sizeof *recvs);
+    uint64_t nsends[2] = {0, 0}, nrecvs = 0;
+    if (!sendbuf[0] || !sendbuf[1] || !recvbuf || !sends[0] || !sends[1] || !recvs) {
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the ring's buffers (%zu bytes)", slot);
+        goto done;
+    }
+    /* Slot offsets of block j relative to the block: chunk i is at at - l->offset[j]. */
+    for (int s = 0; s < P - 1 && !rc; s++) {
+        int sb = (r - s - 1 + P) % P, rb = (r - s - 2 + 2 * P) % P, cur = s % 2, next = (s + 1) % 2;
+        uint64_t chunks = qa_chunk_count(l, rb);
+        nrecvs = 0;
+        for (uint64_t i = 0; i < chunks && !rc; i++) {
+            uint64_t start, len;
+            size_t at, bytes;
+            qa_chunk(l, rb, i, &start, &len, &at, &bytes);
+            rc = cu_irecv(c->comm, left, TAG_QUANT_REDUCE, recvbuf + (at - l->offset[rb]), bytes, &recvs[nrecvs]);
+            if (!rc) nrecvs++;
+        }
+        if (s == 0) {  /* the first step sends the rank's own values of block sb */
+            for (uint64_t i = 0; i < qa_chunk_count(l, sb) && !rc; i++) {
+                uint64_t start, len;
+                size_t at, bytes;
+                qa_chunk(l, sb, i, &start, &len, &at, &bytes);
+                uint8_t *out = sendbuf[cur] + (at - l->offset[sb]);
+                rc = codec_encode(c->codec, all + start * vb, len, c->value_bytes, r,
+                                  CODEC_STREAM(CODEC_PHASE_REDUCE, start), out);
+                if (!rc) rc = cu_isend(c->comm, right, TAG_QUANT_REDUCE, out, bytes, &sends[cur][nsends[cur]],
+                                       &c->bytes_sent);
+                if (!rc) nsends[cur]++;
+            }
+        }
+        /* sendbuf[next] is refilled in this step: the sends of step s-1 that used it must be done. */
+        if (!rc && nsends[next]) rc = cu_waitall((int)nsends[next], sends[next], NULL);
+        nsends[next] = 0;
+        for (uint64_t i = 0; i < chunks && !rc; i++) {
+            uint64_t start, len;
+            size_t at, bytes;
+            qa_chunk(l, rb, i, &start, &len, &at, &bytes);
+            rc = cu_wait_exact(&recvs[i], bytes);
+            if (!rc)
+                rc = codec_decode_add(c->codec, recvbuf + (at - l->offset[rb]), bytes, len, all + start * vb, scratch,
+                                      c->value_bytes);
+            if (!rc && s < P - 2) {  /* block rb is what this rank sends in the next step */
+                uint8_t *out = sendbuf[next] + (at - l->offset[rb]);
+                rc = codec_encode(c->codec, all + start * vb, len, c->value_bytes, r,
+                                  CODEC_STREAM(CODEC_PHASE_REDUCE, start), out);
+                if (!rc) rc = cu_isend(c->comm, right, TAG_QUANT_REDUCE, out, bytes, &sends[next][nsends[next]],
+                                       &c->bytes_sent);
+                if (!rc) nsends[next]++;
+            }
+        }
+        if (rc) qa_cancel(recvs, nrecvs);
+    }
+    for (int b = 0; b < 2; b++) {
+        if (nsends[b]) {
+            int wait_rc = cu_waitall((int)nsends[b], sends[b], NULL);
+            if (!rc) rc = wait_rc;
+        }
+    }
+done:
+    free(sendbuf[0]);
+    free(sendbuf[1]);
+    free(recvbuf);
+    free(sends[0]);
+    free(sends[1]);
+    free(recvs);
+    return rc;
+}
+
+int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
+{
+    sv_segment all;
+    int rc = qa_dense_start(c, &all);
+    if (rc) return rc;
+    if (c->size > 1) {
+        qa_layout l;
+        uint8_t *slots = NULL;
+        void *scratch = NULL;
+        rc = qa_layout_init(&l, c, c->size, qa_pipeline_chunk(c));
+        if (!rc) {
+            slots = malloc(l.offset[c->size] ? l.offset[c->size] : 1);
+            scratch = malloc(qa_max_chunk(&l) * (unsigned)c->value_bytes);
+            if (!slots || !scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the encoded result");
+        }
+        if (!rc) rc = ring_reduce_scatter(c, &l, all.values, scratch);
+        if (!rc) rc = qa_encode_block(c, &l, c->rank, all.values, slots, CODEC_PHASE_FINAL, NULL, 0, scratch);
+        if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);
+        free(slots);
+        free(scratch);
+        qa_layout_free(&l);
+    }
+    if (!rc) rc = result_init(res, 1, c->n);
+    if (rc) {
+        sv_free(&all);
+        return rc;
+    }
+    res->segments[0] = all;
+    return SCALEML_OK;
+}
+
+double quantized_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)
+{
+    int P = c->ranks;
+    double n = (double)c->n, q = c->quantized_value_bytes > 0 ? c->quantized_value_bytes : c->value_bytes;
+    double chunks = n / P / 65536.0;
+    *result_sparse = 0;
+    if (P == 1) return p->gamma * n * c->value_bytes;
+    /* per phase: P-1 steps (one message per chunk), (P-1)/P n q bytes; decode+add+encode of (P-1)/P n values
+     * in the reduce-scatter, decode of them in the allgather */
+    return 2 * (P - 1) * p->alpha * (chunks > 1 ? chunks : 1) + p->beta * 2 * (P - 1) / P * n * q +
+           p->gamma * (P - 1) / P * n * c->value_bytes * 5;
+}

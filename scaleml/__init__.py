@@ -7,6 +7,7 @@
 >>> total = scaleml.sparse_allreduce(indices, values, n, MPI.COMM_WORLD)
 >>> q = scaleml.compress.QSGD(bits=4)             # gradient compression
 >>> grad_hat = q.decode(q.encode(grad))
+>>> avg = scaleml.quantized_allreduce(grad, MPI.COMM_WORLD, q, average=True)  # 4-bit on the wire
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mpi4py import MPI  # noqa: F401  (loads libmpi before the extension does)
 from . import algorithms, compress, cost_model
 from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
 from .comm import Comm
+from .quantized import quantized_allreduce
 from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
 
 __version__ = "0.1.0"
@@ -31,5 +33,6 @@ __all__ = [
     "compress",
     "cost_model",
     "index_dtype",
+    "quantized_allreduce",
     "sparse_allreduce",
 ]

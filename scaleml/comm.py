@@ -21,6 +21,7 @@ from .sparse import (
     index_dtype,
 )
 from .tuner import WIN_MARGIN
+from .value_format import value_format
 
 # Calls at the end of an MPI period whose times are reported at the next check (timing every call costs more).
 _TIMED_CALLS = 8
@@ -135,25 +136,38 @@ class Comm:
     algorithm : str
         ``"auto"`` or one of :data:`scaleml.algorithms.NAMES` to force (agreed
         between ranks like every other argument).
+    compression : QSGD, Cast or OneBit, optional
+        Opt into a lossy format for ``Allreduce`` with ``MPI.SUM`` on
+        float32/float64 data: the engine may then run a dense quantized
+        AllReduce or the sparse-to-quantized switch when the model and the
+        measured times say it is faster than ``MPI_Allreduce`` (which stays
+        the exact fallback). Lossless by default; never applied to other ops,
+        integer data, or calls below ``min_count``. ``last_info.format`` says
+        which format ran.
 
     Examples
     --------
     >>> comm = scaleml.Comm(MPI.COMM_WORLD)   # the only line that changes
     >>> comm.Allreduce(grad, out, op=MPI.SUM)
     >>> comm.last_info.algorithm               # what ran, or None when MPI did
+    >>> lossy = scaleml.Comm(MPI.COMM_WORLD, compression=scaleml.compress.QSGD(bits=4))
     """
 
     def __init__(self, comm: MPI.Intracomm | Comm = MPI.COMM_WORLD, *, min_count: int = 4096,
-                 algorithm: str = "auto") -> None:
+                 algorithm: str = "auto", compression: object = None) -> None:
         if isinstance(comm, Comm):
             comm = comm.mpi_comm
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"scaleml.Comm wraps an mpi4py Intracomm, got {type(comm).__name__}")
         if algorithm != "auto":
             algorithms.get(algorithm)  # ValueError naming the choices
+        if algorithm != "auto" and compression is None and not algorithms.get(algorithm).exact:
+            raise ValueError(f"algorithm {algorithm!r} is lossy: pass compression= (QSGD, Cast or OneBit)")
+        self._format = value_format(compression) if compression is not None else None
         self._comm = comm
         self.min_count = int(min_count)
         self.algorithm = algorithm
+        self.compression = compression
         self.last_info: AllreduceInfo | None = None
         """What the last ``Allreduce`` did; ``None`` when it went to MPI unchanged."""
         self._state = None
@@ -179,17 +193,19 @@ class Comm:
         return hash(self._comm)
 
     def __repr__(self) -> str:
-        return f"scaleml.Comm({self._comm!r}, min_count={self.min_count}, algorithm={self.algorithm!r})"
+        lossy = f", compression={self.compression!r}" if self.compression is not None else ""
+        return f"scaleml.Comm({self._comm!r}, min_count={self.min_count}, algorithm={self.algorithm!r}{lossy})"
 
     # Communicator constructors return wrapped communicators, so code that splits keeps the engine.
     def Dup(self, info: MPI.Info | None = None) -> Comm:  # noqa: N802 (mpi4py's name)
         """Duplicate the communicator (``MPI_Comm_dup``); returns a :class:`Comm`."""
         dup = self._comm.Dup() if info is None else self._comm.Dup(info)
-        return Comm(dup, min_count=self.min_count, algorithm=self.algorithm)
+        return Comm(dup, min_count=self.min_count, algorithm=self.algorithm, compression=self.compression)
 
     def Split(self, color: int = 0, key: int = 0) -> Comm:  # noqa: N802
         """Split the communicator (``MPI_Comm_split``); returns a :class:`Comm`."""
-        return Comm(self._comm.Split(color, key), min_count=self.min_count, algorithm=self.algorithm)
+        return Comm(self._comm.Split(color, key), min_count=self.min_count, algorithm=self.algorithm,
+                    compression=self.compression)
 
     def Allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:  # noqa: N802
         """Combine values from all processes and distribute the result to all (collective).
@@ -217,7 +233,7 @@ class Comm:
             return self._comm.Allreduce(sendbuf, recvbuf, op)
         dtype, n = plan
         state = self._state if self._state is not None else self._engine_state()
-        stats = state.tuner.stats("Allreduce", dtype.itemsize, n)
+        stats = state.tuner.stats("Allreduce", dtype.itemsize, n, self._codec_fingerprint())
         if n and self.algorithm == "auto":
             self._mpi_classes[n, dtype] = stats
         stats.calls += 1
@@ -244,7 +260,8 @@ class Comm:
             poison = np.zeros(n, dtype)
             poison[0] = np.nan
             self._comm.Allreduce(MPI.IN_PLACE, poison, op)
-            agree(state, exc, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce")
+            agree(state, exc, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce",
+                  codec=self._codec_fingerprint())
             raise AssertionError("unreachable: the agreement raises this rank's error") from exc  # pragma: no cover
         self._mpi_call(state, stats, sendbuf, recvbuf, op, recv)
 
@@ -260,7 +277,10 @@ class Comm:
         first = recv.item(0)
         if first != first:
             agree(state, None, n=recv.size, value_bytes=recv.itemsize, algorithm=0, out=0, nnz=0,
-                  op_name="Allreduce")
+                  op_name="Allreduce", codec=self._codec_fingerprint())
+
+    def _codec_fingerprint(self) -> int:
+        return self._format.fingerprint if self._format is not None else 0
 
     def _buffers(self, sendbuf: Any, recvbuf: Any, dtype: np.dtype, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(send, recv) as float arrays of n elements without copies; local errors as _LocalError."""
@@ -318,14 +338,16 @@ class Comm:
         except _LocalError as exc:
             error = exc
         nnz = count_nonzeros(send) if error is None else 0
+        fmt = self._format
         agreement = agree(state, error, n=n, value_bytes=dtype.itemsize,
                           algorithm=algorithms.code_of(self.algorithm), out=0, nnz=nnz, op_name="Allreduce",
-                          reports=stats.reports_ns())
+                          reports=stats.reports_ns(), codec=self._codec_fingerprint())
         stats.learn(agreement.engine_ns, agreement.mpi_ns)
         idx_dtype = index_dtype(n)
         P = state.private.Get_size()
         stats.at_density(agreement.nnz_sum, P, n)
-        predicted = _predict(n, P, agreement, idx_dtype.itemsize, dtype.itemsize, False, dense_input=True)
+        predicted = _predict(n, P, agreement, idx_dtype.itemsize, dtype.itemsize, False, dense_input=True,
+                             quantized_value_bytes=fmt.value_bytes(n, dtype.itemsize) if fmt else 0.0)
         if self.algorithm != "auto":
             chosen = self.algorithm
         else:
@@ -333,7 +355,7 @@ class Comm:
             # its measured time (the model's until measured) by a margin.
             # MPI's time in a class is measured first, by a few calls without agreement (what must not be
             # lost to); an engine algorithm runs where it is estimated clearly faster.
-            best = choose_algorithm(predicted, agreement, stats, exclude=("dense",))
+            best = choose_algorithm(predicted, agreement, stats, exclude=("dense",), lossy=fmt is not None)
             if stats.engine_may_win() and stats.estimate(best, predicted[best]) < WIN_MARGIN * stats.mpi_seconds:
                 chosen = best
                 stats.stay_engine()
@@ -347,8 +369,14 @@ class Comm:
             self.last_info = AllreduceInfo("dense", self.algorithm, agreement.nnz_max, agreement.nnz_sum,
                                            2 * (P - 1) * n * dtype.itemsize // P, predicted)
             return
-        idx, vals = extract_nonzeros(send, nnz, idx_dtype)
-        _, info = _run(state.private, idx, vals, n, chosen, "dense", agreement, dense_out=recv)
+        codec = fmt.next_codec() if fmt is not None else None
+        if algorithms.REGISTRY[chosen].exact:
+            idx, vals = extract_nonzeros(send, nnz, idx_dtype)
+        else:  # the dense quantized algorithms read the caller's array as it is
+            idx, vals = None, send
+        _, info = _run(state.private, idx, vals, n, chosen, "dense", agreement, dense_out=recv, codec=codec)
         stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
         info.requested, info.predicted = self.algorithm, predicted
+        if fmt is not None:
+            info.format = fmt.name
         self.last_info = info

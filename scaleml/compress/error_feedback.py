@@ -44,6 +44,19 @@ class ErrorFeedback:
         """The current residual of ``name`` (``None`` before its first step)."""
         return self._residuals.get(name)
 
+    def residual_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The residual of ``name`` to update in place (zeros on first use), for collectives that keep their
+        error feedback in C (:func:`scaleml.quantized_allreduce`). ``ValueError`` when an existing residual
+        has another shape or dtype (a different tensor, or a different number of ranks)."""
+        r = self._residuals.get(name)
+        if r is None:
+            r = self._residuals[name] = np.zeros(shape, dtype=dtype)
+        elif r.shape != tuple(shape) or r.dtype != dtype or not r.flags.c_contiguous or not r.flags.writeable:
+            raise ValueError(f"residual {name!r} is {r.dtype}{r.shape}, this call needs "
+                             f"{np.dtype(dtype)}{tuple(shape)} (another tensor under the same name, or another "
+                             "number of ranks?)")
+        return r
+
     def names(self) -> list[str]:
         """Names of the tensors with a residual."""
         return sorted(self._residuals)

@@ -75,6 +75,12 @@ NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 BY_ID: dict[int, Algorithm] = {a.id: a for a in REGISTRY.values()}
 
+EXACT: tuple[str, ...] = tuple(a.name for a in REGISTRY.values() if a.exact)
+"""The lossless algorithms (what runs without ``compression=``)."""
+
+LOSSY: tuple[str, ...] = tuple(a.name for a in REGISTRY.values() if not a.exact)
+"""The algorithms that need a lossy format (``compression=``): the dense quantized AllReduce family."""
+
 
 def get(name: str) -> Algorithm:
     """The entry of ``name``; ``ValueError`` naming the choices for an unknown one."""

@@ -32,8 +32,8 @@ from pathlib import Path
 from . import algorithms
 from ._native import lib
 
-ALGORITHMS = algorithms.NAMES
-"""Algorithms of :func:`scaleml.sparse_allreduce`, in registry order (see :mod:`scaleml.algorithms`)."""
+ALGORITHMS = algorithms.EXACT
+"""The exact algorithms of :func:`scaleml.sparse_allreduce`, in registry order (see :mod:`scaleml.algorithms`)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from .sparse import (
 )
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-LOSSY: tuple[str, ...] = tuple(a.name for a in algorithms.REGISTRY.values() if not a.exact)
+LOSSY = algorithms.LOSSY
 """The lossy algorithms of the registry (what ``algorithm=`` accepts besides ``"auto"``)."""
 _WITH_FEEDBACK = "quantized_direct"
 

@@ -1,0 +1,271 @@
+"""The quantized AllReduce family against a dense reference (run on every rank under mpiexec).
+
+Bounds used below, for an encoded value v of a bucket with norm N (QSGD, s =
+2^bits - 1 levels): |Q(v) - v| <= N/s always, E[Q(v)] = v and
+Var[Q(v)] <= (N/s)^2 / 4; a value is encoded at most R times on its way
+(ring: P, recursive halving/doubling: log2 P + 2 with folds, direct: 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import scaleml
+from scaleml.compress import QSGD, Cast, ErrorFeedback, OneBit
+from scaleml.quantized import LOSSY, block_range
+
+world = MPI.COMM_WORLD
+rank, size = world.Get_rank(), world.Get_size()
+
+FORMATS = {
+    "qsgd4": lambda: QSGD(bits=4, bucket=64),
+    "qsgd8max": lambda: QSGD(bits=8, bucket=100, norm="max"),
+    "fp16": lambda: Cast("fp16"),
+    "bf16": lambda: Cast("bf16"),
+    "onebit": lambda: OneBit(bucket=64),
+}
+SIZES = [0, 1, max(size - 1, 1), 1000, 65536 * size + 1234]  # fewer values than ranks; several chunks per block
+
+
+def encodings(algorithm: str) -> int:
+    """How many times a value may be encoded on its way to the result (see the module docstring)."""
+    if size == 1:
+        return 0
+    if algorithm == "quantized_ring":
+        return size
+    if algorithm == "quantized_rhd":
+        return int(np.log2(size)) + 3
+    return 2
+
+
+def data(n: int, dtype=np.float32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(1000 * seed + rank).standard_normal(n).astype(dtype)
+
+
+def everyone_holds_the_same(result: np.ndarray) -> bool:
+    digests = world.allgather(hashlib.sha256(result.tobytes()).hexdigest())
+    return len(set(digests)) == 1
+
+
+def reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 sum over the ranks and the sum of absolute values."""
+    total, total_abs = np.zeros(x.size), np.zeros(x.size)
+    world.Allreduce(x.astype(np.float64), total)
+    world.Allreduce(np.abs(x.astype(np.float64)), total_abs)
+    return total, total_abs
+
+
+def bucket_bound(total_abs: np.ndarray, bucket: int, norm: str) -> np.ndarray:
+    """Per-element bound on the norm of any partial sum's bucket: the norm of the bucket of sum |x| (doubled
+    for the errors the partial sums already carry)."""
+    pad = (-total_abs.size) % bucket
+    b = np.concatenate([total_abs, np.zeros(pad)]).reshape(-1, bucket)
+    norms = np.linalg.norm(b, axis=1) if norm == "l2" else b.max(axis=1)
+    return 2 * np.repeat(norms, bucket)[: total_abs.size]
+
+
+@pytest.mark.parametrize("algorithm", LOSSY)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n", SIZES)
+def test_identical_on_every_rank_and_within_the_bound(algorithm, fmt, n):
+    x = data(n, seed=n % 97)
+    compression = FORMATS[fmt]()
+    result, info = scaleml.quantized_allreduce(x, world, compression, algorithm=algorithm, return_info=True)
+    assert result.dtype == x.dtype and result.shape == x.shape
+    assert info.algorithm == algorithm and info.format == scaleml.value_format.value_format(compression).name
+    assert everyone_holds_the_same(result)
+    exact, exact_abs = reference(x)
+    err = np.abs(result.astype(np.float64) - exact)
+    R = encodings(algorithm)
+    if size == 1:
+        np.testing.assert_array_equal(result, x)  # one rank: nothing is encoded
+        return
+    if fmt in ("fp16", "bf16"):  # round to nearest: relative error 2^-11 (2^-8) of each partial sum
+        unit = 2.0 ** -11 if fmt == "fp16" else 2.0 ** -8
+        bound = (R + 1) * unit * exact_abs * 1.01 + size * np.finfo(np.float32).eps * exact_abs + 1e-30
+        assert (err <= bound).all(), float((err / bound).max())
+    elif fmt.startswith("qsgd"):
+        bits, bucket, norm = compression.bits, compression.bucket, compression.norm
+        bound = R * bucket_bound(exact_abs, bucket, norm) / (2 ** bits - 1) + 1e-6 * exact_abs + 1e-30
+        assert (err <= bound).all(), float((err / bound).max())
+    else:  # 1-bit: biased without error feedback; finite, and bytes as announced
+        assert np.isfinite(result).all()
+    if n:
+        encoded = scaleml.value_format.value_format(compression).bytes(n, 4)
+        folds = algorithm == "quantized_rhd" and size & (size - 1)  # the folds send the whole vector once more
+        assert (size - 1) / size * encoded * 0.9 <= info.bytes_sent <= (3 if folds else 2) * encoded + 64 * size
+
+
+@pytest.mark.parametrize("algorithm", LOSSY)
+def test_qsgd_is_unbiased(algorithm):
+    # The mean of T independent runs converges to the exact sum: within 6 standard deviations of the bound.
+    n, T, bits, bucket = 96, 200, 2, 32
+    x = data(n, np.float64, seed=3)
+    exact, exact_abs = reference(x)
+    q = QSGD(bits=bits, bucket=bucket, seed=11)
+    total = np.zeros(n)
+    for _ in range(T):
+        total += scaleml.quantized_allreduce(x, world, q, algorithm=algorithm)
+    mean = total / T
+    R = max(encodings(algorithm), 1)
+    sigma = np.sqrt(R / 4 / T) * bucket_bound(exact_abs, bucket, "l2") / (2 ** bits - 1)
+    assert (np.abs(mean - exact) <= 6 * sigma + 1e-12).all(), float((np.abs(mean - exact) / sigma).max())
+    if size > 1:  # and the runs did differ: the rounding is random
+        single = scaleml.quantized_allreduce(x, world, q, algorithm=algorithm)
+        assert not np.array_equal(single, mean)
+
+
+@pytest.mark.parametrize("fmt", ["onebit", "qsgd4"])
+@pytest.mark.parametrize("n", [1, 1000, 4099])
+def test_error_feedback_conserves_mass(fmt, n):
+    """Applied sums plus every rank's worker residual plus every owner's server residual = sum of the inputs."""
+    ef = ErrorFeedback(FORMATS[fmt]())
+    applied = np.zeros(n)
+    given = np.zeros(n)
+    scale = 0.0
+    for step in range(8):
+        g = data(n, seed=step)
+        exact, exact_abs = reference(g)
+        given += exact
+        scale += exact_abs.max()
+        result, info = scaleml.quantized_allreduce(g, world, error_feedback=ef, name="w", return_info=True)
+        assert info.algorithm == "quantized_direct"
+        assert everyone_holds_the_same(result)
+        applied += result
+    worker = ef.residual("w/worker").astype(np.float64)
+    server = ef.residual("w/server").astype(np.float64)
+    assert server.size == block_range(n, size, rank)[1]
+    worker_sum = np.zeros(n)
+    world.Allreduce(worker, worker_sum)
+    server_all = np.concatenate(world.allgather(server))
+    eps = np.finfo(np.float32).eps
+    np.testing.assert_allclose(applied + worker_sum + server_all, given, rtol=0, atol=8 * (size + 4) * eps * scale)
+
+
+def test_error_feedback_state_saves_and_resumes():
+    n = 777
+    folder = tempfile.TemporaryDirectory()  # one per rank (pytest's tmp_path races between ranks)
+    path = os.path.join(folder.name, "state.npz")
+    a, b = ErrorFeedback(OneBit(bucket=32)), ErrorFeedback(OneBit(bucket=32))
+    for step in range(3):
+        scaleml.quantized_allreduce(data(n, seed=step), world, error_feedback=a)
+    a.save(path)  # one file per rank
+    b.load(path)
+    g = data(n, seed=9)
+    np.testing.assert_array_equal(scaleml.quantized_allreduce(g, world, error_feedback=a),
+                                  scaleml.quantized_allreduce(g, world, error_feedback=b))
+
+
+def test_average_and_in_place_output():
+    x = data(5000, seed=4)
+    summed = scaleml.quantized_allreduce(x, world, Cast("fp16"), algorithm="quantized_ring")
+    y = x.copy()
+    out = scaleml.quantized_allreduce(y, world, Cast("fp16"), algorithm="quantized_ring", average=True, out=y)
+    assert out is y
+    np.testing.assert_array_equal(y, summed / size)
+
+
+def test_auto_picks_a_lossy_algorithm_and_matrix_shapes_work():
+    x = data(64 * 33, seed=5).reshape(64, 33)
+    result, info = scaleml.quantized_allreduce(x, world, QSGD(bits=8), return_info=True)
+    assert result.shape == (64, 33) and info.algorithm in LOSSY and info.format == "qsgd8"
+    assert everyone_holds_the_same(result)
+
+
+# ---- bad input: an exception on every rank, never a hang ----------------------------------------
+
+def raises_everywhere(exc, call, bad_rank: int = 0):
+    with pytest.raises(exc):
+        call(rank == bad_rank % size)
+
+
+@pytest.mark.parametrize("case", ["bits", "elias", "type", "nan", "size", "dtype", "ef_with_ring", "algorithm",
+                                  "none", "out"])
+def test_bad_arguments_raise_on_every_rank(case):
+    x = data(300, seed=6)
+
+    def call(bad: bool):
+        kwargs = {"compression": QSGD(bits=4)}
+        arr = x
+        if case == "bits" and bad:
+            kwargs["compression"] = QSGD(bits=5)
+        elif case == "elias" and bad:
+            kwargs["compression"] = QSGD(bits=4, format="elias")
+        elif case == "type" and bad:
+            kwargs["compression"] = "qsgd4"
+        elif case == "nan" and bad:
+            arr = x.copy()
+            arr[7] = np.nan
+        elif case == "size" and bad:
+            arr = x[:-1]
+        elif case == "dtype" and bad:
+            arr = x.astype(np.float64)
+        elif case == "ef_with_ring" and bad:
+            kwargs = {"error_feedback": ErrorFeedback(OneBit()), "algorithm": "quantized_ring"}
+        elif case == "algorithm" and bad:
+            kwargs["algorithm"] = "dense"
+        elif case == "none" and bad:
+            kwargs["compression"] = None
+        elif case == "out" and bad:
+            kwargs["out"] = np.empty(3, np.float32)
+        return scaleml.quantized_allreduce(arr, world, **kwargs)
+
+    if size == 1 and case in ("bits", "size", "dtype"):  # nothing to disagree with
+        call(True)
+        return
+    raises_everywhere((TypeError, ValueError), call)
+    # and the communicator is still in step: a good call works
+    assert everyone_holds_the_same(scaleml.quantized_allreduce(x, world, Cast("bf16")))
+
+
+def test_sparse_allreduce_needs_compression_for_a_lossy_algorithm():
+    idx = np.arange(10)
+    vals = np.ones(10, np.float32)
+    with pytest.raises(ValueError, match="lossy"):
+        scaleml.sparse_allreduce(idx, vals, 100, world, algorithm="quantized_ring")
+
+
+# ---- the drop-in's lossy opt-in -------------------------------------------------------------------
+
+@pytest.mark.parametrize("algorithm", LOSSY)
+def test_dropin_lossy_opt_in(algorithm):
+    comm = scaleml.Comm(world, compression=QSGD(bits=8, norm="max"), algorithm=algorithm, min_count=0)
+    x = data(4097, seed=7)
+    out = np.empty_like(x)
+    comm.Allreduce(x, out, op=MPI.SUM)
+    assert comm.last_info.algorithm == algorithm and comm.last_info.format == "qsgd8"
+    assert everyone_holds_the_same(out)
+    exact, exact_abs = reference(x)
+    bound = encodings(algorithm) * bucket_bound(exact_abs, 512, "max") / 255 + 1e-6 * exact_abs + 1e-30
+    assert (np.abs(out - exact) <= bound).all()
+    # lossy never applies to other ops or integer data
+    comm.Allreduce(x, out, op=MPI.MAX)
+    assert comm.last_info is None
+    expected = np.empty_like(x)
+    world.Allreduce(x, expected, op=MPI.MAX)
+    np.testing.assert_array_equal(out, expected)
+    ints = np.arange(5000, dtype=np.int32)
+    iout = np.empty_like(ints)
+    comm.Allreduce(ints, iout)
+    assert comm.last_info is None
+    np.testing.assert_array_equal(iout, ints * size)
+
+
+def test_dropin_lossy_formats_differ_between_ranks():
+    if size == 1:
+        return
+    comm = scaleml.Comm(world, compression=QSGD(bits=4 + rank % 2), algorithm="quantized_ring", min_count=0)
+    x = data(1000, seed=8)
+    with pytest.raises(ValueError, match="compression"):
+        comm.Allreduce(x, np.empty_like(x))
+
+
+def test_dropin_lossy_algorithm_needs_compression():
+    with pytest.raises(ValueError, match="lossy"):
+        scaleml.Comm(world, algorithm="quantized_ring")

@@ -5,6 +5,8 @@
 >>> comm = scaleml.Comm(MPI.COMM_WORLD)          # drop-in for the mpi4py communicator
 >>> comm.Allreduce(grad, out, op=MPI.SUM)
 >>> total = scaleml.sparse_allreduce(indices, values, n, MPI.COMM_WORLD)
+>>> ef = scaleml.compress.ErrorFeedback(scaleml.compress.TopK(ratio=0.01))
+>>> g = scaleml.topk_allreduce(grad, MPI.COMM_WORLD, error_feedback=ef, name="fc1")
 >>> q = scaleml.compress.QSGD(bits=4)             # gradient compression
 >>> grad_hat = q.decode(q.encode(grad))
 """
@@ -17,6 +19,7 @@ from . import algorithms, compress, cost_model
 from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
 from .comm import Comm
 from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
+from .topk_allreduce import topk_allreduce
 
 __version__ = "0.1.0"
 
@@ -32,4 +35,5 @@ __all__ = [
     "cost_model",
     "index_dtype",
     "sparse_allreduce",
+    "topk_allreduce",
 ]

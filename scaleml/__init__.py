@@ -7,6 +7,8 @@
 >>> total = scaleml.sparse_allreduce(indices, values, n, MPI.COMM_WORLD)
 >>> ef = scaleml.compress.ErrorFeedback(scaleml.compress.TopK(ratio=0.01))
 >>> g = scaleml.topk_allreduce(grad, MPI.COMM_WORLD, error_feedback=ef, name="fc1")
+>>> state = scaleml.AdaptiveAllreduceState(pi=32)
+>>> g = scaleml.adaptive_allreduce(weight_grad, MPI.COMM_WORLD, state=state, name="fc1")
 >>> q = scaleml.compress.QSGD(bits=4)             # gradient compression
 >>> grad_hat = q.decode(q.encode(grad))
 """
@@ -17,6 +19,7 @@ from mpi4py import MPI  # noqa: F401  (loads libmpi before the extension does)
 
 from . import algorithms, compress, cost_model
 from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
+from .adaptive_allreduce import AdaptiveAllreduceInfo, AdaptiveAllreduceState, adaptive_allreduce
 from .comm import Comm
 from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
 from .topk_allreduce import topk_allreduce
@@ -25,11 +28,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BUILT_MPI_VENDOR",
+    "AdaptiveAllreduceInfo",
+    "AdaptiveAllreduceState",
     "AllreduceInfo",
     "Comm",
     "MalformedMessageError",
     "ScaleMLError",
     "SparseVector",
+    "adaptive_allreduce",
     "algorithms",
     "compress",
     "cost_model",

@@ -119,7 +119,9 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         The tensor's name in ``error_feedback``.
     approximate : bool
         Estimate the selection threshold from a sample instead of an exact
-        selection; then about ``k`` entries are sent (fewer or more).
+        selection; then about ``k`` entries are sent (fewer or more). The
+        sample is keyed by the step of ``error_feedback``'s TopK; without
+        ``error_feedback`` every call samples the same positions.
     compression : object, optional
         Forwarded to :func:`scaleml.sparse_allreduce` as ``compression=`` when
         not ``None`` (a quantizer for its dense phase).

@@ -5,6 +5,10 @@
 >>> comm = scaleml.Comm(MPI.COMM_WORLD)          # drop-in for the mpi4py communicator
 >>> comm.Allreduce(grad, out, op=MPI.SUM)
 >>> total = scaleml.sparse_allreduce(indices, values, n, MPI.COMM_WORLD)
+>>> ef = scaleml.compress.ErrorFeedback(scaleml.compress.TopK(ratio=0.01))
+>>> g = scaleml.topk_allreduce(grad, MPI.COMM_WORLD, error_feedback=ef, name="fc1")
+>>> state = scaleml.AdaptiveAllreduceState(pi=32)
+>>> g = scaleml.adaptive_allreduce(weight_grad, MPI.COMM_WORLD, state=state, name="fc1")
 >>> q = scaleml.compress.QSGD(bits=4)             # gradient compression
 >>> grad_hat = q.decode(q.encode(grad))
 >>> avg = scaleml.quantized_allreduce(grad, MPI.COMM_WORLD, q, average=True)  # 4-bit on the wire
@@ -16,23 +20,29 @@ from mpi4py import MPI  # noqa: F401  (loads libmpi before the extension does)
 
 from . import algorithms, compress, cost_model
 from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
+from .adaptive_allreduce import AdaptiveAllreduceInfo, AdaptiveAllreduceState, adaptive_allreduce
 from .comm import Comm
 from .quantized import quantized_allreduce
 from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
+from .topk_allreduce import topk_allreduce
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BUILT_MPI_VENDOR",
+    "AdaptiveAllreduceInfo",
+    "AdaptiveAllreduceState",
     "AllreduceInfo",
     "Comm",
     "MalformedMessageError",
     "ScaleMLError",
     "SparseVector",
+    "adaptive_allreduce",
     "algorithms",
     "compress",
     "cost_model",
     "index_dtype",
     "quantized_allreduce",
     "sparse_allreduce",
+    "topk_allreduce",
 ]

@@ -362,6 +362,23 @@ def test_error_feedback_residual_definitions():
         ef.compress("b", np.ones(6))
 
 
+def test_error_feedback_set_residual():
+    """set_residual replaces (a contiguous copy of) a residual, None drops it; bad dtypes are refused."""
+    ef = C.ErrorFeedback(C.TopK(k=1))
+    ef.compress("a", np.array([3.0, 1.0, 2.0]))
+    np.testing.assert_array_equal(ef.residual("a"), [0.0, 1.0, 2.0])
+    strided = np.arange(6.0)[::2]
+    ef.set_residual("a", strided)
+    assert ef.residual("a").flags.c_contiguous
+    np.testing.assert_array_equal(ef.residual("a"), [0.0, 2.0, 4.0])
+    c = ef.compress("a", np.array([1.0, 1.0, 1.0]))  # compensated input [1, 3, 5]
+    np.testing.assert_array_equal(C.decode(c), [0.0, 0.0, 5.0])
+    with pytest.raises(TypeError):
+        ef.set_residual("a", np.arange(3))
+    ef.set_residual("a", None)
+    assert ef.residual("a") is None and ef.names() == []
+
+
 def test_error_feedback_save_load(tmp_path):
     rng = np.random.default_rng(11)
     grads = [rng.standard_normal((20, 30)) for _ in range(6)]

@@ -24,3 +24,13 @@ def test_comm_is_a_drop_in_for_mpi4py(nprocs):
 @pytest.mark.parametrize("nprocs", RANK_COUNTS)
 def test_quantized_allreduce_within_its_bounds(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_quantized.py", timeout=600)
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_topk_allreduce_sums_every_ranks_top_k(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_topk_allreduce.py", timeout=600)
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_adaptive_allreduce_is_identical_everywhere_and_conserves_mass(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_adaptive_allreduce.py", timeout=600)

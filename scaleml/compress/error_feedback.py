@@ -57,6 +57,25 @@ class ErrorFeedback:
                              "number of ranks?)")
         return r
 
+    def set_residual(self, name: str, residual: ArrayLike | None) -> None:
+        """Replace the residual of ``name`` (``None`` drops it).
+
+        For callers that compress first and keep the new residual only once
+        the collective that sends the compressed tensor has succeeded
+        (``scaleml.topk_allreduce``).
+
+        Parameters
+        ----------
+        name : str
+            The tensor's name.
+        residual : array_like of float32 or float64, or None
+            The new residual (copied when not a C-contiguous array already).
+        """
+        if residual is None:
+            self._residuals.pop(name, None)
+        else:
+            self._residuals[name] = _as_input(residual, "residual")
+
     def names(self) -> list[str]:
         """Names of the tensors with a residual."""
         return sorted(self._residuals)

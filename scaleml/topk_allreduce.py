@@ -1,0 +1,171 @@
+"""TopK AllReduce: error-feedback compensation, top-k selection, and a sparse AllReduce of the selection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from . import algorithms
+from .compress.error_feedback import ErrorFeedback
+from .compress.topk import TopK
+from .sparse import _LocalError, agree, engine_state, sparse_allreduce
+
+__all__ = ["topk_allreduce"]
+
+_DEFAULT_RATIO = 0.01
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_local_error(exc: Exception) -> _LocalError:
+    """Map an exception of the local checks to the agreement's code (see ``scaleml.errors``)."""
+    if isinstance(exc, TypeError):
+        return _LocalError(1, exc)
+    if isinstance(exc, MemoryError):
+        return _LocalError(5, exc)
+    if "non-finite" in str(exc):  # the TopK kernel's message for NaN/Inf
+        return _LocalError(4, exc)
+    return _LocalError(2, exc)
+
+
+def _selector(ratio: Any, k: Any, approximate: Any, error_feedback: Any) -> tuple[TopK, int | None]:
+    """The TopK that selects, and the step to key its sampling with (``None``: no counter to advance)."""
+    if error_feedback is None:
+        sel = TopK(k=k) if k is not None else TopK(ratio=ratio)  # TopK validates k and ratio
+        sel.approximate = bool(approximate)
+        return sel, None
+    if not isinstance(error_feedback, ErrorFeedback):
+        raise TypeError(f"error_feedback must be a scaleml.compress.ErrorFeedback or None, "
+                        f"got {type(error_feedback).__name__}")
+    sel = error_feedback.compressor
+    if not isinstance(sel, TopK):
+        raise TypeError(f"error_feedback's compressor must be a scaleml.compress.TopK, got {type(sel).__name__}")
+    # The selection is error_feedback's TopK; arguments that say otherwise are a mistake, not a choice.
+    if k is not None and k != sel.k:
+        raise ValueError(f"k={k!r} conflicts with error_feedback's TopK (k={sel.k!r}); set k on the TopK")
+    if ratio != _DEFAULT_RATIO and ratio != sel.ratio:
+        raise ValueError(f"ratio={ratio!r} conflicts with error_feedback's TopK (ratio={sel.ratio!r})")
+    if approximate and not sel.approximate:
+        raise ValueError("approximate=True conflicts with error_feedback's TopK (approximate=False)")
+    return sel, sel.step
+
+
+def _prepare(grad: Any, ratio: Any, k: Any, approximate: Any, error_feedback: Any, name: Any, algorithm: Any):
+    """This rank's part before any communication: checks, compensation and selection (raises _LocalError)."""
+    try:
+        if algorithms.code_of(algorithm) < 0:
+            raise ValueError(f"unknown algorithm {algorithm!r}; expected 'auto' or one of {algorithms.NAMES}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        try:
+            g = np.asarray(grad)
+        except Exception as exc:  # objects numpy cannot read as arrays
+            raise TypeError(f"grad must be array-like: {exc}") from exc
+        if g.dtype not in _FLOATS:
+            raise TypeError(f"grad must be float32 or float64, got {g.dtype}")
+        sel, step = _selector(ratio, k, approximate, error_feedback)
+        flat = g.reshape(-1)  # a view when grad is contiguous, else a copy
+        if error_feedback is None:
+            c, residual = sel.encode(flat, step=0), None  # no counter: the same sample keys every call
+        else:
+            r = error_feedback.residual(name)
+            if r is not None and (r.shape != g.shape or r.dtype != g.dtype):
+                raise ValueError(f"tensor {name!r}: grad is {g.dtype}{g.shape}, its residual is {r.dtype}{r.shape}")
+            y = flat + r.reshape(-1) if r is not None else flat
+            c, residual = sel.encode_with_residual(y, step=step)
+            residual = residual.reshape(g.shape)
+        idx, vals = TopK.entries(c)  # sorted unique uint32 indices: no dense decode
+        return g, idx, vals, residual, step
+    except (TypeError, ValueError, OverflowError, MemoryError) as exc:
+        raise _as_local_error(exc) from exc
+
+
+def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: float = _DEFAULT_RATIO,
+                   k: int | None = None, error_feedback: ErrorFeedback | None = None, name: str = "grad",
+                   approximate: bool = False, compression: Any = None, average: bool = False,
+                   algorithm: str = "auto", return_info: bool = False):
+    """Sum the top-k entries of every rank's gradient, with error feedback (collective).
+
+    Each rank compensates ``grad`` with its residual (``y = grad + residual``),
+    selects the ``k`` entries of ``y`` of largest magnitude, keeps the rest as
+    its new residual, and the selections are summed with
+    :func:`scaleml.sparse_allreduce` (``out="dense"``). Every rank gets the
+    same array, bit for bit.
+
+    Parameters
+    ----------
+    grad : array_like of float32 or float64
+        This rank's gradient, any shape (flattened for the selection), the same
+        size and dtype on every rank. A non-contiguous array is copied.
+    comm : mpi4py.MPI.Intracomm
+        The communicator.
+    ratio : float
+        Fraction of entries to send, ``k = ceil(ratio * grad.size)``; ignored
+        when ``k`` is given.
+    k : int, optional
+        Number of entries to send, ``0 <= k <= grad.size``. ``k = 0`` (and an
+        empty ``grad``) is allowed: nothing is sent, the result is zero and
+        with error feedback the whole compensated gradient stays in the residual.
+    error_feedback : scaleml.compress.ErrorFeedback, optional
+        Residuals per tensor name, around a :class:`scaleml.compress.TopK`
+        that then does the selection (its ``k``/``ratio``/``approximate``;
+        the arguments ``k``, ``ratio`` and ``approximate`` must be left at their
+        defaults or match it). Its residual and step counter advance only when
+        the whole call succeeds, so a call that raises leaves it unchanged.
+        Checkpoint it with ``save``/``load`` (one file per rank). ``None``:
+        plain top-k, the unsent entries are dropped.
+    name : str
+        The tensor's name in ``error_feedback``.
+    approximate : bool
+        Estimate the selection threshold from a sample instead of an exact
+        selection; then about ``k`` entries are sent (fewer or more). The
+        sample is keyed by the step of ``error_feedback``'s TopK; without
+        ``error_feedback`` every call samples the same positions.
+    compression : object, optional
+        Forwarded to :func:`scaleml.sparse_allreduce` as ``compression=`` when
+        not ``None`` (a quantizer for its dense phase).
+    average : bool
+        Divide the sum by the number of ranks.
+    algorithm : str
+        ``"auto"`` or a name of :data:`scaleml.algorithms.NAMES`, the same on
+        every rank (see :func:`scaleml.sparse_allreduce`).
+    return_info : bool
+        Also return the :class:`scaleml.AllreduceInfo` of the sparse AllReduce.
+
+    Returns
+    -------
+    numpy.ndarray or tuple of (numpy.ndarray, AllreduceInfo)
+        The sum (or mean) over ranks of the selected entries, with ``grad``'s
+        shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On every rank when any rank passed bad input (dtype, ``k``/``ratio``,
+        ``k > grad.size``, NaN or Inf, a residual of another shape or dtype, an
+        ``error_feedback`` that is not an ``ErrorFeedback`` of a ``TopK``), or
+        when ranks disagree on the size, dtype or algorithm.
+    """
+    op_name = "topk_allreduce"
+    error = None
+    try:
+        g, idx, vals, residual, step = _prepare(grad, ratio, k, approximate, error_feedback, name, algorithm)
+    except _LocalError as exc:
+        error = exc
+    # Our own agreement: a local error raises on every rank with this function's name, before any rank
+    # has entered sparse_allreduce's (whose agreement would otherwise wait for the failed rank).
+    ok = error is None
+    agree(engine_state(comm), error, n=g.size if ok else 0, value_bytes=g.itemsize if ok else 0,
+          algorithm=max(algorithms.code_of(algorithm), 0), out=0, nnz=idx.size if ok else 0, op_name=op_name)
+    extra = {} if compression is None else {"compression": compression}  # only when given: works without the kwarg
+    total, info = sparse_allreduce(idx, vals, g.size, comm, algorithm=algorithm, out="dense", return_info=True,
+                                   **extra)
+    if error_feedback is not None:  # commit only now: a call that raised kept the old residual and step
+        error_feedback.set_residual(name, residual)
+        error_feedback.compressor.step = step + 1  # type: ignore[operator]
+    total = total.reshape(g.shape)
+    if average:
+        total /= comm.Get_size()
+    return (total, info) if return_info else total
+

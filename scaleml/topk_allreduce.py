@@ -158,9 +158,8 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     ok = error is None
     agree(engine_state(comm), error, n=g.size if ok else 0, value_bytes=g.itemsize if ok else 0,
           algorithm=max(algorithms.code_of(algorithm), 0), out=0, nnz=idx.size if ok else 0, op_name=op_name)
-    extra = {} if compression is None else {"compression": compression}  # only when given: works without the kwarg
     total, info = sparse_allreduce(idx, vals, g.size, comm, algorithm=algorithm, out="dense", return_info=True,
-                                   **extra)
+                                   compression=compression)
     if error_feedback is not None:  # commit only now: a call that raised kept the old residual and step
         error_feedback.set_residual(name, residual)
         error_feedback.compressor.step = step + 1  # type: ignore[operator]

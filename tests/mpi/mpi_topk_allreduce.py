@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 
 import numpy as np
@@ -166,23 +165,21 @@ def test_save_and_load_resume_identically():
     assert not np.array_equal(steps(lost, [3])[0], rest[0])
 
 
-def test_compression_is_forwarded_only_when_given(monkeypatch):
-    module = importlib.import_module("scaleml.topk_allreduce")  # the attribute scaleml.topk_allreduce is the function
-    seen = []
-    real = module.sparse_allreduce
-
-    def spy(*args, **kwargs):
-        seen.append(dict(kwargs))
-        kwargs.pop("compression", None)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, "sparse_allreduce", spy)
-    g = gradient((50,), np.float32)
-    scaleml.topk_allreduce(g, comm, k=3)
-    q = QSGD(bits=4)
-    scaleml.topk_allreduce(g, comm, k=3, compression=q)
-    assert "compression" not in seen[0]
-    assert seen[1]["compression"] is q
+def test_quantized_values_through_the_switch():
+    # k large enough that the sum of the selections densifies: it continues as 8-bit QSGD (max norm).
+    n = 4000
+    g = gradient((n,), np.float32)
+    q = QSGD(bits=8, bucket=128, norm="max", seed=2)
+    total, info = scaleml.topk_allreduce(g, comm, ratio=0.4, compression=q, algorithm="split_allgather",
+                                         return_info=True)
+    assert len(set(comm.allgather(total.tobytes()))) == 1  # identical on every rank
+    assert info.format == "qsgd8"
+    sel = scaleml.topk_allreduce(g, comm, ratio=0.4)  # the exact sum of the same selections
+    abs_sum = np.zeros(n)
+    comm.Allreduce(np.abs(g).astype(np.float64), abs_sum)
+    # each value is encoded at most P + 1 times, each time off by at most its bucket's max / 255
+    bound = (comm.Get_size() + 1) * 2 * abs_sum.max() / 255 + 1e-6
+    assert np.abs(total.astype(np.float64) - sel).max() <= bound
 
 
 # ---- a bad argument on one rank raises on every rank, and nothing is left half done -----------------

@@ -84,6 +84,10 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
                         int norm, int format, uint64_t key, uint8_t *out, size_t cap, size_t *written);
 int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
                         int format, void *out, int value_bytes);
+/* acc[0 .. n) += decode(buf) for the fixed-width format, in one pass; SCALEML_ERR_ARG (no message) when the
+ * bucket is not a multiple of 8 (then decode and add separately). */
+int scaleml_qsgd_decode_add(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                            void *acc, int value_bytes);
 
 /* onebit.c: sign bit per element, two reconstruction values per bucket. */
 size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket);

@@ -66,10 +66,11 @@ int codec_encode(const scaleml_codec *c, const void *x, uint64_t len, int value_
 {
     size_t bytes = codec_bytes(c, len, value_bytes), written = 0;
     if (len == 0) return SCALEML_OK;
-    switch (c->kind) {
-    case SCALEML_CODEC_NONE:
-        memcpy(out, x, bytes);
+    if (!codec_lossy(c)) {  /* exact: the values themselves (nothing to do when they are already in place) */
+        if ((const void *)out != x) memcpy(out, x, bytes);
         return SCALEML_OK;
+    }
+    switch (c->kind) {
     case SCALEML_CODEC_QSGD: {
         uint64_t key = scaleml_rng_key(c->seed, (uint64_t)rank, c->step, stream);
         int rc = scaleml_qsgd_encode(x, value_bytes, len, c->bits, c->bucket, c->norm, SCALEML_QSGD_FIXED, key,
@@ -106,10 +107,11 @@ int codec_decode(const scaleml_codec *c, const uint8_t *buf, size_t bytes, uint6
         return scaleml_fail(SCALEML_ERR_MALFORMED, "encoded range of %llu values has %zu bytes, expected %zu",
                             (unsigned long long)len, bytes, expected);
     if (len == 0) return SCALEML_OK;
-    switch (c->kind) {
-    case SCALEML_CODEC_NONE:
-        memcpy(out, buf, bytes);
+    if (!codec_lossy(c)) {
+        if ((const void *)buf != out) memcpy(out, buf, bytes);
         return SCALEML_OK;
+    }
+    switch (c->kind) {
     case SCALEML_CODEC_QSGD:
         return scaleml_qsgd_decode(buf, bytes, len, c->bits, c->bucket, SCALEML_QSGD_FIXED, out, value_bytes);
     case SCALEML_CODEC_FP16:
@@ -145,6 +147,15 @@ void codec_add(void *acc, const void *b, uint64_t len, int value_bytes)
 int codec_decode_add(const scaleml_codec *c, const uint8_t *buf, size_t bytes, uint64_t len, void *acc,
                      void *scratch, int value_bytes)
 {
+    if (!codec_lossy(c)) {  /* exact: add the received values as they are */
+        if (bytes != (size_t)len * (size_t)value_bytes)
+            return scaleml_fail(SCALEML_ERR_MALFORMED, "range of %llu values has %zu bytes",
+                                (unsigned long long)len, bytes);
+        codec_add(acc, buf, len, value_bytes);
+        return SCALEML_OK;
+    }
+    if (c->kind == SCALEML_CODEC_QSGD && c->bucket % 8 == 0)  /* one pass */
+        return scaleml_qsgd_decode_add(buf, bytes, len, c->bits, c->bucket, acc, value_bytes);
     int rc = codec_decode(c, buf, bytes, len, scratch, value_bytes);
     if (!rc) codec_add(acc, scratch, len, value_bytes);
     return rc;
@@ -156,6 +167,10 @@ int codec_encode_roundtrip(const scaleml_codec *c, void *x, uint64_t len, int va
     size_t bytes = codec_bytes(c, len, value_bytes);
     int rc = codec_encode(c, x, len, value_bytes, rank, stream, out);
     if (rc || len == 0) return rc;
+    if (!codec_lossy(c)) {  /* exact: nothing changes, no error */
+        if (residual) memset(residual, 0, (size_t)len * (size_t)value_bytes);
+        return SCALEML_OK;
+    }
     void *decoded = scratch ? scratch : malloc((size_t)len * (size_t)value_bytes);
     if (!decoded) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %llu values", (unsigned long long)len);
     rc = codec_decode(c, out, bytes, len, decoded, value_bytes);

@@ -56,6 +56,7 @@ int sparse_allreduce_split_allgather(sa_context *ctx, scaleml_result *res);
 int sparse_allreduce_split_dense(sa_context *ctx, scaleml_result *res);
 int dense_allreduce(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_ring(sa_context *ctx, scaleml_result *res);
+int dense_allreduce_ring(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_rhd(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_direct(sa_context *ctx, scaleml_result *res);
 

@@ -1,7 +1,9 @@
 /*
  * Quantized AllReduce by ring reduce-scatter and ring allgather
  * (bandwidth-bound case), for dense data in the caller's lossy format
- * (QSGD b-bit, float16/bfloat16 or 1-bit: collectives/codec.h).
+ * (QSGD b-bit, float16/bfloat16 or 1-bit: collectives/codec.h). Without a
+ * lossy format it is the exact pipelined ring (registry entry `ring`): values
+ * are sent straight from the result buffer and received into it, no copies.
  *
  * Steps (P ranks, the index space cut into P blocks, each into chunks):
  *   1. reduce-scatter, P-1 steps: in step s rank r sends its partial sum of
@@ -63,7 +65,8 @@ static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, voi
                 uint64_t start, len;
                 size_t at, bytes;
                 qa_chunk(l, sb, i, &start, &len, &at, &bytes);
-                uint8_t *out = sendbuf[cur] + (at - l->offset[sb]);
+                /* exact: sent straight from the values, which stay untouched until the allgather */
+                uint8_t *out = codec_lossy(c->codec) ? sendbuf[cur] + (at - l->offset[sb]) : (uint8_t *)all + start * vb;
                 rc = codec_encode(c->codec, all + start * vb, len, c->value_bytes, r,
                                   CODEC_STREAM(CODEC_PHASE_REDUCE, start), out);
                 if (!rc) rc = cu_isend(c->comm, right, TAG_QUANT_REDUCE, out, bytes, &sends[cur][nsends[cur]],
@@ -83,7 +86,7 @@ static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, voi
                 rc = codec_decode_add(c->codec, recvbuf + (at - l->offset[rb]), bytes, len, all + start * vb, scratch,
                                       c->value_bytes);
             if (!rc && s < P - 2) {  /* block rb is what this rank sends in the next step */
-                uint8_t *out = sendbuf[next] + (at - l->offset[rb]);
+                uint8_t *out = codec_lossy(c->codec) ? sendbuf[next] + (at - l->offset[rb]) : (uint8_t *)all + start * vb;
                 rc = codec_encode(c->codec, all + start * vb, len, c->value_bytes, r,
                                   CODEC_STREAM(CODEC_PHASE_REDUCE, start), out);
                 if (!rc) rc = cu_isend(c->comm, right, TAG_QUANT_REDUCE, out, bytes, &sends[next][nsends[next]],
@@ -109,6 +112,12 @@ done:
     return rc;
 }
 
+int dense_allreduce_ring(sa_context *c, scaleml_result *res)
+{
+    c->codec = NULL;  /* exact, whatever format the caller allowed */
+    return quantized_allreduce_ring(c, res);
+}
+
 int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
 {
     sv_segment all;
@@ -119,7 +128,12 @@ int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
         uint8_t *slots = NULL;
         void *scratch = NULL;
         rc = qa_layout_init(&l, c, c->size, qa_pipeline_chunk(c));
-        if (!rc) {
+        /* exact: the slots are the values themselves (block j's chunk i lies at its values' byte offset) */
+        if (!rc && !codec_lossy(c->codec)) {
+            slots = all.values;
+            scratch = malloc(1);
+            if (!scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
+        } else if (!rc) {
             slots = malloc(l.offset[c->size] ? l.offset[c->size] : 1);
             scratch = malloc(qa_max_chunk(&l) * (unsigned)c->value_bytes);
             if (!slots || !scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the encoded result");
@@ -127,7 +141,7 @@ int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
         if (!rc) rc = ring_reduce_scatter(c, &l, all.values, scratch);
         if (!rc) rc = qa_encode_block(c, &l, c->rank, all.values, slots, CODEC_PHASE_FINAL, NULL, 0, scratch);
         if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);
-        free(slots);
+        if (slots != all.values) free(slots);
         free(scratch);
         qa_layout_free(&l);
     }
@@ -151,4 +165,11 @@ double quantized_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_c
      * in the reduce-scatter, decode of them in the allgather */
     return 2 * (P - 1) * p->alpha * (chunks > 1 ? chunks : 1) + p->beta * 2 * (P - 1) / P * n * q +
            p->gamma * (P - 1) / P * n * c->value_bytes * 5;
+}
+
+double dense_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)
+{
+    scaleml_cost_case exact = *c;
+    exact.quantized_value_bytes = 0;
+    return quantized_allreduce_ring_cost(&exact, p, result_sparse);
 }

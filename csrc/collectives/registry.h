@@ -44,6 +44,7 @@ double sparse_allreduce_split_allgather_cost(const scaleml_cost_case *c, const s
 double sparse_allreduce_split_dense_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
                                          int *result_sparse);
 double dense_allreduce_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
+double dense_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 double quantized_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 double quantized_allreduce_rhd_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 double quantized_allreduce_direct_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,

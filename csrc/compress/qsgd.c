@@ -502,6 +502,110 @@ static int read_norm(bitreader *r, float *norm)
     return SCALEML_OK;
 }
 
+/* The fixed-width format with buckets of a multiple of 8 values: 8 codes at a
+ * time from whole bytes. Each value is (float)(unit * level) with the sign bit
+ * set from the code, as the general path computes it; with few levels per
+ * bucket the float32 values of the 2^(bits+1) codes are tabulated once per
+ * bucket (the same values, looked up). accumulate: out += decoded values
+ * (the collectives' decode-and-add, one pass instead of two). The payload
+ * size was checked exactly by the caller, so every read is in bounds. */
+static int decode_fixed(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket, void *out,
+                        int value_bytes, int accumulate)
+{
+    uint32_t s = (UINT32_C(1) << bits) - 1, mask = s, codes = UINT32_C(2) << bits;
+    const uint8_t *p = buf, *end = buf + bytes;
+    int tabulate = value_bytes == 4 && codes * 4 <= bucket;
+    float table[512];
+    for (uint64_t start = 0; start < n; start += bucket) {
+        uint64_t len = n - start < bucket ? n - start : bucket;
+        float nf;
+        memcpy(&nf, p, 4);
+        p += 4;
+        if (!(nf >= 0) || !isfinite(nf))
+            return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
+        double unit = (double)nf / (double)s;
+        uint64_t i = 0;
+        uint32_t c[8];
+        if (tabulate) {
+            for (uint32_t code = 0; code < codes; code++) {
+                float val = (float)(unit * (double)(code & mask));
+                uint32_t vb;
+                memcpy(&vb, &val, 4);
+                vb |= (code >> bits) << 31;
+                memcpy(&table[code], &vb, 4);
+            }
+            float *o = (float *)out + start;
+            if (accumulate)
+                for (; i + 8 <= len; i += 8, p += bits + 1) {
+                    unpack8(p, (size_t)(end - p), c, bits);
+                    for (unsigned j = 0; j < 8; j++) o[i + j] += table[c[j]];
+                }
+            else
+                for (; i + 8 <= len; i += 8, p += bits + 1) {
+                    unpack8(p, (size_t)(end - p), c, bits);
+                    for (unsigned j = 0; j < 8; j++) o[i + j] = table[c[j]];
+                }
+        } else if (value_bytes == 4) {
+            float *o = (float *)out + start;
+            for (; i + 8 <= len; i += 8, p += bits + 1) {
+                unpack8(p, (size_t)(end - p), c, bits);
+                for (unsigned j = 0; j < 8; j++) {
+                    float val = (float)(unit * (double)(c[j] & mask));
+                    uint32_t vb;
+                    memcpy(&vb, &val, 4);
+                    vb |= (c[j] >> bits) << 31;
+                    memcpy(&val, &vb, 4);
+                    o[i + j] = accumulate ? o[i + j] + val : val;
+                }
+            }
+        } else {
+            double *o = (double *)out + start;
+            for (; i + 8 <= len; i += 8, p += bits + 1) {
+                unpack8(p, (size_t)(end - p), c, bits);
+                for (unsigned j = 0; j < 8; j++) {
+                    double val = unit * (double)(c[j] & mask);
+                    uint64_t vb;
+                    memcpy(&vb, &val, 8);
+                    vb |= (uint64_t)(c[j] >> bits) << 63;
+                    memcpy(&val, &vb, 8);
+                    o[i + j] = accumulate ? o[i + j] + val : val;
+                }
+            }
+        }
+        if (i < len) { /* only the last bucket has a partial group: it ends the stream */
+            bitreader t;
+            br_init(&t, p, (size_t)(end - p));
+            for (; i < len; i++) {
+                uint64_t cc = br_get(&t, bits + 1);
+                double val = unit * (double)(cc & mask);
+                if (value_bytes == 4) {
+                    float f = (float)val;
+                    f = (cc >> bits) ? -f : f;
+                    ((float *)out)[start + i] = accumulate ? ((float *)out)[start + i] + f : f;
+                } else {
+                    val = (cc >> bits) ? -val : val;
+                    ((double *)out)[start + i] = accumulate ? ((double *)out)[start + i] + val : val;
+                }
+            }
+            if (t.err) return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
+            p = end;
+        }
+    }
+    return SCALEML_OK;
+}
+
+int scaleml_qsgd_decode_add(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                            void *acc, int value_bytes)
+{
+    int rc = check_args(n, bits, bucket, SCALEML_QSGD_FIXED, value_bytes);
+    if (rc) return rc;
+    if (bytes != scaleml_qsgd_max_bytes(n, bits, bucket, SCALEML_QSGD_FIXED))
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
+                            scaleml_qsgd_max_bytes(n, bits, bucket, SCALEML_QSGD_FIXED));
+    if (bucket % 8) return SCALEML_ERR_ARG;  /* the caller decodes and adds in two passes */
+    return decode_fixed(buf, bytes, n, bits, bucket, acc, value_bytes, 1);
+}
+
 int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
                         int format, void *out, int value_bytes)
 {
@@ -511,61 +615,7 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
     if (format == SCALEML_QSGD_FIXED && bytes != scaleml_qsgd_max_bytes(n, bits, bucket, format))
         return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
                        scaleml_qsgd_max_bytes(n, bits, bucket, format));
-    if (format == SCALEML_QSGD_FIXED && bucket % 8 == 0) {
-        /* the size was checked exactly above, so every read below is in bounds */
-        const uint8_t *p = buf, *end = buf + bytes;
-        uint32_t mask = s;
-        for (uint64_t start = 0; start < n; start += bucket) {
-            uint64_t len = n - start < bucket ? n - start : bucket;
-            float nf;
-            memcpy(&nf, p, 4);
-            p += 4;
-            if (!(nf >= 0) || !isfinite(nf))
-                return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
-            double unit = (double)nf / (double)s;
-            uint64_t i = 0;
-            uint32_t c[8];
-            if (value_bytes == 4) {
-                float *o = (float *)out + start;
-                for (; i + 8 <= len; i += 8, p += bits + 1) {
-                    unpack8(p, (size_t)(end - p), c, bits);
-                    for (unsigned j = 0; j < 8; j++) {
-                        float val = (float)(unit * (double)(c[j] & mask));
-                        uint32_t vb;
-                        memcpy(&vb, &val, 4);
-                        vb |= (c[j] >> bits) << 31;
-                        memcpy(o + i + j, &vb, 4);
-                    }
-                }
-            } else {
-                double *o = (double *)out + start;
-                for (; i + 8 <= len; i += 8, p += bits + 1) {
-                    unpack8(p, (size_t)(end - p), c, bits);
-                    for (unsigned j = 0; j < 8; j++) {
-                        double val = unit * (double)(c[j] & mask);
-                        uint64_t vb;
-                        memcpy(&vb, &val, 8);
-                        vb |= (uint64_t)(c[j] >> bits) << 63;
-                        memcpy(o + i + j, &vb, 8);
-                    }
-                }
-            }
-            if (i < len) { /* only the last bucket has a partial group: it ends the stream */
-                bitreader t;
-                br_init(&t, p, (size_t)(end - p));
-                for (; i < len; i++) {
-                    uint64_t cc = br_get(&t, bits + 1);
-                    double val = unit * (double)(cc & mask);
-                    val = (cc >> bits) ? -val : val;
-                    if (value_bytes == 4) ((float *)out)[start + i] = (float)val;
-                    else ((double *)out)[start + i] = val;
-                }
-                if (t.err) return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
-                p = end;
-            }
-        }
-        return SCALEML_OK;
-    }
+    if (format == SCALEML_QSGD_FIXED && bucket % 8 == 0) return decode_fixed(buf, bytes, n, bits, bucket, out, value_bytes, 0);
     bitreader r;
     br_init(&r, buf, bytes);
     for (uint64_t start = 0; start < n; start += bucket) {

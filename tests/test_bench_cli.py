@@ -43,6 +43,8 @@ def test_size_sweep_like_nccl_tests():
 def test_every_algorithm_is_registered():
     assert {"mpi_allreduce", "auto", "recursive_doubling", "split_allgather", "split_dense", "dense",
             "dropin"} <= set(bench.METHODS)
+    # the lossy algorithms need a format: they are no lossless methods of --methods all
+    assert not {"quantized_ring", "quantized_rhd", "quantized_direct"} & set(bench.BUILTIN)
 
 
 def test_short_sweep_under_mpiexec(tmp_path):
@@ -54,8 +56,7 @@ def test_short_sweep_under_mpiexec(tmp_path):
     doc = json.loads(out_json.read_text())
     assert doc["meta"]["ranks"] == 2 and doc["meta"]["mpi"].startswith("MPICH")
     rows = doc["rows"]
-    methods = set(bench.METHODS)
-    assert len(rows) == 2 * 2 * len(methods)  # sizes x densities x methods
+    assert len(rows) == 2 * 2 * len(bench.BUILTIN)  # sizes x densities x methods (all: those built in)
     for row in rows:
         assert set(row) == set(ROW_FIELDS)
         for key, kind in ROW_FIELDS.items():

@@ -21,7 +21,7 @@ from mpi4py import MPI
 from ..datagen import PATTERNS
 from .calibrate import calibrate
 from .measure import run_case, run_metadata
-from .methods import BASELINE, LOSSLESS, METHODS, register_compression
+from .methods import BASELINE, BUILTIN, METHODS, register_compression
 from .model import model
 
 DESCRIPTION = "``scaleml-bench``: micro-benchmark of ScaleML's collectives against ``MPI_Allreduce``."
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--density", type=float, nargs="+", default=[0.01], help="fractions of non-zeros per rank")
     p.add_argument("--pattern", choices=PATTERNS, default="overlap", help="how ranks' indices relate")
     p.add_argument("--methods", nargs="+", default=["all"],
-                   help=f"lossless methods to time besides {BASELINE}: all or any of {sorted(METHODS)}")
+                   help=f"lossless methods to time besides {BASELINE}: all or any of {sorted(BUILTIN)}")
     p.add_argument("--compression", nargs="+", default=[], metavar="NAME",
                    help="lossy methods to add: qsgd1..qsgd8 (QSGD, max norm, buckets of 512, allgather), onebit, "
                    "fp16, bf16 (allgather), topkR (TopK with ratio R, e.g. topk0.01, then the sparse AllReduce)")
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     """The sweep: every case, every method, one row each."""
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
-    methods = sorted(LOSSLESS, key=list(METHODS).index) if "all" in args.methods else args.methods
+    methods = list(BUILTIN) if "all" in args.methods else list(args.methods)
     try:
         methods += [register_compression(name) for name in args.compression]
     except ValueError as exc:

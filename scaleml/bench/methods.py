@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from .. import compress, cost_model
+from .. import algorithms, compress
 from ..comm import Comm
 from ..sparse import sparse_allreduce
 
@@ -59,8 +59,7 @@ BASELINE = "mpi_allreduce"
 def _plain_mpi_allreduce(name: str) -> Callable[[Case], Runner]:
     def factory(case: Case) -> Runner:
         out = np.empty_like(case.dense)
-        P = case.comm.Get_size()
-        ring_bytes = 2 * (P - 1) * case.dense.nbytes // P  # MPI does not report its traffic
+        ring_bytes = _ring_bytes(case)  # MPI does not report its traffic
 
         def run():
             case.comm.Allreduce(case.dense, out, MPI.SUM)
@@ -88,20 +87,36 @@ def _sparse_method(algorithm: str) -> Callable[[Case], Runner]:
     return factory
 
 
-for _alg in ("auto", *cost_model.ALGORITHMS):
+# The exact algorithms only: the lossy ones need a format (compression=).
+for _alg in ("auto", *(a.name for a in algorithms.REGISTRY.values() if a.exact)):
     register(_alg)(_sparse_method(_alg))
 
 
 @register("dropin")
 def _dropin(case: Case) -> Runner:
     """scaleml.Comm.Allreduce on the dense buffer: sparsity detection included."""
-    comm = Comm(case.comm)
+    return _dropin_runner(case, Comm(case.comm))
+
+
+BUILTIN: tuple[str, ...] = tuple(METHODS)
+"""The methods registered at import: what ``--methods all`` runs."""
+
+
+def _ring_bytes(case: Case, itemsize: int | None = None) -> int:
+    """Bytes a rank sends in a ring AllReduce of the case's vector (MPI and gloo do not report theirs)."""
+    P = case.comm.Get_size()
+    return 2 * (P - 1) * case.n * (itemsize or case.dtype.itemsize) // P
+
+
+def _dropin_runner(case: Case, comm: Comm) -> Runner:
     out = np.empty_like(case.dense)
+    ring_bytes = _ring_bytes(case)
 
     def run():
         comm.Allreduce(case.dense, out, MPI.SUM)
         info = comm.last_info
-        return out, info.bytes_sent if info else 0, info.algorithm if info else BASELINE
+        # No info: the drop-in went straight to MPI_Allreduce (an MPI period), which sends the ring's bytes.
+        return out, info.bytes_sent if info else ring_bytes, info.algorithm if info else BASELINE
 
     return run
 

@@ -16,8 +16,8 @@ ROW_FIELDS = {
     "max_nnz_input": int,
     "pattern": str, "method": str, "algorithm": str, "time_min_us": float, "time_avg_us": float,
     "time_max_us": float, "time_median_us": float, "algbw_GBps": float, "busbw_GBps": float,
-    "bytes_sent_per_rank": int, "speedup_vs_mpi": float, "speedup_median_vs_mpi": float, "max_rel_error": float,
-    "lossless": bool,
+    "bytes_sent_per_rank": int, "speedup_vs_mpi": float, "speedup_median_vs_mpi": float, "rel_error": float,
+    "max_rel_error": float, "rel_error_time_avg": float, "lossless": bool,
 }
 
 
@@ -64,7 +64,8 @@ def test_short_sweep_under_mpiexec(tmp_path):
         assert row["time_min_us"] <= row["time_avg_us"] <= row["time_max_us"]
         assert row["time_min_us"] > 0 and row["speedup_vs_mpi"] > 0
         assert row["time_median_us"] > 0 and row["speedup_median_vs_mpi"] > 0
-        assert row["max_rel_error"] < 1e-5  # every method here is lossless
+        assert row["max_rel_error"] < 1e-5 and row["rel_error"] < 1e-5  # every method here is lossless
+        assert row["rel_error_time_avg"] == row["rel_error"]
         if row["method"] == "mpi_allreduce":
             assert row["speedup_vs_mpi"] == 1.0 and row["speedup_median_vs_mpi"] == 1.0
         # both speedups are against the baseline of the same case: the means, and the medians

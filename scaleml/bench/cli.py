@@ -129,10 +129,11 @@ def build_model_parser() -> argparse.ArgumentParser:
     return p
 
 
-COLUMNS = [("size_bytes", "{:>11d}"), ("count", "{:>10d}"), ("density", "{:>8.0e}"), ("algorithm", "{:<32s}"),
+COLUMNS = [("size_bytes", "{:>11d}"), ("count", "{:>10d}"), ("density", "{:>8.0e}"), ("algorithm", "{:<36s}"),
            ("time_min_us", "{:>11.1f}"), ("time_avg_us", "{:>11.1f}"), ("time_max_us", "{:>11.1f}"),
            ("time_median_us", "{:>11.1f}"), ("algbw_GBps", "{:>8.3f}"), ("busbw_GBps", "{:>8.3f}"),
-           ("bytes_sent_per_rank", "{:>12d}"), ("speedup_vs_mpi", "{:>8.2f}"), ("max_rel_error", "{:>9.1e}")]
+           ("bytes_sent_per_rank", "{:>12d}"), ("speedup_vs_mpi", "{:>8.2f}"), ("rel_error", "{:>9.1e}"),
+           ("max_rel_error", "{:>9.1e}")]
 
 
 def format_row(row: dict) -> str:
@@ -161,7 +162,7 @@ def header() -> str:
     """
     widths = [len(fmt.format(0 if "d}" in fmt or "f}" in fmt or "e}" in fmt else "")) for _, fmt in COLUMNS]
     names = ["size(B)", "count", "density", "algorithm", "min(us)", "avg(us)", "max(us)", "med(us)", "algbw", "busbw",
-             "sent(B)/rank", "speedup", "rel.err"]
+             "sent(B)/rank", "speedup", "rel.err", "max.err"]
     return "  ".join(name.rjust(w) if i != 3 else name.ljust(w) for i, (name, w) in enumerate(zip(names, widths)))
 
 

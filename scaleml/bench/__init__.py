@@ -48,10 +48,23 @@ from .cli import (
     sizes_from,
 )
 from .measure import run_case, run_metadata
-from .methods import BASELINE, BUILTIN, LOSSLESS, METHODS, Case, Runner, register, register_compression
+from .methods import (
+    BASELINE,
+    BUILTIN,
+    COMPRESSION_NAMES,
+    DEFAULT_COMPRESSION,
+    LOSSLESS,
+    METHODS,
+    Case,
+    MethodUnavailable,
+    Runner,
+    register,
+    register_compression,
+)
 
 __all__ = [
-    "BASELINE", "BUILTIN", "COLUMNS", "LOSSLESS", "METHODS", "Case", "Runner", "alpha_under_load", "beta_under_load",
+    "BASELINE", "BUILTIN", "COLUMNS", "COMPRESSION_NAMES", "DEFAULT_COMPRESSION", "LOSSLESS", "METHODS", "Case",
+    "MethodUnavailable", "Runner", "alpha_under_load", "beta_under_load",
     "build_calibrate_parser", "build_model_parser", "build_parser", "fit_alpha_beta", "format_row", "header",
     "main", "parse_size", "plot", "register", "register_compression", "run", "run_case", "run_metadata",
     "sizes_from",

@@ -21,7 +21,16 @@ from mpi4py import MPI
 from ..datagen import PATTERNS
 from .calibrate import calibrate
 from .measure import run_case, run_metadata
-from .methods import BASELINE, BUILTIN, METHODS, register_compression
+from .methods import (
+    BASELINE,
+    BUILTIN,
+    COMPRESSION_NAMES,
+    DEFAULT_COMPRESSION,
+    METHODS,
+    SETUP,
+    MethodUnavailable,
+    register_compression,
+)
 from .model import model
 
 DESCRIPTION = "``scaleml-bench``: micro-benchmark of ScaleML's collectives against ``MPI_Allreduce``."
@@ -70,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--density", type=float, nargs="+", default=[0.01], help="fractions of non-zeros per rank")
     p.add_argument("--pattern", choices=PATTERNS, default="overlap", help="how ranks' indices relate")
     p.add_argument("--methods", nargs="+", default=["all"],
-                   help=f"lossless methods to time besides {BASELINE}: all or any of {sorted(BUILTIN)}")
+                   help=f"lossless methods to time besides {BASELINE}: all or any of {sorted(BUILTIN)} (or a "
+                   "--compression name)")
     p.add_argument("--compression", nargs="+", default=[], metavar="NAME",
-                   help="lossy methods to add: qsgd1..qsgd8 (QSGD, max norm, buckets of 512, allgather), onebit, "
-                   "fp16, bf16 (allgather), topkR (TopK with ratio R, e.g. topk0.01, then the sparse AllReduce)")
+                   help=f"lossy methods and torch.distributed baselines to add: {COMPRESSION_NAMES}")
     p.add_argument("-w", "--warmup", type=int, default=5)
     p.add_argument("-i", "--iterations", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -195,17 +204,34 @@ def run(args: argparse.Namespace) -> int:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     methods = list(BUILTIN) if "all" in args.methods else list(args.methods)
-    try:
-        methods += [register_compression(name) for name in args.compression]
-    except ValueError as exc:
+    names = [n for name in args.compression for n in (DEFAULT_COMPRESSION if name == "all" else [name])]
+    unknown_methods, unknown_names, skipped = [], [], []
+    for name in [m for m in methods if m not in METHODS] + names:
+        try:
+            register_compression(name)
+        except ValueError:
+            (unknown_names if name in names else unknown_methods).append(name)
+        except MethodUnavailable as exc:
+            skipped.append((name, str(exc)))
+    if unknown_methods or unknown_names:
         if rank == 0:
-            print(f"scaleml-bench: {exc}", file=sys.stderr)
+            if unknown_methods:
+                print(f"scaleml-bench: unknown method(s) {unknown_methods}; known: {sorted(BUILTIN)} and the "
+                      "--compression names", file=sys.stderr)
+            if unknown_names:
+                print(f"scaleml-bench: unknown compression {', '.join(map(repr, unknown_names))}; names: "
+                      f"{COMPRESSION_NAMES}", file=sys.stderr)
         return 2
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        if rank == 0:
-            print(f"scaleml-bench: unknown method(s) {unknown}; known: {sorted(METHODS)}", file=sys.stderr)
-        return 2
+    methods = list(dict.fromkeys(m for m in methods + names if m in METHODS))
+    for name in [m for m in methods if m in SETUP]:
+        try:
+            SETUP[name](comm)  # collective, and it fails on every rank alike
+        except MethodUnavailable as exc:
+            skipped.append((name, str(exc)))
+            methods.remove(name)
+    if rank == 0:
+        for name, reason in skipped:
+            print(f"scaleml-bench: skipping {name}: {reason}", file=sys.stderr)
     dtype = np.dtype(args.dtype)
     cases = [(n, d) for n in sizes_from(args, dtype.itemsize) for d in args.density]
     meta = run_metadata(comm)

@@ -172,3 +172,35 @@ def test_rendezvous_across_hosts_uses_the_shared_network():
 def test_ipv4_interfaces_has_loopback():
     found = methods.ipv4_interfaces()
     assert any(addr == "127.0.0.1" for addr, _ in found.values()), found
+
+
+# ---- the model: bytes per rank at 4, 64 and 1024 ranks ---------------------------------------
+
+def test_model_lossy_table(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    n = 1 << 20
+    assert bench.main(["model", "--n", str(n), "--ranks", "4", "64", "1024", "--density", "1e-2",
+                       "--compression", "qsgd4", "fp16", "--alpha", "1e-6", "--beta", "1e-9", "--gamma", "0",
+                       "--delta", "0", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("quantized_ring", "quantized_rhd", "quantized_direct", "allgather", "MB"):
+        assert name in text
+    rows = json.loads(out.read_text())["lossy_rows"]
+    assert [(r["ranks"], r["format"]) for r in rows] == [(P, f) for P in (4, 64, 1024) for f in ("qsgd4", "fp16")]
+    for r in rows:
+        P, q = r["ranks"], r["quantized_value_bytes"]
+        ring = 2 * (P - 1) / P * n * q
+        assert r["quantized_ring_bytes_per_rank"] == pytest.approx(ring)
+        assert r["quantized_direct_bytes_per_rank"] == pytest.approx(ring)
+        assert r["dense_bytes_per_rank"] == pytest.approx(2 * (P - 1) / P * n * 4)
+        # the allgather: P-1 compressed vectors (header and shape included)
+        assert r["allgather_bytes_per_rank"] == pytest.approx((P - 1) * (n * q + 56))
+        assert r["allgather_s"] == pytest.approx((P - 1) * 1e-6 + (P - 1) * (n * q + 56) * 1e-9)
+    fp16 = {r["ranks"]: r for r in rows if r["format"] == "fp16"}
+    assert fp16[4]["quantized_value_bytes"] == 2.0
+    # from 4 to 1024 ranks the quantized AllReduce sends 4/3 as many bytes per rank (2 (P-1)/P), the allgather
+    # of compressed vectors 341 times as many (P-1)
+    for name, growth in (("quantized_ring", 4 / 3), ("quantized_rhd", 4 / 3), ("allgather", 341)):
+        ratio = fp16[1024][f"{name}_bytes_per_rank"] / fp16[4][f"{name}_bytes_per_rank"]
+        assert ratio == pytest.approx(growth, rel=1e-2), name
+    assert bench.main(["model", "--compression", "int8"]) == 2

@@ -26,6 +26,7 @@ from .methods import (
     BUILTIN,
     COMPRESSION_NAMES,
     DEFAULT_COMPRESSION,
+    FORMAT_NAMES,
     METHODS,
     SETUP,
     MethodUnavailable,
@@ -119,7 +120,7 @@ def build_model_parser() -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        Counts, ranks, densities, dtype, bits per value and parameter overrides.
+        Counts, ranks, densities, dtype, bits per value, lossy formats and parameter overrides.
     """
     p = argparse.ArgumentParser(prog="scaleml-bench model", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Predicted time of every algorithm from the cost model auto uses.")
@@ -130,6 +131,9 @@ def build_model_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=float, nargs="+",
                    help="bits per value on the wire, e.g. 8 4 for QSGD-quantized values (default: the dtype's width); "
                    "indices keep their 32/64 bits")
+    p.add_argument("--compression", nargs="*", default=["qsgd4", "qsgd8", "fp16", "onebit"], metavar="FORMAT",
+                   help="lossy formats of the second table (dense quantized algorithms, the exact dense AllReduce "
+                   f"and the allgather of compressed vectors, with bytes per rank): {FORMAT_NAMES}; none: no table")
     p.add_argument("--alpha", type=float, help="seconds per message (default: the saved/current parameters)")
     p.add_argument("--beta", type=float, help="seconds per byte")
     p.add_argument("--gamma", type=float, help="seconds per byte of local work")

@@ -16,8 +16,16 @@ run as the ``MPI_Allreduce`` baseline, and its speedup is the ratio of the two
 average times. Beside them, the median over iterations of each iteration's
 slowest rank (``time_median_us``, column ``med(us)``) and the ratio of the
 baseline's and the method's medians (``speedup_median_vs_mpi``, JSON/CSV only)
-are robust to a few slow iterations. The error column is the largest deviation
-from the exact (float64) sum, relative to the largest magnitude of that sum.
+are robust to a few slow iterations. The error columns compare a call's result
+with the exact sum (``MPI_Allreduce`` of the same data in float64):
+``rel.err`` = ``||result - exact|| / ||exact||`` (``rel_error``), ``max.err``
+the largest deviation over the largest magnitude (``max_rel_error``); JSON/CSV
+add ``rel_error_time_avg``, the error of the mean of the timed calls (what error
+feedback recovers over several calls). ``--compression NAME`` adds the lossy
+collectives and the ``torch.distributed`` baselines
+(:data:`~scaleml.bench.methods.COMPRESSION_NAMES`)::
+
+    mpiexec -n 4 scaleml-bench --n 4194304 --density 1 --compression qsgd4 onebit_ef topk0.01 gloo_fp16
 
 A method is one registration (:func:`register`): a function that receives the
 case and returns a callable performing one collective and returning the dense
@@ -48,10 +56,23 @@ from .cli import (
     sizes_from,
 )
 from .measure import run_case, run_metadata
-from .methods import BASELINE, LOSSLESS, METHODS, Case, Runner, register, register_compression
+from .methods import (
+    BASELINE,
+    BUILTIN,
+    COMPRESSION_NAMES,
+    DEFAULT_COMPRESSION,
+    LOSSLESS,
+    METHODS,
+    Case,
+    MethodUnavailable,
+    Runner,
+    register,
+    register_compression,
+)
 
 __all__ = [
-    "BASELINE", "COLUMNS", "LOSSLESS", "METHODS", "Case", "Runner", "alpha_under_load", "beta_under_load",
+    "BASELINE", "BUILTIN", "COLUMNS", "COMPRESSION_NAMES", "DEFAULT_COMPRESSION", "LOSSLESS", "METHODS", "Case",
+    "MethodUnavailable", "Runner", "alpha_under_load", "beta_under_load",
     "build_calibrate_parser", "build_model_parser", "build_parser", "fit_alpha_beta", "format_row", "header",
     "main", "parse_size", "plot", "register", "register_compression", "run", "run_case", "run_metadata",
     "sizes_from",

@@ -21,7 +21,17 @@ from mpi4py import MPI
 from ..datagen import PATTERNS
 from .calibrate import calibrate
 from .measure import run_case, run_metadata
-from .methods import BASELINE, LOSSLESS, METHODS, register_compression
+from .methods import (
+    BASELINE,
+    BUILTIN,
+    COMPRESSION_NAMES,
+    DEFAULT_COMPRESSION,
+    FORMAT_NAMES,
+    METHODS,
+    SETUP,
+    MethodUnavailable,
+    register_compression,
+)
 from .model import model
 
 DESCRIPTION = "``scaleml-bench``: micro-benchmark of ScaleML's collectives against ``MPI_Allreduce``."
@@ -70,10 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--density", type=float, nargs="+", default=[0.01], help="fractions of non-zeros per rank")
     p.add_argument("--pattern", choices=PATTERNS, default="overlap", help="how ranks' indices relate")
     p.add_argument("--methods", nargs="+", default=["all"],
-                   help=f"lossless methods to time besides {BASELINE}: all or any of {sorted(METHODS)}")
+                   help=f"lossless methods to time besides {BASELINE}: all or any of {sorted(BUILTIN)} (or a "
+                   "--compression name)")
     p.add_argument("--compression", nargs="+", default=[], metavar="NAME",
-                   help="lossy methods to add: qsgd1..qsgd8 (QSGD, max norm, buckets of 512, allgather), onebit, "
-                   "fp16, bf16 (allgather), topkR (TopK with ratio R, e.g. topk0.01, then the sparse AllReduce)")
+                   help=f"lossy methods and torch.distributed baselines to add: {COMPRESSION_NAMES}")
     p.add_argument("-w", "--warmup", type=int, default=5)
     p.add_argument("-i", "--iterations", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -110,7 +120,7 @@ def build_model_parser() -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        Counts, ranks, densities, dtype, bits per value and parameter overrides.
+        Counts, ranks, densities, dtype, bits per value, lossy formats and parameter overrides.
     """
     p = argparse.ArgumentParser(prog="scaleml-bench model", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Predicted time of every algorithm from the cost model auto uses.")
@@ -121,6 +131,9 @@ def build_model_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=float, nargs="+",
                    help="bits per value on the wire, e.g. 8 4 for QSGD-quantized values (default: the dtype's width); "
                    "indices keep their 32/64 bits")
+    p.add_argument("--compression", nargs="*", default=["qsgd4", "qsgd8", "fp16", "onebit"], metavar="FORMAT",
+                   help="lossy formats of the second table (dense quantized algorithms, the exact dense AllReduce "
+                   f"and the allgather of compressed vectors, with bytes per rank): {FORMAT_NAMES}; none: no table")
     p.add_argument("--alpha", type=float, help="seconds per message (default: the saved/current parameters)")
     p.add_argument("--beta", type=float, help="seconds per byte")
     p.add_argument("--gamma", type=float, help="seconds per byte of local work")
@@ -129,10 +142,11 @@ def build_model_parser() -> argparse.ArgumentParser:
     return p
 
 
-COLUMNS = [("size_bytes", "{:>11d}"), ("count", "{:>10d}"), ("density", "{:>8.0e}"), ("algorithm", "{:<32s}"),
+COLUMNS = [("size_bytes", "{:>11d}"), ("count", "{:>10d}"), ("density", "{:>8.0e}"), ("algorithm", "{:<36s}"),
            ("time_min_us", "{:>11.1f}"), ("time_avg_us", "{:>11.1f}"), ("time_max_us", "{:>11.1f}"),
            ("time_median_us", "{:>11.1f}"), ("algbw_GBps", "{:>8.3f}"), ("busbw_GBps", "{:>8.3f}"),
-           ("bytes_sent_per_rank", "{:>12d}"), ("speedup_vs_mpi", "{:>8.2f}"), ("max_rel_error", "{:>9.1e}")]
+           ("bytes_sent_per_rank", "{:>12d}"), ("speedup_vs_mpi", "{:>8.2f}"), ("rel_error", "{:>9.1e}"),
+           ("max_rel_error", "{:>9.1e}")]
 
 
 def format_row(row: dict) -> str:
@@ -161,7 +175,7 @@ def header() -> str:
     """
     widths = [len(fmt.format(0 if "d}" in fmt or "f}" in fmt or "e}" in fmt else "")) for _, fmt in COLUMNS]
     names = ["size(B)", "count", "density", "algorithm", "min(us)", "avg(us)", "max(us)", "med(us)", "algbw", "busbw",
-             "sent(B)/rank", "speedup", "rel.err"]
+             "sent(B)/rank", "speedup", "rel.err", "max.err"]
     return "  ".join(name.rjust(w) if i != 3 else name.ljust(w) for i, (name, w) in enumerate(zip(names, widths)))
 
 
@@ -193,18 +207,35 @@ def run(args: argparse.Namespace) -> int:
     """The sweep: every case, every method, one row each."""
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
-    methods = sorted(LOSSLESS, key=list(METHODS).index) if "all" in args.methods else args.methods
-    try:
-        methods += [register_compression(name) for name in args.compression]
-    except ValueError as exc:
+    methods = list(BUILTIN) if "all" in args.methods else list(args.methods)
+    names = [n for name in args.compression for n in (DEFAULT_COMPRESSION if name == "all" else [name])]
+    unknown_methods, unknown_names, skipped = [], [], []
+    for name in [m for m in methods if m not in METHODS] + names:
+        try:
+            register_compression(name)
+        except ValueError:
+            (unknown_names if name in names else unknown_methods).append(name)
+        except MethodUnavailable as exc:
+            skipped.append((name, str(exc)))
+    if unknown_methods or unknown_names:
         if rank == 0:
-            print(f"scaleml-bench: {exc}", file=sys.stderr)
+            if unknown_methods:
+                print(f"scaleml-bench: unknown method(s) {unknown_methods}; known: {sorted(BUILTIN)} and the "
+                      "--compression names", file=sys.stderr)
+            if unknown_names:
+                print(f"scaleml-bench: unknown compression {', '.join(map(repr, unknown_names))}; names: "
+                      f"{COMPRESSION_NAMES}", file=sys.stderr)
         return 2
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        if rank == 0:
-            print(f"scaleml-bench: unknown method(s) {unknown}; known: {sorted(METHODS)}", file=sys.stderr)
-        return 2
+    methods = list(dict.fromkeys(m for m in methods + names if m in METHODS))
+    for name in [m for m in methods if m in SETUP]:
+        try:
+            SETUP[name](comm)  # collective, and it fails on every rank alike
+        except MethodUnavailable as exc:
+            skipped.append((name, str(exc)))
+            methods.remove(name)
+    if rank == 0:
+        for name, reason in skipped:
+            print(f"scaleml-bench: skipping {name}: {reason}", file=sys.stderr)
     dtype = np.dtype(args.dtype)
     cases = [(n, d) for n in sizes_from(args, dtype.itemsize) for d in args.density]
     meta = run_metadata(comm)

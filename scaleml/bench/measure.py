@@ -19,19 +19,24 @@ from ..datagen import random_sparse
 from .methods import BASELINE, LOSSLESS, METHODS, Case, Runner
 
 
-def measure(run: Runner, comm: MPI.Intracomm, warmup: int, iterations: int) -> tuple[np.ndarray, np.ndarray, int, str]:
+def measure(run: Runner, comm: MPI.Intracomm, warmup: int, iterations: int,
+            accumulate: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int, str]:
     """Time one method on this rank: warm-up calls, then timed calls each fenced by a barrier.
 
     Parameters
     ----------
     run : Runner
         Performs one collective; returns (dense result, bytes sent, algorithm).
+        Its ``prepare`` attribute, if any, is called before every call, untimed.
     comm : MPI.Intracomm
         The communicator of the case (its barrier starts every timed call).
     warmup : int
         Untimed calls first.
     iterations : int
         Timed calls (at least one is made).
+    accumulate : numpy.ndarray, optional
+        float64 array of the result's size: the result of every timed call is
+        added to it, untimed (the time-averaged result of error feedback).
 
     Returns
     -------
@@ -44,19 +49,47 @@ def measure(run: Runner, comm: MPI.Intracomm, warmup: int, iterations: int) -> t
     algorithm : str
         The algorithm that ran last.
     """
+    prepare = getattr(run, "prepare", None)
     for _ in range(warmup):
+        if prepare is not None:
+            prepare()
         run()
     count = max(iterations, 1)
     times = np.empty(count)
     sent = 0
     result, algorithm = None, ""
     for i in range(count):
+        if prepare is not None:
+            prepare()
         comm.Barrier()
         t0 = time.perf_counter()
         result, nbytes, algorithm = run()
         times[i] = time.perf_counter() - t0
         sent += nbytes
+        if accumulate is not None:
+            accumulate += result.reshape(-1)
     return times, result, sent // count, algorithm
+
+
+def relative_errors(result: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
+    """(||result - exact||_2 / ||exact||_2, max |result - exact| / max |exact|) on this rank; 0 where exact is 0.
+
+    Parameters
+    ----------
+    result : numpy.ndarray
+        A method's dense result.
+    exact : numpy.ndarray
+        The exact sum, float64, of the same size.
+
+    Returns
+    -------
+    tuple of float
+        The relative L2 error and the largest deviation relative to the largest magnitude.
+    """
+    diff = result.reshape(-1).astype(np.float64) - exact
+    norm, scale = float(np.linalg.norm(exact)), float(np.abs(exact).max()) if exact.size else 0.0
+    l2 = float(np.linalg.norm(diff)) / norm if norm else 0.0
+    return l2, float(np.abs(diff).max()) / scale if scale else 0.0
 
 
 def median_of_iteration_max(comm: MPI.Intracomm, times: np.ndarray) -> np.ndarray:
@@ -88,9 +121,15 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
 
     ``time_min_us``/``time_avg_us``/``time_max_us`` are the minimum, mean and maximum over ranks of each
     rank's average time per call, and ``speedup_vs_mpi`` is the ratio of the baseline's and the method's
-    mean. ``time_median_us`` is the median over iterations of each iteration's time, which is the maximum
-    over ranks of that iteration (the slowest rank finishes the collective), and ``speedup_median_vs_mpi``
-    is the ratio of the baseline's and the method's median.
+    mean. Errors are against the exact sum, ``MPI_Allreduce`` of the same data in float64: ``rel_error``
+    is ``||result - exact|| / ||exact||`` of the last call, ``max_rel_error`` its largest deviation over the
+    largest magnitude of the sum, and ``rel_error_time_avg`` the relative L2 error of the mean of the timed
+    calls' results (what error feedback makes small: its per-call error stays that of the format), each the
+    largest over ranks. ``bytes_sent_per_rank`` is the mean over ranks of each rank's bytes per call, as the
+    method reports them (``MPI_Allreduce``, gloo: the ring's figure). ``time_median_us`` is the median over
+    iterations of each iteration's time, which is the maximum over ranks of that iteration (the slowest rank
+    finishes the collective), and ``speedup_median_vs_mpi`` is the ratio of the baseline's and the method's
+    median.
 
     Parameters
     ----------
@@ -125,20 +164,25 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     case = Case(comm, n, np.dtype(dtype), density, pattern, idx, vals, dense)
     exact = np.empty(n)
     comm.Allreduce(dense.astype(np.float64), exact, MPI.SUM)
-    scale = float(np.abs(exact).max()) if n else 0.0
     nnz = comm.allreduce(int(idx.size), MPI.SUM)
     nnz_max = comm.allreduce(int(idx.size), MPI.MAX)
     rows, baseline_avg, per_iteration = [], None, []
     for name in [BASELINE, *[m for m in methods if m != BASELINE]]:
         run = METHODS[name](case)
-        iteration_times, result, sent, ran = measure(run, comm, warmup, iterations)
+        lossy = name not in LOSSLESS
+        accumulated = np.zeros(n) if lossy else None  # a lossless result is the same every call
+        iteration_times, result, sent, ran = measure(run, comm, warmup, iterations, accumulated)
         per_iteration.append(iteration_times)
         t = sum(iteration_times.tolist()) / iteration_times.size
-        err = float(np.abs(result.astype(np.float64) - exact).max()) / scale if n and scale else 0.0
+        l2, err = relative_errors(result, exact)
+        l2_mean = relative_errors(accumulated / iteration_times.size, exact)[0] if lossy else l2
         times = comm.allgather(t)
-        err = comm.allreduce(err, MPI.MAX)
+        errors = np.array([l2, err, l2_mean])
+        comm.Allreduce(MPI.IN_PLACE, errors, MPI.MAX)
+        l2, err, l2_mean = errors.tolist()
         sent = comm.allreduce(sent, MPI.SUM) // P
-        algorithm = name if ran == name else f"{name}->{ran}"  # what auto and dropin picked
+        # What auto and the drop-in picked; a forced "ALG:FORMAT" ran ALG.
+        algorithm = name if ran == name or name.startswith(f"{ran}:") else f"{name}->{ran}"
         t_avg = float(np.mean(times))
         if name == BASELINE:
             baseline_avg = t_avg
@@ -153,7 +197,7 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
             "algbw_GBps": algbw, "busbw_GBps": algbw * 2 * (P - 1) / P, "bytes_sent_per_rank": sent,
             "speedup_vs_mpi": baseline_avg / t_avg if t_avg > 0 else float("inf"),
             "speedup_median_vs_mpi": None,
-            "max_rel_error": err, "lossless": name in LOSSLESS,
+            "rel_error": l2, "max_rel_error": err, "rel_error_time_avg": l2_mean, "lossless": not lossy,
         })
     # The per-iteration times of every method, gathered once per case (not inside the timed loop).
     medians = median_of_iteration_max(comm, np.stack(per_iteration))

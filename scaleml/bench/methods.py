@@ -3,13 +3,17 @@
 A method is one registration: a factory that receives the case and returns a
 callable performing one collective and returning the dense result, the bytes
 this rank sent and the algorithm that ran. Lossless methods (the
-``MPI_Allreduce`` baseline, every sparse algorithm, ``auto`` and the drop-in)
-are registered at import; lossy ones (``--compression NAME``) on demand by
-:func:`register_compression`.
+``MPI_Allreduce`` baseline, every exact algorithm of the registry, ``auto`` and
+the drop-in) are registered at import; lossy ones and the ``torch.distributed``
+baselines (``--compression NAME``) on demand by :func:`register_compression`,
+whose names are listed in :data:`COMPRESSION_NAMES`.
 """
 
 from __future__ import annotations
 
+import atexit
+import ipaddress
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from .. import compress, cost_model
+import scaleml
+
+from .. import algorithms, compress
 from ..comm import Comm
+from ..quantized import quantized_allreduce
 from ..sparse import sparse_allreduce
 
 
@@ -37,8 +44,14 @@ class Case:
 
 
 Runner = Callable[[], "tuple[np.ndarray, int, str]"]
+"""One collective: returns (dense result, bytes this rank sent, algorithm). A runner may carry a ``prepare``
+attribute, a callable that :func:`scaleml.bench.measure.measure` calls untimed before each call (an in-place
+collective restores its input there)."""
 METHODS: dict[str, Callable[[Case], Runner]] = {}
 LOSSLESS: set[str] = set()
+SETUP: dict[str, Callable[[MPI.Intracomm], None]] = {}
+"""Collective set-up of a method, run once on every rank before the sweep; raises :class:`MethodUnavailable`
+(on every rank alike) when the method cannot run here."""
 
 
 def register(name: str, lossless: bool = True) -> Callable[[Callable[[Case], Runner]], Callable[[Case], Runner]]:
@@ -59,8 +72,7 @@ BASELINE = "mpi_allreduce"
 def _plain_mpi_allreduce(name: str) -> Callable[[Case], Runner]:
     def factory(case: Case) -> Runner:
         out = np.empty_like(case.dense)
-        P = case.comm.Get_size()
-        ring_bytes = 2 * (P - 1) * case.dense.nbytes // P  # MPI does not report its traffic
+        ring_bytes = _ring_bytes(case)  # MPI does not report its traffic
 
         def run():
             case.comm.Allreduce(case.dense, out, MPI.SUM)
@@ -88,31 +100,163 @@ def _sparse_method(algorithm: str) -> Callable[[Case], Runner]:
     return factory
 
 
-for _alg in ("auto", *cost_model.ALGORITHMS):
+# The exact algorithms only: the lossy ones need a format (``quantized_ring:qsgd4``, see register_compression).
+for _alg in ("auto", *(a.name for a in algorithms.REGISTRY.values() if a.exact)):
     register(_alg)(_sparse_method(_alg))
 
 
 @register("dropin")
 def _dropin(case: Case) -> Runner:
     """scaleml.Comm.Allreduce on the dense buffer: sparsity detection included."""
-    comm = Comm(case.comm)
+    return _dropin_runner(case, Comm(case.comm))
+
+
+BUILTIN: tuple[str, ...] = tuple(METHODS)
+"""The methods registered at import: what ``--methods all`` runs."""
+
+
+def _ring_bytes(case: Case, itemsize: int | None = None) -> int:
+    """Bytes a rank sends in a ring AllReduce of the case's vector (MPI and gloo do not report theirs)."""
+    P = case.comm.Get_size()
+    return 2 * (P - 1) * case.n * (itemsize or case.dtype.itemsize) // P
+
+
+def _dropin_runner(case: Case, comm: Comm) -> Runner:
     out = np.empty_like(case.dense)
+    ring_bytes = _ring_bytes(case)
 
     def run():
         comm.Allreduce(case.dense, out, MPI.SUM)
         info = comm.last_info
-        return out, info.bytes_sent if info else 0, info.algorithm if info else BASELINE
+        # No info: the drop-in went straight to MPI_Allreduce (an MPI period), which sends the ring's bytes.
+        return out, info.bytes_sent if info else ring_bytes, info.algorithm if info else BASELINE
 
     return run
 
 
-# ---- compressed methods (lossy): --compression NAME ... -----------------------------------
 
-def _allgather_compressed(make: Callable[[Case], compress.Compressor], name: str) -> Callable[[Case], Runner]:
-    """Each rank compresses its dense vector, the messages are allgathered, every rank decodes and sums."""
+# ---- lossy methods and torch.distributed baselines: --compression NAME ... ----------------
+
+FORMAT_NAMES = "qsgdB (B = 1..8 bits, L2 norm), qsgdBmax (max norm), fp16, bf16, onebit; buckets of 512"
+_FORMAT = r"qsgd[1-8](?:max)?|fp16|bf16|onebit"
+_RATIO = r"0?\.\d+|1(?:\.0*)?"
+_LOSSY_ALGORITHMS = tuple(a.name for a in algorithms.REGISTRY.values() if not a.exact)
+
+DEFAULT_COMPRESSION = (
+    "qsgd4", "qsgd8", "qsgd4max", "fp16", "bf16", "onebit", "quantized_ring:qsgd4", "quantized_rhd:qsgd4",
+    "quantized_direct:qsgd4", "onebit_ef", "topk0.01", "topk0.01+qsgd8", "switch:qsgd4", "dropin:qsgd4",
+    "allgather:qsgd4", "gloo_fp32", "gloo_fp16",
+)
+"""What ``--compression all`` runs."""
+COMPRESSION_NAMES = (
+    "FORMAT: scaleml.quantized_allreduce (auto); "
+    f"ALG:FORMAT with ALG one of {', '.join(_LOSSY_ALGORITHMS)}: that algorithm forced; "
+    "FORMAT_ef (e.g. onebit_ef): quantized_direct with error feedback on both sides; "
+    "topkR, topkR+FORMAT (0 < R <= 1, e.g. topk0.01+qsgd8): scaleml.topk_allreduce with error feedback, "
+    "values exact or in FORMAT; switch:FORMAT: sparse_allreduce of the case's sparse data with compression= "
+    "(the sparse-to-quantized switch); dropin:FORMAT: scaleml.Comm(compression=).Allreduce; "
+    "allgather:FORMAT: every rank allgathers the P compressed vectors (bytes grow with P); "
+    "gloo_fp32, gloo_fp16: torch.distributed all_reduce (gloo); "
+    f"all: {' '.join(DEFAULT_COMPRESSION)}. FORMAT: {FORMAT_NAMES}"
+)
+"""What :func:`register_compression` accepts (the CLI's help and its error for unknown names)."""
+
+
+class MethodUnavailable(RuntimeError):
+    """A known method that this installation cannot run (PyTorch, or ``scaleml.topk_allreduce``, missing)."""
+
+
+def make_format(spec: str, rank: int) -> compress.Compressor:
+    """The compressor of a format name (:data:`FORMAT_NAMES`).
+
+    Parameters
+    ----------
+    spec : str
+        ``qsgdB`` (L2 norm, QSGD's default), ``qsgdBmax``, ``fp16``, ``bf16`` or ``onebit``.
+    rank : int
+        This rank (keys the compressor's random stream; the seed is 0 on every rank).
+
+    Returns
+    -------
+    scaleml.compress.Compressor
+        A fresh compressor (its step counter at 0).
+    """
+    if m := re.fullmatch(r"qsgd([1-8])(max)?", spec):
+        return compress.QSGD(bits=int(m.group(1)), bucket=512, norm="max" if m.group(2) else "l2", rank=rank)
+    if spec in ("fp16", "bf16"):
+        return compress.Cast(spec, rank=rank)
+    if spec == "onebit":
+        return compress.OneBit(bucket=512, rank=rank)
+    raise ValueError(f"unknown format {spec!r}: use {FORMAT_NAMES}")
+
+
+def _quantized(spec: str, algorithm: str, feedback: bool) -> Callable[[Case], Runner]:
+    """scaleml.quantized_allreduce of the dense vector; with ``feedback``, error feedback on both sides."""
 
     def factory(case: Case) -> Runner:
-        compressor = make(case)
+        fmt = make_format(spec, case.comm.Get_rank())
+        # One ErrorFeedback per case: its residuals carry over from call to call, as in training.
+        ef = compress.ErrorFeedback(fmt) if feedback else None
+        out = np.empty_like(case.dense)
+
+        def run():
+            result, info = quantized_allreduce(case.dense, case.comm, None if ef else fmt, error_feedback=ef,
+                                               algorithm=algorithm, out=out, return_info=True)
+            return result, info.bytes_sent, info.algorithm
+
+        return run
+
+    return factory
+
+
+def _topk(ratio: float, spec: str | None, topk_allreduce: Callable) -> Callable[[Case], Runner]:
+    """scaleml.topk_allreduce of the dense vector with error feedback; values exact or in the format ``spec``."""
+
+    def factory(case: Case) -> Runner:
+        ef = compress.ErrorFeedback(compress.TopK(ratio=ratio, rank=case.comm.Get_rank()))
+        fmt = make_format(spec, case.comm.Get_rank()) if spec else None
+
+        def run():
+            result, info = topk_allreduce(case.dense, case.comm, error_feedback=ef, compression=fmt,
+                                          return_info=True)
+            return result, info.bytes_sent, info.algorithm
+
+        return run
+
+    return factory
+
+
+def _switch(spec: str) -> Callable[[Case], Runner]:
+    """sparse_allreduce of the case's sparse data with compression=: dense partial sums continue quantized."""
+
+    def factory(case: Case) -> Runner:
+        fmt = make_format(spec, case.comm.Get_rank())
+
+        def run():
+            result, info = sparse_allreduce(case.indices, case.values, case.n, case.comm, "auto",
+                                            compression=fmt, return_info=True)
+            return result, info.bytes_sent, info.algorithm
+
+        return run
+
+    return factory
+
+
+def _dropin_lossy(spec: str) -> Callable[[Case], Runner]:
+    """scaleml.Comm(compression=...).Allreduce on the dense buffer (MPI_Allreduce stays its exact fallback)."""
+
+    def factory(case: Case) -> Runner:
+        return _dropin_runner(case, Comm(case.comm, compression=make_format(spec, case.comm.Get_rank())))
+
+    return factory
+
+
+def _allgather_compressed(spec: str) -> Callable[[Case], Runner]:
+    """Each rank compresses its dense vector, the messages are allgathered, every rank decodes and sums: the
+    baseline whose bytes grow with P."""
+
+    def factory(case: Case) -> Runner:
+        compressor = make_format(spec, case.comm.Get_rank())
         comm, P = case.comm, case.comm.Get_size()
 
         def run():
@@ -126,45 +270,237 @@ def _allgather_compressed(make: Callable[[Case], compress.Compressor], name: str
             for j in range(P):
                 total += compress.decode(gathered[displs[j]:displs[j] + sizes[j]], out=part)
             ring_bytes = sum(sizes) - sizes[(comm.Get_rank() + 1) % P]  # a ring allgather's share
-            return total, ring_bytes, name
+            return total, ring_bytes, "allgather"
 
         return run
 
     return factory
 
 
-def _topk_sparse(ratio: float, name: str) -> Callable[[Case], Runner]:
-    """TopK of each rank's dense vector, summed by the sparse AllReduce (auto)."""
+# ---- torch.distributed (gloo) baselines ---------------------------------------------------
+
+def torch_unavailable() -> str | None:
+    """Why the gloo baselines cannot run here (None: they can). Imports torch, which takes a second or two."""
+    # c10d warns on every connection whose peer address has no host name (the emulated cluster's): noise in
+    # the table's stream. Set before torch's first import, which reads it.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    try:
+        import torch.distributed as dist
+    except ImportError as exc:
+        return f"PyTorch is not importable ({exc}); install it with pip install 'scaleml[torch]'"
+    if not (dist.is_available() and dist.is_gloo_available()):
+        return "this PyTorch build has no torch.distributed gloo backend"
+    return None
+
+
+def ipv4_interfaces() -> dict[str, tuple[str, str]]:
+    """This network namespace's IPv4 interfaces.
+
+    Returns
+    -------
+    dict[str, tuple[str, str]]
+        ``{interface: (address, netmask)}`` (the primary address of each; Linux
+        ioctls, an empty dict where they are unavailable).
+    """
+    import fcntl
+    import socket
+    import struct
+
+    found = {}
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return found
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in names:
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                address = fcntl.ioctl(s.fileno(), 0x8915, request)[20:24]  # SIOCGIFADDR
+                netmask = fcntl.ioctl(s.fileno(), 0x891B, request)[20:24]  # SIOCGIFNETMASK
+            except OSError:  # no IPv4 address on this interface
+                continue
+            found[name] = (socket.inet_ntoa(address), socket.inet_ntoa(netmask))
+    return found
+
+
+def choose_rendezvous(interfaces: list[dict[str, tuple[str, str]]], hosts: list[str],
+                      preferred: str | None = None) -> tuple[str, list[str]]:
+    """Where rank 0 listens for torch.distributed's rendezvous, and the interface each rank's gloo uses.
+
+    Parameters
+    ----------
+    interfaces : list of dict
+        Each rank's :func:`ipv4_interfaces`, in rank order.
+    hosts : list of str
+        Each rank's ``MPI.Get_processor_name()``.
+    preferred : str, optional
+        An interface every rank has (``GLOO_SOCKET_IFNAME`` when set).
+
+    Returns
+    -------
+    address : str
+        Rank 0's address on a network every rank reaches.
+    ifnames : list of str
+        Per rank, its interface on that network (gloo's ``GLOO_SOCKET_IFNAME``).
+
+    Raises
+    ------
+    MethodUnavailable
+        No IPv4 network joins every rank.
+    """
+    P, first = len(interfaces), interfaces[0]
+    if preferred and all(preferred in ifs for ifs in interfaces):
+        return first[preferred][0], [preferred] * P
+    loopback = next((name for name, (addr, _) in first.items() if addr.startswith("127.")), None)
+    # One host and one network namespace (the same name and the same interfaces): loopback.
+    if loopback and len(set(hosts)) == 1 and all(ifs == first for ifs in interfaces):
+        return first[loopback][0], [loopback] * P
+    # Several hosts, or the emulated cluster (one name, a network namespace per host): rank 0's address on a
+    # network every rank has an address in, and each rank's interface there.
+    for addr, mask in first.values():
+        if addr.startswith("127."):
+            continue
+        net = ipaddress.ip_network(f"{addr}/{mask}", strict=False)
+        ifnames = [next((name for name, (a, _) in ifs.items() if ipaddress.ip_address(a) in net), None)
+                   for ifs in interfaces]
+        if all(ifnames):
+            return addr, ifnames  # type: ignore[return-value]
+    raise MethodUnavailable("no IPv4 network joins every rank; set GLOO_SOCKET_IFNAME to an interface every "
+                            "rank has")
+
+
+_GLOO: dict[str, object] = {}
+
+
+def gloo_setup(comm: MPI.Intracomm) -> None:
+    """Start torch.distributed's gloo process group over the ranks of ``comm`` (collective, once per process).
+
+    Rank 0 picks a free port on an address every rank reaches (:func:`choose_rendezvous`) and broadcasts it;
+    each rank sets ``GLOO_SOCKET_IFNAME`` (unless set) to its interface on that network. Raises
+    :class:`MethodUnavailable` on every rank when any rank could not join.
+    """
+    if _GLOO:
+        if _GLOO["size"] != comm.Get_size():
+            raise MethodUnavailable("the gloo process group was started over another number of ranks")
+        return
+    import datetime
+    import socket
+
+    reason = torch_unavailable()
+    if comm.allreduce(reason is not None, MPI.LOR):
+        raise MethodUnavailable(comm.bcast(reason or "PyTorch is not importable on every rank", root=0))
+    import torch
+    import torch.distributed as dist
+
+    rank, P = comm.Get_rank(), comm.Get_size()
+    interfaces = comm.gather(ipv4_interfaces(), root=0)
+    hosts = comm.gather(MPI.Get_processor_name(), root=0)
+    plan: tuple[str, int, list[str]] | str
+    if rank == 0:
+        try:
+            address, ifnames = choose_rendezvous(interfaces, hosts, os.environ.get("GLOO_SOCKET_IFNAME"))
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a free port (free again when closed)
+                s.bind((address, 0))
+                port = s.getsockname()[1]
+            plan = (address, port, ifnames)
+        except (MethodUnavailable, OSError) as exc:
+            plan = str(exc)
+    plan = comm.bcast(plan if rank == 0 else None, root=0)
+    if isinstance(plan, str):
+        raise MethodUnavailable(plan)
+    address, port, ifnames = plan
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", ifnames[rank])
+    # A benchmark of the network: torch's intra-op threads would only compete with the other ranks for cores.
+    torch.set_num_threads(1)
+    error = None
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://{address}:{port}", rank=rank, world_size=P,
+                                timeout=datetime.timedelta(seconds=60))
+    except Exception as exc:  # noqa: BLE001 (any failure skips the method, on every rank alike)
+        error = f"torch.distributed.init_process_group(gloo, tcp://{address}:{port}) failed: {exc}"
+    errors = comm.allgather(error)
+    if any(errors):
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise MethodUnavailable(next(e for e in errors if e))
+    _GLOO["size"] = P
+    atexit.register(dist.destroy_process_group)
+
+
+def _gloo(wire: str) -> Callable[[Case], Runner]:
+    """torch.distributed.all_reduce (gloo) of a CPU tensor holding the case's data in float32 or float16."""
 
     def factory(case: Case) -> Runner:
-        topk = compress.TopK(ratio=ratio)
+        gloo_setup(case.comm)  # started once; the CLI has started it before the sweep
+        import torch
+        import torch.distributed as dist
+
+        dtype = {"fp32": torch.float32, "fp16": torch.float16}[wire]
+        source = torch.from_numpy(case.dense).to(dtype)  # the data in the wire's type, converted once
+        buf = torch.empty_like(source)
+        ring_bytes = _ring_bytes(case, source.element_size())  # gloo's ring; it does not report its traffic
+
+        def prepare() -> None:
+            buf.copy_(source)  # all_reduce sums in place: every call starts from the data
 
         def run():
-            idx, vals = compress.TopK.entries(topk.encode(case.dense))
-            result, info = sparse_allreduce(idx, vals, case.n, case.comm, "auto", return_info=True)
-            return result, info.bytes_sent, info.algorithm
+            dist.all_reduce(buf)
+            return buf.numpy(), ring_bytes, f"gloo_{wire}"
 
+        run.prepare = prepare  # type: ignore[attr-defined]
         return run
 
     return factory
+
+
+# ---- names --------------------------------------------------------------------------------
+
+def _parse(name: str) -> tuple[Callable[[Case], Runner], bool]:
+    """(factory, lossless) of a compression name; ValueError when unknown, MethodUnavailable when it cannot run."""
+    if name in ("gloo_fp32", "gloo_fp16"):
+        if reason := torch_unavailable():
+            raise MethodUnavailable(reason)
+        SETUP[name] = gloo_setup
+        return _gloo(name[5:]), name == "gloo_fp32"
+    if m := re.fullmatch(rf"({_FORMAT})", name):
+        return _quantized(m.group(1), "auto", feedback=False), False
+    if m := re.fullmatch(rf"({_FORMAT})_ef", name):
+        return _quantized(m.group(1), "auto", feedback=True), False
+    if m := re.fullmatch(rf"({'|'.join(_LOSSY_ALGORITHMS)}):({_FORMAT})", name):
+        return _quantized(m.group(2), m.group(1), feedback=False), False
+    if m := re.fullmatch(rf"(switch|dropin|allgather):({_FORMAT})", name):
+        kind, spec = m.groups()
+        return {"switch": _switch, "dropin": _dropin_lossy, "allgather": _allgather_compressed}[kind](spec), False
+    if (m := re.fullmatch(rf"topk({_RATIO})(?:\+({_FORMAT}))?", name)) and 0 < float(m.group(1)) <= 1:
+        topk_allreduce = getattr(scaleml, "topk_allreduce", None)
+        if topk_allreduce is None:  # lands separately: the name is known, this build lacks it
+            raise MethodUnavailable("scaleml.topk_allreduce is not in this build")
+        return _topk(float(m.group(1)), m.group(2), topk_allreduce), False
+    raise ValueError(f"unknown compression {name!r}")
 
 
 def register_compression(name: str) -> str:
-    """Register the lossy method NAME: qsgdB (B = 1..8 bits, max norm, buckets of 512), onebit, fp16, bf16,
-    or topkR (R a ratio such as 0.01, then the sparse AllReduce)."""
-    if name in METHODS:
-        return name
-    if m := re.fullmatch(r"qsgd([1-8])", name):
-        bits = int(m.group(1))
-        factory = _allgather_compressed(
-            lambda case: compress.QSGD(bits=bits, bucket=512, norm="max", rank=case.comm.Get_rank()), name)
-    elif name == "onebit":
-        factory = _allgather_compressed(lambda case: compress.OneBit(bucket=512, rank=case.comm.Get_rank()), name)
-    elif name in ("fp16", "bf16"):
-        factory = _allgather_compressed(lambda case: compress.Cast(name, rank=case.comm.Get_rank()), name)
-    elif (m := re.fullmatch(r"topk(0?\.\d+|1(\.0*)?)", name)) and 0 < float(m.group(1)) <= 1:
-        factory = _topk_sparse(float(m.group(1)), name)
-    else:
-        raise ValueError(f"unknown compression {name!r}: use qsgd1..qsgd8, onebit, fp16, bf16 or topkR (0 < R <= 1)")
-    register(name, lossless=False)(factory)
+    """Register the method NAME of :data:`COMPRESSION_NAMES` (``all`` is the CLI's, not a method).
+
+    Parameters
+    ----------
+    name : str
+        E.g. ``qsgd4``, ``quantized_ring:qsgd4``, ``onebit_ef``, ``topk0.01+qsgd8``, ``switch:qsgd4``,
+        ``dropin:qsgd4``, ``allgather:qsgd4``, ``gloo_fp16``.
+
+    Returns
+    -------
+    str
+        ``name``, now a key of :data:`METHODS`.
+
+    Raises
+    ------
+    ValueError
+        The name is not one of :data:`COMPRESSION_NAMES`.
+    MethodUnavailable
+        A known name that this installation cannot run.
+    """
+    if name not in METHODS:
+        factory, lossless = _parse(name)
+        register(name, lossless=lossless)(factory)
     return name

@@ -1,50 +1,154 @@
-"""``scaleml-bench model``: the cost model's predicted time of every algorithm, and the choice of ``auto``."""
+"""``scaleml-bench model``: the cost model's predicted time of every algorithm, and the choice of ``auto``.
+
+Two tables: the exact algorithms of the sparse AllReduce per (ranks, count, density, bits), and the lossy
+formats per (ranks, count, format): the dense quantized algorithms of the registry next to the exact dense
+AllReduce and an allgather of the compressed vectors, each with its bytes sent per rank, to show which of
+them grow with the number of ranks.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import asdict
 
 import numpy as np
 
-from .. import cost_model
+from .. import algorithms, cost_model
+from ..compress.framing import HEADER_BYTES
 from ..sparse import index_dtype
+from ..value_format import value_format
+from .methods import make_format
+
+EXACT = tuple(a.name for a in algorithms.REGISTRY.values() if a.exact)
+LOSSY = tuple(a.name for a in algorithms.REGISTRY.values() if not a.exact)
+ALLGATHER = "allgather"
+"""The allgather of compressed vectors (``allgather:FORMAT`` in the sweep), modelled here, not in the registry."""
+
+
+def allgather_cost(n: int, P: int, message_bytes: float, value_bytes: int,
+                   params: cost_model.CostParams) -> tuple[float, float]:
+    """Predicted seconds and bytes sent per rank of allgathering P compressed vectors, then decoding and summing.
+
+    A ring allgather: P-1 steps, each sending one rank's message of ``message_bytes`` and receiving
+    another's; then every rank decodes and adds the P vectors (local work on P n values).
+
+    Parameters
+    ----------
+    n : int
+        Length of the vectors.
+    P : int
+        Number of ranks.
+    message_bytes : float
+        Size of one compressed vector (header included).
+    value_bytes : int
+        Bytes per decoded value (4 or 8).
+    params : scaleml.cost_model.CostParams
+        alpha, beta, gamma (delta is the engine's and does not apply).
+
+    Returns
+    -------
+    tuple of float
+        Seconds, and bytes each rank sends: (P-1) messages, what it also receives.
+    """
+    sent = (P - 1) * message_bytes
+    return (P - 1) * params.alpha + sent * params.beta + params.gamma * P * n * value_bytes, sent
+
+
+def _bytes_sent(n: int, P: int, k: float, index_bytes: int, value_bytes: int, dense_input: bool,
+                quantized_value_bytes: float = 0.0) -> dict[str, float]:
+    """Bytes each algorithm sends per rank by the model: its prediction with beta = 1 and nothing else."""
+    return algorithms.costs(n, P, k, k * P, index_bytes, value_bytes, False, dense_input, 0.0, 1.0, 0.0, 0.0,
+                            quantized_value_bytes)
 
 
 def model(args: argparse.Namespace) -> int:
-    """Predictions of every algorithm, and the choice of auto."""
+    """Predictions of every algorithm, and the choice of auto; then the lossy formats (``--compression``)."""
     params = cost_model.get_params()
     overrides = {k: getattr(args, k) for k in ("alpha", "beta", "gamma", "delta") if getattr(args, k) is not None}
     params = cost_model.CostParams(**{**asdict(params), **overrides})
+    p = params
     itemsize = np.dtype(args.dtype).itemsize
     bits_list = args.bits or [8.0 * itemsize]
     if any(not 0 < b <= 64 for b in bits_list):
         print("scaleml-bench model: --bits must be in (0, 64]", file=sys.stderr)
         return 2
+    try:
+        formats = {spec: value_format(make_format(spec, 0)) for spec in args.compression}
+    except ValueError as exc:
+        print(f"scaleml-bench model: {exc}", file=sys.stderr)
+        return 2
     print(f"# cost model: alpha {params.alpha * 1e6:.2f} us, beta {params.beta * 1e9:.4f} ns/B "
           f"({1e-9 / params.beta:.3f} GB/s), gamma {params.gamma * 1e9:.4f} ns/B; {args.dtype}, "
           "independent uniformly spread indices")
-    names = cost_model.ALGORITHMS
+    names = EXACT
     print(f"{'ranks':>6} {'count':>11} {'density':>8} {'bits':>5} " + " ".join(f"{a + '(ms)':>22}" for a in names)
           + f"  {'auto':>18} {'speedup':>8}")
     rows = []
-    full = cost_model.predict  # the speedup is against the dense AllReduce at full width
     for P in args.ranks:
         for n in args.n:
+            index_bytes = index_dtype(n).itemsize
             for density in args.density:
                 for bits in bits_list:
                     k = int(n * density)
-                    value_bytes = bits / 8
-                    best, pred = cost_model.choose(n, P, k, k * P, index_dtype(n).itemsize, value_bytes,
-                                                   params=params)
-                    baseline = full("dense", n, P, k, k * P, index_dtype(n).itemsize, itemsize, params=params)
+                    # The exact algorithms with values of bits/8 bytes (what auto chooses among)...
+                    pred = algorithms.costs(n, P, k, k * P, index_bytes, bits / 8, False, False, p.alpha, p.beta,
+                                            p.gamma, p.delta)
+                    best = min(names, key=lambda a: pred[a])  # ties: registry order
+                    # ... and the speedup against the dense AllReduce at full width.
+                    baseline = algorithms.costs(n, P, k, k * P, index_bytes, itemsize, False, False, p.alpha,
+                                                p.beta, p.gamma, p.delta)["dense"]
                     speedup = baseline / pred[best]
                     rows.append({"ranks": P, "count": n, "density": density, "bits": bits, "auto": best,
                                  "speedup_vs_dense": speedup, **{f"{a}_s": pred[a] for a in names}})
                     print(f"{P:>6d} {n:>11d} {density:>8.0e} {bits:>5g} "
                           + " ".join(f"{pred[a] * 1e3:>22.3f}" for a in names) + f"  {best:>18} {speedup:>8.2f}")
+    lossy_rows = lossy_table(args, params, formats, itemsize) if formats else []
     if args.json:
-        args.json.write_text(json.dumps({"params": asdict(params), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"params": asdict(params), "rows": rows, "lossy_rows": lossy_rows},
+                                        indent=1))
     return 0
+
+
+def lossy_table(args: argparse.Namespace, params: cost_model.CostParams, formats: dict, itemsize: int) -> list[dict]:
+    """Print and return the lossy predictions: per (ranks, count, format), the time and bytes sent per rank of
+    the exact dense AllReduce, each quantized algorithm, and the allgather of compressed vectors."""
+    p = params
+    columns = ("dense", *LOSSY, ALLGATHER)
+    print(f"\n# lossy formats, dense data: predicted time (ms) and bytes sent per rank (MB = 1e6 B); "
+          f"{ALLGATHER} = every rank receives the P-1 compressed vectors of the others")
+    print(f"{'ranks':>6} {'count':>11} {'format':>9} {'q(B)':>6} "
+          + " ".join(f"{a + '(ms)':>{len(a) + 4}} {'MB':>6}" for a in columns) + f"  {'best':>16} {'speedup':>8}")
+    rows = []
+    for P in args.ranks:
+        for n in args.n:
+            index_bytes = index_dtype(n).itemsize
+            for spec, fmt in formats.items():
+                q = fmt.value_bytes(n, itemsize)
+                # Dense data (k = n); the lossy algorithms read the caller's dense array as it is.
+                pred = algorithms.costs(n, P, n, n * P, index_bytes, itemsize, False, True, p.alpha, p.beta,
+                                        p.gamma, p.delta, q)
+                sent = _bytes_sent(n, P, n, index_bytes, itemsize, True, q)
+                times = {a: pred[a] for a in ("dense", *LOSSY)}
+                sent_by = {a: sent[a] for a in ("dense", *LOSSY)}
+                times[ALLGATHER], sent_by[ALLGATHER] = allgather_cost(
+                    n, P, fmt.bytes(n, itemsize) + HEADER_BYTES + 8, itemsize, p)
+                best = min(LOSSY, key=lambda a: times[a])
+                speedup = times["dense"] / times[best]
+                rows.append({"ranks": P, "count": n, "format": spec, "quantized_value_bytes": q, "best": best,
+                             "speedup_vs_dense": speedup, **{f"{a}_s": times[a] for a in columns},
+                             **{f"{a}_bytes_per_rank": sent_by[a] for a in columns}})
+                print(f"{P:>6d} {n:>11d} {spec:>9} {q:>6.3f} "
+                      + " ".join(f"{times[a] * 1e3:>{len(a) + 4}.2f} {_mb(sent_by[a]):>6}" for a in columns)
+                      + f"  {best:>16} {speedup:>8.2f}")
+    return rows
+
+
+def _mb(nbytes: float) -> str:
+    """Megabytes, to three significant digits (a column of bytes that spans several decades)."""
+    mb = nbytes / 1e6
+    if mb == 0:
+        return "0"
+    return f"{mb:.{max(0, 2 - int(math.floor(math.log10(mb))))}f}" if mb < 100 else f"{mb:.0f}"

@@ -18,8 +18,10 @@
  * At P = 1 the input is the result (nothing is encoded).
  *
  * Cost, q = encoded bytes per value (QSGD: (bits + 1 + 32/bucket)/8):
- *   2*(P-1)*alpha (times the chunks per block) + 2*(P-1)/P * n*q*beta
- *   + gamma * (P-1)/P * n * (2 c_d decode/add + encode) per phase.
+ *   2*(P-1)*alpha (times the chunks per block)
+ *   + max(2*(P-1)/P * n*q*beta, gamma * local work): pipelined, the coding of
+ *   a chunk overlaps the transfer of the next (local work: the input copy,
+ *   decode + add + encode of (P-1)/P n values, decoding the gathered ones).
  * Bytes sent per rank: 2 (P-1)/P n q, independent of P.
  * Error: each block's partial sum is re-encoded at each of the P-1 steps, then
  * once more by its owner: P independent unbiased roundings for QSGD.
@@ -157,14 +159,19 @@ int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
 double quantized_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)
 {
     int P = c->ranks;
-    double n = (double)c->n, q = c->quantized_value_bytes > 0 ? c->quantized_value_bytes : c->value_bytes;
+    int lossy = c->quantized_value_bytes > 0;
+    double n = (double)c->n, q = lossy ? c->quantized_value_bytes : c->value_bytes;
     double chunks = n / P / 65536.0;
     *result_sparse = 0;
     if (P == 1) return p->gamma * n * c->value_bytes;
-    /* per phase: P-1 steps (one message per chunk), (P-1)/P n q bytes; decode+add+encode of (P-1)/P n values
-     * in the reduce-scatter, decode of them in the allgather */
-    return 2 * (P - 1) * p->alpha * (chunks > 1 ? chunks : 1) + p->beta * 2 * (P - 1) / P * n * q +
-           p->gamma * (P - 1) / P * n * c->value_bytes * 5;
+    /* Pipelined: coding a chunk overlaps the transfer of the next, so the slower of the two sets the pace;
+     * one chunk's coding is not hidden. Local work per value (bytes touched): copying the input (2 c_d),
+     * then, on (P-1)/P of the values, decode and add (3 c_d) and, when lossy, encode (2 c_d) and decode the
+     * allgathered values (c_d). */
+    double wire = p->beta * 2 * (P - 1) / P * n * q;
+    double work = p->gamma * n * c->value_bytes * (2 + (double)(P - 1) / P * (lossy ? 6 : 3));
+    double messages = 2 * (P - 1) * p->alpha * (chunks > 1 ? chunks : 1);
+    return messages + (wire > work ? wire : work) + (chunks > 1 ? (wire < work ? wire : work) / chunks : 0);
 }
 
 double dense_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)

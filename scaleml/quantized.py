@@ -128,7 +128,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         if a.dtype not in _FLOATS:
             raise _LocalError(1, TypeError(f"x must be float32 or float64, got {a.dtype}"))
         flat = np.ascontiguousarray(a).reshape(-1)
-        if check_finite and not np.isfinite(flat).all():
+        if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(flat), flat.size, flat.itemsize):
             raise _LocalError(4, ValueError("x contains NaN or Inf (pass check_finite=False to allow)"))
         if out is None:
             dest = np.empty(a.shape, a.dtype)

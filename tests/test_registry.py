@@ -75,3 +75,13 @@ def test_only_sparse_result_algorithms_run_without_dense_memory():
     predicted["dense"] = predicted["split_dense"] = 0.0  # the model would pick these
     chosen = choose_algorithm(predicted, Agreement(10, 20, dense_fits=False), ClassStats())
     assert "sparse" in algorithms.REGISTRY[chosen].result_forms
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None])
+def test_all_finite_finds_any_nan_or_inf(dtype, bad):
+    for n, at in ((1, 0), (1001, 777), (64, 63)):
+        x = np.random.default_rng(n).standard_normal(n).astype(dtype)
+        if bad is not None:
+            x[at] = bad
+        assert lib.scaleml_all_finite(ffi.from_buffer(x), n, x.itemsize) == (bad is None)

@@ -99,6 +99,13 @@ int qa_decode_block(const qa_layout *l, int j, const uint8_t *slots, void *all, 
 /* Ring allgather of the encoded blocks: rank r holds block r in slots; every
  * other block arrives, is passed on chunk by chunk, and is decoded into all. */
 int qa_ring_allgather(sa_context *c, const qa_layout *l, uint8_t *slots, void *all, void *scratch);
+/* Work buffers of the quantized algorithms, kept per thread from one call to
+ * the next and only grown: fresh multi-MiB buffers cost page faults on every
+ * call (the kernel zeroing pages took 9% of a 4-rank ring's time), more than
+ * their coding. Distinct slots within one call; never freed by the caller. */
+enum { QA_WS_SEND0, QA_WS_SEND1, QA_WS_RECV, QA_WS_SLOTS, QA_WS_SCRATCH, QA_WS_SUM, QA_WS_COUNT };
+void *qa_workspace(int slot, size_t bytes);
+
 /* Withdraw receives still posted after an error. */
 void qa_cancel(MPI_Request *reqs, uint64_t count);
 /* The dense buffer the quantized algorithms work in (the result), holding the input. */

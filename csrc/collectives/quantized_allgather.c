@@ -179,6 +179,19 @@ done:
     return rc;
 }
 
+void *qa_workspace(int slot, size_t bytes)
+{
+    static _Thread_local void *buffers[QA_WS_COUNT];
+    static _Thread_local size_t capacity[QA_WS_COUNT];
+    if (bytes == 0) bytes = 1;
+    if (bytes > capacity[slot]) {
+        free(buffers[slot]);
+        buffers[slot] = malloc(bytes);
+        capacity[slot] = buffers[slot] ? bytes : 0;
+    }
+    return buffers[slot];
+}
+
 int qa_dense_start(sa_context *c, sv_segment *all)
 {
     int rc = result_dense_storage(c, all);

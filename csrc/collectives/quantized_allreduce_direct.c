@@ -41,8 +41,8 @@ static int reduce_at_owners(sa_context *c, const qa_layout *l, char *all, uint8_
     uint64_t my_start, my_len;
     cu_block_range(c->n, P, r, &my_start, &my_len);
     size_t my_slot = l->offset[r + 1] - l->offset[r];
-    uint8_t *send = malloc(l->offset[P] ? l->offset[P] : 1), *recv = malloc((size_t)P * my_slot + 1);
-    char *sum = malloc((my_len ? my_len : 1) * vb);
+    uint8_t *send = qa_workspace(QA_WS_SEND0, l->offset[P]), *recv = qa_workspace(QA_WS_RECV, (size_t)P * my_slot);
+    char *sum = qa_workspace(QA_WS_SUM, my_len * vb);
     MPI_Request *reqs = malloc(2 * (size_t)P * sizeof *reqs);
     int nsends = 0;
     if (!send || !recv || !sum || !reqs) {
@@ -92,9 +92,6 @@ static int reduce_at_owners(sa_context *c, const qa_layout *l, char *all, uint8_
         rc = qa_encode_block(c, l, r, all, slots, CODEC_PHASE_FINAL, c->server_residual, my_start, scratch);
     }
 done:
-    free(send);
-    free(recv);
-    free(sum);
     free(reqs);
     return rc;
 }
@@ -110,14 +107,12 @@ int quantized_allreduce_direct(sa_context *c, scaleml_result *res)
         void *scratch = NULL;
         rc = qa_layout_init(&l, c, c->size, qa_pipeline_chunk(c));
         if (!rc) {
-            slots = malloc(l.offset[c->size] ? l.offset[c->size] : 1);
-            scratch = malloc(qa_max_chunk(&l) * (unsigned)c->value_bytes);
+            slots = qa_workspace(QA_WS_SLOTS, l.offset[c->size]);
+            scratch = qa_workspace(QA_WS_SCRATCH, qa_max_chunk(&l) * (unsigned)c->value_bytes);
             if (!slots || !scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the encoded result");
         }
         if (!rc) rc = reduce_at_owners(c, &l, all.values, slots, scratch);
         if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);
-        free(slots);
-        free(scratch);
         qa_layout_free(&l);
     }
     if (!rc) rc = result_init(res, 1, c->n);

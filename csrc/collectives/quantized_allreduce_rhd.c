@@ -102,10 +102,10 @@ int quantized_allreduce_rhd(sa_context *c, scaleml_result *res)
         size_t whole = codec_bytes(c->codec, c->n, c->value_bytes);
         rc = qa_layout_init(&l, c, p2, 0);
         if (!rc) {
-            slots = malloc(l.offset[p2] ? l.offset[p2] : 1);
-            buf = malloc(whole ? whole : 1);
-            rbuf = malloc(whole ? whole : 1);
-            scratch = malloc((c->n ? c->n : 1) * (unsigned)c->value_bytes);
+            slots = qa_workspace(QA_WS_SLOTS, l.offset[p2]);
+            buf = qa_workspace(QA_WS_SEND0, whole);
+            rbuf = qa_workspace(QA_WS_RECV, whole);
+            scratch = qa_workspace(QA_WS_SCRATCH, c->n * (unsigned)c->value_bytes);
             if (!slots || !buf || !rbuf || !scratch)
                 rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %zu encoded bytes", whole);
         }
@@ -135,10 +135,6 @@ int quantized_allreduce_rhd(sa_context *c, scaleml_result *res)
                 for (int j = 0; j < p2 && !rc; j++) rc = qa_decode_block(&l, j, slots, all.values, 0, scratch);
             }
         }
-        free(slots);
-        free(buf);
-        free(rbuf);
-        free(scratch);
         qa_layout_free(&l);
     }
     if (!rc) rc = result_init(res, 1, c->n);

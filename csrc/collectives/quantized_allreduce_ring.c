@@ -42,7 +42,8 @@ static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, voi
     unsigned vb = (unsigned)c->value_bytes;
     size_t slot = qa_max_slot(l);
     uint64_t most = qa_chunk_count(l, 0);
-    uint8_t *sendbuf[2] = {malloc(slot ? slot : 1), malloc(slot ? slot : 1)}, *recvbuf = malloc(slot ? slot : 1);
+    uint8_t *sendbuf[2] = {qa_workspace(QA_WS_SEND0, slot), qa_workspace(QA_WS_SEND1, slot)};
+    uint8_t *recvbuf = qa_workspace(QA_WS_RECV, slot);
     MPI_Request *sends[2] = {malloc(most * sizeof(MPI_Request)), malloc(most * sizeof(MPI_Request))};
     MPI_Request *recvs = malloc(most * sizeof *recvs);
     uint64_t nsends[2] = {0, 0}, nrecvs = 0;
@@ -105,9 +106,6 @@ static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, voi
         }
     }
 done:
-    free(sendbuf[0]);
-    free(sendbuf[1]);
-    free(recvbuf);
     free(sends[0]);
     free(sends[1]);
     free(recvs);
@@ -133,18 +131,16 @@ int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
         /* exact: the slots are the values themselves (block j's chunk i lies at its values' byte offset) */
         if (!rc && !codec_lossy(c->codec)) {
             slots = all.values;
-            scratch = malloc(1);
+            scratch = qa_workspace(QA_WS_SCRATCH, 1);
             if (!scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
         } else if (!rc) {
-            slots = malloc(l.offset[c->size] ? l.offset[c->size] : 1);
-            scratch = malloc(qa_max_chunk(&l) * (unsigned)c->value_bytes);
+            slots = qa_workspace(QA_WS_SLOTS, l.offset[c->size]);
+            scratch = qa_workspace(QA_WS_SCRATCH, qa_max_chunk(&l) * (unsigned)c->value_bytes);
             if (!slots || !scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the encoded result");
         }
         if (!rc) rc = ring_reduce_scatter(c, &l, all.values, scratch);
         if (!rc) rc = qa_encode_block(c, &l, c->rank, all.values, slots, CODEC_PHASE_FINAL, NULL, 0, scratch);
         if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);
-        if (slots != all.values) free(slots);
-        free(scratch);
         qa_layout_free(&l);
     }
     if (!rc) rc = result_init(res, 1, c->n);

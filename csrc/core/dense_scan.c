@@ -86,3 +86,26 @@ uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_byte
     return dense_extract_nonzeros(values, n, 0, value_bytes, index_bytes, indices, out_values, capacity);
 }
 
+
+/* 1 when every value is finite: the largest exponent field of all values is
+ * compared with all ones (an integer max, which vectorizes); one pass with no
+ * temporary array (numpy's isfinite().all() allocates n booleans). */
+int scaleml_all_finite(const void *values, uint64_t n, int value_bytes)
+{
+    if (value_bytes == 4) {
+        const uint32_t *x = values;
+        uint32_t worst = 0;
+        for (uint64_t i = 0; i < n; i++) {
+            uint32_t e = x[i] & UINT32_C(0x7f800000);
+            worst = e > worst ? e : worst;
+        }
+        return worst != UINT32_C(0x7f800000);
+    }
+    const uint64_t *x = values;
+    uint64_t worst = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t e = x[i] & UINT64_C(0x7ff0000000000000);
+        worst = e > worst ? e : worst;
+    }
+    return worst != UINT64_C(0x7ff0000000000000);
+}

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "api_collectives.h"
+#include "core/counter_rng.h" /* SCALEML_CLONES */
 #include "core/dense_scan.h"
 
 #define DEFINE_COUNT(VT)                                                                     \
@@ -90,7 +91,7 @@ uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_byte
 /* 1 when every value is finite: the largest exponent field of all values is
  * compared with all ones (an integer max, which vectorizes); one pass with no
  * temporary array (numpy's isfinite().all() allocates n booleans). */
-int scaleml_all_finite(const void *values, uint64_t n, int value_bytes)
+SCALEML_CLONES int scaleml_all_finite(const void *values, uint64_t n, int value_bytes)
 {
     if (value_bytes == 4) {
         const uint32_t *x = values;

@@ -144,6 +144,19 @@ void codec_add(void *acc, const void *b, uint64_t len, int value_bytes)
     }
 }
 
+void codec_sum(void *out, const void *a, const void *b, uint64_t len, int value_bytes)
+{
+    if (value_bytes == 4) {
+        float *restrict o = out;
+        const float *restrict x = a, *restrict y = b;
+        for (uint64_t i = 0; i < len; i++) o[i] = x[i] + y[i];
+    } else {
+        double *restrict o = out;
+        const double *restrict x = a, *restrict y = b;
+        for (uint64_t i = 0; i < len; i++) o[i] = x[i] + y[i];
+    }
+}
+
 int codec_decode_add(const scaleml_codec *c, const uint8_t *buf, size_t bytes, uint64_t len, void *acc,
                      void *scratch, int value_bytes)
 {
@@ -189,5 +202,20 @@ int codec_encode_roundtrip(const scaleml_codec *c, void *x, uint64_t len, int va
         memcpy(x, decoded, (size_t)len * (size_t)value_bytes);
     }
     if (!scratch) free(decoded);
+    return rc;
+}
+
+int codec_encode_residual(const scaleml_codec *c, const void *x, uint64_t len, int value_bytes, int rank,
+                          uint64_t stream, uint8_t *out, void *residual, void *scratch)
+{
+    if (!residual || len == 0) return codec_encode(c, x, len, value_bytes, rank, stream, out);
+    if (codec_lossy(c) && c->kind == SCALEML_CODEC_ONEBIT)  /* one pass */
+        return scaleml_onebit_encode(x, value_bytes, len, c->bucket, out, codec_bytes(c, len, value_bytes), residual);
+    size_t bytes = (size_t)len * (size_t)value_bytes;
+    void *copy = scratch ? scratch : malloc(bytes);
+    if (!copy) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %llu values", (unsigned long long)len);
+    memcpy(copy, x, bytes);
+    int rc = codec_encode_roundtrip(c, copy, len, value_bytes, rank, stream, out, residual, NULL);
+    if (!scratch) free(copy);
     return rc;
 }

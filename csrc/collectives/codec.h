@@ -48,6 +48,14 @@ int codec_decode_add(const scaleml_codec *codec, const uint8_t *buf, size_t byte
 int codec_encode_roundtrip(const scaleml_codec *codec, void *x, uint64_t len, int value_bytes, int rank,
                            uint64_t stream, uint8_t *out, void *residual, void *scratch);
 
+/* Encode x into out and, if residual is not NULL, write x - decoded into it
+ * (x is left as it is). 1-bit writes the residual in its encoding pass. */
+int codec_encode_residual(const scaleml_codec *codec, const void *x, uint64_t len, int value_bytes, int rank,
+                          uint64_t stream, uint8_t *out, void *residual, void *scratch);
+
+/* out[0 .. len) = a + b. */
+void codec_sum(void *out, const void *a, const void *b, uint64_t len, int value_bytes);
+
 /* acc[0 .. len) += b[0 .. len). */
 void codec_add(void *acc, const void *b, uint64_t len, int value_bytes);
 

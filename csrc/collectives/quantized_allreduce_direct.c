@@ -55,11 +55,26 @@ static int reduce_at_owners(sa_context *c, const qa_layout *l, char *all, uint8_
         int src = (r - step + P) % P;
         rc = cu_irecv(c->comm, src, TAG_QUANT_REDUCE, recv + (size_t)src * my_slot, my_slot, &recvs[src]);
     }
-    if (!rc && c->worker_residual) codec_add(all, c->worker_residual, c->n, c->value_bytes);
+    /* y = x + e_w: the input was written into all by quantized_allreduce_direct (or, when dense and not in
+     * place, is added to the residual in the same pass) */
+    if (!rc && c->worker_residual && !(c->input.dense && c->input.values != (void *)all))
+        codec_add(all, c->worker_residual, c->n, c->value_bytes);
     for (int step = 1; step <= P && !rc; step++) {  /* the next rank first: spreads the load; own block last */
         int j = (r + step) % P;
-        rc = qa_encode_block(c, l, j, all, send, CODEC_PHASE_REDUCE, c->worker_residual, 0, scratch);
-        if (!rc && j != r) {
+        if (j == r) {  /* kept: replaced by what the owner (this rank) decodes */
+            rc = qa_encode_block(c, l, j, all, send, CODEC_PHASE_REDUCE, c->worker_residual, 0, scratch);
+            break;
+        }
+        /* sent away: only the encoding and the residual matter here (the values are overwritten by the allgather) */
+        for (uint64_t i = 0; i < qa_chunk_count(l, j) && !rc; i++) {
+            uint64_t start, len;
+            size_t at, bytes;
+            qa_chunk(l, j, i, &start, &len, &at, &bytes);
+            rc = codec_encode_residual(c->codec, all + start * vb, len, c->value_bytes, r,
+                                       CODEC_STREAM(CODEC_PHASE_REDUCE, start), send + at,
+                                       c->worker_residual ? (char *)c->worker_residual + start * vb : NULL, scratch);
+        }
+        if (!rc) {
             rc = cu_isend(c->comm, j, TAG_QUANT_REDUCE, send + l->offset[j], l->offset[j + 1] - l->offset[j],
                           &sends[nsends], &c->bytes_sent);
             if (!rc) nsends++;
@@ -99,7 +114,14 @@ done:
 int quantized_allreduce_direct(sa_context *c, scaleml_result *res)
 {
     sv_segment all;
-    int rc = qa_dense_start(c, &all);
+    int rc;
+    if (c->worker_residual && c->size > 1 && c->input.dense && c->input.values != c->dense_out) {
+        /* y = x + e_w in one pass instead of a copy and an add */
+        if ((rc = result_dense_storage(c, &all))) return rc;
+        codec_sum(all.values, c->input.values, c->worker_residual, c->n, c->value_bytes);
+    } else {
+        rc = qa_dense_start(c, &all);
+    }
     if (rc) return rc;
     if (c->size > 1) {
         qa_layout l;

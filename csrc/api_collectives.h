@@ -41,6 +41,7 @@ typedef struct {
     double index_bytes, value_bytes;  /* bytes per index and value (fractional for quantized values) */
     int sparse_out;            /* the caller wants a sparse result */
     int dense_input;           /* the caller holds dense vectors that are scanned first */
+    double quantized_value_bytes;  /* bytes per value of the caller's lossy dense format (0: exact) */
 } scaleml_cost_case;
 
 typedef struct {
@@ -62,10 +63,35 @@ double scaleml_expected_union(uint64_t n, double k_mean, double ranks);
 
 /* Fields of scaleml_consensus: the first SCALEML_CONSENSUS_MAX_FIELDS are
  * reduced with MAX, the remaining ones with SUM. */
-#define SCALEML_CONSENSUS_FIELDS 24
-#define SCALEML_CONSENSUS_MAX_FIELDS 20
+#define SCALEML_CONSENSUS_FIELDS 28
+#define SCALEML_CONSENSUS_MAX_FIELDS 24
 
 typedef struct scaleml_result scaleml_result;
+
+/* ---- lossy value formats of the collectives (collectives/codec.c) ----
+ * What dense data travels as when the caller opted into a lossy format:
+ * every encoded message is decoded, added in full precision and re-encoded
+ * before it is passed on; the final value of every index range is encoded
+ * once by its owner and decoded from the same bytes on every rank. */
+#define SCALEML_CODEC_NONE 0      /* exact: values travel at full width */
+#define SCALEML_CODEC_QSGD 1      /* QSGD fixed width: bits + 1 + 32/bucket bits per value */
+#define SCALEML_CODEC_FP16 2      /* IEEE half, round to nearest even */
+#define SCALEML_CODEC_BF16 3      /* bfloat16, round to nearest even */
+#define SCALEML_CODEC_ONEBIT 4    /* sign + two means per bucket: 1 + 64/bucket bits per value */
+
+typedef struct {
+    int kind;                  /* SCALEML_CODEC_* */
+    uint32_t bits;             /* QSGD: magnitude bits, 1..8 */
+    uint64_t bucket;           /* QSGD and 1-bit: values per bucket (one norm or two means each) */
+    int norm;                  /* QSGD: SCALEML_NORM_L2 or SCALEML_NORM_MAX */
+    uint64_t seed;             /* stochastic rounding draws scaleml_rng_key(seed, rank, step, stream) */
+    uint64_t step;             /* the caller's step counter: a fresh stream per call */
+} scaleml_codec;
+
+/* Bytes of len values in the codec's format (exact: len * value_bytes); 0 for invalid parameters. */
+size_t scaleml_codec_bytes(const scaleml_codec *codec, uint64_t len, int value_bytes);
+/* SCALEML_OK, or SCALEML_ERR_ARG with a message for invalid parameters. */
+int scaleml_codec_check(const scaleml_codec *codec);
 
 /* Sum the sparse vectors (indices sorted, unique, in [0, n); nnz entries) of
  * all ranks with algorithm id. nnz_max and nnz_sum are the agreed largest and
@@ -78,6 +104,20 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
                              int value_bytes, uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum,
                              const void *indices, const void *values, void *dense_out,
                              scaleml_result **result, uint64_t *bytes_sent);
+
+/* The general entry point behind scaleml_sparse_allreduce. indices == NULL
+ * with nnz == n means values is the dense input (no scan, no index arrays).
+ * codec (NULL: exact) is the lossy format dense data may travel in; the
+ * lossy algorithms need one. worker_residual (n values) and server_residual
+ * (the values of this rank's block, see scaleml_block_range) are the error
+ * feedback of the algorithms that keep it (quantized_direct), or NULL. */
+int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes, int value_bytes,
+                      uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum, const void *indices, const void *values,
+                      void *dense_out, const scaleml_codec *codec, void *worker_residual, void *server_residual,
+                      scaleml_result **result, uint64_t *bytes_sent);
+
+/* Range j of the P contiguous ranges of [0, n) the collectives cut the index space into. */
+void scaleml_block_range(uint64_t n, int parts, int j, uint64_t *start, uint64_t *len);
 
 /* Write the result into n dense values. */
 void scaleml_result_to_dense(const scaleml_result *result, void *dense);

@@ -27,6 +27,9 @@ typedef struct {
     uint64_t nnz_sum;     /* agreed: the sum of local nnz, bounds every partial sum */
     sv_segment input;     /* view of the caller's data over [0, n) */
     void *dense_out;      /* caller's n-value output, or NULL: dense results may live there */
+    const scaleml_codec *codec;  /* lossy format dense data may travel in, or NULL (exact) */
+    void *worker_residual;       /* error feedback over [0, n), or NULL (quantized_direct) */
+    void *server_residual;       /* error feedback over this rank's block, or NULL (quantized_direct) */
     uint64_t bytes_sent;  /* bytes this rank put on the wire */
 } sa_context;
 
@@ -52,6 +55,9 @@ int sparse_allreduce_recursive_doubling(sa_context *ctx, scaleml_result *res);
 int sparse_allreduce_split_allgather(sa_context *ctx, scaleml_result *res);
 int sparse_allreduce_split_dense(sa_context *ctx, scaleml_result *res);
 int dense_allreduce(sa_context *ctx, scaleml_result *res);
+int quantized_allreduce_ring(sa_context *ctx, scaleml_result *res);
+int quantized_allreduce_rhd(sa_context *ctx, scaleml_result *res);
+int quantized_allreduce_direct(sa_context *ctx, scaleml_result *res);
 
 /* Shared first phase of the split algorithms: rank j ends up with the sum
  * over all ranks of index range j (cu_block_range); dense when
@@ -65,7 +71,11 @@ enum {
     TAG_RD_FOLD_IN = 101,
     TAG_RD_ROUND = 102,
     TAG_RD_FOLD_OUT = 103,
-    TAG_REDUCE_SCATTER = 201
+    TAG_REDUCE_SCATTER = 201,
+    TAG_QUANT_REDUCE = 301,
+    TAG_QUANT_GATHER = 302,
+    TAG_QUANT_FOLD_IN = 303,
+    TAG_QUANT_FOLD_OUT = 304
 };
 
 #endif

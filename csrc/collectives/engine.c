@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "collectives/codec.h"
 #include "collectives/collectives.h"
 #include "collectives/comm_util.h"
 #include "collectives/registry.h"
@@ -12,6 +13,20 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
                              int value_bytes, uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum,
                              const void *indices, const void *values, void *dense_out,
                              scaleml_result **result, uint64_t *bytes_sent)
+{
+    return scaleml_allreduce(comm_address, algorithm, n, index_bytes, value_bytes, nnz, nnz_max, nnz_sum, indices,
+                             values, dense_out, NULL, NULL, NULL, result, bytes_sent);
+}
+
+void scaleml_block_range(uint64_t n, int parts, int j, uint64_t *start, uint64_t *len)
+{
+    cu_block_range(n, parts, j, start, len);
+}
+
+int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes, int value_bytes,
+                      uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum, const void *indices, const void *values,
+                      void *dense_out, const scaleml_codec *codec, void *worker_residual, void *server_residual,
+                      scaleml_result **result, uint64_t *bytes_sent)
 {
     *result = NULL;
     if ((index_bytes != 4 && index_bytes != 8) || (value_bytes != 4 && value_bytes != 8))
@@ -24,16 +39,26 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
     if (nnz > nnz_max || nnz_max > nnz_sum)
         return scaleml_fail(SCALEML_ERR_ARG, "nnz %llu exceeds the agreed bounds (max %llu, sum %llu)",
                             (unsigned long long)nnz, (unsigned long long)nnz_max, (unsigned long long)nnz_sum);
+    if (!indices && nnz != n)
+        return scaleml_fail(SCALEML_ERR_ARG, "dense input (no indices) must hold n values");
     const sa_algorithm *entry = sa_registry_lookup(algorithm);
     if (!entry) return scaleml_fail(SCALEML_ERR_ARG, "unknown algorithm %d", algorithm);
+    int rc;
+    if (codec && (rc = scaleml_codec_check(codec))) return rc;
+    if (!entry->info.exact && !codec_lossy(codec))
+        return scaleml_fail(SCALEML_ERR_ARG, "algorithm %s needs a lossy value format", entry->info.name);
 
     sa_context ctx = {.comm = *(const MPI_Comm *)comm_address, .n = n, .index_bytes = index_bytes,
                       .value_bytes = value_bytes, .nnz_max = nnz_max, .nnz_sum = nnz_sum,
-                      .dense_out = dense_out, .bytes_sent = 0};
-    int rc = cu_check(MPI_Comm_rank(ctx.comm, &ctx.rank), "MPI_Comm_rank");
+                      .dense_out = dense_out, .codec = codec_lossy(codec) ? codec : NULL,
+                      .worker_residual = worker_residual, .server_residual = server_residual, .bytes_sent = 0};
+    rc = cu_check(MPI_Comm_rank(ctx.comm, &ctx.rank), "MPI_Comm_rank");
     if (!rc) rc = cu_check(MPI_Comm_size(ctx.comm, &ctx.size), "MPI_Comm_size");
     if (rc) return rc;
-    sv_view_sparse(&ctx.input, 0, n, nnz, indices, values, index_bytes, value_bytes);
+    if (indices)
+        sv_view_sparse(&ctx.input, 0, n, nnz, indices, values, index_bytes, value_bytes);
+    else
+        sv_view_dense(&ctx.input, 0, n, values, index_bytes, value_bytes);
 
     scaleml_result *res = calloc(1, sizeof *res);
     if (!res) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");

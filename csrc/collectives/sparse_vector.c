@@ -160,6 +160,14 @@ void sv_view_sparse(sv_segment *s, uint64_t offset, uint64_t len, uint64_t nnz,
                       .indices = (void *)indices, .values = (void *)values, .owned = NULL};
 }
 
+void sv_view_dense(sv_segment *s, uint64_t offset, uint64_t len, const void *values,
+                   int index_bytes, int value_bytes)
+{
+    *s = (sv_segment){.offset = offset, .len = len, .nnz = len, .dense = 1,
+                      .index_bytes = index_bytes, .value_bytes = value_bytes,
+                      .indices = NULL, .values = (void *)values, .owned = NULL};
+}
+
 void sv_slice(const sv_segment *v, uint64_t offset, uint64_t len, sv_segment *view)
 {
     *view = *v;

@@ -59,6 +59,10 @@ void sv_view_sparse(sv_segment *s, uint64_t offset, uint64_t len, uint64_t nnz,
                     const void *indices, const void *values,
                     int index_bytes, int value_bytes);
 
+/* A view of dense values over [offset, offset + len) (no copy). */
+void sv_view_dense(sv_segment *s, uint64_t offset, uint64_t len, const void *values,
+                   int index_bytes, int value_bytes);
+
 /* A view of the part of v that lies in [offset, offset + len) (no copy). */
 void sv_slice(const sv_segment *v, uint64_t offset, uint64_t len, sv_segment *view);
 

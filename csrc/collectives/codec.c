@@ -1,0 +1,172 @@
+/* Lossy value formats of the collectives: see codec.h. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_compress.h"
+#include "collectives/codec.h"
+#include "core/errors.h"
+
+int codec_lossy(const scaleml_codec *codec)
+{
+    return codec && codec->kind != SCALEML_CODEC_NONE;
+}
+
+int scaleml_codec_check(const scaleml_codec *c)
+{
+    switch (c->kind) {
+    case SCALEML_CODEC_NONE:
+    case SCALEML_CODEC_FP16:
+    case SCALEML_CODEC_BF16:
+        return SCALEML_OK;
+    case SCALEML_CODEC_QSGD:
+        if (c->bits < 1 || c->bits > 8)
+            return scaleml_fail(SCALEML_ERR_ARG, "QSGD bits must be in 1..8, got %u", c->bits);
+        if (c->norm != SCALEML_NORM_L2 && c->norm != SCALEML_NORM_MAX)
+            return scaleml_fail(SCALEML_ERR_ARG, "unknown QSGD norm %d", c->norm);
+        /* fall through: the bucket */
+    case SCALEML_CODEC_ONEBIT:
+        if (c->bucket < 1 || c->bucket > (UINT64_C(1) << 31))
+            return scaleml_fail(SCALEML_ERR_ARG, "bucket size must be in 1..2^31, got %llu",
+                                (unsigned long long)c->bucket);
+        return SCALEML_OK;
+    default:
+        return scaleml_fail(SCALEML_ERR_ARG, "unknown value format %d", c->kind);
+    }
+}
+
+size_t codec_bytes(const scaleml_codec *c, uint64_t len, int value_bytes)
+{
+    if (!codec_lossy(c)) return (size_t)len * (size_t)value_bytes;
+    switch (c->kind) {
+    case SCALEML_CODEC_QSGD:
+        return scaleml_qsgd_max_bytes(len, c->bits, c->bucket, SCALEML_QSGD_FIXED);
+    case SCALEML_CODEC_FP16:
+    case SCALEML_CODEC_BF16:
+        return (size_t)len * 2;
+    case SCALEML_CODEC_ONEBIT:
+        return scaleml_onebit_bytes(len, c->bucket);
+    default:
+        return 0;
+    }
+}
+
+size_t scaleml_codec_bytes(const scaleml_codec *codec, uint64_t len, int value_bytes)
+{
+    return scaleml_codec_check(codec) ? 0 : codec_bytes(codec, len, value_bytes);
+}
+
+int codec_encode(const scaleml_codec *c, const void *x, uint64_t len, int value_bytes, int rank, uint64_t stream,
+                 uint8_t *out)
+{
+    size_t bytes = codec_bytes(c, len, value_bytes), written = 0;
+    if (len == 0) return SCALEML_OK;
+    switch (c->kind) {
+    case SCALEML_CODEC_NONE:
+        memcpy(out, x, bytes);
+        return SCALEML_OK;
+    case SCALEML_CODEC_QSGD: {
+        uint64_t key = scaleml_rng_key(c->seed, (uint64_t)rank, c->step, stream);
+        int rc = scaleml_qsgd_encode(x, value_bytes, len, c->bits, c->bucket, c->norm, SCALEML_QSGD_FIXED, key,
+                                     out, bytes, &written);
+        if (!rc && written != bytes)
+            return scaleml_fail(SCALEML_ERR_ARG, "QSGD wrote %zu bytes, expected %zu", written, bytes);
+        return rc;
+    }
+    case SCALEML_CODEC_FP16:
+    case SCALEML_CODEC_BF16: {
+        /* The cast kernel writes aligned uint16; out may sit at any byte offset. */
+        uint16_t *tmp = ((uintptr_t)out % 2) ? malloc(bytes) : (uint16_t *)out;
+        if (!tmp) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
+        int rc = scaleml_cast_encode(x, value_bytes, len,
+                                     c->kind == SCALEML_CODEC_FP16 ? SCALEML_CAST_FP16 : SCALEML_CAST_BF16, tmp);
+        if (tmp != (uint16_t *)out) {
+            memcpy(out, tmp, bytes);
+            free(tmp);
+        }
+        return rc;
+    }
+    case SCALEML_CODEC_ONEBIT:
+        return scaleml_onebit_encode(x, value_bytes, len, c->bucket, out, bytes, NULL);
+    default:
+        return scaleml_fail(SCALEML_ERR_ARG, "unknown value format %d", c->kind);
+    }
+}
+
+int codec_decode(const scaleml_codec *c, const uint8_t *buf, size_t bytes, uint64_t len, void *out,
+                 int value_bytes)
+{
+    size_t expected = codec_bytes(c, len, value_bytes);
+    if (bytes != expected)
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "encoded range of %llu values has %zu bytes, expected %zu",
+                            (unsigned long long)len, bytes, expected);
+    if (len == 0) return SCALEML_OK;
+    switch (c->kind) {
+    case SCALEML_CODEC_NONE:
+        memcpy(out, buf, bytes);
+        return SCALEML_OK;
+    case SCALEML_CODEC_QSGD:
+        return scaleml_qsgd_decode(buf, bytes, len, c->bits, c->bucket, SCALEML_QSGD_FIXED, out, value_bytes);
+    case SCALEML_CODEC_FP16:
+    case SCALEML_CODEC_BF16: {
+        const uint16_t *in = ((uintptr_t)buf % 2) ? malloc(bytes) : (const uint16_t *)buf;
+        if (!in) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
+        if (in != (const uint16_t *)buf) memcpy((void *)in, buf, bytes);
+        int rc = scaleml_cast_decode(in, len, c->kind == SCALEML_CODEC_FP16 ? SCALEML_CAST_FP16 : SCALEML_CAST_BF16,
+                                     out, value_bytes);
+        if (in != (const uint16_t *)buf) free((void *)in);
+        return rc;
+    }
+    case SCALEML_CODEC_ONEBIT:
+        return scaleml_onebit_decode(buf, bytes, len, c->bucket, out, value_bytes);
+    default:
+        return scaleml_fail(SCALEML_ERR_ARG, "unknown value format %d", c->kind);
+    }
+}
+
+void codec_add(void *acc, const void *b, uint64_t len, int value_bytes)
+{
+    if (value_bytes == 4) {
+        float *restrict a = acc;
+        const float *restrict v = b;
+        for (uint64_t i = 0; i < len; i++) a[i] += v[i];
+    } else {
+        double *restrict a = acc;
+        const double *restrict v = b;
+        for (uint64_t i = 0; i < len; i++) a[i] += v[i];
+    }
+}
+
+int codec_decode_add(const scaleml_codec *c, const uint8_t *buf, size_t bytes, uint64_t len, void *acc,
+                     void *scratch, int value_bytes)
+{
+    int rc = codec_decode(c, buf, bytes, len, scratch, value_bytes);
+    if (!rc) codec_add(acc, scratch, len, value_bytes);
+    return rc;
+}
+
+int codec_encode_roundtrip(const scaleml_codec *c, void *x, uint64_t len, int value_bytes, int rank,
+                           uint64_t stream, uint8_t *out, void *residual, void *scratch)
+{
+    size_t bytes = codec_bytes(c, len, value_bytes);
+    int rc = codec_encode(c, x, len, value_bytes, rank, stream, out);
+    if (rc || len == 0) return rc;
+    void *decoded = scratch ? scratch : malloc((size_t)len * (size_t)value_bytes);
+    if (!decoded) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %llu values", (unsigned long long)len);
+    rc = codec_decode(c, out, bytes, len, decoded, value_bytes);
+    if (!rc) {
+        if (residual) {
+            if (value_bytes == 4) {
+                float *restrict r = residual;
+                const float *restrict a = x, *restrict d = decoded;
+                for (uint64_t i = 0; i < len; i++) r[i] = a[i] - d[i];
+            } else {
+                double *restrict r = residual;
+                const double *restrict a = x, *restrict d = decoded;
+                for (uint64_t i = 0; i < len; i++) r[i] = a[i] - d[i];
+            }
+        }
+        memcpy(x, decoded, (size_t)len * (size_t)value_bytes);
+    }
+    if (!scratch) free(decoded);
+    return rc;
+}

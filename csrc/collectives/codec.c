@@ -1,8 +1,10 @@
 /* Lossy value formats of the collectives: see codec.h. */
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_compress.h"
+#include "api_compress.h" /* a cdef without includes: the integer types come first */
 #include "collectives/codec.h"
 #include "core/errors.h"
 
@@ -23,7 +25,7 @@ int scaleml_codec_check(const scaleml_codec *c)
             return scaleml_fail(SCALEML_ERR_ARG, "QSGD bits must be in 1..8, got %u", c->bits);
         if (c->norm != SCALEML_NORM_L2 && c->norm != SCALEML_NORM_MAX)
             return scaleml_fail(SCALEML_ERR_ARG, "unknown QSGD norm %d", c->norm);
-        /* fall through: the bucket */
+        /* fall through - to the bucket check */
     case SCALEML_CODEC_ONEBIT:
         if (c->bucket < 1 || c->bucket > (UINT64_C(1) << 31))
             return scaleml_fail(SCALEML_ERR_ARG, "bucket size must be in 1..2^31, got %llu",

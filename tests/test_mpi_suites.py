@@ -19,3 +19,8 @@ def test_bad_input_raises_on_every_rank(nprocs):
 @pytest.mark.parametrize("nprocs", RANK_COUNTS)
 def test_comm_is_a_drop_in_for_mpi4py(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_comm_dropin.py", timeout=600)
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_sparse_algorithms_switch_to_dense_quantized(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_sparse_quantized_switch.py", timeout=300)

@@ -34,3 +34,8 @@ def test_topk_allreduce_sums_every_ranks_top_k(nprocs):
 @pytest.mark.parametrize("nprocs", RANK_COUNTS)
 def test_adaptive_allreduce_is_identical_everywhere_and_conserves_mass(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_adaptive_allreduce.py", timeout=600)
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_sparse_algorithms_switch_to_dense_quantized(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_sparse_quantized_switch.py", timeout=300)

@@ -6,7 +6,9 @@
  *
  * Cost notation in the header comment of each algorithm file: P ranks, n the
  * dimension, k the local nnz, K the nnz of the sum, c_s = index + value bytes,
- * c_d = value bytes, alpha the latency per message, beta seconds per byte.
+ * c_d = value bytes, alpha the latency per message, beta seconds per byte;
+ * q = bytes per value of the caller's lossy format (ctx->codec), where dense
+ * data travels quantized (sparse_vector.h).
  */
 #ifndef SCALEML_COLLECTIVES_H
 #define SCALEML_COLLECTIVES_H
@@ -124,6 +126,17 @@ enum {
     TAG_QUANT_GATHER = 302,
     TAG_QUANT_FOLD_IN = 303,
     TAG_QUANT_FOLD_OUT = 304
+};
+
+/* Random streams of the sparse algorithms' encodes (codec.h): the key is
+ * scaleml_rng_key(seed, key_rank, step, CODEC_STREAM(CODEC_PHASE_SPARSE, index)),
+ * distinct for distinct data within one call. */
+enum {
+    SPARSE_STREAM_RD_FOLD_IN = 0,   /* key_rank: the sender */
+    SPARSE_STREAM_RD_FOLD_OUT = 1,  /* key_rank 0: every active rank holds the same sum */
+    SPARSE_STREAM_FINAL = 2,        /* key_rank: the owner of the range */
+    SPARSE_STREAM_RD_ROUND = 16,    /* + round; key_rank: the group that holds the partial sum */
+    SPARSE_STREAM_SLICE = 1 << 20   /* + destination rank; key_rank: the sender */
 };
 
 #endif

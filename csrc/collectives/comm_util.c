@@ -25,6 +25,20 @@ int cu_pack(const sv_segment *s, void **buf, size_t *bytes)
     return SCALEML_OK;
 }
 
+int cu_pack_codec(sv_segment *s, const scaleml_codec *codec, int roundtrip, int key_rank, uint64_t stream,
+                  void **buf, size_t *bytes)
+{
+    size_t room = sv_wire_bytes(s);  /* the exact size bounds every form */
+    *buf = malloc(room);
+    if (!*buf) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory packing %zu bytes", room);
+    int rc = sv_pack_codec(s, codec, roundtrip, key_rank, stream, *buf, bytes);
+    if (rc) {
+        free(*buf);
+        *buf = NULL;
+    }
+    return rc;
+}
+
 /* MPI-4 large-count calls where the library has them; int counts otherwise. */
 #if MPI_VERSION >= 4
 #define CU_LARGE_COUNT 1
@@ -156,15 +170,23 @@ int cu_exchange(MPI_Comm comm, int partner, int tag, const void *sendbuf, size_t
 int cu_recv_segment(MPI_Comm comm, int source, int tag, uint64_t offset, uint64_t len, uint64_t nnz_bound,
                     int index_bytes, int value_bytes, void **buf, sv_segment *view)
 {
+    return cu_recv_segment_codec(comm, source, tag, offset, len, nnz_bound, index_bytes, value_bytes, NULL, buf,
+                                 view);
+}
+
+int cu_recv_segment_codec(MPI_Comm comm, int source, int tag, uint64_t offset, uint64_t len, uint64_t nnz_bound,
+                          int index_bytes, int value_bytes, const scaleml_codec *codec, void **buf,
+                          sv_segment *view)
+{
     MPI_Request req;
     MPI_Status status;
     size_t bytes = 0;
-    int rc = cu_irecv_alloc(comm, source, tag, sv_wire_bytes_bound(len, nnz_bound, index_bytes, value_bytes),
-                            buf, &req);
+    size_t cap = sv_wire_bytes_bound_codec(len, nnz_bound, index_bytes, value_bytes, codec);
+    int rc = cu_irecv_alloc(comm, source, tag, cap, buf, &req);
     if (!rc) rc = cu_waitall(1, &req, &status);
     if (!rc) rc = cu_received_bytes(&status, &bytes);
     if (rc) return rc;
-    return sv_unpack(*buf, bytes, offset, len, index_bytes, value_bytes, view);
+    return sv_unpack_codec(*buf, bytes, offset, len, index_bytes, value_bytes, codec, view);
 }
 
 int cu_allgatherv_bytes(const void *sendbuf, size_t sendbytes, void *recvbuf, const MPI_Count *counts,

@@ -24,6 +24,10 @@ int cu_check(int mpi_rc, const char *what);
 
 /* Pack a segment into a new heap buffer (caller frees). */
 int cu_pack(const sv_segment *s, void **buf, size_t *bytes);
+/* The same with a lossy value format (sv_pack_codec: roundtrip replaces s by
+ * what the receiver decodes when it travels quantized). */
+int cu_pack_codec(sv_segment *s, const scaleml_codec *codec, int roundtrip, int key_rank, uint64_t stream,
+                  void **buf, size_t *bytes);
 
 /* Complete requests, polling MPI and yielding the core between polls. */
 int cu_waitall(int count, MPI_Request *requests, MPI_Status *statuses);
@@ -52,6 +56,11 @@ int cu_exchange(MPI_Comm comm, int partner, int tag, const void *sendbuf, size_t
  * nnz_bound entries (sv_wire_bytes_bound); view validated by sv_unpack. */
 int cu_recv_segment(MPI_Comm comm, int source, int tag, uint64_t offset, uint64_t len, uint64_t nnz_bound,
                     int index_bytes, int value_bytes, void **buf, sv_segment *view);
+/* The same with a lossy value format: the capacity is sv_wire_bytes_bound_codec
+ * and a quantized segment arrives decoded (view owned: sv_free it). */
+int cu_recv_segment_codec(MPI_Comm comm, int source, int tag, uint64_t offset, uint64_t len, uint64_t nnz_bound,
+                          int index_bytes, int value_bytes, const scaleml_codec *codec, void **buf,
+                          sv_segment *view);
 
 /* MPI_Allgatherv of byte blocks (large counts where MPI has them). */
 int cu_allgatherv_bytes(const void *sendbuf, size_t sendbytes, void *recvbuf, const MPI_Count *counts,

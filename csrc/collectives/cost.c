@@ -6,6 +6,11 @@
  * independent, uniformly spread indices (n * (1 - (1 - k/n)^m) for the union
  * of m ranks), the pessimistic case for sparse algorithms: overlapping indices
  * only make them cheaper.
+ *
+ * With a lossy value format (c->quantized_value_bytes = q > 0) dense data
+ * travels as q bytes per value (sparse_vector.h: the switch to dense
+ * quantized), so every cap at the dense size is n*q where q < c_d; with
+ * q == 0 every term is the exact one.
  */
 #include <math.h>
 
@@ -20,10 +25,16 @@ double sa_expected_union(uint64_t n, double k_mean, double ranks)
     return (double)n * -expm1(ranks * log1p(-density));
 }
 
+double sa_dense_wire_bytes(const scaleml_cost_case *c, double len)
+{
+    double q = c->quantized_value_bytes;
+    return len * (q > 0 && q < c->value_bytes ? q : c->value_bytes);
+}
+
 double sa_wire_bytes(const scaleml_cost_case *c, double entries)
 {
     double sparse = entries * (c->index_bytes + c->value_bytes);
-    double dense = (double)c->n * c->value_bytes;
+    double dense = sa_dense_wire_bytes(c, (double)c->n);
     return SA_SEGMENT_HEADER_BYTES + (sparse < dense ? sparse : dense);
 }
 

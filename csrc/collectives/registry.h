@@ -32,6 +32,8 @@ const sa_algorithm *sa_registry_lookup(int id);
 /* Shared terms of the cost functions (cost.c). */
 #define SA_SEGMENT_HEADER_BYTES 16.0  /* per packed segment (sparse_vector.h) */
 double sa_expected_union(uint64_t n, double k_mean, double ranks);
+/* Wire bytes of len values in dense form: len * c_d, or len * q with a lossy format. */
+double sa_dense_wire_bytes(const scaleml_cost_case *c, double len);
 /* Wire bytes of a segment over [0, n) holding `entries` non-zeros (capped at dense). */
 double sa_wire_bytes(const scaleml_cost_case *c, double entries);
 int sa_log2_floor(int p);

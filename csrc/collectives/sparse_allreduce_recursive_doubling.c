@@ -12,55 +12,84 @@
  * Both partners of a round add the same two operands, and IEEE addition is
  * commutative, so every rank ends with a bitwise identical result.
  *
+ * With a lossy value format (ctx->codec, SparCML's switch to dense quantized):
+ * a partial sum past the wire's densify rule (sparse_vector.h) travels as the
+ * codec's n*q bytes instead of n*c_d. Its sender replaces its own copy by the
+ * decoded values (codec_encode_roundtrip), so the partners still add the same
+ * operands; the ranks of a group that hold the same partial sum encode it with
+ * the same random key (the group's number), so every group member sends the
+ * same bytes and all ranks stay identical. The fold-in is decoded and added
+ * by the odd rank (the sender keeps nothing); before the fold-out every
+ * active rank replaces the sum by its decoded form with one shared key, so
+ * the ranks that sat out get the identical result. The decoded values are
+ * added in full precision; chained re-encoding adds each round's error.
+ *
  * Cost (alpha-beta), m_i = min(size of the partial sum after i rounds, n*c_d):
  *   disjoint indices:  log2(p2)*alpha + (P-1)*k*c_s*beta  (capped by dense)
  *   identical indices: log2(p2)*(alpha + k*c_s*beta)
  *   plus, for P not a power of two, 2*(alpha + m*beta) for the folds.
+ *   With a codec every n*c_d above becomes n*q (q: bytes per quantized value).
  * Memory: two partial sums of at most n values each: O(n) per rank.
  */
 #include <stdlib.h>
 
+#include "collectives/codec.h"
 #include "collectives/collectives.h"
 #include "collectives/registry.h"
 #include "collectives/comm_util.h"
 
-static int send_segment(sa_context *c, int dest, int tag, const sv_segment *s)
+/* The codec (NULL: exact), the sender's key and stream of one step. */
+typedef struct {
+    const scaleml_codec *codec;
+    int key_rank;
+    uint64_t stream;
+} rd_format;
+
+/* Send s; with roundtrip, s becomes what the receiver decodes. */
+static int send_segment(sa_context *c, int dest, int tag, sv_segment *s, rd_format f, int roundtrip)
 {
     void *buf;
     size_t bytes;
-    int rc = cu_pack(s, &buf, &bytes);
+    int rc = cu_pack_codec(s, f.codec, roundtrip, f.key_rank, f.stream, &buf, &bytes);
     if (rc) return rc;
     rc = cu_send(c->comm, dest, tag, buf, bytes, &c->bytes_sent);
     free(buf);
     return rc;
 }
 
-/* Receive a segment over [0, n) of at most nnz_bound entries that owns its receive buffer. */
-static int recv_segment(sa_context *c, int source, int tag, uint64_t nnz_bound, sv_segment *s)
+/* Receive a segment over [0, n) of at most nnz_bound entries that owns its memory. */
+static int recv_segment(sa_context *c, int source, int tag, uint64_t nnz_bound, const scaleml_codec *codec,
+                        sv_segment *s)
 {
     void *buf = NULL;
-    int rc = cu_recv_segment(c->comm, source, tag, 0, c->n, nnz_bound, c->index_bytes, c->value_bytes, &buf, s);
+    int rc = cu_recv_segment_codec(c->comm, source, tag, 0, c->n, nnz_bound, c->index_bytes, c->value_bytes,
+                                   codec, &buf, s);
     if (rc) {
         free(buf);
         return rc;
     }
-    s->owned = buf;
+    if (s->owned)  /* decoded into memory of its own */
+        free(buf);
+    else
+        s->owned = buf;
     return SCALEML_OK;
 }
 
-static int exchange_and_merge(sa_context *c, int partner, sv_segment *acc)
+static int exchange_and_merge(sa_context *c, int partner, sv_segment *acc, rd_format f)
 {
     void *sendbuf, *recvbuf = NULL;
     size_t sendbytes, recvbytes;
-    sv_segment theirs;
-    int rc = cu_pack(acc, &sendbuf, &sendbytes);
+    sv_segment theirs = {0};
+    /* acc is replaced by its decoded form when it travels quantized: the partner adds the same operand. */
+    int rc = cu_pack_codec(acc, f.codec, 1, f.key_rank, f.stream, &sendbuf, &sendbytes);
     if (rc) return rc;
-    size_t recvcap = sv_wire_bytes_bound(c->n, c->nnz_sum, c->index_bytes, c->value_bytes);
+    size_t recvcap = sv_wire_bytes_bound_codec(c->n, c->nnz_sum, c->index_bytes, c->value_bytes, f.codec);
     rc = cu_exchange(c->comm, partner, TAG_RD_ROUND, sendbuf, sendbytes, recvcap, &recvbuf, &recvbytes,
                      &c->bytes_sent);
     free(sendbuf);
-    if (!rc) rc = sv_unpack(recvbuf, recvbytes, 0, c->n, c->index_bytes, c->value_bytes, &theirs);
-    if (!rc) rc = sv_accumulate(acc, &theirs);
+    if (!rc) rc = sv_unpack_codec(recvbuf, recvbytes, 0, c->n, c->index_bytes, c->value_bytes, f.codec, &theirs);
+    if (!rc) rc = sv_accumulate_consume(acc, &theirs);
+    sv_free(&theirs);
     free(recvbuf);
     return rc;
 }
@@ -71,18 +100,20 @@ int sparse_allreduce_recursive_doubling(sa_context *c, scaleml_result *res)
     int p2 = 1;
     while (p2 <= size / 2) p2 *= 2;
     int r = size - p2;
+    const scaleml_codec *codec = size > 1 ? c->codec : NULL;  /* alone, nothing travels */
     sv_segment acc = c->input;  /* a view until the first merge */
     if ((rc = sv_apply_densify_rule(&acc))) return rc;
 
     int folded_rank;  /* rank among the p2 active ranks, or -1 when sitting out */
     if (rank < 2 * r) {
         if (rank % 2 == 0) {
-            rc = send_segment(c, rank + 1, TAG_RD_FOLD_IN, &acc);
+            rd_format f = {codec, rank, CODEC_STREAM(CODEC_PHASE_SPARSE, SPARSE_STREAM_RD_FOLD_IN)};
+            rc = send_segment(c, rank + 1, TAG_RD_FOLD_IN, &acc, f, 0);
             folded_rank = -1;
         } else {
-            sv_segment theirs;
-            rc = recv_segment(c, rank - 1, TAG_RD_FOLD_IN, c->nnz_max, &theirs);
-            if (!rc) rc = sv_accumulate(&acc, &theirs);
+            sv_segment theirs = {0};
+            rc = recv_segment(c, rank - 1, TAG_RD_FOLD_IN, c->nnz_max, codec, &theirs);
+            if (!rc) rc = sv_accumulate_consume(&acc, &theirs);
             sv_free(&theirs);
             folded_rank = rank / 2;
         }
@@ -90,19 +121,30 @@ int sparse_allreduce_recursive_doubling(sa_context *c, scaleml_result *res)
         folded_rank = rank - r;
     }
 
-    for (int mask = 1; !rc && folded_rank >= 0 && mask < p2; mask <<= 1) {
+    int round = 0;
+    for (int mask = 1; !rc && folded_rank >= 0 && mask < p2; mask <<= 1, round++) {
         int partner_folded = folded_rank ^ mask;
         int partner = partner_folded < r ? 2 * partner_folded + 1 : partner_folded + r;
-        rc = exchange_and_merge(c, partner, &acc);
+        /* Before round i the folded ranks that share folded_rank >> i hold the same partial sum. */
+        rd_format f = {codec, folded_rank >> round,
+                       CODEC_STREAM(CODEC_PHASE_SPARSE, SPARSE_STREAM_RD_ROUND + (uint64_t)round)};
+        rc = exchange_and_merge(c, partner, &acc, f);
     }
 
+    rd_format fold_out = {codec, 0, CODEC_STREAM(CODEC_PHASE_SPARSE, SPARSE_STREAM_RD_FOLD_OUT)};
     if (!rc && rank < 2 * r) {
         if (rank % 2 == 1) {
-            rc = send_segment(c, rank - 1, TAG_RD_FOLD_OUT, &acc);
+            rc = send_segment(c, rank - 1, TAG_RD_FOLD_OUT, &acc, fold_out, 1);
         } else {
             sv_free(&acc);
-            rc = recv_segment(c, rank + 1, TAG_RD_FOLD_OUT, c->nnz_sum, &acc);
+            rc = recv_segment(c, rank + 1, TAG_RD_FOLD_OUT, c->nnz_sum, codec, &acc);
         }
+    } else if (!rc && r > 0 && codec) {
+        /* Active ranks that send nothing take the decoded sum too: the same for all. */
+        void *scratch;
+        size_t bytes;
+        rc = cu_pack_codec(&acc, codec, 1, fold_out.key_rank, fold_out.stream, &scratch, &bytes);
+        free(scratch);
     }
     if (!rc && !acc.owned) rc = sv_copy(&c->input, &acc);  /* P == 1: own the result */
     if (rc) {
@@ -134,6 +176,7 @@ double sparse_allreduce_recursive_doubling_cost(const scaleml_cost_case *c, cons
         double size = sa_wire_bytes(c, sa_expected_union(c->n, k_mean, ranks_held < P ? ranks_held : P));
         time += p->alpha + p->beta * size + p->gamma * 3 * size;  /* pack, merge both inputs */
     }
-    *result_sparse = K * (c->index_bytes + c->value_bytes) < (double)c->n * c->value_bytes;
+    /* A sum past the wire's rule is dense (decoded from the lossy format, if any). */
+    *result_sparse = K * (c->index_bytes + c->value_bytes) < sa_dense_wire_bytes(c, (double)c->n);
     return time;
 }

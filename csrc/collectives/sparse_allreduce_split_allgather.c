@@ -7,16 +7,24 @@
  *      (decided per range), and the sizes are allgathered (P * 8 bytes);
  *   3. MPI_Allgatherv of the packed ranges; every rank unpacks them in order.
  *
+ * With a lossy value format (ctx->codec) the reduce-scatter's dense-enough
+ * slices travel quantized (sparse_reduce_scatter.c), and a reduced range past
+ * the wire's densify rule is encoded once by its owner and gathered in the
+ * codec's n/P*q bytes: every rank, the owner included, decodes the same bytes
+ * into a segment of its own (the others stay views into the gathered block),
+ * so all results are identical.
+ *
  * Cost, K_j the nnz of reduced range j:
  *   (P-1)*alpha + (P-1)/P * k*c_s*beta                      (reduce-scatter)
  * + log2(P)*alpha + P*8*beta                                (sizes)
  * + log2(P)*alpha + beta * sum_{j != me} min(K_j*c_s, n/P*c_d)  (allgather,
  *   about (P-1)/P * min(K*c_s, n*c_d) bytes; bytes are counted as a ring
- *   allgather sends them, whatever algorithm MPI picks).
+ *   allgather sends them, whatever algorithm MPI picks); c_d becomes q with a codec.
  * Memory: the gathered ranges, at most n*c_d plus headers: O(n) per rank.
  */
 #include <stdlib.h>
 
+#include "collectives/codec.h"
 #include "collectives/collectives.h"
 #include "collectives/registry.h"
 #include "collectives/comm_util.h"
@@ -24,6 +32,7 @@
 int sparse_allreduce_split_allgather(sa_context *c, scaleml_result *res)
 {
     int P = c->size, rc;
+    const scaleml_codec *codec = P > 1 ? c->codec : NULL;  /* alone, nothing travels */
     sv_segment mine;
     if ((rc = sparse_reduce_scatter(c, 0, &mine))) return rc;
 
@@ -36,7 +45,10 @@ int sparse_allreduce_split_allgather(sa_context *c, scaleml_result *res)
         rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %d sizes", P);
         goto done;
     }
-    if ((rc = cu_pack(&mine, &packed, &packed_bytes))) goto done;
+    /* No roundtrip: the owner decodes its range from the gathered bytes like every rank. */
+    if ((rc = cu_pack_codec(&mine, codec, 0, c->rank, CODEC_STREAM(CODEC_PHASE_SPARSE, SPARSE_STREAM_FINAL),
+                            &packed, &packed_bytes)))
+        goto done;
     uint64_t my_size = packed_bytes;
     rc = cu_check(MPI_Allgather(&my_size, 1, MPI_UINT64_T, sizes, 1, MPI_UINT64_T, c->comm),
                   "MPI_Allgather");
@@ -63,8 +75,9 @@ int sparse_allreduce_split_allgather(sa_context *c, scaleml_result *res)
     for (int j = 0; j < P && !rc; j++) {
         uint64_t start, len;
         cu_block_range(c->n, P, j, &start, &len);
-        rc = sv_unpack((char *)res->block + displs[j], sizes[j], start, len, c->index_bytes,
-                       c->value_bytes, &res->segments[j]);
+        /* A quantized range is decoded into memory of its own, freed by scaleml_result_free. */
+        rc = sv_unpack_codec((char *)res->block + displs[j], sizes[j], start, len, c->index_bytes,
+                             c->value_bytes, codec, &res->segments[j]);
     }
 done:
     sv_free(&mine);
@@ -80,7 +93,7 @@ double sparse_allreduce_split_allgather_cost(const scaleml_cost_case *c, const s
 {
     int P = c->ranks, log_p = P > 1 ? sa_log2_floor(P) : 0;
     double K = sa_expected_union(c->n, (double)c->nnz_sum / P, P);
-    double dense = (double)c->n * c->value_bytes, sparse = K * (c->index_bytes + c->value_bytes);
+    double dense = sa_dense_wire_bytes(c, (double)c->n), sparse = K * (c->index_bytes + c->value_bytes);
     double gathered = (sparse < dense ? sparse : dense) + P * SA_SEGMENT_HEADER_BYTES;
     *result_sparse = sparse < dense;
     return sparse_reduce_scatter_cost(c, p) + 2 * log_p * p->alpha + p->beta * (P - 1) / P * gathered +

@@ -12,13 +12,20 @@
  * n/P*c_s. Receives are posted before the sends, each with room for the
  * agreed largest nnz (capped at the dense slice size).
  *
+ * With a lossy value format (ctx->codec) a slice past the wire's densify rule
+ * (sparse_vector.h) travels in the codec's n/P*q bytes instead: the owner
+ * decodes and adds it in full precision (the sender keeps nothing, so it
+ * needs no roundtrip); each slice has its own random stream.
+ *
  * Cost: (P-1)*alpha + beta * sum over j != me of min(k_j*c_s, n/P*c_d),
- * about (P-1)*alpha + (P-1)/P * k*c_s*beta when indices are spread evenly.
+ * about (P-1)*alpha + (P-1)/P * k*c_s*beta when indices are spread evenly
+ * (c_d becomes q with a codec).
  * Memory: the packed outgoing slices (O(min(k c_s, n c_d))) plus P-1
  * incoming slices of at most n/P*c_d each: O(n).
  */
 #include <stdlib.h>
 
+#include "collectives/codec.h"
 #include "collectives/collectives.h"
 #include "collectives/registry.h"
 #include "collectives/comm_util.h"
@@ -26,6 +33,7 @@
 int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
 {
     int P = c->size, rc = SCALEML_OK;
+    const scaleml_codec *codec = P > 1 ? c->codec : NULL;
     uint64_t my_start, my_len;
     cu_block_range(c->n, P, c->rank, &my_start, &my_len);
 
@@ -41,7 +49,7 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
         goto done;
     }
     for (int j = 0; j < P; j++) recvs[j] = MPI_REQUEST_NULL;
-    size_t recvcap = sv_wire_bytes_bound(my_len, c->nnz_max, c->index_bytes, c->value_bytes);
+    size_t recvcap = sv_wire_bytes_bound_codec(my_len, c->nnz_max, c->index_bytes, c->value_bytes, codec);
     for (int step = 1; step < P && !rc; step++) {  /* receives first: no message waits unmatched */
         int src = (c->rank - step + P) % P;
         rc = cu_irecv_alloc(c->comm, src, TAG_REDUCE_SCATTER, recvcap, &recvbufs[src], &recvs[src]);
@@ -51,6 +59,7 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
         sv_segment slice;
         cu_block_range(c->n, P, j, &start, &len);
         sv_slice(&c->input, start, len, &slice);
+        /* The exact size: room for the quantized form and for a refused encode's exact one. */
         offsets[j + 1] = offsets[j] + (j == c->rank ? 0 : sv_wire_bytes(&slice));
     }
     if (!rc && !(sendblock = malloc(offsets[P] ? offsets[P] : 1)))
@@ -61,9 +70,13 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
         sv_segment slice;
         cu_block_range(c->n, P, j, &start, &len);
         sv_slice(&c->input, start, len, &slice);
-        sv_pack(&slice, sendblock + offsets[j]);
-        rc = cu_isend(c->comm, j, TAG_REDUCE_SCATTER, sendblock + offsets[j], offsets[j + 1] - offsets[j],
-                      &sends[nsends], &c->bytes_sent);
+        size_t bytes = 0;
+        rc = sv_pack_codec(&slice, codec, 0, c->rank,
+                           CODEC_STREAM(CODEC_PHASE_SPARSE, SPARSE_STREAM_SLICE + (uint64_t)j),
+                           sendblock + offsets[j], &bytes);
+        if (!rc)
+            rc = cu_isend(c->comm, j, TAG_REDUCE_SCATTER, sendblock + offsets[j], bytes, &sends[nsends],
+                          &c->bytes_sent);
         if (!rc) nsends++;
     }
 
@@ -73,7 +86,7 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
         have = !rc;
     }
     for (int src = 0; src < P && !rc; src++) {
-        sv_segment part;
+        sv_segment part = {0};
         if (src == c->rank) {
             sv_slice(&c->input, my_start, my_len, &part);
         } else {
@@ -82,17 +95,23 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
             rc = cu_waitall(1, &recvs[src], &status);
             if (!rc) rc = cu_received_bytes(&status, &bytes);
             if (!rc)
-                rc = sv_unpack(recvbufs[src], bytes, my_start, my_len, c->index_bytes, c->value_bytes, &part);
+                rc = sv_unpack_codec(recvbufs[src], bytes, my_start, my_len, c->index_bytes, c->value_bytes,
+                                     codec, &part);
         }
         if (!rc) {
             if (have) {
-                rc = sv_accumulate(mine, &part);
+                rc = sv_accumulate_consume(mine, &part);  /* a decoded slice may become the sum */
+            } else if (part.owned) {  /* a decoded slice: take it */
+                *mine = part;
+                part.owned = NULL;
+                have = 1;
             } else {
                 rc = sv_copy(&part, mine);
                 have = !rc;
             }
         }
         if (src != c->rank) {
+            sv_free(&part);  /* a decoded slice's memory; nothing for a view */
             free(recvbufs[src]);
             recvbufs[src] = NULL;
         }
@@ -124,7 +143,7 @@ double sparse_reduce_scatter_cost(const scaleml_cost_case *c, const scaleml_cost
 {
     int P = c->ranks;
     double sent = (double)c->nnz_max * (c->index_bytes + c->value_bytes);
-    double dense = (double)c->n * c->value_bytes;
+    double dense = sa_dense_wire_bytes(c, (double)c->n);
     if (sent > dense) sent = dense;
     return (P - 1) * p->alpha + p->beta * (P - 1) / P * sent + p->gamma * 2 * sent;
 }

@@ -2,6 +2,7 @@
 #include "collectives/sparse_vector.h"
 
 #include "api_collectives.h"
+#include "collectives/codec.h"
 #include "core/dense_scan.h"
 
 #include <stdarg.h>
@@ -276,6 +277,23 @@ int sv_accumulate(sv_segment *acc, const sv_segment *b)
     return sv_apply_densify_rule(acc);
 }
 
+int sv_accumulate_consume(sv_segment *acc, sv_segment *b)
+{
+    if (b->dense && b->owned && !acc->dense) {
+        /* A decoded dense operand: add the sparse entries into it rather than
+         * into a copy (same sums: IEEE addition is commutative). */
+        SV_DISPATCH_VOID(acc->index_bytes, acc->value_bytes, scatter_add, b->values, b->offset,
+                         acc->indices, acc->values, acc->nnz);
+        sv_free(acc);
+        *acc = *b;
+        b->owned = b->indices = b->values = NULL;
+        return SCALEML_OK;
+    }
+    int rc = sv_accumulate(acc, b);
+    sv_free(b);
+    return rc;
+}
+
 /* ---- wire format ---- */
 
 /* A sparse segment whose entries take at least as many bytes as its dense form
@@ -353,6 +371,160 @@ int sv_unpack(const void *buf, size_t bytes, uint64_t offset, uint64_t len,
         return scaleml_fail(SCALEML_ERR_MALFORMED,
                        "malformed message: indices unsorted, repeated or outside [%llu, %llu)",
                        (unsigned long long)offset, (unsigned long long)(offset + len));
+    return SCALEML_OK;
+}
+
+/* ---- wire format with a lossy value format ---- */
+
+int sv_quantizes(uint64_t len, int value_bytes, const scaleml_codec *codec)
+{
+    return codec_lossy(codec) && len > 0 &&
+           pad8(codec_bytes(codec, len, value_bytes)) < (size_t)len * (unsigned)value_bytes;
+}
+
+size_t sv_dense_wire_body(uint64_t len, int value_bytes, const scaleml_codec *codec)
+{
+    return sv_quantizes(len, value_bytes, codec) ? pad8(codec_bytes(codec, len, value_bytes))
+                                                 : (size_t)len * (unsigned)value_bytes;
+}
+
+int sv_should_densify_wire(uint64_t nnz, uint64_t len, int index_bytes, int value_bytes,
+                           const scaleml_codec *codec)
+{
+    if (!sv_quantizes(len, value_bytes, codec)) return sv_should_densify(nnz, len, index_bytes, value_bytes);
+    unsigned __int128 sparse_bytes = (unsigned __int128)nnz * (unsigned)(index_bytes + value_bytes);
+    return sparse_bytes >= sv_dense_wire_body(len, value_bytes, codec);
+}
+
+int sv_travels_quantized(const sv_segment *s, const scaleml_codec *codec)
+{
+    return sv_quantizes(s->len, s->value_bytes, codec) &&
+           (s->dense || sv_should_densify_wire(s->nnz, s->len, s->index_bytes, s->value_bytes, codec));
+}
+
+size_t sv_wire_bytes_codec(const sv_segment *s, const scaleml_codec *codec)
+{
+    if (!sv_travels_quantized(s, codec)) return sv_wire_bytes(s);
+    return SV_WIRE_HEADER_BYTES + sv_dense_wire_body(s->len, s->value_bytes, codec);
+}
+
+size_t sv_wire_bytes_bound_codec(uint64_t len, uint64_t nnz_bound, int index_bytes, int value_bytes,
+                                 const scaleml_codec *codec)
+{
+    /* As sv_wire_bytes_bound, with the wire rule's threshold: while
+     * nnz*(ib+vb) < the dense body no segment can be dense (it became dense
+     * only by crossing that rule or the exact one, which lies higher) and
+     * every message is sparse; past it the largest message is the exact
+     * dense form a refused encode sends, or a sparse one just below the
+     * threshold plus index padding. */
+    if (!sv_quantizes(len, value_bytes, codec))
+        return sv_wire_bytes_bound(len, nnz_bound, index_bytes, value_bytes);
+    uint64_t nnz = nnz_bound < len ? nnz_bound : len;
+    size_t threshold = sv_dense_wire_body(len, value_bytes, codec);
+    size_t sparse = pad8((size_t)nnz * (unsigned)index_bytes) + (size_t)nnz * (unsigned)value_bytes;
+    return SV_WIRE_HEADER_BYTES + (sparse < threshold ? sparse : (size_t)len * (unsigned)value_bytes + 8);
+}
+
+/* The codec's header and payload of s (dense, owned or not) into buf. */
+static void pack_quant_header(const sv_segment *s, const scaleml_codec *codec, void *buf, size_t *bytes)
+{
+    uint64_t header[2] = {SV_WIRE_QUANT, s->len};
+    size_t payload = codec_bytes(codec, s->len, s->value_bytes);
+    memcpy(buf, header, sizeof header);
+    /* Deterministic padding: the same data gives the same bytes on every sender. */
+    memset((char *)buf + SV_WIRE_HEADER_BYTES + payload, 0, pad8(payload) - payload);
+    *bytes = SV_WIRE_HEADER_BYTES + pad8(payload);
+}
+
+int sv_pack_codec(sv_segment *s, const scaleml_codec *codec, int roundtrip, int key_rank, uint64_t stream,
+                  void *buf, size_t *bytes)
+{
+    if (!sv_travels_quantized(s, codec)) {
+        *bytes = sv_wire_bytes(s);
+        sv_pack(s, buf);
+        return SCALEML_OK;
+    }
+    uint8_t *payload = (uint8_t *)buf + SV_WIRE_HEADER_BYTES;
+    int rc;
+    if (roundtrip) {
+        /* Encode an owned dense copy so that a refused encode leaves s as it was. */
+        sv_segment d = *s;
+        if (!s->dense || !s->owned) {
+            if ((rc = sv_alloc_dense(&d, s->offset, s->len, s->index_bytes, s->value_bytes))) return rc;
+            sv_write_dense(s, d.values);
+        }
+        rc = codec_encode_roundtrip(codec, d.values, d.len, d.value_bytes, key_rank, stream, payload, NULL, NULL);
+        if (!rc) {
+            if (d.owned != s->owned) sv_free(s);
+            *s = d;
+        } else if (d.owned != s->owned) {
+            sv_free(&d);
+        }
+    } else if (s->dense) {
+        rc = codec_encode(codec, s->values, s->len, s->value_bytes, key_rank, stream, payload);
+    } else {
+        sv_segment d = {0};
+        if ((rc = sv_alloc_dense(&d, s->offset, s->len, s->index_bytes, s->value_bytes))) return rc;
+        sv_write_dense(s, d.values);
+        rc = codec_encode(codec, d.values, d.len, d.value_bytes, key_rank, stream, payload);
+        sv_free(&d);
+    }
+    if (rc == SCALEML_ERR_ARG) {  /* values the format cannot hold: send them exact */
+        *bytes = sv_wire_bytes(s);
+        sv_pack(s, buf);
+        return SCALEML_OK;
+    }
+    if (!rc) pack_quant_header(s, codec, buf, bytes);
+    return rc;
+}
+
+/* Validate the header and size of a quantized segment over len indices. */
+static int check_quant(const uint64_t *header, size_t body, uint64_t len, int value_bytes,
+                       const scaleml_codec *codec)
+{
+    if (!sv_quantizes(len, value_bytes, codec))
+        return scaleml_fail(SCALEML_ERR_MALFORMED,
+                            "malformed message: quantized segment over %llu indices where none is expected",
+                            (unsigned long long)len);
+    if (header[1] != len || body != sv_dense_wire_body(len, value_bytes, codec))
+        return scaleml_fail(SCALEML_ERR_MALFORMED,
+                            "malformed message: quantized segment of %llu values in %zu bytes, expected %llu values",
+                            (unsigned long long)header[1], body, (unsigned long long)len);
+    return SCALEML_OK;
+}
+
+int sv_unpack_codec(const void *buf, size_t bytes, uint64_t offset, uint64_t len, int index_bytes,
+                    int value_bytes, const scaleml_codec *codec, sv_segment *view)
+{
+    uint64_t header[2] = {0, 0};
+    if (bytes >= SV_WIRE_HEADER_BYTES) memcpy(header, buf, sizeof header);
+    if (!codec_lossy(codec) || header[0] != SV_WIRE_QUANT)
+        return sv_unpack(buf, bytes, offset, len, index_bytes, value_bytes, view);
+    int rc = check_quant(header, bytes - SV_WIRE_HEADER_BYTES, len, value_bytes, codec);
+    if (!rc) rc = sv_alloc_dense(view, offset, len, index_bytes, value_bytes);
+    if (rc) return rc;
+    rc = codec_decode(codec, (const uint8_t *)buf + SV_WIRE_HEADER_BYTES, codec_bytes(codec, len, value_bytes),
+                      len, view->values, value_bytes);
+    if (rc) sv_free(view);
+    return rc;
+}
+
+int sv_unpack_dense_into(const void *buf, size_t bytes, uint64_t len, int value_bytes,
+                         const scaleml_codec *codec, void *dst)
+{
+    uint64_t header[2] = {0, 0};
+    if (bytes >= SV_WIRE_HEADER_BYTES) memcpy(header, buf, sizeof header);
+    const uint8_t *body = (const uint8_t *)buf + SV_WIRE_HEADER_BYTES;
+    if (codec_lossy(codec) && header[0] == SV_WIRE_QUANT) {
+        int rc = check_quant(header, bytes - SV_WIRE_HEADER_BYTES, len, value_bytes, codec);
+        return rc ? rc : codec_decode(codec, body, codec_bytes(codec, len, value_bytes), len, dst, value_bytes);
+    }
+    if (header[0] != SV_WIRE_DENSE || header[1] != len ||
+        bytes != SV_WIRE_HEADER_BYTES + (size_t)len * (unsigned)value_bytes)
+        return scaleml_fail(SCALEML_ERR_MALFORMED,
+                            "malformed message: expected a dense segment of %llu values in %zu bytes",
+                            (unsigned long long)len, bytes);
+    copy_values(dst, body, len, value_bytes);
     return SCALEML_OK;
 }
 

@@ -86,6 +86,9 @@ typedef struct {
     int norm;                  /* QSGD: SCALEML_NORM_L2 or SCALEML_NORM_MAX */
     uint64_t seed;             /* stochastic rounding draws scaleml_rng_key(seed, rank, step, stream) */
     uint64_t step;             /* the caller's step counter: a fresh stream per call */
+    int overflow_to_inf;       /* fp16/bf16: a value beyond the format's range becomes +-inf (set by the dense
+                                * quantized algorithms, which cannot fall back to exact values mid-way) instead of
+                                * an error */
 } scaleml_codec;
 
 /* Bytes of len values in the codec's format (exact: len * value_bytes); 0 for invalid parameters. */

@@ -86,6 +86,7 @@ int codec_encode(const scaleml_codec *c, const void *x, uint64_t len, int value_
         if (!tmp) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
         int rc = scaleml_cast_encode(x, value_bytes, len,
                                      c->kind == SCALEML_CODEC_FP16 ? SCALEML_CAST_FP16 : SCALEML_CAST_BF16, tmp);
+        if (rc == SCALEML_ERR_ARG && c->overflow_to_inf) rc = SCALEML_OK;  /* the cast wrote +-inf there */
         if (tmp != (uint16_t *)out) {
             memcpy(out, tmp, bytes);
             free(tmp);
@@ -121,6 +122,8 @@ int codec_decode(const scaleml_codec *c, const uint8_t *buf, size_t bytes, uint6
         if (in != (const uint16_t *)buf) memcpy((void *)in, buf, bytes);
         int rc = scaleml_cast_decode(in, len, c->kind == SCALEML_CODEC_FP16 ? SCALEML_CAST_FP16 : SCALEML_CAST_BF16,
                                      out, value_bytes);
+        /* the values are all written: with overflow_to_inf, +-inf (and NaN from inf - inf) are sums, not damage */
+        if (rc == SCALEML_ERR_MALFORMED && c->overflow_to_inf) rc = SCALEML_OK;
         if (in != (const uint16_t *)buf) free((void *)in);
         return rc;
     }

@@ -108,6 +108,11 @@ int qa_ring_allgather(sa_context *c, const qa_layout *l, uint8_t *slots, void *a
 enum { QA_WS_SEND0, QA_WS_SEND1, QA_WS_RECV, QA_WS_SLOTS, QA_WS_SCRATCH, QA_WS_SUM, QA_WS_COUNT };
 void *qa_workspace(int slot, size_t bytes);
 
+/* Point c->codec at *local, a copy with overflow_to_inf set: float16 partial
+ * sums beyond the format's range become +-inf on every rank (as in any float16
+ * AllReduce) instead of failing one rank half-way through a collective. */
+void qa_overflow_to_inf(sa_context *c, scaleml_codec *local);
+
 /* Withdraw receives still posted after an error. */
 void qa_cancel(MPI_Request *reqs, uint64_t count);
 /* The dense buffer the quantized algorithms work in (the result), holding the input. */

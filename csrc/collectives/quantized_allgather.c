@@ -179,6 +179,14 @@ done:
     return rc;
 }
 
+void qa_overflow_to_inf(sa_context *c, scaleml_codec *local)
+{
+    if (!c->codec) return;
+    *local = *c->codec;
+    local->overflow_to_inf = 1;
+    c->codec = local;
+}
+
 void *qa_workspace(int slot, size_t bytes)
 {
     static _Thread_local void *buffers[QA_WS_COUNT];

@@ -113,6 +113,8 @@ done:
 
 int quantized_allreduce_direct(sa_context *c, scaleml_result *res)
 {
+    scaleml_codec local;
+    qa_overflow_to_inf(c, &local);
     sv_segment all;
     int rc;
     if (c->worker_residual && c->size > 1 && c->input.dense && c->input.values != c->dense_out) {

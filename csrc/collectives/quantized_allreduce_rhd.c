@@ -89,6 +89,8 @@ static int rhd_core(sa_context *c, const qa_layout *l, int folded, char *all, ui
 
 int quantized_allreduce_rhd(sa_context *c, scaleml_result *res)
 {
+    scaleml_codec local;
+    qa_overflow_to_inf(c, &local);
     sv_segment all;
     int rc = qa_dense_start(c, &all);
     if (rc) return rc;

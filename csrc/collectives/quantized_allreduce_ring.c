@@ -120,6 +120,8 @@ int dense_allreduce_ring(sa_context *c, scaleml_result *res)
 
 int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
 {
+    scaleml_codec local;
+    qa_overflow_to_inf(c, &local);
     sv_segment all;
     int rc = qa_dense_start(c, &all);
     if (rc) return rc;

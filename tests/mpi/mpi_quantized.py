@@ -269,3 +269,17 @@ def test_dropin_lossy_formats_differ_between_ranks():
 def test_dropin_lossy_algorithm_needs_compression():
     with pytest.raises(ValueError, match="lossy"):
         scaleml.Comm(world, algorithm="quantized_ring")
+
+
+@pytest.mark.parametrize("algorithm", LOSSY)
+def test_float16_overflow_becomes_inf_on_every_rank(algorithm):
+    # Partial sums beyond float16's range: +-inf everywhere (as in any float16 AllReduce), never an error on one
+    # rank half-way through the collective.
+    x = np.full(1000, 40000.0, np.float32)
+    x[::2] *= -1
+    result = scaleml.quantized_allreduce(x, world, Cast("fp16"), algorithm=algorithm)
+    assert everyone_holds_the_same(result)
+    if size == 1:
+        np.testing.assert_array_equal(result, x)
+    else:
+        assert np.isinf(result).all() and (np.sign(result) == np.sign(x)).all()

@@ -119,6 +119,10 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
                       void *dense_out, const scaleml_codec *codec, void *worker_residual, void *server_residual,
                       scaleml_result **result, uint64_t *bytes_sent);
 
+/* 1 when the last scaleml_allreduce of this thread sent anything in a lossy format (a lossy algorithm, or
+ * segments that switched to dense-quantized), 0 when everything it sent was exact. */
+int scaleml_last_call_quantized(void);
+
 /* Range j of the P contiguous ranges of [0, n) the collectives cut the index space into. */
 void scaleml_block_range(uint64_t n, int parts, int j, uint64_t *start, uint64_t *len);
 

@@ -369,14 +369,11 @@ class Comm:
             self.last_info = AllreduceInfo("dense", self.algorithm, agreement.nnz_max, agreement.nnz_sum,
                                            2 * (P - 1) * n * dtype.itemsize // P, predicted)
             return
-        codec = fmt.next_codec() if fmt is not None else None
-        if algorithms.REGISTRY[chosen].exact:
-            idx, vals = extract_nonzeros(send, nnz, idx_dtype)
-        else:  # the dense quantized algorithms read the caller's array as it is
+        if "dense" in algorithms.REGISTRY[chosen].input_forms:  # read the caller's array as it is
             idx, vals = None, send
-        _, info = _run(state.private, idx, vals, n, chosen, "dense", agreement, dense_out=recv, codec=codec)
+        else:
+            idx, vals = extract_nonzeros(send, nnz, idx_dtype)
+        _, info = _run(state.private, idx, vals, n, chosen, "dense", agreement, dense_out=recv, fmt=fmt)
         stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
         info.requested, info.predicted = self.algorithm, predicted
-        if fmt is not None:
-            info.format = fmt.name
         self.last_info = info

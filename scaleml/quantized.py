@@ -166,10 +166,10 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         chosen = choose_algorithm(predicted, agreement, stats, exclude=tuple(a for a in algorithms.NAMES
                                                                              if a not in LOSSY), lossy=True)
     result = dest.reshape(-1)
-    _, info = _run(state.private, None, flat, n, chosen, "dense", agreement, dense_out=result,
-                   codec=fmt.next_codec(), residuals=residuals)
+    _, info = _run(state.private, None, flat, n, chosen, "dense", agreement, dense_out=result, fmt=fmt,
+                   residuals=residuals)
     if average and P > 1:
         result /= P
     stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
-    info.requested, info.predicted, info.format = algorithm, predicted, fmt.name
+    info.requested, info.predicted = algorithm, predicted
     return (dest, info) if return_info else dest

@@ -369,12 +369,9 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
         chosen = "dense"  # MPI_Allreduce's time at this size and density first: the baseline never to lose to
     else:
         chosen = choose_algorithm(predicted, agreement, stats, lossy=fmt is not None)
-    result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement,
-                        codec=fmt.next_codec() if fmt else None)
+    result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement, fmt=fmt)
     stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = algorithm, predicted
-    if fmt is not None and chosen != "dense":
-        info.format = fmt.name
     return (result, info) if return_info else result
 
 
@@ -413,11 +410,12 @@ def choose_algorithm(predicted: dict[str, float], agreement: Agreement, stats: C
 
 
 def _run(private: MPI.Intracomm, idx: np.ndarray | None, vals: np.ndarray, n: int, chosen: str, out: str,
-         agreement: Agreement, dense_out: np.ndarray | None = None, codec=None,
+         agreement: Agreement, dense_out: np.ndarray | None = None, fmt: ValueFormat | None = None,
          residuals: tuple[np.ndarray | None, np.ndarray | None] = (None, None)):
     """Run the algorithm ``chosen`` (see :func:`choose_algorithm`); write a dense result into ``dense_out``
-    when given. ``idx`` None means ``vals`` is the dense input (n values). ``codec`` is the C
-    ``scaleml_codec *`` of a lossy format (None: exact); ``residuals`` the worker and server error feedback
+    when given. ``idx`` None means ``vals`` is the dense input (n values). ``fmt`` is the lossy format the
+    caller allowed (None: exact; one call takes one step of its compressor's counter); ``info.format`` says
+    whether anything this rank sent was in it. ``residuals`` the worker and server error feedback
     buffers of the algorithms that keep them. The returned info's ``requested`` and ``predicted`` are for the
     caller to fill in."""
     result_ptr = ffi.new("scaleml_result **")
@@ -425,20 +423,25 @@ def _run(private: MPI.Intracomm, idx: np.ndarray | None, vals: np.ndarray, n: in
     dense = None
     if out == "dense":
         dense = np.empty(n, dtype=vals.dtype) if dense_out is None else dense_out
-    if idx is None:
+    nnz_max, nnz_sum = agreement.nnz_max, agreement.nnz_sum
+    if idx is None:  # dense input: n values on every rank (the agreed non-zero counts bound nothing here)
         idx = np.empty(0, dtype=index_dtype(n))
         idx_ptr, nnz = ffi.NULL, n
+        nnz_max, nnz_sum = n, n * private.Get_size()
     else:
         idx_ptr, nnz = ffi.from_buffer(idx), idx.size
     worker, server = (ffi.NULL if r is None else ffi.from_buffer(r, require_writable=True) for r in residuals)
+    codec = fmt.next_codec() if fmt is not None else None
     check(lib.scaleml_allreduce(
         comm_address(private), algorithms.REGISTRY[chosen].id, n, idx.itemsize, vals.itemsize, nnz,
-        agreement.nnz_max, agreement.nnz_sum, idx_ptr, ffi.from_buffer(vals),
+        nnz_max, nnz_sum, idx_ptr, ffi.from_buffer(vals),
         ffi.NULL if dense is None else ffi.from_buffer(dense, require_writable=True),
         ffi.NULL if codec is None else codec, worker, server, result_ptr, bytes_sent))
     res = ffi.gc(result_ptr[0], lib.scaleml_result_free)
     info = AllreduceInfo(algorithm=chosen, requested=chosen, nnz_max=agreement.nnz_max,
                          nnz_sum=agreement.nnz_sum, bytes_sent=int(bytes_sent[0]))
+    if fmt is not None and lib.scaleml_last_call_quantized():
+        info.format = fmt.name
     log.debug("sparse_allreduce n=%d P=%d nnz_max=%d -> %s (%d bytes sent)", n, private.Get_size(),
               agreement.nnz_max, chosen, info.bytes_sent)
     if dense is not None:

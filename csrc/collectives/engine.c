@@ -18,6 +18,13 @@ int scaleml_sparse_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, 
                              values, dense_out, NULL, NULL, NULL, result, bytes_sent);
 }
 
+static _Thread_local int last_quantized;
+
+int scaleml_last_call_quantized(void)
+{
+    return last_quantized;
+}
+
 void scaleml_block_range(uint64_t n, int parts, int j, uint64_t *start, uint64_t *len)
 {
     cu_block_range(n, parts, j, start, len);
@@ -62,7 +69,9 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
 
     scaleml_result *res = calloc(1, sizeof *res);
     if (!res) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
+    sv_quantized_packs = 0;
     rc = entry->run(&ctx, res);
+    last_quantized = !entry->info.exact || sv_quantized_packs > 0;
     if (bytes_sent) *bytes_sent = ctx.bytes_sent;
     if (rc) {
         scaleml_result_free(res);

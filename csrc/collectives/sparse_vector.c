@@ -436,6 +436,8 @@ static void pack_quant_header(const sv_segment *s, const scaleml_codec *codec, v
     *bytes = SV_WIRE_HEADER_BYTES + pad8(payload);
 }
 
+_Thread_local uint64_t sv_quantized_packs;
+
 int sv_pack_codec(sv_segment *s, const scaleml_codec *codec, int roundtrip, int key_rank, uint64_t stream,
                   void *buf, size_t *bytes)
 {
@@ -474,7 +476,10 @@ int sv_pack_codec(sv_segment *s, const scaleml_codec *codec, int roundtrip, int 
         sv_pack(s, buf);
         return SCALEML_OK;
     }
-    if (!rc) pack_quant_header(s, codec, buf, bytes);
+    if (!rc) {
+        pack_quant_header(s, codec, buf, bytes);
+        sv_quantized_packs++;
+    }
     return rc;
 }
 

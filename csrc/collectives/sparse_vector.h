@@ -136,6 +136,9 @@ size_t sv_wire_bytes_bound_codec(uint64_t len, uint64_t nnz_bound, int index_byt
  * senders that hold the same data and pass the same key send the same bytes.
  * roundtrip: s is then replaced (owned, dense) by the values the receiver
  * decodes, for a sender that keeps using it (codec_encode_roundtrip). */
+/* Segments this thread has packed in the quantized form (the engine resets it per call, to tell the caller
+ * whether anything travelled lossy). */
+extern _Thread_local uint64_t sv_quantized_packs;
 int sv_pack_codec(sv_segment *s, const scaleml_codec *codec, int roundtrip, int key_rank, uint64_t stream,
                   void *buf, size_t *bytes);
 /* View of a received segment; a quantized one is decoded into a dense

@@ -283,3 +283,15 @@ def test_float16_overflow_becomes_inf_on_every_rank(algorithm):
         np.testing.assert_array_equal(result, x)
     else:
         assert np.isinf(result).all() and (np.sign(result) == np.sign(x)).all()
+
+
+def test_format_says_whether_anything_travelled_lossy():
+    n = 50000
+    sparse_idx = np.array([rank * 7 % n], dtype=np.int64)  # nothing densifies: the switch never happens
+    res, info = scaleml.sparse_allreduce(sparse_idx, np.ones(1, np.float32), n, world, "recursive_doubling",
+                                         compression=QSGD(bits=4), return_info=True)
+    assert info.format == "exact"
+    dense_idx = np.arange(n)
+    res, info = scaleml.sparse_allreduce(dense_idx, data(n, seed=10), n, world, "recursive_doubling",
+                                         compression=QSGD(bits=4), return_info=True)
+    assert info.format == ("qsgd4" if size > 1 else "exact")

@@ -141,6 +141,7 @@ FORMAT_NAMES = "qsgdB (B = 1..8 bits, L2 norm), qsgdBmax (max norm), fp16, bf16,
 _FORMAT = r"qsgd[1-8](?:max)?|fp16|bf16|onebit"
 _RATIO = r"0?\.\d+|1(?:\.0*)?"
 _LOSSY_ALGORITHMS = tuple(a.name for a in algorithms.REGISTRY.values() if not a.exact)
+_SPARSE_ALGORITHMS = tuple(a.name for a in algorithms.REGISTRY.values() if a.exact and "dense" not in a.input_forms)
 
 DEFAULT_COMPRESSION = (
     "qsgd4", "qsgd8", "qsgd4max", "fp16", "bf16", "onebit", "quantized_ring:qsgd4", "quantized_rhd:qsgd4",
@@ -154,7 +155,9 @@ COMPRESSION_NAMES = (
     "FORMAT_ef (e.g. onebit_ef): quantized_direct with error feedback on both sides; "
     "topkR, topkR+FORMAT (0 < R <= 1, e.g. topk0.01+qsgd8): scaleml.topk_allreduce with error feedback, "
     "values exact or in FORMAT; switch:FORMAT: sparse_allreduce of the case's sparse data with compression= "
-    "(the sparse-to-quantized switch); dropin:FORMAT: scaleml.Comm(compression=).Allreduce; "
+    "(the sparse-to-quantized switch); switch_ALG:FORMAT with ALG one of "
+    f"{', '.join(_SPARSE_ALGORITHMS)}: that sparse algorithm forced, with the switch; "
+    "dropin:FORMAT: scaleml.Comm(compression=).Allreduce; "
     "allgather:FORMAT: every rank allgathers the P compressed vectors (bytes grow with P); "
     "gloo_fp32, gloo_fp16: torch.distributed all_reduce (gloo); "
     f"all: {' '.join(DEFAULT_COMPRESSION)}. FORMAT: {FORMAT_NAMES}"
@@ -226,14 +229,14 @@ def _topk(ratio: float, spec: str | None, topk_allreduce: Callable) -> Callable[
     return factory
 
 
-def _switch(spec: str) -> Callable[[Case], Runner]:
+def _switch(spec: str, algorithm: str = "auto") -> Callable[[Case], Runner]:
     """sparse_allreduce of the case's sparse data with compression=: dense partial sums continue quantized."""
 
     def factory(case: Case) -> Runner:
         fmt = make_format(spec, case.comm.Get_rank())
 
         def run():
-            result, info = sparse_allreduce(case.indices, case.values, case.n, case.comm, "auto",
+            result, info = sparse_allreduce(case.indices, case.values, case.n, case.comm, algorithm,
                                             compression=fmt, return_info=True)
             return result, info.bytes_sent, info.algorithm
 
@@ -468,6 +471,8 @@ def _parse(name: str) -> tuple[Callable[[Case], Runner], bool]:
         return _quantized(m.group(1), "auto", feedback=True), False
     if m := re.fullmatch(rf"({'|'.join(_LOSSY_ALGORITHMS)}):({_FORMAT})", name):
         return _quantized(m.group(2), m.group(1), feedback=False), False
+    if m := re.fullmatch(rf"switch_({'|'.join(_SPARSE_ALGORITHMS)}):({_FORMAT})", name):
+        return _switch(m.group(2), m.group(1)), False
     if m := re.fullmatch(rf"(switch|dropin|allgather):({_FORMAT})", name):
         kind, spec = m.groups()
         return {"switch": _switch, "dropin": _dropin_lossy, "allgather": _allgather_compressed}[kind](spec), False

@@ -21,7 +21,7 @@ from mpi4py import MPI
 from .compress.adaptive import AdaptiveQuant
 from .compress.framing import DTYPE_CODES, Compressed, decode
 from .errors import ScaleMLError
-from .sparse import _LocalError, agree, engine_state
+from .sparse import _LocalError, agree, as_float_array, engine_state
 
 __all__ = ["AdaptiveAllreduceInfo", "AdaptiveAllreduceState", "adaptive_allreduce"]
 
@@ -164,12 +164,7 @@ def _prepare(grad: Any, state: Any, name: Any, rank: int, P: int):
             raise TypeError(f"state must be a scaleml.AdaptiveAllreduceState, got {type(state).__name__}")
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
-        try:
-            g = np.asarray(grad)
-        except Exception as exc:  # objects numpy cannot read as arrays
-            raise TypeError(f"grad must be array-like: {exc}") from exc
-        if g.dtype not in DTYPE_CODES:
-            raise TypeError(f"grad must be float32 or float64, got {g.dtype}")
+        g = as_float_array(grad, "grad")
         if g.ndim not in (1, 2):
             raise ValueError(f"grad must be a matrix (or a vector, as one column), got shape {g.shape}")
         rows, cols = (g.shape[0], g.shape[1]) if g.ndim == 2 else (g.shape[0], 1)

@@ -20,6 +20,7 @@ from .sparse import (
     _predict,
     _run,
     agree,
+    as_float_array,
     choose_algorithm,
     engine_state,
     lossy_format,
@@ -122,11 +123,9 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
                                             f"not {algorithm!r}"))
         fmt = lossy_format(compression, code)
         try:
-            a = np.asarray(x)
-        except Exception as exc:  # objects numpy cannot read as arrays
-            raise _LocalError(1, TypeError(f"x must be array-like: {exc}")) from None
-        if a.dtype not in _FLOATS:
-            raise _LocalError(1, TypeError(f"x must be float32 or float64, got {a.dtype}"))
+            a = as_float_array(x, "x")
+        except TypeError as exc:
+            raise _LocalError(1, exc) from None
         flat = np.ascontiguousarray(a).reshape(-1)
         if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(flat), flat.size, flat.itemsize):
             raise _LocalError(4, ValueError("x contains NaN or Inf (pass check_finite=False to allow)"))

@@ -228,6 +228,17 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
 
 # ---- input preparation ---------------------------------------------------------------------
 
+def as_float_array(x: object, what: str) -> np.ndarray:
+    """``x`` as a float32/float64 numpy array (no copy when it is one); TypeError naming ``what`` otherwise."""
+    try:
+        a = np.asarray(x)
+    except Exception as exc:  # objects numpy cannot read as arrays
+        raise TypeError(f"{what} must be array-like: {exc}") from None
+    if a.dtype not in _VALUE_DTYPES:
+        raise TypeError(f"{what} must be float32 or float64, got {a.dtype}")
+    return a
+
+
 def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray, np.ndarray]:
     """Validate one rank's sparse input; return sorted unique indices and summed values."""
     try:

@@ -10,7 +10,7 @@ from mpi4py import MPI
 from . import algorithms
 from .compress.error_feedback import ErrorFeedback
 from .compress.topk import TopK
-from .sparse import _LocalError, agree, engine_state, sparse_allreduce
+from .sparse import _LocalError, agree, as_float_array, engine_state, sparse_allreduce
 
 __all__ = ["topk_allreduce"]
 
@@ -58,12 +58,7 @@ def _prepare(grad: Any, ratio: Any, k: Any, approximate: Any, error_feedback: An
             raise ValueError(f"unknown algorithm {algorithm!r}; expected 'auto' or one of {algorithms.NAMES}")
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
-        try:
-            g = np.asarray(grad)
-        except Exception as exc:  # objects numpy cannot read as arrays
-            raise TypeError(f"grad must be array-like: {exc}") from exc
-        if g.dtype not in _FLOATS:
-            raise TypeError(f"grad must be float32 or float64, got {g.dtype}")
+        g = as_float_array(grad, "grad")
         sel, step = _selector(ratio, k, approximate, error_feedback)
         flat = g.reshape(-1)  # a view when grad is contiguous, else a copy
         if error_feedback is None:

@@ -115,6 +115,8 @@ void qa_overflow_to_inf(sa_context *c, scaleml_codec *local);
 
 /* Withdraw receives still posted after an error. */
 void qa_cancel(MPI_Request *reqs, uint64_t count);
+/* Hand the dense buffer to the result on success (rc == 0), free it otherwise; returns rc. */
+int qa_result(scaleml_result *res, sv_segment *all, uint64_t n, int rc);
 /* The dense buffer the quantized algorithms work in (the result), holding the input. */
 int qa_dense_start(sa_context *c, sv_segment *all);
 /* Chunk size of the pipelined algorithms: big enough to amortize a message,

@@ -200,6 +200,17 @@ void *qa_workspace(int slot, size_t bytes)
     return buffers[slot];
 }
 
+int qa_result(scaleml_result *res, sv_segment *all, uint64_t n, int rc)
+{
+    if (!rc) rc = result_init(res, 1, n);
+    if (rc) {
+        sv_free(all);  /* frees nothing when it is the caller's buffer */
+        return rc;
+    }
+    res->segments[0] = *all;
+    return SCALEML_OK;
+}
+
 int qa_dense_start(sa_context *c, sv_segment *all)
 {
     int rc = result_dense_storage(c, all);

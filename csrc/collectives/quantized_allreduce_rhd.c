@@ -139,13 +139,7 @@ int quantized_allreduce_rhd(sa_context *c, scaleml_result *res)
         }
         qa_layout_free(&l);
     }
-    if (!rc) rc = result_init(res, 1, c->n);
-    if (rc) {
-        sv_free(&all);
-        return rc;
-    }
-    res->segments[0] = all;
-    return SCALEML_OK;
+    return qa_result(res, &all, c->n, rc);
 }
 
 double quantized_allreduce_rhd_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)

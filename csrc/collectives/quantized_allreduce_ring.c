@@ -145,13 +145,7 @@ int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
         if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);
         qa_layout_free(&l);
     }
-    if (!rc) rc = result_init(res, 1, c->n);
-    if (rc) {
-        sv_free(&all);
-        return rc;
-    }
-    res->segments[0] = all;
-    return SCALEML_OK;
+    return qa_result(res, &all, c->n, rc);
 }
 
 double quantized_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)

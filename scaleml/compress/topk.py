@@ -53,13 +53,17 @@ class TopK(Compressor):
             raise ValueError(f"k = {k} exceeds the tensor size n = {n}")
         return int(k)
 
-    def _encode(self, x: ArrayLike, step: int | None, residual: bool) -> tuple[Compressed, np.ndarray | None]:
+    def _encode(self, x: ArrayLike, step: int | None, residual: bool,
+                out: np.ndarray | None = None) -> tuple[Compressed, np.ndarray | None]:
         a = _as_input(x)
         if a.size > 1 << 32:
             raise ValueError("TopK supports tensors of at most 2**32 elements (uint32 indices)")
         k = self.k_for(a.size)
         key = self._key(step)
-        res = np.empty_like(a) if residual else None
+        if residual and out is not None and (out.shape != a.shape or out.dtype != a.dtype or out is a
+                                             or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError("out must be a writable C-contiguous array like x (and not x itself)")
+        res = (out if out is not None else np.empty_like(a)) if residual else None
         guess = k if not self.approximate else min(a.size, 2 * k + 64)
         cap = int(lib.scaleml_topk_bytes(guess, a.itemsize))
         xp = _ptr(a)
@@ -75,9 +79,10 @@ class TopK(Compressor):
         """Select the top entries of ``x`` (flattened)."""
         return self._encode(x, step, False)[0]
 
-    def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
-        """Select and return the unsent remainder (x with the sent entries zeroed)."""
-        return self._encode(x, step, True)  # type: ignore[return-value]
+    def encode_with_residual(self, x: ArrayLike, *, step: int | None = None,
+                             out: np.ndarray | None = None) -> tuple[Compressed, np.ndarray]:
+        """Select and return the unsent remainder (x with the sent entries zeroed), in ``out`` when given."""
+        return self._encode(x, step, True, out)  # type: ignore[return-value]
 
     @staticmethod
     def entries(c: BufferLike) -> tuple[np.ndarray, np.ndarray]:

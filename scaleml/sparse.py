@@ -295,7 +295,8 @@ def _dense_fits(n: int, value_bytes: int) -> bool:
 
 def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WORLD,
                      algorithm: Algorithm = "auto", out: OutForm = "dense", *,
-                     compression: object = None, check_finite: bool = True, return_info: bool = False):
+                     compression: object = None, dense_out: np.ndarray | None = None, check_finite: bool = True,
+                     return_info: bool = False):
     """Sum sparse vectors over all ranks of a communicator (collective).
 
     Parameters
@@ -326,6 +327,9 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
         sparse form would take at least as many bytes), and ``auto`` may also
         choose the dense quantized algorithms. Sparse parts stay exact; every
         rank gets the same result, bitwise. ``None`` (default): exact.
+    dense_out : numpy.ndarray, optional
+        With ``out="dense"``: the array of n values (C-contiguous, writable, the
+        values' dtype) to write the sum into and return, instead of a new one.
     check_finite : bool
         Reject NaN and Inf values (on every rank) instead of summing them.
     return_info : bool
@@ -353,6 +357,11 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
         if out not in _OUT_CODES:
             raise _LocalError(2, ValueError(f"out must be 'dense' or 'sparse', got {out!r}"))
         idx, vals = _canonical_input(indices, values, n, check_finite)
+        if dense_out is not None and not (out == "dense" and isinstance(dense_out, np.ndarray)
+                                          and dense_out.dtype == vals.dtype and dense_out.size == int(n)
+                                          and dense_out.flags.c_contiguous and dense_out.flags.writeable):
+            raise _LocalError(2, ValueError(f"dense_out must be a writable C-contiguous {vals.dtype} array of n = "
+                                            f"{n} values, with out='dense'"))
         needs_dense = out == "dense" or (code and "sparse" not in algorithms.BY_ID[code].result_forms)
         if needs_dense and not _dense_fits(int(n), vals.itemsize):
             raise _LocalError(5, MemoryError(f"a dense vector of n = {n} does not fit in memory; "
@@ -380,7 +389,10 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
         chosen = "dense"  # MPI_Allreduce's time at this size and density first: the baseline never to lose to
     else:
         chosen = choose_algorithm(predicted, agreement, stats, lossy=fmt is not None)
-    result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement, fmt=fmt)
+    result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement, fmt=fmt,
+                        dense_out=None if dense_out is None else dense_out.reshape(-1))
+    if dense_out is not None:
+        result = dense_out
     stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = algorithm, predicted
     return (result, info) if return_info else result

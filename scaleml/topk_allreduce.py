@@ -89,7 +89,7 @@ def _prepare(grad: Any, ratio: Any, k: Any, approximate: Any, error_feedback: An
 def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: float = _DEFAULT_RATIO,
                    k: int | None = None, error_feedback: ErrorFeedback | None = None, name: str = "grad",
                    approximate: bool = False, compression: Any = None, average: bool = False,
-                   algorithm: str = "auto", return_info: bool = False):
+                   algorithm: str = "auto", out: np.ndarray | None = None, return_info: bool = False):
     """Sum the top-k entries of every rank's gradient, with error feedback (collective).
 
     Each rank compensates ``grad`` with its residual (``y = grad + residual``),
@@ -135,6 +135,9 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     algorithm : str
         ``"auto"`` or a name of :data:`scaleml.algorithms.NAMES`, the same on
         every rank (see :func:`scaleml.sparse_allreduce`).
+    out : numpy.ndarray, optional
+        Where to write the result (grad's size and dtype, C-contiguous,
+        writable; not grad itself): saves allocating n values per step.
     return_info : bool
         Also return the :class:`scaleml.AllreduceInfo` of the sparse AllReduce.
 
@@ -164,7 +167,7 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     agree(engine_state(comm), error, n=g.size if ok else 0, value_bytes=g.itemsize if ok else 0,
           algorithm=max(algorithms.code_of(algorithm), 0), out=0, nnz=idx.size if ok else 0, op_name=op_name)
     total, info = sparse_allreduce(idx, vals, g.size, comm, algorithm=algorithm, out="dense", return_info=True,
-                                   compression=compression)
+                                   compression=compression, dense_out=out)
     if error_feedback is not None:  # commit only now: a call that raised kept the old residual and step
         old = error_feedback.residual(name)
         error_feedback.set_residual(name, residual)
@@ -173,7 +176,7 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         usable = old is not None and old.flags.c_contiguous and old.size == residual.size and old.dtype == g.dtype
         spares[name] = (spares[name][0], old.reshape(-1) if usable else np.empty(residual.size, g.dtype))
         error_feedback.compressor.step = step + 1  # type: ignore[operator]
-    total = total.reshape(g.shape)
+    total = total.reshape(g.shape) if out is None else out
     if average:
         total /= comm.Get_size()
     return (total, info) if return_info else total

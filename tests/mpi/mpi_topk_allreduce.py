@@ -233,3 +233,14 @@ def test_size_that_differs_between_ranks_raises_everywhere():
         return
     with pytest.raises(ValueError, match="topk_allreduce: n differs"):
         scaleml.topk_allreduce(g, comm, k=2)
+
+
+def test_out_receives_the_result():
+    g = gradient((40, 25), np.float32)
+    expected = scaleml.topk_allreduce(g, comm, k=50, algorithm="split_allgather")
+    out = np.empty((40, 25), np.float32)
+    got = scaleml.topk_allreduce(g, comm, k=50, algorithm="split_allgather", out=out, average=True)
+    assert got is out
+    np.testing.assert_array_equal(out, expected / np.float32(size))
+    with pytest.raises(ValueError, match="dense_out"):
+        scaleml.topk_allreduce(g, comm, k=50, out=np.empty(7, np.float32))

@@ -218,9 +218,10 @@ def _topk(ratio: float, spec: str | None, topk_allreduce: Callable) -> Callable[
     def factory(case: Case) -> Runner:
         ef = compress.ErrorFeedback(compress.TopK(ratio=ratio, rank=case.comm.Get_rank()))
         fmt = make_format(spec, case.comm.Get_rank()) if spec else None
+        out = np.empty_like(case.dense)  # as a training loop would: the gradient buffer is reused
 
         def run():
-            result, info = topk_allreduce(case.dense, case.comm, error_feedback=ef, compression=fmt,
+            result, info = topk_allreduce(case.dense, case.comm, error_feedback=ef, compression=fmt, out=out,
                                           return_info=True)
             return result, info.bytes_sent, info.algorithm
 

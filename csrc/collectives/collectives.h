@@ -105,7 +105,7 @@ int qa_ring_allgather(sa_context *c, const qa_layout *l, uint8_t *slots, void *a
  * the next and only grown: fresh multi-MiB buffers cost page faults on every
  * call (the kernel zeroing pages took 9% of a 4-rank ring's time), more than
  * their coding. Distinct slots within one call; never freed by the caller. */
-enum { QA_WS_SEND0, QA_WS_SEND1, QA_WS_RECV, QA_WS_SLOTS, QA_WS_SCRATCH, QA_WS_SUM, QA_WS_COUNT };
+enum { QA_WS_SEND0, QA_WS_SEND1, QA_WS_RECV, QA_WS_RECV1, QA_WS_SLOTS, QA_WS_SCRATCH, QA_WS_SUM, QA_WS_COUNT };
 void *qa_workspace(int slot, size_t bytes);
 
 /* Point c->codec at *local, a copy with overflow_to_inf set: float16 partial

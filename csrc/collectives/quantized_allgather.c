@@ -126,38 +126,41 @@ int qa_ring_allgather(sa_context *c, const qa_layout *l, uint8_t *slots, void *a
 {
     int P = l->parts, r = c->rank, left = (r - 1 + P) % P, right = (r + 1) % P, rc = SCALEML_OK;
     uint64_t most = qa_chunk_count(l, 0);  /* block 0 has the most chunks */
-    MPI_Request *recvs = malloc(most * sizeof *recvs);
+    MPI_Request *recvs = malloc((size_t)P * most * sizeof *recvs);
     MPI_Request *sends = malloc((size_t)P * most * sizeof *sends);
     uint64_t nsends = 0, nrecvs = 0;
     if (!recvs || !sends) {
         rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %llu requests", (unsigned long long)most);
         goto done;
     }
+    /* Every block lands in its own slot: all receives are posted at once (in step order, the order the left
+     * neighbour sends in), so no chunk ever waits for its receive to be posted. */
     for (int s = 0; s < P - 1 && !rc; s++) {
-        int sb = (r - s + P) % P, rb = (r - s - 1 + P) % P;
-        uint64_t chunks = qa_chunk_count(l, rb);
-        nrecvs = 0;
-        for (uint64_t i = 0; i < chunks && !rc; i++) {
+        int rb = (r - s - 1 + P) % P;
+        for (uint64_t i = 0; i < qa_chunk_count(l, rb) && !rc; i++) {
             uint64_t start, len;
             size_t at, bytes;
             qa_chunk(l, rb, i, &start, &len, &at, &bytes);
             rc = cu_irecv(c->comm, left, TAG_QUANT_GATHER, slots + at, bytes, &recvs[nrecvs]);
             if (!rc) nrecvs++;
         }
-        if (s == 0) {  /* the own block starts the ring; later blocks are forwarded as they arrive */
-            for (uint64_t i = 0; i < qa_chunk_count(l, sb) && !rc; i++) {
-                uint64_t start, len;
-                size_t at, bytes;
-                qa_chunk(l, sb, i, &start, &len, &at, &bytes);
-                rc = cu_isend(c->comm, right, TAG_QUANT_GATHER, slots + at, bytes, &sends[nsends], &c->bytes_sent);
-                if (!rc) nsends++;
-            }
-        }
-        for (uint64_t i = 0; i < chunks && !rc; i++) {
+    }
+    /* the own block starts the ring; later blocks are forwarded as they arrive */
+    for (uint64_t i = 0; i < qa_chunk_count(l, r) && !rc; i++) {
+        uint64_t start, len;
+        size_t at, bytes;
+        qa_chunk(l, r, i, &start, &len, &at, &bytes);
+        rc = cu_isend(c->comm, right, TAG_QUANT_GATHER, slots + at, bytes, &sends[nsends], &c->bytes_sent);
+        if (!rc) nsends++;
+    }
+    uint64_t next = 0;
+    for (int s = 0; s < P - 1 && !rc; s++) {
+        int rb = (r - s - 1 + P) % P;
+        for (uint64_t i = 0; i < qa_chunk_count(l, rb) && !rc; i++, next++) {
             uint64_t start, len;
             size_t at, bytes;
             qa_chunk(l, rb, i, &start, &len, &at, &bytes);
-            rc = cu_wait_exact(&recvs[i], bytes);
+            rc = cu_wait_exact(&recvs[next], bytes);
             if (!rc && s < P - 2) {
                 rc = cu_isend(c->comm, right, TAG_QUANT_GATHER, slots + at, bytes, &sends[nsends], &c->bytes_sent);
                 if (!rc) nsends++;
@@ -166,8 +169,8 @@ int qa_ring_allgather(sa_context *c, const qa_layout *l, uint8_t *slots, void *a
                 rc = codec_decode(l->codec, slots + at, bytes, len, (char *)all + start * (unsigned)l->value_bytes,
                                   l->value_bytes);
         }
-        if (rc) qa_cancel(recvs, nrecvs);
     }
+    if (rc) qa_cancel(recvs, nrecvs);
     if (nsends) {
         int wait_rc = cu_waitall((int)nsends, sends, NULL);
         if (!rc) rc = wait_rc;

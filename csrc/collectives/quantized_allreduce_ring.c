@@ -35,34 +35,45 @@
 #include "collectives/comm_util.h"
 #include "collectives/registry.h"
 
-/* Reduce-scatter: rank r ends with the sum of block r in all (see above). */
+/* Post the receives of reduce-scatter step s (block (r-s-2) mod P from the left) into buf. */
+static int post_step(sa_context *c, const qa_layout *l, int s, uint8_t *buf, MPI_Request *recvs, uint64_t *nrecvs)
+{
+    int P = c->size, rb = (c->rank - s - 2 + 2 * P) % P, left = (c->rank - 1 + P) % P, rc = SCALEML_OK;
+    *nrecvs = 0;
+    for (uint64_t i = 0; i < qa_chunk_count(l, rb) && !rc; i++) {
+        uint64_t start, len;
+        size_t at, bytes;
+        qa_chunk(l, rb, i, &start, &len, &at, &bytes);
+        rc = cu_irecv(c->comm, left, TAG_QUANT_REDUCE, buf + (at - l->offset[rb]), bytes, &recvs[*nrecvs]);
+        if (!rc) (*nrecvs)++;
+    }
+    return rc;
+}
+
+/* Reduce-scatter: rank r ends with the sum of block r in all (see above). The receives of step s+1 are
+ * posted before step s is processed, so the left neighbour's first chunks of step s+1 never wait for a
+ * receive (a rendezvous message would otherwise stall the pipeline at every step). */
 static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, void *scratch)
 {
-    int P = c->size, r = c->rank, left = (r - 1 + P) % P, right = (r + 1) % P, rc = SCALEML_OK;
+    int P = c->size, r = c->rank, right = (r + 1) % P, rc = SCALEML_OK;
     unsigned vb = (unsigned)c->value_bytes;
     size_t slot = qa_max_slot(l);
     uint64_t most = qa_chunk_count(l, 0);
     uint8_t *sendbuf[2] = {qa_workspace(QA_WS_SEND0, slot), qa_workspace(QA_WS_SEND1, slot)};
-    uint8_t *recvbuf = qa_workspace(QA_WS_RECV, slot);
+    uint8_t *recvbuf[2] = {qa_workspace(QA_WS_RECV, slot), qa_workspace(QA_WS_RECV1, slot)};
     MPI_Request *sends[2] = {malloc(most * sizeof(MPI_Request)), malloc(most * sizeof(MPI_Request))};
-    MPI_Request *recvs = malloc(most * sizeof *recvs);
-    uint64_t nsends[2] = {0, 0}, nrecvs = 0;
-    if (!sendbuf[0] || !sendbuf[1] || !recvbuf || !sends[0] || !sends[1] || !recvs) {
+    MPI_Request *recvs[2] = {malloc(most * sizeof(MPI_Request)), malloc(most * sizeof(MPI_Request))};
+    uint64_t nsends[2] = {0, 0}, nrecvs[2] = {0, 0};
+    if (!sendbuf[0] || !sendbuf[1] || !recvbuf[0] || !recvbuf[1] || !sends[0] || !sends[1] || !recvs[0] ||
+        !recvs[1]) {
         rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the ring's buffers (%zu bytes)", slot);
         goto done;
     }
+    if (P > 1) rc = post_step(c, l, 0, recvbuf[0], recvs[0], &nrecvs[0]);
     /* Slot offsets of block j relative to the block: chunk i is at at - l->offset[j]. */
     for (int s = 0; s < P - 1 && !rc; s++) {
         int sb = (r - s - 1 + P) % P, rb = (r - s - 2 + 2 * P) % P, cur = s % 2, next = (s + 1) % 2;
         uint64_t chunks = qa_chunk_count(l, rb);
-        nrecvs = 0;
-        for (uint64_t i = 0; i < chunks && !rc; i++) {
-            uint64_t start, len;
-            size_t at, bytes;
-            qa_chunk(l, rb, i, &start, &len, &at, &bytes);
-            rc = cu_irecv(c->comm, left, TAG_QUANT_REDUCE, recvbuf + (at - l->offset[rb]), bytes, &recvs[nrecvs]);
-            if (!rc) nrecvs++;
-        }
         if (s == 0) {  /* the first step sends the rank's own values of block sb */
             for (uint64_t i = 0; i < qa_chunk_count(l, sb) && !rc; i++) {
                 uint64_t start, len;
@@ -77,17 +88,19 @@ static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, voi
                 if (!rc) nsends[cur]++;
             }
         }
+        /* recvbuf[next] was consumed in step s-1: post step s+1's receives into it now */
+        if (!rc && s + 1 < P - 1) rc = post_step(c, l, s + 1, recvbuf[next], recvs[next], &nrecvs[next]);
         /* sendbuf[next] is refilled in this step: the sends of step s-1 that used it must be done. */
         if (!rc && nsends[next]) rc = cu_waitall((int)nsends[next], sends[next], NULL);
-        nsends[next] = 0;
+        if (!rc) nsends[next] = 0;
         for (uint64_t i = 0; i < chunks && !rc; i++) {
             uint64_t start, len;
             size_t at, bytes;
             qa_chunk(l, rb, i, &start, &len, &at, &bytes);
-            rc = cu_wait_exact(&recvs[i], bytes);
+            rc = cu_wait_exact(&recvs[cur][i], bytes);
             if (!rc)
-                rc = codec_decode_add(c->codec, recvbuf + (at - l->offset[rb]), bytes, len, all + start * vb, scratch,
-                                      c->value_bytes);
+                rc = codec_decode_add(c->codec, recvbuf[cur] + (at - l->offset[rb]), bytes, len, all + start * vb,
+                                      scratch, c->value_bytes);
             if (!rc && s < P - 2) {  /* block rb is what this rank sends in the next step */
                 uint8_t *out = codec_lossy(c->codec) ? sendbuf[next] + (at - l->offset[rb]) : (uint8_t *)all + start * vb;
                 rc = codec_encode(c->codec, all + start * vb, len, c->value_bytes, r,
@@ -97,7 +110,10 @@ static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, voi
                 if (!rc) nsends[next]++;
             }
         }
-        if (rc) qa_cancel(recvs, nrecvs);
+    }
+    if (rc) {  /* withdraw whatever is still posted */
+        qa_cancel(recvs[0], nrecvs[0]);
+        qa_cancel(recvs[1], nrecvs[1]);
     }
     for (int b = 0; b < 2; b++) {
         if (nsends[b]) {
@@ -108,7 +124,8 @@ static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, voi
 done:
     free(sends[0]);
     free(sends[1]);
-    free(recvs);
+    free(recvs[0]);
+    free(recvs[1]);
     return rc;
 }
 

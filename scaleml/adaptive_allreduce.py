@@ -21,18 +21,10 @@ from mpi4py import MPI
 from .compress.adaptive import AdaptiveQuant
 from .compress.framing import DTYPE_CODES, Compressed, decode
 from .errors import ScaleMLError
+from .quantized import block_range  # row blocks split as the C core splits index ranges
 from .sparse import _LocalError, agree, as_float_array, engine_state
 
 __all__ = ["AdaptiveAllreduceInfo", "AdaptiveAllreduceState", "adaptive_allreduce"]
-
-
-def block_range(rows: int, parts: int, j: int) -> tuple[int, int]:
-    """``(start, count)`` of row block ``j`` of ``parts`` near-equal contiguous blocks (the first ones one larger).
-
-    The same split as the C core's ``cu_block_range``.
-    """
-    q, r = divmod(rows, parts)
-    return j * q + min(j, r), q + (1 if j < r else 0)
 
 
 @dataclass

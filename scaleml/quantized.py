@@ -26,7 +26,6 @@ from .sparse import (
     lossy_format,
 )
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 LOSSY = algorithms.LOSSY
 """The lossy algorithms of the registry (what ``algorithm=`` accepts besides ``"auto"``)."""
 _WITH_FEEDBACK = "quantized_direct"
@@ -37,10 +36,6 @@ def block_range(n: int, P: int, j: int) -> tuple[int, int]:
     start, length = ffi.new("uint64_t *"), ffi.new("uint64_t *")
     lib.scaleml_block_range(n, P, j, start, length)
     return int(start[0]), int(length[0])
-
-
-def _block_len(n: int, P: int, rank: int) -> int:
-    return block_range(n, P, rank)[1]
 
 
 def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: object = None, *,
@@ -140,7 +135,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         if error_feedback is not None:
             try:
                 residuals = (error_feedback.residual_buffer(f"{name}/worker", (flat.size,), flat.dtype),
-                             error_feedback.residual_buffer(f"{name}/server", (_block_len(flat.size, P, rank),),
+                             error_feedback.residual_buffer(f"{name}/server", (block_range(flat.size, P, rank)[1],),
                                                             flat.dtype))
             except ValueError as exc:
                 raise _LocalError(2, exc) from None

@@ -9,8 +9,8 @@ import pytest
 from mpi4py import MPI
 
 import scaleml
-from scaleml.adaptive_allreduce import block_range
 from scaleml.compress import AdaptiveQuant, decode
+from scaleml.quantized import block_range
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()

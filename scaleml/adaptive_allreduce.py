@@ -22,7 +22,7 @@ from .compress.adaptive import AdaptiveQuant
 from .compress.framing import DTYPE_CODES, Compressed, decode
 from .errors import ScaleMLError
 from .quantized import block_range  # row blocks split as the C core splits index ranges
-from .sparse import _LocalError, agree, as_float_array, engine_state
+from .sparse import _LocalError, agree, as_float_array, as_local_error, engine_state
 
 __all__ = ["AdaptiveAllreduceInfo", "AdaptiveAllreduceState", "adaptive_allreduce"]
 
@@ -139,16 +139,6 @@ class AdaptiveAllreduceState:
             self.load_state_dict({k: f[k] for k in f.files})
 
 
-def _as_local_error(exc: Exception) -> _LocalError:
-    if isinstance(exc, TypeError):
-        return _LocalError(1, exc)
-    if isinstance(exc, MemoryError):
-        return _LocalError(5, exc)
-    if "non-finite" in str(exc):  # the adaptive kernel's message for NaN/Inf
-        return _LocalError(4, exc)
-    return _LocalError(2, exc)
-
-
 def _prepare(grad: Any, state: Any, name: Any, rank: int, P: int):
     """Checks, compensation and the encoding of every row block (raises _LocalError)."""
     try:
@@ -182,7 +172,7 @@ def _prepare(grad: Any, state: Any, name: Any, rank: int, P: int):
             blocks.append(c)
         return g, rows, cols, blocks, worker.reshape(g.shape), s, q, base + P
     except (TypeError, ValueError, OverflowError, MemoryError) as exc:
-        raise _as_local_error(exc) from exc
+        raise as_local_error(exc) from exc
 
 
 def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state: AdaptiveAllreduceState,

@@ -139,6 +139,17 @@ class _LocalError(Exception):
         self.exc = exc
 
 
+def as_local_error(exc: Exception) -> _LocalError:
+    """Map an exception of a rank's local checks to the agreement's code (see ``scaleml.errors``)."""
+    if isinstance(exc, TypeError):
+        return _LocalError(1, exc)
+    if isinstance(exc, MemoryError):
+        return _LocalError(5, exc)
+    if "non-finite" in str(exc):  # the kernels' message for NaN/Inf
+        return _LocalError(4, exc)
+    return _LocalError(2, exc)
+
+
 @dataclass
 class Agreement:
     """Fields every rank agrees on before a collective starts."""

@@ -10,23 +10,12 @@ from mpi4py import MPI
 from . import algorithms
 from .compress.error_feedback import ErrorFeedback
 from .compress.topk import TopK
-from .sparse import _LocalError, agree, as_float_array, engine_state, sparse_allreduce
+from .sparse import _LocalError, agree, as_float_array, as_local_error, engine_state, sparse_allreduce
 
 __all__ = ["topk_allreduce"]
 
 _DEFAULT_RATIO = 0.01
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _as_local_error(exc: Exception) -> _LocalError:
-    """Map an exception of the local checks to the agreement's code (see ``scaleml.errors``)."""
-    if isinstance(exc, TypeError):
-        return _LocalError(1, exc)
-    if isinstance(exc, MemoryError):
-        return _LocalError(5, exc)
-    if "non-finite" in str(exc):  # the TopK kernel's message for NaN/Inf
-        return _LocalError(4, exc)
-    return _LocalError(2, exc)
 
 
 def _selector(ratio: Any, k: Any, approximate: Any, error_feedback: Any) -> tuple[TopK, int | None]:
@@ -83,7 +72,7 @@ def _prepare(grad: Any, ratio: Any, k: Any, approximate: Any, error_feedback: An
         idx, vals = TopK.entries(c)  # sorted unique uint32 indices: no dense decode
         return g, idx, vals, residual, step
     except (TypeError, ValueError, OverflowError, MemoryError) as exc:
-        raise _as_local_error(exc) from exc
+        raise as_local_error(exc) from exc
 
 
 def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: float = _DEFAULT_RATIO,

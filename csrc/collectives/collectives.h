@@ -119,6 +119,10 @@ void qa_cancel(MPI_Request *reqs, uint64_t count);
 int qa_result(scaleml_result *res, sv_segment *all, uint64_t n, int rc);
 /* The dense buffer the quantized algorithms work in (the result), holding the input. */
 int qa_dense_start(sa_context *c, sv_segment *all);
+/* The layout of the pipelined algorithms (P blocks of qa_pipeline_chunk
+ * chunks) and its work buffers: one chunk of scratch and, when slots is not
+ * NULL, the encoded slots. */
+int qa_pipeline_setup(sa_context *c, qa_layout *l, uint8_t **slots, void **scratch);
 /* Chunk size of the pipelined algorithms: big enough to amortize a message,
  * small enough that coding one chunk overlaps the transfer of the next. */
 uint64_t qa_pipeline_chunk(const sa_context *c);

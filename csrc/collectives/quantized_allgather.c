@@ -221,6 +221,17 @@ int qa_dense_start(sa_context *c, sv_segment *all)
     return rc;
 }
 
+int qa_pipeline_setup(sa_context *c, qa_layout *l, uint8_t **slots, void **scratch)
+{
+    int rc = qa_layout_init(l, c, c->size, qa_pipeline_chunk(c));
+    if (rc) return rc;
+    if (slots && !(*slots = qa_workspace(QA_WS_SLOTS, l->offset[c->size])))
+        return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the encoded result");
+    *scratch = qa_workspace(QA_WS_SCRATCH, qa_max_chunk(l) * (unsigned)c->value_bytes);
+    if (!*scratch) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the encoded result");
+    return SCALEML_OK;
+}
+
 uint64_t qa_pipeline_chunk(const sa_context *c)
 {
     uint64_t chunk = UINT64_C(1) << 16;

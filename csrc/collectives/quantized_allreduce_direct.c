@@ -129,12 +129,7 @@ int quantized_allreduce_direct(sa_context *c, scaleml_result *res)
         qa_layout l;
         uint8_t *slots = NULL;
         void *scratch = NULL;
-        rc = qa_layout_init(&l, c, c->size, qa_pipeline_chunk(c));
-        if (!rc) {
-            slots = qa_workspace(QA_WS_SLOTS, l.offset[c->size]);
-            scratch = qa_workspace(QA_WS_SCRATCH, qa_max_chunk(&l) * (unsigned)c->value_bytes);
-            if (!slots || !scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the encoded result");
-        }
+        rc = qa_pipeline_setup(c, &l, &slots, &scratch);
         if (!rc) rc = reduce_at_owners(c, &l, all.values, slots, scratch);
         if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);
         qa_layout_free(&l);

@@ -146,17 +146,10 @@ int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
         qa_layout l;
         uint8_t *slots = NULL;
         void *scratch = NULL;
-        rc = qa_layout_init(&l, c, c->size, qa_pipeline_chunk(c));
         /* exact: the slots are the values themselves (block j's chunk i lies at its values' byte offset) */
-        if (!rc && !codec_lossy(c->codec)) {
-            slots = all.values;
-            scratch = qa_workspace(QA_WS_SCRATCH, 1);
-            if (!scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
-        } else if (!rc) {
-            slots = qa_workspace(QA_WS_SLOTS, l.offset[c->size]);
-            scratch = qa_workspace(QA_WS_SCRATCH, qa_max_chunk(&l) * (unsigned)c->value_bytes);
-            if (!slots || !scratch) rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the encoded result");
-        }
+        int exact = !codec_lossy(c->codec);
+        rc = qa_pipeline_setup(c, &l, exact ? NULL : &slots, &scratch);
+        if (exact) slots = all.values;
         if (!rc) rc = ring_reduce_scatter(c, &l, all.values, scratch);
         if (!rc) rc = qa_encode_block(c, &l, c->rank, all.values, slots, CODEC_PHASE_FINAL, NULL, 0, scratch);
         if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);

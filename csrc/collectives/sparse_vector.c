@@ -88,19 +88,6 @@ SV_DEFINE_KERNELS(u64_f64, uint64_t, double)
         else KERNEL##_u64_f64(__VA_ARGS__);                                  \
     } while (0)
 
-static void dense_add(void *acc, const void *b, uint64_t len, int value_bytes)
-{
-    if (value_bytes == 4) {
-        float *restrict a = acc;
-        const float *restrict x = b;
-        for (uint64_t i = 0; i < len; i++) a[i] += x[i];
-    } else {
-        double *restrict a = acc;
-        const double *restrict x = b;
-        for (uint64_t i = 0; i < len; i++) a[i] += x[i];
-    }
-}
-
 /* ---- allocation and views ---- */
 
 static int checked_bytes(uint64_t count, int width, size_t *out)
@@ -242,7 +229,7 @@ int sv_accumulate(sv_segment *acc, const sv_segment *b)
     }
     if (acc->dense) {
         if (b->dense)
-            dense_add(acc->values, b->values, acc->len, acc->value_bytes);
+            codec_add(acc->values, b->values, acc->len, acc->value_bytes);
         else
             SV_DISPATCH_VOID(acc->index_bytes, acc->value_bytes, scatter_add, acc->values,
                              acc->offset, b->indices, b->values, b->nnz);

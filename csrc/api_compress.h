@@ -95,6 +95,13 @@ int scaleml_onebit_encode(const void *x, int value_bytes, uint64_t n, uint64_t b
                           uint8_t *out, size_t cap, void *residual);
 int scaleml_onebit_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t bucket,
                           void *out, int value_bytes);
+/* Encode y = x + addend (bucket <= 4096, else SCALEML_ERR_ARG) without writing y anywhere; residual, when
+ * not NULL, gets y - decoded and may be addend itself (error feedback updated in place). */
+int scaleml_onebit_encode_sum(const void *x, const void *addend, int value_bytes, uint64_t n, uint64_t bucket,
+                              uint8_t *out, size_t cap, void *residual);
+/* acc[0 .. n) += decode(buf), in one pass (the same sums as decoding, then adding). */
+int scaleml_onebit_decode_add(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t bucket, void *acc,
+                              int value_bytes);
 
 /* topk.c: exact (selection) or approximate (sampled threshold) top-k by magnitude. */
 size_t scaleml_topk_bytes(uint64_t count, int value_bytes);

@@ -56,18 +56,19 @@ def _prepare(grad: Any, ratio: Any, k: Any, approximate: Any, error_feedback: An
             r = error_feedback.residual(name)
             if r is not None and (r.shape != g.shape or r.dtype != g.dtype):
                 raise ValueError(f"tensor {name!r}: grad is {g.dtype}{g.shape}, its residual is {r.dtype}{r.shape}")
-            # Two buffers per tensor, kept from call to call (fresh multi-MiB arrays cost page faults on every
-            # step): y = grad + residual, and the next residual; the old residual becomes the next spare.
+            # y = grad + residual is formed in a spare buffer kept from call to call (a fresh multi-MiB array
+            # costs page faults on every step), and the selection zeroes its sent entries in place: y becomes
+            # the next residual. The kept residual is untouched until the call succeeds; then it becomes the
+            # next spare.
             spares = error_feedback.__dict__.setdefault("_topk_spares", {})
-            y, spare = spares.get(name, (None, None))
+            y = spares.get(name)
             if y is None or y.shape != flat.shape or y.dtype != flat.dtype:
-                y, spare = np.empty_like(flat), np.empty_like(flat)
+                y = spares[name] = np.empty_like(flat)
             if r is not None:
                 np.add(flat, r.reshape(-1), out=y)
             else:
                 y[...] = flat
-            spares[name] = (y, spare)
-            c, residual = sel.encode_with_residual(y, step=step, out=spare)
+            c, residual = sel.encode_with_residual(y, step=step, out=y)
             residual = residual.reshape(g.shape)
         idx, vals = TopK.entries(c)  # sorted unique uint32 indices: no dense decode
         return g, idx, vals, residual, step
@@ -160,10 +161,9 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     if error_feedback is not None:  # commit only now: a call that raised kept the old residual and step
         old = error_feedback.residual(name)
         error_feedback.set_residual(name, residual)
-        spares = error_feedback.__dict__["_topk_spares"]
         # the next call's spare: the old residual (never the one just kept)
         usable = old is not None and old.flags.c_contiguous and old.size == residual.size and old.dtype == g.dtype
-        spares[name] = (spares[name][0], old.reshape(-1) if usable else np.empty(residual.size, g.dtype))
+        error_feedback.__dict__["_topk_spares"][name] = old.reshape(-1) if usable else np.empty(residual.size, g.dtype)
         error_feedback.compressor.step = step + 1  # type: ignore[operator]
     total = total.reshape(g.shape) if out is None else out
     if average:

@@ -172,6 +172,7 @@ int codec_decode_add(const scaleml_codec *c, const uint8_t *buf, size_t bytes, u
     }
     if (c->kind == SCALEML_CODEC_QSGD && c->bucket % 8 == 0)  /* one pass */
         return scaleml_qsgd_decode_add(buf, bytes, len, c->bits, c->bucket, acc, value_bytes);
+    if (c->kind == SCALEML_CODEC_ONEBIT) return scaleml_onebit_decode_add(buf, bytes, len, c->bucket, acc, value_bytes);
     int rc = codec_decode(c, buf, bytes, len, scratch, value_bytes);
     if (!rc) codec_add(acc, scratch, len, value_bytes);
     return rc;
@@ -181,6 +182,11 @@ int codec_encode_roundtrip(const scaleml_codec *c, void *x, uint64_t len, int va
                            uint64_t stream, uint8_t *out, void *residual, void *scratch)
 {
     size_t bytes = codec_bytes(c, len, value_bytes);
+    if (codec_lossy(c) && c->kind == SCALEML_CODEC_ONEBIT && len) {
+        /* the encoding pass writes x - decoded itself; then the bytes are decoded over x */
+        int rc = scaleml_onebit_encode(x, value_bytes, len, c->bucket, out, bytes, residual);
+        return rc ? rc : codec_decode(c, out, bytes, len, x, value_bytes);
+    }
     int rc = codec_encode(c, x, len, value_bytes, rank, stream, out);
     if (rc || len == 0) return rc;
     if (!codec_lossy(c)) {  /* exact: nothing changes, no error */
@@ -221,4 +227,15 @@ int codec_encode_residual(const scaleml_codec *c, const void *x, uint64_t len, i
     int rc = codec_encode_roundtrip(c, copy, len, value_bytes, rank, stream, out, residual, NULL);
     if (!scratch) free(copy);
     return rc;
+}
+
+int codec_encode_plus_residual(const scaleml_codec *c, const void *x, uint64_t len, int value_bytes, int rank,
+                               uint64_t stream, uint8_t *out, void *residual, void *scratch)
+{
+    if (len == 0) return SCALEML_OK;
+    if (codec_lossy(c) && c->kind == SCALEML_CODEC_ONEBIT && c->bucket <= 4096)  /* one pass, y never stored */
+        return scaleml_onebit_encode_sum(x, residual, value_bytes, len, c->bucket, out,
+                                         codec_bytes(c, len, value_bytes), residual);
+    codec_add(residual, x, len, value_bytes);  /* y = x + e, held in the residual until it is encoded */
+    return codec_encode_residual(c, residual, len, value_bytes, rank, stream, out, residual, scratch);
 }

@@ -38,7 +38,8 @@ int codec_encode(const scaleml_codec *codec, const void *x, uint64_t len, int va
 int codec_decode(const scaleml_codec *codec, const uint8_t *buf, size_t bytes, uint64_t len, void *out,
                  int value_bytes);
 
-/* acc[0 .. len) += decode(buf): the values are decoded into scratch (len values) first. */
+/* acc[0 .. len) += decode(buf): in one pass for QSGD (bucket a multiple of 8) and 1-bit, else decoded into
+ * scratch (len values) first. */
 int codec_decode_add(const scaleml_codec *codec, const uint8_t *buf, size_t bytes, uint64_t len, void *acc,
                      void *scratch, int value_bytes);
 
@@ -52,6 +53,12 @@ int codec_encode_roundtrip(const scaleml_codec *codec, void *x, uint64_t len, in
  * (x is left as it is). 1-bit writes the residual in its encoding pass. */
 int codec_encode_residual(const scaleml_codec *codec, const void *x, uint64_t len, int value_bytes, int rank,
                           uint64_t stream, uint8_t *out, void *residual, void *scratch);
+
+/* Encode y = x + residual into out and set residual = y - decoded (error
+ * feedback applied and updated in one call; 1-bit never stores y). scratch as
+ * for codec_encode_residual. */
+int codec_encode_plus_residual(const scaleml_codec *codec, const void *x, uint64_t len, int value_bytes, int rank,
+                               uint64_t stream, uint8_t *out, void *residual, void *scratch);
 
 /* out[0 .. len) = a + b. */
 void codec_sum(void *out, const void *a, const void *b, uint64_t len, int value_bytes);

@@ -34,7 +34,10 @@
 #include "collectives/comm_util.h"
 #include "collectives/registry.h"
 
-static int reduce_at_owners(sa_context *c, const qa_layout *l, char *all, uint8_t *slots, void *scratch)
+/* src: this rank's contribution (the caller's dense input, or all itself); all: the result, of which only
+ * block r is written here. */
+static int reduce_at_owners(sa_context *c, const qa_layout *l, const char *src, char *all, uint8_t *slots,
+                            void *scratch)
 {
     int P = c->size, r = c->rank, rc = SCALEML_OK;
     unsigned vb = (unsigned)c->value_bytes;
@@ -55,24 +58,33 @@ static int reduce_at_owners(sa_context *c, const qa_layout *l, char *all, uint8_
         int src = (r - step + P) % P;
         rc = cu_irecv(c->comm, src, TAG_QUANT_REDUCE, recv + (size_t)src * my_slot, my_slot, &recvs[src]);
     }
-    /* y = x + e_w: the input was written into all by quantized_allreduce_direct (or, when dense and not in
-     * place, is added to the residual in the same pass) */
-    if (!rc && c->worker_residual && !(c->input.dense && c->input.values != (void *)all))
-        codec_add(all, c->worker_residual, c->n, c->value_bytes);
     for (int step = 1; step <= P && !rc; step++) {  /* the next rank first: spreads the load; own block last */
         int j = (r + step) % P;
-        if (j == r) {  /* kept: replaced by what the owner (this rank) decodes */
+        if (j == r) {  /* kept: y = x + e_w, replaced by what the owner (this rank) decodes */
+            char *own = all + my_start * vb;
+            if (c->worker_residual) {
+                const char *e = (const char *)c->worker_residual + my_start * vb;
+                if (src == all) codec_add(own, e, my_len, c->value_bytes);
+                else codec_sum(own, src + my_start * vb, e, my_len, c->value_bytes);
+            } else if (src != all) {
+                memcpy(own, src + my_start * vb, my_len * vb);
+            }
             rc = qa_encode_block(c, l, j, all, send, CODEC_PHASE_REDUCE, c->worker_residual, 0, scratch);
             break;
         }
-        /* sent away: only the encoding and the residual matter here (the values are overwritten by the allgather) */
+        /* sent away: only the encoding and the residual matter (block j of the result comes from the
+         * allgather), so y = x + e_w is formed inside the encoding, never stored */
         for (uint64_t i = 0; i < qa_chunk_count(l, j) && !rc; i++) {
             uint64_t start, len;
             size_t at, bytes;
             qa_chunk(l, j, i, &start, &len, &at, &bytes);
-            rc = codec_encode_residual(c->codec, all + start * vb, len, c->value_bytes, r,
-                                       CODEC_STREAM(CODEC_PHASE_REDUCE, start), send + at,
-                                       c->worker_residual ? (char *)c->worker_residual + start * vb : NULL, scratch);
+            if (c->worker_residual)
+                rc = codec_encode_plus_residual(c->codec, src + start * vb, len, c->value_bytes, r,
+                                                CODEC_STREAM(CODEC_PHASE_REDUCE, start), send + at,
+                                                (char *)c->worker_residual + start * vb, scratch);
+            else
+                rc = codec_encode(c->codec, src + start * vb, len, c->value_bytes, r,
+                                  CODEC_STREAM(CODEC_PHASE_REDUCE, start), send + at);
         }
         if (!rc) {
             rc = cu_isend(c->comm, j, TAG_QUANT_REDUCE, send + l->offset[j], l->offset[j + 1] - l->offset[j],
@@ -102,8 +114,8 @@ static int reduce_at_owners(sa_context *c, const qa_layout *l, char *all, uint8_
         if (!rc) rc = wait_rc;
     }
     if (!rc) {
-        memcpy(all + my_start * vb, sum, my_len * vb);
-        if (c->server_residual) codec_add(all + my_start * vb, c->server_residual, my_len, c->value_bytes);
+        if (c->server_residual) codec_sum(all + my_start * vb, sum, c->server_residual, my_len, c->value_bytes);
+        else memcpy(all + my_start * vb, sum, my_len * vb);
         rc = qa_encode_block(c, l, r, all, slots, CODEC_PHASE_FINAL, c->server_residual, my_start, scratch);
     }
 done:
@@ -116,21 +128,16 @@ int quantized_allreduce_direct(sa_context *c, scaleml_result *res)
     scaleml_codec local;
     qa_overflow_to_inf(c, &local);
     sv_segment all;
-    int rc;
-    if (c->worker_residual && c->size > 1 && c->input.dense && c->input.values != c->dense_out) {
-        /* y = x + e_w in one pass instead of a copy and an add */
-        if ((rc = result_dense_storage(c, &all))) return rc;
-        codec_sum(all.values, c->input.values, c->worker_residual, c->n, c->value_bytes);
-    } else {
-        rc = qa_dense_start(c, &all);
-    }
+    /* a dense input is read where it lies: only the own block is written into the result before the allgather */
+    int rc = c->size > 1 && c->input.dense ? result_dense_storage(c, &all) : qa_dense_start(c, &all);
     if (rc) return rc;
+    const char *src = c->size > 1 && c->input.dense ? c->input.values : all.values;
     if (c->size > 1) {
         qa_layout l;
         uint8_t *slots = NULL;
         void *scratch = NULL;
         rc = qa_pipeline_setup(c, &l, &slots, &scratch);
-        if (!rc) rc = reduce_at_owners(c, &l, all.values, slots, scratch);
+        if (!rc) rc = reduce_at_owners(c, &l, src, all.values, slots, scratch);
         if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);
         qa_layout_free(&l);
     }

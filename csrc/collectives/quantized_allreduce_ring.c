@@ -29,6 +29,7 @@
  * the n*q encoded result.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "collectives/codec.h"
 #include "collectives/collectives.h"
@@ -52,8 +53,12 @@ static int post_step(sa_context *c, const qa_layout *l, int s, uint8_t *buf, MPI
 
 /* Reduce-scatter: rank r ends with the sum of block r in all (see above). The receives of step s+1 are
  * posted before step s is processed, so the left neighbour's first chunks of step s+1 never wait for a
- * receive (a rendezvous message would otherwise stall the pipeline at every step). */
-static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, void *scratch)
+ * receive (a rendezvous message would otherwise stall the pipeline at every step).
+ * in: the caller's separate dense input, or NULL when all already holds it. Each block but (r-1) mod P is
+ * received exactly once, so a chunk of the input is copied into all just before its first received chunk
+ * is added (a cache-hot copy instead of a pass over n values); block (r-1) mod P is sent from in and
+ * filled by the allgather. */
+static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, const char *in, void *scratch)
 {
     int P = c->size, r = c->rank, right = (r + 1) % P, rc = SCALEML_OK;
     unsigned vb = (unsigned)c->value_bytes;
@@ -80,9 +85,11 @@ static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, voi
                 size_t at, bytes;
                 qa_chunk(l, sb, i, &start, &len, &at, &bytes);
                 /* exact: sent straight from the values, which stay untouched until the allgather */
-                uint8_t *out = codec_lossy(c->codec) ? sendbuf[cur] + (at - l->offset[sb]) : (uint8_t *)all + start * vb;
-                rc = codec_encode(c->codec, all + start * vb, len, c->value_bytes, r,
-                                  CODEC_STREAM(CODEC_PHASE_REDUCE, start), out);
+                const char *own = in ? in : all;
+                const uint8_t *out = codec_lossy(c->codec) ? sendbuf[cur] + (at - l->offset[sb])
+                                                           : (const uint8_t *)own + start * vb;
+                rc = codec_encode(c->codec, own + start * vb, len, c->value_bytes, r,
+                                  CODEC_STREAM(CODEC_PHASE_REDUCE, start), (uint8_t *)out);
                 if (!rc) rc = cu_isend(c->comm, right, TAG_QUANT_REDUCE, out, bytes, &sends[cur][nsends[cur]],
                                        &c->bytes_sent);
                 if (!rc) nsends[cur]++;
@@ -98,6 +105,7 @@ static int ring_reduce_scatter(sa_context *c, const qa_layout *l, char *all, voi
             size_t at, bytes;
             qa_chunk(l, rb, i, &start, &len, &at, &bytes);
             rc = cu_wait_exact(&recvs[cur][i], bytes);
+            if (!rc && in) memcpy(all + start * vb, in + start * vb, len * vb);
             if (!rc)
                 rc = codec_decode_add(c->codec, recvbuf[cur] + (at - l->offset[rb]), bytes, len, all + start * vb,
                                       scratch, c->value_bytes);
@@ -140,7 +148,9 @@ int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
     scaleml_codec local;
     qa_overflow_to_inf(c, &local);
     sv_segment all;
-    int rc = qa_dense_start(c, &all);
+    /* a separate dense input is read where it lies (see ring_reduce_scatter), not copied first */
+    const char *in = c->size > 1 && c->input.dense && c->input.values != c->dense_out ? c->input.values : NULL;
+    int rc = in ? result_dense_storage(c, &all) : qa_dense_start(c, &all);
     if (rc) return rc;
     if (c->size > 1) {
         qa_layout l;
@@ -150,7 +160,7 @@ int quantized_allreduce_ring(sa_context *c, scaleml_result *res)
         int exact = !codec_lossy(c->codec);
         rc = qa_pipeline_setup(c, &l, exact ? NULL : &slots, &scratch);
         if (exact) slots = all.values;
-        if (!rc) rc = ring_reduce_scatter(c, &l, all.values, scratch);
+        if (!rc) rc = ring_reduce_scatter(c, &l, all.values, in, scratch);
         if (!rc) rc = qa_encode_block(c, &l, c->rank, all.values, slots, CODEC_PHASE_FINAL, NULL, 0, scratch);
         if (!rc) rc = qa_ring_allgather(c, &l, slots, all.values, scratch);
         qa_layout_free(&l);
@@ -167,7 +177,7 @@ double quantized_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_c
     *result_sparse = 0;
     if (P == 1) return p->gamma * n * c->value_bytes;
     /* Pipelined: coding a chunk overlaps the transfer of the next, so the slower of the two sets the pace;
-     * one chunk's coding is not hidden. Local work per value (bytes touched): copying the input (2 c_d),
+     * one chunk's coding is not hidden. Local work per value (bytes touched): copying the input (2 c_d; chunk by chunk),
      * then, on (P-1)/P of the values, decode and add (3 c_d) and, when lossy, encode (2 c_d) and decode the
      * allgathered values (c_d). */
     double wire = p->beta * 2 * (P - 1) / P * n * q;

@@ -80,6 +80,9 @@ size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket)
         }                                                                                     \
     }
 
+/* Largest bucket whose sum x + addend the fused encoder keeps on the stack. */
+#define ONEBIT_SUM_BUCKET 4096
+
 ONEBIT_DEFINE_LANES(f32, float, FLT_MAX)
 ONEBIT_DEFINE_LANES(f64, double, DBL_MAX)
 
@@ -143,15 +146,21 @@ static inline int stats_f64_dispatch(const double *v, uint64_t len, double *sum_
 }
 
 #define ONEBIT_DEFINE(SUFFIX, VT, VT_MAX)                                                    \
-    static int encode_##SUFFIX(const VT *x, uint64_t n, uint64_t bucket, uint8_t *out,       \
-                               VT *residual)                                                 \
+    static int encode_##SUFFIX(const VT *x, const VT *addend, uint64_t n, uint64_t bucket,   \
+                               uint8_t *out, VT *residual)                                   \
     {                                                                                        \
         uint64_t nb = (n + bucket - 1) / bucket;                                             \
+        VT sum[ONEBIT_SUM_BUCKET];                                                           \
         bitwriter w;                                                                         \
         bw_init(&w, out + nb * 8, (n + 7) / 8);                                              \
         for (uint64_t b = 0; b < nb; b++) {                                                  \
             const VT *v = x + b * bucket;                                                    \
             uint64_t len = n - b * bucket < bucket ? n - b * bucket : bucket;                \
+            if (addend) { /* y = x + addend, in cache (residual may be addend) */            \
+                const VT *a = addend + b * bucket;                                           \
+                for (uint64_t i = 0; i < len; i++) sum[i] = v[i] + a[i];                     \
+                v = sum;                                                                     \
+            }                                                                                \
             double sa, sn;                                                                    \
             uint64_t cn;                                                                      \
             int bad = stats_##SUFFIX##_dispatch(v, len, &sa, &sn, &cn);                                  \
@@ -181,7 +190,8 @@ static inline int stats_f64_dispatch(const double *v, uint64_t len, double *sum_
         bw_finish(&w, out + nb * 8);                                                         \
         return 0;                                                                            \
     }                                                                                        \
-    static void decode_##SUFFIX(const uint8_t *buf, uint64_t n, uint64_t bucket, VT *out)    \
+    static void decode_##SUFFIX(const uint8_t *buf, uint64_t n, uint64_t bucket, VT *out,    \
+                                int add)                                                     \
     {                                                                                        \
         uint64_t nb = (n + bucket - 1) / bucket;                                             \
         bitreader r;                                                                         \
@@ -196,9 +206,15 @@ static inline int stats_f64_dispatch(const double *v, uint64_t len, double *sum_
             uint64_t i = 0;                                                                  \
             for (; i + 32 <= len; i += 32) {                                                 \
                 uint64_t bits = br_get(&r, 32);                                              \
-                for (unsigned j = 0; j < 32; j++) o[i + j] = vals[(bits >> j) & 1];          \
+                if (add)                                                                     \
+                    for (unsigned j = 0; j < 32; j++) o[i + j] += vals[(bits >> j) & 1];     \
+                else                                                                         \
+                    for (unsigned j = 0; j < 32; j++) o[i + j] = vals[(bits >> j) & 1];      \
             }                                                                                \
-            for (; i < len; i++) o[i] = vals[br_get(&r, 1)];                                 \
+            for (; i < len; i++) {                                                           \
+                VT v = vals[br_get(&r, 1)];                                                  \
+                o[i] = add ? o[i] + v : v;                                                   \
+            }                                                                                \
         }                                                                                    \
     }
 
@@ -210,7 +226,7 @@ ONEBIT_DEFINE(f64, double, DBL_MAX)
  * the broadcast bits against per-lane masks and a blend (no branches, no
  * table); the same values as the portable loop. */
 __attribute__((target("avx2"))) static void decode_f32_avx2(const uint8_t *buf, uint64_t n, uint64_t bucket,
-                                                             float *out)
+                                                             float *out, int add)
 {
     uint64_t nb = (n + bucket - 1) / bucket;
     bitreader r;
@@ -230,15 +246,35 @@ __attribute__((target("avx2"))) static void decode_f32_avx2(const uint8_t *buf, 
             for (unsigned j = 0; j < 4; j++) {
                 __m256i m = _mm256_set1_epi32((int)((bits >> (8 * j)) & 0xffu));
                 m = _mm256_cmpeq_epi32(_mm256_and_si256(m, lanebits), lanebits);
-                _mm256_storeu_ps(o + i + 8 * j, _mm256_blendv_ps(vp, vn, _mm256_castsi256_ps(m)));
+                __m256 v = _mm256_blendv_ps(vp, vn, _mm256_castsi256_ps(m));
+                if (add) v = _mm256_add_ps(_mm256_loadu_ps(o + i + 8 * j), v);
+                _mm256_storeu_ps(o + i + 8 * j, v);
             }
         }
-        for (; i < len; i++) o[i] = vals[br_get(&r, 1)];
+        for (; i < len; i++) o[i] = add ? o[i] + vals[br_get(&r, 1)] : vals[br_get(&r, 1)];
     }
 }
 #endif
 
+static int encode_checked(const void *x, const void *addend, int value_bytes, uint64_t n, uint64_t bucket,
+                          uint8_t *out, size_t cap, void *residual);
+
 int scaleml_onebit_encode(const void *x, int value_bytes, uint64_t n, uint64_t bucket,
+                          uint8_t *out, size_t cap, void *residual)
+{
+    return encode_checked(x, NULL, value_bytes, n, bucket, out, cap, residual);
+}
+
+int scaleml_onebit_encode_sum(const void *x, const void *addend, int value_bytes, uint64_t n, uint64_t bucket,
+                              uint8_t *out, size_t cap, void *residual)
+{
+    if (bucket > ONEBIT_SUM_BUCKET)
+        return scaleml_fail(SCALEML_ERR_ARG, "1-bit: the fused sum takes buckets of at most %d values",
+                            ONEBIT_SUM_BUCKET);
+    return encode_checked(x, addend, value_bytes, n, bucket, out, cap, residual);
+}
+
+static int encode_checked(const void *x, const void *addend, int value_bytes, uint64_t n, uint64_t bucket,
                           uint8_t *out, size_t cap, void *residual)
 {
     if (bucket < 1) return scaleml_fail(SCALEML_ERR_ARG, "1-bit bucket size must be >= 1");
@@ -247,15 +283,30 @@ int scaleml_onebit_encode(const void *x, int value_bytes, uint64_t n, uint64_t b
     if (cap < scaleml_onebit_bytes(n, bucket))
         return scaleml_fail(SCALEML_ERR_TOO_LARGE, "1-bit: output capacity %zu bytes is too small", cap);
     if (n == 0) return SCALEML_OK;
-    int rc = value_bytes == 4 ? encode_f32(x, n, bucket, out, residual)
-                              : encode_f64(x, n, bucket, out, residual);
+    int rc = value_bytes == 4 ? encode_f32(x, addend, n, bucket, out, residual)
+                              : encode_f64(x, addend, n, bucket, out, residual);
     if (rc == -1) return scaleml_fail(SCALEML_ERR_ARG, "1-bit: non-finite value (NaN or Inf) in the input");
     if (rc == -2) return scaleml_fail(SCALEML_ERR_ARG, "1-bit: bucket mean exceeds the float32 range");
     return SCALEML_OK;
 }
 
+static int decode_checked(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t bucket, void *out,
+                          int value_bytes, int add);
+
 int scaleml_onebit_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t bucket,
                           void *out, int value_bytes)
+{
+    return decode_checked(buf, bytes, n, bucket, out, value_bytes, 0);
+}
+
+int scaleml_onebit_decode_add(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t bucket, void *acc,
+                              int value_bytes)
+{
+    return decode_checked(buf, bytes, n, bucket, acc, value_bytes, 1);
+}
+
+static int decode_checked(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t bucket, void *out,
+                          int value_bytes, int add)
 {
     if (bucket < 1) return scaleml_fail(SCALEML_ERR_ARG, "1-bit bucket size must be >= 1");
     if (value_bytes != 4 && value_bytes != 8)
@@ -274,11 +325,11 @@ int scaleml_onebit_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t
     }
 #if defined(__x86_64__) && defined(__GNUC__)
     if (value_bytes == 4 && scaleml_cpu_avx2()) {
-        decode_f32_avx2(buf, n, bucket, out);
+        decode_f32_avx2(buf, n, bucket, out, add);
         return SCALEML_OK;
     }
 #endif
-    if (value_bytes == 4) decode_f32(buf, n, bucket, out);
-    else decode_f64(buf, n, bucket, out);
+    if (value_bytes == 4) decode_f32(buf, n, bucket, out, add);
+    else decode_f64(buf, n, bucket, out, add);
     return SCALEML_OK;
 }

@@ -15,7 +15,7 @@
  * quantile of `sample` magnitudes drawn at random positions (counter RNG), and
  * every entry at or above it is sent (about k; zeros never).
  * Either mode can write the error feedback residual (x with the sent entries
- * set to 0) in its final pass.
+ * set to 0) in its final pass; the residual may be x itself (zeroed in place).
  *
  * Wire format (ready for scaleml.sparse_allreduce):
  *   uint64 count
@@ -228,7 +228,7 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
         if (cap < need) { rc = -SCALEML_ERR_TOO_LARGE; goto done; }                           \
         memcpy(out, &count, 8);                                                               \
         uint8_t *ip = out + 8, *vp = out + 8 + pad8(count * 4);                               \
-        if (residual) memcpy(residual, x, n * sizeof(VT));                                    \
+        if (residual && residual != x) memcpy(residual, x, n * sizeof(VT));                   \
         /* branch-free compaction: every candidate is written at slot o, which                \
          * advances only when it is sent; stops once all count are out, so no                 \
          * write goes past the last slot */                                                   \
@@ -392,7 +392,7 @@ int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, 
     memset(out + 8 + count * 4, 0, pad8(count * 4) - count * 4);
     void *val = out + 8 + pad8(count * 4);
     if (k == 0) {
-        if (residual && n) memcpy(residual, x, n * (size_t)value_bytes);
+        if (residual && residual != x && n) memcpy(residual, x, n * (size_t)value_bytes);
         return SCALEML_OK;
     }
     if (value_bytes == 4) emit_f32(x, n, t32, take_eq, idx, val, residual);

@@ -60,9 +60,11 @@ class TopK(Compressor):
             raise ValueError("TopK supports tensors of at most 2**32 elements (uint32 indices)")
         k = self.k_for(a.size)
         key = self._key(step)
-        if residual and out is not None and (out.shape != a.shape or out.dtype != a.dtype or out is a
-                                             or not out.flags.c_contiguous or not out.flags.writeable):
-            raise ValueError("out must be a writable C-contiguous array like x (and not x itself)")
+        if residual and out is not None and not (out.flags.writeable and (out is a or (
+                out.shape == a.shape and out.dtype == a.dtype and out.flags.c_contiguous
+                and not np.shares_memory(out, a)))):
+            raise ValueError("out must be x itself or a writable C-contiguous array like x that does not "
+                             "overlap it")
         res = (out if out is not None else np.empty_like(a)) if residual else None
         guess = k if not self.approximate else min(a.size, 2 * k + 64)
         cap = int(lib.scaleml_topk_bytes(guess, a.itemsize))
@@ -81,7 +83,8 @@ class TopK(Compressor):
 
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None,
                              out: np.ndarray | None = None) -> tuple[Compressed, np.ndarray]:
-        """Select and return the unsent remainder (x with the sent entries zeroed), in ``out`` when given."""
+        """Select and return the unsent remainder (x with the sent entries zeroed), in ``out`` when given
+        (``out=x`` zeroes the sent entries of ``x`` in place, when ``x`` is a writable contiguous array)."""
         return self._encode(x, step, True, out)  # type: ignore[return-value]
 
     @staticmethod

@@ -148,6 +148,26 @@ def test_error_feedback_conserves_mass(fmt, n):
     np.testing.assert_allclose(applied + worker_sum + server_all, given, rtol=0, atol=8 * (size + 4) * eps * scale)
 
 
+@pytest.mark.parametrize("make", [lambda: OneBit(bucket=64), lambda: OneBit(bucket=8192),
+                                  lambda: QSGD(bits=4, bucket=64)], ids=["onebit", "onebit-8192", "qsgd4"])
+def test_error_feedback_in_place_and_out_of_place_agree(make):
+    """The input read where it lies (separate out) and the input overwritten (out=x) give the same bytes and
+    the same residuals, step after step; the input is left as it was when out is separate."""
+    n = 65536 * size + 999
+    a, b = ErrorFeedback(make()), ErrorFeedback(make())
+    for step in range(3):
+        g = data(n, seed=step)
+        kept = g.copy()
+        separate = scaleml.quantized_allreduce(g, world, error_feedback=a, out=np.empty_like(g))
+        np.testing.assert_array_equal(g, kept)
+        in_place = scaleml.quantized_allreduce(g, world, error_feedback=b, out=g)
+        assert in_place is g
+        np.testing.assert_array_equal(separate, in_place)
+        np.testing.assert_array_equal(a.residual("grad/worker"), b.residual("grad/worker"))
+        np.testing.assert_array_equal(a.residual("grad/server"), b.residual("grad/server"))
+        assert everyone_holds_the_same(separate)
+
+
 def test_error_feedback_state_saves_and_resumes():
     n = 777
     folder = tempfile.TemporaryDirectory()  # one per rank (pytest's tmp_path races between ranks)

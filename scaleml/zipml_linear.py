@@ -162,7 +162,7 @@ def quantize_matrix(X: np.ndarray, bits: int = 3, *, levels: Literal["uniform", 
     X : numpy.ndarray
         This rank's rows (2-D, finite).
     bits : int
-        ``s = 2**bits`` levels, 1 to 8 bits per sample.
+        ``s = 2**bits`` levels, 1 to 8 bits per sample (ignored with a level table).
     levels : {"uniform", "optimal"} or numpy.ndarray
         Evenly spaced over ``[min, max]``, or data-optimal (least rounding
         variance, :meth:`scaleml.compress.ZipML.fit` on a sample of every
@@ -349,9 +349,10 @@ def sgd_least_squares(data: np.ndarray | QuantizedMatrix, b: np.ndarray, estimat
     step ``t`` takes its ``batch`` rows ``t*batch .. (t+1)*batch - 1``, each
     rank computes the gradient of those it holds, and the sums are added with
     ``MPI_Allreduce`` (or :func:`scaleml.quantized_allreduce` with
-    ``compression``) and divided by ``batch``. The trajectory is therefore the
-    same at any number of ranks up to the order of the additions, and the
-    parameters are identical on every rank. Constant step size; the result is
+    ``compression``) and divided by ``batch``. On full-precision rows the
+    trajectory is therefore the same at any number of ranks up to the order
+    of the additions (stored samples are drawn per rank); the parameters are
+    identical on every rank. Constant step size; the result is
     the average of the second half of the iterates.
 
     Parameters

@@ -39,3 +39,10 @@ def test_adaptive_allreduce_is_identical_everywhere_and_conserves_mass(nprocs):
 @pytest.mark.parametrize("nprocs", RANK_COUNTS)
 def test_sparse_algorithms_switch_to_dense_quantized(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_sparse_quantized_switch.py", timeout=300)
+
+
+# Up to 3 ranks (3: uneven shards): its ~9,000 small Allreduces are latency-bound, and 4 or more ranks on a
+# 2-core machine measure the scheduler (5 s to 50 s at 4 ranks, by load).
+@pytest.mark.parametrize("nprocs", [1, 2, 3])
+def test_zipml_double_sampling_reaches_least_squares(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_zipml_linear.py", timeout=300)

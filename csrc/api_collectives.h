@@ -159,6 +159,18 @@ int scaleml_check_segment_message(const void *buf, size_t bytes, uint64_t offset
  * how ranks agree on arguments and errors before a collective starts. */
 int scaleml_consensus(uintptr_t comm_address, const int64_t *in, int64_t *out);
 
+/* Watchdog of every wait inside ScaleML's collectives (the argument agreement and
+ * the algorithms): after warn_seconds one warning on stderr naming the rank and
+ * what it waits in; after abort_seconds a message and MPI_Abort of the job
+ * (0 turns either off). Defaults: 60 s and 600 s. */
+void scaleml_set_watchdog(double warn_seconds, double abort_seconds);
+
+/* Test hook: on the process whose rank in the collective's communicator is
+ * `rank`, the `wait`-th wait inside the algorithm of its `call`-th
+ * scaleml_allreduce (both counted from 1) fails as an MPI error would
+ * (call 0 disarms). A failure inside an algorithm at P > 1 aborts the job. */
+void scaleml_set_fault(int rank, uint64_t call, uint64_t wait);
+
 /* Detailed message of the last error on this thread. */
 const char *scaleml_error_message(void);
 

@@ -25,6 +25,7 @@ from .comm import Comm
 from .quantized import quantized_allreduce
 from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
 from .topk_allreduce import topk_allreduce
+from .watchdog import set_timeout
 from .zipml_linear import QuantizedMatrix, ZipMLComparison, compare_estimators, quantize_matrix, sgd_least_squares
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ __all__ = [
     "cost_model",
     "index_dtype",
     "quantized_allreduce",
+    "set_timeout",
     "sparse_allreduce",
     "topk_allreduce",
     # ZipML least squares on low-precision data (scaleml.zipml_linear)

@@ -239,6 +239,8 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
         g, rows, cols, blocks, worker, server, q, server_step = _prepare(grad, state, name, rank, P)
     except _LocalError as exc:
         error = exc
+    except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
+        error = as_local_error(exc)
     ok = error is None
     # n is the element count; nnz = rows lets every rank see whether the row counts differ (sum != P * max).
     agreement = agree(es, error, n=rows * cols if ok else 0, value_bytes=g.itemsize if ok else 0, algorithm=0,

@@ -91,10 +91,17 @@ def get(name: str) -> Algorithm:
 
 
 def code_of(name: object) -> int:
-    """The agreed code of an ``algorithm=`` argument: 0 for ``"auto"``, the id otherwise, -1 if unknown."""
-    if name == "auto":
+    """The agreed code of an ``algorithm=`` argument: 0 for ``"auto"``, the id otherwise, -1 if unknown
+    (anything that is not one of the names, of any type: never an exception)."""
+    try:
+        key = str.__str__(name) if isinstance(name, str) else None  # a plain str, even from a str subclass
+    except Exception:
+        key = None
+    if key is None:
+        return -1
+    if key == "auto":
         return 0
-    entry = REGISTRY.get(name) if isinstance(name, str) else None
+    entry = REGISTRY.get(key)
     return entry.id if entry else -1
 
 

@@ -101,6 +101,22 @@ def _as_array(buf: Any, dtype: np.dtype, count: int, displ: int, writable: bool)
     return flat[start:stop].view(dtype)
 
 
+def _float_plan(spec: Any) -> tuple[np.dtype, int] | None:
+    """(float dtype, count) of a buffer spec the engine could take, else None (never raises)."""
+    if type(spec) is np.ndarray:  # the common case, quickly
+        return (spec.dtype, spec.size) if spec.dtype in _NUMPY_FLOATS else None
+    try:
+        buf, dtype, count, _ = _parse_spec(spec)
+        return dtype, _element_count(buf, dtype, count)
+    except Exception:
+        return None
+
+
+def _check_op(op: Any) -> None:
+    if not isinstance(op, MPI.Op):
+        raise _LocalError(1, TypeError(f"Allreduce: op must be an mpi4py MPI.Op, got {type(op).__name__}"))
+
+
 def count_nonzeros(x: np.ndarray) -> int:
     """Number of non-zeros of a contiguous float32/float64 vector (NaN counts)."""
     return int(lib.scaleml_count_nonzeros(ffi.from_buffer(x), x.size, x.itemsize))
@@ -170,13 +186,11 @@ class Comm:
         self.compression = compression
         self.last_info: AllreduceInfo | None = None
         """What the last ``Allreduce`` did; ``None`` when it went to MPI unchanged."""
-        self._state = None
+        # The private duplicate is made now, while every rank is in this (collective) constructor: made
+        # lazily, its MPI_Comm_dup could pair with another rank's MPI_Allreduce on the user's communicator.
+        self._state = engine_state(comm)
         self._mpi_classes: dict[tuple[int, np.dtype], Any] = {}
         """(count, dtype) -> the tuner's statistics of its size class, for the steady-state test in Allreduce."""
-
-    def _engine_state(self):
-        self._state = engine_state(self._comm)  # collective on the communicator's first use
-        return self._state
 
     @property
     def mpi_comm(self) -> MPI.Intracomm:
@@ -220,7 +234,7 @@ class Comm:
             if recvbuf.size < self.min_count:  # below the engine's threshold: MPI, and nothing else on the way
                 return self._comm.Allreduce(sendbuf, recvbuf, op)
             stats = self._mpi_classes.get((recvbuf.size, recvbuf.dtype))
-            if stats is not None and stats.calls < stats.mpi_until and op == MPI.SUM \
+            if stats is not None and stats.calls < stats.mpi_until and op is MPI.SUM \
                     and recvbuf.flags.c_contiguous and recvbuf.flags.writeable \
                     and (sendbuf is MPI.IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype == recvbuf.dtype
                                                      and sendbuf.size == recvbuf.size
@@ -232,7 +246,7 @@ class Comm:
         if plan is None:
             return self._comm.Allreduce(sendbuf, recvbuf, op)
         dtype, n = plan
-        state = self._state if self._state is not None else self._engine_state()
+        state = self._state
         stats = state.tuner.stats("Allreduce", dtype.itemsize, n, self._codec_fingerprint())
         if n and self.algorithm == "auto":
             self._mpi_classes[n, dtype] = stats
@@ -243,7 +257,7 @@ class Comm:
             self._engine_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
         return None
 
-    def _mpi_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype,
+    def _mpi_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype,
                        n: int) -> None:
         """MPI won this size class at its last check: MPI_Allreduce with no agreement (see scaleml.tuner).
 
@@ -254,12 +268,14 @@ class Comm:
         result stands as MPI's. The check costs one element, not a scan.
         """
         try:
+            _check_op(op)
             _, recv = self._buffers(sendbuf, recvbuf, dtype, n)
         except _LocalError as exc:
-            # Every rank joins the MPI_Allreduce the others are in (a bad buffer must not leave them waiting).
+            # Every rank joins the MPI_Allreduce the others are in (a bad buffer must not leave them waiting):
+            # a sum, as theirs is (only a SUM, or an op that is no op at all, is planned for the engine).
             poison = np.zeros(n, dtype)
             poison[0] = np.nan
-            self._comm.Allreduce(MPI.IN_PLACE, poison, op)
+            self._comm.Allreduce(MPI.IN_PLACE, poison, MPI.SUM)
             agree(state, exc, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce",
                   codec=self._codec_fingerprint())
             raise AssertionError("unreachable: the agreement raises this rank's error") from exc  # pragma: no cover
@@ -293,7 +309,11 @@ class Comm:
             if type(sendbuf) is np.ndarray and sendbuf.dtype == dtype and sendbuf.size == n \
                     and sendbuf.flags.c_contiguous:
                 return sendbuf.reshape(-1), recv
-        rbuf, _, rcount, rdispl = _parse_spec(recvbuf)
+        try:
+            rbuf, _, rcount, rdispl = _parse_spec(recvbuf)
+        except _Unsupported:  # planned from the send buffer: this rank's receive buffer is the odd one
+            raise _LocalError(1, TypeError("Allreduce: receive buffer is not float32/float64 data like "
+                                           "the send buffer")) from None
         recv = _as_array(rbuf, dtype, n, rdispl, writable=True)
         if sendbuf is MPI.IN_PLACE or sendbuf is None:
             return recv, recv
@@ -315,18 +335,17 @@ class Comm:
         """(dtype, count) when the engine may take this call, else None.
 
         Decided only from what MPI requires to match across ranks (op, datatype,
-        count, IN_PLACE), so every rank makes the same decision.
+        count, IN_PLACE), so every rank makes the same decision. A rank whose
+        op is not an ``MPI.Op``, or whose receive buffer cannot be read, plans
+        from its send buffer: it then goes where the other ranks' calls of
+        that size go and raises with them (never leaving them waiting).
         """
-        if op != MPI.SUM:
+        if isinstance(op, MPI.Op) and op != MPI.SUM:
             return None
-        if type(recvbuf) is np.ndarray and recvbuf.dtype in _NUMPY_FLOATS:  # the common case, quickly
-            return (recvbuf.dtype, recvbuf.size) if recvbuf.size >= self.min_count else None
-        try:
-            buf, dtype, count, _ = _parse_spec(recvbuf)
-            n = _element_count(buf, dtype, count)
-        except (_Unsupported, TypeError, ValueError):
-            return None
-        return (dtype, n) if n >= self.min_count else None
+        plan = _float_plan(recvbuf)
+        if plan is None and sendbuf is not MPI.IN_PLACE:
+            plan = _float_plan(sendbuf)
+        return plan if plan is not None and plan[1] >= self.min_count else None
 
     def _engine_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype,
                           n: int) -> None:
@@ -334,6 +353,7 @@ class Comm:
         error = None
         send = recv = None
         try:
+            _check_op(op)
             send, recv = self._buffers(sendbuf, recvbuf, dtype, n)
         except _LocalError as exc:
             error = exc

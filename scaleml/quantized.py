@@ -21,6 +21,7 @@ from .sparse import (
     _run,
     agree,
     as_float_array,
+    as_local_error,
     choose_algorithm,
     engine_state,
     lossy_format,
@@ -141,6 +142,8 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
                 raise _LocalError(2, exc) from None
     except _LocalError as exc:
         error = exc
+    except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
+        error = as_local_error(exc)
     ok = error is None
     n = flat.size if ok else 0
     t0 = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -168,12 +169,20 @@ class Agreement:
 # A value v with its negation -v beside it gives, after MAX, both max and -min: they differ iff ranks differ.
 _ERROR, _ERROR_RANK, _N, _VALUE_BYTES, _ALGORITHM, _OUT, _NNZ, _DENSE_MISSING, _PARAMS, _SEQUENCE = (
     0, 1, 2, 4, 6, 8, 10, 12, 13, 15)
-_ENGINE_NS, _MPI_NS, _CODEC = 17, 18, 19
+_ENGINE_NS, _MPI_NS, _CODEC, _OPERATION = 17, 18, 19, 21
 _NNZ_SUM, _FAILED = 24, 25
 _fields = np.zeros(lib.SCALEML_CONSENSUS_FIELDS, dtype=np.int64)
 _agreed = np.zeros_like(_fields)
 _fields_ptr = ffi.from_buffer("int64_t[]", _fields)
 _agreed_ptr = ffi.from_buffer("int64_t[]", _agreed)
+
+
+def _operation_id(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+_OPERATION_NAMES = {_operation_id(name): name for name in ("sparse_allreduce", "quantized_allreduce", "topk_allreduce",
+                                                           "adaptive_allreduce", "Allreduce")}
 
 
 def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes: int, algorithm: int,
@@ -199,7 +208,8 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
         f[_ERROR_RANK] = -1
         f[_DENSE_MISSING] = 0 if _dense_fits(n, value_bytes) else 1
     for at, v in ((_N, n), (_VALUE_BYTES, value_bytes), (_ALGORITHM, algorithm), (_OUT, out), (_NNZ, nnz),
-                  (_PARAMS, cost_model.params_fingerprint()), (_SEQUENCE, state.sequence), (_CODEC, codec)):
+                  (_PARAMS, cost_model.params_fingerprint()), (_SEQUENCE, state.sequence), (_CODEC, codec),
+                  (_OPERATION, _operation_id(op_name))):
         f[at], f[at + 1] = v, -v
     f[_ENGINE_NS], f[_MPI_NS] = reports
     f[_NNZ_SUM] = nnz
@@ -218,6 +228,11 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
     if differs(_SEQUENCE):
         raise RuntimeError(f"{op_name}: ranks are in different collective calls (agreement {-a[_SEQUENCE + 1]} "
                            f"to {a[_SEQUENCE]}): every rank must make the same ScaleML calls in the same order")
+    if differs(_OPERATION):
+        names = sorted({_OPERATION_NAMES.get(int(a[_OPERATION]), "another"),
+                        _OPERATION_NAMES.get(int(-a[_OPERATION + 1]), "another")})
+        raise RuntimeError(f"{op_name}: ranks are in different ScaleML functions ({' and '.join(names)}): every "
+                           "rank must make the same ScaleML calls in the same order")
     if differs(_N):
         raise ValueError(f"{op_name}: n differs between ranks (from {-a[_N + 1]} to {a[_N]})")
     if differs(_VALUE_BYTES):
@@ -254,7 +269,7 @@ def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray
     """Validate one rank's sparse input; return sorted unique indices and summed values."""
     try:
         n_int = int(n)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
         raise _LocalError(1, TypeError(f"n must be an integer, got {n!r}")) from exc
     if n_int != n or n_int < 0 or n_int >= 1 << 63:
         raise _LocalError(2, ValueError(f"n must be an integer in [0, 2**63), got {n!r}"))
@@ -359,14 +374,16 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     op_name = "sparse_allreduce"
     error = None
     idx = vals = fmt = None
-    code = algorithms.code_of(algorithm)
+    code = out_code = 0
     try:
+        code = algorithms.code_of(algorithm)
         if code < 0:
             raise _LocalError(2, ValueError(f"unknown algorithm {algorithm!r}; expected 'auto' or one of "
                                             f"{algorithms.NAMES}"))
         fmt = lossy_format(compression, code)
-        if out not in _OUT_CODES:
+        if not isinstance(out, str) or out not in _OUT_CODES:
             raise _LocalError(2, ValueError(f"out must be 'dense' or 'sparse', got {out!r}"))
+        out_code = _OUT_CODES[out]
         idx, vals = _canonical_input(indices, values, n, check_finite)
         if dense_out is not None and not (out == "dense" and isinstance(dense_out, np.ndarray)
                                           and dense_out.dtype == vals.dtype and dense_out.size == int(n)
@@ -379,6 +396,8 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
                                              "use out='sparse' with a sparse algorithm"))
     except _LocalError as exc:
         error = exc
+    except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
+        error = as_local_error(exc)
     t0 = time.perf_counter()
     state = engine_state(comm)
     ok = error is None
@@ -386,7 +405,7 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
                               out if ok else "")
     stats.calls += 1
     agreement = agree(state, error, n=int(n) if ok else 0, value_bytes=vals.itemsize if ok else 0,
-                      algorithm=max(code, 0), out=_OUT_CODES.get(out, 0), nnz=idx.size if ok else 0,
+                      algorithm=max(code, 0), out=out_code, nnz=idx.size if ok else 0,
                       op_name=op_name, reports=stats.reports_ns(), codec=fmt.fingerprint if fmt else 0)
     stats.learn(agreement.engine_ns, agreement.mpi_ns)
     P = state.private.Get_size()

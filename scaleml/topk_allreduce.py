@@ -151,6 +151,8 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         g, idx, vals, residual, step = _prepare(grad, ratio, k, approximate, error_feedback, name, algorithm)
     except _LocalError as exc:
         error = exc
+    except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
+        error = as_local_error(exc)
     # Our own agreement: a local error raises on every rank with this function's name, before any rank
     # has entered sparse_allreduce's (whose agreement would otherwise wait for the failed rank).
     ok = error is None

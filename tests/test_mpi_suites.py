@@ -17,6 +17,11 @@ def test_bad_input_raises_on_every_rank(nprocs):
 
 
 @pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_a_bad_argument_of_any_type_raises_on_every_rank(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_bad_arguments_any_type.py", timeout=300)
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
 def test_comm_is_a_drop_in_for_mpi4py(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_comm_dropin.py", timeout=600)
 

@@ -4,6 +4,7 @@
 
 #include <limits.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 int cu_check(int mpi_rc, const char *what)
@@ -54,15 +55,87 @@ static int count_fits(size_t bytes)
 /* Polls before the first yield: a message already on its way completes
  * without a system call. */
 #define CU_SPIN_POLLS 64
+/* Polls between two looks at the clock once waiting has begun to yield. */
+#define CU_CLOCK_POLLS 1024
+
+static double watch_warn = 60.0, watch_abort = 600.0;
+static _Thread_local const char *watch_what = "a collective";
+static _Thread_local int watch_rank = -1;
+
+static int fault_rank = -1;
+static uint64_t fault_call, fault_wait;
+static _Thread_local uint64_t algorithm_calls, algorithm_waits;
+static _Thread_local int in_algorithm;
+
+void scaleml_set_watchdog(double warn_seconds, double abort_seconds)
+{
+    watch_warn = warn_seconds > 0 ? warn_seconds : 0;
+    watch_abort = abort_seconds > 0 ? abort_seconds : 0;
+}
+
+void scaleml_set_fault(int rank, uint64_t call, uint64_t wait)
+{
+    fault_rank = call ? rank : -1;
+    fault_call = call;
+    fault_wait = wait ? wait : 1;
+    algorithm_calls = 0;
+}
+
+void cu_watch(const char *what, int rank, int algorithm)
+{
+    watch_what = what;
+    watch_rank = rank;
+    if (algorithm && !in_algorithm) {
+        algorithm_calls++;
+        algorithm_waits = 0;
+    }
+    in_algorithm = algorithm;
+}
+
+/* A wait past the watchdog's limits: warn once, then abort the job. The usual
+ * cause is ranks in different collectives (different ScaleML calls, or one
+ * rank in plain MPI), or a rank that stopped. */
+static void watchdog(double waited, int *warned)
+{
+    if (watch_warn > 0 && !*warned && waited >= watch_warn) {
+        fprintf(stderr,
+                "scaleml: rank %d has waited %.0f s in %s. Are all ranks in the same collective? (a rank in "
+                "another ScaleML call, in plain MPI with another op, dtype or count, or one that stopped; "
+                "SCALEML_TIMEOUT=%g s aborts the job)\n",
+                watch_rank, waited, watch_what, watch_abort);
+        fflush(stderr);
+        *warned = 1;
+    }
+    if (watch_abort > 0 && waited >= watch_abort) {
+        fprintf(stderr,
+                "scaleml: rank %d: aborting the job after waiting %.0f s in %s (SCALEML_TIMEOUT): the ranks are "
+                "not all in the same collective, or one of them stopped.\n",
+                watch_rank, waited, watch_what);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 124);
+    }
+}
 
 int cu_waitall(int count, MPI_Request *requests, MPI_Status *statuses)
 {
+    if (in_algorithm && fault_rank == watch_rank && algorithm_calls == fault_call && ++algorithm_waits == fault_wait)
+        return scaleml_fail(SCALEML_ERR_MPI, "fault injected at wait %llu of call %llu (SCALEML_INJECT_FAULT)",
+                            (unsigned long long)fault_wait, (unsigned long long)fault_call);
+    double start = 0;
+    int warned = 0;
     for (unsigned polls = 0;; polls++) {
         int done = 0;
         int rc = MPI_Testall(count, requests, &done, statuses ? statuses : MPI_STATUSES_IGNORE);
         if (rc != MPI_SUCCESS) return cu_check(rc, "MPI_Testall");
         if (done) return SCALEML_OK;
-        if (polls >= CU_SPIN_POLLS) sched_yield();
+        if (polls >= CU_SPIN_POLLS) {
+            sched_yield();
+            if ((watch_warn > 0 || watch_abort > 0) && polls % CU_CLOCK_POLLS == 0) {
+                double now = MPI_Wtime();
+                if (polls == CU_CLOCK_POLLS) start = now;  /* the first look: waiting has begun */
+                else if (polls > CU_CLOCK_POLLS) watchdog(now - start, &warned);
+            }
+        }
     }
 }
 

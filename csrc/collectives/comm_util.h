@@ -29,8 +29,14 @@ int cu_pack(const sv_segment *s, void **buf, size_t *bytes);
 int cu_pack_codec(sv_segment *s, const scaleml_codec *codec, int roundtrip, int key_rank, uint64_t stream,
                   void **buf, size_t *bytes);
 
-/* Complete requests, polling MPI and yielding the core between polls. */
+/* Complete requests, polling MPI and yielding the core between polls; the
+ * watchdog (scaleml_set_watchdog) warns, then aborts the job, when a wait
+ * lasts too long. */
 int cu_waitall(int count, MPI_Request *requests, MPI_Status *statuses);
+
+/* What this thread's waits are part of, for the watchdog's messages (a static
+ * string), and whether the fault hook (scaleml_set_fault) counts them. */
+void cu_watch(const char *what, int rank, int algorithm);
 
 int cu_isend(MPI_Comm comm, int dest, int tag, const void *buf, size_t bytes, MPI_Request *req,
              uint64_t *bytes_sent);

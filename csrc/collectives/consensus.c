@@ -42,6 +42,9 @@ int scaleml_consensus(uintptr_t comm_address, const int64_t *in, int64_t *out)
         return rc;
     /* Nonblocking, completed by cu_waitall: it yields the core while waiting (see comm_util.h). */
     MPI_Request req;
+    int rank = -1;
+    MPI_Comm_rank(comm, &rank);
+    cu_watch("the argument agreement of a ScaleML collective", rank, 0);
     if ((rc = cu_check(MPI_Iallreduce(in, out, 1, record, op, comm, &req), "MPI_Iallreduce"))) return rc;
     return cu_waitall(1, &req, NULL);
 }

@@ -1,6 +1,7 @@
 /* Entry point of the sparse AllReduce family: validation and dispatch through the registry. */
 #include <mpi.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "collectives/codec.h"
@@ -70,9 +71,21 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
     scaleml_result *res = calloc(1, sizeof *res);
     if (!res) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
     sv_quantized_packs = 0;
+    cu_watch(entry->info.name, ctx.rank, 1);
     rc = entry->run(&ctx, res);
+    cu_watch("a collective", ctx.rank, 0);
     last_quantized = !entry->info.exact || sv_quantized_packs > 0;
     if (bytes_sent) *bytes_sent = ctx.bytes_sent;
+    if (rc && ctx.size > 1) {
+        /* The other ranks are inside the same algorithm, waiting for messages this rank will not send:
+         * raising here alone would leave them waiting forever. */
+        fprintf(stderr,
+                "scaleml: rank %d of %d: %s failed inside the collective: %s. Aborting the job: the other ranks "
+                "are inside the same collective and cannot finish it.\n",
+                ctx.rank, ctx.size, entry->info.name, scaleml_error_message());
+        fflush(stderr);
+        MPI_Abort(ctx.comm, 70);
+    }
     if (rc) {
         scaleml_result_free(res);
         return rc;

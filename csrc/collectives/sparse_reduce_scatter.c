@@ -112,8 +112,11 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
         }
         if (src != c->rank) {
             sv_free(&part);  /* a decoded slice's memory; nothing for a view */
-            free(recvbufs[src]);
-            recvbufs[src] = NULL;
+            if (recvs[src] == MPI_REQUEST_NULL) {  /* received; after a failed wait MPI may still write into
+                                                    * it: the receive is withdrawn below, then freed */
+                free(recvbufs[src]);
+                recvbufs[src] = NULL;
+            }
         }
     }
     if (!rc && !dense_result) rc = sv_apply_densify_rule(mine);

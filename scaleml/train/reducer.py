@@ -286,6 +286,8 @@ class GradientReducer:
         self._layout: list[tuple[tuple[int, ...], str]] | None = None
         self._expected_layout: list[tuple[tuple[int, ...], str]] | None = None
         self._buffers: dict[int, np.ndarray] = {}
+        self._carrier: int | None = None
+        self._order: list[Bucket] = []
         self._outs: dict[int, np.ndarray] = {}
         self._flag = np.zeros(2, dtype=np.int64)
         self._flag_max = np.zeros(2, dtype=np.int64)
@@ -338,19 +340,34 @@ class GradientReducer:
             raise ValueError(f"GradientReducer.reduce: invalid gradients on rank {int(self._flag_max[1])}; "
                              "see that rank's exception")
 
-    def _setup(self, grads: Sequence[np.ndarray]) -> None:
-        layout = [(tuple(g.shape), g.dtype.str) for g in grads]
-        everyone = self.comm.allgather(layout)
-        differ = [r for r, lay in enumerate(everyone) if lay != everyone[0]]
+    def _setup(self, grads: Sequence[np.ndarray], problem: str | None) -> None:
+        """The first call: agree on the layout (one allgather), plan the buckets, allocate the buffers."""
+        layout = None if problem else [(tuple(g.shape), g.dtype.str) for g in grads]
+        everyone = self.comm.allgather((problem, layout))
+        failed = [r for r, (p, _) in enumerate(everyone) if p]
+        if failed:
+            raise ValueError(f"GradientReducer.reduce: {problem}" if problem else
+                             f"GradientReducer.reduce: invalid gradients on rank {failed[0]}; see that rank's "
+                             "exception")
+        differ = [r for r, (_, lay) in enumerate(everyone) if lay != layout]
         if differ:
-            raise ValueError(f"GradientReducer.reduce: ranks {differ} pass gradients of other shapes or dtypes "
-                             f"than rank 0 ({_describe(everyone[differ[0]])} vs {_describe(everyone[0])})")
+            raise ValueError(f"GradientReducer.reduce: ranks pass gradients of different shapes or dtypes (rank "
+                             f"{differ[0]}: {_describe(everyone[differ[0]][1])}; rank {self.rank}: "
+                             f"{_describe(layout)})")
+        assert layout is not None
         self._layout = layout
         self.buckets = plan_buckets([s for s, _ in layout], [d for _, d in layout],
                                     fusion_bytes=self.fusion_bytes, min_compress_size=self.min_compress_size,
                                     compress=self.spec.kind != "none", fuse_compressed=self.spec.kind != "adaptive")
+        # The first exact bucket carries one more element, the count of ranks whose gradients are invalid: the
+        # check of every later call costs no collective of its own. It is reduced first.
+        carrier = next((b for b in self.buckets if not b.compressed and b.size), None)
+        self._carrier = carrier.index if carrier is not None else None
+        self._order = sorted(self.buckets, key=lambda b: b.index != self._carrier)
         for b in self.buckets:
-            if len(b.members) > 1:
+            if b.index == self._carrier:
+                self._buffers[b.index] = np.empty(b.size + 1, dtype=b.dtype)
+            elif len(b.members) > 1:
                 self._buffers[b.index] = np.empty(b.size, dtype=b.dtype)
             if b.compressed and self.spec.kind == "topk":
                 self._outs[b.index] = np.empty(b.size, dtype=b.dtype)
@@ -359,6 +376,12 @@ class GradientReducer:
 
     def reduce(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Average ``grads`` over the ranks, in place (collective).
+
+        The first call agrees on the gradients' layout (one allgather) and
+        plans the buckets; later calls check the layout locally and agree on
+        the outcome through one extra element of the first exact bucket (a
+        small MPI_Allreduce of its own when every tensor is compressed), so a
+        rank with invalid gradients never leaves the others waiting.
 
         Parameters
         ----------
@@ -381,31 +404,47 @@ class GradientReducer:
             their layout differs between ranks or from the first call.
         """
         grads = list(grads) if isinstance(grads, tuple) else grads
-        self._agree_local(self._check_local(grads))
+        problem = self._check_local(grads)
         if self._layout is None:
-            self._setup(grads)
+            self._setup(grads, problem)
+        elif self._carrier is None:
+            self._agree_local(problem)
         P = self.size
         st = self.stats
-        for b in self.buckets:
+        for b in self._order:
             t0 = time.perf_counter()
-            if len(b.members) == 1:
+            carrier = b.index == self._carrier
+            if len(b.members) == 1 and not carrier:
                 x = grads[b.members[0]].reshape(-1)
             else:
                 x = self._buffers[b.index]
-                for i, at in zip(b.members, b.offsets):
-                    g = grads[i]
-                    x[at:at + g.size] = g.reshape(-1)
+                if carrier and problem:
+                    x[...] = 0
+                else:
+                    for i, at in zip(b.members, b.offsets):
+                        g = grads[i]
+                        x[at:at + g.size] = g.reshape(-1)
+                if carrier:
+                    x[-1] = 1 if problem else 0
             t1 = time.perf_counter()
             st.seconds_fusion += t1 - t0
             if b.size:
-                sent = self._reduce_bucket(b, x, grads) if b.compressed else self._exact(x)
+                if b.compressed:
+                    sent = self._reduce_bucket(b, x, grads)
+                else:
+                    sent = self._exact(x, carrier)
+                    if carrier and x[-1]:
+                        if problem:
+                            raise ValueError(f"GradientReducer.reduce: {problem}")
+                        raise ValueError(f"GradientReducer.reduce: invalid gradients on {int(round(x[-1] * P))} "
+                                         "rank(s); see their exceptions")
                 path = self.spec.name if b.compressed else "exact"
                 st.per_path[path] = st.per_path.get(path, 0) + sent
                 st.bytes_sent += sent
-                st.bytes_uncompressed += _ring_bytes(x.nbytes, P)
+                st.bytes_uncompressed += _ring_bytes(b.nbytes, P)
                 st.collectives += 1
             t2 = time.perf_counter()
-            if len(b.members) > 1:
+            if len(b.members) > 1 or carrier:
                 for i, at in zip(b.members, b.offsets):
                     g = grads[i]
                     g.reshape(-1)[...] = x[at:at + g.size]
@@ -413,13 +452,13 @@ class GradientReducer:
         st.calls += 1
         return grads
 
-    def _exact(self, x: np.ndarray) -> int:
+    def _exact(self, x: np.ndarray, carrier: bool) -> int:
         t0 = time.perf_counter()
         self.comm.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
         if self.size > 1:
             x /= self.size
         self.stats.seconds_collective += time.perf_counter() - t0
-        return _ring_bytes(x.nbytes, self.size)
+        return _ring_bytes(x.nbytes - (x.itemsize if carrier else 0), self.size)
 
     def _reduce_bucket(self, b: Bucket, x: np.ndarray, grads: Sequence[np.ndarray]) -> int:
         """Average the fused buffer ``x`` of a compressed bucket in place; the bytes this rank sent."""

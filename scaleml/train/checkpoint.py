@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from .consistency import agree
+from .consistency import TrainingError, agree
 
 __all__ = ["FORMAT", "checkpoint_exists", "load_checkpoint", "rank_file", "save_checkpoint"]
 
@@ -151,9 +151,9 @@ def load_checkpoint(directory: str, comm: MPI.Intracomm,
     """
     rank, size = comm.Get_rank(), comm.Get_size()
     meta: dict[str, Any] | None = None
-    error: Exception | None = None
-    # Rank 0 reads the metadata and sends it to everyone (one reader; the other ranks may not see the same
-    # filesystem for meta.json, only for their own files).
+    error: str | None = None
+    # Rank 0 reads the metadata and sends it, or what is wrong with it, to everyone (one reader; the other
+    # ranks need only see their own files).
     if rank == 0:
         try:
             meta = _read_meta(directory)
@@ -167,9 +167,10 @@ def load_checkpoint(directory: str, comm: MPI.Intracomm,
                     detail = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in differ)
                     raise ValueError(f"the checkpoint in {directory!r} is for another configuration ({detail})")
         except ValueError as exc:
-            error = exc
-    agree(comm, error)
-    meta = comm.bcast(meta, root=0)
+            error = str(exc)
+    meta, error = comm.bcast((meta, error), root=0)
+    if error is not None:
+        raise TrainingError(error, [0])
     assert meta is not None
     error = None
     state: dict[str, np.ndarray] = {}
@@ -178,10 +179,13 @@ def load_checkpoint(directory: str, comm: MPI.Intracomm,
         if not os.path.exists(path):
             raise ValueError(f"checkpoint file {path} is missing")
         try:
+            with open(path, "rb") as f:
+                if f.read(4) != b"PK\x03\x04":
+                    raise ValueError("not an .npz (zip) file")
             with np.load(path, allow_pickle=False) as f:
                 state = {k: f[k] for k in f.files}
-        except Exception as exc:  # zip, format and pickle errors alike: the file is unreadable
-            raise ValueError(f"corrupt checkpoint file {path}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # zip, format and I/O errors alike: the file is unreadable
+            raise ValueError(f"corrupt checkpoint file {path}: {exc}") from None
         for key, want in (("rank", rank), ("world_size", size), ("epoch", meta["epoch"])):
             got = state.get(key)
             if got is None or got.shape != () or int(got) != want:

@@ -150,6 +150,8 @@ class TrainResult:
     """The final parameters (identical on every rank)."""
     history: list[dict[str, Any]]
     """One dict of metrics per epoch (the same on every rank)."""
+    initial: dict[str, float]
+    """The test metrics of the initial parameters (before the first step)."""
     model: Model
     optimizer: Optimizer
     reducer: GradientReducer
@@ -164,7 +166,8 @@ class TrainResult:
                           "shapes": [list(p.shape) for p in self.params]},
                 "buckets": [{"members": list(b.members), "elements": b.size, "compressed": b.compressed}
                             for b in self.reducer.buckets],
-                "epochs": self.history, "final": self.history[-1] if self.history else {}}
+                "initial": self.initial, "epochs": self.history,
+                "final": self.history[-1] if self.history else {}}
 
 
 def _prepare(config: TrainConfig, comm: MPI.Intracomm) -> tuple[Dataset, Model, Shard]:
@@ -279,7 +282,10 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
             error = ValueError(f"checkpoint {config.checkpoint}: {exc}")
         agree(comm, error)
         start_epoch, step, history = int(meta["epoch"]), int(meta["step"]), list(meta.get("history", []))
+        initial = dict(meta.get("initial", {}))
         check_replicas(comm, params, "resumed parameters")
+    else:
+        initial = _evaluate(model, params, part, comm)
     n_local = part.X.shape[0]
     steps_per_epoch = math.ceil(n_local / config.batch_size)
     elapsed = history[-1]["elapsed"] if history else 0.0
@@ -352,9 +358,9 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
                   f"reduce {record['time_reduce']:.2f} s), {record['bytes_sent_per_rank'] / 1e6:.3f} MB/rank",
                   flush=True)
         if config.checkpoint and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
-            meta = {"epoch": epoch + 1, "step": step, "config": identity, "history": history}
+            meta = {"epoch": epoch + 1, "step": step, "config": identity, "history": history, "initial": initial}
             save_checkpoint(config.checkpoint, comm, _snapshot(params, optimizer, reducer, step), meta)
-    result = TrainResult(params, history, model, optimizer, reducer, config, P)
+    result = TrainResult(params, history, initial, model, optimizer, reducer, config, P)
     if rank == 0:
         _write_outputs(config, result)
     return result
@@ -397,11 +403,15 @@ def _write_outputs(config: TrainConfig, result: TrainResult) -> None:
             writer.writerows(result.history)
     if config.plot and result.history:
         plot_history(result.history, config.plot, f"{config.model} on {config.dataset}, {result.world_size} ranks, "
-                     f"{config.compression}")
+                     f"{config.compression}", result.initial)
 
 
-def plot_history(history: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
-    """Loss and accuracy (or R^2) against training time and against bytes sent per rank (matplotlib, Agg)."""
+def plot_history(history: Sequence[dict[str, Any]], path: str, title: str = "",
+                 initial: dict[str, float] | None = None) -> None:
+    """Loss and accuracy (or R^2) against training time and against bytes sent per rank (matplotlib, Agg).
+
+    ``initial`` (the test metrics before training) starts the test curves at time 0 and 0 bytes.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -415,7 +425,8 @@ def plot_history(history: Sequence[dict[str, Any]], path: str, title: str = "") 
         for row, (keys, ylabel) in enumerate(((("train_loss", "test_loss"), "loss"), ((quality,), quality))):
             ax = axes[row][col]
             for k in keys:
-                ax.plot(x, [h[k] for h in history], marker="o", label=k)
+                start = [initial[k]] if initial and k in initial else []
+                ax.plot([0.0] * len(start) + x, start + [h[k] for h in history], marker="o", label=k)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)

@@ -21,7 +21,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .consistency import agree, check_replicas
+from .consistency import TrainingError, agree, check_replicas
 from .data import Dataset, Shard, load_dataset, shard
 from .models import MODELS, Model, make_model
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
@@ -295,71 +295,82 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
         print(f"scaleml-train: {config.model} on {data.name} ({data.n_train} train / {data.n_test} test samples, "
               f"{data.features} features), {P} ranks x {n_local} samples, batch {config.batch_size}/rank, "
               f"{steps_per_epoch} steps/epoch, compression {reducer.spec.name}{start}", flush=True)
-    for epoch in range(start_epoch, config.epochs):
-        before = reducer.stats.as_dict()
-        t_compute = t_reduce = t_check = 0.0
-        loss_sum = 0.0
-        order = np.random.default_rng([config.seed, rank, epoch, 0xB47C]).permutation(n_local)
-        bar = _progress(config, rank, steps_per_epoch, epoch, config.epochs)
-        t_epoch = time.perf_counter()
-        for s in range(steps_per_epoch):
-            t0 = time.perf_counter()
-            idx = order[s * config.batch_size:(s + 1) * config.batch_size]
-            loss, grads = model.loss_and_grads(params, part.X[idx], part.y[idx])
-            t1 = time.perf_counter()
-            reducer.reduce(grads)
-            t2 = time.perf_counter()
-            optimizer.step(params, grads)
-            t3 = time.perf_counter()
-            t_compute += (t1 - t0) + (t3 - t2)
-            t_reduce += t2 - t1
-            loss_sum += loss
-            step += 1
-            if config.check_every and step % config.check_every == 0 and s != steps_per_epoch - 1:
-                check_replicas(comm, params)
-                t_check += time.perf_counter() - t3
+    # A diverging run overflows: it is reported once, as an error, not as numpy warnings on every rank.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for epoch in range(start_epoch, config.epochs):
+            before = reducer.stats.as_dict()
+            t_compute = t_reduce = t_check = 0.0
+            loss_sum = 0.0
+            order = np.random.default_rng([config.seed, rank, epoch, 0xB47C]).permutation(n_local)
+            bar = _progress(config, rank, steps_per_epoch, epoch, config.epochs)
+            t_epoch = time.perf_counter()
+            for s in range(steps_per_epoch):
+                t0 = time.perf_counter()
+                idx = order[s * config.batch_size:(s + 1) * config.batch_size]
+                loss, grads = model.loss_and_grads(params, part.X[idx], part.y[idx])
+                t1 = time.perf_counter()
+                try:
+                    reducer.reduce(grads)
+                except (ValueError, TypeError) as exc:  # the reducer and the collectives raise on every rank alike
+                    raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: {exc}" +
+                                        (" (the training diverged: try a smaller --lr)" if "NaN" in str(exc) else ""),
+                                        list(range(P))) from exc
+                t2 = time.perf_counter()
+                optimizer.step(params, grads)
+                t3 = time.perf_counter()
+                t_compute += (t1 - t0) + (t3 - t2)
+                t_reduce += t2 - t1
+                loss_sum += loss
+                step += 1
+                if config.check_every and step % config.check_every == 0 and s != steps_per_epoch - 1:
+                    check_replicas(comm, params)
+                    t_check += time.perf_counter() - t3
+                if bar is not None:
+                    bar.update(1)
+            t4 = time.perf_counter()
+            check_replicas(comm, params)  # every epoch ends with a check
+            t_train = time.perf_counter() - t_epoch
+            t_check += time.perf_counter() - t4
             if bar is not None:
-                bar.update(1)
-        t4 = time.perf_counter()
-        check_replicas(comm, params)  # every epoch ends with a check
-        t_train = time.perf_counter() - t_epoch
-        t_check += time.perf_counter() - t4
-        if bar is not None:
-            bar.close()
-        t5 = time.perf_counter()
-        metrics = _evaluate(model, params, part, comm)
-        t_eval = time.perf_counter() - t5
-        after = reducer.stats.as_dict()
-        local = np.array([loss_sum / max(steps_per_epoch, 1), after["bytes_sent"] - before["bytes_sent"]],
-                         dtype=np.float64)
-        sums = np.empty_like(local)
-        comm.Allreduce(local, sums, op=MPI.SUM)
-        times = np.array([t_train, t_compute, t_reduce, t_check, t_eval,
-                          after["seconds_collective"] - before["seconds_collective"],
-                          after["seconds_fusion"] - before["seconds_fusion"],
-                          after["seconds_compress"] - before["seconds_compress"], local[1]], dtype=np.float64)
-        slowest = np.empty_like(times)
-        comm.Allreduce(times, slowest, op=MPI.MAX)
-        elapsed += float(slowest[0])
-        bytes_total += float(sums[1]) / P
-        record = {"epoch": epoch + 1, "step": step, "train_loss": float(sums[0]) / P, **metrics,
-                  "time_train": float(slowest[0]), "time_compute": float(slowest[1]),
-                  "time_reduce": float(slowest[2]), "time_collective": float(slowest[5]),
-                  "time_fusion": float(slowest[6]), "time_compress": float(slowest[7]),
-                  "time_check": float(slowest[3]), "time_eval": float(slowest[4]), "elapsed": elapsed,
-                  "bytes_sent_per_rank": float(sums[1]) / P, "bytes_sent_max": float(slowest[8]),
-                  "bytes_total_per_rank": bytes_total}
-        history.append(record)
-        if rank == 0 and not config.quiet:
-            quality = (f"test acc {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics
-                       else f"test mse {metrics['test_mse']:.4g} r2 {metrics['test_r2']:.4f}")
-            print(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, test loss "
-                  f"{metrics['test_loss']:.4f}, {quality}, {t_train:.2f} s (compute {record['time_compute']:.2f} s, "
-                  f"reduce {record['time_reduce']:.2f} s), {record['bytes_sent_per_rank'] / 1e6:.3f} MB/rank",
-                  flush=True)
-        if config.checkpoint and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
-            meta = {"epoch": epoch + 1, "step": step, "config": identity, "history": history, "initial": initial}
-            save_checkpoint(config.checkpoint, comm, _snapshot(params, optimizer, reducer, step), meta)
+                bar.close()
+            t5 = time.perf_counter()
+            metrics = _evaluate(model, params, part, comm)
+            t_eval = time.perf_counter() - t5
+            after = reducer.stats.as_dict()
+            local = np.array([loss_sum / max(steps_per_epoch, 1), after["bytes_sent"] - before["bytes_sent"]],
+                             dtype=np.float64)
+            sums = np.empty_like(local)
+            comm.Allreduce(local, sums, op=MPI.SUM)
+            times = np.array([t_train, t_compute, t_reduce, t_check, t_eval,
+                              after["seconds_collective"] - before["seconds_collective"],
+                              after["seconds_fusion"] - before["seconds_fusion"],
+                              after["seconds_compress"] - before["seconds_compress"], local[1]], dtype=np.float64)
+            slowest = np.empty_like(times)
+            comm.Allreduce(times, slowest, op=MPI.MAX)
+            elapsed += float(slowest[0])
+            bytes_total += float(sums[1]) / P
+            record = {"epoch": epoch + 1, "step": step, "train_loss": float(sums[0]) / P, **metrics,
+                      "time_train": float(slowest[0]), "time_compute": float(slowest[1]),
+                      "time_reduce": float(slowest[2]), "time_collective": float(slowest[5]),
+                      "time_fusion": float(slowest[6]), "time_compress": float(slowest[7]),
+                      "time_check": float(slowest[3]), "time_eval": float(slowest[4]), "elapsed": elapsed,
+                      "bytes_sent_per_rank": float(sums[1]) / P, "bytes_sent_max": float(slowest[8]),
+                      "bytes_total_per_rank": bytes_total}
+            history.append(record)
+            if not (math.isfinite(record["train_loss"]) and math.isfinite(metrics["test_loss"])):
+                # agreed values (allreduced): every rank raises
+                raise TrainingError(f"the training diverged at epoch {epoch + 1} (train loss {record['train_loss']}, "
+                                    f"test loss {metrics['test_loss']}): try a smaller --lr", list(range(P)))
+            if rank == 0 and not config.quiet:
+                quality = (f"test acc {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics
+                           else f"test mse {metrics['test_mse']:.4g} r2 {metrics['test_r2']:.4f}")
+                print(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, test loss "
+                      f"{metrics['test_loss']:.4f}, {quality}, {t_train:.2f} s (compute "
+                      f"{record['time_compute']:.2f} s, reduce {record['time_reduce']:.2f} s), "
+                      f"{record['bytes_sent_per_rank'] / 1e6:.3f} MB/rank", flush=True)
+            if config.checkpoint and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
+                meta = {"epoch": epoch + 1, "step": step, "config": identity, "history": history, "initial": initial}
+                save_checkpoint(config.checkpoint, comm, _snapshot(params, optimizer, reducer, step), meta)
     result = TrainResult(params, history, initial, model, optimizer, reducer, config, P)
     if rank == 0:
         _write_outputs(config, result)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from scaleml.train import TrainConfig, train
+from scaleml.train import TrainConfig, TrainingError, train
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -47,3 +47,11 @@ def test_loss_decreases_and_replicas_stay_identical(config):
         assert 0 <= e["time_compute"] <= e["time_train"] and 0 <= e["time_collective"] <= e["time_reduce"]
         assert (e["bytes_sent_per_rank"] > 0) == (size > 1)
     assert result.reducer.stats.calls == h[-1]["step"]
+
+
+@pytest.mark.parametrize("compression", ["none", "qsgd4"])
+def test_a_diverging_run_fails_with_one_error_on_every_rank(compression):
+    config = TrainConfig(dataset="synthetic", model="linear", synthetic_samples=2000, synthetic_features=10, lr=5.0,
+                         epochs=3, compression=compression, min_compress_size=4, quiet=True)
+    with pytest.raises(TrainingError, match="diverged"):
+        train(config, comm)

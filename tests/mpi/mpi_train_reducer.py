@@ -162,3 +162,23 @@ def test_readme_example_runs():
     assert namespace["loss"] < 1e-6, namespace["loss"]
     assert identical_everywhere([namespace["w"], namespace["b"]])
     assert "ef/residual/bucket1" in namespace["state"] or "ef/residual/bucket0" in namespace["state"]
+
+
+@pytest.mark.parametrize("compression", ["dropin", "sparse", "topk0.05", "qsgd4"])
+def test_large_sparse_gradients_and_the_engines_own_choice(compression):
+    # 2^15 values at 1% density: the drop-in and auto take the engine's sparse algorithms where they choose to
+    reducer = GradientReducer(comm, compression, algorithm="auto", min_compress_size=64)
+    for step in range(6):
+        rng = np.random.default_rng([7, rank, step])
+        g = np.zeros(1 << 15, np.float32)
+        at = rng.choice(g.size, g.size // 100, replace=False)
+        g[at] = rng.standard_normal(at.size).astype(np.float32)
+        grads = [g, rng.standard_normal(10).astype(np.float32)]
+        want = mean_over_ranks(grads)
+        reducer.reduce(grads)
+        assert identical_everywhere(grads)
+        np.testing.assert_allclose(grads[1], want[1], rtol=1e-5, atol=1e-6)
+        if compression in ("dropin", "sparse"):
+            np.testing.assert_allclose(grads[0], want[0], rtol=1e-5, atol=1e-6)
+    if size > 1 and compression == "sparse":
+        assert reducer.stats.bytes_sent < reducer.stats.bytes_uncompressed  # only the non-zeros travelled

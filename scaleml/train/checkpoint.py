@@ -119,7 +119,7 @@ def _read_meta(directory: str) -> dict[str, Any]:
     if meta.get("version") != VERSION:
         raise ValueError(f"{path} has checkpoint version {meta.get('version')!r}; this scaleml-train reads "
                          f"version {VERSION}")
-    for key in ("world_size", "epoch", "config"):
+    for key in ("world_size", "epoch", "step", "config"):
         if key not in meta:
             raise ValueError(f"corrupt checkpoint metadata {path}: no {key!r}")
     return meta

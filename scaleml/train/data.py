@@ -206,11 +206,31 @@ def synthetic_dataset(seed: int, samples: int, features: int, task: str, classes
 
 def load_dataset(spec: str, *, seed: int, task: str, classes: int = 10, samples: int = 10000,
                  features: int = 100, test_fraction: float = 0.2) -> Dataset:
-    """``digits``, ``synthetic`` or the path of an ``.npz`` file (see the module docstring).
+    """Load ``digits``, ``synthetic`` or the ``.npz`` file at a path (see the module docstring).
 
-    ``task`` (``"classification"`` or ``"regression"``, from the model) picks the
-    kind of synthetic data and how labels are read; ``classes`` is the number of
-    synthetic classes (2 for logistic regression).
+    Parameters
+    ----------
+    spec : str
+        ``"digits"``, ``"synthetic"`` or a path ending in ``.npz``.
+    seed : int
+        Seed of the train/test split, the order of the shards and the synthetic data.
+    task : {"classification", "regression"}
+        From the model: the kind of synthetic data, and whether labels stay floats.
+    classes : int
+        Number of synthetic classes (2 for logistic regression).
+    samples, features : int
+        Size of the synthetic training set and its dimension.
+    test_fraction : float
+        Share of the data held out when it has no test set (synthetic: test samples per training sample).
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    ValueError
+        For an unknown spec, or a file that is missing, unreadable or malformed.
     """
     if spec == "digits":
         return load_digits_dataset(seed, test_fraction)
@@ -222,7 +242,26 @@ def load_dataset(spec: str, *, seed: int, task: str, classes: int = 10, samples:
 
 
 def shard(data: Dataset, rank: int, size: int) -> Shard:
-    """This rank's disjoint part: ``floor(n_train / size)`` training samples and a slice of the test set."""
+    """This rank's disjoint part of ``data``.
+
+    Parameters
+    ----------
+    data : Dataset
+        The whole data set (the same on every rank).
+    rank, size : int
+        This rank and the number of ranks.
+
+    Returns
+    -------
+    Shard
+        Training samples ``[rank * m, (rank + 1) * m)`` for ``m = floor(n_train / size)`` (of the seeded
+        order) and a contiguous slice of the test set (the slices cover it).
+
+    Raises
+    ------
+    ValueError
+        When there are fewer training samples than ranks.
+    """
     per_rank = data.n_train // size
     if per_rank < 1:
         raise ValueError(f"{data.n_train} training samples cannot be sharded over {size} ranks (every rank needs "

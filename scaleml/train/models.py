@@ -285,7 +285,28 @@ MODELS = ("linear", "logistic", "softmax", "mlp")
 
 
 def make_model(name: str, features: int, classes: int = 0, hidden: Sequence[int] = (128,)) -> Model:
-    """The model called ``name`` (one of :data:`MODELS`) for ``features`` inputs and ``classes`` classes."""
+    """The model called ``name`` for ``features`` inputs.
+
+    Parameters
+    ----------
+    name : {"linear", "logistic", "softmax", "mlp"}
+        One of :data:`MODELS`.
+    features : int
+        Number of input features.
+    classes : int
+        Number of classes (``softmax`` and ``mlp``; ignored otherwise).
+    hidden : sequence of int
+        Hidden layer sizes of the ``mlp``.
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or invalid sizes.
+    """
     if name == "linear":
         return LinearRegression(features)
     if name == "logistic":

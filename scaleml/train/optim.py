@@ -192,7 +192,19 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 def make_optimizer(name: str, lr: float) -> Optimizer:
-    """The optimizer called ``name`` (one of :data:`OPTIMIZERS`) with learning rate ``lr``."""
+    """The optimizer called ``name`` with learning rate ``lr``.
+
+    Parameters
+    ----------
+    name : {"sgd", "momentum", "adam"}
+        One of :data:`OPTIMIZERS` (momentum 0.9; Adam's betas 0.9, 0.999, eps 1e-8).
+    lr : float
+        Learning rate (> 0).
+
+    Returns
+    -------
+    Optimizer
+    """
     if name == "sgd":
         return SGD(lr)
     if name == "momentum":

@@ -51,3 +51,30 @@ def test_sparse_algorithms_switch_to_dense_quantized(nprocs):
 @pytest.mark.parametrize("nprocs", [1, 2, 3])
 def test_zipml_double_sampling_reaches_least_squares(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_zipml_linear.py", timeout=300)
+
+
+# scaleml.train (issue 9): at 2 and 4 ranks, each module well under 20 s at 4 oversubscribed ranks
+TRAIN_RANK_COUNTS = [2, 4]
+
+
+@pytest.mark.parametrize("nprocs", TRAIN_RANK_COUNTS)
+def test_gradient_reducer_averages_identically_everywhere(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_train_reducer.py", timeout=300)
+
+
+@pytest.mark.parametrize("nprocs", TRAIN_RANK_COUNTS)
+def test_training_loss_decreases_and_replicas_stay_identical(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_train.py", timeout=300)
+
+
+@pytest.mark.parametrize("nprocs", TRAIN_RANK_COUNTS)
+def test_training_resumes_bit_for_bit(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_train_resume.py", timeout=300)
+
+
+@pytest.mark.parametrize("nprocs", TRAIN_RANK_COUNTS)
+@pytest.mark.parametrize("group", ["dense", "sparsifiers"])
+def test_compressors_keep_the_exact_accuracy_on_digits(nprocs, group):
+    # two jobs (the quantizers and lossless paths; top-k, 1-bit, adaptive), each with its own exact run
+    selection = "not (topk or onebit or adaptive)" if group == "dense" else "topk or onebit or adaptive"
+    run_pytest_under_mpi(nprocs, "mpi_train_accuracy.py", timeout=600, extra=("-k", selection))

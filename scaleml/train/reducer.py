@@ -1,0 +1,599 @@
+"""``GradientReducer``: average a model's gradients over ranks through any ScaleML collective, fused in buckets.
+
+Tensors are fused into buckets of at most ``fusion_bytes`` (Horovod's fusion
+buffer, DDP's buckets) so that small tensors do not each pay a collective.
+Tensors of fewer than ``min_compress_size`` elements are never compressed:
+they are fused together and averaged exactly with ``MPI_Allreduce``. The
+others go through the path ``compression`` names (see :data:`COMPRESSIONS`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from ..adaptive_allreduce import AdaptiveAllreduceState, adaptive_allreduce
+from ..comm import Comm
+from ..compress import QSGD, Cast, ErrorFeedback, OneBit, TopK
+from ..quantized import quantized_allreduce
+from ..sparse import sparse_allreduce
+from ..topk_allreduce import topk_allreduce
+
+__all__ = ["COMPRESSIONS", "Bucket", "CompressionSpec", "GradientReducer", "parse_compression", "plan_buckets"]
+
+COMPRESSIONS = {
+    "none": "exact MPI_Allreduce (mpi4py)",
+    "dropin": "scaleml.Comm(comm).Allreduce: the drop-in, sparse algorithms when they are faster (exact)",
+    "sparse": "scaleml.sparse_allreduce of the non-zeros (exact)",
+    "topkR": "scaleml.topk_allreduce of the fraction R (e.g. topk0.01) with ErrorFeedback(TopK(ratio=R))",
+    "qsgdB": "scaleml.quantized_allreduce with QSGD(bits=B), B in 1..8 (qsgdB_ef: with error feedback)",
+    "onebit": "scaleml.quantized_allreduce with ErrorFeedback(OneBit()) (error feedback on both sides)",
+    "adaptive": "scaleml.adaptive_allreduce per tensor (adaptivePI: proportion 1/PI sent, default PI = 32)",
+    "fp16": "scaleml.quantized_allreduce with Cast('fp16') (bf16: Cast('bf16'))",
+}
+"""The ``compression`` names and what each runs."""
+
+_FIXED_SPARSE = "split_allgather"
+_FIXED_DENSE = "quantized_ring"
+_FIXED_FEEDBACK = "quantized_direct"
+_DEFAULT_PI = 32.0
+
+
+@dataclass(frozen=True)
+class CompressionSpec:
+    """A parsed ``compression`` name."""
+
+    name: str
+    """The canonical name (``none``, ``topk0.01``, ``qsgd4_ef``, ...)."""
+    kind: str
+    """``none``, ``dropin``, ``sparse``, ``topk``, ``qsgd``, ``onebit``, ``adaptive`` or ``cast``."""
+    ratio: float = 0.0
+    bits: int = 0
+    pi: float = 0.0
+    cast: str = ""
+    error_feedback: bool = False
+
+    @property
+    def lossy(self) -> bool:
+        """Whether the path changes the values (every path but ``none``, ``dropin`` and ``sparse``)."""
+        return self.kind not in ("none", "dropin", "sparse")
+
+
+def parse_compression(name: str) -> CompressionSpec:
+    """Parse a ``compression`` name (see :data:`COMPRESSIONS`); ``ValueError`` naming the choices otherwise."""
+    if not isinstance(name, str):
+        raise ValueError(f"compression must be a string, got {type(name).__name__}")
+    s = name.strip().lower()
+    if s in ("none", "dropin", "sparse"):
+        return CompressionSpec(s, s)
+    if s == "onebit":
+        return CompressionSpec(s, "onebit", error_feedback=True)
+    if s in ("fp16", "bf16"):
+        return CompressionSpec(s, "cast", cast=s)
+    m = re.fullmatch(r"topk(\d*\.?\d+(?:e-?\d+)?)", s)
+    if m:
+        ratio = float(m.group(1))
+        if not 0 < ratio <= 1:
+            raise ValueError(f"the ratio of {name!r} must be in (0, 1], got {ratio}")
+        return CompressionSpec(s, "topk", ratio=ratio, error_feedback=True)
+    m = re.fullmatch(r"qsgd(\d+)(_ef)?", s)
+    if m:
+        bits = int(m.group(1))
+        if not 1 <= bits <= 8:
+            raise ValueError(f"QSGD takes 1 to 8 bits, got {name!r}")
+        return CompressionSpec(s, "qsgd", bits=bits, error_feedback=bool(m.group(2)))
+    m = re.fullmatch(r"adaptive(\d*\.?\d+)?", s)
+    if m:
+        pi = float(m.group(1)) if m.group(1) else _DEFAULT_PI
+        if pi < 1:
+            raise ValueError(f"the proportion of {name!r} must be >= 1, got {pi}")
+        return CompressionSpec(s, "adaptive", pi=pi, error_feedback=True)
+    raise ValueError(f"unknown compression {name!r}; expected one of none, dropin, sparse, topkR (e.g. topk0.01), "
+                     "qsgdB or qsgdB_ef (B in 1..8, e.g. qsgd4), onebit, adaptive or adaptivePI, fp16, bf16")
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Tensors reduced by one collective call."""
+
+    index: int
+    members: tuple[int, ...]
+    """Indices of the tensors, in order."""
+    offsets: tuple[int, ...]
+    """Start of each member in the fused buffer (elements)."""
+    size: int
+    """Elements in all."""
+    dtype: np.dtype
+    compressed: bool
+    """Through the compression path (else exact MPI_Allreduce)."""
+
+    @property
+    def name(self) -> str:
+        """The bucket's name in the error-feedback state."""
+        return f"bucket{self.index}"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the fused buffer."""
+        return self.size * self.dtype.itemsize
+
+
+def plan_buckets(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any], *, fusion_bytes: int,
+                 min_compress_size: int, compress: bool = True, fuse_compressed: bool = True) -> list[Bucket]:
+    """Assign tensors to buckets: the fusion plan of :class:`GradientReducer`.
+
+    Tensors are taken in order; each goes to the open bucket of its class
+    (compressed or not, and dtype) when the bucket stays within
+    ``fusion_bytes``, else it closes that bucket and opens a new one. A
+    tensor larger than ``fusion_bytes`` is a bucket of its own (tensors are
+    never split). A tensor is compressed when ``compress`` and it has at least
+    ``min_compress_size`` elements; compressed tensors each get their own
+    bucket when not ``fuse_compressed`` (adaptive quantization works on
+    matrices). Buckets are numbered by their first tensor.
+
+    Parameters
+    ----------
+    shapes, dtypes : sequences
+        Shape and dtype of every tensor.
+    fusion_bytes : int
+        Largest fused buffer in bytes (0: no fusion).
+    min_compress_size : int
+        Tensors with fewer elements stay uncompressed.
+    compress : bool
+        Whether there is a compression path at all.
+    fuse_compressed : bool
+        Whether compressed tensors may share a bucket.
+
+    Returns
+    -------
+    list of Bucket
+    """
+    if fusion_bytes < 0 or min_compress_size < 0:
+        raise ValueError(f"fusion_bytes and min_compress_size must be >= 0, got {fusion_bytes} and "
+                         f"{min_compress_size}")
+    if len(shapes) != len(dtypes):
+        raise ValueError(f"{len(shapes)} shapes but {len(dtypes)} dtypes")
+    groups: list[list[int]] = []
+    group_key: list[tuple[bool, np.dtype]] = []
+    open_group: dict[tuple[bool, np.dtype], int] = {}
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    dts = [np.dtype(d) for d in dtypes]
+    for i, (n, dt) in enumerate(zip(sizes, dts)):
+        compressed = compress and n >= min_compress_size
+        key = (compressed, dt)
+        g = open_group.get(key)
+        alone = compressed and not fuse_compressed
+        if g is not None and not alone and (sum(sizes[j] for j in groups[g]) + n) * dt.itemsize <= fusion_bytes:
+            groups[g].append(i)
+            continue
+        groups.append([i])
+        group_key.append(key)
+        open_group[key] = len(groups) - 1
+    buckets = []
+    for index, (members, (compressed, dt)) in enumerate(zip(groups, group_key)):
+        offsets = tuple(int(x) for x in np.cumsum([0] + [sizes[j] for j in members[:-1]]))
+        buckets.append(Bucket(index, tuple(members), offsets, sum(sizes[j] for j in members), dt, compressed))
+    return buckets
+
+
+@dataclass
+class ReducerStats:
+    """Cumulative counters of a :class:`GradientReducer` (this rank)."""
+
+    calls: int = 0
+    """``reduce`` calls."""
+    collectives: int = 0
+    """Collective calls (one per bucket and call)."""
+    bytes_sent: int = 0
+    """Bytes this rank sent: the collectives' ``info.bytes_sent``; for ``MPI_Allreduce``, which does not
+    report it, the ring figure ``2 (P-1)/P`` of the buffer."""
+    bytes_uncompressed: int = 0
+    """What exact ring AllReduces of the same buffers would have sent."""
+    seconds_fusion: float = 0.0
+    """Copying gradients into fused buffers and back."""
+    seconds_compress: float = 0.0
+    """Compression done outside the collectives (the non-zero extraction of ``sparse``); the quantizers
+    and the top-k selection run inside the collective calls and count in ``seconds_collective``."""
+    seconds_collective: float = 0.0
+    """Inside the collective calls (communication, and the compression they do)."""
+    per_path: dict[str, int] = field(default_factory=dict)
+    """Bytes sent per path (``exact`` and the compression's name)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a plain dict."""
+        return {"calls": self.calls, "collectives": self.collectives, "bytes_sent": self.bytes_sent,
+                "bytes_uncompressed": self.bytes_uncompressed, "seconds_fusion": self.seconds_fusion,
+                "seconds_compress": self.seconds_compress, "seconds_collective": self.seconds_collective,
+                "per_path": dict(self.per_path)}
+
+
+def _ring_bytes(nbytes: int, P: int) -> int:
+    return 2 * (P - 1) * nbytes // P if P > 1 else 0
+
+
+class GradientReducer:
+    """Average gradients over the ranks of a communicator through a ScaleML path, fused in buckets.
+
+    Every rank must call :meth:`reduce` with gradients of the same shapes and
+    dtypes in the same order; every rank gets the same averaged gradients,
+    bitwise (the exact ``MPI_Allreduce`` and every ScaleML collective return
+    identical results on all ranks), so replicas that apply the same update
+    stay identical.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The data-parallel communicator.
+    compression : str
+        The path for tensors of at least ``min_compress_size`` elements:
+        ``none``, ``dropin``, ``sparse``, ``topkR``, ``qsgdB``, ``qsgdB_ef``,
+        ``onebit``, ``adaptive`` or ``adaptivePI``, ``fp16``, ``bf16``
+        (:data:`COMPRESSIONS`). Error feedback, where the path has it, keeps
+        one residual per bucket (per tensor for ``adaptive``).
+    fusion_bytes : int
+        Largest fused buffer in bytes (default 64 MiB, Horovod's; 0: one
+        collective per tensor). ``adaptive`` never fuses compressed tensors:
+        it quantizes each matrix with its own per-column values.
+    min_compress_size : int
+        Tensors with fewer elements are fused together and averaged exactly
+        with ``MPI_Allreduce``.
+    seed : int
+        Seed of the stochastic quantizers (QSGD rounding, adaptive sampling).
+    algorithm : {"fixed", "auto"}
+        ``fixed`` (default): each path runs one algorithm (``split_allgather``
+        for ``sparse`` and ``topk``, ``quantized_ring`` for the quantizers,
+        ``quantized_direct`` with error feedback), so a run is reproducible
+        bit for bit (a resumed run continues exactly). ``auto``: the engine
+        chooses by the cost model and the times it measures; faster, identical
+        on every rank, but two runs may differ in the last bits.
+
+    Attributes
+    ----------
+    stats : ReducerStats
+        Cumulative bytes and times (this rank).
+    buckets : list of Bucket
+        The fusion plan (after the first :meth:`reduce`).
+
+    Examples
+    --------
+    >>> reducer = GradientReducer(MPI.COMM_WORLD, "topk0.01", min_compress_size=1024)
+    >>> grads = reducer.reduce(grads)          # in place: the averages over ranks
+    >>> np.savez(f"ckpt/rank{MPI.COMM_WORLD.rank}.npz", **reducer.state_dict())
+    """
+
+    def __init__(self, comm: MPI.Intracomm, compression: str = "none", *, fusion_bytes: int = 64 << 20,
+                 min_compress_size: int = 1024, seed: int = 0, algorithm: str = "fixed") -> None:
+        if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
+            raise TypeError(f"comm must be an mpi4py intra-communicator, got {type(comm).__name__}")
+        if algorithm not in ("fixed", "auto"):
+            raise ValueError(f"algorithm must be 'fixed' or 'auto', got {algorithm!r}")
+        for what, v in (("fusion_bytes", fusion_bytes), ("min_compress_size", min_compress_size)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{what} must be a non-negative integer, got {v!r}")
+        self.spec = parse_compression(compression)
+        self.comm = comm
+        self.size, self.rank = comm.Get_size(), comm.Get_rank()
+        self.fusion_bytes, self.min_compress_size = int(fusion_bytes), int(min_compress_size)
+        self.seed, self.algorithm = int(seed), algorithm
+        self.stats = ReducerStats()
+        self.buckets: list[Bucket] = []
+        self._layout: list[tuple[tuple[int, ...], str]] | None = None
+        self._expected_layout: list[tuple[tuple[int, ...], str]] | None = None
+        self._buffers: dict[int, np.ndarray] = {}
+        self._carrier: int | None = None
+        self._order: list[Bucket] = []
+        self._outs: dict[int, np.ndarray] = {}
+        self._flag = np.zeros(2, dtype=np.int64)
+        self._flag_max = np.zeros(2, dtype=np.int64)
+        s = self.spec
+        self.compressor: Any = None
+        self.error_feedback: ErrorFeedback | None = None
+        self.adaptive: AdaptiveAllreduceState | None = None
+        self._dropin: Comm | None = None
+        if s.kind == "topk":
+            self.compressor = TopK(ratio=s.ratio, seed=self.seed, rank=self.rank)
+        elif s.kind == "qsgd":
+            self.compressor = QSGD(bits=s.bits, seed=self.seed, rank=self.rank)
+        elif s.kind == "onebit":
+            self.compressor = OneBit(seed=self.seed, rank=self.rank)
+        elif s.kind == "cast":
+            self.compressor = Cast(s.cast, seed=self.seed, rank=self.rank)
+        elif s.kind == "adaptive":
+            self.adaptive = AdaptiveAllreduceState(pi=s.pi, seed=self.seed)
+        elif s.kind == "dropin":
+            self._dropin = Comm(comm)
+        if s.error_feedback and self.compressor is not None:
+            self.error_feedback = ErrorFeedback(self.compressor)
+
+    # ---- the plan -------------------------------------------------------------------------------
+
+    def _check_local(self, grads: Sequence[np.ndarray]) -> str | None:
+        """What is wrong with this rank's gradients (None: nothing)."""
+        if not isinstance(grads, (list, tuple)):
+            return f"grads must be a list of numpy arrays, got {type(grads).__name__}"
+        for i, g in enumerate(grads):
+            if not isinstance(g, np.ndarray) or g.dtype not in (np.float32, np.float64):
+                return f"gradient {i} must be a float32 or float64 numpy array, got " \
+                       f"{getattr(g, 'dtype', type(g).__name__)}"
+            if not (g.flags.c_contiguous and g.flags.writeable):
+                return f"gradient {i} must be C-contiguous and writable (the averages are written in place)"
+        layout = [(tuple(g.shape), g.dtype.str) for g in grads]
+        expected = self._layout if self._layout is not None else self._expected_layout
+        if expected is not None and layout != expected:
+            return f"the gradients' shapes and dtypes changed from {_describe(expected)} to {_describe(layout)}"
+        return None
+
+    def _agree_local(self, problem: str | None) -> None:
+        """Raise ValueError on every rank when any rank has a problem (one small MPI_Allreduce)."""
+        self._flag[0] = 1 if problem else 0
+        self._flag[1] = self.rank if problem else -1
+        self.comm.Allreduce(self._flag, self._flag_max, op=MPI.MAX)
+        if self._flag_max[0]:
+            if problem:
+                raise ValueError(f"GradientReducer.reduce: {problem}")
+            raise ValueError(f"GradientReducer.reduce: invalid gradients on rank {int(self._flag_max[1])}; "
+                             "see that rank's exception")
+
+    def _setup(self, grads: Sequence[np.ndarray], problem: str | None) -> None:
+        """The first call: agree on the layout (one allgather), plan the buckets, allocate the buffers."""
+        layout = None if problem else [(tuple(g.shape), g.dtype.str) for g in grads]
+        everyone = self.comm.allgather((problem, layout))
+        failed = [r for r, (p, _) in enumerate(everyone) if p]
+        if failed:
+            raise ValueError(f"GradientReducer.reduce: {problem}" if problem else
+                             f"GradientReducer.reduce: invalid gradients on rank {failed[0]}; see that rank's "
+                             "exception")
+        differ = [r for r, (_, lay) in enumerate(everyone) if lay != layout]
+        if differ:
+            raise ValueError(f"GradientReducer.reduce: ranks pass gradients of different shapes or dtypes (rank "
+                             f"{differ[0]}: {_describe(everyone[differ[0]][1])}; rank {self.rank}: "
+                             f"{_describe(layout)})")
+        assert layout is not None
+        self._layout = layout
+        self.buckets = plan_buckets([s for s, _ in layout], [d for _, d in layout],
+                                    fusion_bytes=self.fusion_bytes, min_compress_size=self.min_compress_size,
+                                    compress=self.spec.kind != "none", fuse_compressed=self.spec.kind != "adaptive")
+        # The first exact bucket carries one more element, the count of ranks whose gradients are invalid: the
+        # check of every later call costs no collective of its own. It is reduced first.
+        carrier = next((b for b in self.buckets if not b.compressed and b.size), None)
+        self._carrier = carrier.index if carrier is not None else None
+        self._order = sorted(self.buckets, key=lambda b: b.index != self._carrier)
+        for b in self.buckets:
+            if b.index == self._carrier:
+                self._buffers[b.index] = np.empty(b.size + 1, dtype=b.dtype)
+            elif len(b.members) > 1:
+                self._buffers[b.index] = np.empty(b.size, dtype=b.dtype)
+            if b.compressed and self.spec.kind == "topk":
+                self._outs[b.index] = np.empty(b.size, dtype=b.dtype)
+
+    # ---- reduce ---------------------------------------------------------------------------------
+
+    def reduce(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Average ``grads`` over the ranks, in place (collective).
+
+        The first call agrees on the gradients' layout (one allgather) and
+        plans the buckets; later calls check the layout locally and agree on
+        the outcome through one extra element of the first exact bucket (a
+        small MPI_Allreduce of its own when every tensor is compressed), so a
+        rank with invalid gradients never leaves the others waiting.
+
+        Parameters
+        ----------
+        grads : list of numpy.ndarray
+            This rank's gradients: C-contiguous, writable float32 or float64
+            arrays, the same shapes, dtypes and order on every rank and at
+            every call.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            The same arrays, now holding the averages over ranks (identical
+            on every rank, bitwise; lossy paths return the decoded average
+            of the compressed gradients).
+
+        Raises
+        ------
+        ValueError
+            On every rank, when any rank's gradients are not valid arrays or
+            their layout differs between ranks or from the first call.
+        """
+        grads = list(grads) if isinstance(grads, tuple) else grads
+        problem = self._check_local(grads)
+        if self._layout is None:
+            self._setup(grads, problem)
+        elif self._carrier is None:
+            self._agree_local(problem)
+        P = self.size
+        st = self.stats
+        for b in self._order:
+            t0 = time.perf_counter()
+            carrier = b.index == self._carrier
+            if len(b.members) == 1 and not carrier:
+                x = grads[b.members[0]].reshape(-1)
+            else:
+                x = self._buffers[b.index]
+                if carrier and problem:
+                    x[...] = 0
+                else:
+                    for i, at in zip(b.members, b.offsets):
+                        g = grads[i]
+                        x[at:at + g.size] = g.reshape(-1)
+                if carrier:
+                    x[-1] = 1 if problem else 0
+            t1 = time.perf_counter()
+            st.seconds_fusion += t1 - t0
+            if b.size:
+                if b.compressed:
+                    sent = self._reduce_bucket(b, x, grads)
+                else:
+                    sent = self._exact(x, carrier)
+                    if carrier and x[-1]:
+                        if problem:
+                            raise ValueError(f"GradientReducer.reduce: {problem}")
+                        raise ValueError(f"GradientReducer.reduce: invalid gradients on {int(round(x[-1] * P))} "
+                                         "rank(s); see their exceptions")
+                path = self.spec.name if b.compressed else "exact"
+                st.per_path[path] = st.per_path.get(path, 0) + sent
+                st.bytes_sent += sent
+                st.bytes_uncompressed += _ring_bytes(b.nbytes, P)
+                st.collectives += 1
+            t2 = time.perf_counter()
+            if len(b.members) > 1 or carrier:
+                for i, at in zip(b.members, b.offsets):
+                    g = grads[i]
+                    g.reshape(-1)[...] = x[at:at + g.size]
+            st.seconds_fusion += time.perf_counter() - t2
+        st.calls += 1
+        return grads
+
+    def _exact(self, x: np.ndarray, carrier: bool) -> int:
+        t0 = time.perf_counter()
+        self.comm.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
+        if self.size > 1:
+            x /= self.size
+        self.stats.seconds_collective += time.perf_counter() - t0
+        return _ring_bytes(x.nbytes - (x.itemsize if carrier else 0), self.size)
+
+    def _reduce_bucket(self, b: Bucket, x: np.ndarray, grads: Sequence[np.ndarray]) -> int:
+        """Average the fused buffer ``x`` of a compressed bucket in place; the bytes this rank sent."""
+        s, P, st = self.spec, self.size, self.stats
+        fixed = self.algorithm == "fixed"
+        if s.kind == "sparse":
+            t0 = time.perf_counter()
+            idx = np.flatnonzero(x).astype(np.uint32 if x.size <= 1 << 32 else np.uint64)
+            vals = x[idx]
+            t1 = time.perf_counter()
+            st.seconds_compress += t1 - t0
+            _, info = sparse_allreduce(idx, vals, x.size, self.comm, algorithm=_FIXED_SPARSE if fixed else "auto",
+                                       dense_out=x, return_info=True)
+            if P > 1:
+                x /= P
+            st.seconds_collective += time.perf_counter() - t1
+            return int(info.bytes_sent)
+        t0 = time.perf_counter()
+        if s.kind == "dropin":
+            assert self._dropin is not None
+            self._dropin.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
+            if P > 1:
+                x /= P
+            info = self._dropin.last_info
+            sent = int(info.bytes_sent) if info is not None else _ring_bytes(x.nbytes, P)
+        elif s.kind == "topk":
+            out = self._outs[b.index]
+            _, info = topk_allreduce(x, self.comm, error_feedback=self.error_feedback, name=b.name, average=True,
+                                     algorithm=_FIXED_SPARSE if fixed else "auto", out=out, return_info=True)
+            x[...] = out
+            sent = int(info.bytes_sent)
+        elif s.kind in ("qsgd", "onebit", "cast"):
+            if self.error_feedback is not None:
+                _, info = quantized_allreduce(x, self.comm, error_feedback=self.error_feedback, name=b.name,
+                                              algorithm=_FIXED_FEEDBACK if fixed else "auto", average=True,
+                                              out=x, return_info=True)
+            else:
+                _, info = quantized_allreduce(x, self.comm, self.compressor, algorithm=_FIXED_DENSE if fixed
+                                              else "auto", average=True, out=x, return_info=True)
+            sent = int(info.bytes_sent)
+        elif s.kind == "adaptive":
+            g = grads[b.members[0]]
+            m = g.reshape(g.shape[0], -1) if g.ndim > 2 else g
+            avg, info = adaptive_allreduce(m, self.comm, state=self.adaptive, name=b.name, average=True,
+                                           return_info=True)
+            x[...] = avg.reshape(-1)
+            sent = int(info.bytes_sent)
+        else:  # pragma: no cover - parse_compression admits nothing else
+            raise AssertionError(s.kind)
+        st.seconds_collective += time.perf_counter() - t0
+        return sent
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """This rank's state as numpy arrays (an ``.npz`` holds it; one file per rank).
+
+        Keys: ``compression``, ``world_size``, ``rank``, ``calls``, ``layout``
+        (the gradients' shapes and dtypes, when known), ``compressor/step``
+        (the quantizer's step counter, which keys its random rounding),
+        ``ef/residual/<bucket>[/worker|/server]`` (every error-feedback residual)
+        and ``adaptive/...`` (:meth:`AdaptiveAllreduceState.state_dict`).
+        """
+        state: dict[str, np.ndarray] = {
+            "compression": np.array(self.spec.name),
+            "world_size": np.array(self.size, dtype=np.int64),
+            "rank": np.array(self.rank, dtype=np.int64),
+            "calls": np.array(self.stats.calls, dtype=np.int64),
+        }
+        layout = self._layout if self._layout is not None else self._expected_layout
+        if layout is not None:
+            state["layout"] = np.array(_describe(layout))
+        if self.compressor is not None:
+            state["compressor/step"] = np.array(self.compressor.step, dtype=np.int64)
+        if self.error_feedback is not None:
+            state.update({f"ef/{k}": v for k, v in self.error_feedback.state_dict().items() if k != "step"})
+        if self.adaptive is not None:
+            state.update({f"adaptive/{k}": v for k, v in self.adaptive.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned on the same rank of a run with the same configuration.
+
+        Raises
+        ------
+        ValueError
+            When the state belongs to another compression, number of ranks or
+            rank, or holds keys of no part of this reducer (this rank only: a
+            caller that loads on every rank should agree on errors, as
+            ``scaleml-train`` does).
+        """
+        def scalar(key: str) -> Any:
+            if key not in state:
+                raise ValueError(f"reducer state lacks {key!r}")
+            return np.asarray(state[key]).item()
+
+        if scalar("compression") != self.spec.name:
+            raise ValueError(f"reducer state is for compression {scalar('compression')!r}, not {self.spec.name!r}")
+        if scalar("world_size") != self.size or scalar("rank") != self.rank:
+            raise ValueError(f"reducer state belongs to rank {scalar('rank')} of {scalar('world_size')}, not rank "
+                             f"{self.rank} of {self.size}")
+        known = {"compression", "world_size", "rank", "calls", "layout", "compressor/step"}
+        ef = {k[3:]: v for k, v in state.items() if k.startswith("ef/")}
+        ad = {k[9:]: v for k, v in state.items() if k.startswith("adaptive/")}
+        extra = [k for k in state if k not in known and not k.startswith(("ef/", "adaptive/"))]
+        if extra or (ef and self.error_feedback is None) or (ad and self.adaptive is None):
+            raise ValueError(f"reducer state holds {sorted(extra) or sorted(ef or ad)[:3]}, which compression "
+                             f"{self.spec.name!r} does not keep")
+        if self.compressor is not None and "compressor/step" not in state:
+            raise ValueError("reducer state lacks the compressor's step counter 'compressor/step'")
+        if self.error_feedback is not None:
+            self.error_feedback.load_state_dict(ef)
+        if self.adaptive is not None:
+            self.adaptive.load_state_dict(ad)
+        if self.compressor is not None:
+            self.compressor.step = int(scalar("compressor/step"))
+        self.stats.calls = int(scalar("calls"))
+        if "layout" in state:
+            expected = _parse_layout(str(scalar("layout")))
+            if self._layout is not None and self._layout != expected:
+                raise ValueError(f"reducer state is for gradients {_describe(expected)}, this reducer has "
+                                 f"{_describe(self._layout)}")
+            self._expected_layout = expected
+
+
+def _describe(layout: Sequence[tuple[tuple[int, ...], str]]) -> str:
+    return ";".join(f"{np.dtype(d).name}{list(s)}" for s, d in layout)
+
+
+def _parse_layout(text: str) -> list[tuple[tuple[int, ...], str]]:
+    out = []
+    for part in filter(None, text.split(";")):
+        m = re.fullmatch(r"(\w+)\[([\d, ]*)\]", part)
+        if not m:
+            raise ValueError(f"reducer state has a malformed layout {text!r}")
+        shape = tuple(int(v) for v in m.group(2).split(",") if v.strip())
+        out.append((shape, np.dtype(m.group(1)).str))
+    return out

@@ -1,0 +1,450 @@
+"""The data-parallel training loop of ``scaleml-train``: shards, steps, metrics, checkpoints.
+
+:func:`train` runs one configuration (:class:`TrainConfig`) on every rank of
+a communicator and returns a :class:`TrainResult`. Every problem a rank sees
+before training (configuration, data, labels, checkpoint) is agreed between
+ranks and raised as the same :class:`TrainingError` on every rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .consistency import TrainingError, agree, check_replicas
+from .data import Dataset, Shard, load_dataset, shard
+from .models import MODELS, Model, make_model
+from .optim import OPTIMIZERS, Optimizer, make_optimizer
+from .reducer import GradientReducer, parse_compression
+
+__all__ = ["RESUME_KEYS", "TrainConfig", "TrainResult", "plot_history", "train"]
+
+_DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 0.001}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on (the ``scaleml-train`` flags)."""
+
+    dataset: str = "digits"
+    """``digits``, ``synthetic`` or the path of an ``.npz`` file."""
+    model: str = "softmax"
+    hidden: list[int] = field(default_factory=lambda: [128])
+    """Hidden layer sizes of the MLP."""
+    optimizer: str = "sgd"
+    lr: float | None = None
+    """Learning rate (default: 0.1 for sgd, 0.05 for momentum, 0.001 for adam)."""
+    batch_size: int = 32
+    """Samples per rank and step (the global batch is ``P * batch_size``)."""
+    epochs: int = 10
+    """Epochs in all (a resumed run continues up to this many)."""
+    compression: str = "none"
+    seed: int = 0
+    fusion_bytes: int = 64 << 20
+    min_compress_size: int = 1024
+    algorithm: str = "fixed"
+    """``fixed`` (reproducible) or ``auto`` (see :class:`GradientReducer`)."""
+    classes: int | None = None
+    """Number of classes (default: inferred from the labels; 2 for logistic regression)."""
+    test_fraction: float = 0.2
+    synthetic_samples: int = 10000
+    synthetic_features: int = 100
+    synthetic_classes: int = 10
+    check_every: int = 100
+    """Compare a hash of the parameters between ranks every this many steps (0: only at epoch ends)."""
+    checkpoint: str | None = None
+    """Directory to checkpoint into at the end of every ``checkpoint_every`` epochs."""
+    checkpoint_every: int = 1
+    resume: bool = False
+    """Continue from the checkpoint in ``checkpoint``."""
+    metrics: str | None = None
+    csv: str | None = None
+    plot: str | None = None
+    quiet: bool = False
+    progress: bool | None = None
+    """A tqdm bar on rank 0 (default: when not quiet and stderr is a terminal)."""
+
+    def learning_rate(self) -> float:
+        """``lr``, or the optimizer's default."""
+        return float(self.lr) if self.lr is not None else _DEFAULT_LR.get(self.optimizer, 0.1)
+
+    def validate(self) -> None:
+        """``ValueError`` for a value no run accepts (the data-dependent checks come later)."""
+        def positive_int(name: str, v: Any, minimum: int = 1) -> None:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        parse_compression(self.compression)
+        lr = self.learning_rate()
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"the learning rate must be a positive number, got {self.lr!r}")
+        positive_int("batch size", self.batch_size)
+        positive_int("epochs", self.epochs, 0)
+        positive_int("fusion bytes", self.fusion_bytes, 0)
+        positive_int("min compress size", self.min_compress_size, 0)
+        positive_int("check every", self.check_every, 0)
+        positive_int("checkpoint every", self.checkpoint_every)
+        positive_int("seed", self.seed, 0)
+        if self.model == "mlp":
+            if not self.hidden:
+                raise ValueError("the MLP needs at least one hidden layer (--hidden)")
+            for h in self.hidden:
+                positive_int("hidden layer size", h)
+        if self.algorithm not in ("fixed", "auto"):
+            raise ValueError(f"algorithm must be 'fixed' or 'auto', got {self.algorithm!r}")
+        if self.classes is not None:
+            positive_int("classes", self.classes, 2)
+            if self.model == "logistic" and self.classes != 2:
+                raise ValueError("logistic regression is binary (2 classes); use --model softmax")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test fraction must be in (0, 1), got {self.test_fraction!r}")
+        if self.dataset == "synthetic":
+            positive_int("synthetic samples", self.synthetic_samples)
+            positive_int("synthetic features", self.synthetic_features)
+            positive_int("synthetic classes", self.synthetic_classes, 2)
+        elif self.dataset != "digits" and not self.dataset.endswith(".npz"):
+            raise ValueError(f"unknown dataset {self.dataset!r}; expected 'digits', 'synthetic' or the path of an "
+                             ".npz file")
+        if self.resume and not self.checkpoint:
+            raise ValueError("--resume needs --checkpoint DIR (the checkpoint to resume from)")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the checkpoint (:data:`RESUME_KEYS`), normalised."""
+        out = {k: getattr(self, k) for k in RESUME_KEYS}
+        out["lr"] = self.learning_rate()
+        out["hidden"] = list(self.hidden) if self.model == "mlp" else None
+        if self.dataset not in ("digits", "synthetic"):
+            out["dataset"] = os.path.abspath(self.dataset)
+        if self.dataset != "synthetic":
+            for k in ("synthetic_samples", "synthetic_features", "synthetic_classes"):
+                out[k] = None
+        return out
+
+
+RESUME_KEYS = ("dataset", "model", "hidden", "optimizer", "lr", "batch_size", "compression", "seed",
+               "fusion_bytes", "min_compress_size", "algorithm", "classes", "test_fraction", "synthetic_samples",
+               "synthetic_features", "synthetic_classes")
+"""Settings that define a run: a checkpoint resumes only with the same values (``epochs`` and the outputs may
+change)."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns on every rank."""
+
+    params: list[np.ndarray]
+    """The final parameters (identical on every rank)."""
+    history: list[dict[str, Any]]
+    """One dict of metrics per epoch (the same on every rank)."""
+    initial: dict[str, float]
+    """The test metrics of the initial parameters (before the first step)."""
+    model: Model
+    optimizer: Optimizer
+    reducer: GradientReducer
+    config: TrainConfig
+    world_size: int
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON document of ``--metrics``."""
+        return {"config": dataclasses.asdict(self.config), "world_size": self.world_size,
+                "model": {"name": self.model.name, "task": self.model.task, "classes": self.model.classes,
+                          "parameters": int(sum(p.size for p in self.params)),
+                          "shapes": [list(p.shape) for p in self.params]},
+                "buckets": [{"members": list(b.members), "elements": b.size, "compressed": b.compressed}
+                            for b in self.reducer.buckets],
+                "initial": self.initial, "epochs": self.history,
+                "final": self.history[-1] if self.history else {}}
+
+
+def _prepare(config: TrainConfig, comm: MPI.Intracomm) -> tuple[Dataset, Model, Shard]:
+    """Validate the configuration, load and shard the data, build the model (agreed between ranks)."""
+    error: Exception | None = None
+    try:
+        config.validate()
+    except ValueError as exc:
+        error = exc
+    agree(comm, error)
+    task = "regression" if config.model == "linear" else "classification"
+    data = model = part = None
+    try:
+        data = load_dataset(config.dataset, seed=config.seed, task=task,
+                            classes=2 if config.model == "logistic" else config.synthetic_classes,
+                            samples=config.synthetic_samples, features=config.synthetic_features,
+                            test_fraction=config.test_fraction)
+        classes = 0
+        if task == "classification":
+            classes = 2 if config.model == "logistic" else (config.classes or max(data.classes, 2))
+        model = make_model(config.model, data.features, classes, config.hidden)
+        if data.labels is not None:
+            model.check_labels(data.labels, f"the labels of {data.name}")
+        part = shard(data, comm.Get_rank(), comm.Get_size())
+        if comm.Get_rank() == 0:
+            for flag, path in (("--metrics", config.metrics), ("--csv", config.csv), ("--plot", config.plot)):
+                folder = os.path.dirname(os.path.abspath(path)) if path else None
+                if folder and not os.path.isdir(folder):
+                    raise ValueError(f"{flag} {path}: directory {folder} does not exist")
+    except (ValueError, MemoryError) as exc:
+        error = exc
+    agree(comm, error)
+    assert data is not None and model is not None and part is not None
+    return data, model, part
+
+
+def _evaluate(model: Model, params: Sequence[np.ndarray], part: Shard, comm: MPI.Intracomm) -> dict[str, float]:
+    """Test metrics over every rank's slice of the test set (sums added up with one allreduce)."""
+    local = model.evaluate(params, part.X_test, part.y_test)
+    keys = sorted(local)
+    total = np.array([local[k] for k in keys], dtype=np.float64)
+    comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+    s = dict(zip(keys, total.tolist()))
+    count = max(s["count"], 1.0)
+    out = {"test_loss": s["loss"] / count}
+    if model.task == "regression":
+        sst = s["y_sq_sum"] - s["y_sum"] ** 2 / count
+        out["test_mse"] = s["sse"] / count
+        out["test_r2"] = 1.0 - s["sse"] / sst if sst > 0 else float("nan")
+    else:
+        out["test_accuracy"] = s["correct"] / count
+    return out
+
+
+def _progress(config: TrainConfig, rank: int, total: int, epoch: int, epochs: int):
+    show = config.progress if config.progress is not None else (not config.quiet and sys.stderr.isatty())
+    if rank != 0 or not show:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in requirements.txt
+        return None
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+
+
+def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainResult:
+    """Train ``config`` data-parallel on the ranks of ``comm`` (collective).
+
+    Each rank trains on its shard; gradients are averaged with a
+    :class:`GradientReducer`; every rank applies the same update, so the
+    replicas stay bitwise identical (checked every ``check_every`` steps and
+    at the end of every epoch). Rank 0 writes ``metrics``, ``csv`` and
+    ``plot``; every rank writes its own checkpoint file.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run.
+    comm : mpi4py.MPI.Intracomm
+        The data-parallel ranks.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TrainingError
+        On every rank, for an invalid configuration, unusable data or labels,
+        more ranks than training samples, or a missing, corrupt or mismatched
+        checkpoint.
+    ReplicaMismatchError
+        On every rank, when the replicas' parameters differ.
+    """
+    rank, P = comm.Get_rank(), comm.Get_size()
+    data, model, part = _prepare(config, comm)
+    params = model.init(config.seed)
+    optimizer = make_optimizer(config.optimizer, config.learning_rate())
+    reducer = GradientReducer(comm, config.compression, fusion_bytes=config.fusion_bytes,
+                              min_compress_size=config.min_compress_size, seed=config.seed,
+                              algorithm=config.algorithm)
+    history: list[dict[str, Any]] = []
+    start_epoch = step = 0
+    identity = config.identity()
+    if config.resume:
+        assert config.checkpoint is not None
+        state, meta = load_checkpoint(config.checkpoint, comm, identity)
+        error: Exception | None = None
+        try:
+            _restore(state, params, optimizer, reducer)
+        except (ValueError, TypeError, KeyError) as exc:
+            error = ValueError(f"checkpoint {config.checkpoint}: {exc}")
+        agree(comm, error)
+        start_epoch, step, history = int(meta["epoch"]), int(meta["step"]), list(meta.get("history", []))
+        initial = dict(meta.get("initial", {}))
+        check_replicas(comm, params, "resumed parameters")
+    else:
+        initial = _evaluate(model, params, part, comm)
+    n_local = part.X.shape[0]
+    steps_per_epoch = math.ceil(n_local / config.batch_size)
+    elapsed = history[-1]["elapsed"] if history else 0.0
+    bytes_total = history[-1]["bytes_total_per_rank"] if history else 0.0
+    if rank == 0 and not config.quiet:
+        start = f", resumed at epoch {start_epoch}" if config.resume else ""
+        print(f"scaleml-train: {config.model} on {data.name} ({data.n_train} train / {data.n_test} test samples, "
+              f"{data.features} features), {P} ranks x {n_local} samples, batch {config.batch_size}/rank, "
+              f"{steps_per_epoch} steps/epoch, compression {reducer.spec.name}{start}", flush=True)
+    # A diverging run overflows: it is reported once, as an error, not as numpy warnings on every rank.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for epoch in range(start_epoch, config.epochs):
+            before = reducer.stats.as_dict()
+            t_compute = t_reduce = t_check = 0.0
+            loss_sum = 0.0
+            order = np.random.default_rng([config.seed, rank, epoch, 0xB47C]).permutation(n_local)
+            bar = _progress(config, rank, steps_per_epoch, epoch, config.epochs)
+            t_epoch = time.perf_counter()
+            for s in range(steps_per_epoch):
+                t0 = time.perf_counter()
+                idx = order[s * config.batch_size:(s + 1) * config.batch_size]
+                loss, grads = model.loss_and_grads(params, part.X[idx], part.y[idx])
+                t1 = time.perf_counter()
+                try:
+                    reducer.reduce(grads)
+                except (ValueError, TypeError) as exc:  # the reducer and the collectives raise on every rank alike
+                    raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: {exc}" +
+                                        (" (the training diverged: try a smaller --lr)" if "NaN" in str(exc) else ""),
+                                        list(range(P))) from exc
+                t2 = time.perf_counter()
+                optimizer.step(params, grads)
+                t3 = time.perf_counter()
+                t_compute += (t1 - t0) + (t3 - t2)
+                t_reduce += t2 - t1
+                loss_sum += loss
+                step += 1
+                if config.check_every and step % config.check_every == 0 and s != steps_per_epoch - 1:
+                    check_replicas(comm, params)
+                    t_check += time.perf_counter() - t3
+                if bar is not None:
+                    bar.update(1)
+            t4 = time.perf_counter()
+            check_replicas(comm, params)  # every epoch ends with a check
+            t_train = time.perf_counter() - t_epoch
+            t_check += time.perf_counter() - t4
+            if bar is not None:
+                bar.close()
+            t5 = time.perf_counter()
+            metrics = _evaluate(model, params, part, comm)
+            t_eval = time.perf_counter() - t5
+            after = reducer.stats.as_dict()
+            local = np.array([loss_sum / max(steps_per_epoch, 1), after["bytes_sent"] - before["bytes_sent"]],
+                             dtype=np.float64)
+            sums = np.empty_like(local)
+            comm.Allreduce(local, sums, op=MPI.SUM)
+            times = np.array([t_train, t_compute, t_reduce, t_check, t_eval,
+                              after["seconds_collective"] - before["seconds_collective"],
+                              after["seconds_fusion"] - before["seconds_fusion"],
+                              after["seconds_compress"] - before["seconds_compress"], local[1]], dtype=np.float64)
+            slowest = np.empty_like(times)
+            comm.Allreduce(times, slowest, op=MPI.MAX)
+            elapsed += float(slowest[0])
+            bytes_total += float(sums[1]) / P
+            record = {"epoch": epoch + 1, "step": step, "train_loss": float(sums[0]) / P, **metrics,
+                      "time_train": float(slowest[0]), "time_compute": float(slowest[1]),
+                      "time_reduce": float(slowest[2]), "time_collective": float(slowest[5]),
+                      "time_fusion": float(slowest[6]), "time_compress": float(slowest[7]),
+                      "time_check": float(slowest[3]), "time_eval": float(slowest[4]), "elapsed": elapsed,
+                      "bytes_sent_per_rank": float(sums[1]) / P, "bytes_sent_max": float(slowest[8]),
+                      "bytes_total_per_rank": bytes_total}
+            history.append(record)
+            if not (math.isfinite(record["train_loss"]) and math.isfinite(metrics["test_loss"])):
+                # agreed values (allreduced): every rank raises
+                raise TrainingError(f"the training diverged at epoch {epoch + 1} (train loss {record['train_loss']}, "
+                                    f"test loss {metrics['test_loss']}): try a smaller --lr", list(range(P)))
+            if rank == 0 and not config.quiet:
+                quality = (f"test acc {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics
+                           else f"test mse {metrics['test_mse']:.4g} r2 {metrics['test_r2']:.4f}")
+                print(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, test loss "
+                      f"{metrics['test_loss']:.4f}, {quality}, {t_train:.2f} s (compute "
+                      f"{record['time_compute']:.2f} s, reduce {record['time_reduce']:.2f} s), "
+                      f"{record['bytes_sent_per_rank'] / 1e6:.3f} MB/rank", flush=True)
+            if config.checkpoint and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
+                meta = {"epoch": epoch + 1, "step": step, "config": identity, "history": history, "initial": initial}
+                save_checkpoint(config.checkpoint, comm, _snapshot(params, optimizer, reducer, step), meta)
+    result = TrainResult(params, history, initial, model, optimizer, reducer, config, P)
+    if rank == 0:
+        _write_outputs(config, result)
+    return result
+
+
+def _snapshot(params: Sequence[np.ndarray], optimizer: Optimizer, reducer: GradientReducer,
+              step: int) -> dict[str, np.ndarray]:
+    state = {f"param/{i}": p for i, p in enumerate(params)}
+    state.update({f"optimizer/{k}": v for k, v in optimizer.state_dict().items()})
+    state.update({f"reducer/{k}": v for k, v in reducer.state_dict().items()})
+    state["step"] = np.array(step, dtype=np.int64)
+    return state
+
+
+def _restore(state: dict[str, np.ndarray], params: list[np.ndarray], optimizer: Optimizer,
+             reducer: GradientReducer) -> None:
+    for i, p in enumerate(params):
+        a = state.get(f"param/{i}")
+        if a is None or a.shape != p.shape or a.dtype != p.dtype:
+            raise ValueError(f"parameter {i} is {None if a is None else f'{a.dtype}{a.shape}'}, the model has "
+                             f"{p.dtype}{p.shape}")
+        p[...] = a
+    if f"param/{len(params)}" in state:
+        raise ValueError(f"the checkpoint holds more than the model's {len(params)} parameters")
+    optimizer.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("optimizer/")}, params)
+    reducer.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("reducer/")})
+
+
+def _write_outputs(config: TrainConfig, result: TrainResult) -> None:
+    import csv
+    import json
+
+    if config.metrics:
+        with open(config.metrics, "w") as f:
+            json.dump(result.summary(), f, indent=1)
+    if config.csv and result.history:
+        with open(config.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(result.history[0]))
+            writer.writeheader()
+            writer.writerows(result.history)
+    if config.plot and result.history:
+        plot_history(result.history, config.plot, f"{config.model} on {config.dataset}, {result.world_size} ranks, "
+                     f"{config.compression}", result.initial)
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: str, title: str = "",
+                 initial: dict[str, float] | None = None) -> None:
+    """Loss and accuracy (or R^2) against training time and against bytes sent per rank (matplotlib, Agg).
+
+    ``initial`` (the test metrics before training) starts the test curves at time 0 and 0 bytes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality = "test_accuracy" if "test_accuracy" in history[0] else "test_r2"
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for col, (xkey, xlabel, scale) in enumerate((("elapsed", "training time (s)", 1.0),
+                                                 ("bytes_total_per_rank", "MB sent per rank", 1e-6))):
+        x = [h[xkey] * scale for h in history]
+        for row, (keys, ylabel) in enumerate(((("train_loss", "test_loss"), "loss"), ((quality,), quality))):
+            ax = axes[row][col]
+            for k in keys:
+                start = [initial[k]] if initial and k in initial else []
+                ax.plot([0.0] * len(start) + x, start + [h[k] for h in history], marker="o", label=k)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+

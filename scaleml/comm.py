@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -133,6 +133,38 @@ def _as_array(buf: Any, dtype: np.dtype, count: int, displ: int, writable: bool)
 def count_nonzeros(x: np.ndarray) -> int:
     """Number of non-zeros of a contiguous float32/float64 vector (NaN counts)."""
     return int(lib.scaleml_count_nonzeros(ffi.from_buffer(x), x.size, x.itemsize))
+
+
+def count_nonzeros_signed(x: np.ndarray) -> tuple[int, int]:
+    """Non-zeros of a contiguous float32/float64 vector (as :func:`count_nonzeros`) and its -0.0 values.
+
+    One C pass (``scaleml_count_nonzeros_signed``); -0.0 is not a non-zero.
+    """
+    negative_zeros = ffi.new("uint64_t *")
+    nnz = lib.scaleml_count_nonzeros_signed(ffi.from_buffer(x), x.size, x.itemsize, negative_zeros)
+    return int(nnz), int(negative_zeros[0])
+
+
+def _vote_negative_zeros(comm: MPI.Intracomm, negative_zeros: int) -> Callable[[], bool]:
+    """Start agreeing whether every rank of ``comm`` holds a -0.0; the function returned waits and says.
+
+    Collective: a nonblocking MIN over one flag (nothing on one rank), posted
+    before the agreement so that it completes beside it instead of adding a
+    round trip. A sparse algorithm holds no entry for -0.0, so where every rank
+    has -0.0 it returns +0.0 and MPI -0.0 (a sum with any +0.0 or non-zero
+    term is MPI's either way). If some rank holds no -0.0 at all, no index is
+    -0.0 on every rank and the sparse result has MPI's zeros, sign included.
+    """
+    flag = np.array([1 if negative_zeros else 0], dtype=np.int32)
+    if comm.Get_size() == 1:
+        return lambda: bool(flag[0])
+    request = comm.Iallreduce(MPI.IN_PLACE, flag, op=MPI.MIN)
+
+    def every_rank() -> bool:
+        request.Wait()
+        return bool(flag[0])
+
+    return every_rank
 
 
 def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -367,11 +399,15 @@ class Comm:
             send, recv = self._buffers(sendbuf, recvbuf, dtype, n)
         except _LocalError as exc:
             error = exc
-        nnz = count_nonzeros(send) if error is None else 0
+        nnz, negative_zeros = count_nonzeros_signed(send) if error is None else (0, 0)
         fmt = self._format
-        agreement = agree(state, error, n=n, value_bytes=dtype.itemsize,
-                          algorithm=algorithms.code_of(self.algorithm), out=0, nnz=nnz, op_name="Allreduce",
-                          reports=stats.reports_ns(), codec=self._codec_fingerprint())
+        vote = _vote_negative_zeros(state.private, negative_zeros)  # completes beside the agreement
+        try:
+            agreement = agree(state, error, n=n, value_bytes=dtype.itemsize,
+                              algorithm=algorithms.code_of(self.algorithm), out=0, nnz=nnz, op_name="Allreduce",
+                              reports=stats.reports_ns(), codec=self._codec_fingerprint())
+        finally:
+            negative_zero_everywhere = vote()
         stats.learn(agreement.engine_ns, agreement.mpi_ns)
         idx_dtype = index_dtype(n)
         P = state.private.Get_size()
@@ -391,6 +427,13 @@ class Comm:
                 stats.stay_engine()
             else:
                 chosen = "dense"
+                stats.go_mpi()
+        if chosen != "dense" and fmt is None and "dense" not in algorithms.REGISTRY[chosen].input_forms \
+                and negative_zero_everywhere:
+            # Exact zeros as MPI signs them (-0.0 where every rank holds -0.0): MPI_Allreduce this call, and
+            # (auto) an MPI period for the class. Decided alike everywhere: chosen and fmt are agreed.
+            chosen = "dense"
+            if self.algorithm == "auto":
                 stats.go_mpi()
         if chosen == "dense":  # MPI's own Allreduce on the caller's buffers: no copies
             t_mpi = time.perf_counter()

@@ -1,7 +1,8 @@
 """scaleml.Comm.Allreduce against plain mpi4py on the same inputs, where mpi4py accepts them and where it raises.
 
 Layouts (Fortran-contiguous arrays and buffers, read in memory order as MPI
-reads them) and buffers whose byte length is not a multiple of the datatype. Every case runs
+reads them), buffers whose byte length is not a multiple of the datatype, and
+the sign of zero (MPI: -0.0 + -0.0 = -0.0, +0.0 + -0.0 = +0.0). Every case runs
 through the wrappers that reach each path: the default thresholds, the engine
 for every size (``min_count=0``, auto), and each exact algorithm forced. Where
 mpi4py raises on every rank (every rank passes the bad buffer), the drop-in
@@ -227,3 +228,88 @@ def test_length_not_a_multiple_in_an_mpi_period_raises_on_every_rank():
     recv = [bytearray(4 * N + (3 if rank == 0 else 0)), MPI.FLOAT]
     raises_everywhere(ValueError, comm.Allreduce, np.ones(N, np.float32), recv, MPI.SUM)
     still_usable(comm)
+
+
+# ---- 3. the sign of zero -------------------------------------------------------------------------------------
+
+
+def zero_pattern(kind: str, dtype) -> np.ndarray:
+    x = np.zeros(N, dtype)
+    if kind == "all-negative":
+        x[:] = -0.0
+    elif kind == "negative-on-some-ranks":  # -0.0 on even ranks, +0.0 on odd ones (all -0.0 on one rank)
+        x[:] = -0.0 if rank % 2 == 0 else 0.0
+    elif kind == "negative-with-nonzeros":
+        x[:] = -0.0
+        x[rank::7] = rank + 1.5  # non-zeros at rank-dependent positions
+        x[3::11] = -(rank + 0.25)
+        x[100:200] = 0.0 if rank == size - 1 else -0.0  # +0.0 from one rank: MPI gives +0.0
+        if size > 1:  # exact cancellations: +0.0 in MPI, whatever the other terms' zeros
+            x[500:520] = 1.5 if rank == 0 else (-1.5 if rank == 1 else -0.0)
+    elif kind == "negative-overlapping":  # -0.0 on every rank, at windows that overlap only in part
+        x[10 * rank:10 * rank + 300] = -0.0
+    elif kind == "negative-disjoint":  # -0.0 on every rank, never at the same index
+        x[rank::size] = -0.0
+        x[4000 + rank] = 2.0
+    return x
+
+
+PATTERNS = ["all-negative", "negative-on-some-ranks", "negative-with-nonzeros", "negative-overlapping",
+            "negative-disjoint"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_sign_of_zero_is_mpis(pattern, dtype):
+    send = zero_pattern(pattern, dtype)
+    expected = reference(send, send)
+    if pattern == "all-negative":
+        assert np.signbit(expected).all()  # what MPI gives: -0.0 + -0.0 = -0.0
+    if pattern == "negative-on-some-ranks" and size > 1:
+        assert not np.signbit(expected).any()  # +0.0 + -0.0 = +0.0
+    for comm in wrappers():
+        got = np.full_like(send, 7)
+        comm.Allreduce(send, got, MPI.SUM)
+        assert_bitwise_zeros_and_close(got, expected, f"{name_of(comm)} {pattern}")
+        buf = send.copy()
+        comm.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)
+        assert_bitwise_zeros_and_close(buf, expected, f"{name_of(comm)} {pattern} in place")
+        if comm.algorithm in ("recursive_doubling", "split_allgather", "split_dense"):
+            # the sparse algorithms run where some rank has no -0.0 at all; MPI runs otherwise
+            every_rank_negative = world.allreduce(bool(np.signbit(send[send == 0]).any()), op=MPI.LAND)
+            assert comm.last_info is not None
+            assert (comm.last_info.algorithm == "dense") == every_rank_negative, (pattern, comm.last_info)
+
+
+def test_sign_of_zero_when_auto_has_chosen_a_sparse_algorithm():
+    before = scaleml.cost_model.get_params()
+    scaleml.cost_model.set_params(gamma=0.0, delta=0.0)  # local work free: the sparse path wins where measured
+    dup = world.Dup()
+    try:
+        comm = scaleml.Comm(dup)
+        n = 1 << 16
+        rng = np.random.default_rng([11, rank])
+        sparse = np.zeros(n, np.float32)
+        sparse[rng.choice(n, 20, replace=False)] = 1.0
+        out = np.empty_like(sparse)
+        for _ in range(12):
+            comm.Allreduce(sparse, out, MPI.SUM)
+            if comm.last_info is not None and comm.last_info.algorithm not in ("dense", "ring"):
+                break
+        if size > 1:
+            assert comm.last_info is not None and comm.last_info.algorithm in (
+                "recursive_doubling", "split_allgather", "split_dense"), comm.last_info
+        negative = sparse.copy()
+        negative[:64] = -0.0  # -0.0 at the same indices on every rank
+        comm.Allreduce(negative, out, MPI.SUM)
+        expected = reference(negative, negative)
+        assert np.signbit(expected[:64]).all()
+        assert_bitwise_zeros_and_close(out, expected, "auto after a sparse choice")
+        if size > 1:
+            assert comm.last_info is not None and comm.last_info.algorithm == "dense"  # MPI ran this call
+        for _ in range(3):  # and the following calls too (an MPI period), still MPI's zeros
+            comm.Allreduce(negative, out, MPI.SUM)
+            assert_bitwise_zeros_and_close(out, expected, "auto, MPI period")
+    finally:
+        scaleml.cost_model.set_params(gamma=before.gamma, delta=before.delta)
+        dup.Free()

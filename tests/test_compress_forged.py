@@ -136,6 +136,10 @@ def test_the_allocation_bound_and_out(monkeypatch):
             C.decode(c.to_bytes())
         out = np.full(5000, 7, np.float32)
         assert C.decode(c, out=out) is out and not out.any()  # the caller's memory: no bound
+    # a compressor's own messages (error feedback decodes what it encoded) are not bounded
+    ef = C.ErrorFeedback(C.QSGD(bits=1, bucket=4096, format="elias"))
+    c = ef.compress("w", zeros)
+    assert c.size > 16 * c.payload.size and not ef.residual("w").any()
     # within the bound, and every fixed-width message at any size (at least one bit per element)
     small = np.zeros(900, np.float32)
     assert not C.decode(C.TopK(k=0).encode(small)).any()

@@ -140,6 +140,8 @@ void scaleml_result_free(scaleml_result *result);
 /* Non-zeros of a dense float32/float64 vector (dense_scan.c): how many, and
  * their positions and values (at most capacity of them; returns how many). */
 uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes);
+/* The same count, in the same pass *negative_zeros gets the number of -0.0 values (not counted as non-zeros). */
+uint64_t scaleml_count_nonzeros_signed(const void *values, uint64_t n, int value_bytes, uint64_t *negative_zeros);
 /* 1 when every one of n float32/float64 values is finite (no NaN, no Inf). */
 int scaleml_all_finite(const void *values, uint64_t n, int value_bytes);
 uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes,

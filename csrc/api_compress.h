@@ -24,13 +24,18 @@
 
 /* framing.c: the message header every compressed tensor starts with.
  *
- * Layout (little endian, 48 bytes): magic "SMLC", version (1), method, dtype
- * code, ndim, uint64 element count, uint64 payload bytes, 4 x uint32 method
- * parameters, uint32 CRC-32 (zlib's) of header and shape computed with this
- * field zeroed, uint32 reserved (0); then ndim x uint64 shape; then the
- * payload of the method's encoder. */
+ * Layout (little endian, 48 bytes): magic "SMLC", version (1 or 2), method,
+ * dtype code, ndim, uint64 element count, uint64 payload bytes, 4 x uint32
+ * method parameters, uint32 CRC-32 (zlib's) of header and shape computed with
+ * this field zeroed, uint32 payload checksum; then ndim x uint64 shape; then
+ * the payload of the method's encoder. Version 1: the payload checksum field
+ * is reserved and 0. Version 2 (written only when asked for, with the flag
+ * SCALEML_COMPRESSED_PAYLOAD_CRC): the same layout, the field holds the
+ * CRC-32 of the payload, which the parse verifies. */
 #define SCALEML_COMPRESSED_HEADER_BYTES 48
 #define SCALEML_COMPRESSED_VERSION 1
+#define SCALEML_COMPRESSED_VERSION_PAYLOAD_CRC 2
+#define SCALEML_COMPRESSED_PAYLOAD_CRC 1
 #define SCALEML_COMPRESSED_MAX_NDIM 8
 #define SCALEML_METHOD_QSGD 1
 #define SCALEML_METHOD_ONEBIT 2
@@ -42,8 +47,10 @@
 #define SCALEML_DTYPE_FLOAT64 2
 
 /* The fields of a header. shape[0 .. ndim) is used (the array has room for
- * SCALEML_COMPRESSED_MAX_NDIM dimensions). crc and header_bytes are filled by
- * scaleml_compressed_parse and ignored by scaleml_compressed_write_header. */
+ * SCALEML_COMPRESSED_MAX_NDIM dimensions). crc, header_bytes and payload_crc
+ * are filled by scaleml_compressed_parse and ignored by
+ * scaleml_compressed_write_header; flags is read by both (0 or
+ * SCALEML_COMPRESSED_PAYLOAD_CRC). */
 typedef struct {
     uint32_t method;          /* SCALEML_METHOD_* */
     uint32_t dtype_code;      /* SCALEML_DTYPE_* */
@@ -54,22 +61,32 @@ typedef struct {
     uint64_t shape[8];
     uint32_t crc;             /* the stored CRC-32 */
     size_t header_bytes;      /* 48 + 8 ndim: offset of the payload */
+    uint32_t flags;           /* SCALEML_COMPRESSED_PAYLOAD_CRC: the message carries its payload's CRC-32 */
+    uint32_t payload_crc;     /* that CRC-32 (0 without the flag) */
 } scaleml_compressed_header;
 
 /* Bytes of header and shape for ndim dimensions: 48 + 8 ndim. */
 size_t scaleml_compressed_header_bytes(uint32_t ndim);
 /* Write header and shape (with their CRC) into buf[0 .. cap); *header_bytes
- * gets their size. SCALEML_ERR_ARG for an unknown method or dtype, ndim > 8,
- * count differing from the product of the shape or >= 2^48;
- * SCALEML_ERR_TOO_LARGE when cap is smaller than the header. */
+ * gets their size. With flags = SCALEML_COMPRESSED_PAYLOAD_CRC the payload
+ * must already follow the shape in buf (cap >= header + payload bytes): its
+ * CRC-32 is stored and the version is 2; without flags the header is byte for
+ * byte a version 1 header. SCALEML_ERR_ARG for an unknown method, dtype or
+ * flag, ndim > 8, count differing from the product of the shape or >= 2^48,
+ * a checksummed payload that is not in buf; SCALEML_ERR_TOO_LARGE when cap is
+ * smaller than the header. */
 int scaleml_compressed_write_header(uint8_t *buf, size_t cap, const scaleml_compressed_header *header,
                                     size_t *header_bytes);
 /* Parse and validate the header of the message buf[0 .. bytes): magic,
- * version, known method and dtype, ndim, truncation, CRC, shape product equal
- * to the count (< 2^48), payload size equal to what follows the shape.
+ * version (1 or 2), known method and dtype, ndim, truncation, CRC, shape
+ * product equal to the count (< 2^48), payload size equal to what follows the
+ * shape, the reserved field 0 (version 1) or the payload's CRC-32 (version 2).
  * SCALEML_ERR_MALFORMED with a message on any failure (the payload itself is
  * validated by the method's decoder). */
 int scaleml_compressed_parse(const uint8_t *buf, size_t bytes, scaleml_compressed_header *header);
+/* CRC-32 (zlib's) of data[0 .. bytes), continuing from crc (0 to start):
+ * what a version 2 header stores for its payload. */
+uint32_t scaleml_crc32(uint32_t crc, const uint8_t *data, size_t bytes);
 /* CRC-32 of head[0 .. bytes) (header and shape) with the CRC field taken as
  * zero: the value a header stores. SCALEML_ERR_ARG when bytes < 48. */
 int scaleml_compressed_header_crc(const uint8_t *head, size_t bytes, uint32_t *crc);

@@ -10,6 +10,7 @@ from mpi4py import MPI
 
 from . import algorithms
 from ._native import ffi, lib
+from .errors import BufferLayoutError
 from .sparse import (
     AllreduceInfo,
     _LocalError,
@@ -72,28 +73,56 @@ def _parse_spec(spec: Any) -> tuple[Any, np.dtype, int | None, int]:
     return buf, dtype, None if count is None else int(count), int(displ)
 
 
-def _element_count(buf: Any, dtype: np.dtype, count: int | None) -> int:
+def _element_count(buf: Any, dtype: np.dtype, count: int | None, exact: bool = False) -> int:
+    """Elements of ``dtype`` in ``buf`` (``count`` when the spec gave one).
+
+    With ``exact``, a byte length that is not a multiple of the item size is a
+    local error, as in mpi4py (which cannot infer the count then); without it
+    (``_plan``, which must decide alike on every rank) the count is rounded down.
+    """
     if count is not None:
         return count
-    nbytes = buf.nbytes if isinstance(buf, np.ndarray) else memoryview(buf).nbytes
+    try:
+        nbytes = buf.nbytes if isinstance(buf, np.ndarray) else memoryview(buf).nbytes
+    except TypeError as exc:
+        if not exact:
+            raise
+        raise _LocalError(1, TypeError(f"Allreduce: object of type {type(buf).__name__} is not a buffer "
+                                       f"({exc})")) from exc
+    if exact and nbytes % dtype.itemsize:
+        raise _LocalError(2, ValueError(f"Allreduce: cannot infer count, buffer length {nbytes} is not a multiple "
+                                        f"of datatype extent {dtype.itemsize} (as mpi4py; give a count)"))
     return nbytes // dtype.itemsize
 
 
 def _as_array(buf: Any, dtype: np.dtype, count: int, displ: int, writable: bool) -> np.ndarray:
-    """A flat float view of ``count`` elements of ``buf`` (no copy); local errors as _LocalError."""
+    """A flat float view of ``count`` elements of ``buf`` from ``displ`` on, in memory order (no copy).
+
+    Takes what mpi4py takes: any object with the buffer protocol, C- or
+    Fortran-contiguous (read in memory order, as MPI reads it). Local errors
+    as _LocalError: a non-contiguous or (when ``writable``) read-only buffer
+    is a :class:`~scaleml.errors.BufferLayoutError` (a ``BufferError``, as in
+    mpi4py); an object without the buffer protocol a ``TypeError``.
+    """
     if isinstance(buf, np.ndarray):
-        if not buf.flags.c_contiguous:
-            raise _LocalError(2, ValueError("Allreduce: buffer is not contiguous (mpi4py requires contiguous "
-                                            "buffers; pass np.ascontiguousarray(x))"))
-        if writable and not buf.flags.writeable:
-            raise _LocalError(2, ValueError("Allreduce: receive buffer is read-only"))
+        array = np.asarray(buf)  # a subclass (np.matrix) as a plain array: no copy
+    else:
+        try:
+            view = memoryview(buf)
+            array = np.frombuffer(view.cast("B"), np.uint8) if view.c_contiguous else np.asarray(view)
+        except (TypeError, ValueError, NotImplementedError) as exc:
+            raise _LocalError(1, TypeError(f"Allreduce: object of type {type(buf).__name__} is not a "
+                                           f"buffer numpy can read ({exc})")) from exc
+    if not (array.flags.c_contiguous or array.flags.f_contiguous):
+        raise _LocalError(6, BufferLayoutError("Allreduce: buffer is not contiguous (mpi4py requires contiguous "
+                                               "buffers; pass np.ascontiguousarray(x))"))
+    if writable and not array.flags.writeable:
+        raise _LocalError(6, BufferLayoutError("Allreduce: receive buffer is read-only"))
     try:
-        flat = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
+        flat = array.reshape(-1, order="A").view(np.uint8)  # a view: C or Fortran order, whichever is memory's
     except (TypeError, ValueError) as exc:
-        raise _LocalError(1, TypeError(f"Allreduce: object of type {type(buf).__name__} is not a "
-                                       f"contiguous buffer ({exc})")) from exc
-    if writable and not flat.flags.writeable:
-        raise _LocalError(2, ValueError("Allreduce: receive buffer is read-only"))
+        raise _LocalError(1, TypeError(f"Allreduce: the {array.dtype} buffer cannot be read as bytes ({exc})")) \
+            from exc
     start, stop = displ * dtype.itemsize, (displ + count) * dtype.itemsize
     if displ < 0 or count < 0 or stop > flat.size:
         raise _LocalError(2, ValueError(f"Allreduce: {count} elements at displacement {displ} do not fit "
@@ -120,6 +149,16 @@ def _check_op(op: Any) -> None:
 def count_nonzeros(x: np.ndarray) -> int:
     """Number of non-zeros of a contiguous float32/float64 vector (NaN counts)."""
     return int(lib.scaleml_count_nonzeros(ffi.from_buffer(x), x.size, x.itemsize))
+
+
+def count_nonzeros_signed(x: np.ndarray) -> tuple[int, int]:
+    """Non-zeros of a contiguous float32/float64 vector (as :func:`count_nonzeros`) and its -0.0 values.
+
+    One C pass (``scaleml_count_nonzeros_signed``); -0.0 is not a non-zero.
+    """
+    negative_zeros = ffi.new("uint64_t *")
+    nnz = lib.scaleml_count_nonzeros_signed(ffi.from_buffer(x), x.size, x.itemsize, negative_zeros)
+    return int(nnz), int(negative_zeros[0])
 
 
 def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -314,6 +353,7 @@ class Comm:
         except _Unsupported:  # planned from the send buffer: this rank's receive buffer is the odd one
             raise _LocalError(1, TypeError("Allreduce: receive buffer is not float32/float64 data like "
                                            "the send buffer")) from None
+        _element_count(rbuf, dtype, rcount, exact=True)  # a length mpi4py cannot infer a count from: its error
         recv = _as_array(rbuf, dtype, n, rdispl, writable=True)
         if sendbuf is MPI.IN_PLACE or sendbuf is None:
             return recv, recv
@@ -325,7 +365,7 @@ class Comm:
         if sdtype != dtype:
             raise _LocalError(1, TypeError(f"Allreduce: send dtype {sdtype} differs from receive "
                                            f"dtype {dtype}"))
-        scount = _element_count(sbuf, sdtype, scount)
+        scount = _element_count(sbuf, sdtype, scount, exact=True)
         if scount != n:
             raise _LocalError(2, ValueError(f"Allreduce: send count {scount} differs from receive "
                                             f"count {n}"))
@@ -357,11 +397,16 @@ class Comm:
             send, recv = self._buffers(sendbuf, recvbuf, dtype, n)
         except _LocalError as exc:
             error = exc
-        nnz = count_nonzeros(send) if error is None else 0
+        nnz, negative_zeros = count_nonzeros_signed(send) if error is None else (0, 0)
         fmt = self._format
+        # Whether every rank holds a -0.0 (a field of the agreement): a sparse algorithm holds no entry for
+        # -0.0, so where every rank has -0.0 it would return +0.0 where MPI gives -0.0 (a sum with any +0.0
+        # or non-zero term is MPI's either way). If some rank holds no -0.0, no index is -0.0 everywhere.
         agreement = agree(state, error, n=n, value_bytes=dtype.itemsize,
                           algorithm=algorithms.code_of(self.algorithm), out=0, nnz=nnz, op_name="Allreduce",
-                          reports=stats.reports_ns(), codec=self._codec_fingerprint())
+                          reports=stats.reports_ns(), codec=self._codec_fingerprint(),
+                          negative_zero=negative_zeros > 0)
+        negative_zero_everywhere = agreement.negative_zero_everywhere
         stats.learn(agreement.engine_ns, agreement.mpi_ns)
         idx_dtype = index_dtype(n)
         P = state.private.Get_size()
@@ -381,6 +426,13 @@ class Comm:
                 stats.stay_engine()
             else:
                 chosen = "dense"
+                stats.go_mpi()
+        if chosen != "dense" and fmt is None and "dense" not in algorithms.REGISTRY[chosen].input_forms \
+                and negative_zero_everywhere:
+            # Exact zeros as MPI signs them (-0.0 where every rank holds -0.0): MPI_Allreduce this call, and
+            # (auto) an MPI period for the class. Decided alike everywhere: chosen and fmt are agreed.
+            chosen = "dense"
+            if self.algorithm == "auto":
                 stats.go_mpi()
         if chosen == "dense":  # MPI's own Allreduce on the caller's buffers: no copies
             t_mpi = time.perf_counter()

@@ -8,7 +8,7 @@ message (``scaleml_error_message``).
 from __future__ import annotations
 
 __all__ = ["ERR_ARG", "ERR_MALFORMED", "ERR_MPI", "ERR_NOMEM", "ERR_TOO_LARGE", "EXCEPTIONS", "OK",
-           "CorruptBufferError", "MalformedMessageError", "ScaleMLError", "check", "error_for"]
+           "BufferLayoutError", "CorruptBufferError", "MalformedMessageError", "ScaleMLError", "check", "error_for"]
 
 
 class ScaleMLError(RuntimeError):
@@ -25,6 +25,15 @@ class CorruptBufferError(MalformedMessageError, ValueError):
     It is what the C core's ``SCALEML_ERR_MALFORMED`` raises: a
     :class:`MalformedMessageError` and, since the bytes a caller passed are a
     bad value, a ``ValueError``.
+    """
+
+
+class BufferLayoutError(BufferError, ValueError):
+    """A buffer that mpi4py refuses for its layout: not contiguous, or read-only where it must be written.
+
+    ``scaleml.Comm.Allreduce`` raises it where mpi4py's ``Allreduce`` raises a
+    ``BufferError`` (so code written for mpi4py catches it); it is also the
+    ``ValueError`` ScaleML raised for these buffers before.
     """
 
 
@@ -54,6 +63,7 @@ AGREEMENT_EXCEPTIONS: dict[int, tuple[type[Exception], str]] = {
     3: (ValueError, "index out of range [0, n)"),
     4: (ValueError, "non-finite value (NaN or Inf)"),
     5: (MemoryError, "result does not fit in memory"),
+    6: (BufferLayoutError, "buffer not contiguous or not writable"),
 }
 
 

@@ -163,13 +163,15 @@ class Agreement:
     """Agreed (MAX over ranks) time of the class's last engine call, for the tuner."""
     mpi_ns: int = 0
     """Agreed mean time of the class's plain MPI calls since its last agreement."""
+    negative_zero_everywhere: bool = False
+    """Whether every rank said it holds a -0.0 (``agree(negative_zero=True)``)."""
 
 
-# Fields of the agreement (SCALEML_CONSENSUS_FIELDS int64: MAX over the first 20, SUM over the rest).
+# Fields of the agreement (SCALEML_CONSENSUS_FIELDS int64: MAX over the first 24, SUM over the rest).
 # A value v with its negation -v beside it gives, after MAX, both max and -min: they differ iff ranks differ.
 _ERROR, _ERROR_RANK, _N, _VALUE_BYTES, _ALGORITHM, _OUT, _NNZ, _DENSE_MISSING, _PARAMS, _SEQUENCE = (
     0, 1, 2, 4, 6, 8, 10, 12, 13, 15)
-_ENGINE_NS, _MPI_NS, _CODEC, _OPERATION = 17, 18, 19, 21
+_ENGINE_NS, _MPI_NS, _CODEC, _OPERATION, _NO_NEGATIVE_ZERO = 17, 18, 19, 21, 23
 _NNZ_SUM, _FAILED = 24, 25
 _fields = np.zeros(lib.SCALEML_CONSENSUS_FIELDS, dtype=np.int64)
 _agreed = np.zeros_like(_fields)
@@ -186,7 +188,8 @@ _OPERATION_NAMES = {_operation_id(name): name for name in ("sparse_allreduce", "
 
 
 def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes: int, algorithm: int,
-          out: int, nnz: int, op_name: str, reports: tuple[int, int] = (0, 0), codec: int = 0) -> Agreement:
+          out: int, nnz: int, op_name: str, reports: tuple[int, int] = (0, 0), codec: int = 0,
+          negative_zero: bool = False) -> Agreement:
     """One small MPI_Allreduce that checks arguments on all ranks at once.
 
     Raises the same kind of exception on every rank when any rank had a local
@@ -212,6 +215,7 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
                   (_OPERATION, _operation_id(op_name))):
         f[at], f[at + 1] = v, -v
     f[_ENGINE_NS], f[_MPI_NS] = reports
+    f[_NO_NEGATIVE_ZERO] = 0 if negative_zero and error is None else 1  # MAX: 0 only if every rank has one
     f[_NNZ_SUM] = nnz
     check(lib.scaleml_consensus(comm_address(comm), _fields_ptr, _agreed_ptr))
     a = _agreed
@@ -249,7 +253,8 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
         raise ValueError(f"{op_name}: cost-model parameters differ between ranks (is the calibration file "
                          f"{cost_model.calibration_file()} the same on every node? set_params on every rank?)")
     return Agreement(nnz_max=int(a[_NNZ]), nnz_sum=int(a[_NNZ_SUM]), dense_fits=not a[_DENSE_MISSING],
-                     engine_ns=int(a[_ENGINE_NS]), mpi_ns=int(a[_MPI_NS]))
+                     engine_ns=int(a[_ENGINE_NS]), mpi_ns=int(a[_MPI_NS]),
+                     negative_zero_everywhere=not a[_NO_NEGATIVE_ZERO])
 
 
 # ---- input preparation ---------------------------------------------------------------------

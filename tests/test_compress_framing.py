@@ -240,7 +240,11 @@ def edited(field_offset: int, fmt: str, value: int, resign: bool = True) -> byte
 REJECTIONS = {
     "empty": (b"", "truncated"),
     "magic": (b"SMLD" + base_message()[0][4:], "bad magic"),
-    "version": (edited(4, "<B", 2), "version 2"),
+    "version": (edited(4, "<B", 3), "version 3"),
+    "version-0": (edited(4, "<B", 0), "version 0"),
+    # version 2 says bytes 44-47 hold the payload's CRC-32: 0 is not the CRC of this payload
+    "version-2-crc": (edited(4, "<B", 2), "payload fails its checksum"),
+    "reserved-resigned": (edited(44, "<I", 1), "reserved header field is 1, not 0"),
     "method-0": (edited(5, "<B", 0), "unknown compression method 0"),
     "method-7": (edited(5, "<B", 7), "unknown compression method 7"),
     "method-255": (edited(5, "<B", 255), "unknown compression method 255"),

@@ -5,9 +5,9 @@ raise CorruptBufferError (a ValueError); anything else (another exception, a
 crash, an out-of-bounds read caught by `make sanitize`) fails. Flips land both
 in the header (caught by its CRC or its checks) and, mostly, in the payload
 (caught by the C decoders' validation); some header fields are changed and
-the header re-signed, so the semantic header checks are exercised too. The
-element count and shape are not forged (a forged giant shape with a valid
-CRC would make the decoder allocate a giant output, by design).
+the header re-signed, so the semantic header checks are exercised too. Forged
+element counts and shapes (re-signed) are tests/test_compress_forged.py; a
+long randomized run of all of it is tests/fuzz_decoders.py.
 """
 
 from __future__ import annotations

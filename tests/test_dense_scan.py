@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scaleml.comm import count_nonzeros, extract_nonzeros
+from scaleml.comm import count_nonzeros, count_nonzeros_signed, extract_nonzeros
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -35,3 +35,17 @@ def test_capacity_is_respected():
     x = np.ones(100, np.float64)
     idx, vals = extract_nonzeros(x, 10, np.dtype(np.uint32))
     assert list(idx) == list(range(10)) and vals.size == 10
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 31, 65535, 65536, 65537, 200003])
+def test_signed_count_separates_negative_zeros(dtype, n):
+    rng = np.random.default_rng(n)
+    x = np.where(rng.random(n) < 0.1, rng.standard_normal(n), 0).astype(dtype)
+    x[rng.random(n) < 0.05] = -0.0
+    if n > 3:
+        x[:3] = [np.nan, -np.inf, np.finfo(dtype).tiny / 2]  # NaN, Inf and a subnormal are non-zeros
+    nnz, negative_zeros = count_nonzeros_signed(x)
+    assert nnz == count_nonzeros(x) == np.count_nonzero(x)
+    assert negative_zeros == int(np.count_nonzero((x == 0) & np.signbit(x)))
+    assert count_nonzeros_signed(np.abs(x))[1] == 0  # +0.0 is not a negative zero

@@ -19,7 +19,7 @@
 #define FRAMING_PAYLOAD_AT 16
 #define FRAMING_PARAMS_AT 24
 #define FRAMING_CRC_AT 40
-#define FRAMING_RESERVED_AT 44
+#define FRAMING_PAYLOAD_CRC_AT 44 /* version 1: reserved (0); version 2: CRC-32 of the payload */
 #define FRAMING_SHAPE_AT 48
 
 /* Element counts must stay below 2^48. */

@@ -405,6 +405,9 @@ int scaleml_topk_layout(const uint8_t *buf, size_t bytes, uint64_t n, int value_
 {
     if (value_bytes != 4 && value_bytes != 8)
         return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (n > (UINT64_C(1) << 32))
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "TopK payload for n = %llu > 2^32 (indices are uint32)",
+                            (unsigned long long)n);
     if (bytes < 8) return scaleml_fail(SCALEML_ERR_MALFORMED, "TopK payload truncated (%zu bytes)", bytes);
     uint64_t c;
     memcpy(&c, buf, 8);

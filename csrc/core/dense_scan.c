@@ -3,10 +3,14 @@
  * before it can use a sparse algorithm. Two passes over n values: a branch-free
  * count (vectorizes), then an extraction into exactly sized index and value
  * arrays. NaN counts as a non-zero (it must reach the sum, as in MPI); -0.0
- * does not (it adds nothing).
+ * does not (it adds nothing to a non-zero). The count can also tell the -0.0
+ * values apart, in the same pass: a sum of -0.0 on every rank is -0.0 in MPI,
+ * where a sparse algorithm, which holds no entry for them, gives +0.0
+ * (scaleml.Comm then lets MPI_Allreduce run; see comm.py).
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "api_collectives.h"
 #include "core/counter_rng.h" /* SCALEML_CLONES */
@@ -21,6 +25,32 @@
     }
 DEFINE_COUNT(float)
 DEFINE_COUNT(double)
+
+/* Non-zeros (bit pattern other than +0.0 and -0.0) and -0.0 values (the sign
+ * bit alone), on the bit patterns (read with memcpy), in one pass that
+ * vectorizes: counters of the lane width (CT) per block of 2^16 values, so
+ * the compare results need no widening; as fast as the plain count. */
+#define DEFINE_COUNT_SIGNED(SUFFIX, UT, CT, MAGNITUDE, SIGN)                                 \
+    static uint64_t count_signed_##SUFFIX(const unsigned char *x, uint64_t n, uint64_t *negative_zeros) \
+    {                                                                                        \
+        uint64_t count = 0, negative = 0, i = 0;                                             \
+        while (i < n) {                                                                      \
+            uint64_t end = n - i > 65536 ? i + 65536 : n;                                    \
+            CT c = 0, z = 0;                                                                 \
+            for (; i < end; i++) {                                                           \
+                UT bits;                                                                     \
+                memcpy(&bits, x + i * sizeof bits, sizeof bits);                             \
+                c += (bits & MAGNITUDE) != 0;                                                \
+                z += bits == SIGN;                                                           \
+            }                                                                                \
+            count += c;                                                                      \
+            negative += z;                                                                   \
+        }                                                                                    \
+        *negative_zeros = negative;                                                          \
+        return count;                                                                        \
+    }
+DEFINE_COUNT_SIGNED(f32, uint32_t, uint32_t, UINT32_C(0x7fffffff), UINT32_C(0x80000000))
+DEFINE_COUNT_SIGNED(f64, uint64_t, uint64_t, UINT64_C(0x7fffffffffffffff), UINT64_C(0x8000000000000000))
 
 /* Blocks of 32 values are first tested as a whole (a vectorized compare-or),
  * so the mostly-zero blocks of a sparse gradient cost no branch per value;
@@ -69,6 +99,12 @@ DEFINE_SCAN(f64_u64, double, uint64_t)
 uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes)
 {
     return value_bytes == 4 ? count_float(values, n) : count_double(values, n);
+}
+
+uint64_t scaleml_count_nonzeros_signed(const void *values, uint64_t n, int value_bytes, uint64_t *negative_zeros)
+{
+    return value_bytes == 4 ? count_signed_f32(values, n, negative_zeros)
+                            : count_signed_f64(values, n, negative_zeros);
 }
 
 uint64_t dense_extract_nonzeros(const void *values, uint64_t n, uint64_t offset, int value_bytes,

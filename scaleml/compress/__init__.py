@@ -17,13 +17,21 @@ One class per method, each with ``encode(x) -> Compressed`` and
 
 A :class:`Compressed` object is one contiguous ``uint8`` buffer: a 48-byte
 header (magic ``SMLC``, version, method, dtype, ndim, element count, payload
-size, four method parameters, CRC-32 of header and shape, reserved), the
-shape (``ndim`` uint64), then the payload that the method's C kernel writes.
-The header is written and validated in C (``csrc/compress/framing.c``). It is
-sent as one MPI message (:meth:`Compressed.send`, :meth:`Compressed.recv`) and
-any method decodes it with :func:`decode`. Decoders validate everything: a
-truncated or corrupted buffer raises :class:`CorruptBufferError` (a
-``ValueError``).
+size, four method parameters, CRC-32 of header and shape, payload checksum or
+0), the shape (``ndim`` uint64), then the payload that the method's C kernel
+writes. The header is written and validated in C
+(``csrc/compress/framing.c``). It is sent as one MPI message
+(:meth:`Compressed.send`, :meth:`Compressed.recv`) and any method decodes it
+with :func:`decode`. Decoders validate everything: a truncated or corrupted
+buffer raises :class:`CorruptBufferError` (a ``ValueError``), and so does a
+header announcing more elements than its payload can hold, checked before
+anything is allocated (see :mod:`.framing` and ``docs/reliability.md``).
+
+``encode(x, checksum=True)`` (or :meth:`Compressed.with_checksum`) stores the
+CRC-32 of the payload in the header (version 2), verified whenever the message
+is parsed or decoded; for messages stored or sent outside MPI. Off by default:
+the bytes are then the same as without the option, and old messages decode as
+before.
 
 Randomness comes from a counter-based generator keyed by
 ``(seed, rank, step, stream)``: results are reproducible, and ranks (and

@@ -46,7 +46,8 @@ class AdaptiveQuant(Compressor):
         self.pi, self.sample = float(pi), int(sample)
         self.last_thresholds: tuple[float, float] = (math.inf, -math.inf)
 
-    def _encode(self, x: ArrayLike, step: int | None, residual: bool) -> tuple[Compressed, np.ndarray | None]:
+    def _encode(self, x: ArrayLike, step: int | None, residual: bool,
+                checksum: bool = False) -> tuple[Compressed, np.ndarray | None]:
         a = _as_input(x)
         if a.ndim > 2:
             raise ValueError("adaptive quantization takes a matrix (or a vector, as one column)")
@@ -64,13 +65,14 @@ class AdaptiveQuant(Compressor):
                                                cap, written, rp, taus)
 
         pi_bits = struct.unpack("<I", struct.pack("<f", self.pi))[0]
-        c = _encode_retry(call, cap, self.method, a.dtype, a.shape, (pi_bits,))
+        c = _encode_retry(call, cap, self.method, a.dtype, a.shape, (pi_bits,), checksum)
         self.last_thresholds = (float(taus[0]), float(taus[1]))
         return c, res
 
-    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
-        """Quantize the matrix ``x`` (a 1-D input is one column)."""
-        return self._encode(x, step, False)[0]
+    def encode(self, x: ArrayLike, *, step: int | None = None, checksum: bool = False) -> Compressed:
+        """Quantize the matrix ``x`` (a 1-D input is one column);
+        ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode)."""
+        return self._encode(x, step, False, checksum)[0]
 
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
         """Quantize and return the error (value - reconstruction where sent, value elsewhere)."""
@@ -92,8 +94,16 @@ def _decode_adaptive(c: Compressed, out: np.ndarray | None = None) -> np.ndarray
     if len(c.shape) > 2:
         raise CorruptBufferError("adaptive buffer with more than 2 dimensions")
     rows, cols = (c.shape[0], c.shape[1]) if len(c.shape) == 2 else (c.size, 1)
-    out = _out_array(c, out)
+    # Before allocating: the column table ((cols + 1) offsets, cols pairs of values) fits, and the word count
+    # it ends with is at most rows * cols and makes the payload size exactly. Unsent entries cost nothing
+    # (a vector with no word sent is 24 bytes for any length): _out_array's allocation bound covers that.
     p = c.payload
+    if p.size < 16 * cols + 8:
+        raise CorruptBufferError(f"adaptive payload truncated ({p.size} bytes for {cols} columns)")
+    words = int.from_bytes(p[8 * cols:8 * cols + 8].tobytes(), "little")
+    if words > rows * cols or p.size != lib.scaleml_adaptive_bytes(rows, cols, words):
+        raise CorruptBufferError(f"adaptive payload: word count {words} does not match {p.size} bytes")
+    out = _out_array(c, out)
     check(lib.scaleml_adaptive_decode(_ptr(p, "uint8_t *"), p.size, rows, cols, _wptr(out), out.itemsize))
     return out
 

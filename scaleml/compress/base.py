@@ -21,9 +21,19 @@ from .framing import (
     method_name,
 )
 
-__all__ = ["ArrayLike", "Compressor", "rng_uniform"]
+__all__ = ["ALLOCATION_FLOOR", "MAX_ELEMENTS_PER_PAYLOAD_BYTE", "ArrayLike", "Compressor", "rng_uniform"]
 
 ArrayLike = Any
+
+#: A decoder that allocates its output allocates at most
+#: ``max(ALLOCATION_FLOOR, MAX_ELEMENTS_PER_PAYLOAD_BYTE * payload bytes)`` elements. The fixed-width
+#: formats never come near it (their payload size is exact, at least 1 bit per element); it bounds the
+#: formats in which zeros cost nothing (QSGD's Elias coding, TopK, adaptive quantization), where a valid
+#: header over a few bytes could otherwise announce 2^31 elements (an all-zero Elias bucket of 2^31
+#: values is 33 bits). A message beyond it decodes into a caller's ``out=`` array.
+MAX_ELEMENTS_PER_PAYLOAD_BYTE = 1 << 16
+#: Elements any message may decode to, whatever its payload (2^24: 64 MiB of float32).
+ALLOCATION_FLOOR = 1 << 24
 
 
 def _as_input(x: ArrayLike, name: str = "x") -> np.ndarray:
@@ -72,8 +82,18 @@ def rng_uniform(seed: int, rank: int, step: int, n: int, stream: int = 0, offset
 
 
 def _out_array(c: Compressed, out: np.ndarray | None) -> np.ndarray:
-    """The array a decoder writes: ``out`` after checks, or a new one."""
+    """The array a decoder writes: ``out`` after checks, or a new one within the allocation bound.
+
+    Decoders call it after their own size checks of the payload; when it
+    allocates, it first refuses a message whose element count exceeds
+    ``max(ALLOCATION_FLOOR, MAX_ELEMENTS_PER_PAYLOAD_BYTE * payload bytes)``.
+    """
     if out is None:
+        bound = max(ALLOCATION_FLOOR, MAX_ELEMENTS_PER_PAYLOAD_BYTE * c.payload.size)
+        if c.size > bound:
+            raise CorruptBufferError(
+                f"{method_name(c.method)} message announces {c.size} elements over {c.payload.size} payload "
+                f"bytes: more than a decoder allocates ({bound}); decode into an out= array to accept it")
         return np.empty(c.shape, dtype=c.dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError("out must be a numpy array")
@@ -90,11 +110,12 @@ EncoderCall = Callable[[Any, int, Any], int]
 
 
 def _encode_retry(call: EncoderCall, cap: int, method: int, dtype: np.dtype, shape: tuple[int, ...],
-                  params: tuple[int, ...]) -> Compressed:
+                  params: tuple[int, ...], checksum: bool = False) -> Compressed:
     """Run a C encoder into a new message; on 'capacity too small' retry once with the size it asked for.
 
     ``call(payload_pointer, capacity, written_pointer)`` writes the payload and
-    its size; the header is written after it by :func:`finish_message`.
+    its size; the header (with the payload's CRC-32 when ``checksum``) is
+    written after it by :func:`finish_message`.
     """
     for _ in range(2):
         buf, header_bytes = allocate_message(shape, cap)
@@ -104,7 +125,7 @@ def _encode_retry(call: EncoderCall, cap: int, method: int, dtype: np.dtype, sha
             cap = int(written[0])
             continue
         check(rc)
-        return finish_message(buf, int(written[0]), method, dtype, shape, params)
+        return finish_message(buf, int(written[0]), method, dtype, shape, params, checksum)
     raise RuntimeError("encoder asked for more room twice")  # pragma: no cover
 
 
@@ -134,8 +155,14 @@ class Compressor:
             self.step += 1
         return int(lib.scaleml_rng_key(self.seed, self.rank, int(step), int(stream)))
 
-    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:  # pragma: no cover
-        """Compress ``x``; ``step`` overrides the internal step counter."""
+    def encode(self, x: ArrayLike, *, step: int | None = None,
+               checksum: bool = False) -> Compressed:  # pragma: no cover
+        """Compress ``x``; ``step`` overrides the internal step counter.
+
+        ``checksum=True`` stores the CRC-32 of the payload in the header (for
+        messages stored or sent outside MPI), verified whenever the message is
+        parsed or decoded; off by default (the same bytes as without the option).
+        """
         raise NotImplementedError
 
     def decode(self, c: BufferLike, out: np.ndarray | None = None) -> np.ndarray:
@@ -143,6 +170,9 @@ class Compressor:
 
         ``out``, when given, is a C-contiguous array of the message's shape and
         dtype that receives the result (no allocation); it is returned.
+        Raises :class:`CorruptBufferError` for a truncated, corrupted or foreign
+        message, a payload that fails its checksum, or a shape the payload
+        cannot hold (checked before anything is allocated).
         """
         c = _as_compressed(c)
         if c.method != self.method:
@@ -153,4 +183,5 @@ class Compressor:
         """Compress ``x`` and return the quantization error ``x - decode(encode(x))`` too."""
         a = _as_input(x)
         c = self.encode(a, step=step)
-        return c, a - self.decode(c)
+        # its own message: into an array of its own, so no allocation bound applies (see _out_array)
+        return c, a - self.decode(c, out=np.empty_like(a))

@@ -36,8 +36,8 @@ class Cast(Compressor):
             raise ValueError(f"format must be 'fp16' or 'bf16', got {format!r}")
         self.format = format
 
-    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
-        """Cast ``x`` to 16 bits."""
+    def encode(self, x: ArrayLike, *, step: int | None = None, checksum: bool = False) -> Compressed:
+        """Cast ``x`` to 16 bits; ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode)."""
         a = _as_input(x)
         fmt = _CASTS[self.format]
         xp = _ptr(a)
@@ -46,7 +46,7 @@ class Cast(Compressor):
             written[0] = 2 * a.size
             return lib.scaleml_cast_encode(xp, a.itemsize, a.size, fmt, ffi.cast("uint16_t *", out))
 
-        return _encode_retry(call, 2 * a.size, self.method, a.dtype, a.shape, (fmt,))
+        return _encode_retry(call, 2 * a.size, self.method, a.dtype, a.shape, (fmt,), checksum)
 
 
 def _decode_cast(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:

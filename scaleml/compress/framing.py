@@ -2,11 +2,30 @@
 
 A message is one contiguous ``uint8`` buffer: a 48-byte header (magic
 ``SMLC``, version, method, dtype, ndim, element count, payload size, four
-method parameters, CRC-32 of header and shape, reserved), the shape (``ndim``
-uint64), then the payload that the method's C kernel writes. The header is
-written by ``scaleml_compressed_write_header`` and parsed and validated by
-``scaleml_compressed_parse`` (``csrc/compress/framing.c``); this module only
-wraps them.
+method parameters, CRC-32 of header and shape, payload checksum), the shape
+(``ndim`` uint64), then the payload that the method's C kernel writes. The
+header is written by ``scaleml_compressed_write_header`` and parsed and
+validated by ``scaleml_compressed_parse`` (``csrc/compress/framing.c``); this
+module only wraps them.
+
+Payload checksum (optional, off by default): ``encode(x, checksum=True)`` or
+:meth:`Compressed.with_checksum` writes a version 2 header whose last field
+(bytes 44-47, reserved and 0 in version 1) holds the CRC-32 (zlib's) of the
+payload, so the message can be stored or sent outside MPI and checked when it
+comes back: parsing it (:meth:`Compressed.from_bytes`, :func:`decode`, every
+``decode``) verifies the payload and raises :class:`CorruptBufferError` on a
+mismatch. Messages without it are version 1, byte for byte as before, and
+decode as before; the header's own CRC covers the header in both.
+
+Decoders never allocate more than the message justifies: each checks, before
+allocating its output, that the payload can hold the announced shape (the exact
+size for fixed-width formats; counts against the payload for the variable ones),
+and a decoder that allocates refuses more than
+:data:`~scaleml.compress.base.MAX_ELEMENTS_PER_PAYLOAD_BYTE` elements per
+payload byte beyond :data:`~scaleml.compress.base.ALLOCATION_FLOOR` (a valid
+header with a forged shape over a few bytes raises :class:`CorruptBufferError`
+in microseconds; decode into your own ``out=`` array to go beyond the bound).
+See ``docs/reliability.md``.
 
 Each method module registers its id, name and decoder with
 :func:`register_method`; :func:`decode` dispatches on the id in the header.
@@ -26,6 +45,9 @@ from ..errors import CorruptBufferError, check
 __all__ = ["Compressed", "decode", "register_method", "method_name"]
 
 HEADER_BYTES = int(lib.SCALEML_COMPRESSED_HEADER_BYTES)
+VERSION_AT = 4  # byte offset of the version: 1, or 2 when the message carries its payload's CRC-32
+PAYLOAD_CRC = int(lib.SCALEML_COMPRESSED_PAYLOAD_CRC)
+VERSION_PAYLOAD_CRC = int(lib.SCALEML_COMPRESSED_VERSION_PAYLOAD_CRC)
 MAX_NDIM = int(lib.SCALEML_COMPRESSED_MAX_NDIM)
 DTYPES = {int(lib.SCALEML_DTYPE_FLOAT32): np.dtype(np.float32), int(lib.SCALEML_DTYPE_FLOAT64): np.dtype(np.float64)}
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
@@ -120,6 +142,39 @@ class Compressed:
         """Message bits (header included) per element of the tensor."""
         return 8.0 * self.nbytes / max(self.size, 1)
 
+    @property
+    def checksum(self) -> bool:
+        """Whether the message carries the CRC-32 of its payload (a version 2 header)."""
+        return bool(self.buffer.size > VERSION_AT and self.buffer[VERSION_AT] == VERSION_PAYLOAD_CRC)
+
+    def with_checksum(self) -> Compressed:
+        """This message with the CRC-32 of its payload in its header (itself when it has one already).
+
+        Returns
+        -------
+        Compressed
+            A copy whose header is version 2: the same fields, the payload's
+            CRC-32 in bytes 44-47 and the header CRC over both. Parsing it
+            verifies the payload; the payload bytes are unchanged.
+        """
+        if self.checksum:
+            return self
+        buf = self.buffer.copy()
+        _write_header(buf, self.payload.size, self.method, self.dtype, self.shape, self.params, checksum=True)
+        return Compressed(buf, self.method, self.dtype, self.shape, self.params, self.header_bytes)
+
+    def verify(self) -> None:
+        """Validate the header again and, when the message carries one, the payload's checksum.
+
+        Raises
+        ------
+        CorruptBufferError
+            When the buffer no longer holds a valid message (for example a
+            payload changed after it was checksummed).
+        """
+        header = ffi.new("scaleml_compressed_header *")
+        check(lib.scaleml_compressed_parse(_bytes_pointer(self.buffer), self.buffer.size, header))
+
     def to_bytes(self) -> bytes:
         """The message as ``bytes``."""
         return self.buffer.tobytes()
@@ -141,7 +196,8 @@ class Compressed:
         Raises
         ------
         CorruptBufferError
-            When the header is truncated, foreign, or inconsistent with the size
+            When the header is truncated, foreign, or inconsistent with the size,
+            or the payload fails the checksum the message carries
             (``scaleml_compressed_parse`` says which check failed).
         """
         buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
@@ -189,24 +245,9 @@ def allocate_message(shape: tuple[int, ...], payload_capacity: int) -> tuple[np.
     return np.empty(header_bytes + payload_capacity, dtype=np.uint8), header_bytes
 
 
-def finish_message(buf: np.ndarray, payload_bytes: int, method: int, dtype: np.dtype, shape: tuple[int, ...],
-                   params: tuple[int, ...]) -> Compressed:
-    """Write the header (in C) in front of the ``payload_bytes`` an encoder wrote and wrap the message.
-
-    Parameters
-    ----------
-    buf : numpy.ndarray
-        From :func:`allocate_message`, the payload written after the header.
-    payload_bytes : int
-        Payload bytes the encoder wrote; a buffer with more room is trimmed.
-    method, dtype, shape, params
-        Header fields (``params``: up to four uint32, the rest 0).
-
-    Returns
-    -------
-    Compressed
-        The finished message.
-    """
+def _write_header(buf: np.ndarray, payload_bytes: int, method: int, dtype: np.dtype, shape: tuple[int, ...],
+                  params: tuple[int, ...], checksum: bool = False) -> int:
+    """Write header and shape (in C) at the start of ``buf``, the payload after them; returns their size."""
     if len(shape) > MAX_NDIM or len(params) > 4:
         raise ValueError(f"a message holds at most {MAX_NDIM} dimensions and 4 parameters")
     p = tuple(int(v) for v in params) + (0,) * (4 - len(params))
@@ -218,18 +259,50 @@ def finish_message(buf: np.ndarray, payload_bytes: int, method: int, dtype: np.d
     header.payload_bytes = payload_bytes
     header.params = list(p)
     header.shape[0:len(shape)] = [int(d) for d in shape]
+    header.flags = PAYLOAD_CRC if checksum else 0
     header_bytes = ffi.new("size_t *")
     check(lib.scaleml_compressed_write_header(ffi.cast("uint8_t *", ffi.from_buffer(buf, require_writable=True)),
                                               buf.size, header, header_bytes))
-    total = int(header_bytes[0]) + payload_bytes
+    return int(header_bytes[0])
+
+
+def finish_message(buf: np.ndarray, payload_bytes: int, method: int, dtype: np.dtype, shape: tuple[int, ...],
+                   params: tuple[int, ...], checksum: bool = False) -> Compressed:
+    """Write the header (in C) in front of the ``payload_bytes`` an encoder wrote and wrap the message.
+
+    Parameters
+    ----------
+    buf : numpy.ndarray
+        From :func:`allocate_message`, the payload written after the header.
+    payload_bytes : int
+        Payload bytes the encoder wrote; a buffer with more room is trimmed.
+    method, dtype, shape, params
+        Header fields (``params``: up to four uint32, the rest 0).
+    checksum : bool
+        Store the payload's CRC-32 in the header (version 2); default off
+        (version 1, the bytes ScaleML has always written).
+
+    Returns
+    -------
+    Compressed
+        The finished message.
+    """
+    header_bytes = _write_header(buf, payload_bytes, method, dtype, shape, params, checksum)
+    p = tuple(int(v) for v in params) + (0,) * (4 - len(params))
+    total = header_bytes + payload_bytes
     if total < buf.size:
         buf = buf[:total].copy() if total < buf.size // 2 else buf[:total]
     return Compressed(buf, method, np.dtype(dtype), tuple(int(d) for d in shape), p,  # type: ignore[arg-type]
-                      int(header_bytes[0]))
+                      header_bytes)
 
 
 def _as_compressed(c: BufferLike) -> Compressed:
-    return c if isinstance(c, Compressed) else Compressed.from_bytes(c)
+    """A parsed message; a :class:`Compressed` that carries a payload checksum is verified again."""
+    if isinstance(c, Compressed):
+        if c.checksum:
+            c.verify()
+        return c
+    return Compressed.from_bytes(c)
 
 
 def decoder_for(method: int) -> Decoder:
@@ -264,7 +337,9 @@ def decode(c: BufferLike, out: np.ndarray | None = None) -> np.ndarray:
     Raises
     ------
     CorruptBufferError
-        When the buffer is truncated or corrupted.
+        When the buffer is truncated or corrupted, fails its payload checksum,
+        or announces more elements than its payload can hold (see the module
+        docstring).
     """
     c = _as_compressed(c)
     return decoder_for(c.method)(c, out)

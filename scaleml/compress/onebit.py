@@ -44,7 +44,7 @@ class OneBit(Compressor):
             return np.ascontiguousarray(a.T), max(a.shape[0], 1), 1
         return a, self.bucket, 0
 
-    def _encode(self, x: ArrayLike, residual: bool) -> tuple[Compressed, np.ndarray | None]:
+    def _encode(self, x: ArrayLike, residual: bool, checksum: bool = False) -> tuple[Compressed, np.ndarray | None]:
         a = _as_input(x)
         flat, bucket, columns = self._layout(a)
         res = np.empty_like(flat) if residual else None
@@ -57,14 +57,15 @@ class OneBit(Compressor):
             written[0] = cap
             return rc
 
-        c = _encode_retry(call, cap, self.method, a.dtype, a.shape, (bucket, columns))
+        c = _encode_retry(call, cap, self.method, a.dtype, a.shape, (bucket, columns), checksum)
         if res is not None and columns:
             res = np.ascontiguousarray(res.T)
         return c, res
 
-    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
-        """Quantize ``x`` (deterministic; ``step`` is accepted for a uniform interface)."""
-        return self._encode(x, False)[0]
+    def encode(self, x: ArrayLike, *, step: int | None = None, checksum: bool = False) -> Compressed:
+        """Quantize ``x`` (deterministic; ``step`` is accepted for a uniform interface);
+        ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode)."""
+        return self._encode(x, False, checksum)[0]
 
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
         """Quantize ``x`` and return the error ``x - reconstruction`` computed in the same C pass."""

@@ -62,8 +62,9 @@ class QSGD(Compressor):
         """Number of non-zero levels, ``2**bits - 1``."""
         return (1 << self.bits) - 1
 
-    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
-        """Quantize ``x`` (float32/float64, any shape)."""
+    def encode(self, x: ArrayLike, *, step: int | None = None, checksum: bool = False) -> Compressed:
+        """Quantize ``x`` (float32/float64, any shape);
+        ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode)."""
         a = _as_input(x)
         key = self._key(step)
         fmt = _QSGD_FORMATS[self.format]
@@ -75,7 +76,7 @@ class QSGD(Compressor):
                                            fmt, key, out, cap, written)
 
         return _encode_retry(call, cap, self.method, a.dtype, a.shape,
-                             (self.bits, self.bucket, _NORMS[self.norm], fmt))
+                             (self.bits, self.bucket, _NORMS[self.norm], fmt), checksum)
 
 
 def _decode_qsgd(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
@@ -83,7 +84,10 @@ def _decode_qsgd(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
     if not 1 <= bits <= 8 or not 1 <= bucket <= 1 << 31 or norm not in (0, 1) or fmt not in (0, 1):
         raise CorruptBufferError(f"QSGD header has invalid parameters {c.params}")
     p = c.payload
-    # size checks before allocating the output (a forged shape must not allocate)
+    # Size checks before allocating the output (a forged shape must not allocate). Fixed width: the size is
+    # exact (bits + 1 bits per element and 32 per bucket). Elias: every bucket costs at least 33 bits (its
+    # norm and omega(nnz + 1)), zeros cost nothing, so a bucket size the header chooses (up to 2^31) bounds
+    # nothing; _out_array's allocation bound, per payload byte, holds whatever the header says.
     if fmt == 0 and p.size != lib.scaleml_qsgd_max_bytes(c.size, bits, bucket, 0):
         raise CorruptBufferError(f"QSGD payload has {p.size} bytes, expected "
                                  f"{lib.scaleml_qsgd_max_bytes(c.size, bits, bucket, 0)}")

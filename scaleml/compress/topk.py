@@ -53,8 +53,8 @@ class TopK(Compressor):
             raise ValueError(f"k = {k} exceeds the tensor size n = {n}")
         return int(k)
 
-    def _encode(self, x: ArrayLike, step: int | None, residual: bool,
-                out: np.ndarray | None = None) -> tuple[Compressed, np.ndarray | None]:
+    def _encode(self, x: ArrayLike, step: int | None, residual: bool, out: np.ndarray | None = None,
+                checksum: bool = False) -> tuple[Compressed, np.ndarray | None]:
         a = _as_input(x)
         if a.size > 1 << 32:
             raise ValueError("TopK supports tensors of at most 2**32 elements (uint32 indices)")
@@ -75,11 +75,12 @@ class TopK(Compressor):
             return lib.scaleml_topk_encode(xp, a.itemsize, a.size, k, int(self.approximate), self.sample, key,
                                            out, cap, written, rp)
 
-        return _encode_retry(call, cap, self.method, a.dtype, a.shape, (int(self.approximate),)), res
+        return _encode_retry(call, cap, self.method, a.dtype, a.shape, (int(self.approximate),), checksum), res
 
-    def encode(self, x: ArrayLike, *, step: int | None = None) -> Compressed:
-        """Select the top entries of ``x`` (flattened)."""
-        return self._encode(x, step, False)[0]
+    def encode(self, x: ArrayLike, *, step: int | None = None, checksum: bool = False) -> Compressed:
+        """Select the top entries of ``x`` (flattened);
+        ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode)."""
+        return self._encode(x, step, False, checksum=checksum)[0]
 
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None,
                              out: np.ndarray | None = None) -> tuple[Compressed, np.ndarray]:
@@ -107,6 +108,17 @@ class TopK(Compressor):
 
 
 def _decode_topk(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
+    # Before allocating: n fits the uint32 indices, and the count in the payload's first 8 bytes is at most n
+    # and makes the payload size exactly (8 + 4 count padded to 8 + count values). k = 0 is 8 bytes for any
+    # n <= 2^32: _out_array's allocation bound per payload byte covers that.
+    p = c.payload
+    if c.size > 1 << 32:
+        raise CorruptBufferError(f"TopK message of {c.size} elements: at most 2**32 (its indices are uint32)")
+    if p.size < 8:
+        raise CorruptBufferError(f"TopK payload truncated ({p.size} bytes)")
+    count = int.from_bytes(p[:8].tobytes(), "little")
+    if count > c.size or p.size != lib.scaleml_topk_bytes(count, c.dtype.itemsize):
+        raise CorruptBufferError(f"TopK payload: count {count} does not match {p.size} bytes (n = {c.size})")
     out = _out_array(c, out)
     p = c.payload
     check(lib.scaleml_topk_decode(_ptr(p, "uint8_t *"), p.size, out.size, _wptr(out), out.itemsize))

@@ -78,8 +78,10 @@ class ZipML(Compressor):
         j = np.clip(np.searchsorted(self.levels, v, side="right") - 1, 0, self.levels.size - 2)
         return float(np.sum((v - self.levels[j]) * (self.levels[j + 1] - v)))
 
-    def encode(self, x: ArrayLike, *, step: int | None = None, stream: int = 0) -> Compressed:
-        """Round ``x`` stochastically; ``stream`` selects an independent draw for the same step."""
+    def encode(self, x: ArrayLike, *, step: int | None = None, stream: int = 0,
+               checksum: bool = False) -> Compressed:
+        """Round ``x`` stochastically; ``stream`` selects an independent draw for the same step;
+        ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode)."""
         a = _as_input(x)
         key = self._key(step, stream)
         s = self.levels.size
@@ -89,7 +91,7 @@ class ZipML(Compressor):
         def call(out, cap, written):
             return lib.scaleml_zipml_encode(xp, a.itemsize, a.size, lp, s, key, out, cap, written)
 
-        return _encode_retry(call, cap, self.method, a.dtype, a.shape, (s,))
+        return _encode_retry(call, cap, self.method, a.dtype, a.shape, (s,), checksum)
 
 
 def _decode_zipml(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:

@@ -102,6 +102,9 @@ class Soak:
         if rank == 0:  # each collective counted once, by its communicator's rank 0
             self.counts[kind] = self.counts.get(kind, 0) + 1
         me_bad = fail and rank == bad_rank
+        if os.environ.get("SOAK_VERBOSE"):
+            print(f"[world rank {world.Get_rank()}] {name}: {kind} n={n} density={density} "
+                  f"{np.dtype(dtype).name} fail={fail} bad_rank={bad_rank} {bad_kind}", flush=True)
         n_arg = n  # the n a sparse call passes (another on a rank given a bad size)
         if me_bad:
             if bad_kind == "nan" and vals.size:
@@ -141,7 +144,10 @@ class Soak:
                 result = scaleml.adaptive_allreduce(g, comm, state=state, name=f"a{n}_{np.dtype(dtype).name}")
             elif kind == "dropin":
                 out = np.empty(n, dtype)
-                scaleml.Comm(comm, min_count=int(self.rng.choice([0, 1000, 4096]))).Allreduce(dense, out, MPI.SUM)
+                # Below min_count the drop-in is mpi4py itself, whose answer to a bad buffer on one rank is to
+                # raise there and leave the others in MPI_Allreduce: failures are injected where ScaleML decides.
+                min_count = int(self.rng.choice([0, 1000, 4096]))
+                scaleml.Comm(comm, min_count=0 if fail else min_count).Allreduce(dense, out, MPI.SUM)
                 result = out
             else:
                 out = np.empty(n, dtype)

@@ -92,10 +92,10 @@ static int reduce_at_owners(sa_context *c, const qa_layout *l, const char *src, 
             if (!rc) nsends++;
         }
     }
-    if (!rc) memset(sum, 0, my_len * vb);
-    for (int src = 0; src < P && !rc; src++) {  /* rank order */
-        if (src == r) {
-            codec_add(sum, all + my_start * vb, my_len, c->value_bytes);  /* already decoded by the round trip */
+    for (int src = 0; src < P && !rc; src++) {  /* rank order; the first contribution starts the sum */
+        if (src == r) {  /* already decoded by the round trip */
+            if (src == 0) memcpy(sum, all + my_start * vb, my_len * vb);
+            else codec_add(sum, all + my_start * vb, my_len, c->value_bytes);
             continue;
         }
         rc = cu_wait_exact(&recvs[src], my_slot);
@@ -104,8 +104,10 @@ static int reduce_at_owners(sa_context *c, const qa_layout *l, const char *src, 
             uint64_t start, len;
             size_t at, bytes;
             qa_chunk(l, r, i, &start, &len, &at, &bytes);
-            rc = codec_decode_add(c->codec, recv + (size_t)src * my_slot + (at - l->offset[r]), bytes, len,
-                                  sum + (start - my_start) * vb, scratch, c->value_bytes);
+            const uint8_t *slot = recv + (size_t)src * my_slot + (at - l->offset[r]);
+            char *to = sum + (start - my_start) * vb;
+            rc = src == 0 ? codec_decode(c->codec, slot, bytes, len, to, c->value_bytes)
+                          : codec_decode_add(c->codec, slot, bytes, len, to, scratch, c->value_bytes);
         }
     }
     if (rc) qa_cancel(recvs, (uint64_t)P);

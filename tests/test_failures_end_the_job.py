@@ -32,18 +32,20 @@ def test_a_failure_inside_an_algorithm_aborts_the_job_with_its_message(nprocs, a
     assert seconds < 30
 
 
-def test_ranks_in_different_scaleml_functions_raise_together():
-    result, seconds = run_case(3, "functions")
+@pytest.mark.parametrize("nprocs", [2, 3, 5])
+def test_ranks_in_different_scaleml_functions_raise_together(nprocs):
+    result, seconds = run_case(nprocs, "functions")
     assert result.returncode != 0
     assert "finished" not in result.stdout
     assert result.stdout.count("ranks are in different ScaleML functions (quantized_allreduce and "
-                               "sparse_allreduce)") == 3  # every rank raised, naming both
+                               "sparse_allreduce)") == nprocs  # every rank raised, naming both
     assert seconds < 30
 
 
+@pytest.mark.parametrize("nprocs", [2, 3, 4])
 @pytest.mark.parametrize("case", ["count", "op"])
-def test_ranks_in_different_collectives_end_in_an_abort_with_the_reason(case):
-    result, seconds = run_case(3, case, SCALEML_TIMEOUT="3", SCALEML_STALL_WARNING="1")
+def test_ranks_in_different_collectives_end_in_an_abort_with_the_reason(case, nprocs):
+    result, seconds = run_case(nprocs, case, SCALEML_TIMEOUT="3", SCALEML_STALL_WARNING="1")
     assert result.returncode != 0
     assert "finished" not in result.stdout  # no rank returned a result
     assert "Are all ranks in the same collective?" in result.stdout

@@ -251,6 +251,7 @@ def test_cli_parses_every_flag():
     assert (c.optimizer, c.lr, c.batch_size, c.epochs, c.seed) == ("adam", 0.01, 8, 3, 7)
     assert c.resume and c.checkpoint == "ck" and c.quiet and c.synthetic_classes == 3
     assert parse_args([]).learning_rate() == 0.1 and parse_args(["--optimizer", "adam"]).learning_rate() == 0.001
+    assert parse_args([]).target_accuracy is None and parse_args(["--target-accuracy", "0.9"]).target_accuracy == 0.9
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -265,6 +266,10 @@ def test_cli_parses_every_flag():
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--model", "mlp", "--hidden", "0"], "hidden layer size"),
     (["--epochs", "-1"], "epochs must be an integer >= 0"),
+    (["--target-accuracy", "0"], "target accuracy must be in"),
+    (["--target-accuracy", "1.5"], "target accuracy must be in"),
+    (["--target-accuracy", "nan"], "target accuracy must be in"),
+    (["--model", "linear", "--target-accuracy", "0.9"], "needs a classification model"),
 ])
 def test_cli_rejects_invalid_arguments(argv, message):
     with pytest.raises((ArgumentError, ValueError), match=message.replace("(", r"\(")):
@@ -331,3 +336,41 @@ def test_config_identity_ignores_outputs_and_epochs():
     assert a.identity() == b.identity()
     assert a.identity() != TrainConfig(lr=0.2).identity()
     assert TrainConfig(model="softmax", hidden=[4]).identity() == TrainConfig(model="softmax", hidden=[8]).identity()
+
+
+# ---- time to accuracy: bench/time_to_accuracy.py and plot_comparison ------------------------------------
+
+def _doc(compression: str, accs: list[float], epoch_time: float, epoch_bytes: float) -> dict:
+    epochs = [{"epoch": i + 1, "test_accuracy": a, "train_loss": 1.0 - a, "time_train": epoch_time,
+               "time_reduce": epoch_time / 2, "elapsed": epoch_time * (i + 1),
+               "elapsed_wall": (epoch_time + 1) * (i + 1), "bytes_total_per_rank": epoch_bytes * (i + 1)}
+              for i, a in enumerate(accs)]
+    return {"config": {"compression": compression, "target_accuracy": 0.8}, "initial": {"test_accuracy": 0.1},
+            "epochs": epochs}
+
+
+def test_time_to_accuracy_table_and_plot(tmp_path):
+    import json
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import time_to_accuracy as tta
+
+    exact = _doc("none", [0.5, 0.7, 0.85, 0.9], 40.0, 1e8)
+    fast = _doc("qsgd4", [0.5, 0.75, 0.8], 10.0, 1e7)
+    never = _doc("onebit", [0.3, 0.4], 5.0, 1e6)
+    r = tta.rows([("exact", exact), ("q", fast), ("1b", never)], 0.8)
+    assert [x["epoch"] for x in r] == [3, 3, None]
+    assert r[0]["speedup"] == 1.0 and r[1]["speedup"] == 120.0 / 30.0 and r[2]["speedup"] is None
+    assert r[1]["bytes_ratio"] == 3e8 / 3e7 and r[1]["wall"] == 33.0 and r[1]["reduce_share"] == 0.5
+    text = tta.table(r, 0.8)
+    assert "| q | qsgd4 | 3 | 30.0 | 4.00x |" in text and "not reached" in text
+    files = []
+    for name, doc in (("a", exact), ("b", fast)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(doc))
+    out = tmp_path / "cmp.png"
+    assert tta.main([str(f) for f in files] + ["--plot", str(out), "--title", "t"]) == 0  # target from the runs
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,7 +27,7 @@ from .data import Dataset, load_dataset, shard
 from .models import MLP, LinearRegression, LogisticRegression, Model, SoftmaxRegression, make_model
 from .optim import SGD, Adam, Momentum, Optimizer, make_optimizer
 from .reducer import COMPRESSIONS, Bucket, GradientReducer, parse_compression, plan_buckets
-from .trainer import TrainConfig, TrainResult, train
+from .trainer import TrainConfig, TrainResult, plot_comparison, plot_history, train
 
 __all__ = [
     "COMPRESSIONS",
@@ -56,6 +56,8 @@ __all__ = [
     "make_optimizer",
     "parse_compression",
     "plan_buckets",
+    "plot_comparison",
+    "plot_history",
     "save_checkpoint",
     "shard",
     "train",

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "0.001 adam)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per rank and step")
     g.add_argument("--epochs", type=int, default=d.epochs, help="epochs in all (a resumed run continues to this)")
+    g.add_argument("--target-accuracy", type=float, default=None, metavar="A",
+                   help="stop at the end of the first epoch whose test accuracy is at least A (in (0, 1]; "
+                        "classification)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("gradient averaging")
     g.add_argument("--compression", type=_compression, default=d.compression, metavar="NAME",

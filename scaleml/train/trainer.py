@@ -27,7 +27,7 @@ from .models import MODELS, Model, make_model
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
 from .reducer import GradientReducer, parse_compression
 
-__all__ = ["RESUME_KEYS", "TrainConfig", "TrainResult", "plot_history", "train"]
+__all__ = ["RESUME_KEYS", "TrainConfig", "TrainResult", "plot_comparison", "plot_history", "train"]
 
 _DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 0.001}
 
@@ -48,6 +48,9 @@ class TrainConfig:
     """Samples per rank and step (the global batch is ``P * batch_size``)."""
     epochs: int = 10
     """Epochs in all (a resumed run continues up to this many)."""
+    target_accuracy: float | None = None
+    """Stop at the end of the first epoch whose test accuracy is at least this (classification; ``None``: run
+    every epoch)."""
     compression: str = "none"
     seed: int = 0
     fusion_bytes: int = 64 << 20
@@ -121,6 +124,12 @@ class TrainConfig:
                              ".npz file")
         if self.resume and not self.checkpoint:
             raise ValueError("--resume needs --checkpoint DIR (the checkpoint to resume from)")
+        if self.target_accuracy is not None:
+            t = self.target_accuracy
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+                raise ValueError(f"target accuracy must be in (0, 1], got {t!r}")
+            if self.model == "linear":
+                raise ValueError("a target accuracy needs a classification model (--model linear is a regression)")
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint (:data:`RESUME_KEYS`), normalised."""
@@ -167,7 +176,26 @@ class TrainResult:
                 "buckets": [{"members": list(b.members), "elements": b.size, "compressed": b.compressed}
                             for b in self.reducer.buckets],
                 "initial": self.initial, "epochs": self.history,
-                "final": self.history[-1] if self.history else {}}
+                "final": self.history[-1] if self.history else {}, "target": self.target()}
+
+    def target(self) -> dict[str, Any] | None:
+        """Where the run first reached ``config.target_accuracy`` (``None`` without a target).
+
+        Returns
+        -------
+        dict or None
+            ``accuracy`` (the target), ``reached``, and for the first epoch at
+            or above it (else ``None``): ``epoch``, ``test_accuracy``,
+            ``elapsed`` (training time), ``elapsed_wall`` (wall-clock time,
+            evaluations included) and ``bytes_total_per_rank``.
+        """
+        target = self.config.target_accuracy
+        if target is None:
+            return None
+        first = next((h for h in self.history if h.get("test_accuracy", -1.0) >= target), None)
+        keys = ("epoch", "test_accuracy", "elapsed", "elapsed_wall", "bytes_total_per_rank")
+        return {"accuracy": target, "reached": first is not None,
+                **{k: (first.get(k) if first is not None else None) for k in keys}}
 
 
 def _prepare(config: TrainConfig, comm: MPI.Intracomm) -> tuple[Dataset, Model, Shard]:
@@ -239,8 +267,11 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
     Each rank trains on its shard; gradients are averaged with a
     :class:`GradientReducer`; every rank applies the same update, so the
     replicas stay bitwise identical (checked every ``check_every`` steps and
-    at the end of every epoch). Rank 0 writes ``metrics``, ``csv`` and
-    ``plot``; every rank writes its own checkpoint file.
+    at the end of every epoch). With ``target_accuracy`` the run stops at
+    the end of the first epoch whose test accuracy reaches it (every rank at
+    the same epoch; :meth:`TrainResult.target` says where). Rank 0 writes
+    ``metrics``, ``csv`` and ``plot``; every rank writes its own checkpoint
+    file.
 
     Parameters
     ----------
@@ -289,6 +320,7 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
     n_local = part.X.shape[0]
     steps_per_epoch = math.ceil(n_local / config.batch_size)
     elapsed = history[-1]["elapsed"] if history else 0.0
+    elapsed_wall = history[-1].get("elapsed_wall", elapsed) if history else 0.0
     bytes_total = history[-1]["bytes_total_per_rank"] if history else 0.0
     if rank == 0 and not config.quiet:
         start = f", resumed at epoch {start_epoch}" if config.resume else ""
@@ -297,7 +329,9 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
               f"{steps_per_epoch} steps/epoch, compression {reducer.spec.name}{start}", flush=True)
     # A diverging run overflows: it is reported once, as an error, not as numpy warnings on every rank.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for epoch in range(start_epoch, config.epochs):
+        target = config.target_accuracy
+        reached = target is not None and bool(history) and history[-1].get("test_accuracy", -1.0) >= target
+        for epoch in range(start_epoch, config.epochs if not reached else start_epoch):
             before = reducer.stats.as_dict()
             t_compute = t_reduce = t_check = 0.0
             loss_sum = 0.0
@@ -335,7 +369,8 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
                 bar.close()
             t5 = time.perf_counter()
             metrics = _evaluate(model, params, part, comm)
-            t_eval = time.perf_counter() - t5
+            t6 = time.perf_counter()
+            t_eval, t_wall = t6 - t5, t6 - t_epoch
             after = reducer.stats.as_dict()
             local = np.array([loss_sum / max(steps_per_epoch, 1), after["bytes_sent"] - before["bytes_sent"]],
                              dtype=np.float64)
@@ -344,16 +379,19 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
             times = np.array([t_train, t_compute, t_reduce, t_check, t_eval,
                               after["seconds_collective"] - before["seconds_collective"],
                               after["seconds_fusion"] - before["seconds_fusion"],
-                              after["seconds_compress"] - before["seconds_compress"], local[1]], dtype=np.float64)
+                              after["seconds_compress"] - before["seconds_compress"], local[1], t_wall],
+                             dtype=np.float64)
             slowest = np.empty_like(times)
             comm.Allreduce(times, slowest, op=MPI.MAX)
             elapsed += float(slowest[0])
+            elapsed_wall += float(slowest[9])
             bytes_total += float(sums[1]) / P
             record = {"epoch": epoch + 1, "step": step, "train_loss": float(sums[0]) / P, **metrics,
                       "time_train": float(slowest[0]), "time_compute": float(slowest[1]),
                       "time_reduce": float(slowest[2]), "time_collective": float(slowest[5]),
                       "time_fusion": float(slowest[6]), "time_compress": float(slowest[7]),
-                      "time_check": float(slowest[3]), "time_eval": float(slowest[4]), "elapsed": elapsed,
+                      "time_check": float(slowest[3]), "time_eval": float(slowest[4]),
+                      "time_wall": float(slowest[9]), "elapsed": elapsed, "elapsed_wall": elapsed_wall,
                       "bytes_sent_per_rank": float(sums[1]) / P, "bytes_sent_max": float(slowest[8]),
                       "bytes_total_per_rank": bytes_total}
             history.append(record)
@@ -368,9 +406,17 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
                       f"{metrics['test_loss']:.4f}, {quality}, {t_train:.2f} s (compute "
                       f"{record['time_compute']:.2f} s, reduce {record['time_reduce']:.2f} s), "
                       f"{record['bytes_sent_per_rank'] / 1e6:.3f} MB/rank", flush=True)
-            if config.checkpoint and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
+            # test accuracies are agreed (allreduced): every rank stops at the same epoch
+            reached = target is not None and metrics.get("test_accuracy", -1.0) >= target
+            if rank == 0 and reached and not config.quiet:
+                print(f"target accuracy {target:.4f} reached at epoch {epoch + 1}: {elapsed:.2f} s of training "
+                      f"({elapsed_wall:.2f} s with evaluations), {bytes_total / 1e6:.3f} MB/rank", flush=True)
+            if config.checkpoint and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
+                                      or reached):
                 meta = {"epoch": epoch + 1, "step": step, "config": identity, "history": history, "initial": initial}
                 save_checkpoint(config.checkpoint, comm, _snapshot(params, optimizer, reducer, step), meta)
+            if reached:
+                break
     result = TrainResult(params, history, initial, model, optimizer, reducer, config, P)
     if rank == 0:
         _write_outputs(config, result)
@@ -448,3 +494,55 @@ def plot_history(history: Sequence[dict[str, Any]], path: str, title: str = "",
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+
+def plot_comparison(runs: Sequence[tuple[str, dict[str, Any]]], path: str, title: str = "",
+                    target: float | None = None) -> None:
+    """Several runs in one figure: test accuracy (or R^2) and train loss against training time and bytes sent.
+
+    Parameters
+    ----------
+    runs : sequence of (str, dict)
+        A label and the ``--metrics`` document (:meth:`TrainResult.summary`)
+        of each run; the curves against time start at the initial test
+        metrics (time 0) where the document has them. Bytes are on a log
+        axis.
+    path : str
+        The PNG to write (matplotlib, Agg).
+    title : str
+        The figure's title.
+    target : float, optional
+        A target accuracy, drawn as a dashed line on the accuracy panels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise ValueError("plot_comparison needs at least one run")
+    quality = "test_accuracy" if "test_accuracy" in runs[0][1]["epochs"][0] else "test_r2"
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for col, (xkey, xlabel, scale) in enumerate((("elapsed", "training time (s)", 1.0),
+                                                 ("bytes_total_per_rank", "MB sent per rank", 1e-6))):
+        for row, (key, ylabel) in enumerate(((quality, quality.replace("_", " ")), ("train_loss", "train loss"))):
+            ax = axes[row][col]
+            for label, doc in runs:
+                history = doc["epochs"]
+                initial = doc.get("initial") or {}
+                start = [initial[key]] if key in initial and col == 0 else []  # no 0 on the log axis
+                x = [0.0] * len(start) + [h[xkey] * scale for h in history]
+                ax.plot(x, start + [h[key] for h in history], marker="o", markersize=3, label=label)
+            if target is not None and row == 0:
+                ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.3f}")
+            if col == 1:
+                ax.set_xscale("log")
+            ax.set_xlabel(xlabel + (" (log)" if col == 1 else ""))
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -55,3 +59,35 @@ def test_a_diverging_run_fails_with_one_error_on_every_rank(compression):
                          epochs=3, compression=compression, min_compress_size=4, quiet=True)
     with pytest.raises(TrainingError, match="diverged"):
         train(config, comm)
+
+
+def test_a_target_accuracy_stops_every_rank_at_the_first_epoch_that_reaches_it():
+    base = dict(dataset="digits", model="softmax", optimizer="sgd", lr=0.5, quiet=True, seed=0)
+    full = train(TrainConfig(epochs=6, **base), comm)
+    accs = [e["test_accuracy"] for e in full.history]
+    target = accs[2]  # reached at epoch 3 at the latest
+    first = next(i for i, a in enumerate(accs) if a >= target) + 1
+    assert full.summary()["target"] is None
+    folder = comm.bcast(tempfile.mkdtemp(prefix="scaleml-target-") if rank == 0 else None, root=0)
+    ck = os.path.join(folder, "ck")
+    stopped = train(TrainConfig(epochs=6, target_accuracy=target, checkpoint=ck, **base), comm)
+    assert [e["epoch"] for e in stopped.history] == list(range(1, first + 1))
+    assert [e["test_accuracy"] for e in stopped.history] == accs[:first]  # the same run, cut short
+    t = stopped.summary()["target"]
+    last = stopped.history[-1]
+    assert t["reached"] and t["epoch"] == first and t["accuracy"] == target
+    assert (t["elapsed"], t["elapsed_wall"], t["bytes_total_per_rank"]) == (
+        last["elapsed"], last["elapsed_wall"], last["bytes_total_per_rank"])
+    for e in stopped.history:  # wall time: the training time and the evaluation, the slowest rank's
+        assert e["time_wall"] >= e["time_train"] and e["time_wall"] >= e["time_eval"]
+    walls = [e["time_wall"] for e in stopped.history]
+    assert abs(last["elapsed_wall"] - sum(walls)) < 1e-9 and last["elapsed_wall"] >= last["elapsed"]
+    # resuming a run that stopped at its target trains no more; a higher target continues it
+    again = train(TrainConfig(epochs=6, target_accuracy=target, checkpoint=ck, resume=True, **base), comm)
+    assert len(again.history) == first
+    unreachable = train(TrainConfig(epochs=first + 1, target_accuracy=1.0, checkpoint=ck, resume=True, **base), comm)
+    assert len(unreachable.history) == first + 1 and not unreachable.summary()["target"]["reached"]
+    assert unreachable.summary()["target"]["epoch"] is None
+    comm.Barrier()
+    if rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)

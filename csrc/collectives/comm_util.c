@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 int cu_check(int mpi_rc, const char *what)
 {
@@ -92,6 +93,13 @@ void cu_watch(const char *what, int rank, int algorithm)
     in_algorithm = algorithm;
 }
 
+void cu_pause_before_abort(void)
+{
+    /* MPI_Abort tears the job down at once; the launcher may drop output it has not forwarded yet. */
+    struct timespec pause = {0, 300 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+}
+
 /* A wait past the watchdog's limits: warn once, then abort the job. The usual
  * cause is ranks in different collectives (different ScaleML calls, or one
  * rank in plain MPI), or a rank that stopped. */
@@ -112,6 +120,7 @@ static void watchdog(double waited, int *warned)
                 "not all in the same collective, or one of them stopped.\n",
                 watch_rank, waited, watch_what);
         fflush(stderr);
+        cu_pause_before_abort();
         MPI_Abort(MPI_COMM_WORLD, 124);
     }
 }

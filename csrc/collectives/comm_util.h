@@ -38,6 +38,9 @@ int cu_waitall(int count, MPI_Request *requests, MPI_Status *statuses);
  * string), and whether the fault hook (scaleml_set_fault) counts them. */
 void cu_watch(const char *what, int rank, int algorithm);
 
+/* A short pause after a message that precedes MPI_Abort, so the launcher forwards it before the job ends. */
+void cu_pause_before_abort(void);
+
 int cu_isend(MPI_Comm comm, int dest, int tag, const void *buf, size_t bytes, MPI_Request *req,
              uint64_t *bytes_sent);
 int cu_send(MPI_Comm comm, int dest, int tag, const void *buf, size_t bytes, uint64_t *bytes_sent);

@@ -84,6 +84,7 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
                 "are inside the same collective and cannot finish it.\n",
                 ctx.rank, ctx.size, entry->info.name, scaleml_error_message());
         fflush(stderr);
+        cu_pause_before_abort();
         MPI_Abort(ctx.comm, 70);
     }
     if (rc) {

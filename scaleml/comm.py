@@ -78,16 +78,24 @@ def _parse_spec(spec: Any) -> tuple[Any, np.dtype, int | None, int]:
 def _from_dlpack(buf: Any) -> Any:
     """A numpy view of a DLPack object in host memory (a CPU ``torch.Tensor``, a JAX array), else ``buf``.
 
-    mpi4py reads such objects through DLPack; so does the drop-in. Objects numpy
-    cannot import (device memory, a tensor that requires grad) are left as
+    mpi4py reads such objects through DLPack; so does the drop-in. A host
+    object that cannot be exported (a tensor that requires grad) is this
+    rank's ``BufferError``, as in mpi4py; objects in device memory are left as
     they are: the call then goes to MPI, which reads or refuses them itself.
     """
     if isinstance(buf, np.ndarray) or not hasattr(buf, "__dlpack__"):
         return buf
     try:
-        return np.from_dlpack(buf)
-    except Exception:  # noqa: BLE001 (MPI decides what to do with it)
+        on_host = int(buf.__dlpack_device__()[0]) in (1, 3)  # kDLCPU, kDLCUDAHost
+    except Exception:  # noqa: BLE001 (not a usable DLPack object: MPI decides)
         return buf
+    if not on_host:
+        return buf
+    try:
+        return np.from_dlpack(buf)
+    except Exception as exc:  # noqa: BLE001
+        raise _LocalError(6, BufferLayoutError(f"Allreduce: cannot read the {type(buf).__name__} through "
+                                               f"DLPack ({exc})")) from exc
 
 
 def _element_count(buf: Any, dtype: np.dtype, count: int | None, exact: bool = False) -> int:

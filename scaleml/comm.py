@@ -269,6 +269,15 @@ class Comm(MPI.Intracomm):
         self._mpi_classes: dict[tuple[int, np.dtype], Any] = {}
         """(count, dtype) -> the tuner's statistics of its size class, for the steady-state test in Allreduce."""
 
+    def __getattr__(self, name: str) -> Any:
+        # A Comm that mpi4py made without __init__ (``Comm.f2py``, ``Comm.fromhandle``,
+        # ``Comm.Create_from_group``): the default settings, its engine state made at first use.
+        if name in ("_comm", "_engine", "_format", "min_count", "algorithm", "compression", "last_info",
+                    "_mpi_classes") and "_comm" not in self.__dict__:
+            Comm.__init__(self, MPI.Intracomm(self), _lazy_state=True)
+            return getattr(self, name)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
     @property
     def _state(self):
         if self._engine is None:  # only after Idup, whose communicator exists once its request completed
@@ -317,6 +326,18 @@ class Comm(MPI.Intracomm):
         """
         comm, request = self._comm.Idup() if info is None else self._comm.Idup(info)
         return self._wrap(comm, lazy=True), request
+
+    def Idup_with_info(self, info: MPI.Info) -> tuple[Comm, MPI.Request]:  # noqa: N802
+        """Nonblocking duplicate with info hints; as :meth:`Idup`."""
+        comm, request = self._comm.Idup_with_info(info)
+        return self._wrap(comm, lazy=True), request
+
+    @classmethod
+    def Create_from_group(cls, group: MPI.Group, stringtag: str = "org.mpi4py", info: MPI.Info = MPI.INFO_NULL,
+                          errhandler: MPI.Errhandler | None = None) -> Comm:  # noqa: N802
+        """A communicator of ``group`` (``MPI_Comm_create_from_group``, collective over it); a :class:`Comm`."""
+        comm = MPI.Intracomm.Create_from_group(group, stringtag, info, errhandler)
+        return MPI.COMM_NULL if comm == MPI.COMM_NULL else cls(comm)
 
     def Split(self, color: int = 0, key: int = 0) -> Comm:  # noqa: N802
         """Split the communicator (``MPI_Comm_split``); returns a :class:`Comm` (``COMM_NULL`` if undefined)."""

@@ -53,7 +53,8 @@ def test_comm_is_an_intracomm_with_every_mpi4py_method():
     assert comm.py2f() == world.py2f()
 
 
-@pytest.mark.parametrize("make", ["Dup", "Clone", "Split", "Split_type", "Create", "Create_group", "Idup"])
+@pytest.mark.parametrize("make", ["Dup", "Clone", "Split", "Split_type", "Create", "Create_group", "Idup",
+                                  "Idup_with_info", "Create_from_group"])
 def test_constructors_return_a_comm_with_the_same_settings(make):
     comm = scaleml.Comm(world, min_count=123, algorithm="split_allgather")
     if make == "Split":
@@ -62,15 +63,18 @@ def test_constructors_return_a_comm_with_the_same_settings(make):
         new = comm.Split_type(MPI.COMM_TYPE_SHARED)
     elif make in ("Create", "Create_group"):
         new = getattr(comm, make)(comm.Get_group())
-    elif make == "Idup":
-        new, request = comm.Idup()
+    elif make in ("Idup", "Idup_with_info"):
+        new, request = comm.Idup() if make == "Idup" else comm.Idup_with_info(MPI.INFO_NULL)
         request.Wait()
+    elif make == "Create_from_group":
+        new = scaleml.Comm.Create_from_group(comm.Get_group())
+        new.min_count, new.algorithm = 123, "split_allgather"  # a class method: default settings
     else:
         new = getattr(comm, make)()
     try:
         assert type(new) is scaleml.Comm
         assert new.min_count == 123 and new.algorithm == "split_allgather"
-        assert new != comm or make in ()  # a new communicator
+        assert new != comm  # a new communicator
         x = sparse_data(5000, seed=3)
         out = np.empty_like(x)
         new.Allreduce(x, out)  # the engine (forced algorithm) on the new communicator

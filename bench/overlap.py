@@ -108,7 +108,7 @@ def main() -> None:
             compute.reps = world.allreduce(compute.reps, MPI.MIN)  # the same work on every rank
             t_compute = timed(compute, args.iterations, 1)
 
-            def overlapped() -> None:
+            def overlapped(start=start, compute=compute) -> None:
                 request = start()
                 compute()
                 request.Wait()

@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from .. import cost_model
 from ..datagen import random_sparse
-from .methods import BASELINE, LOSSLESS, METHODS, Case, Runner
+from .methods import BASELINE, COLLECTIVES, LOSSLESS, METHODS, Case, Runner, bandwidths
 
 
 def measure(run: Runner, comm: MPI.Intracomm, warmup: int, iterations: int,
@@ -125,7 +125,8 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     is ``||result - exact|| / ||exact||`` of the last call, ``max_rel_error`` its largest deviation over the
     largest magnitude of the sum, and ``rel_error_time_avg`` the relative L2 error of the mean of the timed
     calls' results (what error feedback makes small: its per-call error stays that of the format), each the
-    largest over ranks. ``bytes_sent_per_rank`` is the mean over ranks of each rank's bytes per call, as the
+    largest over ranks. ``algbw_GBps`` and ``busbw_GBps`` are nccl-tests' bandwidths of the method's
+    ``collective`` (:func:`scaleml.bench.methods.bandwidths`) at the mean time. ``bytes_sent_per_rank`` is the mean over ranks of each rank's bytes per call, as the
     method reports them (``MPI_Allreduce``, gloo: the ring's figure). ``time_median_us`` is the median over
     iterations of each iteration's time, which is the maximum over ranks of that iteration (the slowest rank
     finishes the collective), and ``speedup_median_vs_mpi`` is the ratio of the baseline's and the method's
@@ -187,14 +188,15 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
         if name == BASELINE:
             baseline_avg = t_avg
         size = n * case.dtype.itemsize
-        algbw = size / t_avg / 1e9 if t_avg > 0 else 0.0
+        collective = COLLECTIVES.get(name, "allreduce")
+        algbw, busbw = bandwidths(collective, size, P, t_avg)
         rows.append({
             "size_bytes": size, "count": n, "dtype": case.dtype.name, "ranks": P, "density": density,
             "global_nnz_input": nnz, "max_nnz_input": nnz_max, "pattern": pattern, "method": name,
-            "algorithm": algorithm,
+            "algorithm": algorithm, "collective": collective,
             "time_min_us": min(times) * 1e6, "time_avg_us": t_avg * 1e6, "time_max_us": max(times) * 1e6,
             "time_median_us": None,
-            "algbw_GBps": algbw, "busbw_GBps": algbw * 2 * (P - 1) / P, "bytes_sent_per_rank": sent,
+            "algbw_GBps": algbw, "busbw_GBps": busbw, "bytes_sent_per_rank": sent,
             "speedup_vs_mpi": baseline_avg / t_avg if t_avg > 0 else float("inf"),
             "speedup_median_vs_mpi": None,
             "rel_error": l2, "max_rel_error": err, "rel_error_time_avg": l2_mean, "lossless": not lossy,
@@ -208,8 +210,47 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     return rows
 
 
+def package_versions() -> dict[str, str | None]:
+    """Versions of what produced the numbers.
+
+    Returns
+    -------
+    dict
+        ``scaleml``, ``numpy``, ``mpi4py``, ``python``, ``mpi_library`` (the MPI library's version
+        string, ``MPI_Get_library_version``) and ``mpi_standard`` (e.g. ``"3.1"``); None where unknown.
+    """
+    from importlib import metadata
+
+    import mpi4py
+
+    import scaleml
+
+    try:
+        version = metadata.version("scaleml")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        version = getattr(scaleml, "__version__", None)
+    major, minor = MPI.Get_version()
+    return {"scaleml": version, "numpy": np.__version__, "mpi4py": mpi4py.__version__,
+            "python": platform.python_version(), "mpi_library": MPI.Get_library_version().strip(),
+            "mpi_standard": f"{major}.{minor}"}
+
+
 def run_metadata(comm: MPI.Intracomm, collective: bool = True) -> dict:
-    """Which machine, commit and MPI produced the numbers (``collective``: count hosts)."""
+    """Which machine, commit, MPI and package versions produced the numbers.
+
+    Parameters
+    ----------
+    comm : MPI.Intracomm
+        The ranks of the run.
+    collective : bool
+        Count the hosts (an allgather over ``comm``); False: ``hosts`` is None and no rank else takes part.
+
+    Returns
+    -------
+    dict
+        ``date``, ``ranks``, ``hosts``, ``machine``, ``cpu``, ``commit``, ``mpi`` (the first line of the MPI
+        library's version), ``versions`` (:func:`package_versions`) and ``cost_params``.
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
@@ -220,4 +261,5 @@ def run_metadata(comm: MPI.Intracomm, collective: bool = True) -> dict:
             "machine": platform.node(),
             "cpu": platform.processor() or platform.machine(), "commit": commit,
             "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+            "versions": package_versions(),
             "cost_params": asdict(cost_model.get_params())}

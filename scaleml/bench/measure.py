@@ -126,7 +126,8 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     largest magnitude of the sum, and ``rel_error_time_avg`` the relative L2 error of the mean of the timed
     calls' results (what error feedback makes small: its per-call error stays that of the format), each the
     largest over ranks. ``algbw_GBps`` and ``busbw_GBps`` are nccl-tests' bandwidths of the method's
-    ``collective`` (:func:`scaleml.bench.methods.bandwidths`) at the mean time. ``bytes_sent_per_rank`` is the mean over ranks of each rank's bytes per call, as the
+    ``collective`` (:func:`scaleml.bench.methods.bandwidths`) at the mean time. ``bytes_sent_per_rank`` is
+    the mean over ranks of each rank's bytes per call, as the
     method reports them (``MPI_Allreduce``, gloo: the ring's figure). ``time_median_us`` is the median over
     iterations of each iteration's time, which is the maximum over ranks of that iteration (the slowest rank
     finishes the collective), and ``speedup_median_vs_mpi`` is the ratio of the baseline's and the method's

@@ -650,6 +650,14 @@ def check_outputs(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _check_outputs_safely(args: argparse.Namespace) -> str | None:
+    """:func:`check_outputs`, any failure of it a message: the other ranks wait for rank 0's verdict."""
+    try:
+        return check_outputs(args)
+    except Exception as exc:  # noqa: BLE001 (e.g. a PermissionError of Path.exists)
+        return f"cannot check the output files: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scaleml-bench`` and ``python -m scaleml.bench``.
 
@@ -676,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error is None:
             # Files are rank 0's to write: it checks them, and every rank learns the verdict (no rank waits).
             comm = MPI.COMM_WORLD
-            error = comm.bcast(check_outputs(args) if comm.Get_rank() == 0 else None, root=0)
+            error = comm.bcast(_check_outputs_safely(args) if comm.Get_rank() == 0 else None, root=0)
         if error is not None:
             args.parser.error(error)
     except SystemExit as exc:  # argparse's exit: help (0) or a usage error (2)
@@ -787,10 +795,10 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         progress.update(n * dtype.itemsize, density)
     progress.close()
-    status = 0
+    # The rows are the same on every rank: so is the verdict (no rank waits for rank 0's files).
+    tolerance = check_tolerance(dtype, comm.Get_size())
+    wrong = [r for r in rows if check and r["lossless"] and not r["max_rel_error"] <= tolerance]
     if rank == 0:
-        tolerance = check_tolerance(dtype, comm.Get_size())
-        wrong = [r for r in rows if check and r["lossless"] and not r["max_rel_error"] <= tolerance]
         for r in wrong:
             print(f"{PROG}: wrong result: {r['method']} at {r['size_bytes']} B, density {r['density']:g}: max.err "
                   f"{r['max_rel_error']:.1e} > {tolerance:.1e}", file=sys.stderr)
@@ -800,7 +808,6 @@ def run(args: argparse.Namespace) -> int:
             for method, busbw in average_bus_bandwidth(rows).items():
                 print(f"# Avg bus bandwidth    : {busbw:.4f} GB/s {method}")
             sys.stdout.flush()
-        status = 1 if wrong else 0
         if args.json:
             args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         if args.csv:
@@ -810,7 +817,7 @@ def run(args: argparse.Namespace) -> int:
                 writer.writerows(rows)
         if args.plot:
             plot(rows, meta, args.plot)
-    return comm.bcast(status, root=0)
+    return 1 if wrong else 0
 
 
 def average_bus_bandwidth(rows: list[dict]) -> dict[str, float]:

@@ -17,7 +17,7 @@ ROW_FIELDS = {
     "pattern": str, "method": str, "algorithm": str, "collective": str, "time_min_us": float, "time_avg_us": float,
     "time_max_us": float, "time_median_us": float, "algbw_GBps": float, "busbw_GBps": float,
     "bytes_sent_per_rank": int, "speedup_vs_mpi": float, "speedup_median_vs_mpi": float, "rel_error": float,
-    "max_rel_error": float, "rel_error_time_avg": float, "lossless": bool,
+    "max_rel_error": float, "rel_error_time_avg": float, "lossless": bool, "wrong": int,
 }
 
 
@@ -76,6 +76,7 @@ def test_short_sweep_under_mpiexec(tmp_path):
         assert row["time_median_us"] > 0 and row["speedup_median_vs_mpi"] > 0
         assert row["max_rel_error"] < 1e-5 and row["rel_error"] < 1e-5  # every method here is lossless
         assert row["rel_error_time_avg"] == row["rel_error"]
+        assert row["wrong"] == 0  # nccl-tests' #wrong: no value off the exact sum by more than rounding
         if row["method"] == "mpi_allreduce":
             assert row["speedup_vs_mpi"] == 1.0 and row["speedup_median_vs_mpi"] == 1.0
         # both speedups are against the baseline of the same case: the means, and the medians
@@ -88,7 +89,7 @@ def test_short_sweep_under_mpiexec(tmp_path):
         assert reader.fieldnames == list(rows[0]) and "time_median_us" in reader.fieldnames
         assert len(list(reader)) == len(rows)
     header = next(line for line in result.stdout.splitlines() if "algorithm" in line)
-    assert header.split()[4:8] == ["min(us)", "avg(us)", "max(us)", "med(us)"]
+    assert header.split()[4:8] == ["min(us)", "avg(us)", "max(us)", "med(us)"] and header.split()[-1] == "#wrong"
     # nccl-tests' closing lines: the check, and the mean bus bandwidth over sizes, one line per method
     assert result.stdout.count("# Out of bounds values : 0 OK") == 1
     averages = {line.split()[-1]: float(line.split()[5]) for line in result.stdout.splitlines()
@@ -302,7 +303,11 @@ def test_check_flags_a_wrong_result(tmp_path, check):
                          "-c", check], timeout=120)
     if check == "1":
         assert result.returncode == 1, result.stdout
-        assert result.stdout.count("# Out of bounds values : 1 FAILED") == 1
+        summary = [line for line in result.stdout.splitlines() if line.startswith("# Out of bounds values : ")]
+        assert len(summary) == 1 and summary[0].endswith(" FAILED"), result.stdout
+        row = next(line for line in result.stdout.splitlines() if line.split()[3:4] == ["wrong_sum"])
+        wrong = int(row.split()[-1])  # the #wrong column: nearly every one of the 256 values
+        assert 200 < wrong <= 256 and int(summary[0].split()[6]) == wrong
         assert result.stdout.count("wrong result: wrong_sum") == 1
     else:
         assert result.returncode == 0 and "Out of bounds" not in result.stdout, result.stdout

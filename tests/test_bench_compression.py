@@ -86,6 +86,7 @@ def test_lossy_rows_have_error_and_bytes(tmp_path):
         row = rows[name]
         assert not row["lossless"] and row["time_avg_us"] > 0 and row["speedup_vs_mpi"] > 0
         assert row["bytes_sent_per_rank"] > 0, name
+        assert row["wrong"] is None, name  # nccl-tests' #wrong counts lossless results only
         assert 0 <= row["rel_error"] < 3 and 0 <= row["rel_error_time_avg"] < 3, name
     assert 1e-6 < rows["fp16"]["rel_error"] < 1e-3  # fp16 rounding of each contribution and of the sum
     # bytes: 4-bit QSGD < fp16 < float32, and P = 2 keeps the allgather at one compressed vector per rank

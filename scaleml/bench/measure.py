@@ -92,6 +92,38 @@ def relative_errors(result: np.ndarray, exact: np.ndarray) -> tuple[float, float
     return l2, float(np.abs(diff).max()) / scale if scale else 0.0
 
 
+def out_of_bounds(result: np.ndarray, exact: np.ndarray, magnitude: np.ndarray, dtype: np.dtype,
+                  ranks: int) -> int:
+    """Number of elements of a lossless result off the exact sum by more than summation rounding.
+
+    Summing P terms in any order rounds each element by at most about ``(P-1) eps`` times the sum of the
+    terms' magnitudes; the bound used is ``2 P eps * sum |x|`` with ``eps`` of the coarser of the case's and
+    the result's type (a float32 wire of float64 data is float32's rounding).
+
+    Parameters
+    ----------
+    result : numpy.ndarray
+        A method's dense result.
+    exact : numpy.ndarray
+        The exact sum, float64, of the same size.
+    magnitude : numpy.ndarray
+        The sum over ranks of the inputs' absolute values, float64.
+    dtype : numpy.dtype
+        The case's value type.
+    ranks : int
+        Number of ranks P.
+
+    Returns
+    -------
+    int
+        nccl-tests' ``#wrong`` on this rank.
+    """
+    kinds = [np.dtype(dtype)] + ([result.dtype] if np.issubdtype(result.dtype, np.floating) else [])
+    eps = max(float(np.finfo(k).eps) for k in kinds)
+    diff = np.abs(result.reshape(-1).astype(np.float64) - exact)
+    return int(np.count_nonzero(diff > 2 * max(ranks, 2) * eps * magnitude))
+
+
 def median_of_iteration_max(comm: MPI.Intracomm, times: np.ndarray) -> np.ndarray:
     """Median over iterations of each iteration's slowest rank, for several methods at once.
 
@@ -125,7 +157,9 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     is ``||result - exact|| / ||exact||`` of the last call, ``max_rel_error`` its largest deviation over the
     largest magnitude of the sum, and ``rel_error_time_avg`` the relative L2 error of the mean of the timed
     calls' results (what error feedback makes small: its per-call error stays that of the format), each the
-    largest over ranks. ``algbw_GBps`` and ``busbw_GBps`` are nccl-tests' bandwidths of the method's
+    largest over ranks; ``wrong`` (lossless methods; None for lossy ones) is nccl-tests' ``#wrong``, the
+    number of elements off the exact sum by more than rounding (:func:`out_of_bounds`), the largest over ranks.
+    ``algbw_GBps`` and ``busbw_GBps`` are nccl-tests' bandwidths of the method's
     ``collective`` (:func:`scaleml.bench.methods.bandwidths`) at the mean time. ``bytes_sent_per_rank`` is
     the mean over ranks of each rank's bytes per call, as the
     method reports them (``MPI_Allreduce``, gloo: the ring's figure). ``time_median_us`` is the median over
@@ -166,6 +200,8 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     case = Case(comm, n, np.dtype(dtype), density, pattern, idx, vals, dense)
     exact = np.empty(n)
     comm.Allreduce(dense.astype(np.float64), exact, MPI.SUM)
+    magnitude = np.empty(n)  # sum over ranks of |x|: what bounds the rounding of any order of summation
+    comm.Allreduce(np.abs(dense.astype(np.float64)), magnitude, MPI.SUM)
     nnz = comm.allreduce(int(idx.size), MPI.SUM)
     nnz_max = comm.allreduce(int(idx.size), MPI.MAX)
     rows, baseline_avg, per_iteration = [], None, []
@@ -178,10 +214,11 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
         t = sum(iteration_times.tolist()) / iteration_times.size
         l2, err = relative_errors(result, exact)
         l2_mean = relative_errors(accumulated / iteration_times.size, exact)[0] if lossy else l2
+        wrong = out_of_bounds(result, exact, magnitude, case.dtype, P)
         times = comm.allgather(t)
-        errors = np.array([l2, err, l2_mean])
+        errors = np.array([l2, err, l2_mean, wrong])
         comm.Allreduce(MPI.IN_PLACE, errors, MPI.MAX)
-        l2, err, l2_mean = errors.tolist()
+        l2, err, l2_mean, wrong = errors.tolist()
         sent = comm.allreduce(sent, MPI.SUM) // P
         # What auto and the drop-in picked; a forced "ALG:FORMAT" ran ALG.
         algorithm = name if ran == name or name.startswith(f"{ran}:") else f"{name}->{ran}"
@@ -201,6 +238,7 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
             "speedup_vs_mpi": baseline_avg / t_avg if t_avg > 0 else float("inf"),
             "speedup_median_vs_mpi": None,
             "rel_error": l2, "max_rel_error": err, "rel_error_time_avg": l2_mean, "lossless": not lossy,
+            "wrong": None if lossy else int(wrong),
         })
     # The per-iteration times of every method, gathered once per case (not inside the timed loop).
     medians = median_of_iteration_max(comm, np.stack(per_iteration))

@@ -679,9 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_main_parser()
     words = argv if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help", "--version")) else ["run", *argv]
     try:
-        args = parser.parse_args(words)
-        if args.command is None:  # `scaleml-bench -h` and `--version` exit in parse_args
-            args = parser.parse_args(["run"])
+        args = parser.parse_args(words)  # `scaleml-bench -h` and `--version` exit here
         error = args.validate(args)
         if error is None:
             # Files are rank 0's to write: it checks them, and every rank learns the verdict (no rank waits).

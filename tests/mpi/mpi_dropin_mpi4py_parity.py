@@ -20,6 +20,9 @@ from mpi4py import MPI
 import scaleml
 from scaleml.errors import BufferLayoutError
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()
 N = 5000  # above the default min_count (4096): the engine's paths, not a pass-through to MPI

@@ -118,7 +118,7 @@ def _gloo_run(tmp_path, python_args=("-m", "scaleml.bench")):
     return result, out
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (pip install 'scaleml[torch]')")
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (make install-torch)")
 def test_gloo_baselines(tmp_path):
     result, out = _gloo_run(tmp_path)
     assert result.returncode == 0, result.stdout

@@ -181,4 +181,14 @@ const char *scaleml_mpi_vendor(void);
 int scaleml_mpi_comm_handle_bytes(void);
 int scaleml_mpi_version(void);
 
+/* How the extension was built (core/build_info.c): the compiler's version
+ * string and the flags _ffi_build.py compiled with ("unknown" if not
+ * recorded); and what the hand-written SIMD paths use on this CPU
+ * (core/cpu_features.c: 1 when the CPU has it and SCALEML_NO_SIMD is unset). */
+const char *scaleml_build_compiler(void);
+const char *scaleml_build_cflags(void);
+int scaleml_cpu_avx2(void);
+int scaleml_cpu_bmi2(void);
+int scaleml_cpu_f16c(void);
+
 #endif

@@ -81,10 +81,17 @@ def cdef_text(header: Path) -> str:
                      if not (_INCLUDE_GUARD.match(line) and (line.startswith("#endif") or "SCALEML_API_" in line)))
 
 
+def c_string(text: str) -> str:
+    """``text`` as a C string literal (the value of a ``-D`` define)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 ffibuilder = FFI()
 for header in API_HEADERS:
     ffibuilder.cdef(cdef_text(header))
 _flags = mpi_flags(find_mpicc())
+_compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"] \
+    + shlex.split(os.environ.get("SCALEML_CFLAGS", ""))
 ffibuilder.set_source(
     "scaleml._core",
     "#include <stdint.h>\n" + "".join(f'#include "{h.name}"\n' for h in API_HEADERS),
@@ -93,8 +100,9 @@ ffibuilder.set_source(
     include_dirs=[str(CSRC)] + _flags["include_dirs"],
     library_dirs=_flags["library_dirs"],
     libraries=_flags["libraries"] + ["m"],
-    extra_compile_args=["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"]
-    + shlex.split(os.environ.get("SCALEML_CFLAGS", "")),
+    extra_compile_args=_compile_args,
+    # recorded for `python -m scaleml` (scaleml_build_cflags in csrc/core/build_info.c)
+    define_macros=[("SCALEML_BUILD_CFLAGS", c_string(" ".join(_compile_args)))],
     extra_link_args=_flags["extra_link_args"] + shlex.split(os.environ.get("SCALEML_LDFLAGS", "")),
 )
 

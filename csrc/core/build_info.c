@@ -1,4 +1,4 @@
-/* Facts about the build: the MPI the extension was compiled against. */
+/* Facts about the build: the MPI the extension was compiled against, the compiler and its flags. */
 #include <mpi.h>
 #include <stdint.h>
 #include <stddef.h>
@@ -19,3 +19,21 @@ const char *scaleml_mpi_vendor(void)
 int scaleml_mpi_comm_handle_bytes(void) { return (int)sizeof(MPI_Comm); }
 
 int scaleml_mpi_version(void) { return MPI_VERSION * 10 + MPI_SUBVERSION; }
+
+#ifndef SCALEML_BUILD_CFLAGS
+#define SCALEML_BUILD_CFLAGS "unknown"
+#endif
+
+const char *scaleml_build_compiler(void)
+{
+#if defined(__GNUC__) && !defined(__clang__) && defined(__VERSION__)
+    return "GCC " __VERSION__;
+#elif defined(__VERSION__)
+    return __VERSION__;
+#else
+    return "unknown";
+#endif
+}
+
+/* The flags scaleml/_ffi_build.py passed (a -D define it sets). */
+const char *scaleml_build_cflags(void) { return SCALEML_BUILD_CFLAGS; }

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from mpi4py import MPI  # noqa: F401  (loads libmpi before the extension does)
 
-from . import algorithms, compress, cost_model, nonblocking
+from . import algorithms, compress, config, cost_model, nonblocking, timeline
 from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
 from ._version import __version__ as __version__  # its one source (pyproject.toml reads it too)
 from .adaptive_allreduce import AdaptiveAllreduceInfo, AdaptiveAllreduceState, adaptive_allreduce
@@ -43,6 +43,7 @@ __all__ = [
     "adaptive_allreduce",
     "algorithms",
     "compress",
+    "config",
     "cost_model",
     "iadaptive_allreduce",
     "index_dtype",
@@ -53,6 +54,7 @@ __all__ = [
     "quantized_allreduce",
     "set_timeout",
     "sparse_allreduce",
+    "timeline",
     "topk_allreduce",
     # ZipML least squares on low-precision data (scaleml.zipml_linear)
     "QuantizedMatrix",

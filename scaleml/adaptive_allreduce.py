@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from . import config
+from . import timeline as _timeline
 from .compress.adaptive import AdaptiveQuant
 from .compress.framing import DTYPE_CODES, Compressed, decode
 from .errors import ScaleMLError
@@ -229,8 +231,14 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
         or the dtype.
     ScaleMLError
         On every rank when an owner could not reduce its block.
+
+    Notes
+    -----
+    With ``SCALEML_DISABLE=1`` the sum is exact (``MPI_Allreduce``); the
+    residuals and the step stay as they are.
     """
     op_name = "adaptive_allreduce"
+    tl = _timeline.begin(op_name) if _timeline.ON else None
     es = engine_state(comm)
     private = es.private
     rank, P = private.Get_rank(), private.Get_size()
@@ -241,12 +249,28 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
         error = exc
     except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
         error = as_local_error(exc)
+    if tl is not None:
+        tl.mark("encode")
     ok = error is None
     # n is the element count; nnz = rows lets every rank see whether the row counts differ (sum != P * max).
     agreement = agree(es, error, n=rows * cols if ok else 0, value_bytes=g.itemsize if ok else 0, algorithm=0,
                       out=0, nnz=rows if ok else 0, op_name=op_name)
     if agreement.nnz_sum != P * agreement.nnz_max:
         raise ValueError(f"{op_name}: the number of rows differs between ranks (up to {agreement.nnz_max})")
+    if tl is not None:
+        tl.mark("agreement")
+    if config.DISABLE:  # exact: MPI_Allreduce of the gradients (residuals and step unchanged)
+        out = np.empty(g.shape, g.dtype)
+        private.Allreduce(np.ascontiguousarray(g), out)
+        if average:
+            out /= P
+        if tl is not None:
+            tl.mark("MPI_Allreduce", "algorithm")
+            tl.end(n=g.size, dtype=str(g.dtype), algorithm="MPI_Allreduce", format="exact")
+        ring = 2 * (P - 1) * g.nbytes // P
+        return (out, AdaptiveAllreduceInfo(bytes_sent=ring, reduce_scatter_bytes=ring // 2, allgather_bytes=ring // 2,
+                                           compressed_bytes=g.nbytes, rows=rows, cols=cols, ranks=P)) \
+            if return_info else out
 
     # Reduce-scatter: block j to rank j.
     send_sizes = np.array([c.nbytes for c in blocks], dtype=np.int64)
@@ -256,6 +280,8 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
     recvbuf = np.empty(int(recv_sizes.sum()), dtype=np.uint8)
     private.Alltoallv([sendbuf, (send_sizes, _displs(send_sizes)), MPI.BYTE],
                       [recvbuf, (recv_sizes, _displs(recv_sizes)), MPI.BYTE])
+    if tl is not None:
+        tl.mark("reduce-scatter", "algorithm")
 
     # The owner's reduction; a failure here is announced by a negative size, so no rank hangs in the allgather.
     start, count = block_range(rows, P, rank)
@@ -271,6 +297,8 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
         my_bytes = mine.buffer
     except Exception as exc:  # whatever it is, every rank must learn of it
         failure, my_bytes = exc, np.zeros(0, dtype=np.uint8)
+    if tl is not None:
+        tl.mark("reduce", "algorithm")
     sizes = np.empty(P, dtype=np.int64)
     private.Allgather([np.array([-1 if failure else my_bytes.size], dtype=np.int64), MPI.INT64_T],
                       [sizes, MPI.INT64_T])
@@ -281,6 +309,8 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
                            "see that rank's exception")
     allbuf = np.empty(int(sizes.sum()), dtype=np.uint8)
     private.Allgatherv([my_bytes, MPI.BYTE], [allbuf, (sizes, _displs(sizes)), MPI.BYTE])
+    if tl is not None:
+        tl.mark("allgather", "algorithm")
 
     out = np.empty((rows, cols), dtype=g.dtype)
     for j, at in enumerate(_displs(sizes)):
@@ -292,10 +322,13 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
     out = out.reshape(g.shape)
     if average:
         out /= P
-    if not return_info:
-        return out
     rs = int(send_sizes.sum() - send_sizes[rank])
     ag = int(sizes.sum() - sizes[(rank + 1) % P]) if P > 1 else 0  # a ring sends all blocks but one
+    if tl is not None:
+        tl.mark("decode")
+        tl.end(n=g.size, dtype=str(g.dtype), algorithm="adaptive", format=f"adaptive pi={state.pi}", bytes=rs + ag)
+    if not return_info:
+        return out
     return out, AdaptiveAllreduceInfo(bytes_sent=rs + ag, reduce_scatter_bytes=rs, allgather_bytes=ag,
                                       compressed_bytes=int(sizes.sum()), rows=rows, cols=cols, ranks=P)
 

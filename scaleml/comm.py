@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import algorithms
+from . import _log, algorithms, config
+from . import timeline as _timeline
 from ._native import ffi, lib
 from .errors import BufferLayoutError
 from .nonblocking import Request, channel
@@ -213,20 +214,27 @@ class Comm(MPI.Intracomm):
     ----------
     comm : mpi4py.MPI.Intracomm or Comm
         The communicator to wrap (default ``MPI.COMM_WORLD``).
-    min_count : int
+    min_count : int, optional
         Messages smaller than this go straight to ``MPI_Allreduce`` (the
-        sparsity check would cost more than it can save).
+        sparsity check would cost more than it can save). Default
+        ``SCALEML_MIN_COUNT``, else 4096.
     algorithm : str
         ``"auto"`` or one of :data:`scaleml.algorithms.NAMES` to force (agreed
-        between ranks like every other argument).
-    compression : QSGD, Cast or OneBit, optional
+        between ranks like every other argument). ``"auto"`` takes
+        ``SCALEML_ALGORITHM`` when it is set.
+    compression : QSGD, Cast, OneBit or str, optional
         Opt into a lossy format for ``Allreduce`` with ``MPI.SUM`` on
         float32/float64 data: the engine may then run a dense quantized
         AllReduce or the sparse-to-quantized switch when the model and the
         measured times say it is faster than ``MPI_Allreduce`` (which stays
         the exact fallback). Lossless by default; never applied to other ops,
         integer data, or calls below ``min_count``. ``last_info.format`` says
-        which format ran.
+        which format ran. ``None``: ``SCALEML_COMPRESSION`` (unset: exact); a
+        name of :data:`scaleml.config.COMPRESSIONS` (``"qsgd4"``, ``"fp16"``...)
+        stands for its object, ``"none"`` keeps the communicator exact.
+
+    ``SCALEML_DISABLE=1`` makes ``Allreduce`` ``MPI_Allreduce`` on every call
+    (see :mod:`scaleml.config`).
 
     Examples
     --------
@@ -245,14 +253,22 @@ class Comm(MPI.Intracomm):
             raise TypeError(f"scaleml.Comm wraps an mpi4py Intracomm, got {type(comm).__name__}")
         return super().__new__(cls, comm)
 
-    def __init__(self, comm: MPI.Intracomm | Comm | None = None, *, min_count: int = 4096,
+    def __init__(self, comm: MPI.Intracomm | Comm | None = None, *, min_count: int | None = None,
                  algorithm: str = "auto", compression: object = None, _lazy_state: bool = False) -> None:
         if comm is None:
             comm = MPI.COMM_WORLD
         if comm == MPI.COMM_NULL:
             raise ValueError("scaleml.Comm cannot wrap MPI.COMM_NULL")
+        if min_count is None:
+            min_count = config.value("SCALEML_MIN_COUNT")
+        compression = config.resolve_compression(compression)  # SCALEML_COMPRESSION when none is given
         if algorithm != "auto":
             algorithms.get(algorithm)  # ValueError naming the choices
+        elif not config.DISABLE:
+            algorithm = config.apply_algorithm(algorithm)  # SCALEML_ALGORITHM
+            if compression is None and not algorithms.get(algorithm if algorithm != "auto" else "dense").exact:
+                raise ValueError(f"SCALEML_ALGORITHM={algorithm!r} is lossy: set SCALEML_COMPRESSION or pass "
+                                 "compression= (QSGD, Cast or OneBit)")
         if algorithm != "auto" and compression is None and not algorithms.get(algorithm).exact:
             raise ValueError(f"algorithm {algorithm!r} is lossy: pass compression= (QSGD, Cast or OneBit)")
         self._format = value_format(compression) if compression is not None else None
@@ -268,6 +284,9 @@ class Comm(MPI.Intracomm):
         self._engine = None if _lazy_state else engine_state(self._comm)
         self._mpi_classes: dict[tuple[int, np.dtype], Any] = {}
         """(count, dtype) -> the tuner's statistics of its size class, for the steady-state test in Allreduce."""
+        _log.refresh()
+        if _log.ON:
+            _log.note("%r%s", self, " (SCALEML_DISABLE=1: Allreduce is MPI_Allreduce)" if config.DISABLE else "")
 
     def __getattr__(self, name: str) -> Any:
         # A Comm that mpi4py made without __init__ (``Comm.f2py``, ``Comm.fromhandle``,
@@ -303,8 +322,9 @@ class Comm(MPI.Intracomm):
     def _wrap(self, comm: MPI.Comm, lazy: bool = False) -> Any:
         if comm == MPI.COMM_NULL:
             return MPI.COMM_NULL
-        return Comm(comm, min_count=self.min_count, algorithm=self.algorithm, compression=self.compression,
-                    _lazy_state=lazy)
+        # an exact communicator's copies stay exact, whatever SCALEML_COMPRESSION says
+        return Comm(comm, min_count=self.min_count, algorithm=self.algorithm, _lazy_state=lazy,
+                    compression="none" if self.compression is None else self.compression)
 
     def Dup(self, info: MPI.Info | None = None) -> Comm:  # noqa: N802 (mpi4py's name)
         """Duplicate the communicator (``MPI_Comm_dup``); returns a :class:`Comm`."""
@@ -393,6 +413,8 @@ class Comm(MPI.Intracomm):
         # reads: the checks of _buffers without its parsing, then the call of _mpi_allreduce.
         if type(recvbuf) is np.ndarray:
             if recvbuf.size < self.min_count:  # below the engine's threshold: MPI, and nothing else on the way
+                if _log.ON:  # INFO logging or a timeline: the one check of this path
+                    return _log.mpi(self, "below min_count", self._comm.Allreduce, sendbuf, recvbuf, op)
                 return self._comm.Allreduce(sendbuf, recvbuf, op)
             stats = self._mpi_classes.get((recvbuf.size, recvbuf.dtype))
             if stats is not None and stats.calls < stats.mpi_until and op is MPI.SUM \
@@ -401,10 +423,15 @@ class Comm(MPI.Intracomm):
                                                      and sendbuf.size == recvbuf.size
                                                      and sendbuf.flags.c_contiguous)):
                 stats.calls += 1
+                if _log.ON:
+                    return _log.mpi(self, None, lambda s, r, o: self._mpi_call(self._state, stats, s, r, o, r),
+                                    sendbuf, recvbuf, op, stats=stats)
                 self._mpi_call(self._state, stats, sendbuf, recvbuf, op, recvbuf)
                 return None
         plan = self._plan(sendbuf, recvbuf, op)
         if plan is None:
+            if _log.ON:
+                return _log.mpi(self, None, self._comm.Allreduce, sendbuf, recvbuf, op)
             return self._comm.Allreduce(sendbuf, recvbuf, op)
         dtype, n = plan
         state = self._state
@@ -413,7 +440,11 @@ class Comm(MPI.Intracomm):
             self._mpi_classes[n, dtype] = stats
         stats.calls += 1
         if n and self.algorithm == "auto" and stats.calls <= stats.mpi_until:
-            self._mpi_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
+            if _log.ON:
+                _log.mpi(self, None, lambda s, r, o: self._mpi_allreduce(state, stats, s, r, o, dtype, n),
+                         sendbuf, recvbuf, op, stats=stats)
+            else:
+                self._mpi_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
         else:
             self._engine_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
         return None
@@ -502,7 +533,7 @@ class Comm(MPI.Intracomm):
         from its send buffer: it then goes where the other ranks' calls of
         that size go and raises with them (never leaving them waiting).
         """
-        if isinstance(op, MPI.Op) and op != MPI.SUM:
+        if config.DISABLE or (isinstance(op, MPI.Op) and op != MPI.SUM):
             return None
         plan = _float_plan(recvbuf)
         if plan is None and sendbuf is not MPI.IN_PLACE:
@@ -512,6 +543,7 @@ class Comm(MPI.Intracomm):
     def _engine_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype,
                           n: int) -> None:
         t0 = time.perf_counter()
+        tl = _timeline.begin("Allreduce") if _timeline.ON else None
         error = None
         send = recv = None
         try:
@@ -520,6 +552,8 @@ class Comm(MPI.Intracomm):
         except _LocalError as exc:
             error = exc
         nnz, negative_zeros = count_nonzeros_signed(send) if error is None else (0, 0)
+        if tl is not None:
+            tl.mark("scan")
         fmt = self._format
         # Whether every rank holds a -0.0 (a field of the agreement): a sparse algorithm holds no entry for
         # -0.0, so where every rank has -0.0 it would return +0.0 where MPI gives -0.0 (a sum with any +0.0
@@ -529,6 +563,8 @@ class Comm(MPI.Intracomm):
                           reports=stats.reports_ns(), codec=self._codec_fingerprint(),
                           negative_zero=negative_zeros > 0)
         negative_zero_everywhere = agreement.negative_zero_everywhere
+        if tl is not None:
+            tl.mark("agreement")
         stats.learn(agreement.engine_ns, agreement.mpi_ns)
         idx_dtype = index_dtype(n)
         P = state.private.Get_size()
@@ -556,18 +592,34 @@ class Comm(MPI.Intracomm):
             chosen = "dense"
             if self.algorithm == "auto":
                 stats.go_mpi()
+            _log.decision("Allreduce", n, dtype, agreement, predicted, chosen, self.algorithm, fmt, stats, P=P,
+                          reason="-0.0 where every rank holds -0.0: MPI signs it")
+        else:
+            _log.decision("Allreduce", n, dtype, agreement, predicted, chosen, self.algorithm, fmt, stats, P=P,
+                          reason="tuner" if chosen == "dense" and self.algorithm == "auto" else "")
+        if tl is not None:
+            tl.mark("plan")
         if chosen == "dense":  # MPI's own Allreduce on the caller's buffers: no copies
             t_mpi = time.perf_counter()
             self._comm.Allreduce(sendbuf, recvbuf, op)
             stats.record_mpi(time.perf_counter() - t_mpi)
             self.last_info = AllreduceInfo("dense", self.algorithm, agreement.nnz_max, agreement.nnz_sum,
                                            2 * (P - 1) * n * dtype.itemsize // P, predicted)
+            if tl is not None:
+                tl.mark("MPI_Allreduce", "algorithm")
+                tl.end(n=n, dtype=str(dtype), algorithm="MPI_Allreduce", format="exact", nnz_max=agreement.nnz_max,
+                       bytes=self.last_info.bytes_sent)
             return
         if "dense" in algorithms.REGISTRY[chosen].input_forms:  # read the caller's array as it is
             idx, vals = None, send
         else:
             idx, vals = extract_nonzeros(send, nnz, idx_dtype)
+        if tl is not None:
+            tl.mark("encode")
         _, info = _run(state.private, idx, vals, n, chosen, "dense", agreement, dense_out=recv, fmt=fmt)
         stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
         info.requested, info.predicted = self.algorithm, predicted
         self.last_info = info
+        if tl is not None:
+            tl.end(n=n, dtype=str(dtype), algorithm=chosen, format=info.format, nnz_max=agreement.nnz_max,
+                   nnz_sum=agreement.nnz_sum, bytes=info.bytes_sent)

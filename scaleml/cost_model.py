@@ -29,7 +29,7 @@ import warnings
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
-from . import algorithms
+from . import algorithms, config
 from ._native import lib
 
 ALGORITHMS = algorithms.EXACT
@@ -77,8 +77,8 @@ def _params_from_env() -> CostParams:
             warnings.warn(f"ignoring unreadable cost-model file {path}: {exc}", stacklevel=2)
     for field in _FIELDS:
         var = f"SCALEML_{field.upper()}"
-        if var in os.environ:
-            params = replace(params, **{field: float(os.environ[var])})
+        if os.environ.get(var, "").strip():
+            params = replace(params, **{field: config.parse(var, os.environ[var])})
     return params
 
 

@@ -12,7 +12,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from . import algorithms
+from . import _log, algorithms, config
+from . import timeline as _timeline
 from ._native import ffi, lib
 from .compress import ErrorFeedback
 from .sparse import (
@@ -94,8 +95,18 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
     TypeError, ValueError, MemoryError
         On every rank when any rank passed a bad argument or ranks disagree
         (size, dtype, algorithm, format).
+
+    Notes
+    -----
+    ``SCALEML_ALGORITHM`` replaces ``"auto"`` when it names one of
+    :data:`LOSSY`; ``SCALEML_DISABLE=1`` sums exactly (the ``dense``
+    algorithm; error feedback residuals are left as they are). See
+    :mod:`scaleml.config`.
     """
     op_name = "quantized_allreduce"
+    tl = _timeline.begin(op_name) if _timeline.ON else None
+    algorithm = config.apply_algorithm(algorithm, lambda a: a in LOSSY and (error_feedback is None
+                                                                          or a == _WITH_FEEDBACK))
     error = fmt = None
     flat = dest = None
     residuals: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
@@ -146,12 +157,16 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         error = as_local_error(exc)
     ok = error is None
     n = flat.size if ok else 0
+    if tl is not None:
+        tl.mark("scan")
     t0 = time.perf_counter()
     stats = state.tuner.stats(op_name, flat.itemsize if ok else 0, n, fmt.fingerprint if ok else 0)
     stats.calls += 1
     agreement = agree(state, error, n=n, value_bytes=flat.itemsize if ok else 0, algorithm=max(code, 0), out=0,
                       nnz=n, op_name=op_name, codec=fmt.fingerprint if ok else 0,
                       reports=stats.reports_ns())
+    if tl is not None:
+        tl.mark("agreement")
     stats.learn(agreement.engine_ns, agreement.mpi_ns)
     predicted = _predict(n, P, agreement, 4 if n <= 1 << 32 else 8, flat.itemsize, False, dense_input=True,
                          quantized_value_bytes=fmt.value_bytes(n, flat.itemsize))
@@ -162,6 +177,12 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
     else:
         chosen = choose_algorithm(predicted, agreement, stats, exclude=tuple(a for a in algorithms.NAMES
                                                                              if a not in LOSSY), lossy=True)
+    if config.DISABLE:  # exact, as MPI_Allreduce sums (the residuals stay as they are)
+        chosen, fmt, residuals = "dense", None, (None, None)
+    _log.decision(op_name, n, flat.dtype, agreement, predicted, chosen, algorithm, fmt, stats, P=P, candidates=LOSSY,
+                  reason="error feedback" if error_feedback is not None and not code and not config.DISABLE else "")
+    if tl is not None:
+        tl.mark("plan")
     result = dest.reshape(-1)
     _, info = _run(state.private, None, flat, n, chosen, "dense", agreement, dense_out=result, fmt=fmt,
                    residuals=residuals)
@@ -169,4 +190,6 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         result /= P
     stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = algorithm, predicted
+    if tl is not None:
+        tl.end(n=n, dtype=str(flat.dtype), algorithm=chosen, format=info.format, bytes=info.bytes_sent)
     return (dest, info) if return_info else dest

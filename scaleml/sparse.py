@@ -13,7 +13,8 @@ from typing import Literal
 import numpy as np
 from mpi4py import MPI
 
-from . import algorithms, cost_model
+from . import _log, algorithms, config, cost_model
+from . import timeline as _timeline
 from ._native import check, comm_address, ffi, lib
 from .errors import AGREEMENT_EXCEPTIONS
 from .tuner import ClassStats, Tuner
@@ -384,8 +385,18 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     TypeError, ValueError, MemoryError
         On every rank when any rank passed bad input or ranks disagree on ``n``,
         dtype, algorithm or ``out``.
+
+    Notes
+    -----
+    ``SCALEML_ALGORITHM`` replaces ``"auto"`` (with an exact algorithm, or a
+    lossy one when ``compression`` is given); ``SCALEML_DISABLE=1`` runs
+    ``dense``, exact, whatever was asked (see :mod:`scaleml.config`).
     """
     op_name = "sparse_allreduce"
+    tl = _timeline.begin(op_name) if _timeline.ON else None
+    if config.DISABLE:
+        algorithm, compression = "dense", None
+    algorithm = config.apply_algorithm(algorithm, lambda a: compression is not None or algorithms.get(a).exact)
     error = None
     idx = vals = fmt = None
     code = out_code = 0
@@ -412,6 +423,8 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
         error = exc
     except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
         error = as_local_error(exc)
+    if tl is not None:
+        tl.mark("scan")
     t0 = time.perf_counter()
     state = engine_state(comm)
     ok = error is None
@@ -421,6 +434,8 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     agreement = agree(state, error, n=int(n) if ok else 0, value_bytes=vals.itemsize if ok else 0,
                       algorithm=max(code, 0), out=out_code, nnz=idx.size if ok else 0,
                       op_name=op_name, reports=stats.reports_ns(), codec=fmt.fingerprint if fmt else 0)
+    if tl is not None:
+        tl.mark("agreement")
     stats.learn(agreement.engine_ns, agreement.mpi_ns)
     P = state.private.Get_size()
     stats.at_density(agreement.nnz_sum, P, int(n))
@@ -433,12 +448,19 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
         chosen = "dense"  # MPI_Allreduce's time at this size and density first: the baseline never to lose to
     else:
         chosen = choose_algorithm(predicted, agreement, stats, lossy=fmt is not None)
+    _log.decision(op_name, int(n), vals.dtype, agreement, predicted, chosen, algorithm, fmt, stats, P=P,
+                  reason="" if code or chosen != "dense" or stats.measured("dense") else "measuring MPI first")
+    if tl is not None:
+        tl.mark("plan")
     result, info = _run(state.private, idx, vals, int(n), chosen, out, agreement, fmt=fmt,
                         dense_out=None if dense_out is None else dense_out.reshape(-1))
     if dense_out is not None:
         result = dense_out
     stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = algorithm, predicted
+    if tl is not None:
+        tl.end(n=int(n), dtype=str(vals.dtype), algorithm=chosen, format=info.format, out=out,
+               nnz_max=agreement.nnz_max, nnz_sum=agreement.nnz_sum, bytes=info.bytes_sent)
     return (result, info) if return_info else result
 
 
@@ -485,6 +507,7 @@ def _run(private: MPI.Intracomm, idx: np.ndarray | None, vals: np.ndarray, n: in
     whether anything this rank sent was in it. ``residuals`` the worker and server error feedback
     buffers of the algorithms that keep them. The returned info's ``requested`` and ``predicted`` are for the
     caller to fill in."""
+    tl = _timeline.current() if _timeline.ON else None
     result_ptr = ffi.new("scaleml_result **")
     bytes_sent = ffi.new("uint64_t *")
     dense = None
@@ -505,6 +528,8 @@ def _run(private: MPI.Intracomm, idx: np.ndarray | None, vals: np.ndarray, n: in
         ffi.NULL if dense is None else ffi.from_buffer(dense, require_writable=True),
         ffi.NULL if codec is None else codec, worker, server, result_ptr, bytes_sent))
     res = ffi.gc(result_ptr[0], lib.scaleml_result_free)
+    if tl is not None:
+        tl.mark(chosen, "algorithm")
     info = AllreduceInfo(algorithm=chosen, requested=chosen, nnz_max=agreement.nnz_max,
                          nnz_sum=agreement.nnz_sum, bytes_sent=int(bytes_sent[0]))
     if fmt is not None and lib.scaleml_last_call_quantized():
@@ -522,4 +547,6 @@ def _run(private: MPI.Intracomm, idx: np.ndarray | None, vals: np.ndarray, n: in
                                                ffi.from_buffer(out_vals, require_writable=True), count)
         result = SparseVector(out_idx[:written], out_vals[:written], n)
     ffi.release(res)  # free the C result now rather than at the next garbage collection
+    if tl is not None:
+        tl.mark("decode")
     return result, info

@@ -8,6 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import algorithms
+from . import timeline as _timeline
 from .compress.error_feedback import ErrorFeedback
 from .compress.topk import TopK
 from .sparse import _LocalError, agree, as_float_array, as_local_error, engine_state, sparse_allreduce
@@ -146,6 +147,7 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         when ranks disagree on the size, dtype or algorithm.
     """
     op_name = "topk_allreduce"
+    tl = _timeline.begin(op_name) if _timeline.ON else None
     error = None
     try:
         g, idx, vals, residual, step = _prepare(grad, ratio, k, approximate, error_feedback, name, algorithm)
@@ -153,13 +155,19 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         error = exc
     except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
         error = as_local_error(exc)
+    if tl is not None:
+        tl.mark("select", "encode")
     # Our own agreement: a local error raises on every rank with this function's name, before any rank
     # has entered sparse_allreduce's (whose agreement would otherwise wait for the failed rank).
     ok = error is None
     agree(engine_state(comm), error, n=g.size if ok else 0, value_bytes=g.itemsize if ok else 0,
           algorithm=max(algorithms.code_of(algorithm), 0), out=0, nnz=idx.size if ok else 0, op_name=op_name)
+    if tl is not None:
+        tl.mark("agreement")
     total, info = sparse_allreduce(idx, vals, g.size, comm, algorithm=algorithm, out="dense", return_info=True,
                                    compression=compression, dense_out=out)
+    if tl is not None:
+        tl.mark("sparse_allreduce", "algorithm")
     if error_feedback is not None:  # commit only now: a call that raised kept the old residual and step
         old = error_feedback.residual(name)
         error_feedback.set_residual(name, residual)
@@ -170,5 +178,8 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     total = total.reshape(g.shape) if out is None else out
     if average:
         total /= comm.Get_size()
+    if tl is not None:
+        tl.end(n=g.size, dtype=str(g.dtype), k=idx.size, algorithm=info.algorithm, format=info.format,
+               bytes=info.bytes_sent)
     return (total, info) if return_info else total
 

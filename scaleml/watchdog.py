@@ -11,7 +11,7 @@ inside an algorithm on one rank (out of memory, an MPI error, a malformed
 message) aborts the job at once with its message: the other ranks are inside
 the same collective and could never finish it.
 
-Environment (read at import; a bad value raises ``ValueError`` naming it):
+Environment (read at import by :mod:`scaleml.config`; a bad value raises ``ValueError`` naming it):
 
 ``SCALEML_TIMEOUT``
     Seconds before the job is aborted (default 600; 0: never).
@@ -26,8 +26,8 @@ Environment (read at import; a bad value raises ``ValueError`` naming it):
 from __future__ import annotations
 
 import math
-import os
 
+from . import config
 from ._native import lib
 
 __all__ = ["set_timeout", "inject_fault"]
@@ -61,33 +61,12 @@ def inject_fault(rank: int, call: int, wait: int = 1) -> None:
     lib.scaleml_set_fault(rank, call, wait)
 
 
-def _seconds(variable: str, default: float) -> float:
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{variable}={text!r}: expected a number of seconds >= 0 (0 turns it off)")
-    return value
-
-
 def _configure_from_environment() -> None:
-    set_timeout(_seconds("SCALEML_TIMEOUT", DEFAULT_TIMEOUT), _seconds("SCALEML_STALL_WARNING", DEFAULT_WARNING))
-    spec = os.environ.get("SCALEML_INJECT_FAULT", "").strip()
-    if spec:
-        parts = spec.split(":")
-        try:
-            numbers = [int(p) for p in parts]
-        except ValueError:
-            numbers = []
-        if not 2 <= len(parts) <= 3 or len(numbers) != len(parts) or numbers[0] < 0 or numbers[1] < 1 \
-                or (len(numbers) == 3 and numbers[2] < 1):
-            raise ValueError(f"SCALEML_INJECT_FAULT={spec!r}: expected RANK:CALL[:WAIT] with RANK >= 0, "
-                             "CALL >= 1 and WAIT >= 1")
-        inject_fault(*numbers)
+    """Apply the variables :mod:`scaleml.config` read (and validated) at import."""
+    set_timeout(config.value("SCALEML_TIMEOUT"), config.value("SCALEML_STALL_WARNING"))
+    fault = config.value("SCALEML_INJECT_FAULT")
+    if fault:
+        inject_fault(*fault)
 
 
 _configure_from_environment()

@@ -1,0 +1,382 @@
+"""ScaleML's run-time configuration: every ``SCALEML_*`` environment variable, read and validated in one place.
+
+The variables are read once, when ``scaleml`` is imported; a bad value raises
+``ValueError`` there, naming the variable and what it accepts (every bad
+variable at once). :func:`settings` lists each variable's effective value and
+where it came from; ``python -m scaleml`` prints them.
+
+=========================  ===========  ===================================================================
+variable                   default      effect
+=========================  ===========  ===================================================================
+``SCALEML_DISABLE``        ``0``        ``1``: ``scaleml.Comm.Allreduce`` is ``MPI_Allreduce`` on every call,
+                                        and every engine collective runs the exact ``dense`` algorithm
+                                        (``MPI_Allreduce`` of dense vectors) instead of choosing or being
+                                        told one. Overrides every other setting and argument.
+``SCALEML_ALGORITHM``      ``auto``     An algorithm of :data:`scaleml.algorithms.NAMES` that replaces
+                                        ``algorithm="auto"`` (the default) wherever it applies; an
+                                        algorithm named in code wins.
+``SCALEML_COMPRESSION``    ``none``     ``qsgd1`` .. ``qsgd8``, ``fp16``, ``bf16``, ``onebit``: the lossy
+                                        format of a ``scaleml.Comm`` made without ``compression=`` (an
+                                        explicit opt-in to lossy results; ``compression="none"`` in code
+                                        keeps a communicator exact).
+``SCALEML_MIN_COUNT``      ``4096``     The default ``min_count`` of ``scaleml.Comm`` (integer >= 0).
+``SCALEML_COST_FILE``      (see text)   The cost-model file (``scaleml-bench calibrate``); default
+                                        ``~/.config/scaleml/cost_model.json``.
+``SCALEML_LOG_LEVEL``      (unset)      ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``: log the ``scaleml``
+                                        logger to stderr at that level, each line with the rank.
+``SCALEML_TIMELINE``       (unset)      Write a Chrome-trace timeline of every collective's phases, one
+                                        file per rank (see :mod:`scaleml.timeline`).
+``SCALEML_TIMEOUT``        ``600``      Watchdog (:mod:`scaleml.watchdog`): seconds before an abort.
+``SCALEML_STALL_WARNING``  ``60``       Watchdog: seconds before a warning.
+``SCALEML_INJECT_FAULT``   (unset)      Test hook ``RANK:CALL[:WAIT]`` (:mod:`scaleml.watchdog`).
+``SCALEML_ALPHA`` ..       (file)       Cost-model parameters (:mod:`scaleml.cost_model`): ``ALPHA``,
+``SCALEML_DELTA``                       ``BETA``, ``GAMMA``, ``DELTA``, numbers >= 0.
+``SCALEML_NO_SIMD``        (unset)      Anything but ``0``: the C kernels use their portable code.
+=========================  ===========  ===================================================================
+
+Precedence: an argument given in code wins over the environment, which sets
+the defaults (``algorithm="auto"`` and ``compression=None`` are "not given");
+``SCALEML_DISABLE=1`` overrides both. Every rank must see the same values
+(the agreement of each collective checks the algorithm, the format and the
+cost parameters, and raises on every rank when they differ).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import algorithms
+
+__all__ = ["Setting", "VARIABLES", "parse", "reload", "settings", "value", "make_compressor", "apply_algorithm",
+           "resolve_compression", "set_log_level", "timeline_path", "DEFAULT_MIN_COUNT"]
+
+DEFAULT_MIN_COUNT = 4096
+"""``scaleml.Comm``'s ``min_count`` when neither the code nor ``SCALEML_MIN_COUNT`` gives one."""
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+COMPRESSIONS = ("none", "qsgd1", "qsgd2", "qsgd3", "qsgd4", "qsgd5", "qsgd6", "qsgd7", "qsgd8", "fp16", "bf16",
+                "onebit")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class _Bad(ValueError):
+    """A value a parser rejects; the message says what is expected (the variable is added by the caller)."""
+
+
+def _flag(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _Bad("expected 1 or 0 (also true/false, yes/no, on/off)")
+
+
+def _algorithm(text: str) -> str:
+    if text == "auto" or text in algorithms.REGISTRY:
+        return text
+    close = difflib.get_close_matches(text, ("auto", *algorithms.NAMES), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise _Bad(f"expected 'auto' or one of {', '.join(algorithms.NAMES)}{hint}")
+
+
+def _compression(text: str) -> str:
+    lowered = text.lower()
+    if lowered in COMPRESSIONS:
+        return lowered
+    raise _Bad(f"expected one of {', '.join(COMPRESSIONS)} (qsgdN: N bits per value)")
+
+
+def _count(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise _Bad("expected an integer >= 0 (elements)")
+    return number
+
+
+def _seconds(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise _Bad("expected a number of seconds >= 0 (0 turns it off)")
+    return number
+
+
+def _nonnegative(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise _Bad("expected a finite number >= 0")
+    return number
+
+
+def _fault(text: str) -> tuple[int, ...]:
+    parts = text.split(":")
+    try:
+        numbers = tuple(int(p) for p in parts)
+    except ValueError:
+        numbers = ()
+    if not 2 <= len(parts) <= 3 or len(numbers) != len(parts) or numbers[0] < 0 or numbers[1] < 1 \
+            or (len(numbers) == 3 and numbers[2] < 1):
+        raise _Bad("expected RANK:CALL[:WAIT] with RANK >= 0, CALL >= 1 and WAIT >= 1")
+    return numbers
+
+
+def _cost_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise _Bad("expected a file, not a directory")
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise _Bad(f"no such file, and no directory {str(path.parent)!r} to calibrate into")
+        return path  # `scaleml-bench calibrate` writes it; until then the defaults (a warning says so)
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+            for key in ("alpha", "beta", "gamma", "delta"):
+                if key in saved and not float(saved[key]) >= 0:
+                    raise ValueError(f"{key} must be a number >= 0")
+        except (OSError, ValueError, TypeError) as exc:
+            raise _Bad(f"expected a cost-model file written by `scaleml-bench calibrate` ({exc})") from None
+    return path  # /dev/null and the like: no parameters, the defaults
+
+
+def _log_level(text: str) -> str:
+    upper = text.upper()
+    if upper in LOG_LEVELS:
+        return upper
+    raise _Bad(f"expected one of {', '.join(LOG_LEVELS)}")
+
+
+def _timeline(text: str) -> str:
+    try:
+        text.format(rank=0)
+    except (KeyError, IndexError, ValueError):
+        raise _Bad("expected a path; its only placeholder may be {rank}") from None
+    parent = Path(text.format(rank=0)).expanduser().parent
+    if not parent.is_dir():
+        raise _Bad(f"the directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise _Bad(f"the directory {str(parent)!r} is not writable")
+    return text
+
+
+def _any(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One ``SCALEML_*`` variable: its parser, its default and what it does."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+VARIABLES: dict[str, Variable] = {v.name: v for v in (
+    Variable("SCALEML_DISABLE", _flag, False, "1: MPI_Allreduce / the exact dense algorithm everywhere"),
+    Variable("SCALEML_ALGORITHM", _algorithm, "auto", "the algorithm that replaces algorithm='auto'"),
+    Variable("SCALEML_COMPRESSION", _compression, "none", "scaleml.Comm's lossy format when code gives none"),
+    Variable("SCALEML_MIN_COUNT", _count, DEFAULT_MIN_COUNT, "scaleml.Comm's default min_count"),
+    Variable("SCALEML_COST_FILE", _cost_file, None, "the cost-model file (default ~/.config/scaleml/cost_model.json)"),
+    Variable("SCALEML_LOG_LEVEL", _log_level, None, "log the 'scaleml' logger to stderr at this level, with ranks"),
+    Variable("SCALEML_TIMELINE", _timeline, None, "Chrome-trace timeline file per rank ({rank} or .rankN)"),
+    Variable("SCALEML_TIMEOUT", _seconds, 600.0, "watchdog: seconds in a wait before the job is aborted"),
+    Variable("SCALEML_STALL_WARNING", _seconds, 60.0, "watchdog: seconds in a wait before a warning"),
+    Variable("SCALEML_INJECT_FAULT", _fault, None, "test hook RANK:CALL[:WAIT]"),
+    Variable("SCALEML_ALPHA", _nonnegative, None, "cost model: seconds per message"),
+    Variable("SCALEML_BETA", _nonnegative, None, "cost model: seconds per byte sent"),
+    Variable("SCALEML_GAMMA", _nonnegative, None, "cost model: seconds per byte of local work"),
+    Variable("SCALEML_DELTA", _nonnegative, None, "cost model: the engine's fixed seconds per call"),
+    Variable("SCALEML_NO_SIMD", _any, None, "anything but 0: the C kernels' portable code"),
+)}
+"""Every variable ScaleML reads at run time."""
+
+_BUILD_TIME = ("SCALEML_CFLAGS", "SCALEML_LDFLAGS")  # read by the build (scaleml/_ffi_build.py), not here
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A variable's effective value and where it came from."""
+
+    name: str
+    value: Any
+    source: str
+    """``"env"`` (set in the environment) or ``"default"``."""
+    text: str | None
+    """The environment's text, or None when unset."""
+    help: str
+
+
+def _read(environ: dict[str, str] | os._Environ) -> dict[str, Setting]:
+    found: dict[str, Setting] = {}
+    problems: list[str] = []
+    for var in VARIABLES.values():
+        text = environ.get(var.name)
+        stripped = text.strip() if text is not None else ""
+        if not stripped:  # unset or empty: the default (as an empty value always meant)
+            found[var.name] = Setting(var.name, var.default, "default", text, var.help)
+            continue
+        try:
+            found[var.name] = Setting(var.name, var.parse(stripped), "env", text, var.help)
+        except _Bad as exc:
+            problems.append(f"{var.name}={stripped!r}: {exc}")
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        raise ValueError("invalid ScaleML environment variables:\n  " + "\n  ".join(problems))
+    unknown = sorted(k for k in environ if k.startswith("SCALEML_") and k not in VARIABLES and k not in _BUILD_TIME)
+    for name in unknown:
+        close = difflib.get_close_matches(name, VARIABLES, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.warn(f"{name} is not a ScaleML variable{hint}; it is ignored", stacklevel=3)
+    cost = found["SCALEML_COST_FILE"]
+    if cost.source == "env" and not cost.value.exists():
+        warnings.warn(f"SCALEML_COST_FILE={cost.text!r} does not exist (yet): the cost model's default parameters "
+                      "are used until `scaleml-bench calibrate` writes it", stacklevel=3)
+    return found
+
+
+_settings: dict[str, Setting] = {}
+
+DISABLE = False
+"""``SCALEML_DISABLE``: read on the drop-in's planning path (a module attribute: one lookup)."""
+ALGORITHM = "auto"
+"""``SCALEML_ALGORITHM``."""
+
+
+def reload(environ: dict[str, str] | None = None) -> dict[str, Setting]:
+    """Read and validate the variables again (from ``environ``, default ``os.environ``).
+
+    The watchdog, the cost model, logging and the timeline are configured at
+    import; after a reload call :func:`scaleml.watchdog.set_timeout`,
+    :func:`scaleml.cost_model.set_params`, :func:`scaleml.timeline.start` or
+    :func:`set_log_level` for what changed. ``scaleml.Comm`` objects made from
+    now on use the new defaults.
+
+    Raises
+    ------
+    ValueError
+        Naming every variable whose value is not valid.
+    """
+    global _settings, DISABLE, ALGORITHM
+    _settings = _read(os.environ if environ is None else environ)
+    DISABLE = bool(_settings["SCALEML_DISABLE"].value)
+    ALGORITHM = _settings["SCALEML_ALGORITHM"].value
+    return dict(_settings)
+
+
+def parse(name: str, text: str) -> Any:
+    """Variable ``name``'s value for ``text``; ``ValueError`` naming the variable when it is not valid."""
+    try:
+        return VARIABLES[name].parse(text.strip())
+    except _Bad as exc:
+        raise ValueError(f"{name}={text.strip()!r}: {exc}") from None
+
+
+def settings() -> dict[str, Setting]:
+    """Every variable's effective :class:`Setting`, by name."""
+    return dict(_settings)
+
+
+def value(name: str) -> Any:
+    """The effective value of variable ``name`` (its default when unset)."""
+    return _settings[name].value
+
+
+def set_log_level(level: str | int | None) -> None:
+    """Log the ``scaleml`` logger to stderr at ``level`` with the rank on each line (as ``SCALEML_LOG_LEVEL``).
+
+    Parameters
+    ----------
+    level : {"DEBUG", "INFO", "WARNING", "ERROR"}, int or None
+        None removes ScaleML's handler: Python's logging configuration applies.
+    """
+    from . import _log  # here: _log imports this module
+
+    _log.set_log_level(level)
+
+
+# ---- what the entry points ask ---------------------------------------------------------------
+
+
+def make_compressor(spec: str) -> object | None:
+    """A new compressor object for a ``SCALEML_COMPRESSION`` value (``None`` for ``"none"``)."""
+    from .compress import QSGD, Cast, OneBit  # here: compress imports the C core as this module does
+
+    if spec == "none":
+        return None
+    if spec in ("fp16", "bf16"):
+        return Cast(spec)
+    if spec == "onebit":
+        return OneBit()
+    match = re.fullmatch(r"qsgd([1-8])", spec)
+    if match:
+        return QSGD(bits=int(match.group(1)))
+    raise ValueError(f"unknown compression {spec!r}; expected one of {', '.join(COMPRESSIONS)}")
+
+
+def resolve_compression(compression: object) -> object | None:
+    """``scaleml.Comm``'s compressor: the argument when given, else ``SCALEML_COMPRESSION``'s.
+
+    ``None`` is "not given" (the environment decides); a string of
+    :data:`COMPRESSIONS` is the same as the object it names (``"none"``:
+    exact, whatever the environment says). ``SCALEML_DISABLE`` makes it exact.
+    """
+    if DISABLE:
+        return None
+    if compression is None:
+        return make_compressor(_settings["SCALEML_COMPRESSION"].value)
+    if isinstance(compression, str):
+        try:
+            return make_compressor(_compression(compression))
+        except _Bad as exc:
+            raise ValueError(f"compression={compression!r}: {exc}, or a QSGD, Cast or OneBit object") from None
+    return compression
+
+
+def apply_algorithm(algorithm: Any, applies: Callable[[str], bool] = lambda name: True) -> Any:
+    """The algorithm an entry point runs: ``SCALEML_ALGORITHM`` in place of ``"auto"`` where it ``applies``.
+
+    Anything else (a name given in code, or a bad value the entry point
+    rejects through its agreement) is returned as it is.
+    """
+    if ALGORITHM != "auto" and type(algorithm) is str and algorithm == "auto" and applies(ALGORITHM):
+        return ALGORITHM
+    return algorithm
+
+
+def timeline_path(template: str, rank: int) -> Path:
+    """Rank ``rank``'s timeline file: ``{rank}`` replaced, else ``.rank<N>`` before the suffix.
+
+    >>> timeline_path("trace.json", 3)
+    PosixPath('trace.rank3.json')
+    """
+    if "{rank" in template:
+        return Path(template.format(rank=rank)).expanduser()
+    path = Path(template).expanduser()
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}") if path.suffix else \
+        path.with_name(f"{path.name}.rank{rank}")
+
+
+reload()

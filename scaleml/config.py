@@ -56,8 +56,9 @@ from typing import Any
 
 from . import algorithms
 
-__all__ = ["Setting", "VARIABLES", "parse", "reload", "settings", "value", "make_compressor", "apply_algorithm",
-           "resolve_compression", "set_log_level", "timeline_path", "DEFAULT_MIN_COUNT"]
+__all__ = ["COMPRESSIONS", "ConfigWarning", "DEFAULT_MIN_COUNT", "LOG_LEVELS", "Setting", "VARIABLES",
+           "apply_algorithm", "make_compressor", "parse", "reload", "resolve_compression", "set_log_level",
+           "settings", "timeline_path", "value"]
 
 DEFAULT_MIN_COUNT = 4096
 """``scaleml.Comm``'s ``min_count`` when neither the code nor ``SCALEML_MIN_COUNT`` gives one."""
@@ -66,6 +67,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 COMPRESSIONS = ("none", "qsgd1", "qsgd2", "qsgd3", "qsgd4", "qsgd5", "qsgd6", "qsgd7", "qsgd8", "fp16", "bf16",
                 "onebit")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class ConfigWarning(UserWarning):
+    """A ``SCALEML_*`` setting that is not an error but probably not what was meant."""
 
 
 class _Bad(ValueError):
@@ -246,14 +251,14 @@ def _read(environ: dict[str, str] | os._Environ) -> dict[str, Setting]:
     if problems:
         raise ValueError("invalid ScaleML environment variables:\n  " + "\n  ".join(problems))
     unknown = sorted(k for k in environ if k.startswith("SCALEML_") and k not in VARIABLES and k not in _BUILD_TIME)
-    for name in unknown:
-        close = difflib.get_close_matches(name, VARIABLES, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        warnings.warn(f"{name} is not a ScaleML variable{hint}; it is ignored", stacklevel=3)
+    for name in unknown:  # a typo would otherwise be silently ignored
+        close = difflib.get_close_matches(name[8:], [v[8:] for v in VARIABLES], n=1)
+        hint = f" (did you mean SCALEML_{close[0]}?)" if close else ""
+        warnings.warn(f"{name} is not a ScaleML variable{hint}; it is ignored", ConfigWarning, stacklevel=3)
     cost = found["SCALEML_COST_FILE"]
     if cost.source == "env" and not cost.value.exists():
         warnings.warn(f"SCALEML_COST_FILE={cost.text!r} does not exist (yet): the cost model's default parameters "
-                      "are used until `scaleml-bench calibrate` writes it", stacklevel=3)
+                      "are used until `scaleml-bench calibrate` writes it", ConfigWarning, stacklevel=3)
     return found
 
 

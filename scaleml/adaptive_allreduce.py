@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from ._tensors import like_input
 from .compress.adaptive import AdaptiveQuant
 from .compress.framing import DTYPE_CODES, Compressed, decode
 from .errors import ScaleMLError
@@ -217,8 +218,9 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
 
     Returns
     -------
-    numpy.ndarray or tuple of (numpy.ndarray, AdaptiveAllreduceInfo)
-        The decoded sum (or mean), with ``grad``'s shape and dtype.
+    numpy.ndarray or torch.Tensor, or a tuple with an AdaptiveAllreduceInfo
+        The decoded sum (or mean), with ``grad``'s shape and dtype; a tensor
+        (sharing the numpy result's memory) when ``grad`` is a ``torch.Tensor``.
 
     Raises
     ------
@@ -292,6 +294,7 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
     out = out.reshape(g.shape)
     if average:
         out /= P
+    out = like_input(out, grad)
     if not return_info:
         return out
     rs = int(send_sizes.sum() - send_sizes[rank])

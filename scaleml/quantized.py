@@ -14,6 +14,7 @@ from mpi4py import MPI
 
 from . import algorithms
 from ._native import ffi, lib
+from ._tensors import as_numpy_out, like_input
 from .compress import ErrorFeedback
 from .sparse import (
     _LocalError,
@@ -55,7 +56,8 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
     Parameters
     ----------
     x : array_like of float32 or float64
-        This rank's contribution, any shape; the same size and dtype on every rank.
+        This rank's contribution, any shape; the same size and dtype on every
+        rank. A CPU ``torch.Tensor`` (or DLPack object) is read without a copy.
     comm : mpi4py.MPI.Intracomm
         Any intra-communicator.
     compression : QSGD, Cast or OneBit
@@ -77,7 +79,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         is error feedback) or one of :data:`LOSSY`.
     average : bool
         Divide the sum by the number of ranks.
-    out : numpy.ndarray, optional
+    out : numpy.ndarray or torch.Tensor, optional
         Where to write the result (same shape and dtype as ``x``, writable,
         C-contiguous; may be ``x`` itself).
     check_finite : bool
@@ -87,7 +89,9 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
 
     Returns
     -------
-    numpy.ndarray, or ``(numpy.ndarray, AllreduceInfo)``
+    numpy.ndarray or torch.Tensor, or a tuple ``(result, AllreduceInfo)``
+        ``out`` when given; else a tensor when ``x`` is one (sharing the
+        memory of the numpy result), else a numpy array.
 
     Raises
     ------
@@ -96,6 +100,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         (size, dtype, algorithm, format).
     """
     op_name = "quantized_allreduce"
+    out_arg = out
     error = fmt = None
     flat = dest = None
     residuals: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
@@ -125,6 +130,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         flat = np.ascontiguousarray(a).reshape(-1)
         if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(flat), flat.size, flat.itemsize):
             raise _LocalError(4, ValueError("x contains NaN or Inf (pass check_finite=False to allow)"))
+        out = as_numpy_out(out)
         if out is None:
             dest = np.empty(a.shape, a.dtype)
         elif not isinstance(out, np.ndarray) or out.shape != a.shape or out.dtype != a.dtype:
@@ -169,4 +175,5 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         result /= P
     stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = algorithm, predicted
+    dest = like_input(dest, x, out_arg)
     return (dest, info) if return_info else dest

@@ -51,8 +51,9 @@ def make_model(n_in: int, hidden: int, n_out: int) -> torch.nn.Module:
 
 
 def train(compression: str, *, seed: int = 0, epochs: int = 40, batch: int = 32, lr: float = 0.2,
-          momentum: float = 0.0, hidden: int = 128, bucket_cap_mb: float = 0.02, min_compress_numel: int = 1024,
-          nonblocking: bool | None = None, comm: MPI.Intracomm = MPI.COMM_WORLD,
+          momentum: float = 0.0, hidden: int = 128, bucket_cap_mb: float | None = None, min_compress_numel: int = 1024,
+          find_unused_parameters: bool = False, nonblocking: bool | None = None,
+          comm: MPI.Intracomm = MPI.COMM_WORLD,
           data: tuple[np.ndarray, ...] | None = None) -> dict[str, Any]:
     """Train the classifier on every rank of ``comm`` (collective) and return its test accuracy.
 
@@ -65,8 +66,12 @@ def train(compression: str, *, seed: int = 0, epochs: int = 40, batch: int = 32,
     epochs, batch, lr, momentum, hidden : int or float
         The training run: ``batch`` samples per rank and step, SGD (plain by default: heavy-ball
         momentum multiplies the compression error that error feedback releases late; see docs/torch.md).
-    bucket_cap_mb : float
-        DDP's bucket size (small: several buckets for this small model).
+    bucket_cap_mb : float, optional
+        DDP's bucket size (default DDP's). DDP puts every parameter of this
+        small model into one bucket unless ``find_unused_parameters`` (then
+        ``bucket_cap_mb=0.02`` makes two buckets).
+    find_unused_parameters : bool
+        Passed to DDP.
     min_compress_numel : int
         Buckets with fewer elements are averaged exactly.
     nonblocking : bool, optional
@@ -89,7 +94,7 @@ def train(compression: str, *, seed: int = 0, epochs: int = 40, batch: int = 32,
     X, y, X_test, y_test = data if data is not None else load_digits()
     torch.manual_seed(seed)
     model = make_model(X.shape[1], hidden, int(y.max()) + 1)
-    ddp = DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
+    ddp = DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb, find_unused_parameters=find_unused_parameters)
     state = None
     if compression != BASELINE:
         state = smt.ScaleMLHookState(comm, compression, min_compress_numel=min_compress_numel, seed=seed,
@@ -119,7 +124,8 @@ def train(compression: str, *, seed: int = 0, epochs: int = 40, batch: int = 32,
     return {"compression": compression, "seed": seed, "accuracy": 100.0 * float((pred == y_test).mean()),
             "loss": loss_sum / steps, "seconds": seconds,
             "bytes_sent": state.stats["bytes_sent"] if state else 0,
-            "bytes_uncompressed": state.stats["bytes_uncompressed"] if state else 0, "params": params}
+            "bytes_uncompressed": state.stats["bytes_uncompressed"] if state else 0, "params": params,
+            "buckets": len(state._numel) if state else 0}
 
 
 def main(argv: list[str] | None = None) -> None:

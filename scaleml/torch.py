@@ -138,7 +138,14 @@ class ScaleMLHookState:
     def __init__(self, comm: MPI.Intracomm | None = None, compression: str = "none", *,
                  min_compress_numel: int = 1024, average: bool = True, seed: int = 0, algorithm: str = "fixed",
                  nonblocking: bool | None = None) -> None:
-        spec = parse_compression(compression)
+        try:
+            spec = parse_compression(compression)
+        except ValueError as exc:
+            if not str(exc).startswith("unknown compression"):
+                raise
+            raise ValueError(f"unknown compression {compression!r} for the DDP hook; expected one of none, dropin, "
+                             "sparse, topkR (e.g. topk0.01), qsgdB or qsgdB_ef (B in 1..8, e.g. qsgd4), onebit, fp16, "
+                             "bf16") from None
         if spec.kind == "adaptive":
             raise ValueError(f"compression {compression!r}: adaptive quantization works on matrices, and a DDP "
                              f"bucket is a flat vector; choose one of {', '.join(HOOK_COMPRESSIONS)}")

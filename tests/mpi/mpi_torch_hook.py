@@ -108,9 +108,15 @@ def test_exact_hook_gives_plain_ddps_parameters(data, nonblocking):
     assert hook["bytes_uncompressed"] > 0
 
 
+@pytest.fixture(scope="module")
+def baseline(data):
+    """Plain DDP's (gloo) test accuracy for each seed."""
+    return [torch_ddp.train("gloo", seed=s, batch=BATCH, data=data)["accuracy"] for s in SEEDS]
+
+
 @pytest.mark.parametrize("compression", ["qsgd4", "onebit", "topk0.01"])
-def test_compressed_training_reaches_plain_ddps_accuracy(data, compression):
-    base = [torch_ddp.train("gloo", seed=s, batch=BATCH, data=data)["accuracy"] for s in SEEDS]
+def test_compressed_training_reaches_plain_ddps_accuracy(data, baseline, compression):
+    base = baseline
     runs = [torch_ddp.train(compression, seed=s, batch=BATCH, data=data) for s in SEEDS]
     acc = [r["accuracy"] for r in runs]
     if RANK == 0:

@@ -6,12 +6,18 @@ PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 BENCH_ARGS ?= --n 4194304 --density 0.01 --iterations 10
 
-.PHONY: install build test lint bench sanitize clean
+.PHONY: install install-torch build test lint bench sanitize clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+
+# Optional: PyTorch for the gloo baselines of scaleml-bench and their tests (which
+# skip, saying so, without it). Pinned: the version of the local CPU wheel that
+# pip finds here and in CI; an unpinned torch would download a multi-GB CUDA build.
+install-torch:
+	$(PY) -m pip install --quiet torch==2.13.0
 
 # Rebuild the C core in place after editing csrc/.
 build:

@@ -2,4 +2,9 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["scaleml/_ffi_build.py:ffibuilder"])
+setup(
+    cffi_modules=["scaleml/_ffi_build.py:ffibuilder"],
+    # cffi builds the extension against the stable ABI (scaleml/_core.abi3.so; the
+    # C code uses no Python API), so one wheel serves CPython 3.9 and later.
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)

@@ -9,6 +9,7 @@
 >>> g = scaleml.topk_allreduce(grad, MPI.COMM_WORLD, error_feedback=ef, name="fc1")
 >>> state = scaleml.AdaptiveAllreduceState(pi=32)
 >>> g = scaleml.adaptive_allreduce(weight_grad, MPI.COMM_WORLD, state=state, name="fc1")
+>>> req = comm.Iallreduce(grad, out)               # nonblocking: req.Wait()
 >>> q = scaleml.compress.QSGD(bits=4)             # gradient compression
 >>> grad_hat = q.decode(q.encode(grad))
 >>> avg = scaleml.quantized_allreduce(grad, MPI.COMM_WORLD, q, average=True)  # 4-bit on the wire
@@ -18,17 +19,17 @@ from __future__ import annotations
 
 from mpi4py import MPI  # noqa: F401  (loads libmpi before the extension does)
 
-from . import algorithms, compress, cost_model
+from . import algorithms, compress, cost_model, nonblocking
 from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
+from ._version import __version__ as __version__  # its one source (pyproject.toml reads it too)
 from .adaptive_allreduce import AdaptiveAllreduceInfo, AdaptiveAllreduceState, adaptive_allreduce
 from .comm import Comm
+from .nonblocking import iadaptive_allreduce, iquantized_allreduce, isparse_allreduce, itopk_allreduce
 from .quantized import quantized_allreduce
 from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
 from .topk_allreduce import topk_allreduce
 from .watchdog import set_timeout
 from .zipml_linear import QuantizedMatrix, ZipMLComparison, compare_estimators, quantize_matrix, sgd_least_squares
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BUILT_MPI_VENDOR",
@@ -43,7 +44,12 @@ __all__ = [
     "algorithms",
     "compress",
     "cost_model",
+    "iadaptive_allreduce",
     "index_dtype",
+    "iquantized_allreduce",
+    "isparse_allreduce",
+    "itopk_allreduce",
+    "nonblocking",
     "quantized_allreduce",
     "set_timeout",
     "sparse_allreduce",

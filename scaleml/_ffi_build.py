@@ -1,11 +1,14 @@
 """cffi build script for ``scaleml._core``: compiles ``csrc/{core,collectives,compress}/*.c`` against MPI.
 
 The MPI compiler wrapper is taken from ``$MPICC`` if set (a cluster's own MPI),
-else ``<sys.prefix>/bin/mpicc`` (the ``mpich`` package from PyPI), else
-``mpicc`` on ``PATH``. Its ``-show``/``-showme`` output gives the include and
-link flags; the extension also gets an rpath to the environment's ``lib`` so
-``libmpi`` is found at run time without ``LD_LIBRARY_PATH``, even when the
-build ran in a temporary environment.
+else ``<sys.prefix>/bin/mpicc`` (the ``mpich`` package from PyPI, the
+``scaleml[mpich]`` extra), else ``mpicc`` on ``PATH``. No MPI is a build
+requirement (pyproject.toml says why): in an isolated build ``sys.prefix`` is
+pip's temporary environment, so build with ``--no-build-isolation``. The
+wrapper's ``-show``/``-showme`` output gives the include and link flags; the
+extension also gets an rpath to the environment's ``lib`` so ``libmpi`` is
+found at run time without ``LD_LIBRARY_PATH``, even when the build ran in a
+temporary environment.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ def find_mpicc() -> str:
         if cand and shutil.which(cand):
             return cand
     raise RuntimeError(
-        "no MPI C compiler wrapper found: install the 'mpich' package (pip install mpich) "
-        "or set MPICC to your MPI's mpicc"
+        "no MPI C compiler wrapper found: set MPICC to your MPI's mpicc, or install PyPI's MPICH "
+        "(pip install 'mpich>=5,<6') and build in that environment with pip's --no-build-isolation"
     )
 
 

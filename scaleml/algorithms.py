@@ -9,6 +9,7 @@ all read it, so an algorithm added in C appears everywhere at once.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,9 +106,16 @@ def code_of(name: object) -> int:
     return entry.id if entry else -1
 
 
-_case = ffi.new("scaleml_cost_case *")
-_params = ffi.new("scaleml_cost_params *")
-_costs = ffi.new("double[]", len(NAMES))
+class _CostBuffers(threading.local):
+    """The C call's argument structs, one set per thread (nonblocking collectives plan on a progress thread)."""
+
+    def __init__(self) -> None:
+        self.case = ffi.new("scaleml_cost_case *")
+        self.params = ffi.new("scaleml_cost_params *")
+        self.costs = ffi.new("double[]", len(NAMES))
+
+
+_buffers = _CostBuffers()
 
 
 def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, value_bytes: float,
@@ -119,13 +127,14 @@ def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, va
     format (0: exact); the lossy algorithms and the sparse-to-quantized switch
     are costed with it.
     """
-    c, p = _case, _params
+    buffers = _buffers
+    c, p = buffers.case, buffers.params
     c.n, c.ranks, c.nnz_max, c.nnz_sum = int(n), int(P), nnz_max, nnz_sum
     c.quantized_value_bytes = quantized_value_bytes
     c.index_bytes, c.value_bytes, c.sparse_out, c.dense_input = index_bytes, value_bytes, sparse_out, dense_input
     p.alpha, p.beta, p.gamma, p.delta = alpha, beta, gamma, delta
-    lib.scaleml_algorithm_costs(c, p, _costs)
-    return dict(zip(NAMES, _costs))
+    lib.scaleml_algorithm_costs(c, p, buffers.costs)
+    return dict(zip(NAMES, buffers.costs))
 
 
 def markdown_table() -> str:

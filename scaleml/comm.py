@@ -11,6 +11,7 @@ from mpi4py import MPI
 from . import algorithms
 from ._native import ffi, lib
 from .errors import BufferLayoutError
+from .nonblocking import Request, channel
 from .sparse import (
     AllreduceInfo,
     _LocalError,
@@ -60,6 +61,7 @@ def _parse_spec(spec: Any) -> tuple[Any, np.dtype, int | None, int]:
             raise _Unsupported
     else:
         buf = spec
+    buf = _from_dlpack(buf)
     if datatype is not None:
         dtype = next((dt for mpi_type, dt in _FLOAT_TYPES if datatype == mpi_type), None)
         if dtype is None:
@@ -71,6 +73,29 @@ def _parse_spec(spec: Any) -> tuple[Any, np.dtype, int | None, int]:
     if not (count is None or isinstance(count, (int, np.integer))) or not isinstance(displ, (int, np.integer)):
         raise _Unsupported
     return buf, dtype, None if count is None else int(count), int(displ)
+
+
+def _from_dlpack(buf: Any) -> Any:
+    """A numpy view of a DLPack object in host memory (a CPU ``torch.Tensor``, a JAX array), else ``buf``.
+
+    mpi4py reads such objects through DLPack; so does the drop-in. A host
+    object that cannot be exported (a tensor that requires grad) is this
+    rank's ``BufferError``, as in mpi4py; objects in device memory are left as
+    they are: the call then goes to MPI, which reads or refuses them itself.
+    """
+    if isinstance(buf, np.ndarray) or not hasattr(buf, "__dlpack__"):
+        return buf
+    try:
+        on_host = int(buf.__dlpack_device__()[0]) in (1, 3)  # kDLCPU, kDLCUDAHost
+    except Exception:  # noqa: BLE001 (not a usable DLPack object: MPI decides)
+        return buf
+    if not on_host:
+        return buf
+    try:
+        return np.from_dlpack(buf)
+    except Exception as exc:  # noqa: BLE001
+        raise _LocalError(6, BufferLayoutError(f"Allreduce: cannot read the {type(buf).__name__} through "
+                                               f"DLPack ({exc})")) from exc
 
 
 def _element_count(buf: Any, dtype: np.dtype, count: int | None, exact: bool = False) -> int:
@@ -171,15 +196,18 @@ def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.n
     return idx[:found], vals[:found]
 
 
-class Comm:
-    """A drop-in replacement for an mpi4py intra-communicator.
+class Comm(MPI.Intracomm):
+    """A drop-in replacement for an mpi4py intra-communicator (a subclass of ``MPI.Intracomm``).
 
     ``Allreduce(sendbuf, recvbuf, op)`` takes every argument mpi4py's takes and
     returns the same result; for ``MPI.SUM`` over float32/float64 buffers of at
     least ``min_count`` elements it counts the non-zeros, and when the alpha-beta
     model (:mod:`scaleml.cost_model`) predicts a sparse algorithm to be faster it
-    runs that one instead of ``MPI_Allreduce``. Everything else, and every other
-    attribute, is the wrapped communicator's.
+    runs that one instead of ``MPI_Allreduce``. ``Iallreduce`` is its
+    nonblocking form. It *is* the wrapped communicator (the same MPI handle):
+    every other method is mpi4py's own, and the constructors (``Dup``,
+    ``Clone``, ``Split``, ``Split_type``, ``Create``, ``Create_group``,
+    ``Idup``) return a :class:`Comm` with the same settings.
 
     Parameters
     ----------
@@ -205,21 +233,31 @@ class Comm:
     >>> comm = scaleml.Comm(MPI.COMM_WORLD)   # the only line that changes
     >>> comm.Allreduce(grad, out, op=MPI.SUM)
     >>> comm.last_info.algorithm               # what ran, or None when MPI did
+    >>> req = comm.Iallreduce(grad, out)       # nonblocking; req.Wait()
     >>> lossy = scaleml.Comm(MPI.COMM_WORLD, compression=scaleml.compress.QSGD(bits=4))
     """
 
-    def __init__(self, comm: MPI.Intracomm | Comm = MPI.COMM_WORLD, *, min_count: int = 4096,
-                 algorithm: str = "auto", compression: object = None) -> None:
-        if isinstance(comm, Comm):
-            comm = comm.mpi_comm
+    def __new__(cls, comm: MPI.Intracomm | None = None, **settings: Any) -> Comm:
+        # mpi4py's constructor takes only the communicator; the settings are __init__'s.
+        if comm is None:
+            comm = MPI.COMM_WORLD
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"scaleml.Comm wraps an mpi4py Intracomm, got {type(comm).__name__}")
+        return super().__new__(cls, comm)
+
+    def __init__(self, comm: MPI.Intracomm | Comm | None = None, *, min_count: int = 4096,
+                 algorithm: str = "auto", compression: object = None, _lazy_state: bool = False) -> None:
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        if comm == MPI.COMM_NULL:
+            raise ValueError("scaleml.Comm cannot wrap MPI.COMM_NULL")
         if algorithm != "auto":
             algorithms.get(algorithm)  # ValueError naming the choices
         if algorithm != "auto" and compression is None and not algorithms.get(algorithm).exact:
             raise ValueError(f"algorithm {algorithm!r} is lossy: pass compression= (QSGD, Cast or OneBit)")
         self._format = value_format(compression) if compression is not None else None
-        self._comm = comm
+        # The wrapped object itself (a Comm's own wrapped one): MPI's methods without this class's overrides.
+        self._comm = comm.mpi_comm if isinstance(comm, Comm) else comm
         self.min_count = int(min_count)
         self.algorithm = algorithm
         self.compression = compression
@@ -227,38 +265,122 @@ class Comm:
         """What the last ``Allreduce`` did; ``None`` when it went to MPI unchanged."""
         # The private duplicate is made now, while every rank is in this (collective) constructor: made
         # lazily, its MPI_Comm_dup could pair with another rank's MPI_Allreduce on the user's communicator.
-        self._state = engine_state(comm)
+        self._engine = None if _lazy_state else engine_state(self._comm)
         self._mpi_classes: dict[tuple[int, np.dtype], Any] = {}
         """(count, dtype) -> the tuner's statistics of its size class, for the steady-state test in Allreduce."""
 
+    def __getattr__(self, name: str) -> Any:
+        # A Comm that mpi4py made without __init__ (``Comm.f2py``, ``Comm.fromhandle``,
+        # ``Comm.Create_from_group``): the default settings, its engine state made at first use.
+        if name in ("_comm", "_engine", "_format", "min_count", "algorithm", "compression", "last_info",
+                    "_mpi_classes") and "_comm" not in self.__dict__:
+            Comm.__init__(self, MPI.Intracomm(self), _lazy_state=True)
+            return getattr(self, name)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    @property
+    def _state(self):
+        if self._engine is None:  # only after Idup, whose communicator exists once its request completed
+            self._engine = engine_state(self._comm)
+        return self._engine
+
     @property
     def mpi_comm(self) -> MPI.Intracomm:
-        """The wrapped mpi4py communicator."""
+        """The wrapped communicator as a plain mpi4py ``Intracomm`` (the same handle)."""
         return self._comm
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._comm, name)
-
-    def __eq__(self, other: object) -> bool:
-        return self._comm == (other.mpi_comm if isinstance(other, Comm) else other)
-
     def __hash__(self) -> int:
-        return hash(self._comm)
+        return hash((Comm, self.py2f()))
 
     def __repr__(self) -> str:
         lossy = f", compression={self.compression!r}" if self.compression is not None else ""
         return f"scaleml.Comm({self._comm!r}, min_count={self.min_count}, algorithm={self.algorithm!r}{lossy})"
 
+    def __reduce__(self):  # mpi4py communicators are not picklable; neither is this one
+        raise TypeError("cannot pickle a scaleml.Comm (as mpi4py cannot pickle communicators)")
+
     # Communicator constructors return wrapped communicators, so code that splits keeps the engine.
+    def _wrap(self, comm: MPI.Comm, lazy: bool = False) -> Any:
+        if comm == MPI.COMM_NULL:
+            return MPI.COMM_NULL
+        return Comm(comm, min_count=self.min_count, algorithm=self.algorithm, compression=self.compression,
+                    _lazy_state=lazy)
+
     def Dup(self, info: MPI.Info | None = None) -> Comm:  # noqa: N802 (mpi4py's name)
         """Duplicate the communicator (``MPI_Comm_dup``); returns a :class:`Comm`."""
-        dup = self._comm.Dup() if info is None else self._comm.Dup(info)
-        return Comm(dup, min_count=self.min_count, algorithm=self.algorithm, compression=self.compression)
+        return self._wrap(self._comm.Dup() if info is None else self._comm.Dup(info))
+
+    def Dup_with_info(self, info: MPI.Info) -> Comm:  # noqa: N802
+        """Duplicate with new info hints (``MPI_Comm_dup_with_info``); returns a :class:`Comm`."""
+        return self._wrap(self._comm.Dup_with_info(info))
+
+    def Clone(self) -> Comm:  # noqa: N802
+        """Clone the communicator (``MPI_Comm_dup``); returns a :class:`Comm`."""
+        return self._wrap(self._comm.Clone())
+
+    def Idup(self, info: MPI.Info | None = None) -> tuple[Comm, MPI.Request]:  # noqa: N802
+        """Nonblocking duplicate (``MPI_Comm_idup``): ``(Comm, request)``; use the Comm once the request completed.
+
+        Its engine state (a private duplicate) is made at its first ScaleML
+        collective, which every rank reaches in the same order.
+        """
+        comm, request = self._comm.Idup() if info is None else self._comm.Idup(info)
+        return self._wrap(comm, lazy=True), request
+
+    def Idup_with_info(self, info: MPI.Info) -> tuple[Comm, MPI.Request]:  # noqa: N802
+        """Nonblocking duplicate with info hints; as :meth:`Idup`."""
+        comm, request = self._comm.Idup_with_info(info)
+        return self._wrap(comm, lazy=True), request
+
+    @classmethod
+    def Create_from_group(cls, group: MPI.Group, stringtag: str = "org.mpi4py", info: MPI.Info = MPI.INFO_NULL,
+                          errhandler: MPI.Errhandler | None = None) -> Comm:  # noqa: N802
+        """A communicator of ``group`` (``MPI_Comm_create_from_group``, collective over it); a :class:`Comm`."""
+        comm = MPI.Intracomm.Create_from_group(group, stringtag, info, errhandler)
+        return MPI.COMM_NULL if comm == MPI.COMM_NULL else cls(comm)
 
     def Split(self, color: int = 0, key: int = 0) -> Comm:  # noqa: N802
-        """Split the communicator (``MPI_Comm_split``); returns a :class:`Comm`."""
-        return Comm(self._comm.Split(color, key), min_count=self.min_count, algorithm=self.algorithm,
-                    compression=self.compression)
+        """Split the communicator (``MPI_Comm_split``); returns a :class:`Comm` (``COMM_NULL`` if undefined)."""
+        return self._wrap(self._comm.Split(color, key))
+
+    def Split_type(self, split_type: int, key: int = 0, info: MPI.Info = MPI.INFO_NULL) -> Comm:  # noqa: N802
+        """Split by type (``MPI_Comm_split_type``, e.g. ``MPI.COMM_TYPE_SHARED``); returns a :class:`Comm`."""
+        return self._wrap(self._comm.Split_type(split_type, key, info))
+
+    def Create(self, group: MPI.Group) -> Comm:  # noqa: N802
+        """A communicator of ``group`` (``MPI_Comm_create``); returns a :class:`Comm` (``COMM_NULL`` outside)."""
+        return self._wrap(self._comm.Create(group))
+
+    def Create_group(self, group: MPI.Group, tag: int = 0) -> Comm:  # noqa: N802
+        """A communicator of ``group``, collective over it (``MPI_Comm_create_group``); a :class:`Comm`."""
+        return self._wrap(self._comm.Create_group(group, tag))
+
+    def Iallreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> Any:  # noqa: N802
+        """Nonblocking :meth:`Allreduce` (collective): returns a request at once.
+
+        Calls the engine may take run as :meth:`Allreduce` on a progress
+        thread, on a private duplicate of this communicator (made at the
+        first call, collectively), and return a
+        :class:`scaleml.nonblocking.Request` (``Wait``, ``Test``; its
+        ``result()`` is the call's :class:`AllreduceInfo`, ``None`` when MPI
+        ran). Every other call is mpi4py's ``Iallreduce`` and returns its
+        ``MPI.Request``. Rules as for MPI's nonblocking collectives: every
+        rank starts the same calls in the same order, and the buffers belong
+        to the call until it completes. :func:`scaleml.nonblocking.waitall`
+        waits for both kinds.
+        """
+        if self._plan(sendbuf, recvbuf, op) is None:
+            return self._comm.Iallreduce(sendbuf, recvbuf, op)
+        chan = channel(self, duplicate=self.Dup)
+        worker = chan.comm
+
+        def allreduce() -> AllreduceInfo | None:
+            worker.Allreduce(sendbuf, recvbuf, op)
+            return worker.last_info
+
+        request = Request("Iallreduce")
+        chan.submit(request, allreduce)
+        return request
 
     def Allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:  # noqa: N802
         """Combine values from all processes and distribute the result to all (collective).

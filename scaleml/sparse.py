@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -174,10 +175,17 @@ _ERROR, _ERROR_RANK, _N, _VALUE_BYTES, _ALGORITHM, _OUT, _NNZ, _DENSE_MISSING, _
     0, 1, 2, 4, 6, 8, 10, 12, 13, 15)
 _ENGINE_NS, _MPI_NS, _CODEC, _OPERATION, _NO_NEGATIVE_ZERO = 17, 18, 19, 21, 23
 _NNZ_SUM, _FAILED = 24, 25
-_fields = np.zeros(lib.SCALEML_CONSENSUS_FIELDS, dtype=np.int64)
-_agreed = np.zeros_like(_fields)
-_fields_ptr = ffi.from_buffer("int64_t[]", _fields)
-_agreed_ptr = ffi.from_buffer("int64_t[]", _agreed)
+class _AgreementBuffers(threading.local):
+    """The agreement's field arrays, one pair per thread (nonblocking collectives agree on a progress thread)."""
+
+    def __init__(self) -> None:
+        self.fields = np.zeros(lib.SCALEML_CONSENSUS_FIELDS, dtype=np.int64)
+        self.agreed = np.zeros_like(self.fields)
+        self.fields_ptr = ffi.from_buffer("int64_t[]", self.fields)
+        self.agreed_ptr = ffi.from_buffer("int64_t[]", self.agreed)
+
+
+_agreement_buffers = _AgreementBuffers()
 
 
 def _operation_id(name: str) -> int:
@@ -202,7 +210,8 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
     """
     comm = state.private
     state.sequence += 1
-    f = _fields
+    buffers = _agreement_buffers
+    f = buffers.fields
     f[:] = 0
     if error is not None:
         f[_ERROR], f[_ERROR_RANK] = error.code, comm.Get_rank()
@@ -218,8 +227,8 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
     f[_ENGINE_NS], f[_MPI_NS] = reports
     f[_NO_NEGATIVE_ZERO] = 0 if negative_zero and error is None else 1  # MAX: 0 only if every rank has one
     f[_NNZ_SUM] = nnz
-    check(lib.scaleml_consensus(comm_address(comm), _fields_ptr, _agreed_ptr))
-    a = _agreed
+    check(lib.scaleml_consensus(comm_address(comm), buffers.fields_ptr, buffers.agreed_ptr))
+    a = buffers.agreed
     if a[_ERROR] > 0:
         if error is not None:
             raise error.exc

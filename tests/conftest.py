@@ -19,6 +19,18 @@ MPI_TESTS = Path(__file__).resolve().parent / "mpi"
 RANK_COUNTS = [1, 2, 3, 4, 5, 8]
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """pytest-mpi prints an "MPI Information" section (about 600 characters) on every rank after the
+    failures; at 8 ranks it would fill the tail of the output that run_pytest_under_mpi reports. Keep it
+    on rank 0 only (the launcher's rank variables: MPICH/Hydra, Open MPI, PMIx)."""
+    rank = next((os.environ[v] for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK") if v in os.environ), "0")
+    if rank != "0":
+        for plugin in config.pluginmanager.get_plugins():
+            if type(plugin).__name__ == "MPIPlugin" and hasattr(plugin, "_is_testing_mpi"):
+                plugin._is_testing_mpi = False
+
+
 def mpiexec() -> str:
     """The mpiexec next to this Python (the venv's MPICH), else the one on PATH."""
     local = Path(sys.prefix) / "bin" / "mpiexec"
@@ -48,10 +60,16 @@ def run_mpi(nprocs: int, args: list[str], timeout: float = 600,
 
 
 def run_pytest_under_mpi(nprocs: int, module: str, timeout: float = 600, extra: tuple[str, ...] = ()) -> str:
-    """Run tests/mpi/<module> with pytest on every rank; fail unless every rank passed."""
-    result = run_mpi(nprocs, ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(MPI_TESTS / module),
-                              *extra], timeout=timeout)
+    """Run tests/mpi/<module> with pytest on every rank; fail unless every rank passed.
+
+    The modules' tests carry pytest-mpi's ``mpi`` marker: ``--with-mpi`` runs them
+    (without it, e.g. ``pytest tests/mpi/mpi_bad_input.py``, pytest-mpi skips them).
+    """
+    result = run_mpi(nprocs, ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--with-mpi",
+                              str(MPI_TESTS / module), *extra], timeout=timeout)
     if result.returncode != 0:
         pytest.fail(f"{module} failed under mpiexec -n {nprocs} (exit {result.returncode}):\n"
                     f"{result.stdout[-8000:]}")
+    if "need --with-mpi option to run" in result.stdout:  # skipped, not run: a green that tested nothing
+        pytest.fail(f"{module}: pytest-mpi skipped its tests under mpiexec -n {nprocs}:\n{result.stdout[-4000:]}")
     return result.stdout

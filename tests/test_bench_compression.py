@@ -86,6 +86,7 @@ def test_lossy_rows_have_error_and_bytes(tmp_path):
         row = rows[name]
         assert not row["lossless"] and row["time_avg_us"] > 0 and row["speedup_vs_mpi"] > 0
         assert row["bytes_sent_per_rank"] > 0, name
+        assert row["wrong"] is None, name  # nccl-tests' #wrong counts lossless results only
         assert 0 <= row["rel_error"] < 3 and 0 <= row["rel_error_time_avg"] < 3, name
     assert 1e-6 < rows["fp16"]["rel_error"] < 1e-3  # fp16 rounding of each contribution and of the sum
     # bytes: 4-bit QSGD < fp16 < float32, and P = 2 keeps the allgather at one compressed vector per rank
@@ -98,6 +99,15 @@ def test_lossy_rows_have_error_and_bytes(tmp_path):
     ef = rows["onebit_ef"]
     assert ef["rel_error"] > 0.1 and ef["rel_error_time_avg"] < ef["rel_error"]
     assert rows["recursive_doubling"]["rel_error"] < 1e-6 and rows["recursive_doubling"]["lossless"]
+    # nccl-tests' bandwidths of each method's collective: the allgather's data is the P gathered vectors and its
+    # factor (P-1)/P; every other method is an AllReduce, 2(P-1)/P (both 1 at P = 2)
+    gather = rows["allgather:qsgd4"]
+    assert gather["collective"] == "allgather"
+    assert gather["algbw_GBps"] == pytest.approx(2 * gather["size_bytes"] / gather["time_avg_us"] / 1e3)
+    assert gather["busbw_GBps"] == pytest.approx(gather["algbw_GBps"] / 2)
+    for name in ("mpi_allreduce", "qsgd4", "switch:qsgd4"):
+        assert rows[name]["collective"] == "allreduce"
+        assert rows[name]["busbw_GBps"] == pytest.approx(rows[name]["algbw_GBps"])
 
 
 def _gloo_run(tmp_path, python_args=("-m", "scaleml.bench")):
@@ -108,7 +118,7 @@ def _gloo_run(tmp_path, python_args=("-m", "scaleml.bench")):
     return result, out
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (pip install 'scaleml[torch]')")
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (make install-torch)")
 def test_gloo_baselines(tmp_path):
     result, out = _gloo_run(tmp_path)
     assert result.returncode == 0, result.stdout

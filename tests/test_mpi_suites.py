@@ -27,6 +27,11 @@ def test_comm_is_a_drop_in_for_mpi4py(nprocs):
 
 
 @pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_comm_is_an_intracomm_and_nonblocking_collectives_overlap(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_nonblocking.py", timeout=600)
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
 def test_comm_matches_mpi4py_layouts_lengths_and_zero_signs(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_dropin_mpi4py_parity.py", timeout=300)
 

@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from .. import cost_model
 from ..datagen import random_sparse
-from .methods import BASELINE, LOSSLESS, METHODS, Case, Runner
+from .methods import BASELINE, COLLECTIVES, LOSSLESS, METHODS, Case, Runner, bandwidths
 
 
 def measure(run: Runner, comm: MPI.Intracomm, warmup: int, iterations: int,
@@ -92,6 +92,38 @@ def relative_errors(result: np.ndarray, exact: np.ndarray) -> tuple[float, float
     return l2, float(np.abs(diff).max()) / scale if scale else 0.0
 
 
+def out_of_bounds(result: np.ndarray, exact: np.ndarray, magnitude: np.ndarray, dtype: np.dtype,
+                  ranks: int) -> int:
+    """Number of elements of a lossless result off the exact sum by more than summation rounding.
+
+    Summing P terms in any order rounds each element by at most about ``(P-1) eps`` times the sum of the
+    terms' magnitudes; the bound used is ``2 P eps * sum |x|`` with ``eps`` of the coarser of the case's and
+    the result's type (a float32 wire of float64 data is float32's rounding).
+
+    Parameters
+    ----------
+    result : numpy.ndarray
+        A method's dense result.
+    exact : numpy.ndarray
+        The exact sum, float64, of the same size.
+    magnitude : numpy.ndarray
+        The sum over ranks of the inputs' absolute values, float64.
+    dtype : numpy.dtype
+        The case's value type.
+    ranks : int
+        Number of ranks P.
+
+    Returns
+    -------
+    int
+        nccl-tests' ``#wrong`` on this rank.
+    """
+    kinds = [np.dtype(dtype)] + ([result.dtype] if np.issubdtype(result.dtype, np.floating) else [])
+    eps = max(float(np.finfo(k).eps) for k in kinds)
+    diff = np.abs(result.reshape(-1).astype(np.float64) - exact)
+    return int(np.count_nonzero(diff > 2 * max(ranks, 2) * eps * magnitude))
+
+
 def median_of_iteration_max(comm: MPI.Intracomm, times: np.ndarray) -> np.ndarray:
     """Median over iterations of each iteration's slowest rank, for several methods at once.
 
@@ -125,7 +157,11 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     is ``||result - exact|| / ||exact||`` of the last call, ``max_rel_error`` its largest deviation over the
     largest magnitude of the sum, and ``rel_error_time_avg`` the relative L2 error of the mean of the timed
     calls' results (what error feedback makes small: its per-call error stays that of the format), each the
-    largest over ranks. ``bytes_sent_per_rank`` is the mean over ranks of each rank's bytes per call, as the
+    largest over ranks; ``wrong`` (lossless methods; None for lossy ones) is nccl-tests' ``#wrong``, the
+    number of elements off the exact sum by more than rounding (:func:`out_of_bounds`), the largest over ranks.
+    ``algbw_GBps`` and ``busbw_GBps`` are nccl-tests' bandwidths of the method's
+    ``collective`` (:func:`scaleml.bench.methods.bandwidths`) at the mean time. ``bytes_sent_per_rank`` is
+    the mean over ranks of each rank's bytes per call, as the
     method reports them (``MPI_Allreduce``, gloo: the ring's figure). ``time_median_us`` is the median over
     iterations of each iteration's time, which is the maximum over ranks of that iteration (the slowest rank
     finishes the collective), and ``speedup_median_vs_mpi`` is the ratio of the baseline's and the method's
@@ -164,6 +200,8 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     case = Case(comm, n, np.dtype(dtype), density, pattern, idx, vals, dense)
     exact = np.empty(n)
     comm.Allreduce(dense.astype(np.float64), exact, MPI.SUM)
+    magnitude = np.empty(n)  # sum over ranks of |x|: what bounds the rounding of any order of summation
+    comm.Allreduce(np.abs(dense.astype(np.float64)), magnitude, MPI.SUM)
     nnz = comm.allreduce(int(idx.size), MPI.SUM)
     nnz_max = comm.allreduce(int(idx.size), MPI.MAX)
     rows, baseline_avg, per_iteration = [], None, []
@@ -176,10 +214,11 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
         t = sum(iteration_times.tolist()) / iteration_times.size
         l2, err = relative_errors(result, exact)
         l2_mean = relative_errors(accumulated / iteration_times.size, exact)[0] if lossy else l2
+        wrong = out_of_bounds(result, exact, magnitude, case.dtype, P)
         times = comm.allgather(t)
-        errors = np.array([l2, err, l2_mean])
+        errors = np.array([l2, err, l2_mean, wrong])
         comm.Allreduce(MPI.IN_PLACE, errors, MPI.MAX)
-        l2, err, l2_mean = errors.tolist()
+        l2, err, l2_mean, wrong = errors.tolist()
         sent = comm.allreduce(sent, MPI.SUM) // P
         # What auto and the drop-in picked; a forced "ALG:FORMAT" ran ALG.
         algorithm = name if ran == name or name.startswith(f"{ran}:") else f"{name}->{ran}"
@@ -187,17 +226,19 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
         if name == BASELINE:
             baseline_avg = t_avg
         size = n * case.dtype.itemsize
-        algbw = size / t_avg / 1e9 if t_avg > 0 else 0.0
+        collective = COLLECTIVES.get(name, "allreduce")
+        algbw, busbw = bandwidths(collective, size, P, t_avg)
         rows.append({
             "size_bytes": size, "count": n, "dtype": case.dtype.name, "ranks": P, "density": density,
             "global_nnz_input": nnz, "max_nnz_input": nnz_max, "pattern": pattern, "method": name,
-            "algorithm": algorithm,
+            "algorithm": algorithm, "collective": collective,
             "time_min_us": min(times) * 1e6, "time_avg_us": t_avg * 1e6, "time_max_us": max(times) * 1e6,
             "time_median_us": None,
-            "algbw_GBps": algbw, "busbw_GBps": algbw * 2 * (P - 1) / P, "bytes_sent_per_rank": sent,
+            "algbw_GBps": algbw, "busbw_GBps": busbw, "bytes_sent_per_rank": sent,
             "speedup_vs_mpi": baseline_avg / t_avg if t_avg > 0 else float("inf"),
             "speedup_median_vs_mpi": None,
             "rel_error": l2, "max_rel_error": err, "rel_error_time_avg": l2_mean, "lossless": not lossy,
+            "wrong": None if lossy else int(wrong),
         })
     # The per-iteration times of every method, gathered once per case (not inside the timed loop).
     medians = median_of_iteration_max(comm, np.stack(per_iteration))
@@ -208,8 +249,47 @@ def run_case(comm: MPI.Intracomm, n: int, dtype: np.dtype, density: float, patte
     return rows
 
 
+def package_versions() -> dict[str, str | None]:
+    """Versions of what produced the numbers.
+
+    Returns
+    -------
+    dict
+        ``scaleml``, ``numpy``, ``mpi4py``, ``python``, ``mpi_library`` (the MPI library's version
+        string, ``MPI_Get_library_version``) and ``mpi_standard`` (e.g. ``"3.1"``); None where unknown.
+    """
+    from importlib import metadata
+
+    import mpi4py
+
+    import scaleml
+
+    try:
+        version = metadata.version("scaleml")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        version = getattr(scaleml, "__version__", None)
+    major, minor = MPI.Get_version()
+    return {"scaleml": version, "numpy": np.__version__, "mpi4py": mpi4py.__version__,
+            "python": platform.python_version(), "mpi_library": MPI.Get_library_version().strip(),
+            "mpi_standard": f"{major}.{minor}"}
+
+
 def run_metadata(comm: MPI.Intracomm, collective: bool = True) -> dict:
-    """Which machine, commit and MPI produced the numbers (``collective``: count hosts)."""
+    """Which machine, commit, MPI and package versions produced the numbers.
+
+    Parameters
+    ----------
+    comm : MPI.Intracomm
+        The ranks of the run.
+    collective : bool
+        Count the hosts (an allgather over ``comm``); False: ``hosts`` is None and no rank else takes part.
+
+    Returns
+    -------
+    dict
+        ``date``, ``ranks``, ``hosts``, ``machine``, ``cpu``, ``commit``, ``mpi`` (the first line of the MPI
+        library's version), ``versions`` (:func:`package_versions`) and ``cost_params``.
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
@@ -220,4 +300,5 @@ def run_metadata(comm: MPI.Intracomm, collective: bool = True) -> dict:
             "machine": platform.node(),
             "cpu": platform.processor() or platform.machine(), "commit": commit,
             "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+            "versions": package_versions(),
             "cost_params": asdict(cost_model.get_params())}

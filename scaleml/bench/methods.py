@@ -49,21 +49,118 @@ attribute, a callable that :func:`scaleml.bench.measure.measure` calls untimed b
 collective restores its input there)."""
 METHODS: dict[str, Callable[[Case], Runner]] = {}
 LOSSLESS: set[str] = set()
+COLLECTIVES: dict[str, str] = {}
+"""The collective each method's traffic is (:data:`BUS_FACTORS` key): ``allreduce`` for every method whose
+ranks exchange partial sums (MPI, the sparse and quantized algorithms, gloo), ``allgather`` for those that
+gather every rank's whole contribution (``allgather:FORMAT``). It sets the bus bandwidth's factor."""
 SETUP: dict[str, Callable[[MPI.Intracomm], None]] = {}
 """Collective set-up of a method, run once on every rank before the sweep; raises :class:`MethodUnavailable`
 (on every rank alike) when the method cannot run here."""
 
 
-def register(name: str, lossless: bool = True) -> Callable[[Callable[[Case], Runner]], Callable[[Case], Runner]]:
-    """Register a benchmark method: ``factory(case) -> run``, ``run() -> (dense result, bytes sent, algorithm)``."""
+def register(name: str, lossless: bool = True,
+             collective: str = "allreduce") -> Callable[[Callable[[Case], Runner]], Callable[[Case], Runner]]:
+    """Register a benchmark method: ``factory(case) -> run``, ``run() -> (dense result, bytes sent, algorithm)``.
+
+    Parameters
+    ----------
+    name : str
+        The method's name (``--methods``/``--compression``, the rows' ``method``).
+    lossless : bool
+        Whether its result is the exact sum (up to rounding).
+    collective : str
+        The collective its traffic is, a key of :data:`BUS_FACTORS` (its bus bandwidth's factor).
+
+    Returns
+    -------
+    Callable
+        A decorator that registers the factory and returns it unchanged.
+    """
+    if collective not in BUS_FACTORS:
+        raise ValueError(f"unknown collective {collective!r}: use one of {sorted(BUS_FACTORS)}")
 
     def wrap(factory: Callable[[Case], Runner]) -> Callable[[Case], Runner]:
         METHODS[name] = factory
+        COLLECTIVES[name] = collective
         if lossless:
             LOSSLESS.add(name)
+        else:
+            LOSSLESS.discard(name)
         return factory
 
     return wrap
+
+
+BUS_FACTORS: dict[str, Callable[[int], float]] = {
+    "allreduce": lambda P: 2 * (P - 1) / P,
+    "allgather": lambda P: (P - 1) / P,
+    "reduce_scatter": lambda P: (P - 1) / P,
+    "broadcast": lambda P: 1.0,
+    "reduce": lambda P: 1.0,
+}
+"""nccl-tests' bus bandwidth factors (``busbw = algbw * factor(P)``), per collective."""
+DATA_SIZE: dict[str, Callable[[int, int], int]] = {
+    "allreduce": lambda size, P: size,
+    "allgather": lambda size, P: size * P,
+    "reduce_scatter": lambda size, P: size,
+    "broadcast": lambda size, P: size,
+    "reduce": lambda size, P: size,
+}
+"""nccl-tests' data size of a collective (its ``algbw`` numerator) from the bytes of one rank's vector: the
+vector for AllReduce, ReduceScatter (the input), Broadcast and Reduce; the gathered output, P vectors, for
+AllGather."""
+
+
+def bus_bandwidth_factor(collective: str, ranks: int) -> float:
+    """nccl-tests' factor from algorithm bandwidth to bus bandwidth.
+
+    Parameters
+    ----------
+    collective : str
+        ``allreduce`` (2(P-1)/P), ``allgather`` or ``reduce_scatter`` ((P-1)/P), ``broadcast`` or ``reduce`` (1).
+    ranks : int
+        Number of ranks P (at least 1).
+
+    Returns
+    -------
+    float
+        ``busbw / algbw``: the fraction of the data each rank's link carries in an optimal algorithm.
+
+    Raises
+    ------
+    ValueError
+        An unknown collective or fewer than one rank.
+    """
+    if collective not in BUS_FACTORS:
+        raise ValueError(f"unknown collective {collective!r}: use one of {sorted(BUS_FACTORS)}")
+    if ranks < 1:
+        raise ValueError(f"ranks must be at least 1, not {ranks}")
+    return float(BUS_FACTORS[collective](ranks))
+
+
+def bandwidths(collective: str, size_bytes: int, ranks: int, seconds: float) -> tuple[float, float]:
+    """(algbw, busbw) in GB/s (1e9 B/s) of one collective call, as nccl-tests computes them.
+
+    Parameters
+    ----------
+    collective : str
+        A key of :data:`BUS_FACTORS`.
+    size_bytes : int
+        Bytes of one rank's dense vector (the rows' ``size_bytes``).
+    ranks : int
+        Number of ranks P.
+    seconds : float
+        Time of one call; 0 gives bandwidths of 0.
+
+    Returns
+    -------
+    tuple of float
+        ``algbw = data size / time`` (:data:`DATA_SIZE`: the vector for AllReduce, P vectors for AllGather)
+        and ``busbw = algbw * bus_bandwidth_factor(collective, ranks)``.
+    """
+    factor = bus_bandwidth_factor(collective, ranks)
+    algbw = DATA_SIZE[collective](size_bytes, ranks) / seconds / 1e9 if seconds > 0 else 0.0
+    return algbw, algbw * factor
 
 
 BASELINE = "mpi_allreduce"
@@ -460,7 +557,9 @@ def _gloo(wire: str) -> Callable[[Case], Runner]:
 # ---- names --------------------------------------------------------------------------------
 
 def _parse(name: str) -> tuple[Callable[[Case], Runner], bool]:
-    """(factory, lossless) of a compression name; ValueError when unknown, MethodUnavailable when it cannot run."""
+    """(factory, lossless) of a compression name; ValueError when unknown, MethodUnavailable when it cannot run.
+
+    The collective of the name's traffic is :func:`_collective_of`'s."""
     if name in ("gloo_fp32", "gloo_fp16"):
         if reason := torch_unavailable():
             raise MethodUnavailable(reason)
@@ -508,5 +607,11 @@ def register_compression(name: str) -> str:
     """
     if name not in METHODS:
         factory, lossless = _parse(name)
-        register(name, lossless=lossless)(factory)
+        register(name, lossless=lossless, collective=_collective_of(name))(factory)
     return name
+
+
+def _collective_of(name: str) -> str:
+    """The collective of a compression name's traffic: ``allgather:FORMAT`` gathers every rank's compressed
+    vector; every other name exchanges partial sums (an AllReduce)."""
+    return "allgather" if name.startswith("allgather:") else "allreduce"

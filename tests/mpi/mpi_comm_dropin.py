@@ -13,6 +13,9 @@ from mpi4py import MPI
 
 import scaleml
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()
 

@@ -20,6 +20,9 @@ from mpi4py import MPI
 import scaleml
 from scaleml.errors import BufferLayoutError
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()
 N = 5000  # above the default min_count (4096): the engine's paths, not a pass-through to MPI
@@ -317,3 +320,43 @@ def test_sign_of_zero_when_auto_has_chosen_a_sparse_algorithm():
     finally:
         scaleml.cost_model.set_params(gamma=before.gamma, delta=before.delta)
         dup.Free()
+
+
+# ---- DLPack buffers (CPU torch tensors), as mpi4py reads them ----
+
+@pytest.mark.parametrize("spec", ["bare", "count_datatype", "datatype", "in_place"])
+def test_torch_tensors_take_the_engine_and_match_mpi4py(spec):
+    torch = pytest.importorskip("torch", reason="PyTorch not installed (make install-torch)")
+    comm = scaleml.Comm(world, min_count=0, algorithm="split_allgather")  # the engine, never MPI
+    n = 5000
+    rng = np.random.default_rng([21, rank])
+    x = np.zeros(n, np.float32)
+    x[rng.choice(n, 40, replace=False)] = rng.standard_normal(40)
+    expected = np.empty_like(x)
+    world.Allreduce(x, expected, MPI.SUM)
+    send, recv = torch.from_numpy(x.copy()), torch.zeros(n)
+    if spec == "bare":
+        comm.Allreduce(send, recv, MPI.SUM)
+    elif spec == "count_datatype":
+        comm.Allreduce([send, n, MPI.FLOAT], [recv, n, MPI.FLOAT], MPI.SUM)
+    elif spec == "datatype":
+        comm.Allreduce([send, MPI.FLOAT], [recv, MPI.FLOAT], MPI.SUM)
+    else:
+        recv = send
+        comm.Allreduce(MPI.IN_PLACE, recv, MPI.SUM)
+    assert comm.last_info is not None and comm.last_info.algorithm == "split_allgather"
+    np.testing.assert_allclose(recv.numpy(), expected, rtol=4 * size * 1.2e-7, atol=4 * size * 1.2e-7)
+    # mpi4py reads the same tensors through DLPack: the same result
+    mpi_out = torch.zeros(n)
+    world.Allreduce(torch.from_numpy(x), mpi_out, MPI.SUM)
+    np.testing.assert_allclose(recv.numpy(), mpi_out.numpy(), rtol=4 * size * 1.2e-7, atol=4 * size * 1.2e-7)
+
+
+def test_a_tensor_that_requires_grad_is_refused_like_mpi4py():
+    torch = pytest.importorskip("torch", reason="PyTorch not installed (make install-torch)")
+    comm = scaleml.Comm(world, min_count=0)
+    send, recv = torch.ones(5000, requires_grad=True), torch.zeros(5000)
+    with pytest.raises(Exception) as theirs:
+        world.Allreduce(send, recv, MPI.SUM)
+    with pytest.raises(type(theirs.value)):
+        comm.Allreduce(send, recv, MPI.SUM)

@@ -20,6 +20,9 @@ import scaleml
 from scaleml.compress import QSGD, Cast, ErrorFeedback, OneBit
 from scaleml.quantized import LOSSY, block_range
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()
 

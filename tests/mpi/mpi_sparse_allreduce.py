@@ -12,6 +12,9 @@ from mpi4py import MPI
 import scaleml
 from scaleml.cost_model import ALGORITHMS
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 comm = MPI.COMM_WORLD
 ALL = ("auto", *ALGORITHMS)
 

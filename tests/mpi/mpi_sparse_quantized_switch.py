@@ -17,6 +17,9 @@ from scaleml import algorithms
 from scaleml._native import check, comm_address, ffi, lib
 from scaleml.sparse import index_dtype
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 comm = MPI.COMM_WORLD
 P = comm.Get_size()
 PRIVATE = comm.Dup()  # the collectives' messages never meet the test's own

@@ -13,6 +13,9 @@ import scaleml
 from scaleml.compress import QSGD, ErrorFeedback, TopK
 from scaleml.cost_model import ALGORITHMS
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 

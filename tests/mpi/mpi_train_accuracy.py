@@ -7,6 +7,9 @@ from mpi4py import MPI
 
 from scaleml.train import TrainConfig, train
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 

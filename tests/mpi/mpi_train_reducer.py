@@ -12,6 +12,9 @@ from mpi4py import MPI
 from scaleml.train import GradientReducer, TrainingError, agree, check_replicas
 from scaleml.train.consistency import ReplicaMismatchError
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 

@@ -32,6 +32,9 @@ from scaleml.zipml_linear import (
     synthetic_regression,
 )
 
+# pytest-mpi: run under mpiexec with --with-mpi (tests/conftest.py: run_pytest_under_mpi), else skipped
+pytestmark = pytest.mark.mpi
+
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()
 ROWS, DIM, BATCH, EPOCHS = 16384, 8, 128, 10

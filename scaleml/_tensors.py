@@ -19,8 +19,8 @@ import numpy as np
 
 __all__ = ["as_numpy", "as_numpy_out", "is_tensor", "like_input"]
 
-_DL_CPU = 1
-"""``kDLCPU`` in DLPack's device enumeration (``__dlpack_device__()[0]``)."""
+_DL_HOST = (1, 3)
+"""``kDLCPU`` and ``kDLCUDAHost`` (pinned host memory) in DLPack's device enumeration (``__dlpack_device__()[0]``)."""
 
 
 def is_tensor(x: object) -> bool:
@@ -75,7 +75,7 @@ def as_numpy(x: object, what: str = "x") -> Any:
             device = x.__dlpack_device__()
         except Exception as exc:  # noqa: BLE001 - a foreign object's failure becomes our TypeError
             raise TypeError(f"{what}: its __dlpack_device__() failed: {exc}") from None
-        if int(device[0]) != _DL_CPU:
+        if int(device[0]) not in _DL_HOST:
             raise TypeError(f"{what} is a DLPack object on device {tuple(device)}; ScaleML takes CPU memory for now")
         try:
             return np.from_dlpack(x)

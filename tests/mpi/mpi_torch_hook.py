@@ -26,6 +26,8 @@ from scaleml import compress as C  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import torch_ddp  # noqa: E402
 
+pytestmark = pytest.mark.mpi
+
 comm = MPI.COMM_WORLD
 P, RANK = comm.Get_size(), comm.Get_rank()
 BATCH = max(128 // P, 1)  # samples per rank and step: the global batch stays about 128 at every P
@@ -64,6 +66,27 @@ def test_bad_compression_names_raise_clearly():
         smt.ScaleMLHookState(comm, "qsgd4", min_compress_numel=-1)
     with pytest.raises(TypeError, match="ScaleMLHookState"):
         smt.allreduce_hook(comm, None)
+
+
+def test_the_hook_overlaps_when_the_build_has_nonblocking():
+    import scaleml.nonblocking  # noqa: F401  (this build has it)
+
+    assert smt.ScaleMLHookState(comm).nonblocking
+    assert not smt.ScaleMLHookState(comm, nonblocking=False).nonblocking
+
+
+@pytest.mark.parametrize("nonblocking", MODES)
+def test_a_failed_collective_raises_from_backward_on_every_rank(nonblocking):
+    torch.manual_seed(0)
+    model = torch_ddp.make_model(8, 64, 3)
+    ddp = DistributedDataParallel(model)
+    ddp.register_comm_hook(smt.ScaleMLHookState(comm, "qsgd4", min_compress_numel=1, nonblocking=nonblocking),
+                           smt.allreduce_hook)
+    x = torch.ones(4, 8)
+    if RANK == 0:
+        x[0, 0] = float("nan")  # rank 0's gradients hold NaN: quantized_allreduce refuses them, on every rank
+    with pytest.raises(Exception, match="NaN"):
+        ddp(x).sum().backward()
 
 
 def test_tensors_in_the_collectives_match_numpy():

@@ -128,7 +128,7 @@ def test_exact_hook_gives_plain_ddps_parameters(data, nonblocking):
     assert hook["buckets"] == 2
     # gloo and MPI add in different orders: the same parameters to float rounding
     np.testing.assert_allclose(hook["params"], base["params"], rtol=1e-4, atol=1e-5)
-    assert hook["bytes_uncompressed"] > 0
+    assert hook["bytes_uncompressed"] > 0 or P == 1  # ring bytes: none on one rank
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from mpi4py import MPI
 
 from . import config
 from . import timeline as _timeline
+from ._tensors import like_input
 from .compress.adaptive import AdaptiveQuant
 from .compress.framing import DTYPE_CODES, Compressed, decode
 from .errors import ScaleMLError
@@ -219,8 +220,9 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
 
     Returns
     -------
-    numpy.ndarray or tuple of (numpy.ndarray, AdaptiveAllreduceInfo)
-        The decoded sum (or mean), with ``grad``'s shape and dtype.
+    numpy.ndarray or torch.Tensor, or a tuple with an AdaptiveAllreduceInfo
+        The decoded sum (or mean), with ``grad``'s shape and dtype; a tensor
+        (sharing the numpy result's memory) when ``grad`` is a ``torch.Tensor``.
 
     Raises
     ------
@@ -268,6 +270,7 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
             tl.mark("MPI_Allreduce", "algorithm")
             tl.end(n=g.size, dtype=str(g.dtype), algorithm="MPI_Allreduce", format="exact")
         ring = 2 * (P - 1) * g.nbytes // P
+        out = like_input(out, grad)
         return (out, AdaptiveAllreduceInfo(bytes_sent=ring, reduce_scatter_bytes=ring // 2, allgather_bytes=ring // 2,
                                            compressed_bytes=g.nbytes, rows=rows, cols=cols, ranks=P)) \
             if return_info else out
@@ -322,6 +325,7 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
     out = out.reshape(g.shape)
     if average:
         out /= P
+    out = like_input(out, grad)
     rs = int(send_sizes.sum() - send_sizes[rank])
     ag = int(sizes.sum() - sizes[(rank + 1) % P]) if P > 1 else 0  # a ring sends all blocks but one
     if tl is not None:

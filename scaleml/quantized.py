@@ -15,6 +15,7 @@ from mpi4py import MPI
 from . import _log, algorithms, config
 from . import timeline as _timeline
 from ._native import ffi, lib
+from ._tensors import as_numpy_out, like_input
 from .compress import ErrorFeedback
 from .sparse import (
     _LocalError,
@@ -56,7 +57,8 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
     Parameters
     ----------
     x : array_like of float32 or float64
-        This rank's contribution, any shape; the same size and dtype on every rank.
+        This rank's contribution, any shape; the same size and dtype on every
+        rank. A CPU ``torch.Tensor`` (or DLPack object) is read without a copy.
     comm : mpi4py.MPI.Intracomm
         Any intra-communicator.
     compression : QSGD, Cast or OneBit
@@ -78,7 +80,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         is error feedback) or one of :data:`LOSSY`.
     average : bool
         Divide the sum by the number of ranks.
-    out : numpy.ndarray, optional
+    out : numpy.ndarray or torch.Tensor, optional
         Where to write the result (same shape and dtype as ``x``, writable,
         C-contiguous; may be ``x`` itself).
     check_finite : bool
@@ -88,7 +90,9 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
 
     Returns
     -------
-    numpy.ndarray, or ``(numpy.ndarray, AllreduceInfo)``
+    numpy.ndarray or torch.Tensor, or a tuple ``(result, AllreduceInfo)``
+        ``out`` when given; else a tensor when ``x`` is one (sharing the
+        memory of the numpy result), else a numpy array.
 
     Raises
     ------
@@ -107,6 +111,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
     tl = _timeline.begin(op_name) if _timeline.ON else None
     algorithm = config.apply_algorithm(algorithm, lambda a: a in LOSSY and (error_feedback is None
                                                                           or a == _WITH_FEEDBACK))
+    out_arg = out
     error = fmt = None
     flat = dest = None
     residuals: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
@@ -136,6 +141,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         flat = np.ascontiguousarray(a).reshape(-1)
         if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(flat), flat.size, flat.itemsize):
             raise _LocalError(4, ValueError("x contains NaN or Inf (pass check_finite=False to allow)"))
+        out = as_numpy_out(out)
         if out is None:
             dest = np.empty(a.shape, a.dtype)
         elif not isinstance(out, np.ndarray) or out.shape != a.shape or out.dtype != a.dtype:
@@ -192,4 +198,5 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
     info.requested, info.predicted = algorithm, predicted
     if tl is not None:
         tl.end(n=n, dtype=str(flat.dtype), algorithm=chosen, format=info.format, bytes=info.bytes_sent)
+    dest = like_input(dest, x, out_arg)
     return (dest, info) if return_info else dest

@@ -16,6 +16,7 @@ from mpi4py import MPI
 from . import _log, algorithms, config, cost_model
 from . import timeline as _timeline
 from ._native import check, comm_address, ffi, lib
+from ._tensors import as_numpy, as_numpy_out, like_input
 from .errors import AGREEMENT_EXCEPTIONS
 from .tuner import ClassStats, Tuner
 from .value_format import ValueFormat, value_format
@@ -270,9 +271,12 @@ def agree(state: EngineState, error: _LocalError | None, *, n: int, value_bytes:
 # ---- input preparation ---------------------------------------------------------------------
 
 def as_float_array(x: object, what: str) -> np.ndarray:
-    """``x`` as a float32/float64 numpy array (no copy when it is one); TypeError naming ``what`` otherwise."""
+    """``x`` as a float32/float64 numpy array (no copy when it is one); TypeError naming ``what`` otherwise.
+
+    A CPU ``torch.Tensor`` or another DLPack object is viewed without a copy (:func:`scaleml._tensors.as_numpy`).
+    """
     try:
-        a = np.asarray(x)
+        a = np.asarray(as_numpy(x, what))
     except Exception as exc:  # objects numpy cannot read as arrays
         raise TypeError(f"{what} must be array-like: {exc}") from None
     if a.dtype not in _VALUE_DTYPES:
@@ -289,8 +293,8 @@ def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray
     if n_int != n or n_int < 0 or n_int >= 1 << 63:
         raise _LocalError(2, ValueError(f"n must be an integer in [0, 2**63), got {n!r}"))
     try:
-        idx = np.asarray(indices)
-        vals = np.asarray(values)
+        idx = np.asarray(as_numpy(indices, "indices"))
+        vals = np.asarray(as_numpy(values, "values"))
     except Exception as exc:  # objects numpy cannot read as arrays
         raise _LocalError(1, TypeError(f"indices and values must be array-like: {exc}")) from exc
     if vals.dtype not in _VALUE_DTYPES:
@@ -344,9 +348,12 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     ----------
     indices : array_like of int
         Positions of this rank's non-zeros in ``[0, n)``; any order, repeats
-        allowed (their values are summed).
+        allowed (their values are summed). A CPU ``torch.Tensor`` is accepted
+        (viewed without a copy), here and for ``values`` and ``dense_out``.
     values : array_like of float32 or float64
-        Values at ``indices``; same length, same dtype on every rank.
+        Values at ``indices``; same length, same dtype on every rank. When it
+        is a ``torch.Tensor``, a dense result is one too (sharing the numpy
+        result's memory).
     n : int
         Dimension of the vectors, the same on every rank (up to 2**63 - 1 with
         ``out="sparse"``).
@@ -368,7 +375,7 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
         sparse form would take at least as many bytes), and ``auto`` may also
         choose the dense quantized algorithms. Sparse parts stay exact; every
         rank gets the same result, bitwise. ``None`` (default): exact.
-    dense_out : numpy.ndarray, optional
+    dense_out : numpy.ndarray or torch.Tensor, optional
         With ``out="dense"``: the array of n values (C-contiguous, writable, the
         values' dtype) to write the sum into and return, instead of a new one.
     check_finite : bool
@@ -397,6 +404,7 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     if config.DISABLE:
         algorithm, compression = "dense", None
     algorithm = config.apply_algorithm(algorithm, lambda a: compression is not None or algorithms.get(a).exact)
+    dense_out_arg = dense_out
     error = None
     idx = vals = fmt = None
     code = out_code = 0
@@ -410,6 +418,7 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
             raise _LocalError(2, ValueError(f"out must be 'dense' or 'sparse', got {out!r}"))
         out_code = _OUT_CODES[out]
         idx, vals = _canonical_input(indices, values, n, check_finite)
+        dense_out = as_numpy_out(dense_out, "dense_out")
         if dense_out is not None and not (out == "dense" and isinstance(dense_out, np.ndarray)
                                           and dense_out.dtype == vals.dtype and dense_out.size == int(n)
                                           and dense_out.flags.c_contiguous and dense_out.flags.writeable):
@@ -456,6 +465,8 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
                         dense_out=None if dense_out is None else dense_out.reshape(-1))
     if dense_out is not None:
         result = dense_out
+    if out == "dense":
+        result = like_input(result, values, dense_out_arg)
     stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = algorithm, predicted
     if tl is not None:

@@ -9,6 +9,7 @@ from mpi4py import MPI
 
 from . import algorithms
 from . import timeline as _timeline
+from ._tensors import as_numpy_out, like_input
 from .compress.error_feedback import ErrorFeedback
 from .compress.topk import TopK
 from .sparse import _LocalError, agree, as_float_array, as_local_error, engine_state, sparse_allreduce
@@ -93,7 +94,8 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     ----------
     grad : array_like of float32 or float64
         This rank's gradient, any shape (flattened for the selection), the same
-        size and dtype on every rank. A non-contiguous array is copied.
+        size and dtype on every rank. A non-contiguous array is copied. A CPU
+        ``torch.Tensor`` (or DLPack object) is read without a copy.
     comm : mpi4py.MPI.Intracomm
         The communicator.
     ratio : float
@@ -126,7 +128,7 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     algorithm : str
         ``"auto"`` or a name of :data:`scaleml.algorithms.NAMES`, the same on
         every rank (see :func:`scaleml.sparse_allreduce`).
-    out : numpy.ndarray, optional
+    out : numpy.ndarray or torch.Tensor, optional
         Where to write the result (grad's size and dtype, C-contiguous,
         writable; not grad itself): saves allocating n values per step.
     return_info : bool
@@ -134,9 +136,10 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
 
     Returns
     -------
-    numpy.ndarray or tuple of (numpy.ndarray, AllreduceInfo)
+    numpy.ndarray or torch.Tensor, or a tuple ``(result, AllreduceInfo)``
         The sum (or mean) over ranks of the selected entries, with ``grad``'s
-        shape and dtype.
+        shape and dtype: ``out`` when given, else a tensor when ``grad`` is one
+        (sharing the numpy result's memory), else a numpy array.
 
     Raises
     ------
@@ -148,8 +151,13 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     """
     op_name = "topk_allreduce"
     tl = _timeline.begin(op_name) if _timeline.ON else None
+    out_arg = out
     error = None
     try:
+        try:
+            out = as_numpy_out(out)
+        except TypeError as exc:
+            raise as_local_error(exc) from exc
         g, idx, vals, residual, step = _prepare(grad, ratio, k, approximate, error_feedback, name, algorithm)
     except _LocalError as exc:
         error = exc
@@ -181,5 +189,6 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     if tl is not None:
         tl.end(n=g.size, dtype=str(g.dtype), k=idx.size, algorithm=info.algorithm, format=info.format,
                bytes=info.bytes_sent)
+    total = like_input(total, grad, out_arg)
     return (total, info) if return_info else total
 

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 
 from .._native import ffi, lib
+from .._tensors import like_input
 from ..errors import CorruptBufferError, check
 from .base import ArrayLike, Compressor, _as_input, _encode_retry, _out_array, _ptr, _wptr
 from .framing import BufferLike, Compressed, _as_compressed, register_method
@@ -76,7 +77,8 @@ class AdaptiveQuant(Compressor):
 
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
         """Quantize and return the error (value - reconstruction where sent, value elsewhere)."""
-        return self._encode(x, step, True)  # type: ignore[return-value]
+        c, res = self._encode(x, step, True)
+        return c, like_input(res, x)  # type: ignore[arg-type]
 
     @staticmethod
     def column_table(c: BufferLike) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .._native import ffi, lib
+from .._tensors import as_numpy, as_numpy_out, like_input
 from ..errors import ERR_TOO_LARGE, CorruptBufferError, check
 from .framing import (
     DTYPE_CODES,
@@ -37,8 +38,11 @@ ALLOCATION_FLOOR = 1 << 24
 
 
 def _as_input(x: ArrayLike, name: str = "x") -> np.ndarray:
-    """float32/float64 C-contiguous view (or copy) of x; TypeError for other dtypes."""
-    a = np.asarray(x)
+    """float32/float64 C-contiguous view (or copy) of x; TypeError for other dtypes.
+
+    A CPU ``torch.Tensor`` (or another DLPack object) is viewed without a copy when it is contiguous.
+    """
+    a = np.asarray(as_numpy(x, name))
     if a.dtype not in DTYPE_CODES:
         raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
     if a.ndim > MAX_NDIM:
@@ -168,8 +172,9 @@ class Compressor:
     def decode(self, c: BufferLike, out: np.ndarray | None = None) -> np.ndarray:
         """Decompress a :class:`Compressed` (or its bytes) made by this method.
 
-        ``out``, when given, is a C-contiguous array of the message's shape and
-        dtype that receives the result (no allocation); it is returned.
+        ``out``, when given, is a C-contiguous array (or CPU ``torch.Tensor``)
+        of the message's shape and dtype that receives the result (no
+        allocation); it is returned. Otherwise a new numpy array is returned.
         Raises :class:`CorruptBufferError` for a truncated, corrupted or foreign
         message, a payload that fails its checksum, or a shape the payload
         cannot hold (checked before anything is allocated).
@@ -177,11 +182,15 @@ class Compressor:
         c = _as_compressed(c)
         if c.method != self.method:
             raise CorruptBufferError(f"buffer holds method {method_name(c.method)}, not {self.name}")
-        return decoder_for(c.method)(c, out)
+        result = decoder_for(c.method)(c, as_numpy_out(out))
+        return like_input(result, None, out)
 
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
-        """Compress ``x`` and return the quantization error ``x - decode(encode(x))`` too."""
+        """Compress ``x`` and return the quantization error ``x - decode(encode(x))`` too.
+
+        The error is a ``torch.Tensor`` when ``x`` is one (sharing a new numpy array's memory), else a numpy array.
+        """
         a = _as_input(x)
         c = self.encode(a, step=step)
         # its own message: into an array of its own, so no allocation bound applies (see _out_array)
-        return c, a - self.decode(c, out=np.empty_like(a))
+        return c, like_input(a - self.decode(c, out=np.empty_like(a)), x)

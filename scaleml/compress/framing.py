@@ -302,7 +302,9 @@ def _as_compressed(c: BufferLike) -> Compressed:
         if c.checksum:
             c.verify()
         return c
-    return Compressed.from_bytes(c)
+    from .._tensors import as_numpy
+
+    return Compressed.from_bytes(as_numpy(c, "the message"))  # a uint8 torch tensor too
 
 
 def decoder_for(method: int) -> Decoder:
@@ -326,13 +328,14 @@ def decode(c: BufferLike, out: np.ndarray | None = None) -> np.ndarray:
     ----------
     c : Compressed or bytes-like
         The message.
-    out : numpy.ndarray, optional
-        C-contiguous array of the message's shape and dtype to write the result into.
+    out : numpy.ndarray or torch.Tensor, optional
+        C-contiguous array (or CPU tensor, written in place through a
+        zero-copy view) of the message's shape and dtype to write the result into.
 
     Returns
     -------
-    numpy.ndarray
-        The decoded tensor (``out`` when given).
+    numpy.ndarray or torch.Tensor
+        The decoded tensor (``out`` when given; else a new numpy array).
 
     Raises
     ------
@@ -341,5 +344,7 @@ def decode(c: BufferLike, out: np.ndarray | None = None) -> np.ndarray:
         or announces more elements than its payload can hold (see the module
         docstring).
     """
+    from .._tensors import as_numpy_out, like_input
+
     c = _as_compressed(c)
-    return decoder_for(c.method)(c, out)
+    return like_input(decoder_for(c.method)(c, as_numpy_out(out)), None, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._native import ffi, lib
+from .._tensors import like_input
 from ..errors import CorruptBufferError, check
 from .base import ArrayLike, Compressor, _as_input, _encode_retry, _out_array, _ptr, _wptr
 from .framing import Compressed, register_method
@@ -70,7 +71,7 @@ class OneBit(Compressor):
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
         """Quantize ``x`` and return the error ``x - reconstruction`` computed in the same C pass."""
         c, res = self._encode(x, True)
-        return c, res  # type: ignore[return-value]
+        return c, like_input(res, x)  # type: ignore[arg-type]
 
 
 def _decode_onebit(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .._native import ffi, lib
+from .._tensors import as_numpy_out, is_tensor, like_input
 from ..errors import CorruptBufferError, check
 from .base import ArrayLike, Compressor, _as_input, _encode_retry, _out_array, _ptr, _wptr
 from .framing import BufferLike, Compressed, _as_compressed, register_method
@@ -85,8 +86,17 @@ class TopK(Compressor):
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None,
                              out: np.ndarray | None = None) -> tuple[Compressed, np.ndarray]:
         """Select and return the unsent remainder (x with the sent entries zeroed), in ``out`` when given
-        (``out=x`` zeroes the sent entries of ``x`` in place, when ``x`` is a writable contiguous array)."""
-        return self._encode(x, step, True, out)  # type: ignore[return-value]
+        (``out=x`` zeroes the sent entries of ``x`` in place, when ``x`` is a writable contiguous array).
+
+        ``x`` and ``out`` may be CPU ``torch.Tensor`` objects (viewed without a copy); the remainder is then a
+        tensor too (``out`` itself when given).
+        """
+        if out is not None and out is x and is_tensor(x):
+            view = as_numpy_out(x, "x")
+            c, _ = self._encode(view, step, True, view)
+            return c, x  # type: ignore[return-value]
+        c, res = self._encode(x, step, True, as_numpy_out(out))
+        return c, like_input(res, x, out)  # type: ignore[arg-type]
 
     @staticmethod
     def entries(c: BufferLike) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,483 @@
+"""``scaleml.torch``: a DDP communication hook that sends gradient buckets through ScaleML over MPI.
+
+A ``DistributedDataParallel`` job keeps its model code; one line routes its
+gradient buckets through ScaleML's quantized, sparse or exact collectives
+(over MPI, not through the process group), with error feedback kept per
+bucket:
+
+>>> import scaleml.torch as smt
+>>> smt.init_process_group_from_mpi()                 # gloo, rank and size from MPI.COMM_WORLD
+>>> ddp = torch.nn.parallel.DistributedDataParallel(model)
+>>> state = smt.ScaleMLHookState(compression="qsgd4")
+>>> ddp.register_comm_hook(state, smt.allreduce_hook)
+>>> ...                                               # train as usual
+>>> torch.save({"model": ddp.state_dict(), "hook": state.state_dict()}, f"ckpt{rank}.pt")
+
+DDP still needs a process group (it broadcasts the initial parameters and
+agrees on bucket layouts through it): :func:`init_process_group_from_mpi`
+starts one with gloo, on the rank and size of an MPI communicator.
+
+PyTorch is an optional dependency: this module imports it when used, and
+``import scaleml`` never imports torch. CPU tensors only for now.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import warnings
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from mpi4py import MPI
+
+from ._tensors import as_numpy
+from .compress import QSGD, Cast, ErrorFeedback, OneBit, TopK
+from .compress.base import Compressor
+from .quantized import quantized_allreduce
+from .sparse import sparse_allreduce
+from .topk_allreduce import topk_allreduce
+from .train.reducer import _FIXED_DENSE, _FIXED_FEEDBACK, _FIXED_SPARSE, CompressionSpec, parse_compression
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["HOOK_COMPRESSIONS", "ScaleMLHookState", "allreduce_hook", "init_process_group_from_mpi"]
+
+HOOK_COMPRESSIONS = {
+    "none": "exact MPI_Allreduce (mpi4py) of the bucket",
+    "dropin": "scaleml.Comm(comm).Allreduce: the drop-in (exact; sparse algorithms when faster)",
+    "sparse": "scaleml.sparse_allreduce of the bucket's non-zeros (exact)",
+    "topkR": "scaleml.topk_allreduce of the fraction R (e.g. topk0.01) with ErrorFeedback(TopK(ratio=R))",
+    "qsgdB": "scaleml.quantized_allreduce with QSGD(bits=B), B in 1..8 (qsgdB_ef: with error feedback)",
+    "onebit": "scaleml.quantized_allreduce with ErrorFeedback(OneBit()) (error feedback on both sides)",
+    "fp16": "scaleml.quantized_allreduce with Cast('fp16') (bf16: Cast('bf16'))",
+}
+"""The ``compression`` names the hook takes (those of :data:`scaleml.train.reducer.COMPRESSIONS` but
+``adaptive``, which quantizes matrices: a DDP bucket is a flat vector)."""
+
+_STATE_VERSION = 1
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _nonblocking() -> Any:
+    """``scaleml.nonblocking`` when this build has it, else ``None`` (the hook then runs blocking)."""
+    try:
+        from . import nonblocking
+    except ImportError:
+        return None
+    return nonblocking if hasattr(nonblocking, "start") else None
+
+
+class ScaleMLHookState:
+    """The state of :func:`allreduce_hook`: the communicator, the compression and its error feedback.
+
+    Every rank must build it with the same arguments. Buckets of at least
+    ``min_compress_numel`` elements go through ``compression``; smaller ones
+    are averaged exactly with ``MPI_Allreduce``. Error feedback (where the
+    compression has it) keeps one residual per bucket, keyed by
+    ``bucket.index()``: when a bucket's size changes (DDP rebuilds its buckets
+    after the first iteration) that bucket's residual starts again from zero,
+    and :attr:`rebuilt_buckets` counts it.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm, optional
+        The data-parallel communicator (default ``MPI.COMM_WORLD``): the ranks
+        of DDP's process group, in the same order.
+    compression : str
+        ``none`` (default), ``dropin``, ``sparse``, ``topkR`` (e.g.
+        ``topk0.01``), ``qsgdB`` or ``qsgdB_ef`` (``qsgd4``), ``onebit``,
+        ``fp16`` or ``bf16`` (:data:`HOOK_COMPRESSIONS`).
+    min_compress_numel : int
+        Buckets with fewer elements are averaged exactly.
+    average : bool
+        Return the mean over ranks (DDP's convention; default) instead of the sum.
+    seed : int
+        Seed of the stochastic quantizers (QSGD's rounding).
+    algorithm : {"fixed", "auto"}
+        ``fixed`` (default): one algorithm per path (as
+        :class:`scaleml.train.GradientReducer`), so runs, and a run resumed from
+        :meth:`state_dict`, are reproducible bit for bit. ``auto``: the engine
+        chooses by its cost model and measured times.
+    nonblocking : bool, optional
+        Run each bucket's collective on ScaleML's progress thread
+        (:mod:`scaleml.nonblocking`), overlapping the rest of the backward pass;
+        ``None`` (default): when this build has it. ``False``: the collective
+        runs inside the hook and the returned future is already complete.
+
+    Attributes
+    ----------
+    spec : CompressionSpec
+        The parsed compression.
+    error_feedback : ErrorFeedback or None
+        Every bucket's residuals (``bucket<i>``, or ``bucket<i>/worker`` and
+        ``bucket<i>/server`` for the quantizers' two-sided feedback).
+    stats : dict
+        ``calls`` (buckets reduced), ``compressed_calls``, ``bytes_sent`` (this
+        rank; ring estimate for ``MPI_Allreduce``) and ``bytes_uncompressed``
+        (what exact ring AllReduces would have sent).
+    rebuilt_buckets : int
+        Residuals dropped because a bucket changed size.
+
+    Raises
+    ------
+    ValueError
+        For an unknown compression (the message lists the choices), ``adaptive``,
+        a negative ``min_compress_numel``, an unknown ``algorithm``, or a
+        communicator whose size differs from the initialized process group's.
+    """
+
+    def __init__(self, comm: MPI.Intracomm | None = None, compression: str = "none", *,
+                 min_compress_numel: int = 1024, average: bool = True, seed: int = 0, algorithm: str = "fixed",
+                 nonblocking: bool | None = None) -> None:
+        try:
+            spec = parse_compression(compression)
+        except ValueError as exc:
+            if not str(exc).startswith("unknown compression"):
+                raise
+            raise ValueError(f"unknown compression {compression!r} for the DDP hook; expected one of none, dropin, "
+                             "sparse, topkR (e.g. topk0.01), qsgdB or qsgdB_ef (B in 1..8, e.g. qsgd4), onebit, fp16, "
+                             "bf16") from None
+        if spec.kind == "adaptive":
+            raise ValueError(f"compression {compression!r}: adaptive quantization works on matrices, and a DDP "
+                             f"bucket is a flat vector; choose one of {', '.join(HOOK_COMPRESSIONS)}")
+        if not isinstance(min_compress_numel, (int, np.integer)) or min_compress_numel < 0:
+            raise ValueError(f"min_compress_numel must be an integer >= 0, got {min_compress_numel!r}")
+        if algorithm not in ("fixed", "auto"):
+            raise ValueError(f"algorithm must be 'fixed' or 'auto', got {algorithm!r}")
+        self.comm: MPI.Intracomm = MPI.COMM_WORLD if comm is None else comm
+        self.spec: CompressionSpec = spec
+        self.min_compress_numel = int(min_compress_numel)
+        self.average = bool(average)
+        self.seed = int(seed)
+        self.algorithm = algorithm
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        torch = sys.modules.get("torch")
+        dist = getattr(torch, "distributed", None) if torch is not None else None
+        if dist is not None and dist.is_available() and dist.is_initialized() and \
+                dist.get_world_size() != self.size:
+            raise ValueError(f"the communicator has {self.size} ranks, the default process group "
+                             f"{dist.get_world_size()}: DDP and the hook must span the same ranks")
+        self._nb = _nonblocking() if nonblocking is None or nonblocking else None
+        if nonblocking and self._nb is None:
+            raise ValueError("nonblocking=True needs scaleml.nonblocking, which this build lacks")
+        self.compressor: Compressor | None = None
+        kind = spec.kind
+        if kind == "topk":
+            self.compressor = TopK(ratio=spec.ratio, seed=self.seed, rank=self.rank)
+        elif kind == "qsgd":
+            self.compressor = QSGD(bits=spec.bits, seed=self.seed, rank=self.rank)
+        elif kind == "onebit":
+            self.compressor = OneBit(seed=self.seed, rank=self.rank)
+        elif kind == "cast":
+            self.compressor = Cast(spec.cast, seed=self.seed, rank=self.rank)
+        self.error_feedback = ErrorFeedback(self.compressor) if spec.error_feedback and self.compressor else None
+        self._numel: dict[int, int] = {}
+        self._outs: dict[int, np.ndarray] = {}
+        self._dropins: dict[int, Any] = {}
+        self.rebuilt_buckets = 0
+        self.stats: dict[str, int] = {"calls": 0, "compressed_calls": 0, "bytes_sent": 0, "bytes_uncompressed": 0}
+
+    @property
+    def nonblocking(self) -> bool:
+        """Whether the collectives run on ScaleML's progress thread (overlapping the backward pass)."""
+        return self._nb is not None
+
+    def __repr__(self) -> str:
+        return (f"ScaleMLHookState(compression={self.spec.name!r}, ranks={self.size}, "
+                f"min_compress_numel={self.min_compress_numel}, nonblocking={self.nonblocking})")
+
+    # ---- one bucket -----------------------------------------------------------------------------
+
+    def _compressed(self, numel: int) -> bool:
+        return self.spec.kind != "none" and numel >= self.min_compress_numel
+
+    def _prepare(self, index: int, numel: int) -> bool:
+        """Record bucket ``index``'s size; drop its residuals when the size changed. Whether it is compressed."""
+        prev = self._numel.get(index)
+        if prev is not None and prev != numel:
+            self._drop(index)
+            self.rebuilt_buckets += 1
+        self._numel[index] = numel
+        return self._compressed(numel)
+
+    def _drop(self, index: int) -> None:
+        self._outs.pop(index, None)
+        if self.error_feedback is not None:
+            name = f"bucket{index}"
+            for n in (name, f"{name}/worker", f"{name}/server"):
+                self.error_feedback.reset(n)
+            self.error_feedback.__dict__.get("_topk_spares", {}).pop(name, None)
+
+    def reduce_(self, index: int, x: np.ndarray, *, comm: MPI.Intracomm | None = None) -> np.ndarray:
+        """Average (or sum) bucket ``index``'s flat buffer ``x`` over the ranks, in place (collective).
+
+        What the hook runs for each bucket (on the progress thread when
+        nonblocking); usable without DDP. ``comm`` overrides the state's
+        communicator (the private duplicate the progress thread passes).
+
+        Parameters
+        ----------
+        index : int
+            The bucket's index: it names the bucket's residuals.
+        x : numpy.ndarray
+            Flat, C-contiguous, writable float32 or float64 array; the same
+            size and dtype on every rank.
+        comm : mpi4py.MPI.Intracomm, optional
+            The communicator to run on (default: the state's).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``x``, holding the result.
+        """
+        x = as_numpy(x, "x")
+        if self._numel.get(index) != x.size:
+            self._prepare(index, x.size)
+        return self._reduce(index, x, self._compressed(x.size), comm=self.comm if comm is None else comm)
+
+    def _reduce(self, index: int, x: np.ndarray, compressed: bool, *, comm: MPI.Intracomm) -> np.ndarray:
+        P, s, fixed = self.size, self.spec, self.algorithm == "fixed"
+        ring = 2 * (P - 1) * x.nbytes // P if P > 1 else 0
+        name = f"bucket{index}"
+        sent = ring
+        if not compressed or s.kind == "none":
+            comm.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
+            if self.average and P > 1:
+                x /= P
+        elif s.kind == "dropin":
+            from .comm import Comm
+
+            key = MPI._handleof(comm) if hasattr(MPI, "_handleof") else id(comm)
+            dropin = self._dropins.get(key)
+            if dropin is None:
+                dropin = self._dropins[key] = Comm(comm)
+            dropin.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
+            if self.average and P > 1:
+                x /= P
+            info = dropin.last_info
+            sent = int(info.bytes_sent) if info is not None else ring
+        elif s.kind == "sparse":
+            idx = np.flatnonzero(x).astype(np.uint32 if x.size <= 1 << 32 else np.uint64)
+            _, info = sparse_allreduce(idx, x[idx], x.size, comm, algorithm=_FIXED_SPARSE if fixed else "auto",
+                                       dense_out=x, return_info=True)
+            if self.average and P > 1:
+                x /= P
+            sent = int(info.bytes_sent)
+        elif s.kind == "topk":
+            out = self._outs.get(index)
+            if out is None or out.shape != x.shape or out.dtype != x.dtype:
+                out = self._outs[index] = np.empty_like(x)
+            _, info = topk_allreduce(x, comm, error_feedback=self.error_feedback, name=name, average=self.average,
+                                     algorithm=_FIXED_SPARSE if fixed else "auto", out=out, return_info=True)
+            x[...] = out
+            sent = int(info.bytes_sent)
+        else:  # qsgd, onebit, cast
+            if self.error_feedback is not None:
+                _, info = quantized_allreduce(x, comm, error_feedback=self.error_feedback, name=name,
+                                              algorithm=_FIXED_FEEDBACK if fixed else "auto", average=self.average,
+                                              out=x, return_info=True)
+            else:
+                _, info = quantized_allreduce(x, comm, self.compressor, algorithm=_FIXED_DENSE if fixed else "auto",
+                                              average=self.average, out=x, return_info=True)
+            sent = int(info.bytes_sent)
+        st = self.stats
+        st["calls"] += 1
+        st["compressed_calls"] += int(compressed and s.kind != "none")
+        st["bytes_sent"] += sent
+        st["bytes_uncompressed"] += ring
+        return x
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's hook state: every bucket's residuals and the step counters (one file per rank).
+
+        The values are ``str``, ``int`` and CPU tensors (copies), so
+        ``torch.save`` writes it and ``torch.load(..., weights_only=True)``
+        reads it. Call it between iterations (no bucket in flight).
+
+        Returns
+        -------
+        dict
+            ``version``, ``compression``, ``world_size``, ``rank``, ``calls``,
+            ``compressor/step`` (the quantizer's counter, which keys its random
+            rounding), ``numel/<i>`` (each bucket's size) and
+            ``ef/residual/bucket<i>[/worker|/server]`` (float tensors).
+        """
+        torch = _torch()
+        state: dict[str, Any] = {"version": _STATE_VERSION, "compression": self.spec.name,
+                                 "world_size": self.size, "rank": self.rank, "calls": self.stats["calls"]}
+        if self.compressor is not None:
+            state["compressor/step"] = int(self.compressor.step)
+        for index, numel in sorted(self._numel.items()):
+            state[f"numel/{index}"] = int(numel)
+        if self.error_feedback is not None:
+            for k, v in self.error_feedback.state_dict().items():
+                if k != "step":
+                    state[f"ef/{k}"] = torch.from_numpy(np.array(v, copy=True))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, on the same rank of a job with the same configuration.
+
+        Residuals are restored bit for bit; the buckets must have the same
+        sizes (the same model and ``bucket_cap_mb``), else a bucket whose size
+        differs starts again from zero (:attr:`rebuilt_buckets`).
+
+        Raises
+        ------
+        ValueError
+            When the state is for another compression, number of ranks or rank,
+            or holds keys this compression does not keep.
+        """
+        def get(key: str) -> Any:
+            if key not in state:
+                raise ValueError(f"hook state lacks {key!r}")
+            v = state[key]
+            return v.item() if hasattr(v, "item") else v
+
+        if get("compression") != self.spec.name:
+            raise ValueError(f"hook state is for compression {get('compression')!r}, not {self.spec.name!r}")
+        if int(get("world_size")) != self.size or int(get("rank")) != self.rank:
+            raise ValueError(f"hook state belongs to rank {get('rank')} of {get('world_size')}, not rank {self.rank} "
+                             f"of {self.size}")
+        known = {"version", "compression", "world_size", "rank", "calls", "compressor/step"}
+        ef = {k[3:]: np.array(as_numpy(v, k), copy=True) for k, v in state.items() if k.startswith("ef/")}
+        extra = [k for k in state if k not in known and not k.startswith(("ef/", "numel/"))]
+        if extra or (ef and self.error_feedback is None):
+            raise ValueError(f"hook state holds {sorted(extra) or sorted(ef)[:3]}, which compression "
+                             f"{self.spec.name!r} does not keep")
+        if self.compressor is not None and "compressor/step" not in state:
+            raise ValueError("hook state lacks the compressor's step counter 'compressor/step'")
+        numel = {int(k[6:]): int(state[k]) for k in state if k.startswith("numel/")}
+        if self.error_feedback is not None:
+            self.error_feedback.load_state_dict(ef)
+            self.error_feedback.__dict__.pop("_topk_spares", None)
+        if self.compressor is not None:
+            self.compressor.step = int(get("compressor/step"))
+        self._numel = numel
+        self._outs.clear()
+        self.stats["calls"] = int(get("calls"))
+
+
+def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: average ``bucket`` over the ranks through ScaleML (collective).
+
+    Register it with ``ddp_model.register_comm_hook(state, allreduce_hook)``.
+    The bucket's flat buffer is viewed as a numpy array (no copy) and reduced
+    in place by :meth:`ScaleMLHookState.reduce_`, over MPI. When the state is
+    nonblocking the collective runs on ScaleML's progress thread and the
+    returned future completes when it is done (the backward pass goes on
+    meanwhile); else the future is already complete. A failed collective
+    fails the future (DDP raises it from ``backward``) on every rank.
+
+    Buffers of ``float16``/``bfloat16`` are reduced in float32 and copied back.
+
+    Parameters
+    ----------
+    state : ScaleMLHookState
+        The hook's state (the same configuration on every rank).
+    bucket : torch.distributed.GradBucket
+        The bucket DDP hands the hook.
+
+    Returns
+    -------
+    torch.futures.Future of torch.Tensor
+        Completes with the bucket's buffer, holding the average.
+    """
+    torch = _torch()
+    if not isinstance(state, ScaleMLHookState):
+        raise TypeError(f"allreduce_hook's state must be a scaleml.torch.ScaleMLHookState, got "
+                        f"{type(state).__name__}")
+    buffer = bucket.buffer()
+    if buffer.device.type != "cpu":
+        raise TypeError(f"bucket {bucket.index()} is on {buffer.device}; the ScaleML hook takes CPU buckets for now")
+    work = buffer if buffer.dtype in (torch.float32, torch.float64) else buffer.to(torch.float32)
+    x = work.detach().numpy()
+    index = int(bucket.index())
+    compressed = state._prepare(index, x.size)
+
+    def finish(value: Any = None) -> Any:
+        if work is not buffer:
+            buffer.copy_(work)
+        return buffer
+
+    if state._nb is not None:
+        req = state._nb.start(state._reduce, state.comm, index, x, compressed)
+        return req.get_future().then(lambda fut: finish(fut.value()))
+    state._reduce(index, x, compressed, comm=state.comm)
+    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    fut.set_result(finish())
+    return fut
+
+
+# DDP's register_comm_hook compares the annotations of ``bucket`` and of the return value with the objects
+# dist.GradBucket and Future[Tensor]; this module's are strings (postponed evaluation, and torch is imported
+# lazily), so they are left out of what inspect.signature sees. The docstring says what they are.
+allreduce_hook.__annotations__ = {"state": "ScaleMLHookState"}
+
+
+def _same_host(comm: MPI.Intracomm) -> bool:
+    names = comm.allgather(MPI.Get_processor_name())
+    return len(set(names)) == 1
+
+
+def init_process_group_from_mpi(backend: str = "gloo", comm: MPI.Intracomm | None = None, *,
+                                timeout: timedelta | None = None) -> None:
+    """Initialize ``torch.distributed``'s default process group on the ranks of an MPI communicator (collective).
+
+    The rank and world size are MPI's; rank 0 picks a free TCP port and
+    broadcasts it (over MPI) with its address: ``MASTER_ADDR`` when set, else
+    ``127.0.0.1`` when every rank runs on one host, else rank 0's host name.
+    ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE`` are set in
+    the environment too. Nothing happens when the group is initialized
+    already (its size must then be the communicator's).
+
+    Parameters
+    ----------
+    backend : str
+        The process group's backend (``gloo`` for CPU tensors).
+    comm : mpi4py.MPI.Intracomm, optional
+        Default ``MPI.COMM_WORLD``.
+    timeout : datetime.timedelta, optional
+        Passed to ``init_process_group``.
+
+    Raises
+    ------
+    RuntimeError
+        When torch.distributed is not available in this torch build, or an
+        initialized group's size differs from the communicator's.
+    """
+    import torch.distributed as dist
+
+    comm = MPI.COMM_WORLD if comm is None else comm
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this PyTorch build")
+    if dist.is_initialized():
+        if dist.get_world_size() != comm.Get_size():
+            raise RuntimeError(f"the default process group has {dist.get_world_size()} ranks, the communicator "
+                               f"{comm.Get_size()}")
+        return
+    rank, size = comm.Get_rank(), comm.Get_size()
+    same_host = _same_host(comm)
+    addr = port = None
+    if rank == 0:
+        addr = os.environ.get("MASTER_ADDR") or ("127.0.0.1" if same_host else socket.gethostname())
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("" if not same_host else "127.0.0.1", 0))
+            port = s.getsockname()[1]
+    addr, port = comm.bcast((addr, port), root=0)
+    os.environ.update(MASTER_ADDR=str(addr), MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size))
+    kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=size, **kwargs)

@@ -390,6 +390,8 @@ class Comm(MPI.Intracomm):
         waits for both kinds.
         """
         if self._plan(sendbuf, recvbuf, op) is None:
+            if _log.ON:  # logged as the blocking call's route (the timeline shows the start only)
+                return _log.mpi(self, None, self._comm.Iallreduce, sendbuf, recvbuf, op)
             return self._comm.Iallreduce(sendbuf, recvbuf, op)
         chan = channel(self, duplicate=self.Dup)
         worker = chan.comm

@@ -24,7 +24,6 @@ PyTorch is an optional dependency: this module imports it when used, and
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import warnings
 from datetime import timedelta
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from mpi4py import MPI
 
+from ._network import rendezvous
 from ._tensors import as_numpy
 from .compress import QSGD, Cast, ErrorFeedback, OneBit, TopK
 from .compress.base import Compressor
@@ -426,18 +426,16 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
 allreduce_hook.__annotations__ = {"state": "ScaleMLHookState"}
 
 
-def _same_host(comm: MPI.Intracomm) -> bool:
-    names = comm.allgather(MPI.Get_processor_name())
-    return len(set(names)) == 1
-
-
 def init_process_group_from_mpi(backend: str = "gloo", comm: MPI.Intracomm | None = None, *,
                                 timeout: timedelta | None = None) -> None:
     """Initialize ``torch.distributed``'s default process group on the ranks of an MPI communicator (collective).
 
     The rank and world size are MPI's; rank 0 picks a free TCP port and
     broadcasts it (over MPI) with its address: ``MASTER_ADDR`` when set, else
-    ``127.0.0.1`` when every rank runs on one host, else rank 0's host name.
+    loopback when every rank runs on one host and network namespace, else rank
+    0's address on an IPv4 network every rank has an address in (hosts of a
+    cluster, or the emulated cluster's namespaces), with each rank's
+    ``GLOO_SOCKET_IFNAME`` (unless set) its interface there.
     ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE`` are set in
     the environment too. Nothing happens when the group is initialized
     already (its size must then be the communicator's).
@@ -455,7 +453,10 @@ def init_process_group_from_mpi(backend: str = "gloo", comm: MPI.Intracomm | Non
     ------
     RuntimeError
         When torch.distributed is not available in this torch build, or an
-        initialized group's size differs from the communicator's.
+        initialized group's size differs from the communicator's;
+        :class:`scaleml._network.NoCommonNetwork` (a ``RuntimeError``) on every
+        rank when no network joins them (set ``MASTER_ADDR`` or
+        ``GLOO_SOCKET_IFNAME``).
     """
     import torch.distributed as dist
 
@@ -468,14 +469,7 @@ def init_process_group_from_mpi(backend: str = "gloo", comm: MPI.Intracomm | Non
                                f"{comm.Get_size()}")
         return
     rank, size = comm.Get_rank(), comm.Get_size()
-    same_host = _same_host(comm)
-    addr = port = None
-    if rank == 0:
-        addr = os.environ.get("MASTER_ADDR") or ("127.0.0.1" if same_host else socket.gethostname())
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("" if not same_host else "127.0.0.1", 0))
-            port = s.getsockname()[1]
-    addr, port = comm.bcast((addr, port), root=0)
+    addr, port = rendezvous(comm)
     os.environ.update(MASTER_ADDR=str(addr), MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size))
     kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
     with warnings.catch_warnings():

@@ -9,7 +9,8 @@ import pytest
 from conftest import run_mpi
 
 import scaleml
-from scaleml import bench
+from scaleml import _network, bench
+from scaleml._network import NoCommonNetwork
 from scaleml.bench import methods
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -160,27 +161,27 @@ LO = {"lo": ("127.0.0.1", "255.0.0.0")}
 
 def test_rendezvous_on_one_machine_is_loopback():
     one = {**LO, "eth0": ("192.168.1.5", "255.255.255.0")}
-    assert methods.choose_rendezvous([one, one, one], ["vm"] * 3) == ("127.0.0.1", ["lo"] * 3)
+    assert _network.choose_rendezvous([one, one, one], ["vm"] * 3) == ("127.0.0.1", ["lo"] * 3)
 
 
 def test_rendezvous_in_the_emulated_cluster():
     # One host name, a network namespace per emulated host: each sees only its own sml0 (and lo).
     ranks = [{**LO, "sml0": (f"10.77.0.{h + 1}", "255.255.255.0")} for h in (0, 0, 1, 1)]
-    assert methods.choose_rendezvous(ranks, ["vm"] * 4) == ("10.77.0.1", ["sml0"] * 4)
+    assert _network.choose_rendezvous(ranks, ["vm"] * 4) == ("10.77.0.1", ["sml0"] * 4)
 
 
 def test_rendezvous_across_hosts_uses_the_shared_network():
     a = {**LO, "docker0": ("172.17.0.1", "255.255.0.0"), "ib0": ("10.1.0.1", "255.255.0.0")}
     b = {**LO, "eno1": ("10.1.3.7", "255.255.0.0")}
-    assert methods.choose_rendezvous([a, b], ["a", "b"]) == ("10.1.0.1", ["ib0", "eno1"])
-    assert methods.choose_rendezvous([a, {**b, "ib0": ("10.2.0.1", "255.255.0.0")}], ["a", "b"],
+    assert _network.choose_rendezvous([a, b], ["a", "b"]) == ("10.1.0.1", ["ib0", "eno1"])
+    assert _network.choose_rendezvous([a, {**b, "ib0": ("10.2.0.1", "255.255.0.0")}], ["a", "b"],
                                      preferred="ib0") == ("10.1.0.1", ["ib0", "ib0"])
-    with pytest.raises(methods.MethodUnavailable, match="GLOO_SOCKET_IFNAME"):
-        methods.choose_rendezvous([a, {**LO, "eno1": ("192.168.0.2", "255.255.255.0")}], ["a", "b"])
+    with pytest.raises(NoCommonNetwork, match="GLOO_SOCKET_IFNAME"):
+        _network.choose_rendezvous([a, {**LO, "eno1": ("192.168.0.2", "255.255.255.0")}], ["a", "b"])
 
 
 def test_ipv4_interfaces_has_loopback():
-    found = methods.ipv4_interfaces()
+    found = _network.ipv4_interfaces()
     assert any(addr == "127.0.0.1" for addr, _ in found.values()), found
 
 

@@ -12,7 +12,6 @@ whose names are listed in :data:`COMPRESSION_NAMES`.
 from __future__ import annotations
 
 import atexit
-import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from mpi4py import MPI
 import scaleml
 
 from .. import algorithms, compress
+from .._network import NoCommonNetwork, rendezvous
 from ..comm import Comm
 from ..quantized import quantized_allreduce
 from ..sparse import sparse_allreduce
@@ -394,90 +394,14 @@ def torch_unavailable() -> str | None:
     return None
 
 
-def ipv4_interfaces() -> dict[str, tuple[str, str]]:
-    """This network namespace's IPv4 interfaces.
-
-    Returns
-    -------
-    dict[str, tuple[str, str]]
-        ``{interface: (address, netmask)}`` (the primary address of each; Linux
-        ioctls, an empty dict where they are unavailable).
-    """
-    import fcntl
-    import socket
-    import struct
-
-    found = {}
-    try:
-        names = [name for _, name in socket.if_nameindex()]
-    except OSError:
-        return found
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for name in names:
-            request = struct.pack("256s", name.encode()[:15])
-            try:
-                address = fcntl.ioctl(s.fileno(), 0x8915, request)[20:24]  # SIOCGIFADDR
-                netmask = fcntl.ioctl(s.fileno(), 0x891B, request)[20:24]  # SIOCGIFNETMASK
-            except OSError:  # no IPv4 address on this interface
-                continue
-            found[name] = (socket.inet_ntoa(address), socket.inet_ntoa(netmask))
-    return found
-
-
-def choose_rendezvous(interfaces: list[dict[str, tuple[str, str]]], hosts: list[str],
-                      preferred: str | None = None) -> tuple[str, list[str]]:
-    """Where rank 0 listens for torch.distributed's rendezvous, and the interface each rank's gloo uses.
-
-    Parameters
-    ----------
-    interfaces : list of dict
-        Each rank's :func:`ipv4_interfaces`, in rank order.
-    hosts : list of str
-        Each rank's ``MPI.Get_processor_name()``.
-    preferred : str, optional
-        An interface every rank has (``GLOO_SOCKET_IFNAME`` when set).
-
-    Returns
-    -------
-    address : str
-        Rank 0's address on a network every rank reaches.
-    ifnames : list of str
-        Per rank, its interface on that network (gloo's ``GLOO_SOCKET_IFNAME``).
-
-    Raises
-    ------
-    MethodUnavailable
-        No IPv4 network joins every rank.
-    """
-    P, first = len(interfaces), interfaces[0]
-    if preferred and all(preferred in ifs for ifs in interfaces):
-        return first[preferred][0], [preferred] * P
-    loopback = next((name for name, (addr, _) in first.items() if addr.startswith("127.")), None)
-    # One host and one network namespace (the same name and the same interfaces): loopback.
-    if loopback and len(set(hosts)) == 1 and all(ifs == first for ifs in interfaces):
-        return first[loopback][0], [loopback] * P
-    # Several hosts, or the emulated cluster (one name, a network namespace per host): rank 0's address on a
-    # network every rank has an address in, and each rank's interface there.
-    for addr, mask in first.values():
-        if addr.startswith("127."):
-            continue
-        net = ipaddress.ip_network(f"{addr}/{mask}", strict=False)
-        ifnames = [next((name for name, (a, _) in ifs.items() if ipaddress.ip_address(a) in net), None)
-                   for ifs in interfaces]
-        if all(ifnames):
-            return addr, ifnames  # type: ignore[return-value]
-    raise MethodUnavailable("no IPv4 network joins every rank; set GLOO_SOCKET_IFNAME to an interface every "
-                            "rank has")
-
-
 _GLOO: dict[str, object] = {}
 
 
 def gloo_setup(comm: MPI.Intracomm) -> None:
     """Start torch.distributed's gloo process group over the ranks of ``comm`` (collective, once per process).
 
-    Rank 0 picks a free port on an address every rank reaches (:func:`choose_rendezvous`) and broadcasts it;
-    each rank sets ``GLOO_SOCKET_IFNAME`` (unless set) to its interface on that network. Raises
+    Rank 0 picks a free port on an address every rank reaches (:func:`scaleml._network.rendezvous`) and
+    broadcasts it; each rank sets ``GLOO_SOCKET_IFNAME`` (unless set) to its interface on that network. Raises
     :class:`MethodUnavailable` on every rank when any rank could not join.
     """
     if _GLOO:
@@ -485,7 +409,6 @@ def gloo_setup(comm: MPI.Intracomm) -> None:
             raise MethodUnavailable("the gloo process group was started over another number of ranks")
         return
     import datetime
-    import socket
 
     reason = torch_unavailable()
     if comm.allreduce(reason is not None, MPI.LOR):
@@ -494,23 +417,10 @@ def gloo_setup(comm: MPI.Intracomm) -> None:
     import torch.distributed as dist
 
     rank, P = comm.Get_rank(), comm.Get_size()
-    interfaces = comm.gather(ipv4_interfaces(), root=0)
-    hosts = comm.gather(MPI.Get_processor_name(), root=0)
-    plan: tuple[str, int, list[str]] | str
-    if rank == 0:
-        try:
-            address, ifnames = choose_rendezvous(interfaces, hosts, os.environ.get("GLOO_SOCKET_IFNAME"))
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a free port (free again when closed)
-                s.bind((address, 0))
-                port = s.getsockname()[1]
-            plan = (address, port, ifnames)
-        except (MethodUnavailable, OSError) as exc:
-            plan = str(exc)
-    plan = comm.bcast(plan if rank == 0 else None, root=0)
-    if isinstance(plan, str):
-        raise MethodUnavailable(plan)
-    address, port, ifnames = plan
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", ifnames[rank])
+    try:
+        address, port = rendezvous(comm)
+    except NoCommonNetwork as exc:
+        raise MethodUnavailable(str(exc)) from None
     # A benchmark of the network: torch's intra-op threads would only compete with the other ranks for cores.
     torch.set_num_threads(1)
     error = None

@@ -98,18 +98,23 @@ def test_short_sweep_under_mpiexec(tmp_path):
     for method, value in averages.items():
         busbw = [r["busbw_GBps"] for r in rows if r["method"] == method]
         assert value == pytest.approx(sum(busbw) / len(busbw), rel=1e-3, abs=1e-4)
-    assert "# [" not in result.stdout  # no progress lines unless asked for (stderr is not a terminal)
+    # rank 0's progress under mpiexec: one line per case (4 cases), from rank 0 only
+    assert [line.split("]")[0] for line in result.stdout.splitlines() if line.startswith("# [")] == \
+        [f"# [{i}/4" for i in range(1, 5)]
 
 
 def test_old_style_arguments_and_progress_lines():
-    # `make bench`'s arguments (long names of before), and --progress under mpiexec: one line per case, rank 0
+    # `make bench`'s arguments (long names of before), and progress under mpiexec: one line per case, rank 0
     result = run_mpi(2, ["-m", "scaleml.bench", "--n", "64", "256", "--density", "0.01", "--iterations", "2",
-                         "--warmup", "1", "--methods", "mpi_allreduce", "--progress"], timeout=300)
+                         "--warmup", "1", "--methods", "mpi_allreduce"], timeout=300)
     assert result.returncode == 0, result.stdout
     progress = [line for line in result.stdout.splitlines() if line.startswith("# [")]
     assert len(progress) == 2 and progress[0].startswith("# [1/2] 256 B, density 0.01 done")
     assert progress[1].startswith("# [2/2] 1 KiB, density 0.01 done")
     assert result.stdout.count("# Avg bus bandwidth    : ") == 1
+    quiet = run_mpi(2, ["-m", "scaleml.bench", "--n", "64", "256", "--density", "0.01", "--iterations", "2",
+                        "--warmup", "1", "--methods", "mpi_allreduce", "--no-progress"], timeout=300)
+    assert quiet.returncode == 0 and "# [" not in quiet.stdout, quiet.stdout
 
 
 def test_bus_bandwidth_factors():

@@ -253,8 +253,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                      help="write a plot (PNG, or another matplotlib format by the suffix): time vs size per "
                      "method and density, and speedup vs density")
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress on stderr from rank 0: a bar on a terminal, else one line per case "
-                     "(default: only on a terminal; under mpiexec stderr is not one, so ask with --progress)")
+                     help="progress on stderr from rank 0: a bar on a terminal, else one '#' line per case, "
+                     "as under mpiexec (default: on for sweeps of more than one case)")
     out.add_argument("--quiet", action="store_true", help="nothing on stdout")
 
 
@@ -765,7 +765,7 @@ def run(args: argparse.Namespace) -> int:
         print(header(), flush=True)
     progress_wanted = getattr(args, "progress", None)
     progress = _Progress(len(cases), rank == 0 and (progress_wanted if progress_wanted is not None
-                                                    else sys.stderr.isatty() and len(cases) > 1))
+                                                    else len(cases) > 1))
     rows = []
     for n, density in cases:
         case_rows = run_case(comm, n, dtype, density, args.pattern, methods, args.warmup, args.iterations, args.seed)

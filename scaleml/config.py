@@ -111,24 +111,18 @@ def _count(text: str) -> int:
     return number
 
 
+def _nonnegative(text: str, expected: str = "a finite number >= 0") -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise _Bad(f"expected {expected}")
+    return number
+
+
 def _seconds(text: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number < 0:
-        raise _Bad("expected a number of seconds >= 0 (0 turns it off)")
-    return number
-
-
-def _nonnegative(text: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number < 0:
-        raise _Bad("expected a finite number >= 0")
-    return number
+    return _nonnegative(text, "a number of seconds >= 0 (0 turns it off)")
 
 
 def _fault(text: str) -> tuple[int, ...]:

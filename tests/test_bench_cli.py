@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 
 import pytest
 from conftest import run_mpi
@@ -49,8 +50,10 @@ def test_every_algorithm_is_registered():
 
 def test_short_sweep_under_mpiexec(tmp_path):
     out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    # no progress lines on stderr: mpiexec merges them into this stream, where they could split the table's
     result = run_mpi(2, ["-m", "scaleml.bench", "-b", "4K", "-e", "16K", "-f", "4", "--density", "0.01", "0.5",
-                         "-w", "1", "-i", "2", "--json", str(out_json), "--csv", str(out_csv)], timeout=300)
+                         "-w", "1", "-i", "2", "--json", str(out_json), "--csv", str(out_csv), "--no-progress"],
+                     timeout=300)
     assert result.returncode == 0, result.stdout
     assert "mpi_allreduce" in result.stdout and "speedup" in result.stdout
     doc = json.loads(out_json.read_text())
@@ -58,7 +61,7 @@ def test_short_sweep_under_mpiexec(tmp_path):
     assert meta["ranks"] == 2 and meta["mpi"].startswith("MPICH")
     assert meta["schema_version"] == bench.SCHEMA_VERSION
     assert meta["argv"][1:] == ["-b", "4K", "-e", "16K", "-f", "4", "--density", "0.01", "0.5", "-w", "1", "-i", "2",
-                                "--json", str(out_json), "--csv", str(out_csv)]
+                                "--json", str(out_json), "--csv", str(out_csv), "--no-progress"]
     assert (meta["seed"], meta["warmup"], meta["iterations"], meta["dtype"]) == (0, 1, 2, "float32")
     assert set(meta["versions"]) == {"scaleml", "numpy", "mpi4py", "python", "mpi_library", "mpi_standard"}
     assert meta["versions"]["mpi_library"].startswith("MPICH") and all(meta["versions"].values())
@@ -98,19 +101,17 @@ def test_short_sweep_under_mpiexec(tmp_path):
     for method, value in averages.items():
         busbw = [r["busbw_GBps"] for r in rows if r["method"] == method]
         assert value == pytest.approx(sum(busbw) / len(busbw), rel=1e-3, abs=1e-4)
-    # rank 0's progress under mpiexec: one line per case (4 cases), from rank 0 only
-    assert [line.split("]")[0] for line in result.stdout.splitlines() if line.startswith("# [")] == \
-        [f"# [{i}/4" for i in range(1, 5)]
+    assert "# [" not in result.stdout
 
 
 def test_old_style_arguments_and_progress_lines():
-    # `make bench`'s arguments (long names of before), and progress under mpiexec: one line per case, rank 0
+    # `make bench`'s arguments (long names of before), and progress under mpiexec by default: one line per
+    # case from rank 0 (on stderr, merged here: searched, not matched per line)
     result = run_mpi(2, ["-m", "scaleml.bench", "--n", "64", "256", "--density", "0.01", "--iterations", "2",
                          "--warmup", "1", "--methods", "mpi_allreduce"], timeout=300)
     assert result.returncode == 0, result.stdout
-    progress = [line for line in result.stdout.splitlines() if line.startswith("# [")]
-    assert len(progress) == 2 and progress[0].startswith("# [1/2] 256 B, density 0.01 done")
-    assert progress[1].startswith("# [2/2] 1 KiB, density 0.01 done")
+    progress = re.findall(r"# \[(\d)/2\] ([\w ]+), density 0\.01 done", result.stdout)
+    assert progress == [("1", "256 B"), ("2", "1 KiB")], result.stdout
     assert result.stdout.count("# Avg bus bandwidth    : ") == 1
     quiet = run_mpi(2, ["-m", "scaleml.bench", "--n", "64", "256", "--density", "0.01", "--iterations", "2",
                         "--warmup", "1", "--methods", "mpi_allreduce", "--no-progress"], timeout=300)
@@ -308,11 +309,13 @@ def test_check_flags_a_wrong_result(tmp_path, check):
                          "-c", check], timeout=120)
     if check == "1":
         assert result.returncode == 1, result.stdout
-        summary = [line for line in result.stdout.splitlines() if line.startswith("# Out of bounds values : ")]
-        assert len(summary) == 1 and summary[0].endswith(" FAILED"), result.stdout
+        # searched, not matched per line: mpiexec merges rank 0's stderr (the "wrong result" message) into
+        # the same stream, and a line of one may land in the middle of a line of the other
+        summary = re.findall(r"# Out of bounds values : (\d+) (OK|FAILED)", result.stdout)
+        assert len(summary) == 1 and summary[0][1] == "FAILED", result.stdout
         row = next(line for line in result.stdout.splitlines() if line.split()[3:4] == ["wrong_sum"])
         wrong = int(row.split()[-1])  # the #wrong column: nearly every one of the 256 values
-        assert 200 < wrong <= 256 and int(summary[0].split()[6]) == wrong
+        assert 200 < wrong <= 256 and int(summary[0][0]) == wrong
         assert result.stdout.count("wrong result: wrong_sum") == 1
     else:
         assert result.returncode == 0 and "Out of bounds" not in result.stdout, result.stdout

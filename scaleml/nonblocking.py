@@ -27,7 +27,7 @@ fail on every rank, and :meth:`Request.Wait` raises it.
 from __future__ import annotations
 
 import atexit
-import queue
+import collections
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,7 +47,7 @@ class Request:
     communication hooks).
     """
 
-    __slots__ = ("_done", "_value", "_error", "_callbacks", "_lock", "name")
+    __slots__ = ("_done", "_value", "_error", "_callbacks", "_lock", "_channel", "name")
 
     def __init__(self, name: str = "collective") -> None:
         self._done = threading.Event()
@@ -55,6 +55,7 @@ class Request:
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Request], None]] = []
         self._lock = threading.Lock()
+        self._channel: _Channel | None = None
         self.name = name
 
     def _finish(self, value: Any, error: BaseException | None) -> None:
@@ -64,6 +65,12 @@ class Request:
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             callback(self)
+
+    def _wait(self, timeout: float | None = None) -> bool:
+        # Not started and next in line: run it here rather than wake the progress thread and sleep.
+        if not self._done.is_set() and self._channel is not None:
+            self._channel.run_inline(self)
+        return self._done.wait(timeout)
 
     def _check(self) -> Any:
         if self._error is not None:
@@ -75,7 +82,7 @@ class Request:
 
         Returns ``True`` as mpi4py's ``Request.Wait`` does.
         """
-        self._done.wait()
+        self._wait()
         self._check()
         return True
 
@@ -88,7 +95,7 @@ class Request:
 
     def wait(self) -> Any:
         """Wait and return the blocking call's return value (raise its exception)."""
-        self._done.wait()
+        self._wait()
         return self._check()
 
     def test(self) -> tuple[bool, Any]:
@@ -99,7 +106,7 @@ class Request:
 
     def result(self, timeout: float | None = None) -> Any:
         """The blocking call's return value, waiting at most ``timeout`` seconds (``TimeoutError`` then)."""
-        if not self._done.wait(timeout):
+        if not self._wait(timeout):
             raise TimeoutError(f"{self.name} did not complete within {timeout} s")
         return self._check()
 
@@ -154,45 +161,78 @@ def waitall(requests: Iterable[Any]) -> None:
 
 
 class _Channel:
-    """One progress thread running a communicator's nonblocking collectives in issue order."""
+    """A communicator's nonblocking collectives, run one at a time in issue order.
+
+    A progress thread runs them, so they advance while the caller computes.
+    A caller that waits for a collective that has not started, with nothing
+    running before it, runs it itself: a call waited for at once then costs
+    no hand-over between threads (the order is the same either way, so every
+    rank still runs the same collectives in the same order).
+    """
 
     def __init__(self, comm: MPI.Intracomm) -> None:
         self.comm = comm
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending = 0
-        self._idle = threading.Condition()
+        self._items: collections.deque = collections.deque()  # (request, work) not started, in issue order
+        self._busy = False  # a collective is running (on the progress thread or in a caller's wait)
+        self._stopping = False
+        self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="scaleml-progress", daemon=True)
         self._thread.start()
 
     def submit(self, request: Request, work: Callable[[], Any]) -> None:
-        with self._idle:
-            self._pending += 1
-        self._queue.put((request, work))
+        request._channel = self
+        with self._cond:
+            self._items.append((request, work))
+            self._cond.notify_all()
+
+    def _take(self, request: Request | None = None) -> tuple[Request, Callable[[], Any]] | None:
+        """(Under the lock.) The next collective if it may start now (and is ``request``'s when given)."""
+        if self._busy or not self._items or (request is not None and self._items[0][0] is not request):
+            return None
+        self._busy = True
+        return self._items.popleft()
+
+    def _execute(self, item: tuple[Request, Callable[[], Any]]) -> None:
+        request, work = item
+        value, error = None, None
+        try:
+            value = work()
+        except BaseException as exc:  # noqa: BLE001 (the request carries it to the caller)
+            error = exc
+        request._finish(value, error)
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            request, work = item
-            value, error = None, None
-            try:
-                value = work()
-            except BaseException as exc:  # noqa: BLE001 (the request carries it to the caller)
-                error = exc
-            request._finish(value, error)
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping or (not self._busy and self._items))
+                item = self._take()
+                if item is None and self._stopping and not self._busy and not self._items:
+                    return
+            if item is not None:
+                self._execute(item)
+
+    def run_inline(self, request: Request) -> bool:
+        """Run ``request``'s collective in this thread if it is next and nothing runs; whether it did."""
+        with self._cond:
+            item = self._take(request)
+        if item is None:
+            return False
+        self._execute(item)
+        return True
 
     def drain(self) -> None:
         """Wait until every started collective completed."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._pending == 0)
+        with self._cond:
+            self._cond.wait_for(lambda: not self._busy and not self._items)
 
     def stop(self) -> None:
         self.drain()
-        self._queue.put(None)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
         self._thread.join()
 
 

@@ -26,13 +26,13 @@ import os
 import sys
 import time
 
-import numpy as np
 from mpi4py import MPI
 
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 import torch  # noqa: E402  (after the log level, which torch reads at import)
 import torch.distributed as dist  # noqa: E402
+from timing import slowest_median  # noqa: E402  (bench/timing.py, this script's folder)
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 import scaleml.torch as smt  # noqa: E402
@@ -63,13 +63,6 @@ def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: 
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
-
-
-def slowest_median(times: list[float]) -> float:
-    mine = np.array(times)
-    worst = np.empty_like(mine)
-    world.Allreduce(mine, worst, MPI.MAX)
-    return float(np.median(worst))
 
 
 def main() -> None:

@@ -14,29 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import numpy as np
 from mpi4py import MPI
+from timing import timed  # bench/timing.py (this script's folder)
 
 import scaleml
 
 world = MPI.COMM_WORLD
-
-
-def timed(start, iterations: int, warmup: int) -> float:
-    for _ in range(warmup):
-        start().Wait()
-    times = []
-    for _ in range(iterations):
-        world.Barrier()
-        t0 = time.perf_counter()
-        start().Wait()
-        times.append(time.perf_counter() - t0)
-    mine = np.array(times)
-    worst = np.empty_like(mine)
-    world.Allreduce(mine, worst, MPI.MAX)
-    return float(np.median(worst))
 
 
 def main() -> None:
@@ -55,8 +40,8 @@ def main() -> None:
         n = size // 4
         x = np.random.default_rng(world.Get_rank()).standard_normal(n).astype(np.float32)
         out = np.empty_like(x)
-        t_mpi = timed(lambda: world.Iallreduce(x, out), args.iterations, args.warmup)  # noqa: B023
-        t_sml = timed(lambda: comm.Iallreduce(x, out), args.iterations, args.warmup)  # noqa: B023
+        t_mpi = timed(lambda: world.Iallreduce(x, out).Wait(), args.iterations, args.warmup)  # noqa: B023
+        t_sml = timed(lambda: comm.Iallreduce(x, out).Wait(), args.iterations, args.warmup)  # noqa: B023
         rows.append({"bytes": size, "mpi4py_s": t_mpi, "scaleml_s": t_sml, "speedup": t_mpi / t_sml})
         if world.Get_rank() == 0:
             print(f"{size:>9} {t_mpi * 1e6:>10.1f} {t_sml * 1e6:>10.1f} {t_mpi / t_sml:>8.2f}", flush=True)

@@ -25,30 +25,12 @@ import time
 
 import numpy as np
 from mpi4py import MPI
+from timing import timed  # bench/timing.py (this script's folder)
 
 import scaleml
 from scaleml.compress import QSGD, ErrorFeedback, TopK
 
 world = MPI.COMM_WORLD
-
-
-def slowest_median(times: list[float]) -> float:
-    mine = np.array(times)
-    worst = np.empty_like(mine)
-    world.Allreduce(mine, worst, MPI.MAX)
-    return float(np.median(worst))
-
-
-def timed(step, iterations: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iterations):
-        world.Barrier()
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return slowest_median(times)
 
 
 class Compute:

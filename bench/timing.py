@@ -1,0 +1,31 @@
+"""Timing helpers shared by the scripts in bench/: the median over iterations of the slowest rank."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+from mpi4py import MPI
+
+
+def slowest_median(times: list[float], comm: MPI.Intracomm = MPI.COMM_WORLD) -> float:
+    """Median over iterations of the slowest rank's time (collective: every rank passes as many times)."""
+    mine = np.array(times)
+    worst = np.empty_like(mine)
+    comm.Allreduce(mine, worst, MPI.MAX)
+    return float(np.median(worst))
+
+
+def timed(step: Callable[[], object], iterations: int, warmup: int,
+          comm: MPI.Intracomm = MPI.COMM_WORLD) -> float:
+    """:func:`slowest_median` of ``step``'s seconds, each iteration after a barrier, after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iterations):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return slowest_median(times, comm)

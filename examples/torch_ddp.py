@@ -52,7 +52,7 @@ def make_model(n_in: int, hidden: int, n_out: int) -> torch.nn.Module:
 
 def train(compression: str, *, seed: int = 0, epochs: int = 40, batch: int = 32, lr: float = 0.2,
           momentum: float = 0.0, hidden: int = 128, bucket_cap_mb: float | None = None, min_compress_numel: int = 1024,
-          find_unused_parameters: bool = False, nonblocking: bool | None = None,
+          find_unused_parameters: bool = False, nonblocking: bool = True,
           comm: MPI.Intracomm = MPI.COMM_WORLD,
           data: tuple[np.ndarray, ...] | None = None) -> dict[str, Any]:
     """Train the classifier on every rank of ``comm`` (collective) and return its test accuracy.
@@ -74,8 +74,8 @@ def train(compression: str, *, seed: int = 0, epochs: int = 40, batch: int = 32,
         Passed to DDP.
     min_compress_numel : int
         Buckets with fewer elements are averaged exactly.
-    nonblocking : bool, optional
-        Passed to the hook's state.
+    nonblocking : bool
+        Passed to the hook's state (default: on the progress thread).
     comm : mpi4py.MPI.Intracomm
         The ranks of the default process group.
     data : tuple of numpy.ndarray, optional
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             r = train(c, seed=seed, epochs=args.epochs, batch=args.batch, lr=args.lr, momentum=args.momentum,
                       hidden=args.hidden,
-                      min_compress_numel=args.min_compress_numel, nonblocking=False if args.blocking else None,
+                      min_compress_numel=args.min_compress_numel, nonblocking=not args.blocking,
                       comm=comm, data=data)
             sent = comm.reduce(r["bytes_sent"], root=0)
             full = comm.reduce(r["bytes_uncompressed"], root=0)

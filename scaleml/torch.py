@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from mpi4py import MPI
 
+from . import nonblocking as _nonblocking_module
 from ._network import rendezvous
 from ._tensors import as_numpy
 from .compress import QSGD, Cast, ErrorFeedback, OneBit, TopK
@@ -67,15 +68,6 @@ def _torch() -> Any:
     return torch
 
 
-def _nonblocking() -> Any:
-    """``scaleml.nonblocking`` when this build has it, else ``None`` (the hook then runs blocking)."""
-    try:
-        from . import nonblocking
-    except ImportError:
-        return None
-    return nonblocking if hasattr(nonblocking, "start") else None
-
-
 class ScaleMLHookState:
     """The state of :func:`allreduce_hook`: the communicator, the compression and its error feedback.
 
@@ -107,11 +99,11 @@ class ScaleMLHookState:
         :class:`scaleml.train.GradientReducer`), so runs, and a run resumed from
         :meth:`state_dict`, are reproducible bit for bit. ``auto``: the engine
         chooses by its cost model and measured times.
-    nonblocking : bool, optional
+    nonblocking : bool
         Run each bucket's collective on ScaleML's progress thread
-        (:mod:`scaleml.nonblocking`), overlapping the rest of the backward pass;
-        ``None`` (default): when this build has it. ``False``: the collective
-        runs inside the hook and the returned future is already complete.
+        (:mod:`scaleml.nonblocking`), overlapping the rest of the backward pass
+        (default). ``False``: the collective runs inside the hook and the
+        returned future is already complete.
 
     Attributes
     ----------
@@ -137,7 +129,7 @@ class ScaleMLHookState:
 
     def __init__(self, comm: MPI.Intracomm | None = None, compression: str = "none", *,
                  min_compress_numel: int = 1024, average: bool = True, seed: int = 0, algorithm: str = "fixed",
-                 nonblocking: bool | None = None) -> None:
+                 nonblocking: bool = True) -> None:
         try:
             spec = parse_compression(compression)
         except ValueError as exc:
@@ -166,9 +158,7 @@ class ScaleMLHookState:
                 dist.get_world_size() != self.size:
             raise ValueError(f"the communicator has {self.size} ranks, the default process group "
                              f"{dist.get_world_size()}: DDP and the hook must span the same ranks")
-        self._nb = _nonblocking() if nonblocking is None or nonblocking else None
-        if nonblocking and self._nb is None:
-            raise ValueError("nonblocking=True needs scaleml.nonblocking, which this build lacks")
+        self._nb = _nonblocking_module if nonblocking else None
         self.compressor: Compressor | None = None
         kind = spec.kind
         if kind == "topk":

@@ -29,3 +29,24 @@ def timed(step: Callable[[], object], iterations: int, warmup: int,
         step()
         times.append(time.perf_counter() - t0)
     return slowest_median(times, comm)
+
+
+def timed_interleaved(steps: dict[str, Callable[[], object]], iterations: int, warmup: int,
+                      comm: MPI.Intracomm = MPI.COMM_WORLD) -> dict[str, float]:
+    """:func:`slowest_median` of each step's seconds, the steps taking turns in every iteration.
+
+    Steps compared in one run then see the same machine: a neighbour's load
+    that comes and goes (this machine is shared) lands on all of them alike,
+    not on whichever ran during it.
+    """
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(iterations):
+        for name, step in steps.items():
+            comm.Barrier()
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return {name: slowest_median(values, comm) for name, values in times.items()}

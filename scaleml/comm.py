@@ -12,7 +12,7 @@ from . import _log, algorithms, config
 from . import timeline as _timeline
 from ._native import ffi, lib
 from .errors import BufferLayoutError
-from .nonblocking import Request, channel
+from .nonblocking import IallreduceRoutes, Request, channel
 from .sparse import (
     AllreduceInfo,
     _LocalError,
@@ -28,6 +28,7 @@ from .value_format import value_format
 
 # Calls at the end of an MPI period whose times are reported at the next check (timing every call costs more).
 _TIMED_CALLS = 8
+_SUM, _IN_PLACE = MPI.SUM, MPI.IN_PLACE  # module constants: read on every call of the fast paths
 
 # mpi4py Datatypes are not hashable: a list of pairs.
 _FLOAT_TYPES = [(MPI.FLOAT, np.dtype(np.float32)), (MPI.DOUBLE, np.dtype(np.float64))]
@@ -284,6 +285,8 @@ class Comm(MPI.Intracomm):
         self._engine = None if _lazy_state else engine_state(self._comm)
         self._mpi_classes: dict[tuple[int, np.dtype], Any] = {}
         """(count, dtype) -> the tuner's statistics of its size class, for the steady-state test in Allreduce."""
+        self._iallreduce_routes: dict[tuple[int, np.dtype], IallreduceRoutes] = {}
+        """(count, dtype) -> where Iallreduce runs it (scaleml.nonblocking.IallreduceRoutes)."""
         _log.refresh()
         if _log.ON:
             _log.note("%r%s", self, " (SCALEML_DISABLE=1: Allreduce is MPI_Allreduce)" if config.DISABLE else "")
@@ -292,7 +295,7 @@ class Comm(MPI.Intracomm):
         # A Comm that mpi4py made without __init__ (``Comm.f2py``, ``Comm.fromhandle``,
         # ``Comm.Create_from_group``): the default settings, its engine state made at first use.
         if name in ("_comm", "_engine", "_format", "min_count", "algorithm", "compression", "last_info",
-                    "_mpi_classes") and "_comm" not in self.__dict__:
+                    "_mpi_classes", "_iallreduce_routes") and "_comm" not in self.__dict__:
             Comm.__init__(self, MPI.Intracomm(self), _lazy_state=True)
             return getattr(self, name)
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
@@ -383,26 +386,99 @@ class Comm(MPI.Intracomm):
         first call, collectively), and return a
         :class:`scaleml.nonblocking.Request` (``Wait``, ``Test``; its
         ``result()`` is the call's :class:`AllreduceInfo`, ``None`` when MPI
-        ran). Every other call is mpi4py's ``Iallreduce`` and returns its
-        ``MPI.Request``. Rules as for MPI's nonblocking collectives: every
+        ran). In a size class where the engine chose MPI and MPI is quick
+        (below ``SCALEML_IALLREDUCE_THREAD_MIN``, 1 ms), the calls are
+        ``MPI_Iallreduce`` on the caller's buffers for a period, returning a
+        request with the same methods that completes when waited for or
+        tested (see :mod:`scaleml.nonblocking`). Every other call is
+        mpi4py's ``Iallreduce`` and returns its ``MPI.Request``. Rules as for MPI's nonblocking collectives: every
         rank starts the same calls in the same order, and the buffers belong
         to the call until it completes. :func:`scaleml.nonblocking.waitall`
         waits for both kinds.
         """
-        if self._plan(sendbuf, recvbuf, op) is None:
+        # The steady state of a class that MPI won, with plain contiguous arrays: the checks of _buffers
+        # without its parsing, then MPI_Iallreduce (what mpi4py's call costs, plus a few attribute reads).
+        if type(recvbuf) is np.ndarray:
+            routes = self._iallreduce_routes.get((recvbuf.size, recvbuf.dtype))
+            if routes is not None and routes.mpi and routes.check is None and routes.calls < routes.until \
+                    and op is _SUM and not _log.ON:
+                flags = recvbuf.flags
+                if flags.c_contiguous and flags.writeable \
+                        and (sendbuf is _IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype == recvbuf.dtype
+                                                      and sendbuf.size == recvbuf.size
+                                                      and sendbuf.flags.c_contiguous)):
+                    routes.calls += 1  # IallreduceRoutes.next() without a decision to make
+                    return routes.checks.start(self._comm, sendbuf, recvbuf, op, recvbuf, None)
+        plan = self._plan(sendbuf, recvbuf, op)
+        if plan is None:
             if _log.ON:  # logged as the blocking call's route (the timeline shows the start only)
                 return _log.mpi(self, None, self._comm.Iallreduce, sendbuf, recvbuf, op)
             return self._comm.Iallreduce(sendbuf, recvbuf, op)
+        dtype, n = plan
         chan = channel(self, duplicate=self.Dup)
-        worker = chan.comm
+        worker = self._worker(chan)
+        routes = None
+        recheck = False
+        if self.algorithm == "auto" and n:
+            routes = self._iallreduce_routes.get((n, dtype))
+            if routes is None:
+                routes = self._iallreduce_routes[n, dtype] = IallreduceRoutes()
+            use_mpi, recheck = routes.next()
+            if use_mpi:
+                if routes.checks is None:  # collective: the same call on every rank
+                    routes.checks = chan.mpi_checks(self._comm, self._codec_fingerprint())
+                if _log.ON:
+                    return _log.mpi(self, "the engine lost to MPI in this class at its last nonblocking check",
+                                    lambda s, r, o: self._mpi_iallreduce(routes.checks, s, r, o, dtype, n),
+                                    sendbuf, recvbuf, op)
+                return self._mpi_iallreduce(routes.checks, sendbuf, recvbuf, op, dtype, n)
+
+        mpi_seconds: list[float | None] = []
 
         def allreduce() -> AllreduceInfo | None:
+            if recheck:  # after a period on MPI: the engine's agreement decides again, not its own MPI period
+                worker._end_mpi_period(n, dtype)
             worker.Allreduce(sendbuf, recvbuf, op)
+            if routes is not None:  # read here, in issue order: the same agreed value on every rank
+                stats = worker._mpi_classes.get((n, dtype))
+                mpi_seconds.append(None if stats is None else stats.mpi_seconds)
             return worker.last_info
 
         request = Request("Iallreduce")
         chan.submit(request, allreduce)
+        if routes is not None:
+            routes.started(request, mpi_seconds)
         return request
+
+    def _mpi_iallreduce(self, checks, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype, n: int) -> Request:
+        """MPI_Iallreduce on the caller's buffers, as :meth:`_mpi_allreduce` (a bad buffer joins with NaN)."""
+        try:
+            _check_op(op)
+            _, recv = self._buffers(sendbuf, recvbuf, dtype, n)
+            error = None
+        except _LocalError as exc:
+            error = exc
+            recv = np.zeros(n, dtype)
+            recv[0] = np.nan
+            sendbuf, recvbuf, op = MPI.IN_PLACE, recv, MPI.SUM
+        return checks.start(self._comm, sendbuf, recvbuf, op, recv, error)
+
+    def _worker(self, chan) -> Comm:
+        """The Comm with this one's settings over the channel's private communicator (the channel belongs
+        to the MPI communicator, which Comms with other settings may wrap too)."""
+        key = (self.min_count, self.algorithm, self._codec_fingerprint())
+        worker = chan.workers.get(key)
+        if worker is None:  # no collective: the private communicator's engine state exists (channel())
+            private = chan.comm.mpi_comm if isinstance(chan.comm, Comm) else chan.comm
+            worker = chan.workers[key] = Comm(private, min_count=self.min_count, algorithm=self.algorithm,
+                                              compression=self.compression)
+        return worker
+
+    def _end_mpi_period(self, n: int, dtype: np.dtype) -> None:
+        """Make the next Allreduce of (n, dtype) an agreement (the tuner re-checks), not an MPI-period call."""
+        stats = self._mpi_classes.get((n, dtype))
+        if stats is not None and stats.calls < stats.mpi_until:
+            stats.mpi_until = stats.calls
 
     def Allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:  # noqa: N802
         """Combine values from all processes and distribute the result to all (collective).

@@ -11,9 +11,11 @@ C engine and MPI release the GIL while they work and wait).
 Rules, as for MPI's nonblocking collectives:
 
 - Every rank starts the same nonblocking collectives on a communicator in the
-  same order. They run one after the other in that order; blocking calls on
-  the same communicator may run meanwhile (they use other private
-  communicators, so they never match a pending collective's messages).
+  same order. Those on the progress thread run one after the other in that
+  order; blocking calls on the same communicator may run meanwhile (they use
+  other private communicators, so they never match a pending collective's
+  messages). As with MPI's requests, the order in which requests complete is
+  not promised.
 - Buffers passed to a pending collective (input, output, error-feedback
   state) belong to it until its request completes.
 - Needs an MPI library initialized with ``MPI_THREAD_MULTIPLE`` (mpi4py's
@@ -22,6 +24,18 @@ Rules, as for MPI's nonblocking collectives:
 
 Errors are the blocking call's: a bad argument on any rank makes the request
 fail on every rank, and :meth:`Request.Wait` raises it.
+
+The drop-in's ``Iallreduce`` has a second route. Handing a call to the
+progress thread and waking the caller costs tens of microseconds, more than a
+whole ``MPI_Iallreduce`` of a few KiB to a few hundred KiB on shared memory.
+So where the engine chose plain MPI in a size class and MPI takes less than
+``SCALEML_IALLREDUCE_THREAD_MIN`` (1 ms) there, the next calls of the class
+are ``MPI_Iallreduce`` on the caller's buffers (an MPI period, as the
+blocking drop-in's tuner has; :class:`IallreduceRoutes`), with the blocking
+drop-in's safety in its MPI periods (:class:`_MPIRequest`). Such a request
+completes when it is waited for or tested, as mpi4py's do; its callbacks get a
+thread that waits for it. Longer collectives, and classes the engine wins,
+stay on the thread, whose overlap pays for the hand-over.
 """
 
 from __future__ import annotations
@@ -29,10 +43,14 @@ from __future__ import annotations
 import atexit
 import collections
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from mpi4py import MPI
+
+from . import config
+from .sparse import EngineState, agree
 
 __all__ = ["Request", "start", "waitall", "isparse_allreduce", "iquantized_allreduce", "itopk_allreduce",
            "iadaptive_allreduce"]
@@ -86,8 +104,12 @@ class Request:
         self._check()
         return True
 
+    def _poll(self) -> None:
+        """Advance the request without blocking (the progress thread advances this kind by itself)."""
+
     def Test(self, status: MPI.Status | None = None) -> bool:  # noqa: N802
         """Whether the collective completed (raises its exception if it failed)."""
+        self._poll()
         if not self._done.is_set():
             return False
         self._check()
@@ -100,6 +122,7 @@ class Request:
 
     def test(self) -> tuple[bool, Any]:
         """``(flag, value)``: whether it completed and, if so, the blocking call's return value."""
+        self._poll()
         if not self._done.is_set():
             return False, None
         return True, self._check()
@@ -112,6 +135,7 @@ class Request:
 
     def done(self) -> bool:
         """Whether the collective completed (successfully or not); never raises."""
+        self._poll()
         return self._done.is_set()
 
     def add_done_callback(self, callback: Callable[[Request], None]) -> None:
@@ -160,6 +184,219 @@ def waitall(requests: Iterable[Any]) -> None:
         raise first
 
 
+class _MPIRequest:
+    """A drop-in ``Iallreduce`` that MPI runs: ``MPI_Iallreduce`` on the caller's buffers.
+
+    Where the engine lost to MPI in a size class, a nonblocking call costs
+    what mpi4py's costs: no hand-over to the progress thread (which costs tens
+    of microseconds, more than the whole collective below a few hundred KiB).
+    Its safety is the blocking drop-in's MPI period's: a rank whose buffers are
+    bad joins with NaN at index 0 of a scratch sum, and a sum with NaN at index
+    0 leads every rank into an agreement that raises on every rank if any rank
+    failed (see :class:`_MPIChecks`). It completes when waited for or tested,
+    as mpi4py's requests do; a done-callback (or a torch future) gets a thread
+    of its own that waits for it. :class:`Request`'s methods, lean: this is
+    the path whose every microsecond counts.
+    """
+
+    __slots__ = ("_mpi", "_recv", "_local_error", "_checks", "_complete", "_error", "_callbacks")
+    _value = None  # what the blocking call returns when MPI runs it
+    name = "Iallreduce"
+
+    def __init__(self, checks: _MPIChecks, mpi_request: MPI.Request, recv: Any, local_error: Any) -> None:
+        self._mpi, self._recv, self._local_error, self._checks = mpi_request, recv, local_error, checks
+        self._complete, self._error, self._callbacks = False, None, None
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._error, self._recv = error, None
+        self._complete = True
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            callback(self)
+
+    def Wait(self, status: MPI.Status | None = None) -> bool:  # noqa: N802 (mpi4py's name)
+        """Wait for the collective to complete; raise its exception if it failed (``True`` as mpi4py)."""
+        if not self._complete:
+            self._checks.complete(self, True)
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def Test(self, status: MPI.Status | None = None) -> bool:  # noqa: N802
+        """Whether the collective completed (raises its exception if it failed)."""
+        if not (self._complete or self._checks.complete(self, False)):
+            return False
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def wait(self) -> None:
+        """Wait and return the blocking call's return value (``None``: MPI ran it); raise its exception."""
+        self.Wait()
+
+    def test(self) -> tuple[bool, None]:
+        """``(flag, value)``: whether it completed, and ``None`` (MPI ran it)."""
+        return self.Test(), None
+
+    def result(self, timeout: float | None = None) -> None:
+        """``None`` (MPI ran it) once complete, waiting at most ``timeout`` seconds (``TimeoutError`` then)."""
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            while not (self._complete or self._checks.complete(self, False)):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{self.name} did not complete within {timeout} s")
+                time.sleep(1e-4)
+        self.Wait()
+
+    def done(self) -> bool:
+        """Whether the collective completed (successfully or not); never raises."""
+        return self._complete or self._checks.complete(self, False)
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(request)`` once it completes: at once if it has; else a thread waits for it."""
+        with self._checks.lock:
+            if not self._complete:
+                first = self._callbacks is None
+                self._callbacks = [*(self._callbacks or ()), callback]
+                if first:  # nobody may wait for it: this thread does, so the callback (a torch future) fires
+                    threading.Thread(target=self._checks.complete, args=(self, True), daemon=True,
+                                     name="scaleml-iallreduce-wait").start()
+                return
+        callback(self)
+
+    get_future = Request.get_future
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._complete else ("failed" if self._error else "complete")
+        return f"<scaleml.nonblocking.Request {self.name} (MPI) {state}>"
+
+
+class _MPIChecks:
+    """One communicator's :class:`_MPIRequest` s, completed and checked in the order they started.
+
+    The check of a request whose sum has NaN at index 0 is an agreement (a
+    collective, on a private duplicate of the communicator): every rank sees
+    NaN there, and every rank checks its requests in start order whatever
+    order the caller waits in, so the agreements pair up on every rank.
+    """
+
+    def __init__(self, comm: MPI.Intracomm, codec: int) -> None:
+        self.codec = codec  # the lossy format's fingerprint (the agreement compares it)
+        private = comm.Dup()  # collective: made at the first call MPI runs, the same call on every rank
+        private.Set_errhandler(MPI.ERRORS_RETURN)
+        self.state = EngineState(private)
+        self.pending: collections.deque[_MPIRequest] = collections.deque()
+        self.lock = threading.RLock()  # reentrant: a done-callback may wait for another request
+
+    def start(self, comm: MPI.Intracomm, sendbuf: Any, recvbuf: Any, op: MPI.Op, recv: Any,
+              local_error: Any) -> _MPIRequest:
+        """``MPI_Iallreduce`` on ``comm``; ``local_error``: this rank's buffers were bad (``recv`` is then the
+        scratch sum with NaN at index 0, and the call joins with it). Called by the thread that starts the
+        collectives of ``comm`` only (MPI's rule), so the start order is the order of ``pending``."""
+        request = _MPIRequest(self, comm.Iallreduce(sendbuf, recvbuf, op), recv, local_error)
+        self.pending.append(request)
+        return request
+
+    def complete(self, request: _MPIRequest, block: bool) -> bool:
+        """Complete and check the requests that started before ``request`` and ``request``; whether it is done."""
+        with self.lock:
+            pending = self.pending
+            while not request._complete:
+                head = pending[0]
+                try:
+                    if block:
+                        head._mpi.Wait()
+                    elif not head._mpi.Test():
+                        return False
+                except MPI.Exception as exc:
+                    pending.popleft()
+                    head._finish(exc)
+                    continue
+                pending.popleft()
+                first = head._recv.item(0)  # n >= 1 (IallreduceRoutes are made for n >= 1)
+                if head._local_error is None and first == first:
+                    head._finish(None)
+                else:
+                    self._agree(head)
+        return True
+
+    def _agree(self, request: _MPIRequest) -> None:
+        """Every rank's sum has NaN at index 0: a rank failed (every rank raises), or the data held NaN."""
+        try:
+            agree(self.state, request._local_error, n=request._recv.size, value_bytes=request._recv.itemsize,
+                  algorithm=0, out=0, nnz=0, op_name="Allreduce", codec=self.codec)
+        except Exception as exc:  # noqa: BLE001 (the request carries it to the caller)
+            request._finish(exc)
+            return
+        request._finish(None)
+
+    def free(self) -> None:
+        if not MPI.Is_finalized() and self.state.private != MPI.COMM_NULL:
+            self.state.private.Free()
+
+
+class IallreduceRoutes:
+    """Where the drop-in's ``Iallreduce`` of one (count, dtype) runs: MPI or the progress thread.
+
+    Decided alike on every rank, from values every rank has: the engine's
+    agreed choice in the last call that ran on the progress thread, and the
+    agreed time MPI takes there. Where the engine chose MPI and MPI takes less
+    than ``SCALEML_IALLREDUCE_THREAD_MIN`` (1 ms), the next calls go to
+    ``MPI_Iallreduce`` directly, for a period that grows (4, 16, ... 1024
+    calls) while that holds; the call after the period runs on the thread
+    again and re-checks. Elsewhere (the engine won, or the collective is long
+    enough for the thread's overlap to pay for its hand-over) the calls stay
+    on the thread, and the last call of each period (4 ... 1024) decides the
+    next. Deciding waits for that call, which has usually completed long
+    before.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.mpi = False  # the route of the current period
+        self.until = 0  # its last call
+        self.period = INITIAL_PERIOD
+        self.check: Request | None = None  # a call on the thread that decides the next period
+        self.check_mpi_seconds: list[float | None] = []  # filled by that call: MPI's agreed time in the class
+        self.checks: _MPIChecks | None = None
+        """The communicator's checks of the calls MPI runs (set at the first such call)."""
+
+    def mpi_call(self) -> bool:
+        """The next call's route when it is certain to be MPI without deciding (counted then); else False."""
+        if self.mpi and self.check is None and self.calls < self.until:
+            self.calls += 1
+            return True
+        return False
+
+    def next(self) -> tuple[bool, bool]:
+        """``(mpi, recheck)`` for the next call: MPI runs it, or the thread (re-checking MPI's win if ``recheck``)."""
+        if self.check is not None:
+            self.check._wait()
+            failed, info = self.check._error is not None, self.check._value
+            seconds = self.check_mpi_seconds[0] if self.check_mpi_seconds else None
+            # A failed call (failed on every rank: its agreement raised everywhere) decides nothing new.
+            mpi = not failed and (info is None or info.algorithm == "dense") \
+                and (seconds is None or seconds < IALLREDUCE_THREAD_MIN)
+            self.period = min(self.period * 4, MAX_PERIOD) if mpi == self.mpi else INITIAL_PERIOD
+            self.mpi, self.until, self.check = mpi, self.calls + self.period, None
+        self.calls += 1
+        if self.mpi and self.calls <= self.until:
+            return True, False
+        return False, self.mpi
+
+    def started(self, request: Request, mpi_seconds: list[float | None]) -> None:
+        """``request`` runs on the thread (and fills ``mpi_seconds``): it decides the next period if it ends
+        this one."""
+        if self.calls >= self.until:
+            self.check, self.check_mpi_seconds = request, mpi_seconds
+
+
+INITIAL_PERIOD = 4
+MAX_PERIOD = 1024
+IALLREDUCE_THREAD_MIN: float = config.value("SCALEML_IALLREDUCE_THREAD_MIN")
+"""Seconds of MPI time from which a size class that MPI won runs on the progress thread (for overlap)."""
+
+
 class _Channel:
     """A communicator's nonblocking collectives, run one at a time in issue order.
 
@@ -176,6 +413,9 @@ class _Channel:
         self._busy = False  # a collective is running (on the progress thread or in a caller's wait)
         self._stopping = False
         self._cond = threading.Condition()
+        self._mpi_checks: dict[int, _MPIChecks] = {}
+        self.workers: dict[tuple, Any] = {}
+        """scaleml.Comm per settings over this channel's communicator (for Comm.Iallreduce)."""
         self._thread = threading.Thread(target=self._run, name="scaleml-progress", daemon=True)
         self._thread.start()
 
@@ -223,6 +463,14 @@ class _Channel:
         self._execute(item)
         return True
 
+    def mpi_checks(self, comm: MPI.Intracomm, codec: int) -> _MPIChecks:
+        """The checks of the requests MPI runs on ``comm`` (the user's communicator) for Comms whose lossy format
+        has fingerprint ``codec``; made at first use (collective)."""
+        checks = self._mpi_checks.get(codec)
+        if checks is None:
+            checks = self._mpi_checks[codec] = _MPIChecks(comm, codec)
+        return checks
+
     def drain(self) -> None:
         """Wait until every started collective completed."""
         with self._cond:
@@ -243,6 +491,8 @@ _channels_lock = threading.Lock()
 
 def _free_channel(comm: MPI.Comm, keyval: int, channel: _Channel) -> None:
     channel.stop()
+    for checks in channel._mpi_checks.values():
+        checks.free()
     with _channels_lock:
         if channel in _channels:
             _channels.remove(channel)

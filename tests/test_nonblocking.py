@@ -30,3 +30,41 @@ def test_nonblocking_needs_thread_multiple_and_says_so_on_every_rank():
     for rank in (0, 1):
         assert f"rank {rank}: RuntimeError: nonblocking ScaleML collectives need MPI initialized with " \
                "MPI_THREAD_MULTIPLE" in result.stdout
+
+
+def _routes_for(outcomes, threshold=1e-3):
+    """The routes of successive calls when the thread's calls report ``outcomes`` (what ran, MPI's seconds)."""
+    import scaleml.nonblocking as nb
+    from scaleml.comm import AllreduceInfo
+
+    routes, taken, outcomes = nb.IallreduceRoutes(), [], iter(outcomes)
+    for _ in range(60):
+        mpi, recheck = routes.next()
+        if mpi:
+            taken.append("mpi")
+            continue
+        ran, seconds = next(outcomes)
+        request = nb.Request()
+        info = None if ran is None else AllreduceInfo(ran, "auto", 0, 0, 0, {})
+        request._finish(info, RuntimeError("failed") if ran == "failed" else None)
+        routes.started(request, [seconds])
+        taken.append("recheck" if recheck else "thread")
+    return taken
+
+
+def test_iallreduce_routes_periods_grow_while_mpi_keeps_winning_and_a_check_ends_them(monkeypatch):
+    import scaleml.nonblocking as nb
+
+    monkeypatch.setattr(nb, "IALLREDUCE_THREAD_MIN", 1e-3)
+    # MPI always wins, in 0.1 ms: MPI periods of 4, 16, 64 ... calls, each followed by one re-check
+    taken = _routes_for([("dense", None)] + [("dense", 1e-4)] * 10)
+    assert taken[:1] == ["thread"] and taken[1:5] == ["mpi"] * 4 and taken[5] == "recheck"
+    assert taken[6:22] == ["mpi"] * 16 and taken[22] == "recheck" and taken[23:60] == ["mpi"] * 37
+    # The engine wins: thread calls only, and no call re-checks MPI's win
+    assert _routes_for([("ring", 1e-4)] * 60) == ["thread"] * 60
+    # MPI wins but takes 5 ms: the thread (its overlap) for long collectives
+    assert _routes_for([("dense", None)] + [("dense", 5e-3)] * 60)[5:] == ["recheck"] + ["thread"] * 54
+    # An MPI period of the engine itself (None: it ran MPI without an agreement) counts as MPI winning
+    assert _routes_for([(None, 1e-4)] * 10)[1:5] == ["mpi"] * 4
+    # A failed check decides nothing new: the thread goes on
+    assert _routes_for([("failed", None)] * 60) == ["thread"] * 60

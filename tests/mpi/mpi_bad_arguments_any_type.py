@@ -111,3 +111,48 @@ def test_one_rank_with_a_bad_argument_of_any_type(entry, arg, kind):
     got = np.empty_like(x)
     scaleml.Comm(world, min_count=0, algorithm="recursive_doubling").Allreduce(x, got)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def iallreduce_comm():
+    """A communicator of its own for the Iallreduce cases (its routes carry over from case to case)."""
+    fresh = world.Dup()
+    yield scaleml.Comm(fresh)
+    fresh.Free()
+
+
+@pytest.mark.parametrize("route", ["mpi", "thread"])
+@pytest.mark.parametrize("arg,kind", [(a, k) for a in ("recvbuf", "op") for k in sorted(BAD_VALUES)])
+def test_one_rank_with_a_bad_iallreduce_argument_of_any_type(route, arg, kind, iallreduce_comm, monkeypatch):
+    """On both of Iallreduce's routes: MPI_Iallreduce (a size class MPI won) and the progress thread."""
+    monkeypatch.setattr(scaleml.nonblocking, "IALLREDUCE_THREAD_MIN", 1e9 if route == "mpi" else 0.0)
+    comm = iallreduce_comm
+    x, _, _ = data()
+    expected = np.empty_like(x)
+    world.Allreduce(x, expected)
+    for _ in range(100):  # good calls until the next call takes the route (decided alike on every rank)
+        routes = comm._iallreduce_routes.get((x.size, x.dtype))
+        if routes is not None and routes.check is None and routes.calls < routes.until \
+                and routes.mpi == (route == "mpi"):
+            break
+        out = np.empty_like(x)
+        comm.Iallreduce(x, out).Wait()
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    else:
+        raise AssertionError(f"the {route} route never came")
+    kw = dict(sendbuf=x, recvbuf=np.empty_like(x), op=MPI.SUM)
+    if rank == BAD_RANK:
+        kw[arg] = BAD_VALUES[kind]
+    outcome = None
+    try:
+        comm.Iallreduce(kw["sendbuf"], kw["recvbuf"], kw["op"]).Wait()
+    except Exception as exc:  # noqa: BLE001 (raising on every rank is the point)
+        outcome = type(exc).__name__
+    outcomes = world.allgather(outcome)
+    if size > 1:
+        assert all(o is not None for o in outcomes), f"some ranks returned: {outcomes}"
+    else:
+        assert outcomes[0] is not None
+    out = np.empty_like(x)
+    comm.Iallreduce(x, out).Wait()  # the next call pairs with the same call on every rank and is right
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

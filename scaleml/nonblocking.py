@@ -314,10 +314,13 @@ class _MPIChecks:
                     continue
                 pending.popleft()
                 first = head._recv.item(0)  # n >= 1 (IallreduceRoutes are made for n >= 1)
-                if head._local_error is None and first == first:
-                    head._finish(None)
-                else:
+                if head._local_error is not None or first != first:
                     self._agree(head)
+                elif head._callbacks is None:  # _finish(None), inline: this runs on every call
+                    head._recv = None
+                    head._complete = True
+                else:
+                    head._finish(None)
         return True
 
     def _agree(self, request: _MPIRequest) -> None:

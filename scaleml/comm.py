@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import _log, algorithms, config
+from . import _log, algorithms, config, nonblocking
 from . import timeline as _timeline
 from ._native import ffi, lib
 from .errors import BufferLayoutError
@@ -386,8 +386,8 @@ class Comm(MPI.Intracomm):
         first call, collectively), and return a
         :class:`scaleml.nonblocking.Request` (``Wait``, ``Test``; its
         ``result()`` is the call's :class:`AllreduceInfo`, ``None`` when MPI
-        ran). In a size class where the engine chose MPI and MPI is quick
-        (below ``SCALEML_IALLREDUCE_THREAD_MIN``, 1 ms), the calls are
+        ran). In a size class below ``SCALEML_IALLREDUCE_THREAD_BYTES`` (4 MiB)
+        where the engine chose MPI, the calls are
         ``MPI_Iallreduce`` on the caller's buffers for a period, returning a
         request with the same methods that completes when waited for or
         tested (see :mod:`scaleml.nonblocking`). Every other call is
@@ -419,10 +419,10 @@ class Comm(MPI.Intracomm):
         worker = self._worker(chan)
         routes = None
         recheck = False
-        if self.algorithm == "auto" and n:
-            routes = self._iallreduce_routes.get((n, dtype))
-            if routes is None:
-                routes = self._iallreduce_routes[n, dtype] = IallreduceRoutes()
+        routes = self._iallreduce_routes.get((n, dtype))  # once made, a class keeps them (as the fast path does)
+        if routes is None and self.algorithm == "auto" and 0 < n * dtype.itemsize < nonblocking.IALLREDUCE_THREAD_BYTES:
+            routes = self._iallreduce_routes[n, dtype] = IallreduceRoutes()
+        if routes is not None:
             use_mpi, recheck = routes.next()
             if use_mpi:
                 if routes.checks is None:  # collective: the same call on every rank
@@ -433,21 +433,25 @@ class Comm(MPI.Intracomm):
                                     sendbuf, recvbuf, op)
                 return self._mpi_iallreduce(routes.checks, sendbuf, recvbuf, op, dtype, n)
 
-        mpi_seconds: list[float | None] = []
+        times: list[float | None] = []
 
         def allreduce() -> AllreduceInfo | None:
             if recheck:  # after a period on MPI: the engine's agreement decides again, not its own MPI period
                 worker._end_mpi_period(n, dtype)
             worker.Allreduce(sendbuf, recvbuf, op)
-            if routes is not None:  # read here, in issue order: the same agreed value on every rank
+            info = worker.last_info
+            if routes is not None:  # read here, in issue order: the same agreed values on every rank
                 stats = worker._mpi_classes.get((n, dtype))
-                mpi_seconds.append(None if stats is None else stats.mpi_seconds)
-            return worker.last_info
+                engine = None
+                if stats is not None and info is not None and info.algorithm in info.predicted:
+                    engine = stats.estimate(info.algorithm, info.predicted[info.algorithm])
+                times.extend((None if stats is None else stats.mpi_seconds, engine))
+            return info
 
         request = Request("Iallreduce")
         chan.submit(request, allreduce)
         if routes is not None:
-            routes.started(request, mpi_seconds)
+            routes.started(request, times)
         return request
 
     def _mpi_iallreduce(self, checks, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype, n: int) -> Request:

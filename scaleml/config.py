@@ -26,9 +26,9 @@ variable                   default      effect
                                         logger to stderr at that level, each line with the rank.
 ``SCALEML_TIMELINE``       (unset)      Write a Chrome-trace timeline of every collective's phases, one
                                         file per rank (see :mod:`scaleml.timeline`).
-``SCALEML_IALLREDUCE_``    ``0.001``    ``scaleml.Comm.Iallreduce``: a size class the engine lost to MPI
-``THREAD_MIN``                          runs on the progress thread (overlap) when MPI takes at least this
-                                        many seconds there, else as ``MPI_Iallreduce`` itself (no
+``SCALEML_IALLREDUCE_``    ``4194304``  ``scaleml.Comm.Iallreduce``: messages of at least this many bytes
+``THREAD_BYTES``                        run on the progress thread (overlap); smaller ones in a size class
+                                        the engine lost to MPI run as ``MPI_Iallreduce`` itself (no
                                         hand-over between threads). ``0``: always on the thread.
 ``SCALEML_TIMEOUT``        ``600``      Watchdog (:mod:`scaleml.watchdog`): seconds before an abort.
 ``SCALEML_STALL_WARNING``  ``60``       Watchdog: seconds before a warning.
@@ -204,8 +204,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("SCALEML_COST_FILE", _cost_file, None, "the cost-model file (default ~/.config/scaleml/cost_model.json)"),
     Variable("SCALEML_LOG_LEVEL", _log_level, None, "log the 'scaleml' logger to stderr at this level, with ranks"),
     Variable("SCALEML_TIMELINE", _timeline, None, "Chrome-trace timeline file per rank ({rank} or .rankN)"),
-    Variable("SCALEML_IALLREDUCE_THREAD_MIN", _nonnegative, 0.001,
-             "Iallreduce: seconds of MPI time from which a class MPI won runs on the progress thread"),
+    Variable("SCALEML_IALLREDUCE_THREAD_BYTES", _count, 1 << 22,
+             "Iallreduce: bytes from which every call runs on the progress thread (overlap)"),
     Variable("SCALEML_TIMEOUT", _seconds, 600.0, "watchdog: seconds in a wait before the job is aborted"),
     Variable("SCALEML_STALL_WARNING", _seconds, 60.0, "watchdog: seconds in a wait before a warning"),
     Variable("SCALEML_INJECT_FAULT", _fault, None, "test hook RANK:CALL[:WAIT]"),

@@ -28,8 +28,8 @@ fail on every rank, and :meth:`Request.Wait` raises it.
 The drop-in's ``Iallreduce`` has a second route. Handing a call to the
 progress thread and waking the caller costs tens of microseconds, more than a
 whole ``MPI_Iallreduce`` of a few KiB to a few hundred KiB on shared memory.
-So where the engine chose plain MPI in a size class and MPI takes less than
-``SCALEML_IALLREDUCE_THREAD_MIN`` (1 ms) there, the next calls of the class
+So where the engine chose plain MPI in a size class of messages below
+``SCALEML_IALLREDUCE_THREAD_BYTES`` (4 MiB), the next calls of the class
 are ``MPI_Iallreduce`` on the caller's buffers (an MPI period, as the
 blocking drop-in's tuner has; :class:`IallreduceRoutes`), with the blocking
 drop-in's safety in its MPI periods (:class:`_MPIRequest`). Such a request
@@ -343,15 +343,14 @@ class IallreduceRoutes:
 
     Decided alike on every rank, from values every rank has: the engine's
     agreed choice in the last call that ran on the progress thread, and the
-    agreed time MPI takes there. Where the engine chose MPI and MPI takes less
-    than ``SCALEML_IALLREDUCE_THREAD_MIN`` (1 ms), the next calls go to
+    agreed times of MPI and of that choice there. Where the engine chose MPI
+    (or won by less than :data:`ENGINE_WIN`), the next calls go to
     ``MPI_Iallreduce`` directly, for a period that grows (4, 16, ... 1024
     calls) while that holds; the call after the period runs on the thread
-    again and re-checks. Elsewhere (the engine won, or the collective is long
-    enough for the thread's overlap to pay for its hand-over) the calls stay
-    on the thread, and the last call of each period (4 ... 1024) decides the
-    next. Deciding waits for that call, which has usually completed long
-    before.
+    again and re-checks. Where the engine won, the calls stay on the thread,
+    and the last call of each period (4 ... 1024) decides the next. Deciding
+    waits for that call, which has usually completed long before. (Messages
+    of ``SCALEML_IALLREDUCE_THREAD_BYTES`` and more always run on the thread.)
     """
 
     def __init__(self) -> None:
@@ -360,7 +359,7 @@ class IallreduceRoutes:
         self.until = 0  # its last call
         self.period = INITIAL_PERIOD
         self.check: Request | None = None  # a call on the thread that decides the next period
-        self.check_mpi_seconds: list[float | None] = []  # filled by that call: MPI's agreed time in the class
+        self.check_times: list[float | None] = []  # filled by that call (see started)
         self.checks: _MPIChecks | None = None
         """The communicator's checks of the calls MPI runs (set at the first such call)."""
 
@@ -375,11 +374,7 @@ class IallreduceRoutes:
         """``(mpi, recheck)`` for the next call: MPI runs it, or the thread (re-checking MPI's win if ``recheck``)."""
         if self.check is not None:
             self.check._wait()
-            failed, info = self.check._error is not None, self.check._value
-            seconds = self.check_mpi_seconds[0] if self.check_mpi_seconds else None
-            # A failed call (failed on every rank: its agreement raised everywhere) decides nothing new.
-            mpi = not failed and (info is None or info.algorithm == "dense") \
-                and (seconds is None or seconds < IALLREDUCE_THREAD_MIN)
+            mpi = self._mpi_wins()
             self.period = min(self.period * 4, MAX_PERIOD) if mpi == self.mpi else INITIAL_PERIOD
             self.mpi, self.until, self.check = mpi, self.calls + self.period, None
         self.calls += 1
@@ -387,17 +382,34 @@ class IallreduceRoutes:
             return True, False
         return False, self.mpi
 
-    def started(self, request: Request, mpi_seconds: list[float | None]) -> None:
-        """``request`` runs on the thread (and fills ``mpi_seconds``): it decides the next period if it ends
-        this one."""
+    def _mpi_wins(self) -> bool:
+        """Whether the next period goes to MPI, from the completed check (agreed values only)."""
+        if self.check._error is not None:  # failed on every rank (its agreement raised everywhere)
+            return False
+        info = self.check._value
+        mpi_seconds, engine_seconds = self.check_times if len(self.check_times) == 2 else (None, None)
+        if info is None or info.algorithm == "dense":
+            return True  # the engine ran MPI
+        # The engine won on the thread, where MPI is slower than on the caller's thread and the hand-over
+        # comes on top: it must win by ENGINE_WIN to beat MPI_Iallreduce run by the caller.
+        return mpi_seconds is not None and engine_seconds is not None and engine_seconds > ENGINE_WIN * mpi_seconds
+
+    def started(self, request: Request, times: list[float | None]) -> None:
+        """``request`` runs on the thread and fills ``times`` (MPI's agreed seconds in the class, the engine's
+        estimated seconds when it ran): it decides the next period if it ends this one."""
         if self.calls >= self.until:
-            self.check, self.check_mpi_seconds = request, mpi_seconds
+            self.check, self.check_times = request, times
 
 
 INITIAL_PERIOD = 4
 MAX_PERIOD = 1024
-IALLREDUCE_THREAD_MIN: float = config.value("SCALEML_IALLREDUCE_THREAD_MIN")
-"""Seconds of MPI time from which a size class that MPI won runs on the progress thread (for overlap)."""
+IALLREDUCE_THREAD_BYTES: int = config.value("SCALEML_IALLREDUCE_THREAD_BYTES")
+"""Messages of at least this many bytes always run on the progress thread (its overlap pays for its
+hand-over); smaller ones have IallreduceRoutes. A size, not a time: MPI's time measured on the thread
+grows with the thread's own cost where ranks share cores, and a time threshold kept itself on the thread."""
+ENGINE_WIN = 0.5
+"""Below IALLREDUCE_THREAD_BYTES, an engine algorithm runs (on the thread) only when its estimate is below this
+fraction of MPI's time (both measured on the thread); else MPI_Iallreduce, on the caller's thread, does."""
 
 
 class _Channel:

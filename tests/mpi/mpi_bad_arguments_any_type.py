@@ -114,27 +114,28 @@ def test_one_rank_with_a_bad_argument_of_any_type(entry, arg, kind):
 
 
 @pytest.fixture(scope="module")
-def iallreduce_comm():
-    """A communicator of its own for the Iallreduce cases (its routes carry over from case to case)."""
-    fresh = world.Dup()
-    yield scaleml.Comm(fresh)
-    fresh.Free()
+def iallreduce_comms():
+    """A communicator of its own per route for the Iallreduce cases (routes carry over from case to case)."""
+    fresh = {"mpi": world.Dup(), "thread": world.Dup()}
+    yield {route: scaleml.Comm(comm) for route, comm in fresh.items()}
+    for comm in fresh.values():
+        comm.Free()
 
 
 @pytest.mark.parametrize("route", ["mpi", "thread"])
 @pytest.mark.parametrize("arg,kind", [(a, k) for a in ("recvbuf", "op") for k in sorted(BAD_VALUES)])
-def test_one_rank_with_a_bad_iallreduce_argument_of_any_type(route, arg, kind, iallreduce_comm, monkeypatch):
+def test_one_rank_with_a_bad_iallreduce_argument_of_any_type(route, arg, kind, iallreduce_comms, monkeypatch):
     """On both of Iallreduce's routes: MPI_Iallreduce (a size class MPI won) and the progress thread."""
-    monkeypatch.setattr(scaleml.nonblocking, "IALLREDUCE_THREAD_MIN", 1e9 if route == "mpi" else 0.0)
-    comm = iallreduce_comm
+    monkeypatch.setattr(scaleml.nonblocking, "IALLREDUCE_THREAD_BYTES", 1 << 40 if route == "mpi" else 0)
+    comm = iallreduce_comms[route]
     x, _, _ = data()
     expected = np.empty_like(x)
     world.Allreduce(x, expected)
     for _ in range(100):  # good calls until the next call takes the route (decided alike on every rank)
         routes = comm._iallreduce_routes.get((x.size, x.dtype))
-        if routes is not None and routes.check is None and routes.calls < routes.until \
-                and routes.mpi == (route == "mpi"):
-            break
+        if route == "thread" or (routes is not None and routes.mpi and routes.check is None
+                                 and routes.calls < routes.until):
+            break  # (from SCALEML_IALLREDUCE_THREAD_BYTES = 0 on, every call is a thread call)
         out = np.empty_like(x)
         comm.Iallreduce(x, out).Wait()
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

@@ -257,9 +257,8 @@ def test_torch_future_completes_with_the_result():
 @pytest.fixture
 def mpi_route(monkeypatch):
     """A fresh communicator (its tuner has learned nothing: the engine's first check of a class chooses MPI)
-    on which every class the engine loses goes to MPI_Iallreduce, however long MPI takes (oversubscribed
-    ranks make it take more than the default SCALEML_IALLREDUCE_THREAD_MIN)."""
-    monkeypatch.setattr(scaleml.nonblocking, "IALLREDUCE_THREAD_MIN", 1e9)
+    on which every class the engine loses goes to MPI_Iallreduce (SCALEML_IALLREDUCE_THREAD_BYTES: any size)."""
+    monkeypatch.setattr(scaleml.nonblocking, "IALLREDUCE_THREAD_BYTES", 1 << 40)
     fresh = world.Dup()
     yield scaleml.Comm(fresh)
     fresh.Free()  # frees its progress channel and private communicators too
@@ -395,8 +394,8 @@ def test_an_mpi_run_request_completes_by_test_by_result_and_by_a_callback_nobody
 
 
 def test_long_collectives_stay_on_the_thread(monkeypatch):
-    """Where MPI takes at least SCALEML_IALLREDUCE_THREAD_MIN, the thread's overlap is worth its hand-over."""
-    monkeypatch.setattr(scaleml.nonblocking, "IALLREDUCE_THREAD_MIN", 0.0)
+    """From SCALEML_IALLREDUCE_THREAD_BYTES on, the thread's overlap is worth its hand-over: every call."""
+    monkeypatch.setattr(scaleml.nonblocking, "IALLREDUCE_THREAD_BYTES", 20000)
     fresh = world.Dup()
     comm = scaleml.Comm(fresh)
     x = sparse_data(5000, seed=28, density=1.0)
@@ -407,6 +406,5 @@ def test_long_collectives_stay_on_the_thread(monkeypatch):
         routes.append(type(request).__name__)
         request.Wait()
         assert_sum_close(out, reference(x))
-    # the first period's MPI time is not known yet (MPI's first times are agreed at the next check)
-    assert routes[6:] == ["Request"] * 6, routes
+    assert routes == ["Request"] * 12, routes  # 5000 float32 values: 20000 bytes
     fresh.Free()

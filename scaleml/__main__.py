@@ -221,11 +221,12 @@ def format_text(r: dict[str, Any]) -> str:
         lines.append(f"  {module:<24}{text}")
     lines.append(f"  {'ScaleML kernels':<24}{c['scaleml_kernels']}")
     lines += ["", "Configuration (SCALEML_*: value, source)"]
+    width = max(24, 2 + max(len(name) for name in r["configuration"]))
     for name, s in r["configuration"].items():
         value = "-" if s["value"] is None else s["value"]
         if isinstance(value, bool):
             value = int(value)
-        lines.append(f"  {name:<24}{str(value):<28}{s['source']:<9}{s['help']}")
+        lines.append(f"  {name:<{width}}{str(value):<28}{s['source']:<9}{s['help']}")
     e = r["effective"]
     p = e["cost_params"]
     lines += [f"  {'(cost file in use)':<24}{e['cost_file']}",

@@ -115,6 +115,13 @@ def _count(text: str) -> int:
     return number
 
 
+def _bytes(text: str) -> int:
+    try:
+        return _count(text)
+    except _Bad:
+        raise _Bad("expected an integer >= 0 (bytes)") from None
+
+
 def _nonnegative(text: str, expected: str = "a finite number >= 0") -> float:
     try:
         number = float(text)
@@ -204,7 +211,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("SCALEML_COST_FILE", _cost_file, None, "the cost-model file (default ~/.config/scaleml/cost_model.json)"),
     Variable("SCALEML_LOG_LEVEL", _log_level, None, "log the 'scaleml' logger to stderr at this level, with ranks"),
     Variable("SCALEML_TIMELINE", _timeline, None, "Chrome-trace timeline file per rank ({rank} or .rankN)"),
-    Variable("SCALEML_IALLREDUCE_THREAD_BYTES", _count, 1 << 22,
+    Variable("SCALEML_IALLREDUCE_THREAD_BYTES", _bytes, 1 << 22,
              "Iallreduce: bytes from which every call runs on the progress thread (overlap)"),
     Variable("SCALEML_TIMEOUT", _seconds, 600.0, "watchdog: seconds in a wait before the job is aborted"),
     Variable("SCALEML_STALL_WARNING", _seconds, 60.0, "watchdog: seconds in a wait before a warning"),

@@ -386,12 +386,13 @@ class Comm(MPI.Intracomm):
         first call, collectively), and return a
         :class:`scaleml.nonblocking.Request` (``Wait``, ``Test``; its
         ``result()`` is the call's :class:`AllreduceInfo`, ``None`` when MPI
-        ran). In a size class below ``SCALEML_IALLREDUCE_THREAD_BYTES`` (4 MiB)
-        where the engine chose MPI, the calls are
-        ``MPI_Iallreduce`` on the caller's buffers for a period, returning a
-        request with the same methods that completes when waited for or
-        tested (see :mod:`scaleml.nonblocking`). Every other call is
-        mpi4py's ``Iallreduce`` and returns its ``MPI.Request``. Rules as for MPI's nonblocking collectives: every
+        ran). In a size class below ``SCALEML_IALLREDUCE_THREAD_BYTES`` (4
+        MiB) where the engine chose MPI, the calls are ``MPI_Iallreduce`` on
+        the caller's buffers for a period, returning a request with the same
+        methods that completes when waited for or tested (see
+        :mod:`scaleml.nonblocking`). Every other call is mpi4py's
+        ``Iallreduce`` and returns its ``MPI.Request``. Rules as for MPI's
+        nonblocking collectives: every
         rank starts the same calls in the same order, and the buffers belong
         to the call until it completes. :func:`scaleml.nonblocking.waitall`
         waits for both kinds.
@@ -417,7 +418,6 @@ class Comm(MPI.Intracomm):
         dtype, n = plan
         chan = channel(self, duplicate=self.Dup)
         worker = self._worker(chan)
-        routes = None
         recheck = False
         routes = self._iallreduce_routes.get((n, dtype))  # once made, a class keeps them (as the fast path does)
         if routes is None and self.algorithm == "auto" and 0 < n * dtype.itemsize < nonblocking.IALLREDUCE_THREAD_BYTES:

@@ -34,7 +34,7 @@ are ``MPI_Iallreduce`` on the caller's buffers (an MPI period, as the
 blocking drop-in's tuner has; :class:`IallreduceRoutes`), with the blocking
 drop-in's safety in its MPI periods (:class:`_MPIRequest`). Such a request
 completes when it is waited for or tested, as mpi4py's do; its callbacks get a
-thread that waits for it. Longer collectives, and classes the engine wins,
+thread that waits for it. Larger messages, and classes the engine wins,
 stay on the thread, whose overlap pays for the hand-over.
 """
 
@@ -362,13 +362,6 @@ class IallreduceRoutes:
         self.check_times: list[float | None] = []  # filled by that call (see started)
         self.checks: _MPIChecks | None = None
         """The communicator's checks of the calls MPI runs (set at the first such call)."""
-
-    def mpi_call(self) -> bool:
-        """The next call's route when it is certain to be MPI without deciding (counted then); else False."""
-        if self.mpi and self.check is None and self.calls < self.until:
-            self.calls += 1
-            return True
-        return False
 
     def next(self) -> tuple[bool, bool]:
         """``(mpi, recheck)`` for the next call: MPI runs it, or the thread (re-checking MPI's win if ``recheck``)."""

@@ -20,7 +20,7 @@ from mpi4py import MPI
 
 import scaleml
 from scaleml import algorithms
-from scaleml.comm import count_nonzeros, extract_nonzeros
+from scaleml.dense_scan import count_nonzeros, extract_nonzeros
 from scaleml.sparse import _predict, agree, engine_state, index_dtype
 
 

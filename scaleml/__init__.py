@@ -22,12 +22,11 @@ from mpi4py import MPI  # noqa: F401  (loads libmpi before the extension does)
 from . import algorithms, compress, config, cost_model, nonblocking, timeline
 from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
 from ._version import __version__ as __version__  # its one source (pyproject.toml reads it too)
-from .adaptive_allreduce import AdaptiveAllreduceInfo, AdaptiveAllreduceState, adaptive_allreduce
+from .adaptive_allreduce import AdaptiveAllreduceInfo, AdaptiveAllreduceState, adaptive_allreduce, iadaptive_allreduce
 from .comm import Comm
-from .nonblocking import iadaptive_allreduce, iquantized_allreduce, isparse_allreduce, itopk_allreduce
-from .quantized import quantized_allreduce
-from .sparse import AllreduceInfo, SparseVector, index_dtype, sparse_allreduce
-from .topk_allreduce import topk_allreduce
+from .quantized import iquantized_allreduce, quantized_allreduce
+from .sparse import AllreduceInfo, SparseVector, index_dtype, isparse_allreduce, sparse_allreduce
+from .topk_allreduce import itopk_allreduce, topk_allreduce
 from .watchdog import set_timeout
 from .zipml_linear import QuantizedMatrix, ZipMLComparison, compare_estimators, quantize_matrix, sgd_least_squares
 

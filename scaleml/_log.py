@@ -205,8 +205,7 @@ def decision(op_name: str, n: int, dtype: Any, agreement: Any, predicted: dict[s
     stats : ClassStats, optional
         The tuner's statistics (for MPI's measured time).
     reason : str
-        Why, when it is not the least estimated time (``"tuner"``: the
-        drop-in's tuner chose MPI; the statistics say why).
+        Why (the plan's words: requested, least estimated time, MPI first...).
     P : int
         Ranks.
     candidates : tuple of str, optional
@@ -217,15 +216,6 @@ def decision(op_name: str, n: int, dtype: Any, agreement: Any, predicted: dict[s
         if ON:
             refresh()
         return
-    if reason == "tuner":  # the drop-in's auto chose MPI_Allreduce
-        mpi_seconds = getattr(stats, "mpi_seconds", None)
-        if mpi_seconds is None:
-            reason = "MPI first: its time in this size class is not measured yet"
-        elif not stats.engine_may_win():
-            reason = "the engine's fixed cost per call alone is not clearly below MPI's measured time"
-        else:
-            reason = "no engine algorithm is estimated clearly faster than MPI's measured time"
-        reason += f"; MPI period of {stats.mpi_until - stats.calls} calls"
     if not reason:
         if config.DISABLE:
             reason = "SCALEML_DISABLE=1"

@@ -18,16 +18,17 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import config
+from . import config, nonblocking
 from . import timeline as _timeline
 from ._tensors import like_input
 from .compress.adaptive import AdaptiveQuant
 from .compress.framing import DTYPE_CODES, Compressed, decode
+from .engine import LocalError, agree, as_local_error, engine_state
 from .errors import ScaleMLError
 from .quantized import block_range  # row blocks split as the C core splits index ranges
-from .sparse import _LocalError, agree, as_float_array, as_local_error, engine_state
+from .sparse import as_float_array
 
-__all__ = ["AdaptiveAllreduceInfo", "AdaptiveAllreduceState", "adaptive_allreduce"]
+__all__ = ["AdaptiveAllreduceInfo", "AdaptiveAllreduceState", "adaptive_allreduce", "iadaptive_allreduce"]
 
 
 @dataclass
@@ -143,7 +144,7 @@ class AdaptiveAllreduceState:
 
 
 def _prepare(grad: Any, state: Any, name: Any, rank: int, P: int):
-    """Checks, compensation and the encoding of every row block (raises _LocalError)."""
+    """Checks, compensation and the encoding of every row block (raises LocalError)."""
     try:
         if not isinstance(state, AdaptiveAllreduceState):
             raise TypeError(f"state must be a scaleml.AdaptiveAllreduceState, got {type(state).__name__}")
@@ -247,7 +248,7 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
     error = None
     try:
         g, rows, cols, blocks, worker, server, q, server_step = _prepare(grad, state, name, rank, P)
-    except _LocalError as exc:
+    except LocalError as exc:
         error = exc
     except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
         error = as_local_error(exc)
@@ -339,3 +340,8 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
 
 def _displs(sizes: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+
+
+def iadaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, **kwargs: Any) -> nonblocking.Request:
+    """Nonblocking :func:`adaptive_allreduce`; the request's result is its return value."""
+    return nonblocking.start(adaptive_allreduce, comm, grad, **kwargs)

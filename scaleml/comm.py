@@ -9,21 +9,10 @@ import numpy as np
 from mpi4py import MPI
 
 from . import _log, algorithms, config, nonblocking
-from . import timeline as _timeline
-from ._native import ffi, lib
+from .dense_scan import count_nonzeros_signed
+from .engine import AllreduceInfo, Call, EngineState, LocalError, agree, collective, engine_state
 from .errors import BufferLayoutError
 from .nonblocking import IallreduceRoutes, Request, channel
-from .sparse import (
-    AllreduceInfo,
-    _LocalError,
-    _predict,
-    _run,
-    agree,
-    choose_algorithm,
-    engine_state,
-    index_dtype,
-)
-from .tuner import WIN_MARGIN
 from .value_format import value_format
 
 # Calls at the end of an MPI period whose times are reported at the next check (timing every call costs more).
@@ -96,7 +85,7 @@ def _from_dlpack(buf: Any) -> Any:
     try:
         return np.from_dlpack(buf)
     except Exception as exc:  # noqa: BLE001
-        raise _LocalError(6, BufferLayoutError(f"Allreduce: cannot read the {type(buf).__name__} through "
+        raise LocalError(6, BufferLayoutError(f"Allreduce: cannot read the {type(buf).__name__} through "
                                                f"DLPack ({exc})")) from exc
 
 
@@ -114,10 +103,10 @@ def _element_count(buf: Any, dtype: np.dtype, count: int | None, exact: bool = F
     except TypeError as exc:
         if not exact:
             raise
-        raise _LocalError(1, TypeError(f"Allreduce: object of type {type(buf).__name__} is not a buffer "
+        raise LocalError(1, TypeError(f"Allreduce: object of type {type(buf).__name__} is not a buffer "
                                        f"({exc})")) from exc
     if exact and nbytes % dtype.itemsize:
-        raise _LocalError(2, ValueError(f"Allreduce: cannot infer count, buffer length {nbytes} is not a multiple "
+        raise LocalError(2, ValueError(f"Allreduce: cannot infer count, buffer length {nbytes} is not a multiple "
                                         f"of datatype extent {dtype.itemsize} (as mpi4py; give a count)"))
     return nbytes // dtype.itemsize
 
@@ -127,7 +116,7 @@ def _as_array(buf: Any, dtype: np.dtype, count: int, displ: int, writable: bool)
 
     Takes what mpi4py takes: any object with the buffer protocol, C- or
     Fortran-contiguous (read in memory order, as MPI reads it). Local errors
-    as _LocalError: a non-contiguous or (when ``writable``) read-only buffer
+    as LocalError: a non-contiguous or (when ``writable``) read-only buffer
     is a :class:`~scaleml.errors.BufferLayoutError` (a ``BufferError``, as in
     mpi4py); an object without the buffer protocol a ``TypeError``.
     """
@@ -138,21 +127,21 @@ def _as_array(buf: Any, dtype: np.dtype, count: int, displ: int, writable: bool)
             view = memoryview(buf)
             array = np.frombuffer(view.cast("B"), np.uint8) if view.c_contiguous else np.asarray(view)
         except (TypeError, ValueError, NotImplementedError) as exc:
-            raise _LocalError(1, TypeError(f"Allreduce: object of type {type(buf).__name__} is not a "
+            raise LocalError(1, TypeError(f"Allreduce: object of type {type(buf).__name__} is not a "
                                            f"buffer numpy can read ({exc})")) from exc
     if not (array.flags.c_contiguous or array.flags.f_contiguous):
-        raise _LocalError(6, BufferLayoutError("Allreduce: buffer is not contiguous (mpi4py requires contiguous "
+        raise LocalError(6, BufferLayoutError("Allreduce: buffer is not contiguous (mpi4py requires contiguous "
                                                "buffers; pass np.ascontiguousarray(x))"))
     if writable and not array.flags.writeable:
-        raise _LocalError(6, BufferLayoutError("Allreduce: receive buffer is read-only"))
+        raise LocalError(6, BufferLayoutError("Allreduce: receive buffer is read-only"))
     try:
         flat = array.reshape(-1, order="A").view(np.uint8)  # a view: C or Fortran order, whichever is memory's
     except (TypeError, ValueError) as exc:
-        raise _LocalError(1, TypeError(f"Allreduce: the {array.dtype} buffer cannot be read as bytes ({exc})")) \
+        raise LocalError(1, TypeError(f"Allreduce: the {array.dtype} buffer cannot be read as bytes ({exc})")) \
             from exc
     start, stop = displ * dtype.itemsize, (displ + count) * dtype.itemsize
     if displ < 0 or count < 0 or stop > flat.size:
-        raise _LocalError(2, ValueError(f"Allreduce: {count} elements at displacement {displ} do not fit "
+        raise LocalError(2, ValueError(f"Allreduce: {count} elements at displacement {displ} do not fit "
                                         f"in a buffer of {flat.size} bytes"))
     return flat[start:stop].view(dtype)
 
@@ -170,32 +159,7 @@ def _float_plan(spec: Any) -> tuple[np.dtype, int] | None:
 
 def _check_op(op: Any) -> None:
     if not isinstance(op, MPI.Op):
-        raise _LocalError(1, TypeError(f"Allreduce: op must be an mpi4py MPI.Op, got {type(op).__name__}"))
-
-
-def count_nonzeros(x: np.ndarray) -> int:
-    """Number of non-zeros of a contiguous float32/float64 vector (NaN counts)."""
-    return int(lib.scaleml_count_nonzeros(ffi.from_buffer(x), x.size, x.itemsize))
-
-
-def count_nonzeros_signed(x: np.ndarray) -> tuple[int, int]:
-    """Non-zeros of a contiguous float32/float64 vector (as :func:`count_nonzeros`) and its -0.0 values.
-
-    One C pass (``scaleml_count_nonzeros_signed``); -0.0 is not a non-zero.
-    """
-    negative_zeros = ffi.new("uint64_t *")
-    nnz = lib.scaleml_count_nonzeros_signed(ffi.from_buffer(x), x.size, x.itemsize, negative_zeros)
-    return int(nnz), int(negative_zeros[0])
-
-
-def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted positions and values of the ``nnz`` non-zeros of ``x`` (one C pass)."""
-    idx = np.empty(nnz, idx_dtype)
-    vals = np.empty(nnz, x.dtype)
-    found = lib.scaleml_extract_nonzeros(ffi.from_buffer(x), x.size, x.itemsize, idx.itemsize,
-                                         ffi.from_buffer(idx, require_writable=True),
-                                         ffi.from_buffer(vals, require_writable=True), nnz)
-    return idx[:found], vals[:found]
+        raise LocalError(1, TypeError(f"Allreduce: op must be an mpi4py MPI.Op, got {type(op).__name__}"))
 
 
 class Comm(MPI.Intracomm):
@@ -460,7 +424,7 @@ class Comm(MPI.Intracomm):
             _check_op(op)
             _, recv = self._buffers(sendbuf, recvbuf, dtype, n)
             error = None
-        except _LocalError as exc:
+        except LocalError as exc:
             error = exc
             recv = np.zeros(n, dtype)
             recv[0] = np.nan
@@ -520,15 +484,13 @@ class Comm(MPI.Intracomm):
         stats = state.tuner.stats("Allreduce", dtype.itemsize, n, self._codec_fingerprint())
         if n and self.algorithm == "auto":
             self._mpi_classes[n, dtype] = stats
-        stats.calls += 1
-        if n and self.algorithm == "auto" and stats.calls <= stats.mpi_until:
-            if _log.ON:
-                _log.mpi(self, None, lambda s, r, o: self._mpi_allreduce(state, stats, s, r, o, dtype, n),
-                         sendbuf, recvbuf, op, stats=stats)
-            else:
-                self._mpi_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
-        else:
-            self._engine_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
+            if stats.calls < stats.mpi_until:  # an MPI period of the tuner: no agreement
+                stats.calls += 1
+                if _log.ON:
+                    return _log.mpi(self, None, lambda s, r, o: self._mpi_allreduce(state, stats, s, r, o, dtype, n),
+                                    sendbuf, recvbuf, op, stats=stats)
+                return self._mpi_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
+        self._engine_allreduce(sendbuf, recvbuf, op, dtype, n)
         return None
 
     def _mpi_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype,
@@ -544,7 +506,7 @@ class Comm(MPI.Intracomm):
         try:
             _check_op(op)
             _, recv = self._buffers(sendbuf, recvbuf, dtype, n)
-        except _LocalError as exc:
+        except LocalError as exc:
             # Every rank joins the MPI_Allreduce the others are in (a bad buffer must not leave them waiting):
             # a sum, as theirs is (only a SUM, or an op that is no op at all, is planned for the engine).
             poison = np.zeros(n, dtype)
@@ -573,7 +535,7 @@ class Comm(MPI.Intracomm):
         return self._format.fingerprint if self._format is not None else 0
 
     def _buffers(self, sendbuf: Any, recvbuf: Any, dtype: np.dtype, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(send, recv) as float arrays of n elements without copies; local errors as _LocalError."""
+        """(send, recv) as float arrays of n elements without copies; local errors as LocalError."""
         # The common case, plain contiguous arrays, in a few attribute reads: this runs on every call.
         if type(recvbuf) is np.ndarray and recvbuf.dtype == dtype and recvbuf.size == n \
                 and recvbuf.flags.c_contiguous and recvbuf.flags.writeable:
@@ -586,7 +548,7 @@ class Comm(MPI.Intracomm):
         try:
             rbuf, _, rcount, rdispl = _parse_spec(recvbuf)
         except _Unsupported:  # planned from the send buffer: this rank's receive buffer is the odd one
-            raise _LocalError(1, TypeError("Allreduce: receive buffer is not float32/float64 data like "
+            raise LocalError(1, TypeError("Allreduce: receive buffer is not float32/float64 data like "
                                            "the send buffer")) from None
         _element_count(rbuf, dtype, rcount, exact=True)  # a length mpi4py cannot infer a count from: its error
         recv = _as_array(rbuf, dtype, n, rdispl, writable=True)
@@ -595,14 +557,14 @@ class Comm(MPI.Intracomm):
         try:
             sbuf, sdtype, scount, sdispl = _parse_spec(sendbuf)
         except _Unsupported:
-            raise _LocalError(1, TypeError("Allreduce: send buffer is not float32/float64 data like "
+            raise LocalError(1, TypeError("Allreduce: send buffer is not float32/float64 data like "
                                            "the receive buffer")) from None
         if sdtype != dtype:
-            raise _LocalError(1, TypeError(f"Allreduce: send dtype {sdtype} differs from receive "
+            raise LocalError(1, TypeError(f"Allreduce: send dtype {sdtype} differs from receive "
                                            f"dtype {dtype}"))
         scount = _element_count(sbuf, sdtype, scount, exact=True)
         if scount != n:
-            raise _LocalError(2, ValueError(f"Allreduce: send count {scount} differs from receive "
+            raise LocalError(2, ValueError(f"Allreduce: send count {scount} differs from receive "
                                             f"count {n}"))
         return _as_array(sbuf, dtype, n, sdispl, writable=False), recv
 
@@ -622,86 +584,17 @@ class Comm(MPI.Intracomm):
             plan = _float_plan(sendbuf)
         return plan if plan is not None and plan[1] >= self.min_count else None
 
-    def _engine_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype,
-                          n: int) -> None:
-        t0 = time.perf_counter()
-        tl = _timeline.begin("Allreduce") if _timeline.ON else None
-        error = None
-        send = recv = None
-        try:
+    def _engine_allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype, n: int) -> None:
+        """The engine's call path; its preparation: the caller's buffers and their non-zeros. Where the plan
+        says MPI, MPI_Allreduce runs on the caller's buffers (no copies)."""
+
+        def prepare(state: EngineState) -> Call:
             _check_op(op)
             send, recv = self._buffers(sendbuf, recvbuf, dtype, n)
-        except _LocalError as exc:
-            error = exc
-        nnz, negative_zeros = count_nonzeros_signed(send) if error is None else (0, 0)
-        if tl is not None:
-            tl.mark("scan")
-        fmt = self._format
-        # Whether every rank holds a -0.0 (a field of the agreement): a sparse algorithm holds no entry for
-        # -0.0, so where every rank has -0.0 it would return +0.0 where MPI gives -0.0 (a sum with any +0.0
-        # or non-zero term is MPI's either way). If some rank holds no -0.0, no index is -0.0 everywhere.
-        agreement = agree(state, error, n=n, value_bytes=dtype.itemsize,
-                          algorithm=algorithms.code_of(self.algorithm), out=0, nnz=nnz, op_name="Allreduce",
-                          reports=stats.reports_ns(), codec=self._codec_fingerprint(),
-                          negative_zero=negative_zeros > 0)
-        negative_zero_everywhere = agreement.negative_zero_everywhere
-        if tl is not None:
-            tl.mark("agreement")
-        stats.learn(agreement.engine_ns, agreement.mpi_ns)
-        idx_dtype = index_dtype(n)
-        P = state.private.Get_size()
-        stats.at_density(agreement.nnz_sum, P, n)
-        predicted = _predict(n, P, agreement, idx_dtype.itemsize, dtype.itemsize, False, dense_input=True,
-                             quantized_value_bytes=fmt.value_bytes(n, dtype.itemsize) if fmt else 0.0)
-        if self.algorithm != "auto":
-            chosen = self.algorithm
-        else:
-            # MPI_Allreduce on the caller's buffers is the alternative: an engine algorithm must beat
-            # its measured time (the model's until measured) by a margin.
-            # MPI's time in a class is measured first, by a few calls without agreement (what must not be
-            # lost to); an engine algorithm runs where it is estimated clearly faster.
-            best = choose_algorithm(predicted, agreement, stats, exclude=("dense",), lossy=fmt is not None)
-            if stats.engine_may_win() and stats.estimate(best, predicted[best]) < WIN_MARGIN * stats.mpi_seconds:
-                chosen = best
-                stats.stay_engine()
-            else:
-                chosen = "dense"
-                stats.go_mpi()
-        if chosen != "dense" and fmt is None and "dense" not in algorithms.REGISTRY[chosen].input_forms \
-                and negative_zero_everywhere:
-            # Exact zeros as MPI signs them (-0.0 where every rank holds -0.0): MPI_Allreduce this call, and
-            # (auto) an MPI period for the class. Decided alike everywhere: chosen and fmt are agreed.
-            chosen = "dense"
-            if self.algorithm == "auto":
-                stats.go_mpi()
-            _log.decision("Allreduce", n, dtype, agreement, predicted, chosen, self.algorithm, fmt, stats, P=P,
-                          reason="-0.0 where every rank holds -0.0: MPI signs it")
-        else:
-            _log.decision("Allreduce", n, dtype, agreement, predicted, chosen, self.algorithm, fmt, stats, P=P,
-                          reason="tuner" if chosen == "dense" and self.algorithm == "auto" else "")
-        if tl is not None:
-            tl.mark("plan")
-        if chosen == "dense":  # MPI's own Allreduce on the caller's buffers: no copies
-            t_mpi = time.perf_counter()
-            self._comm.Allreduce(sendbuf, recvbuf, op)
-            stats.record_mpi(time.perf_counter() - t_mpi)
-            self.last_info = AllreduceInfo("dense", self.algorithm, agreement.nnz_max, agreement.nnz_sum,
-                                           2 * (P - 1) * n * dtype.itemsize // P, predicted)
-            if tl is not None:
-                tl.mark("MPI_Allreduce", "algorithm")
-                tl.end(n=n, dtype=str(dtype), algorithm="MPI_Allreduce", format="exact", nnz_max=agreement.nnz_max,
-                       bytes=self.last_info.bytes_sent)
-            return
-        if "dense" in algorithms.REGISTRY[chosen].input_forms:  # read the caller's array as it is
-            idx, vals = None, send
-        else:
-            idx, vals = extract_nonzeros(send, nnz, idx_dtype)
-        if tl is not None:
-            tl.mark("encode")
-        _, info = _run(state.private, idx, vals, n, chosen, "dense", agreement, dense_out=recv, fmt=fmt)
-        stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
-        info.requested, info.predicted = self.algorithm, predicted
-        self.last_info = info
-        if tl is not None:
-            tl.end(n=n, dtype=str(dtype), algorithm=chosen, format=info.format, nnz_max=agreement.nnz_max,
-                   nnz_sum=agreement.nnz_sum, bytes=info.bytes_sent)
+            nnz, negative_zeros = count_nonzeros_signed(send)
+            return Call(n, send, requested=self.algorithm, dense_out=recv, fmt=self._format, nnz=nnz,
+                        negative_zero=negative_zeros > 0,
+                        mpi_allreduce=lambda: self._comm.Allreduce(sendbuf, recvbuf, op))
+
+        _, _, self.last_info = collective(self._comm, "Allreduce", prepare,
+                                          size_class=(dtype.itemsize, n, self._codec_fingerprint()))

@@ -50,10 +50,9 @@ from typing import Any
 from mpi4py import MPI
 
 from . import config
-from .sparse import EngineState, agree
+from .engine import EngineState, agree, engine_state
 
-__all__ = ["Request", "start", "waitall", "isparse_allreduce", "iquantized_allreduce", "itopk_allreduce",
-           "iadaptive_allreduce"]
+__all__ = ["Request", "start", "waitall"]
 
 
 class Request:
@@ -527,8 +526,6 @@ def channel(comm: MPI.Intracomm, duplicate: Callable[[], MPI.Intracomm] | None =
         raise RuntimeError("nonblocking ScaleML collectives need MPI initialized with MPI_THREAD_MULTIPLE "
                            "(mpi4py's default; check mpi4py.rc.thread_level)")
     private = duplicate() if duplicate is not None else comm.Dup()
-    from .sparse import engine_state
-
     engine_state(private)  # made here, collectively, not inside the progress thread
     found = _Channel(private)
     comm.Set_attr(_keyval, found)
@@ -557,35 +554,6 @@ def start(fn: Callable[..., Any], comm: MPI.Intracomm, *args: Any, **kwargs: Any
     chan = channel(comm)
     chan.submit(request, lambda: fn(*args, comm=chan.comm, **kwargs))
     return request
-
-
-def isparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WORLD, **kwargs: Any) -> Request:
-    """Nonblocking :func:`scaleml.sparse_allreduce`; the request's :meth:`Request.result` is its return value."""
-    from .sparse import sparse_allreduce
-
-    return start(sparse_allreduce, comm, indices, values, n, **kwargs)
-
-
-def iquantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: object = None,
-                         **kwargs: Any) -> Request:
-    """Nonblocking :func:`scaleml.quantized_allreduce`."""
-    from .quantized import quantized_allreduce
-
-    return start(quantized_allreduce, comm, x, compression=compression, **kwargs)
-
-
-def itopk_allreduce(grad, comm: MPI.Intracomm = MPI.COMM_WORLD, **kwargs: Any) -> Request:
-    """Nonblocking :func:`scaleml.topk_allreduce`."""
-    from .topk_allreduce import topk_allreduce
-
-    return start(topk_allreduce, comm, grad, **kwargs)
-
-
-def iadaptive_allreduce(grad, comm: MPI.Intracomm = MPI.COMM_WORLD, **kwargs: Any) -> Request:
-    """Nonblocking :func:`scaleml.adaptive_allreduce`."""
-    from .adaptive_allreduce import adaptive_allreduce
-
-    return start(adaptive_allreduce, comm, grad, **kwargs)
 
 
 @atexit.register

@@ -7,27 +7,17 @@ this module is the thin layer in front of them.
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
-from . import _log, algorithms, config
-from . import timeline as _timeline
+from . import algorithms, config, nonblocking
 from ._native import ffi, lib
 from ._tensors import as_numpy_out, like_input
 from .compress import ErrorFeedback
-from .sparse import (
-    _LocalError,
-    _predict,
-    _run,
-    agree,
-    as_float_array,
-    as_local_error,
-    choose_algorithm,
-    engine_state,
-    lossy_format,
-)
+from .engine import Call, EngineState, LocalError, collective
+from .sparse import as_float_array, lossy_format
 
 LOSSY = algorithms.LOSSY
 """The lossy algorithms of the registry (what ``algorithm=`` accepts besides ``"auto"``)."""
@@ -107,96 +97,58 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
     algorithm; error feedback residuals are left as they are). See
     :mod:`scaleml.config`.
     """
-    op_name = "quantized_allreduce"
-    tl = _timeline.begin(op_name) if _timeline.ON else None
-    algorithm = config.apply_algorithm(algorithm, lambda a: a in LOSSY and (error_feedback is None
-                                                                          or a == _WITH_FEEDBACK))
-    out_arg = out
-    error = fmt = None
-    flat = dest = None
-    residuals: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
-    code = algorithms.code_of(algorithm)
-    state = engine_state(comm)
-    P, rank = state.private.Get_size(), state.private.Get_rank()
-    try:
+    def prepare(state: EngineState) -> Call:
+        requested = config.apply_algorithm(algorithm, lambda a: a in LOSSY and (error_feedback is None
+                                                                              or a == _WITH_FEEDBACK))
+        code = algorithms.code_of(requested)
         if code < 0 or (code > 0 and algorithms.BY_ID[code].exact):
-            raise _LocalError(2, ValueError(f"unknown algorithm {algorithm!r}; expected 'auto' or one of {LOSSY}"))
+            raise ValueError(f"unknown algorithm {requested!r}; expected 'auto' or one of {LOSSY}")
         if error_feedback is not None and not isinstance(error_feedback, ErrorFeedback):
-            raise _LocalError(1, TypeError("error_feedback must be a scaleml.compress.ErrorFeedback, got "
-                                           f"{type(error_feedback).__name__}"))
-        if compression is None and error_feedback is not None:
-            compression = error_feedback.compressor
-        if compression is None:
-            raise _LocalError(1, TypeError("quantized_allreduce needs compression= (QSGD, Cast or OneBit)"))
-        if error_feedback is not None and compression is not error_feedback.compressor:
-            raise _LocalError(2, ValueError("compression must be error_feedback.compressor (or left out)"))
-        if error_feedback is not None and code > 0 and algorithm != _WITH_FEEDBACK:
-            raise _LocalError(2, ValueError(f"error feedback on both sides is kept by {_WITH_FEEDBACK!r}, "
-                                            f"not {algorithm!r}"))
-        fmt = lossy_format(compression, code)
-        try:
-            a = as_float_array(x, "x")
-        except TypeError as exc:
-            raise _LocalError(1, exc) from None
+            raise TypeError("error_feedback must be a scaleml.compress.ErrorFeedback, got "
+                            f"{type(error_feedback).__name__}")
+        lossy = compression
+        if lossy is None and error_feedback is not None:
+            lossy = error_feedback.compressor
+        if lossy is None:
+            raise TypeError("quantized_allreduce needs compression= (QSGD, Cast or OneBit)")
+        if error_feedback is not None and lossy is not error_feedback.compressor:
+            raise ValueError("compression must be error_feedback.compressor (or left out)")
+        if error_feedback is not None and code > 0 and requested != _WITH_FEEDBACK:
+            raise ValueError(f"error feedback on both sides is kept by {_WITH_FEEDBACK!r}, not {requested!r}")
+        fmt = lossy_format(lossy, code)
+        a = as_float_array(x, "x")
         flat = np.ascontiguousarray(a).reshape(-1)
         if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(flat), flat.size, flat.itemsize):
-            raise _LocalError(4, ValueError("x contains NaN or Inf (pass check_finite=False to allow)"))
-        out = as_numpy_out(out)
-        if out is None:
+            raise LocalError(4, ValueError("x contains NaN or Inf (pass check_finite=False to allow)"))
+        dest = as_numpy_out(out)
+        if dest is None:
             dest = np.empty(a.shape, a.dtype)
-        elif not isinstance(out, np.ndarray) or out.shape != a.shape or out.dtype != a.dtype:
-            raise _LocalError(2, ValueError(f"out must be a numpy array of shape {a.shape} and dtype {a.dtype}"))
-        elif not (out.flags.c_contiguous and out.flags.writeable):
-            raise _LocalError(2, ValueError("out must be writable and C-contiguous"))
-        else:
-            dest = out
+        elif not isinstance(dest, np.ndarray) or dest.shape != a.shape or dest.dtype != a.dtype:
+            raise ValueError(f"out must be a numpy array of shape {a.shape} and dtype {a.dtype}")
+        elif not (dest.flags.c_contiguous and dest.flags.writeable):
+            raise ValueError("out must be writable and C-contiguous")
+        residuals: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
         if error_feedback is not None:
-            try:
-                residuals = (error_feedback.residual_buffer(f"{name}/worker", (flat.size,), flat.dtype),
-                             error_feedback.residual_buffer(f"{name}/server", (block_range(flat.size, P, rank)[1],),
-                                                            flat.dtype))
-            except ValueError as exc:
-                raise _LocalError(2, exc) from None
-    except _LocalError as exc:
-        error = exc
-    except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
-        error = as_local_error(exc)
-    ok = error is None
-    n = flat.size if ok else 0
-    if tl is not None:
-        tl.mark("scan")
-    t0 = time.perf_counter()
-    stats = state.tuner.stats(op_name, flat.itemsize if ok else 0, n, fmt.fingerprint if ok else 0)
-    stats.calls += 1
-    agreement = agree(state, error, n=n, value_bytes=flat.itemsize if ok else 0, algorithm=max(code, 0), out=0,
-                      nnz=n, op_name=op_name, codec=fmt.fingerprint if ok else 0,
-                      reports=stats.reports_ns())
-    if tl is not None:
-        tl.mark("agreement")
-    stats.learn(agreement.engine_ns, agreement.mpi_ns)
-    predicted = _predict(n, P, agreement, 4 if n <= 1 << 32 else 8, flat.itemsize, False, dense_input=True,
-                         quantized_value_bytes=fmt.value_bytes(n, flat.itemsize))
-    if code:
-        chosen = algorithm
-    elif error_feedback is not None:
-        chosen = _WITH_FEEDBACK
-    else:
-        chosen = choose_algorithm(predicted, agreement, stats, exclude=tuple(a for a in algorithms.NAMES
-                                                                             if a not in LOSSY), lossy=True)
-    if config.DISABLE:  # exact, as MPI_Allreduce sums (the residuals stay as they are)
-        chosen, fmt, residuals = "dense", None, (None, None)
-    _log.decision(op_name, n, flat.dtype, agreement, predicted, chosen, algorithm, fmt, stats, P=P, candidates=LOSSY,
-                  reason="error feedback" if error_feedback is not None and not code and not config.DISABLE else "")
-    if tl is not None:
-        tl.mark("plan")
-    result = dest.reshape(-1)
-    _, info = _run(state.private, None, flat, n, chosen, "dense", agreement, dense_out=result, fmt=fmt,
-                   residuals=residuals)
+            P, rank = state.private.Get_size(), state.private.Get_rank()
+            residuals = (error_feedback.residual_buffer(f"{name}/worker", (flat.size,), flat.dtype),
+                         error_feedback.residual_buffer(f"{name}/server", (block_range(flat.size, P, rank)[1],),
+                                                        flat.dtype))
+        call = Call(flat.size, flat, requested=requested, fmt=fmt, lossy_only=True, dense_out=dest.reshape(-1),
+                    fixed=(_WITH_FEEDBACK, "error feedback") if error_feedback is not None else None,
+                    residuals=residuals, class_key=(fmt.fingerprint,))
+        destination.append(dest)
+        return call
+
+    destination: list[np.ndarray] = []  # the array the result is written into, as prepare found it
+    _, result, info = collective(comm, "quantized_allreduce", prepare)
+    P = comm.Get_size()
     if average and P > 1:
         result /= P
-    stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
-    info.requested, info.predicted = algorithm, predicted
-    if tl is not None:
-        tl.end(n=n, dtype=str(flat.dtype), algorithm=chosen, format=info.format, bytes=info.bytes_sent)
-    dest = like_input(dest, x, out_arg)
+    dest = like_input(destination[0], x, out)
     return (dest, info) if return_info else dest
+
+
+def iquantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: object = None,
+                         **kwargs: Any) -> nonblocking.Request:
+    """Nonblocking :func:`quantized_allreduce`; the request's result is its return value."""
+    return nonblocking.start(quantized_allreduce, comm, x, compression=compression, **kwargs)

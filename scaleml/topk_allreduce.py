@@ -7,14 +7,14 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import algorithms
-from . import timeline as _timeline
+from . import nonblocking
 from ._tensors import as_numpy_out, like_input
 from .compress.error_feedback import ErrorFeedback
 from .compress.topk import TopK
-from .sparse import _LocalError, agree, as_float_array, as_local_error, engine_state, sparse_allreduce
+from .engine import Call, EngineState, collective
+from .sparse import as_float_array, sparse_call
 
-__all__ = ["topk_allreduce"]
+__all__ = ["itopk_allreduce", "topk_allreduce"]
 
 _DEFAULT_RATIO = 0.01
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -42,40 +42,35 @@ def _selector(ratio: Any, k: Any, approximate: Any, error_feedback: Any) -> tupl
     return sel, sel.step
 
 
-def _prepare(grad: Any, ratio: Any, k: Any, approximate: Any, error_feedback: Any, name: Any, algorithm: Any):
-    """This rank's part before any communication: checks, compensation and selection (raises _LocalError)."""
-    try:
-        if algorithms.code_of(algorithm) < 0:
-            raise ValueError(f"unknown algorithm {algorithm!r}; expected 'auto' or one of {algorithms.NAMES}")
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
-        g = as_float_array(grad, "grad")
-        sel, step = _selector(ratio, k, approximate, error_feedback)
-        flat = g.reshape(-1)  # a view when grad is contiguous, else a copy
-        if error_feedback is None:
-            c, residual = sel.encode(flat, step=0), None  # no counter: the same sample keys every call
+def _select(grad: Any, ratio: Any, k: Any, approximate: Any, error_feedback: Any, name: Any):
+    """This rank's part before any communication: checks, compensation and selection."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    g = as_float_array(grad, "grad")
+    sel, step = _selector(ratio, k, approximate, error_feedback)
+    flat = g.reshape(-1)  # a view when grad is contiguous, else a copy
+    if error_feedback is None:
+        c, residual = sel.encode(flat, step=0), None  # no counter: the same sample keys every call
+    else:
+        r = error_feedback.residual(name)
+        if r is not None and (r.shape != g.shape or r.dtype != g.dtype):
+            raise ValueError(f"tensor {name!r}: grad is {g.dtype}{g.shape}, its residual is {r.dtype}{r.shape}")
+        # y = grad + residual is formed in a spare buffer kept from call to call (a fresh multi-MiB array
+        # costs page faults on every step), and the selection zeroes its sent entries in place: y becomes
+        # the next residual. The kept residual is untouched until the call succeeds; then it becomes the
+        # next spare.
+        spares = error_feedback.__dict__.setdefault("_topk_spares", {})
+        y = spares.get(name)
+        if y is None or y.shape != flat.shape or y.dtype != flat.dtype:
+            y = spares[name] = np.empty_like(flat)
+        if r is not None:
+            np.add(flat, r.reshape(-1), out=y)
         else:
-            r = error_feedback.residual(name)
-            if r is not None and (r.shape != g.shape or r.dtype != g.dtype):
-                raise ValueError(f"tensor {name!r}: grad is {g.dtype}{g.shape}, its residual is {r.dtype}{r.shape}")
-            # y = grad + residual is formed in a spare buffer kept from call to call (a fresh multi-MiB array
-            # costs page faults on every step), and the selection zeroes its sent entries in place: y becomes
-            # the next residual. The kept residual is untouched until the call succeeds; then it becomes the
-            # next spare.
-            spares = error_feedback.__dict__.setdefault("_topk_spares", {})
-            y = spares.get(name)
-            if y is None or y.shape != flat.shape or y.dtype != flat.dtype:
-                y = spares[name] = np.empty_like(flat)
-            if r is not None:
-                np.add(flat, r.reshape(-1), out=y)
-            else:
-                y[...] = flat
-            c, residual = sel.encode_with_residual(y, step=step, out=y)
-            residual = residual.reshape(g.shape)
-        idx, vals = TopK.entries(c)  # sorted unique uint32 indices: no dense decode
-        return g, idx, vals, residual, step
-    except (TypeError, ValueError, OverflowError, MemoryError) as exc:
-        raise as_local_error(exc) from exc
+            y[...] = flat
+        c, residual = sel.encode_with_residual(y, step=step, out=y)
+        residual = residual.reshape(g.shape)
+    idx, vals = TopK.entries(c)  # sorted unique uint32 indices: no dense decode
+    return g, idx, vals, residual, step
 
 
 def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: float = _DEFAULT_RATIO,
@@ -149,33 +144,17 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         ``error_feedback`` that is not an ``ErrorFeedback`` of a ``TopK``), or
         when ranks disagree on the size, dtype or algorithm.
     """
-    op_name = "topk_allreduce"
-    tl = _timeline.begin(op_name) if _timeline.ON else None
-    out_arg = out
-    error = None
-    try:
-        try:
-            out = as_numpy_out(out)
-        except TypeError as exc:
-            raise as_local_error(exc) from exc
-        g, idx, vals, residual, step = _prepare(grad, ratio, k, approximate, error_feedback, name, algorithm)
-    except _LocalError as exc:
-        error = exc
-    except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
-        error = as_local_error(exc)
-    if tl is not None:
-        tl.mark("select", "encode")
-    # Our own agreement: a local error raises on every rank with this function's name, before any rank
-    # has entered sparse_allreduce's (whose agreement would otherwise wait for the failed rank).
-    ok = error is None
-    agree(engine_state(comm), error, n=g.size if ok else 0, value_bytes=g.itemsize if ok else 0,
-          algorithm=max(algorithms.code_of(algorithm), 0), out=0, nnz=idx.size if ok else 0, op_name=op_name)
-    if tl is not None:
-        tl.mark("agreement")
-    total, info = sparse_allreduce(idx, vals, g.size, comm, algorithm=algorithm, out="dense", return_info=True,
-                                   compression=compression, dense_out=out)
-    if tl is not None:
-        tl.mark("sparse_allreduce", "algorithm")
+    selected: list[Any] = []  # what the selection left for after the collective: (grad, residual, step)
+
+    def prepare(state: EngineState) -> Call:
+        g, idx, vals, residual, step = _select(grad, ratio, k, approximate, error_feedback, name)
+        call = sparse_call(idx, vals, g.size, algorithm, compression, "dense", out)
+        call.span["k"] = idx.size
+        selected.extend((g, residual, step))
+        return call
+
+    call, total, info = collective(comm, "topk_allreduce", prepare)
+    g, residual, step = selected
     if error_feedback is not None:  # commit only now: a call that raised kept the old residual and step
         old = error_feedback.residual(name)
         error_feedback.set_residual(name, residual)
@@ -183,12 +162,13 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         usable = old is not None and old.flags.c_contiguous and old.size == residual.size and old.dtype == g.dtype
         error_feedback.__dict__["_topk_spares"][name] = old.reshape(-1) if usable else np.empty(residual.size, g.dtype)
         error_feedback.compressor.step = step + 1  # type: ignore[operator]
-    total = total.reshape(g.shape) if out is None else out
+    total = total.reshape(g.shape) if out is None else as_numpy_out(out)
     if average:
         total /= comm.Get_size()
-    if tl is not None:
-        tl.end(n=g.size, dtype=str(g.dtype), k=idx.size, algorithm=info.algorithm, format=info.format,
-               bytes=info.bytes_sent)
-    total = like_input(total, grad, out_arg)
+    total = like_input(total, grad, out)
     return (total, info) if return_info else total
 
+
+def itopk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, **kwargs: Any) -> nonblocking.Request:
+    """Nonblocking :func:`topk_allreduce`; the request's result is its return value."""
+    return nonblocking.start(topk_allreduce, comm, grad, **kwargs)

@@ -1,42 +1,69 @@
-"""Online correction of the cost model: every rank learns the same measured times and keeps choosing alike.
+"""The planner's memory: agreed measured times per size class, and the choice they lead to.
 
 The alpha-beta model predicts; measurements decide. Each collective call of a
-size class (value width, ``n.bit_length()``, entry point) is timed on every
-rank, and the next agreement of that class carries the times (MAX over ranks:
-the collective's time as its slowest rank sees it). Every rank therefore
-updates identical statistics from identical agreed numbers, and its choices,
-which depend only on agreed values, stay identical without extra messages.
+size class (entry point, value width, ``n.bit_length()``, format) is timed on
+every rank, and the next agreement of that class carries the times (MAX over
+ranks: the collective's time as its slowest rank sees it). Every rank
+therefore updates identical statistics from identical agreed numbers, and its
+choices, which depend only on agreed values, stay identical without extra
+messages. Nothing here talks to MPI: :func:`ClassStats.choose` is pure, and
+the unit tests replay recorded timings through it.
 
-* For each algorithm and density (half decades of the agreed nnz / (P n)) the
-  tuner keeps ``ratio = measured / predicted`` (the median of the last
-  :data:`WINDOW` agreed samples: times on ranks that share cores have heavy
-  tails, and one slow call must not flip a choice; MPI's time is the minimum
-  of its last samples, so a comparison leans towards MPI) and
-  ranks candidates by ``predicted * ratio``; an algorithm never measured at a
-  class and density keeps ratio 1 (the model alone). Densities are kept apart
-  because where the model errs depends on them (merging costs grow with the
-  union, which the model estimates).
-* Plain ``MPI_Allreduce`` is measured first in every class (the ``dense``
-  algorithm for :func:`scaleml.sparse_allreduce`, at every density): it is the
-  baseline never to lose to, and the model, with its parameters for a network,
-  can be far off on shared memory. An engine algorithm is tried only where the
-  model, corrected by what has been measured, predicts it faster; its measured
-  time then corrects the model for the next calls.
-* For the drop-in it also keeps the time of plain ``MPI_Allreduce`` in the
-  class. When the best engine estimate is not clearly faster (below
-  :data:`WIN_MARGIN` of MPI's time), the class goes to MPI directly, with no
-  agreement at all, for the next ``backoff`` calls (4, then x4 up to 1024), so
-  small and mid-size messages cost what MPI costs; the call that ends the
-  period re-checks with fresh numbers.
+The rules of a choice (:meth:`ClassStats.choose`), per size class and density
+(half decades of the agreed nnz / (P n)):
+
+* **Capabilities first** (the caller's candidates: exact or lossy algorithms,
+  the forms its memory allows), **then the model prunes**: an algorithm whose
+  prediction is more than :data:`PRUNE_FACTOR` times the best candidate's is
+  never run by ``auto``. Exact and lossy candidates are compared by their own
+  estimates only: an exact algorithm's measured time never rules out a lossy
+  format the caller asked for.
+* **Estimates**: a measured algorithm is ``predicted x ratio``, the ratio the
+  median of its last :data:`WINDOW` agreed ``measured / predicted`` samples. An
+  algorithm not measured yet has its *prior*: the model's prediction at the
+  bandwidth that the baseline's measured time implies (MPI's
+  ``MPI_Allreduce``, measured first; :func:`bandwidth_factor`), corrected by
+  how far its measured relatives (same family: exact or lossy, dense or
+  sparse input) ran from their priors.
+  The model's parameters describe a network it may not be on; the baseline
+  measures the one it is on, so a network 8x slower than the parameters makes
+  the untried algorithms' wire time 8x longer too, while their encoding and
+  decoding stay what the model says they cost.
+* **Exploration has a budget**: after the first choice, at most
+  :data:`EXPLORE_LIMIT` calls per class and density run an algorithm that was
+  never measured there, and only when its estimate is below
+  :data:`SWITCH_MARGIN` of the best measured one's. With the pruning above,
+  the extra time the first calls of a class spend exploring is at most
+  ``EXPLORE_LIMIT`` calls of algorithms the model puts within
+  ``PRUNE_FACTOR`` of the best.
+* **Hysteresis**: the algorithm in use (the incumbent) is replaced by another
+  measured one only when the other's estimate is below ``SWITCH_MARGIN`` of
+  the incumbent's; estimates are medians of several agreed samples, so one
+  slow or fast call does not flip a choice.
+
+For the drop-in (:class:`scaleml.Comm`) MPI's own ``MPI_Allreduce`` on the
+caller's buffers is the baseline: it is measured first (one call), and an
+engine algorithm runs only where its estimate is below :data:`WIN_MARGIN` of
+MPI's measured time (its best recent time: the comparison leans towards MPI).
+Otherwise the class goes to MPI directly, with no agreement at all, for the
+next ``backoff`` calls (4, then x4 up to 1024), so small and mid-size messages
+cost what MPI costs; the call that ends the period re-checks with fresh numbers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 WIN_MARGIN = 0.9
 """An engine algorithm replaces MPI only when its estimate is below this fraction of MPI's time."""
+SWITCH_MARGIN = 0.9
+"""Another algorithm replaces the one in use (or is explored) only below this fraction of its estimate."""
+PRUNE_FACTOR = 4.0
+"""An algorithm predicted more than this many times the best candidate's prediction is never explored."""
+EXPLORE_LIMIT = 2
+"""Calls per class and density that may try an algorithm never measured there, after the first choice."""
 INITIAL_BACKOFF = 4
 MAX_BACKOFF = 1024
 WINDOW = 5
@@ -50,13 +77,17 @@ def density_bucket(nnz_sum: int, ranks: int, n: int) -> int:
     return math.floor(2 * math.log10(min(nnz_sum / (ranks * n), 1.0)))
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
 def _push(samples: list[float], value: float) -> float:
     """Append value, keep the last WINDOW samples, return their median."""
     samples.append(value)
     del samples[:-WINDOW]
-    ordered = sorted(samples)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+    return _median(samples)
 
 
 @dataclass
@@ -65,19 +96,20 @@ class ClassStats:
 
     calls: int = 0
     mpi_until: int = 0
-    """Calls up to this count go to MPI without an agreement."""
+    """Calls up to this count go to MPI without an agreement (the drop-in's MPI periods)."""
     backoff: int = INITIAL_BACKOFF
     ratio: dict[tuple[str, int], float] = field(default_factory=dict)
     """Measured / predicted time per (algorithm, density bucket) (agreed)."""
     bucket: int = 0
     """Density bucket of the current call (:func:`density_bucket` of the agreed nnz)."""
     mpi_seconds: float | None = None
-    """Agreed time of plain MPI_Allreduce in this class."""
-    engine_floor: float | None = None
-    """The least agreed time of any engine call in this class: the agreement and the Python around it
-    cost at least this much, so when it is not below MPI's time no untried algorithm is worth a try."""
+    """Agreed time of plain MPI_Allreduce in this class (the drop-in's baseline)."""
     last_engine: tuple[str, int, float] | None = None
     """(algorithm, density bucket, predicted seconds) of the last engine call, reported at the next agreement."""
+    incumbent: dict[int, str] = field(default_factory=dict)
+    """Density bucket -> the algorithm in use there (the hysteresis of :meth:`choose`)."""
+    explored: dict[int, int] = field(default_factory=dict)
+    """Density bucket -> calls spent trying algorithms never measured there (at most EXPLORE_LIMIT)."""
     _ratio_samples: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     _mpi_samples: list[float] = field(default_factory=list)
     # this rank's own measurements, reported at the next agreement of the class
@@ -96,11 +128,10 @@ class ClassStats:
         """Update from the agreed (MAX over ranks) reports."""
         if engine_ns > 0 and self.last_engine is not None:
             algorithm, bucket, predicted = self.last_engine
+            seconds = engine_ns * 1e-9
             if predicted > 0:
                 key = (algorithm, bucket)
-                self.ratio[key] = _push(self._ratio_samples.setdefault(key, []), engine_ns * 1e-9 / predicted)
-            seconds = engine_ns * 1e-9
-            self.engine_floor = seconds if self.engine_floor is None else min(self.engine_floor, seconds)
+                self.ratio[key] = _push(self._ratio_samples.setdefault(key, []), seconds / predicted)
         self.last_engine = None
         if mpi_ns > 0:
             # MPI's best recent time, not its median: the comparison leans towards MPI, the safe side.
@@ -115,8 +146,76 @@ class ClassStats:
         """Whether ``algorithm`` has an agreed time at the current density."""
         return (algorithm, self.bucket) in self.ratio
 
-    def estimate(self, algorithm: str, predicted: float) -> float:
-        return predicted * self.ratio.get((algorithm, self.bucket), 1.0)
+    def samples(self, algorithm: str) -> int:
+        """Agreed samples of ``algorithm`` at the current density (at most WINDOW)."""
+        return len(self._ratio_samples.get((algorithm, self.bucket), ()))
+
+    def baseline_seconds(self, predicted: dict[str, float], baseline: str = "dense") -> float | None:
+        """The measured time of the baseline: MPI's own Allreduce (the drop-in's), else the ``baseline``
+        algorithm's estimate once measured at this density; None before."""
+        if self.mpi_seconds is not None:
+            return self.mpi_seconds
+        if baseline in predicted and self.measured(baseline):
+            return self.estimate(baseline, predicted[baseline])
+        return None
+
+    def estimate(self, algorithm: str, predicted: float, prior: float | None = None) -> float:
+        """Estimated seconds: measured ratio x prediction, or (never measured here) ``prior`` (default the
+        prediction)."""
+        ratio = self.ratio.get((algorithm, self.bucket))
+        if ratio is not None:
+            return predicted * ratio
+        return predicted if prior is None else prior
+
+    def choose(self, predicted: dict[str, float], candidates: Iterable[str],
+               prior: dict[str, float] | None = None, families: dict[str, object] | None = None) -> str:
+        """The algorithm to run among ``candidates`` (see the module's rules); the same on every rank.
+
+        Parameters
+        ----------
+        predicted : dict
+            The model's seconds per algorithm (agreed inputs, so the same everywhere).
+        candidates : iterable of str
+            The algorithms the call's capabilities allow, in registry order (ties go to the first).
+        prior : dict, optional
+            Estimates of the algorithms not measured yet (the model at the measured bandwidth); default the
+            predictions.
+        families : dict, optional
+            Algorithm -> its family (algorithms that share a structure, whose model errs alike): an untried
+            algorithm's prior is scaled by how far its measured relatives ran from theirs.
+        """
+        names = [a for a in candidates if a in predicted]
+        if not names:
+            raise ValueError("no candidate algorithm")
+        best_predicted = min(predicted[a] for a in names)
+        viable = [a for a in names if predicted[a] <= PRUNE_FACTOR * best_predicted]
+        prior = {a: prior.get(a, predicted[a]) if prior else predicted[a] for a in names}
+        measured = [a for a in names if self.measured(a)]
+        est = {a: self.estimate(a, predicted[a]) for a in measured}
+        families = families or {}
+        for a in viable:
+            if a not in est:
+                relatives = [est[m] / prior[m] for m in measured if families.get(m, m) == families.get(a, a)
+                             and prior[m] > 0]
+                est[a] = prior[a] * (_median(relatives) if relatives else 1.0)
+        measured = [a for a in viable if a in measured]
+        untried = [a for a in viable if a not in measured]
+        bucket = self.bucket
+        if not measured:  # the model's first choice: not exploration
+            choice = min(viable, key=est.__getitem__)
+            self.incumbent[bucket] = choice
+            return choice
+        best_measured = min(measured, key=est.__getitem__)
+        if untried and self.explored.get(bucket, 0) < EXPLORE_LIMIT:
+            candidate = min(untried, key=est.__getitem__)
+            if est[candidate] < SWITCH_MARGIN * est[best_measured]:
+                self.explored[bucket] = self.explored.get(bucket, 0) + 1
+                return candidate  # one call to measure it; the incumbent stays until it is beaten
+        incumbent = self.incumbent.get(bucket)
+        if incumbent in measured and est[best_measured] >= SWITCH_MARGIN * est[incumbent]:
+            return incumbent
+        self.incumbent[bucket] = best_measured
+        return best_measured
 
     def record_engine(self, algorithm: str, predicted: float, seconds: float) -> None:
         self.last_engine = (algorithm, self.bucket, predicted)
@@ -125,11 +224,6 @@ class ClassStats:
     def record_mpi(self, seconds: float) -> None:
         self._mpi_local.append(seconds)
 
-    def engine_may_win(self) -> bool:
-        """Whether an engine call can beat MPI here at all (see :attr:`engine_floor`)."""
-        return self.mpi_seconds is not None and (
-            self.engine_floor is None or self.engine_floor < WIN_MARGIN * self.mpi_seconds)
-
     def go_mpi(self) -> None:
         """MPI won: skip agreements for the next ``backoff`` calls."""
         self.mpi_until = self.calls + self.backoff
@@ -137,6 +231,29 @@ class ClassStats:
 
     def stay_engine(self) -> None:
         self.backoff = INITIAL_BACKOFF
+
+
+def bandwidth_factor(predicted: float, local: float, measured: float | None) -> float | None:
+    """How much longer than the model's ``beta`` a byte takes on the wire, from the baseline's measured time.
+
+    Parameters
+    ----------
+    predicted : float
+        The model's seconds of the baseline (MPI's Allreduce: linear in ``beta``).
+    local : float
+        The same without the wire (``beta = 0``).
+    measured : float or None
+        The baseline's agreed measured time (None: not measured yet).
+
+    Returns
+    -------
+    float or None
+        ``(measured - local) / (predicted - local)`` (at least 0); None when there is nothing to scale.
+    """
+    wire = predicted - local
+    if measured is None or wire <= 0:
+        return None
+    return max(measured - local, 0.0) / wire
 
 
 class Tuner:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scaleml.comm import count_nonzeros, count_nonzeros_signed, extract_nonzeros
+from scaleml.dense_scan import count_nonzeros, count_nonzeros_signed, extract_nonzeros
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

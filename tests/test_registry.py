@@ -68,13 +68,12 @@ def test_docs_table_is_the_registry(doc):
 
 
 def test_only_sparse_result_algorithms_run_without_dense_memory():
-    from scaleml.sparse import Agreement, choose_algorithm
-    from scaleml.tuner import ClassStats
+    from scaleml.engine import Agreement, Call, candidates
 
-    predicted = {name: 1.0 for name in algorithms.NAMES}
-    predicted["dense"] = predicted["split_dense"] = 0.0  # the model would pick these
-    chosen = choose_algorithm(predicted, Agreement(10, 20, dense_fits=False), ClassStats())
-    assert "sparse" in algorithms.REGISTRY[chosen].result_forms
+    names = candidates(Call(10, np.zeros(3, np.float32), np.arange(3, dtype=np.uint32)),
+                       Agreement(10, 20, dense_fits=False))
+    assert names and all("sparse" in algorithms.REGISTRY[a].result_forms for a in names)
+    assert "dense" not in names and "split_dense" not in names
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

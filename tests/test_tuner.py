@@ -87,16 +87,3 @@ def test_density_buckets():
     assert density_bucket(4, 4, 1000) == density_bucket(12, 4, 1000) == -6  # 1e-3 .. 3.16e-3
 
 
-def test_engine_floor_stops_trying_algorithms_that_cannot_win():
-    s = ClassStats()
-    assert not s.engine_may_win()  # MPI not measured yet
-    s.record_mpi(1e-3)
-    s.learn(*s.reports_ns())
-    assert s.engine_may_win()  # nothing measured against it yet
-    s.record_engine("recursive_doubling", predicted=1e-5, seconds=2e-3)
-    s.learn(*s.reports_ns())
-    assert s.engine_floor == pytest.approx(2e-3)
-    assert not s.engine_may_win()  # the cheapest engine call so far costs more than MPI
-    s.record_engine("split_allgather", predicted=1e-5, seconds=0.5e-3)
-    s.learn(*s.reports_ns())
-    assert s.engine_may_win()

@@ -184,7 +184,7 @@ def test_cost_parameters_differ_between_ranks():
 
 def test_calls_out_of_step_raise_on_every_rank():
     """A rank whose agreement count differs (its calls were paired with other calls) fails everywhere."""
-    state = scaleml.sparse.engine_state(comm)
+    state = scaleml.engine.engine_state(comm)
     idx, vals = good_input()
     if rank == 0:
         state.sequence += 1

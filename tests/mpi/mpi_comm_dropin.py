@@ -263,7 +263,7 @@ def test_forced_algorithm_differs_between_ranks():
 
 def _class_goes_to_mpi(comm, n: int, dtype) -> None:
     """Put the drop-in's size class of n into its no-agreement MPI period (as the tuner does when MPI wins)."""
-    stats = scaleml.sparse.engine_state(comm.mpi_comm).tuner.stats("Allreduce", np.dtype(dtype).itemsize, n)
+    stats = scaleml.engine.engine_state(comm.mpi_comm).tuner.stats("Allreduce", np.dtype(dtype).itemsize, n)
     stats.mpi_until = stats.calls + 1000
 
 
@@ -314,7 +314,7 @@ def test_tuner_agrees_on_every_rank():
         expected = np.empty_like(send)
         world.Allreduce(send, expected)
         assert_same(out, expected)
-    state = scaleml.sparse.engine_state(world)
+    state = scaleml.engine.engine_state(world)
     mine = {k: (v.calls, v.mpi_until, v.backoff, sorted(v.ratio.items()), v.mpi_seconds)
             for k, v in state.tuner.classes.items()}
     assert all(other == mine for other in world.allgather(mine))

@@ -230,7 +230,7 @@ def test_length_not_a_multiple_on_one_rank_raises_on_every_rank(which):
 def test_length_not_a_multiple_in_an_mpi_period_raises_on_every_rank():
     # the tuner's no-agreement MPI period: the poison NaN leads every rank into the agreement
     comm = scaleml.Comm(world)
-    stats = scaleml.sparse.engine_state(world).tuner.stats("Allreduce", 4, N)
+    stats = scaleml.engine.engine_state(world).tuner.stats("Allreduce", 4, N)
     stats.mpi_until = stats.calls + 1000
     recv = [bytearray(4 * N + (3 if rank == 0 else 0)), MPI.FLOAT]
     raises_everywhere(ValueError, comm.Allreduce, np.ones(N, np.float32), recv, MPI.SUM)

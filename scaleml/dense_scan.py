@@ -1,0 +1,35 @@
+"""The dense scan kernels of the drop-in (``csrc/core/dense_scan.c``): count and extract the non-zeros of a
+dense float vector in one C pass each."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._native import ffi, lib
+
+__all__ = ["count_nonzeros", "count_nonzeros_signed", "extract_nonzeros"]
+
+
+def count_nonzeros(x: np.ndarray) -> int:
+    """Number of non-zeros of a contiguous float32/float64 vector (NaN counts)."""
+    return int(lib.scaleml_count_nonzeros(ffi.from_buffer(x), x.size, x.itemsize))
+
+
+def count_nonzeros_signed(x: np.ndarray) -> tuple[int, int]:
+    """Non-zeros of a contiguous float32/float64 vector (as :func:`count_nonzeros`) and its -0.0 values.
+
+    One C pass (``scaleml_count_nonzeros_signed``); -0.0 is not a non-zero.
+    """
+    negative_zeros = ffi.new("uint64_t *")
+    nnz = lib.scaleml_count_nonzeros_signed(ffi.from_buffer(x), x.size, x.itemsize, negative_zeros)
+    return int(nnz), int(negative_zeros[0])
+
+
+def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positions and values of the ``nnz`` non-zeros of ``x`` (one C pass)."""
+    idx = np.empty(nnz, idx_dtype)
+    vals = np.empty(nnz, x.dtype)
+    found = lib.scaleml_extract_nonzeros(ffi.from_buffer(x), x.size, x.itemsize, idx.itemsize,
+                                         ffi.from_buffer(idx, require_writable=True),
+                                         ffi.from_buffer(vals, require_writable=True), nnz)
+    return idx[:found], vals[:found]

@@ -421,7 +421,7 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
             return "dense", "no engine algorithm takes this call"
         prior = _prior(predicted, model, stats.mpi_seconds)
         chosen = stats.choose(predicted, names, prior, _FAMILIES)
-        estimate = stats.estimate(chosen, predicted[chosen], prior[chosen])
+        estimate = stats.chosen_estimate
         if estimate < WIN_MARGIN * stats.mpi_seconds:
             stats.stay_engine()
             return chosen, "least estimated time"

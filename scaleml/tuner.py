@@ -110,6 +110,8 @@ class ClassStats:
     """Density bucket -> the algorithm in use there (the hysteresis of :meth:`choose`)."""
     explored: dict[int, int] = field(default_factory=dict)
     """Density bucket -> calls spent trying algorithms never measured there (at most EXPLORE_LIMIT)."""
+    chosen_estimate: float = 0.0
+    """The estimate :meth:`choose` gave its last choice (seconds)."""
     _ratio_samples: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     _mpi_samples: list[float] = field(default_factory=list)
     # this rank's own measurements, reported at the next agreement of the class
@@ -200,6 +202,11 @@ class ClassStats:
                 est[a] = prior[a] * (_median(relatives) if relatives else 1.0)
         measured = [a for a in viable if a in measured]
         untried = [a for a in viable if a not in measured]
+        choice = self._choice(est, viable, measured, untried)
+        self.chosen_estimate = est[choice]
+        return choice
+
+    def _choice(self, est: dict[str, float], viable: list[str], measured: list[str], untried: list[str]) -> str:
         bucket = self.bucket
         if not measured:  # the model's first choice: not exploration
             choice = min(viable, key=est.__getitem__)

@@ -89,3 +89,8 @@ def test_compressors_keep_the_exact_accuracy_on_digits(nprocs, group):
     # of plain SGD: 6 to 11 s each at 2 and 4 ranks on the idle 2-core machine, 25 to 35 s under load
     selection = "not (topk or onebit or adaptive)" if group == "dense" else "topk or onebit or adaptive"
     run_pytest_under_mpi(nprocs, "mpi_train_accuracy.py", timeout=600, extra=("-k", selection))
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_every_collective_goes_through_the_one_call_path(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_call_path.py", timeout=300)

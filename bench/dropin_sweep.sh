@@ -2,7 +2,7 @@
 # The sweep of docs/benchmarks.md ("Never slower than MPI_Allreduce"): the drop-in and auto against
 # MPI_Allreduce, 4 KiB to 64 MiB, densities 1e-4 to 1, out of the box (no calibration file), on one
 # machine at 2 and 4 ranks and on the emulated cluster (4 hosts at 1 Gbit/s; needs root).
-#   bench/issue7_sweep.sh LABEL [OUTDIR]   -> OUTDIR/dropin_sweep_LABEL_{shm_P2,shm_P4,emu4x1gbit}.json
+#   bench/dropin_sweep.sh LABEL [OUTDIR]   -> OUTDIR/dropin_sweep_LABEL_{shm_P2,shm_P4,emu4x1gbit}.json
 # With CALIBRATE=1 it first runs scaleml-bench calibrate on each setup and sweeps with that file.
 set -u
 cd "$(dirname "$0")/.."

@@ -249,6 +249,8 @@ class Comm(MPI.Intracomm):
         self._engine = None if _lazy_state else engine_state(self._comm)
         self._mpi_classes: dict[tuple[int, np.dtype], Any] = {}
         """(count, dtype) -> the tuner's statistics of its size class, for the steady-state test in Allreduce."""
+        self._mpi_fast: dict[int, tuple[np.dtype, Any]] = {}
+        """count -> (dtype, statistics) of the last class of that count: the fast path's one int-keyed lookup."""
         self._iallreduce_routes: dict[tuple[int, np.dtype], IallreduceRoutes] = {}
         """(count, dtype) -> where Iallreduce runs it (scaleml.nonblocking.IallreduceRoutes)."""
         _log.refresh()
@@ -259,7 +261,7 @@ class Comm(MPI.Intracomm):
         # A Comm that mpi4py made without __init__ (``Comm.f2py``, ``Comm.fromhandle``,
         # ``Comm.Create_from_group``): the default settings, its engine state made at first use.
         if name in ("_comm", "_engine", "_format", "min_count", "algorithm", "compression", "last_info",
-                    "_mpi_classes", "_iallreduce_routes") and "_comm" not in self.__dict__:
+                    "_mpi_classes", "_mpi_fast", "_iallreduce_routes") and "_comm" not in self.__dict__:
             Comm.__init__(self, MPI.Intracomm(self), _lazy_state=True)
             return getattr(self, name)
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
@@ -462,18 +464,24 @@ class Comm(MPI.Intracomm):
                 if _log.ON:  # INFO logging or a timeline: the one check of this path
                     return _log.mpi(self, "below min_count", self._comm.Allreduce, sendbuf, recvbuf, op)
                 return self._comm.Allreduce(sendbuf, recvbuf, op)
-            stats = self._mpi_classes.get((recvbuf.size, recvbuf.dtype))
-            if stats is not None and stats.calls < stats.mpi_until and op is MPI.SUM \
-                    and recvbuf.flags.c_contiguous and recvbuf.flags.writeable \
-                    and (sendbuf is MPI.IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype == recvbuf.dtype
-                                                     and sendbuf.size == recvbuf.size
-                                                     and sendbuf.flags.c_contiguous)):
-                stats.calls += 1
-                if _log.ON:
-                    return _log.mpi(self, None, lambda s, r, o: self._mpi_call(self._state, stats, s, r, o, r),
-                                    sendbuf, recvbuf, op, stats=stats)
-                self._mpi_call(self._state, stats, sendbuf, recvbuf, op, recvbuf)
-                return None
+            fast = self._mpi_fast.get(recvbuf.size)
+            if fast is not None and fast[0] is recvbuf.dtype and op is _SUM and not _log.ON:
+                stats = fast[1]
+                if stats.calls < stats.mpi_until:
+                    flags = recvbuf.flags
+                    if flags.c_contiguous and flags.writeable \
+                            and (sendbuf is _IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype is recvbuf.dtype
+                                                          and sendbuf.size == recvbuf.size
+                                                          and sendbuf.flags.c_contiguous)):
+                        stats.calls += 1  # _mpi_call inline: the tuner's MPI period, no agreement
+                        if stats.mpi_until - stats.calls < _TIMED_CALLS:
+                            self._mpi_call(self._state, stats, sendbuf, recvbuf, op, recvbuf)
+                            return None
+                        self._comm.Allreduce(sendbuf, recvbuf, op)
+                        first = recvbuf.item(0)
+                        if first != first:  # NaN at index 0: a rank may have failed (see _mpi_allreduce)
+                            self._agree_on_nan(self._state, recvbuf)
+                        return None
         plan = self._plan(sendbuf, recvbuf, op)
         if plan is None:
             if _log.ON:
@@ -484,6 +492,7 @@ class Comm(MPI.Intracomm):
         stats = state.tuner.stats("Allreduce", dtype.itemsize, n, self._codec_fingerprint())
         if n and self.algorithm == "auto":
             self._mpi_classes[n, dtype] = stats
+            self._mpi_fast[n] = (dtype, stats)
             if stats.calls < stats.mpi_until:  # an MPI period of the tuner: no agreement
                 stats.calls += 1
                 if _log.ON:
@@ -528,8 +537,13 @@ class Comm(MPI.Intracomm):
             self._comm.Allreduce(sendbuf, recvbuf, op)
         first = recv.item(0)
         if first != first:
-            agree(state, None, n=recv.size, value_bytes=recv.itemsize, algorithm=0, out=0, nnz=0,
-                  op_name="Allreduce", codec=self._codec_fingerprint())
+            self._agree_on_nan(state, recv)
+
+    def _agree_on_nan(self, state: EngineState, recv: np.ndarray) -> None:
+        """The MPI period's check: NaN at index 0 of the sum leads every rank into the agreement (it raises
+        where a rank failed; otherwise the NaN was the data's and MPI's result stands)."""
+        agree(state, None, n=recv.size, value_bytes=recv.itemsize, algorithm=0, out=0, nnz=0,
+              op_name="Allreduce", codec=self._codec_fingerprint())
 
     def _codec_fingerprint(self) -> int:
         return self._format.fingerprint if self._format is not None else 0

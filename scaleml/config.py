@@ -316,6 +316,24 @@ def value(name: str) -> Any:
     return _settings[name].value
 
 
+def _no_log_level_setter(level: str | int | None) -> None:
+    raise RuntimeError("scaleml._log is not imported: import scaleml first")
+
+
+_log_level_setter: Callable[[str | int | None], None] = _no_log_level_setter
+
+
+def register_log_level_setter(setter: Callable[[str | int | None], None]) -> None:
+    """Register what :func:`set_log_level` calls: :func:`scaleml._log.set_log_level`, at that module's import.
+
+    The logger's handler, format and rank filter live in :mod:`scaleml._log`,
+    which reads this module's settings: it sits above this one and hands its
+    setter down rather than being imported here.
+    """
+    global _log_level_setter
+    _log_level_setter = setter
+
+
 def set_log_level(level: str | int | None) -> None:
     """Log the ``scaleml`` logger to stderr at ``level`` with the rank on each line (as ``SCALEML_LOG_LEVEL``).
 
@@ -324,9 +342,7 @@ def set_log_level(level: str | int | None) -> None:
     level : {"DEBUG", "INFO", "WARNING", "ERROR"}, int or None
         None removes ScaleML's handler: Python's logging configuration applies.
     """
-    from . import _log  # here: _log imports this module
-
-    _log.set_log_level(level)
+    _log_level_setter(level)
 
 
 # ---- what the entry points ask ---------------------------------------------------------------

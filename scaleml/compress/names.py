@@ -211,8 +211,13 @@ def parse_format(name: str) -> CompressionSpec:
         ``unknown compression NAME; ...`` for anything else (a bit count out
         of range says so).
     """
-    spec = parse_compression(name, FORMAT_KINDS)
-    if spec.name.endswith("_ef"):
+    try:
+        spec: CompressionSpec | None = parse_compression(name, FORMAT_KINDS)
+    except ValueError as exc:
+        if not str(exc).startswith("unknown compression"):
+            raise
+        spec = None
+    if spec is None or spec.name.endswith("_ef"):
         raise ValueError(f"unknown compression {name!r}; expected a value format: qsgdB or qsgdBmax (B in 1..8), "
                          "onebit, fp16, bf16")
     return spec

@@ -11,6 +11,7 @@ against itself.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -48,19 +49,21 @@ def main(argv: list[str] | None = None) -> int:
         out = np.empty_like(x)
         for _ in range(50):  # past MPI's first measurement: the class's steady state
             dropin.Allreduce(x, out)
-        samples = {"mpi4py": [], "mpi4py_again": [], "scaleml": []}
+        samples: dict[str, list[float]] = {"mpi4py": [], "mpi4py_again": [], "scaleml": []}
+        mpi4py_call = functools.partial(plain.Allreduce, x, out)
+        scaleml_call = functools.partial(dropin.Allreduce, x, out)
         for _ in range(args.repeats):
-            samples["mpi4py"].append(per_call(lambda: plain.Allreduce(x, out), args.calls))
-            samples["scaleml"].append(per_call(lambda: dropin.Allreduce(x, out), args.calls))
-            samples["mpi4py_again"].append(per_call(lambda: plain.Allreduce(x, out), args.calls))
+            samples["mpi4py"].append(per_call(mpi4py_call, args.calls))
+            samples["scaleml"].append(per_call(scaleml_call, args.calls))
+            samples["mpi4py_again"].append(per_call(mpi4py_call, args.calls))
         med = {k: statistics.median(v) for k, v in samples.items()}
         row = {"elements": n, "bytes": 4 * n, "mpi4py_us": med["mpi4py"] * 1e6,
                "scaleml_us": med["scaleml"] * 1e6, "overhead_us": (med["scaleml"] - med["mpi4py"]) * 1e6,
                "aa_us": (med["mpi4py_again"] - med["mpi4py"]) * 1e6,
                "route": "below min_count" if n < dropin.min_count else "MPI period"}
         rows.append(row)
-        print(f"{n:>8} floats ({row['route']:>15}): mpi4py {row['mpi4py_us']:.2f} us, scaleml {row['scaleml_us']:.2f} us, "
-              f"overhead {row['overhead_us']:+.2f} us (A/A {row['aa_us']:+.2f} us)")
+        print(f"{n:>8} floats ({row['route']:>15}): mpi4py {row['mpi4py_us']:.2f} us, "
+              f"scaleml {row['scaleml_us']:.2f} us, overhead {row['overhead_us']:+.2f} us (A/A {row['aa_us']:+.2f} us)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": " ".join(["python", *sys.argv]), "rows": rows}, f, indent=1)

@@ -17,11 +17,20 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import platform
 import sys
 from pathlib import Path
 from typing import Any
+
+import mpi4py
+import numpy as np
+from mpi4py import MPI
+
+from . import config, cost_model, timeline
+from ._native import BUILT_MPI_VENDOR, ffi, lib
+from ._version import __version__
 
 _CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "neon", "asimd", "sve")
 
@@ -35,12 +44,6 @@ def _version(package: str) -> str | None:
 
 def mpi_report() -> dict[str, Any]:
     """The MPI library mpi4py loaded, the one the C core was built against, and the thread level."""
-    import mpi4py
-    from mpi4py import MPI
-
-    from . import BUILT_MPI_VENDOR
-    from ._native import lib
-
     levels = {MPI.THREAD_SINGLE: "MPI_THREAD_SINGLE", MPI.THREAD_FUNNELED: "MPI_THREAD_FUNNELED",
               MPI.THREAD_SERIALIZED: "MPI_THREAD_SERIALIZED", MPI.THREAD_MULTIPLE: "MPI_THREAD_MULTIPLE"}
     vendor, vendor_version = MPI.get_vendor()
@@ -75,8 +78,6 @@ def cpu_flags() -> tuple[str, list[str]]:
 
 def build_report() -> dict[str, Any]:
     """How the C core was compiled and which hand-written SIMD paths it takes on this CPU."""
-    from ._native import ffi, lib
-
     model, flags = cpu_flags()
     no_simd = os.environ.get("SCALEML_NO_SIMD", "")
     cflags = ffi.string(lib.scaleml_build_cflags()).decode()
@@ -141,8 +142,6 @@ def cuda_report() -> dict[str, Any]:
 
 def config_report() -> dict[str, Any]:
     """Every ``SCALEML_*`` variable: effective value, source and meaning."""
-    from . import config
-
     def show(value: Any) -> Any:
         if isinstance(value, Path):
             return str(value)
@@ -155,10 +154,6 @@ def config_report() -> dict[str, Any]:
 
 def effective_notes() -> dict[str, Any]:
     """What the configuration amounts to (the cost file in use, the timeline file, the logger's level)."""
-    import logging
-
-    from . import cost_model, timeline
-
     params = cost_model.get_params()
     return {
         "cost_file": str(cost_model.calibration_file()),
@@ -170,12 +165,8 @@ def effective_notes() -> dict[str, Any]:
 
 def report() -> dict[str, Any]:
     """Everything ``python -m scaleml`` prints."""
-    import numpy as np
-
-    import scaleml
-
     return {
-        "scaleml": {"version": scaleml.__version__, "path": str(Path(scaleml.__file__).parent)},
+        "scaleml": {"version": __version__, "path": str(Path(__file__).parent)},
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "platform": platform.platform(),
@@ -250,8 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "timeline":
-        from . import timeline
-
         try:
             merged = timeline.merge(args.files, args.output)
         except (OSError, ValueError) as exc:
@@ -261,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         calls = sum(1 for e in merged["traceEvents"] if e.get("cat") == "call")
         print(f"{args.output}: {calls} calls of {len(ranks)} rank(s) from {len(merged['otherData']['files'])} file(s)")
         return 0
-
-    from mpi4py import MPI
 
     r = report()
     if MPI.COMM_WORLD.Get_rank() != 0:

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ _rank: int | None = None
 _handler: logging.Handler | None = None
 _seen: dict[tuple, str] = {}
 _SEEN_LIMIT = 100_000
+_timeline_span: Callable[..., None] | None = None
 
 
 def world_rank() -> int:
@@ -67,9 +69,22 @@ _filter = RankFilter()
 def refresh() -> None:
     """Recompute :data:`ON` (after the level or the timeline changed)."""
     global ON
-    from . import timeline  # here: timeline imports this module
+    ON = logger.isEnabledFor(logging.INFO) or _timeline_span is not None
 
-    ON = logger.isEnabledFor(logging.INFO) or timeline.ON
+
+def set_timeline(span: Callable[..., None] | None) -> None:
+    """Record the drop-in's MPI calls with ``span`` (None: no timeline is on); :mod:`scaleml.timeline` calls it.
+
+    Parameters
+    ----------
+    span : callable or None
+        :func:`scaleml.timeline.span` while a timeline is written. The
+        timeline sits above this module (it logs with its rank), so it hands
+        its recorder down rather than being imported here.
+    """
+    global _timeline_span
+    _timeline_span = span
+    refresh()
 
 
 def set_log_level(level: str | int | None) -> None:
@@ -119,7 +134,8 @@ _OP_NAMES = ("SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", 
              "REPLACE", "NO_OP")
 
 
-def _op_name(op: Any) -> str:
+def op_name(op: Any) -> str:
+    """``MPI.SUM``, ``MPI.MAX``... for a predefined op; else what it is."""
     for name in _OP_NAMES:
         if op == getattr(MPI, name, None):
             return f"MPI.{name}"
@@ -132,31 +148,13 @@ def _describe(buf: Any) -> tuple[int, str]:
     return -1, type(buf).__name__
 
 
-def _plan_reason(comm: Any, sendbuf: Any, recvbuf: Any, op: Any) -> str:
-    """Why ``scaleml.Comm._plan`` sent a call to MPI (recomputed only when it is logged)."""
-    from . import comm as _comm  # here: comm imports this module
-
-    if config.DISABLE:
-        return "SCALEML_DISABLE=1"
-    if isinstance(op, MPI.Op) and op != MPI.SUM:
-        return f"op {_op_name(op)} (the engine takes MPI.SUM)"
-    plan = _comm._float_plan(recvbuf)
-    if plan is None and sendbuf is not MPI.IN_PLACE:
-        plan = _comm._float_plan(sendbuf)
-    if plan is None:
-        return "not float32/float64 data"
-    return f"count {plan[1]} < min_count {comm.min_count}"
-
-
 def mpi(comm: Any, reason: str | None, fn: Any, sendbuf: Any, recvbuf: Any, op: Any, *rest: Any,
         stats: Any = None) -> Any:
     """The drop-in's call ``fn(sendbuf, recvbuf, op, *rest)`` that goes to MPI, logged and on the timeline.
 
-    ``reason`` None: the call was not planned (:func:`_plan_reason` says why);
-    with ``stats``, an MPI period of the tuner.
+    ``reason`` None: the call was not planned (``comm._mpi_reason`` says why,
+    :meth:`scaleml.Comm._mpi_reason`); with ``stats``, an MPI period of the tuner.
     """
-    from . import timeline
-
     refresh()
     if logger.isEnabledFor(logging.INFO):
         n, dtype = _describe(recvbuf if isinstance(recvbuf, np.ndarray) else sendbuf)
@@ -165,17 +163,18 @@ def mpi(comm: Any, reason: str | None, fn: Any, sendbuf: Any, recvbuf: Any, op: 
                    f"{stats.mpi_until + 1}, now {stats.calls})")
             route = "mpi:tuner"
         else:
-            why = reason or _plan_reason(comm, sendbuf, recvbuf, op)
+            why = reason or comm._mpi_reason(sendbuf, recvbuf, op)
             route = f"mpi:{why}"
         _log_decision(("Allreduce", n, dtype), route, "Allreduce n=%d %s -> MPI_Allreduce: %s", n, dtype, why)
-    if not timeline.ON:
+    span = _timeline_span
+    if span is None:
         return fn(sendbuf, recvbuf, op, *rest)
     t0 = time.perf_counter()
     try:
         return fn(sendbuf, recvbuf, op, *rest)
     finally:
         n, dtype = _describe(recvbuf if isinstance(recvbuf, np.ndarray) else sendbuf)
-        timeline.span("Allreduce", "MPI_Allreduce", "algorithm", t0, time.perf_counter(), n=n, dtype=dtype,
+        span("Allreduce", "MPI_Allreduce", "algorithm", t0, time.perf_counter(), n=n, dtype=dtype,
                       algorithm="MPI_Allreduce", route="tuner" if stats is not None else (reason or "not planned"))
 
 
@@ -241,5 +240,6 @@ def note(msg: str, *args: Any) -> None:
 
 
 logger.addFilter(_filter)
+config.register_log_level_setter(set_log_level)
 if config.value("SCALEML_LOG_LEVEL"):
     set_log_level(config.value("SCALEML_LOG_LEVEL"))

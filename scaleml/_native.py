@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from mpi4py import MPI
 
+from . import errors
 from .errors import CorruptBufferError, MalformedMessageError, ScaleMLError, check
 
 __all__ = ["BUILT_MPI_VENDOR", "CorruptBufferError", "MalformedMessageError", "ScaleMLError", "check",
-           "check_mpi_abi", "comm_address", "ffi", "lib"]
+           "check_mpi_abi", "comm_address", "error_message", "ffi", "lib"]
 
 _REBUILD_HINT = (
     "Rebuild ScaleML against the MPI that mpi4py loads: with the MPI from PyPI run "
@@ -27,6 +28,14 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 
 ffi = _core.ffi
 lib = _core.lib
+
+
+def error_message() -> str:
+    """The C core's message for the calling thread's last error (what :func:`check` raises with)."""
+    return ffi.string(lib.scaleml_error_message()).decode(errors="replace")
+
+
+errors.set_message_source(error_message)
 
 # mpi4py vendor names of MPI libraries that share MPICH's ABI (int handles).
 _MPICH_FAMILY = {"MPICH", "Intel MPI", "MVAPICH", "MVAPICH2", "Cray MPICH", "Microsoft MPI"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 
 from mpi4py import MPI
 
@@ -29,9 +30,7 @@ def ipv4_interfaces() -> dict[str, tuple[str, str]]:
         ``{interface: (address, netmask)}`` (the primary address of each; Linux
         ioctls, an empty dict where they are unavailable).
     """
-    import fcntl
-    import socket
-    import struct
+    import fcntl  # Unix only: here, so that the module imports where it is missing
 
     found = {}
     try:

@@ -598,6 +598,19 @@ class Comm(MPI.Intracomm):
             plan = _float_plan(sendbuf)
         return plan if plan is not None and plan[1] >= self.min_count else None
 
+    def _mpi_reason(self, sendbuf: Any, recvbuf: Any, op: Any) -> str:
+        """Why :meth:`_plan` sent a call to MPI, for the log (``_log.mpi`` asks only when it logs it)."""
+        if config.DISABLE:
+            return "SCALEML_DISABLE=1"
+        if isinstance(op, MPI.Op) and op != MPI.SUM:
+            return f"op {_log.op_name(op)} (the engine takes MPI.SUM)"
+        plan = _float_plan(recvbuf)
+        if plan is None and sendbuf is not MPI.IN_PLACE:
+            plan = _float_plan(sendbuf)
+        if plan is None:
+            return "not float32/float64 data"
+        return f"count {plan[1]} < min_count {self.min_count}"
+
     def _engine_allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op, dtype: np.dtype, n: int) -> None:
         """The engine's call path; its preparation: the caller's buffers and their non-zeros. Where the plan
         says MPI, MPI_Allreduce runs on the caller's buffers (no copies)."""

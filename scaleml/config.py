@@ -51,7 +51,6 @@ import difflib
 import json
 import math
 import os
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from . import algorithms
+from .compress.names import VALUE_FORMATS, parse_format
 
 __all__ = ["COMPRESSIONS", "ConfigWarning", "DEFAULT_MIN_COUNT", "LOG_LEVELS", "Setting", "VARIABLES",
            "apply_algorithm", "make_compressor", "parse", "reload", "resolve_compression", "set_log_level",
@@ -68,8 +68,9 @@ DEFAULT_MIN_COUNT = 4096
 """``scaleml.Comm``'s ``min_count`` when neither the code nor ``SCALEML_MIN_COUNT`` gives one."""
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-COMPRESSIONS = ("none", "qsgd1", "qsgd2", "qsgd3", "qsgd4", "qsgd5", "qsgd6", "qsgd7", "qsgd8", "fp16", "bf16",
-                "onebit")
+COMPRESSIONS = ("none", *VALUE_FORMATS)
+"""What ``SCALEML_COMPRESSION`` and ``compression="..."`` take: ``none`` and the value formats at their defaults
+(names parsed by :mod:`scaleml.compress.names`)."""
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -316,6 +317,24 @@ def value(name: str) -> Any:
     return _settings[name].value
 
 
+def _no_log_level_setter(level: str | int | None) -> None:
+    raise RuntimeError("scaleml._log is not imported: import scaleml first")
+
+
+_log_level_setter: Callable[[str | int | None], None] = _no_log_level_setter
+
+
+def register_log_level_setter(setter: Callable[[str | int | None], None]) -> None:
+    """Register what :func:`set_log_level` calls: :func:`scaleml._log.set_log_level`, at that module's import.
+
+    The logger's handler, format and rank filter live in :mod:`scaleml._log`,
+    which reads this module's settings: it sits above this one and hands its
+    setter down rather than being imported here.
+    """
+    global _log_level_setter
+    _log_level_setter = setter
+
+
 def set_log_level(level: str | int | None) -> None:
     """Log the ``scaleml`` logger to stderr at ``level`` with the rank on each line (as ``SCALEML_LOG_LEVEL``).
 
@@ -324,9 +343,7 @@ def set_log_level(level: str | int | None) -> None:
     level : {"DEBUG", "INFO", "WARNING", "ERROR"}, int or None
         None removes ScaleML's handler: Python's logging configuration applies.
     """
-    from . import _log  # here: _log imports this module
-
-    _log.set_log_level(level)
+    _log_level_setter(level)
 
 
 # ---- what the entry points ask ---------------------------------------------------------------
@@ -334,18 +351,9 @@ def set_log_level(level: str | int | None) -> None:
 
 def make_compressor(spec: str) -> object | None:
     """A new compressor object for a ``SCALEML_COMPRESSION`` value (``None`` for ``"none"``)."""
-    from .compress import QSGD, Cast, OneBit  # here: compress imports the C core as this module does
-
-    if spec == "none":
-        return None
-    if spec in ("fp16", "bf16"):
-        return Cast(spec)
-    if spec == "onebit":
-        return OneBit()
-    match = re.fullmatch(r"qsgd([1-8])", spec)
-    if match:
-        return QSGD(bits=int(match.group(1)))
-    raise ValueError(f"unknown compression {spec!r}; expected one of {', '.join(COMPRESSIONS)}")
+    if spec not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {spec!r}; expected one of {', '.join(COMPRESSIONS)}")
+    return None if spec == "none" else parse_format(spec).compressor()
 
 
 def resolve_compression(compression: object) -> object | None:

@@ -7,6 +7,8 @@ message (``scaleml_error_message``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = ["ERR_ARG", "ERR_MALFORMED", "ERR_MPI", "ERR_NOMEM", "ERR_TOO_LARGE", "EXCEPTIONS", "OK",
            "BufferLayoutError", "CorruptBufferError", "MalformedMessageError", "ScaleMLError", "check", "error_for"]
 
@@ -67,6 +69,28 @@ AGREEMENT_EXCEPTIONS: dict[int, tuple[type[Exception], str]] = {
 }
 
 
+def _no_message() -> str:
+    return "(no message: the C core is not loaded)"
+
+
+_message_source: Callable[[], str] = _no_message
+
+
+def set_message_source(source: Callable[[], str]) -> None:
+    """Register the function that returns the C core's message for its last error.
+
+    :mod:`scaleml._native` registers ``scaleml_error_message`` when it loads
+    the C core: this module sits below it and imports nothing of ScaleML.
+
+    Parameters
+    ----------
+    source : callable
+        Returns the message (``str``) of the calling thread's last error.
+    """
+    global _message_source
+    _message_source = source
+
+
 def error_for(rc: int, message: str) -> Exception:
     """The exception that C return code ``rc`` stands for, carrying ``message``.
 
@@ -99,6 +123,4 @@ def check(rc: int) -> None:
         ``EXCEPTIONS[rc]`` with the C core's message when ``rc`` is not 0.
     """
     if rc:
-        from ._native import ffi, lib  # here, not at import: _native imports this module
-
-        raise error_for(rc, ffi.string(lib.scaleml_error_message()).decode(errors="replace"))
+        raise error_for(rc, _message_source())

@@ -218,7 +218,7 @@ def start(template: str | os.PathLike, rank: int | None = None) -> Path:
     path = config.timeline_path(str(template), r)
     _writer = _Writer(path, r)
     ON = True
-    _log.refresh()
+    _log.set_timeline(span)  # the drop-in's MPI calls go on it too
     return path
 
 
@@ -228,7 +228,7 @@ def stop() -> None:
     writer, _writer, ON = _writer, None, False
     if writer is not None:
         writer.close()
-    _log.refresh()
+    _log.set_timeline(None)
 
 
 def flush() -> None:

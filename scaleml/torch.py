@@ -35,12 +35,13 @@ from mpi4py import MPI
 from . import nonblocking as _nonblocking_module
 from ._network import rendezvous
 from ._tensors import as_numpy
-from .compress import QSGD, Cast, ErrorFeedback, OneBit, TopK
+from .comm import Comm
+from .compress import ErrorFeedback
 from .compress.base import Compressor
+from .compress.names import KINDS, CompressionSpec, choices, parse_compression
 from .quantized import quantized_allreduce
 from .sparse import sparse_allreduce
 from .topk_allreduce import topk_allreduce
-from .train.reducer import _FIXED_DENSE, _FIXED_FEEDBACK, _FIXED_SPARSE, CompressionSpec, parse_compression
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -52,12 +53,15 @@ HOOK_COMPRESSIONS = {
     "dropin": "scaleml.Comm(comm).Allreduce: the drop-in (exact; sparse algorithms when faster)",
     "sparse": "scaleml.sparse_allreduce of the bucket's non-zeros (exact)",
     "topkR": "scaleml.topk_allreduce of the fraction R (e.g. topk0.01) with ErrorFeedback(TopK(ratio=R))",
-    "qsgdB": "scaleml.quantized_allreduce with QSGD(bits=B), B in 1..8 (qsgdB_ef: with error feedback)",
+    "qsgdB": "scaleml.quantized_allreduce with QSGD(bits=B), B in 1..8 (qsgdB_ef: with error feedback; "
+             "qsgdBmax: norm='max')",
     "onebit": "scaleml.quantized_allreduce with ErrorFeedback(OneBit()) (error feedback on both sides)",
     "fp16": "scaleml.quantized_allreduce with Cast('fp16') (bf16: Cast('bf16'))",
 }
 """The ``compression`` names the hook takes (those of :data:`scaleml.train.reducer.COMPRESSIONS` but
 ``adaptive``, which quantizes matrices: a DDP bucket is a flat vector)."""
+HOOK_KINDS = tuple(kind for kind in KINDS if kind != "adaptive")
+"""The kinds of :func:`scaleml.compress.names.parse_compression` the hook runs."""
 
 _STATE_VERSION = 1
 
@@ -135,9 +139,8 @@ class ScaleMLHookState:
         except ValueError as exc:
             if not str(exc).startswith("unknown compression"):
                 raise
-            raise ValueError(f"unknown compression {compression!r} for the DDP hook; expected one of none, dropin, "
-                             "sparse, topkR (e.g. topk0.01), qsgdB or qsgdB_ef (B in 1..8, e.g. qsgd4), onebit, fp16, "
-                             "bf16") from None
+            raise ValueError(f"unknown compression {compression!r} for the DDP hook; expected one of "
+                             f"{choices(HOOK_KINDS)}") from None
         if spec.kind == "adaptive":
             raise ValueError(f"compression {compression!r}: adaptive quantization works on matrices, and a DDP "
                              f"bucket is a flat vector; choose one of {', '.join(HOOK_COMPRESSIONS)}")
@@ -159,16 +162,7 @@ class ScaleMLHookState:
             raise ValueError(f"the communicator has {self.size} ranks, the default process group "
                              f"{dist.get_world_size()}: DDP and the hook must span the same ranks")
         self._nb = _nonblocking_module if nonblocking else None
-        self.compressor: Compressor | None = None
-        kind = spec.kind
-        if kind == "topk":
-            self.compressor = TopK(ratio=spec.ratio, seed=self.seed, rank=self.rank)
-        elif kind == "qsgd":
-            self.compressor = QSGD(bits=spec.bits, seed=self.seed, rank=self.rank)
-        elif kind == "onebit":
-            self.compressor = OneBit(seed=self.seed, rank=self.rank)
-        elif kind == "cast":
-            self.compressor = Cast(spec.cast, seed=self.seed, rank=self.rank)
+        self.compressor: Compressor | None = spec.compressor(seed=self.seed, rank=self.rank)
         self.error_feedback = ErrorFeedback(self.compressor) if spec.error_feedback and self.compressor else None
         self._numel: dict[int, int] = {}
         self._outs: dict[int, np.ndarray] = {}
@@ -244,8 +238,6 @@ class ScaleMLHookState:
             if self.average and P > 1:
                 x /= P
         elif s.kind == "dropin":
-            from .comm import Comm
-
             key = MPI._handleof(comm) if hasattr(MPI, "_handleof") else id(comm)
             dropin = self._dropins.get(key)
             if dropin is None:
@@ -257,7 +249,7 @@ class ScaleMLHookState:
             sent = int(info.bytes_sent) if info is not None else ring
         elif s.kind == "sparse":
             idx = np.flatnonzero(x).astype(np.uint32 if x.size <= 1 << 32 else np.uint64)
-            _, info = sparse_allreduce(idx, x[idx], x.size, comm, algorithm=_FIXED_SPARSE if fixed else "auto",
+            _, info = sparse_allreduce(idx, x[idx], x.size, comm, algorithm=s.fixed_algorithm if fixed else "auto",
                                        dense_out=x, return_info=True)
             if self.average and P > 1:
                 x /= P
@@ -267,17 +259,17 @@ class ScaleMLHookState:
             if out is None or out.shape != x.shape or out.dtype != x.dtype:
                 out = self._outs[index] = np.empty_like(x)
             _, info = topk_allreduce(x, comm, error_feedback=self.error_feedback, name=name, average=self.average,
-                                     algorithm=_FIXED_SPARSE if fixed else "auto", out=out, return_info=True)
+                                     algorithm=s.fixed_algorithm if fixed else "auto", out=out, return_info=True)
             x[...] = out
             sent = int(info.bytes_sent)
         else:  # qsgd, onebit, cast
             if self.error_feedback is not None:
                 _, info = quantized_allreduce(x, comm, error_feedback=self.error_feedback, name=name,
-                                              algorithm=_FIXED_FEEDBACK if fixed else "auto", average=self.average,
+                                              algorithm=s.fixed_algorithm if fixed else "auto", average=self.average,
                                               out=x, return_info=True)
             else:
-                _, info = quantized_allreduce(x, comm, self.compressor, algorithm=_FIXED_DENSE if fixed else "auto",
-                                              average=self.average, out=x, return_info=True)
+                _, info = quantized_allreduce(x, comm, self.compressor, algorithm=s.fixed_algorithm if fixed
+                                              else "auto", average=self.average, out=x, return_info=True)
             sent = int(info.bytes_sent)
         st = self.stats
         st["calls"] += 1

@@ -13,6 +13,7 @@ from mpi4py import MPI
 
 from .. import cost_model
 from .._native import lib
+from ..sparse import sparse_allreduce
 from .measure import run_metadata
 
 
@@ -82,8 +83,6 @@ def delta_per_call(comm: MPI.Intracomm, alpha: float, rounds: int = 100) -> floa
     What remains is the agreement (one small MPI_Allreduce), validation and
     the Python around the C call: the cost model's ``delta``.
     """
-    from ..sparse import sparse_allreduce
-
     idx, vals = np.empty(0, np.uint32), np.empty(0, np.float32)
     times = []
     for i in range(rounds + 10):  # the first ten are a warm-up

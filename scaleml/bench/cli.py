@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from .._version import __version__
 from ..datagen import PATTERNS
 from .calibrate import calibrate
 from .measure import run_case, run_metadata
@@ -347,8 +348,6 @@ def build_main_parser() -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The top-level parser; :func:`main` inserts ``run`` when no subcommand is named.
     """
-    from .. import __version__
-
     p = BenchArgumentParser(
         prog=PROG, formatter_class=_HelpFormatter,
         description="Micro-benchmark of ScaleML's collectives against MPI_Allreduce, in the conventions of "

@@ -9,12 +9,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
+import mpi4py
 import numpy as np
 from mpi4py import MPI
 
 from .. import cost_model
+from .._version import __version__
 from ..datagen import random_sparse
 from .methods import BASELINE, COLLECTIVES, LOSSLESS, METHODS, Case, Runner, bandwidths
 
@@ -258,16 +261,10 @@ def package_versions() -> dict[str, str | None]:
         ``scaleml``, ``numpy``, ``mpi4py``, ``python``, ``mpi_library`` (the MPI library's version
         string, ``MPI_Get_library_version``) and ``mpi_standard`` (e.g. ``"3.1"``); None where unknown.
     """
-    from importlib import metadata
-
-    import mpi4py
-
-    import scaleml
-
     try:
         version = metadata.version("scaleml")
     except metadata.PackageNotFoundError:  # run from a source tree
-        version = getattr(scaleml, "__version__", None)
+        version = __version__
     major, minor = MPI.Get_version()
     return {"scaleml": version, "numpy": np.__version__, "mpi4py": mpi4py.__version__,
             "python": platform.python_version(), "mpi_library": MPI.Get_library_version().strip(),

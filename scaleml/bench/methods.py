@@ -12,8 +12,8 @@ whose names are listed in :data:`COMPRESSION_NAMES`.
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +25,7 @@ import scaleml
 from .. import algorithms, compress
 from .._network import NoCommonNetwork, rendezvous
 from ..comm import Comm
+from ..compress.names import parse_compression, parse_format
 from ..quantized import quantized_allreduce
 from ..sparse import sparse_allreduce
 
@@ -235,8 +236,6 @@ def _dropin_runner(case: Case, comm: Comm) -> Runner:
 # ---- lossy methods and torch.distributed baselines: --compression NAME ... ----------------
 
 FORMAT_NAMES = "qsgdB (B = 1..8 bits, L2 norm), qsgdBmax (max norm), fp16, bf16, onebit; buckets of 512"
-_FORMAT = r"qsgd[1-8](?:max)?|fp16|bf16|onebit"
-_RATIO = r"0?\.\d+|1(?:\.0*)?"
 _LOSSY_ALGORITHMS = tuple(a.name for a in algorithms.REGISTRY.values() if not a.exact)
 _SPARSE_ALGORITHMS = tuple(a.name for a in algorithms.REGISTRY.values() if a.exact and "dense" not in a.input_forms)
 
@@ -281,13 +280,20 @@ def make_format(spec: str, rank: int) -> compress.Compressor:
     scaleml.compress.Compressor
         A fresh compressor (its step counter at 0).
     """
-    if m := re.fullmatch(r"qsgd([1-8])(max)?", spec):
-        return compress.QSGD(bits=int(m.group(1)), bucket=512, norm="max" if m.group(2) else "l2", rank=rank)
-    if spec in ("fp16", "bf16"):
-        return compress.Cast(spec, rank=rank)
-    if spec == "onebit":
-        return compress.OneBit(bucket=512, rank=rank)
-    raise ValueError(f"unknown format {spec!r}: use {FORMAT_NAMES}")
+    if not _is_format(spec):
+        raise ValueError(f"unknown format {spec!r}: use {FORMAT_NAMES}")
+    compressor = parse_format(spec).compressor(rank=rank)  # the buckets at their default, 512
+    assert compressor is not None
+    return compressor
+
+
+def _is_format(text: str) -> bool:
+    """Whether ``text`` names a value format (:data:`FORMAT_NAMES`; :func:`scaleml.compress.names.parse_format`)."""
+    try:
+        parse_format(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _quantized(spec: str, algorithm: str, feedback: bool) -> Callable[[Case], Runner]:
@@ -408,8 +414,6 @@ def gloo_setup(comm: MPI.Intracomm) -> None:
         if _GLOO["size"] != comm.Get_size():
             raise MethodUnavailable("the gloo process group was started over another number of ranks")
         return
-    import datetime
-
     reason = torch_unavailable()
     if comm.allreduce(reason is not None, MPI.LOR):
         raise MethodUnavailable(comm.bcast(reason or "PyTorch is not importable on every rank", root=0))
@@ -475,22 +479,30 @@ def _parse(name: str) -> tuple[Callable[[Case], Runner], bool]:
             raise MethodUnavailable(reason)
         SETUP[name] = gloo_setup
         return _gloo(name[5:]), name == "gloo_fp32"
-    if m := re.fullmatch(rf"({_FORMAT})", name):
-        return _quantized(m.group(1), "auto", feedback=False), False
-    if m := re.fullmatch(rf"({_FORMAT})_ef", name):
-        return _quantized(m.group(1), "auto", feedback=True), False
-    if m := re.fullmatch(rf"({'|'.join(_LOSSY_ALGORITHMS)}):({_FORMAT})", name):
-        return _quantized(m.group(2), m.group(1), feedback=False), False
-    if m := re.fullmatch(rf"switch_({'|'.join(_SPARSE_ALGORITHMS)}):({_FORMAT})", name):
-        return _switch(m.group(2), m.group(1)), False
-    if m := re.fullmatch(rf"(switch|dropin|allgather):({_FORMAT})", name):
-        kind, spec = m.groups()
-        return {"switch": _switch, "dropin": _dropin_lossy, "allgather": _allgather_compressed}[kind](spec), False
-    if (m := re.fullmatch(rf"topk({_RATIO})(?:\+({_FORMAT}))?", name)) and 0 < float(m.group(1)) <= 1:
+    # The formats and topkR are compression names (scaleml.compress.names); the rest is this module's grammar.
+    if _is_format(name):
+        return _quantized(name, "auto", feedback=False), False
+    if name.endswith("_ef") and _is_format(name[:-3]):
+        return _quantized(name[:-3], "auto", feedback=True), False
+    prefix, colon, spec = name.partition(":")
+    if colon and _is_format(spec):
+        if prefix in _LOSSY_ALGORITHMS:
+            return _quantized(spec, prefix, feedback=False), False
+        if prefix.startswith("switch_") and prefix[7:] in _SPARSE_ALGORITHMS:
+            return _switch(spec, prefix[7:]), False
+        if prefix in ("switch", "dropin", "allgather"):
+            factory = {"switch": _switch, "dropin": _dropin_lossy, "allgather": _allgather_compressed}[prefix]
+            return factory(spec), False
+    sparsifier, plus, values = name.partition("+")
+    if sparsifier.startswith("topk") and (not plus or _is_format(values)):
+        try:
+            ratio = parse_compression(sparsifier, ("topk",)).ratio
+        except ValueError:  # a ratio out of (0, 1]: not a name of this benchmark either
+            raise ValueError(f"unknown compression {name!r}") from None
         topk_allreduce = getattr(scaleml, "topk_allreduce", None)
         if topk_allreduce is None:  # lands separately: the name is known, this build lacks it
             raise MethodUnavailable("scaleml.topk_allreduce is not in this build")
-        return _topk(float(m.group(1)), m.group(2), topk_allreduce), False
+        return _topk(ratio, values or None, topk_allreduce), False
     raise ValueError(f"unknown compression {name!r}")
 
 

@@ -40,8 +40,9 @@ steps) draw independent numbers. Each compressor counts its own steps.
 Modules: :mod:`.framing` (the message and :func:`decode`), :mod:`.base`
 (:class:`Compressor`, :func:`rng_uniform`), one module per method
 (:mod:`.qsgd`, :mod:`.onebit`, :mod:`.topk`, :mod:`.adaptive`, :mod:`.zipml`,
-:mod:`.cast`; each registers its id and decoder with the framing) and
-:mod:`.error_feedback`.
+:mod:`.cast`; each registers its id and decoder with the framing),
+:mod:`.error_feedback` and :mod:`.names` (compression names such as
+``qsgd4`` or ``topk0.01`` -> compressors: the one parser of them).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .._native import ffi, lib
+from .._tensors import as_numpy, as_numpy_out, like_input
 from ..errors import CorruptBufferError, check
 
 __all__ = ["Compressed", "decode", "register_method", "method_name"]
@@ -302,8 +303,6 @@ def _as_compressed(c: BufferLike) -> Compressed:
         if c.checksum:
             c.verify()
         return c
-    from .._tensors import as_numpy
-
     return Compressed.from_bytes(as_numpy(c, "the message"))  # a uint8 torch tensor too
 
 
@@ -344,7 +343,5 @@ def decode(c: BufferLike, out: np.ndarray | None = None) -> np.ndarray:
         or announces more elements than its payload can hold (see the module
         docstring).
     """
-    from .._tensors import as_numpy_out, like_input
-
     c = _as_compressed(c)
     return like_input(decoder_for(c.method)(c, as_numpy_out(out)), None, out)

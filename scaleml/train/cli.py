@@ -21,7 +21,7 @@ from mpi4py import MPI
 from .consistency import ReplicaMismatchError, TrainingError, agree
 from .models import MODELS
 from .optim import OPTIMIZERS
-from .reducer import COMPRESSIONS
+from .reducer import COMPRESSIONS, parse_compression
 from .trainer import TrainConfig, train
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -66,8 +66,6 @@ def _size(text: str) -> int:
 
 
 def _compression(text: str) -> str:
-    from .reducer import parse_compression
-
     try:
         return parse_compression(text).name
     except ValueError as exc:

@@ -20,7 +20,8 @@ from mpi4py import MPI
 
 from ..adaptive_allreduce import AdaptiveAllreduceState, adaptive_allreduce
 from ..comm import Comm
-from ..compress import QSGD, Cast, ErrorFeedback, OneBit, TopK
+from ..compress import ErrorFeedback
+from ..compress.names import CompressionSpec, parse_compression
 from ..quantized import quantized_allreduce
 from ..sparse import sparse_allreduce
 from ..topk_allreduce import topk_allreduce
@@ -32,70 +33,13 @@ COMPRESSIONS = {
     "dropin": "scaleml.Comm(comm).Allreduce: the drop-in, sparse algorithms when they are faster (exact)",
     "sparse": "scaleml.sparse_allreduce of the non-zeros (exact)",
     "topkR": "scaleml.topk_allreduce of the fraction R (e.g. topk0.01) with ErrorFeedback(TopK(ratio=R))",
-    "qsgdB": "scaleml.quantized_allreduce with QSGD(bits=B), B in 1..8 (qsgdB_ef: with error feedback)",
+    "qsgdB": "scaleml.quantized_allreduce with QSGD(bits=B), B in 1..8 (qsgdB_ef: with error feedback; "
+             "qsgdBmax: norm='max')",
     "onebit": "scaleml.quantized_allreduce with ErrorFeedback(OneBit()) (error feedback on both sides)",
     "adaptive": "scaleml.adaptive_allreduce per tensor (adaptivePI: proportion 1/PI sent, default PI = 32)",
     "fp16": "scaleml.quantized_allreduce with Cast('fp16') (bf16: Cast('bf16'))",
 }
-"""The ``compression`` names and what each runs."""
-
-_FIXED_SPARSE = "split_allgather"
-_FIXED_DENSE = "quantized_ring"
-_FIXED_FEEDBACK = "quantized_direct"
-_DEFAULT_PI = 32.0
-
-
-@dataclass(frozen=True)
-class CompressionSpec:
-    """A parsed ``compression`` name."""
-
-    name: str
-    """The canonical name (``none``, ``topk0.01``, ``qsgd4_ef``, ...)."""
-    kind: str
-    """``none``, ``dropin``, ``sparse``, ``topk``, ``qsgd``, ``onebit``, ``adaptive`` or ``cast``."""
-    ratio: float = 0.0
-    bits: int = 0
-    pi: float = 0.0
-    cast: str = ""
-    error_feedback: bool = False
-
-    @property
-    def lossy(self) -> bool:
-        """Whether the path changes the values (every path but ``none``, ``dropin`` and ``sparse``)."""
-        return self.kind not in ("none", "dropin", "sparse")
-
-
-def parse_compression(name: str) -> CompressionSpec:
-    """Parse a ``compression`` name (see :data:`COMPRESSIONS`); ``ValueError`` naming the choices otherwise."""
-    if not isinstance(name, str):
-        raise ValueError(f"compression must be a string, got {type(name).__name__}")
-    s = name.strip().lower()
-    if s in ("none", "dropin", "sparse"):
-        return CompressionSpec(s, s)
-    if s == "onebit":
-        return CompressionSpec(s, "onebit", error_feedback=True)
-    if s in ("fp16", "bf16"):
-        return CompressionSpec(s, "cast", cast=s)
-    m = re.fullmatch(r"topk(\d*\.?\d+(?:e-?\d+)?)", s)
-    if m:
-        ratio = float(m.group(1))
-        if not 0 < ratio <= 1:
-            raise ValueError(f"the ratio of {name!r} must be in (0, 1], got {ratio}")
-        return CompressionSpec(s, "topk", ratio=ratio, error_feedback=True)
-    m = re.fullmatch(r"qsgd(\d+)(_ef)?", s)
-    if m:
-        bits = int(m.group(1))
-        if not 1 <= bits <= 8:
-            raise ValueError(f"QSGD takes 1 to 8 bits, got {name!r}")
-        return CompressionSpec(s, "qsgd", bits=bits, error_feedback=bool(m.group(2)))
-    m = re.fullmatch(r"adaptive(\d*\.?\d+)?", s)
-    if m:
-        pi = float(m.group(1)) if m.group(1) else _DEFAULT_PI
-        if pi < 1:
-            raise ValueError(f"the proportion of {name!r} must be >= 1, got {pi}")
-        return CompressionSpec(s, "adaptive", pi=pi, error_feedback=True)
-    raise ValueError(f"unknown compression {name!r}; expected one of none, dropin, sparse, topkR (e.g. topk0.01), "
-                     "qsgdB or qsgdB_ef (B in 1..8, e.g. qsgd4), onebit, adaptive or adaptivePI, fp16, bf16")
+"""The ``compression`` names and what each runs (parsed by :func:`scaleml.compress.names.parse_compression`)."""
 
 
 @dataclass(frozen=True)
@@ -296,15 +240,8 @@ class GradientReducer:
         self.error_feedback: ErrorFeedback | None = None
         self.adaptive: AdaptiveAllreduceState | None = None
         self._dropin: Comm | None = None
-        if s.kind == "topk":
-            self.compressor = TopK(ratio=s.ratio, seed=self.seed, rank=self.rank)
-        elif s.kind == "qsgd":
-            self.compressor = QSGD(bits=s.bits, seed=self.seed, rank=self.rank)
-        elif s.kind == "onebit":
-            self.compressor = OneBit(seed=self.seed, rank=self.rank)
-        elif s.kind == "cast":
-            self.compressor = Cast(s.cast, seed=self.seed, rank=self.rank)
-        elif s.kind == "adaptive":
+        self.compressor = s.compressor(seed=self.seed, rank=self.rank)
+        if s.kind == "adaptive":
             self.adaptive = AdaptiveAllreduceState(pi=s.pi, seed=self.seed)
         elif s.kind == "dropin":
             self._dropin = Comm(comm)
@@ -470,7 +407,7 @@ class GradientReducer:
             vals = x[idx]
             t1 = time.perf_counter()
             st.seconds_compress += t1 - t0
-            _, info = sparse_allreduce(idx, vals, x.size, self.comm, algorithm=_FIXED_SPARSE if fixed else "auto",
+            _, info = sparse_allreduce(idx, vals, x.size, self.comm, algorithm=s.fixed_algorithm if fixed else "auto",
                                        dense_out=x, return_info=True)
             if P > 1:
                 x /= P
@@ -487,16 +424,16 @@ class GradientReducer:
         elif s.kind == "topk":
             out = self._outs[b.index]
             _, info = topk_allreduce(x, self.comm, error_feedback=self.error_feedback, name=b.name, average=True,
-                                     algorithm=_FIXED_SPARSE if fixed else "auto", out=out, return_info=True)
+                                     algorithm=s.fixed_algorithm if fixed else "auto", out=out, return_info=True)
             x[...] = out
             sent = int(info.bytes_sent)
         elif s.kind in ("qsgd", "onebit", "cast"):
             if self.error_feedback is not None:
                 _, info = quantized_allreduce(x, self.comm, error_feedback=self.error_feedback, name=b.name,
-                                              algorithm=_FIXED_FEEDBACK if fixed else "auto", average=True,
+                                              algorithm=s.fixed_algorithm if fixed else "auto", average=True,
                                               out=x, return_info=True)
             else:
-                _, info = quantized_allreduce(x, self.comm, self.compressor, algorithm=_FIXED_DENSE if fixed
+                _, info = quantized_allreduce(x, self.comm, self.compressor, algorithm=s.fixed_algorithm if fixed
                                               else "auto", average=True, out=x, return_info=True)
             sent = int(info.bytes_sent)
         elif s.kind == "adaptive":

@@ -8,7 +8,9 @@ ranks and raised as the same :class:`TrainingError` on every rank.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -447,9 +449,6 @@ def _restore(state: dict[str, np.ndarray], params: list[np.ndarray], optimizer: 
 
 
 def _write_outputs(config: TrainConfig, result: TrainResult) -> None:
-    import csv
-    import json
-
     if config.metrics:
         with open(config.metrics, "w") as f:
             json.dump(result.summary(), f, indent=1)

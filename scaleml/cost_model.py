@@ -152,9 +152,10 @@ def _params_from_env() -> CostParams:
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            params = replace(params, **{f: float(saved[f]) for f in _FIELDS if f in saved})
+            loaded = replace(params, **{f: float(saved[f]) for f in _FIELDS if f in saved})
             if "codecs" in saved:
-                params = params.with_codecs(codecs_from_json(saved["codecs"]))
+                loaded = loaded.with_codecs(codecs_from_json(saved["codecs"]))
+            params = loaded  # all of the file or none of it
         except (OSError, ValueError, TypeError, KeyError) as exc:
             warnings.warn(f"ignoring unreadable cost-model file {path}: {exc}", stacklevel=2)
     for field in _FIELDS:

@@ -11,6 +11,7 @@ import pytest
 from conftest import run_mpi
 
 from scaleml import bench
+from scaleml.cost_model import CODEC_FORMATS
 
 ROW_FIELDS = {
     "size_bytes": int, "count": int, "dtype": str, "ranks": int, "density": float, "global_nnz_input": int,
@@ -425,10 +426,17 @@ def test_calibrate_fits_and_saves(tmp_path):
     assert saved["alpha"] >= 0 and saved["beta"] > 0 and saved["gamma"] > 0
     assert 0 < saved["delta"] < 0.1  # the engine's fixed cost per call: some microseconds, not nothing
     assert len(saved["samples"]) == 18  # 0 and 2^0 .. 2^16 bytes
+    # every lossy format's seconds per value of each pass, and the table of them
+    assert list(saved["codecs"]) == list(CODEC_FORMATS)
+    for name, seconds in saved["codecs"].items():
+        assert set(seconds) == {"encode", "decode", "decode_add"} and all(0 < s < 1e-6 for s in seconds.values())
+        assert f" {name} " in result.stdout
+    assert "encode    decode  decode+add" in result.stdout
     # auto reads the file at import
     check = run_mpi(1, ["-c", "import scaleml, json, sys; p = scaleml.cost_model.get_params(); "
                               f"s = json.load(open({str(target)!r})); "
-                              "sys.exit(0 if (p.beta, p.delta) == (s['beta'], s['delta']) else 1)"],
+                              "sys.exit(0 if (p.beta, p.delta) == (s['beta'], s['delta']) and "
+                              "all(p.codec(f) == tuple(c.values()) for f, c in s['codecs'].items()) else 1)"],
                     timeout=120, env={"SCALEML_COST_FILE": str(target)})
     assert check.returncode == 0, check.stdout
 

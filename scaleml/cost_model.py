@@ -122,6 +122,10 @@ class CostParams:
         ordered = tuple((n, table[n]) for n in CODEC_FORMATS if n in table)
         return replace(self, codecs=ordered)
 
+    def to_json(self) -> dict:
+        """The parameters as the calibration file holds them (``"codecs"``: :func:`codecs_to_json`)."""
+        return {**{f: getattr(self, f) for f in _FIELDS}, "codecs": codecs_to_json(dict(self.codecs))}
+
 
 def calibration_file() -> Path:
     """Where ``scaleml-bench calibrate`` saves and ``auto`` reads the parameters."""

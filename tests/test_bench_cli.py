@@ -397,7 +397,9 @@ def test_model_subcommand_prints_every_algorithm(tmp_path, capsys):
     for name in ("recursive_doubling", "split_allgather", "split_dense", "dense", "auto"):
         assert name in text
     doc = json.loads(out.read_text())
+    codecs = doc["params"].pop("codecs")
     assert doc["params"] == {"alpha": 1e-6, "beta": 1e-9, "gamma": 0.0, "delta": 0.0}
+    assert list(codecs) == list(CODEC_FORMATS)  # the lossy formats' seconds per value, as calibrate saves them
     assert len(doc["rows"]) == 4
     row = doc["rows"][0]
     # hand check of the dense prediction: 2 log2 P alpha + 2 (P-1)/P n c_d beta

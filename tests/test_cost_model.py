@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from scaleml import algorithms, cost_model
 from scaleml.compress import QSGD, Cast, OneBit
 from scaleml.cost_model import ALGORITHMS, CodecSeconds, CostParams, choose, expected_union, predict
-from scaleml.sparse import _predict
+from scaleml.engine import predict as engine_predict
 from scaleml.value_format import value_format
 
 LATENCY_ONLY = CostParams(alpha=1.0, beta=0.0, gamma=0.0, delta=0.0)
@@ -190,16 +191,17 @@ def test_fp16_ring_beats_the_exact_ring_with_default_codec_costs(beta):
             assert _dense_predictions(params, compressor)["quantized_ring"] < fp16["quantized_ring"]
 
 
-def test_predict_passes_the_format_seconds(monkeypatch):
-    # sparse._predict (every collective's planner) costs the caller's format at the current parameters
+def test_engine_predict_passes_the_format_seconds(monkeypatch):
+    # engine.predict (every collective's planner) costs the caller's format at the current parameters
     n, P = 1 << 22, 4
     agreement = SimpleNamespace(nnz_max=n, nnz_sum=n * P)
     params = CostParams(beta=8e-9)
     monkeypatch.setattr(cost_model, "_params", params)
     fmt = value_format(Cast("fp16"))
-    with_format = _predict(n, P, agreement, 4, 4, False, True, fmt.value_bytes(n, 4), fmt=fmt)
+    with_format = engine_predict(n, P, agreement, 4, 4, False, True, fmt=fmt)
     assert with_format == pytest.approx(_dense_predictions(params, Cast("fp16")))
-    bare = _predict(n, P, agreement, 4, 4, False, True, fmt.value_bytes(n, 4))
+    monkeypatch.setattr(cost_model, "_params", replace(params, codecs=()))  # no format listed: not costed
+    bare = engine_predict(n, P, agreement, 4, 4, False, True, fmt=fmt)
     assert bare["quantized_ring"] < with_format["quantized_ring"] and bare["ring"] == with_format["ring"]
 
 

@@ -130,7 +130,7 @@ def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, va
     format (0: exact); the lossy algorithms and the sparse-to-quantized switch
     are costed with it. ``encode_seconds``, ``decode_seconds`` and
     ``decode_add_seconds`` are that format's seconds per value of each pass
-    (:meth:`scaleml.value_format.ValueFormat.codec_seconds`; 0: not costed):
+    (:meth:`scaleml.cost_model.CostParams.codec` of its name; 0: not costed):
     every lossy path adds the passes it makes along its critical path.
     """
     buffers = _buffers

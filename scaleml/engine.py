@@ -365,7 +365,7 @@ def predict(n: int, P: int, agreement: Agreement, index_bytes: int, value_bytes:
     return algorithms.costs(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes, value_bytes, sparse_out,
                             dense_input, p.alpha, p.beta * beta_factor, p.gamma, p.delta,
                             fmt.value_bytes(n, value_bytes) if fmt is not None else 0.0,
-                            *(fmt.codec_seconds(p) if fmt is not None else ()))
+                            *(p.codec(fmt.name) if fmt is not None else ()))
 
 
 def candidates(call: Call, agreement: Agreement) -> list[str]:

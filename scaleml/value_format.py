@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import cost_model
 from ._native import ffi, lib
 from .compress import QSGD, Cast, OneBit
 from .compress.base import Compressor
@@ -43,12 +42,6 @@ class ValueFormat:
     def value_bytes(self, n: int, value_bytes: int) -> float:
         """Encoded bytes per value at n values (the cost model's q)."""
         return self.bytes(n, value_bytes) / n if n else 0.0
-
-    def codec_seconds(self, params: cost_model.CostParams | None = None) -> cost_model.CodecSeconds:
-        """Seconds per value of this format's (encode, decode, decode_add) passes: :attr:`name`'s entry of
-        ``params`` (default :func:`scaleml.cost_model.get_params`), what :func:`scaleml.algorithms.costs`
-        takes as ``encode_seconds``, ``decode_seconds``, ``decode_add_seconds``."""
-        return (params or cost_model.get_params()).codec(self.name)
 
     def codec(self, step: int = 0):
         """A new C ``scaleml_codec *`` for one call at ``step``."""

@@ -129,7 +129,7 @@ def lossy_table(args: argparse.Namespace, params: cost_model.CostParams, formats
                 q = fmt.value_bytes(n, itemsize)
                 # Dense data (k = n); the lossy algorithms read the caller's dense array as it is.
                 pred = algorithms.costs(n, P, n, n * P, index_bytes, itemsize, False, True, p.alpha, p.beta,
-                                        p.gamma, p.delta, q, *fmt.codec_seconds(p))
+                                        p.gamma, p.delta, q, *p.codec(fmt.name))
                 sent = _bytes_sent(n, P, n, index_bytes, itemsize, True, q)
                 times = {a: pred[a] for a in ("dense", *LOSSY)}
                 sent_by = {a: sent[a] for a in ("dense", *LOSSY)}

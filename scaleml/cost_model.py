@@ -62,7 +62,7 @@ DEFAULT_CODECS: tuple[tuple[str, CodecSeconds], ...] = (
     ("qsgd7", CodecSeconds(0.95 * _NS, 0.96 * _NS, 1.55 * _NS)),
     ("qsgd8", CodecSeconds(1.0 * _NS, 0.70 * _NS, 1.25 * _NS)),
 )
-"""Measured here (one core of an AMD EPYC, float32, 2^20 .. 2^22 values, the least of several medians)."""
+"""Measured here (one core of an AMD EPYC, float32, 2^20 .. 2^22 values; see :class:`CostParams`)."""
 
 _NOT_COSTED = CodecSeconds(0.0, 0.0, 0.0)
 
@@ -85,8 +85,9 @@ class CostParams:
     decode and decode-and-add passes (:data:`CODEC_FORMATS`; float64 values
     use the float32 figures). The defaults, :data:`DEFAULT_CODECS`, were
     measured on one core of this project's development machine (an AMD EPYC;
-    float32, 2^20 .. 2^22 values, the least of several medians), in ns per
-    value (encode, decode, decode-and-add): fp16 0.25, 0.20, 0.50; bf16 0.28,
+    float32, 2^20 .. 2^22 values; rounded from the faster of several runs, as
+    the machine was shared and other load slowed the longer passes up to
+    5x), in ns per value (encode, decode, decode-and-add): fp16 0.25, 0.20, 0.50; bf16 0.28,
     0.23, 0.55; 1-bit 0.40, 0.17, 0.15; QSGD of 1 to 6 bits 1.1, 0.42, 0.50,
     7 bits 0.95, 0.96, 1.55, 8 bits 1.0, 0.70, 1.25. ``scaleml-bench
     calibrate`` measures them on the machine it runs on; :func:`set_params`

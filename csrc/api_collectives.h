@@ -42,6 +42,9 @@ typedef struct {
     int sparse_out;            /* the caller wants a sparse result */
     int dense_input;           /* the caller holds dense vectors that are scanned first */
     double quantized_value_bytes;  /* bytes per value of the caller's lossy dense format (0: exact) */
+    /* Seconds per value of the lossy format's passes (0: not costed): encoding, decoding, and decoding
+     * added into the values in place (collectives/codec.h); each lossy algorithm counts its passes. */
+    double encode_seconds, decode_seconds, decode_add_seconds;
 } scaleml_cost_case;
 
 typedef struct {
@@ -91,6 +94,11 @@ typedef struct {
                                 * an error */
 } scaleml_codec;
 
+/* Seconds per value of the codec's encode, decode and decode-and-add passes over n random values
+ * (value_bytes 4 or 8), through the kernels the collectives call: the median of repetitions runs each
+ * (seconds[0..2]). SCALEML_ERR_ARG for an exact or invalid codec, SCALEML_ERR_NOMEM. */
+int scaleml_codec_seconds_per_value(const scaleml_codec *codec, uint64_t n, int value_bytes, int repetitions,
+                                    double *seconds);
 /* Bytes of len values in the codec's format (exact: len * value_bytes); 0 for invalid parameters. */
 size_t scaleml_codec_bytes(const scaleml_codec *codec, uint64_t len, int value_bytes);
 /* SCALEML_OK, or SCALEML_ERR_ARG with a message for invalid parameters. */

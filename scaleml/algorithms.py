@@ -42,10 +42,12 @@ class Algorithm:
 
     def cost(self, n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,
              sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
-             delta: float = 0.0, quantized_value_bytes: float = 0.0) -> float:
+             delta: float = 0.0, quantized_value_bytes: float = 0.0, encode_seconds: float = 0.0,
+             decode_seconds: float = 0.0, decode_add_seconds: float = 0.0) -> float:
         """Predicted seconds (the alpha-beta-gamma model of the algorithm's C file; see :func:`costs`)."""
         return costs(n, P, nnz_max, nnz_sum, index_bytes, value_bytes, sparse_out, dense_input,
-                     alpha, beta, gamma, delta, quantized_value_bytes)[self.name]
+                     alpha, beta, gamma, delta, quantized_value_bytes, encode_seconds, decode_seconds,
+                     decode_add_seconds)[self.name]
 
 
 def _load() -> dict[str, Algorithm]:
@@ -120,17 +122,22 @@ _buffers = _CostBuffers()
 
 def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, value_bytes: float,
           sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
-          delta: float = 0.0, quantized_value_bytes: float = 0.0) -> dict[str, float]:
+          delta: float = 0.0, quantized_value_bytes: float = 0.0, encode_seconds: float = 0.0,
+          decode_seconds: float = 0.0, decode_add_seconds: float = 0.0) -> dict[str, float]:
     """Predicted seconds of every algorithm by name (one C call; see :meth:`Algorithm.cost`).
 
     ``quantized_value_bytes`` is the size of a value in the caller's lossy
     format (0: exact); the lossy algorithms and the sparse-to-quantized switch
-    are costed with it.
+    are costed with it. ``encode_seconds``, ``decode_seconds`` and
+    ``decode_add_seconds`` are that format's seconds per value of each pass
+    (:meth:`scaleml.cost_model.CostParams.codec` of its name; 0: not costed):
+    every lossy path adds the passes it makes along its critical path.
     """
     buffers = _buffers
     c, p = buffers.case, buffers.params
     c.n, c.ranks, c.nnz_max, c.nnz_sum = int(n), int(P), nnz_max, nnz_sum
     c.quantized_value_bytes = quantized_value_bytes
+    c.encode_seconds, c.decode_seconds, c.decode_add_seconds = encode_seconds, decode_seconds, decode_add_seconds
     c.index_bytes, c.value_bytes, c.sparse_out, c.dense_input = index_bytes, value_bytes, sparse_out, dense_input
     p.alpha, p.beta, p.gamma, p.delta = alpha, beta, gamma, delta
     lib.scaleml_algorithm_costs(c, p, buffers.costs)

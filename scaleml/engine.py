@@ -360,11 +360,12 @@ _FAILED_CALL = Call(0, np.empty(0, np.float32))
 def predict(n: int, P: int, agreement: Agreement, index_bytes: int, value_bytes: int, sparse_out: bool,
             dense_input: bool, fmt: ValueFormat | None = None, beta_factor: float = 1.0) -> dict[str, float]:
     """The model's prediction for every registered algorithm (seconds), with the wire's ``beta`` scaled by
-    ``beta_factor`` (0: everything but the bytes' time on the wire)."""
+    ``beta_factor`` (0: everything but the bytes' time on the wire); ``fmt``'s passes at its seconds per value."""
     p = cost_model.get_params()
     return algorithms.costs(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes, value_bytes, sparse_out,
                             dense_input, p.alpha, p.beta * beta_factor, p.gamma, p.delta,
-                            fmt.value_bytes(n, value_bytes) if fmt is not None else 0.0)
+                            fmt.value_bytes(n, value_bytes) if fmt is not None else 0.0,
+                            *(p.codec(fmt.name) if fmt is not None else ()))
 
 
 def candidates(call: Call, agreement: Agreement) -> list[str]:

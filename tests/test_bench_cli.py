@@ -11,6 +11,7 @@ import pytest
 from conftest import run_mpi
 
 from scaleml import bench
+from scaleml.cost_model import CODEC_FORMATS
 
 ROW_FIELDS = {
     "size_bytes": int, "count": int, "dtype": str, "ranks": int, "density": float, "global_nnz_input": int,
@@ -396,7 +397,9 @@ def test_model_subcommand_prints_every_algorithm(tmp_path, capsys):
     for name in ("recursive_doubling", "split_allgather", "split_dense", "dense", "auto"):
         assert name in text
     doc = json.loads(out.read_text())
+    codecs = doc["params"].pop("codecs")
     assert doc["params"] == {"alpha": 1e-6, "beta": 1e-9, "gamma": 0.0, "delta": 0.0}
+    assert list(codecs) == list(CODEC_FORMATS)  # the lossy formats' seconds per value, as calibrate saves them
     assert len(doc["rows"]) == 4
     row = doc["rows"][0]
     # hand check of the dense prediction: 2 log2 P alpha + 2 (P-1)/P n c_d beta
@@ -425,10 +428,17 @@ def test_calibrate_fits_and_saves(tmp_path):
     assert saved["alpha"] >= 0 and saved["beta"] > 0 and saved["gamma"] > 0
     assert 0 < saved["delta"] < 0.1  # the engine's fixed cost per call: some microseconds, not nothing
     assert len(saved["samples"]) == 18  # 0 and 2^0 .. 2^16 bytes
+    # every lossy format's seconds per value of each pass, and the table of them
+    assert list(saved["codecs"]) == list(CODEC_FORMATS)
+    for name, seconds in saved["codecs"].items():
+        assert set(seconds) == {"encode", "decode", "decode_add"} and all(0 < s < 1e-6 for s in seconds.values())
+        assert f" {name} " in result.stdout
+    assert "encode    decode  decode+add" in result.stdout
     # auto reads the file at import
     check = run_mpi(1, ["-c", "import scaleml, json, sys; p = scaleml.cost_model.get_params(); "
                               f"s = json.load(open({str(target)!r})); "
-                              "sys.exit(0 if (p.beta, p.delta) == (s['beta'], s['delta']) else 1)"],
+                              "sys.exit(0 if (p.beta, p.delta) == (s['beta'], s['delta']) and "
+                              "all(p.codec(f) == tuple(c.values()) for f, c in s['codecs'].items()) else 1)"],
                     timeout=120, env={"SCALEML_COST_FILE": str(target)})
     assert check.returncode == 0, check.stdout
 

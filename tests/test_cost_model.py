@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
-from scaleml import cost_model
-from scaleml.cost_model import ALGORITHMS, CostParams, choose, expected_union, predict
+from scaleml import algorithms, cost_model
+from scaleml.compress import QSGD, Cast, OneBit
+from scaleml.cost_model import ALGORITHMS, CodecSeconds, CostParams, choose, expected_union, predict
+from scaleml.engine import predict as engine_predict
+from scaleml.value_format import value_format
 
 LATENCY_ONLY = CostParams(alpha=1.0, beta=0.0, gamma=0.0, delta=0.0)
 BANDWIDTH_ONLY = CostParams(alpha=0.0, beta=1.0, gamma=0.0, delta=0.0)
@@ -111,3 +117,134 @@ def test_fixed_cost_per_call_is_paid_once_by_every_algorithm():
     for algorithm in ALGORITHMS:
         assert predict(algorithm, 1 << 20, 8, 100, 800, 4, 4, params=CALL_ONLY) == 1.0
     assert choose(1 << 20, 8, 100, 800, 4, 4, params=CALL_ONLY)[0] == ALGORITHMS[0]  # ties: registry order
+
+
+# ---- the lossy formats' coding: each algorithm's passes at the format's seconds per value ----
+
+FREE = CostParams(alpha=0.0, beta=0.0, gamma=0.0, delta=0.0)
+DENSE_N = 1 << 20  # dense data: every rank holds n values
+
+
+def P2(P):
+    """The largest power of two <= P (the ranks recursive halving/doubling keeps)."""
+    return 1 << (P.bit_length() - 1)
+
+
+def lossy(algorithm, P, encode=0.0, decode=0.0, decode_add=0.0, q=2.0):
+    """A lossy algorithm's prediction with nothing but the coding costed."""
+    return algorithms.costs(DENSE_N, P, DENSE_N, DENSE_N * P, 4, 4, False, True, 0.0, 0.0, 0.0, 0.0, q,
+                            encode, decode, decode_add)[algorithm]
+
+
+@pytest.mark.parametrize("P", [2, 4, 5, 8])
+@pytest.mark.parametrize("algorithm,passes", [
+    # (values encoded, decoded, decoded and added) by one rank along its critical path, as fractions of n
+    ("quantized_ring", lambda P: (1, 1, (P - 1) / P)),
+    ("quantized_rhd", lambda P: (1, 1, (P2(P) - 1) / P2(P)) if P == P2(P) else (2, 2, 1 + (P2(P) - 1) / P2(P))),
+    ("quantized_direct", lambda P: ((P + 1) / P, (P + 1) / P, (P - 1) / P)),
+])
+def test_codec_passes_grow_the_lossy_predictions(algorithm, P, passes):
+    encoded, decoded, added = passes(P)
+    assert lossy(algorithm, P) == 0.0  # nothing else costed
+    for seconds in (1e-9, 3e-9):
+        assert lossy(algorithm, P, encode=seconds) == pytest.approx(encoded * DENSE_N * seconds)
+        assert lossy(algorithm, P, decode=seconds) == pytest.approx(decoded * DENSE_N * seconds)
+        assert lossy(algorithm, P, decode_add=seconds) == pytest.approx(added * DENSE_N * seconds)
+    both = lossy(algorithm, P, 1e-9, 2e-9, 3e-9)
+    assert both == pytest.approx(DENSE_N * (encoded * 1e-9 + decoded * 2e-9 + added * 3e-9))
+
+
+def test_codec_passes_overlap_the_ring_transfer():
+    # the pipelined ring: coding hides behind a slower transfer (one chunk's coding shows)
+    P, q, beta = 4, 2.0, 1e-9
+    wire = beta * 2 * (P - 1) / P * DENSE_N * q
+    chunks = DENSE_N / P / 65536
+    coding = DENSE_N * (0.1e-9 + 0.1e-9 + (P - 1) / P * 0.1e-9)
+    costs = algorithms.costs(DENSE_N, P, DENSE_N, DENSE_N * P, 4, 4, False, True, 0.0, beta, 0.0, 0.0, q,
+                             0.1e-9, 0.1e-9, 0.1e-9)
+    assert coding < wire and costs["quantized_ring"] == pytest.approx(wire + coding / chunks)
+
+
+def test_exact_algorithms_ignore_codec_seconds():
+    plain = algorithms.costs(DENSE_N, 4, DENSE_N, 4 * DENSE_N, 4, 4, False, True, 1e-6, 1e-9, 1e-10, 1e-5, 2.0)
+    coded = algorithms.costs(DENSE_N, 4, DENSE_N, 4 * DENSE_N, 4, 4, False, True, 1e-6, 1e-9, 1e-10, 1e-5, 2.0,
+                             1e-9, 1e-9, 1e-9)
+    for algorithm in ("dense", "ring"):
+        assert coded[algorithm] == plain[algorithm]
+    for algorithm in algorithms.LOSSY:
+        assert coded[algorithm] > plain[algorithm]
+
+
+def _dense_predictions(params, compressor, n=1 << 22, P=4):
+    fmt = value_format(compressor)
+    return algorithms.costs(n, P, n, n * P, 4, 4, False, True, params.alpha, params.beta, params.gamma,
+                            params.delta, fmt.value_bytes(n, 4), *params.codec(fmt.name))
+
+
+@pytest.mark.parametrize("beta", [8e-9, CostParams().beta])  # 1 Gbit/s (the issue's cluster), the default
+def test_fp16_ring_beats_the_exact_ring_with_default_codec_costs(beta):
+    params = CostParams(beta=beta)
+    fp16 = _dense_predictions(params, Cast("fp16"))
+    assert fp16["quantized_ring"] < fp16["ring"]
+    if beta == 8e-9:  # bandwidth-bound: fewer bytes win despite slower coding
+        for compressor in (QSGD(bits=4), OneBit()):
+            assert _dense_predictions(params, compressor)["quantized_ring"] < fp16["quantized_ring"]
+
+
+def test_engine_predict_passes_the_format_seconds(monkeypatch):
+    # engine.predict (every collective's planner) costs the caller's format at the current parameters
+    n, P = 1 << 22, 4
+    agreement = SimpleNamespace(nnz_max=n, nnz_sum=n * P)
+    params = CostParams(beta=8e-9)
+    monkeypatch.setattr(cost_model, "_params", params)
+    fmt = value_format(Cast("fp16"))
+    with_format = engine_predict(n, P, agreement, 4, 4, False, True, fmt=fmt)
+    assert with_format == pytest.approx(_dense_predictions(params, Cast("fp16")))
+    monkeypatch.setattr(cost_model, "_params", replace(params, codecs=()))  # no format listed: not costed
+    bare = engine_predict(n, P, agreement, 4, 4, False, True, fmt=fmt)
+    assert bare["quantized_ring"] < with_format["quantized_ring"] and bare["ring"] == with_format["ring"]
+
+
+def test_codec_table_defaults_and_lookup():
+    params = CostParams()
+    assert [name for name, _ in params.codecs] == list(cost_model.CODEC_FORMATS)
+    for name in cost_model.CODEC_FORMATS:
+        assert all(0 < s < 1e-8 for s in params.codec(name))
+    assert params.codec("zipml") == (0.0, 0.0, 0.0)  # not listed: not costed
+    assert value_format(QSGD(bits=3)).name == "qsgd3"  # the names the table is keyed by
+    assert hash(params) == hash(CostParams())
+
+
+def test_set_params_codecs_and_fingerprint():
+    before = cost_model.get_params()
+    fingerprint = cost_model.params_fingerprint()
+    try:
+        cost_model.set_params(codecs={"fp16": (1e-9, 2e-9, 3e-9)})
+        now = cost_model.get_params()
+        assert now.codec("fp16") == (1e-9, 2e-9, 3e-9) and now.codec("bf16") == before.codec("bf16")
+        assert now.alpha == before.alpha
+        assert cost_model.params_fingerprint() != fingerprint  # ranks that disagree on it find out
+        cost_model.set_params(codecs={"fp16": before.codec("fp16")})
+        assert cost_model.params_fingerprint() == fingerprint
+        for bad in ({"fp32": (1e-9, 1e-9, 1e-9)}, {"fp16": (1e-9, -1e-9, 1e-9)}, {"fp16": (1e-9, 1e-9)}):
+            with pytest.raises(ValueError):
+                cost_model.set_params(codecs=bad)
+        assert cost_model.get_params() == before
+    finally:
+        cost_model._params = before
+
+
+def test_calibration_file_round_trips_the_codec_seconds(tmp_path, monkeypatch):
+    measured = {"fp16": CodecSeconds(1e-10, 2e-10, 3e-10), "qsgd4": CodecSeconds(4e-10, 5e-10, 6e-10)}
+    path = tmp_path / "cost.json"
+    path.write_text(json.dumps({"alpha": 1e-6, "codecs": {**cost_model.codecs_to_json(measured),
+                                                          "someday": {"encode": 1}}}))
+    monkeypatch.setenv("SCALEML_COST_FILE", str(path))
+    loaded = cost_model._params_from_env()
+    assert loaded.alpha == 1e-6
+    assert loaded.codec("fp16") == measured["fp16"] and loaded.codec("qsgd4") == measured["qsgd4"]
+    assert loaded.codec("onebit") == CostParams().codec("onebit")  # not in the file: the default
+    assert cost_model._fingerprint(loaded) != cost_model._fingerprint(CostParams(alpha=1e-6))
+    path.write_text(json.dumps({"alpha": 1e-6, "codecs": {"fp16": {"encode": 1e-9}}}))
+    with pytest.warns(UserWarning, match="ignoring unreadable cost-model file"):
+        assert cost_model._params_from_env() == CostParams()

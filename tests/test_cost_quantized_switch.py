@@ -13,10 +13,11 @@ Q = (4 + 1 + 32 / 64) / 8  # QSGD 4 bits, buckets of 64: bytes per value
 SPARSE = ("recursive_doubling", "split_allgather", "split_dense")
 
 
-def cost(algorithm, P, nnz_max, q=0.0, *, beta=0.0, gamma=0.0, sparse_out=False):
+def cost(algorithm, P, nnz_max, q=0.0, *, beta=0.0, gamma=0.0, sparse_out=False, encode=0.0, decode=0.0):
     case = ffi.new("scaleml_cost_case *")
     case.n, case.ranks, case.nnz_max, case.nnz_sum = N, P, nnz_max, nnz_max * P
     case.index_bytes, case.value_bytes, case.sparse_out, case.quantized_value_bytes = IB, VB, sparse_out, q
+    case.encode_seconds, case.decode_seconds, case.decode_add_seconds = encode, decode, 1.0  # no switch adds
     params = ffi.new("scaleml_cost_params *")
     params.beta, params.gamma = beta, gamma
     return lib.scaleml_algorithm_cost(algorithms.REGISTRY[algorithm].id, case, params)
@@ -65,3 +66,34 @@ def test_result_is_dense_past_the_quantized_rule():
         switched = [cost(algorithm, 4, big, Q, gamma=1.0, sparse_out=s) for s in (False, True)]
         assert exact[1] < exact[0]
         assert switched[1] == switched[0]
+
+
+# ---- the format's passes where segments travel quantized (encode/decode seconds per value) ----
+
+@pytest.mark.parametrize("algorithm,P,nnz,encoded,decoded", [
+    # every round dense: each partner encodes and decodes its sum (round trip) and decodes the other's
+    ("recursive_doubling", 4, N, 2 * N, 2 * 2 * N),
+    # + the fold-in (encoded, decoded) and the fold-out (encoded, decoded by the round trip and the receiver)
+    ("recursive_doubling", 5, N, 4 * N, 2 * 2 * N + N + 2 * N),
+    # slices past the rule: (P-1)/P n encoded by the senders and decoded by the owner; the gather: the owner
+    # encodes n/P, every rank decodes n
+    ("split_dense", 4, 300, 3 / 4 * N + N / 4, 3 / 4 * N + N),
+    ("split_allgather", 4, 300, 3 / 4 * N + N / 4, 3 / 4 * N + N),
+    # sparse slices, a reduced union past the rule: only the gather is coded; split_dense's gather always is
+    ("split_allgather", 4, 60, N / 4, N),
+    ("split_dense", 4, 60, N / 4, N),
+])
+def test_switch_paths_add_their_codec_passes(algorithm, P, nnz, encoded, decoded):
+    assert cost(algorithm, P, nnz, Q) == 0.0  # nothing else costed
+    for seconds in (1.0, 2.0):
+        assert cost(algorithm, P, nnz, Q, encode=seconds) == pytest.approx(encoded * seconds)
+        assert cost(algorithm, P, nnz, Q, decode=seconds) == pytest.approx(decoded * seconds)
+
+
+@pytest.mark.parametrize("algorithm", SPARSE)
+def test_no_codec_passes_where_nothing_travels_quantized(algorithm):
+    coded = {"encode": 1.0, "decode": 1.0}
+    assert cost(algorithm, 1, N, Q, **coded) == 0.0  # alone: nothing travels
+    assert cost(algorithm, 4, N, 0.0, **coded) == 0.0  # exact: nothing is coded
+    # very sparse: nothing crosses the rule (split_dense's dense gather is coded all the same)
+    assert cost(algorithm, 4, K, Q, **coded) == (N / 4 + N if algorithm == "split_dense" else 0.0)

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <mpi.h>
+
 #include "api_compress.h"
 #include "collectives/codec.h"
 #include "core/errors.h"
@@ -238,4 +240,60 @@ int codec_encode_plus_residual(const scaleml_codec *c, const void *x, uint64_t l
                                          codec_bytes(c, len, value_bytes), residual);
     codec_add(residual, x, len, value_bytes);  /* y = x + e, held in the residual until it is encoded */
     return codec_encode_residual(c, residual, len, value_bytes, rank, stream, out, residual, scratch);
+}
+
+/* Median of count seconds (reorders them). */
+static double median_of(double *t, int count)
+{
+    for (int i = 1; i < count; i++)
+        for (int j = i; j > 0 && t[j - 1] > t[j]; j--) {
+            double swap = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = swap;
+        }
+    return count % 2 ? t[count / 2] : (t[count / 2 - 1] + t[count / 2]) / 2;
+}
+
+int scaleml_codec_seconds_per_value(const scaleml_codec *c, uint64_t n, int value_bytes, int repetitions,
+                                    double *seconds)
+{
+    int rc = scaleml_codec_check(c);
+    if (rc) return rc;
+    if (!codec_lossy(c) || n == 0 || repetitions < 1 || (value_bytes != 4 && value_bytes != 8))
+        return scaleml_fail(SCALEML_ERR_ARG, "timing a codec needs a lossy format, n > 0, repetitions > 0 and "
+                                             "4- or 8-byte values");
+    size_t values = (size_t)n * (size_t)value_bytes, bytes = codec_bytes(c, n, value_bytes);
+    char *x = malloc(values), *acc = malloc(values), *scratch = malloc(values);
+    uint8_t *buf = malloc(bytes);
+    double *times = malloc(3 * (size_t)repetitions * sizeof *times);
+    if (!x || !acc || !scratch || !buf || !times) {
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %llu values", (unsigned long long)n);
+        goto done;
+    }
+    uint64_t state = 0x9E3779B97F4A7C15u;
+    for (uint64_t i = 0; i < n; i++) {  /* uniform in [-1, 1): no format overflows, every bucket varies */
+        state = state * 6364136223846793005u + 1442695040888963407u;
+        double v = (double)(state >> 11) / 4503599627370496.0 - 1.0;
+        if (value_bytes == 4) ((float *)x)[i] = (float)v;
+        else ((double *)x)[i] = v;
+    }
+    /* run 0 is a warm-up (first touch of the buffers' pages); runs 1 .. repetitions are timed */
+    for (int r = 0; r <= repetitions && !rc; r++) {
+        double t0 = MPI_Wtime();
+        rc = codec_encode(c, x, n, value_bytes, 0, CODEC_STREAM(CODEC_PHASE_REDUCE, 0), buf);
+        double t1 = MPI_Wtime();
+        if (!rc) rc = codec_decode(c, buf, bytes, n, acc, value_bytes);
+        double t2 = MPI_Wtime();
+        if (!rc) rc = codec_decode_add(c, buf, bytes, n, acc, scratch, value_bytes);
+        double t3 = MPI_Wtime();
+        if (r > 0) {
+            times[r - 1] = t1 - t0;
+            times[repetitions + r - 1] = t2 - t1;
+            times[2 * repetitions + r - 1] = t3 - t2;
+        }
+    }
+    for (int k = 0; k < 3 && !rc; k++) seconds[k] = median_of(times + k * repetitions, repetitions) / (double)n;
+done:
+    free(x), free(acc), free(scratch), free(buf), free(times);
+    return rc;
 }

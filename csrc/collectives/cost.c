@@ -10,7 +10,11 @@
  * With a lossy value format (c->quantized_value_bytes = q > 0) dense data
  * travels as q bytes per value (sparse_vector.h: the switch to dense
  * quantized), so every cap at the dense size is n*q where q < c_d; with
- * q == 0 every term is the exact one.
+ * q == 0 every term is the exact one. The format's coding is not local work
+ * at gamma per byte: its passes are costed at the format's own seconds per
+ * value (c->encode_seconds, decode_seconds, decode_add_seconds, measured by
+ * `scaleml-bench calibrate`), and each lossy path counts the values it
+ * encodes, decodes and decodes-and-adds along one rank's critical path.
  */
 #include <math.h>
 
@@ -25,10 +29,25 @@ double sa_expected_union(uint64_t n, double k_mean, double ranks)
     return (double)n * -expm1(ranks * log1p(-density));
 }
 
+int sa_quantizes(const scaleml_cost_case *c)
+{
+    return c->quantized_value_bytes > 0 && c->quantized_value_bytes < c->value_bytes;
+}
+
 double sa_dense_wire_bytes(const scaleml_cost_case *c, double len)
 {
-    double q = c->quantized_value_bytes;
-    return len * (q > 0 && q < c->value_bytes ? q : c->value_bytes);
+    return len * (sa_quantizes(c) ? c->quantized_value_bytes : c->value_bytes);
+}
+
+int sa_travels_quantized(const scaleml_cost_case *c, double entries)
+{
+    /* sa_wire_bytes' choice: the sparse form only while it is smaller */
+    return sa_quantizes(c) && !(entries * (c->index_bytes + c->value_bytes) < sa_dense_wire_bytes(c, (double)c->n));
+}
+
+double sa_codec_seconds(const scaleml_cost_case *c, double encoded, double decoded, double decode_added)
+{
+    return encoded * c->encode_seconds + decoded * c->decode_seconds + decode_added * c->decode_add_seconds;
 }
 
 double sa_wire_bytes(const scaleml_cost_case *c, double entries)

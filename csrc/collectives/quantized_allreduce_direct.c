@@ -20,7 +20,15 @@
  * Cost, q = encoded bytes per value (1-bit: (1 + 64/bucket)/8):
  *   (P-1)*alpha + (P-1)/P * n*q*beta           (to the owners)
  * + (P-1)*alpha*chunks + (P-1)/P * n*q*beta    (allgather)
- * + gamma * n*c_d * 6 (encode and decode of every value on both sides).
+ * + exact: gamma * n*c_d * 6 (copies and adds on both sides);
+ *   lossy: gamma * 2 n/P*c_d (the owner's sum copied in and out) and, at the
+ *   format's seconds per value, (P+1)/P n encoded (the worker's n, the
+ *   owner's block), (P+1)/P n decoded (the own block's round trip, the
+ *   owner's round trip, the (P-1)/P n gathered) and (P-1)/P n decoded and
+ *   added (the other ranks' contributions to the owner's block; rank 0's
+ *   first is a plain decode, so rank 0 is the slowest). With a worker residual
+ *   the other blocks are decoded too ((P-1)/P n more, not in the model: one
+ *   pass of 1-bit, bucket <= 4096, writes the residual while encoding).
  * Error: two encodings of each contribution (worker and server), each
  * corrected at the next step by its residual.
  * Memory: the n-value result, n*q bytes encoded to send, (P-1) n*q/P received,
@@ -150,10 +158,14 @@ double quantized_allreduce_direct_cost(const scaleml_cost_case *c, const scaleml
                                        int *result_sparse)
 {
     int P = c->ranks;
-    double n = (double)c->n, q = c->quantized_value_bytes > 0 ? c->quantized_value_bytes : c->value_bytes;
-    double chunks = n / P / 65536.0;
+    int lossy = c->quantized_value_bytes > 0;
+    double n = (double)c->n, q = lossy ? c->quantized_value_bytes : c->value_bytes;
+    double chunks = n / P / 65536.0, dense = n * c->value_bytes;
     *result_sparse = 0;
-    if (P == 1) return p->gamma * n * c->value_bytes;
-    return (P - 1) * p->alpha * (1 + (chunks > 1 ? chunks : 1)) + p->beta * 2 * (P - 1) / P * n * q +
-           p->gamma * n * c->value_bytes * 6;
+    if (P == 1) return p->gamma * dense;
+    double local = lossy ? p->gamma * dense * 2 / P +
+                               sa_codec_seconds(c, (double)(P + 1) / P * n, (double)(P + 1) / P * n,
+                                                (double)(P - 1) / P * n)
+                         : p->gamma * dense * 6;
+    return (P - 1) * p->alpha * (1 + (chunks > 1 ? chunks : 1)) + p->beta * 2 * (P - 1) / P * n * q + local;
 }

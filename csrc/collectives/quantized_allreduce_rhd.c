@@ -20,7 +20,13 @@
  *
  * Cost, q = encoded bytes per value:
  *   2*log2(p2)*alpha + 2*(p2-1)/p2 * n*q*beta   (+ 2*(alpha + n*q*beta) for the folds)
- *   + gamma * n*c_d * 5 (decode, add, encode).
+ *   + exact: gamma * n*c_d * 5 (copy, add) (+ gamma * 2 n*c_d for the folds);
+ *   lossy: gamma * 2 n*c_d (the input copy) and, at the format's seconds per
+ *   value, n encoded (halves of n/2, n/4, ... n/p2 and the owner's block),
+ *   n decoded (the owner's round trip, the doubling's (p2-1)/p2 n) and
+ *   (p2-1)/p2 n decoded and added (the halves kept); the folds add n of each
+ *   (encoded by the even rank, decoded and added by the odd one, the result's
+ *   encoding decoded by the even one).
  * Error: log2(p2) + 1 encodings of each value (+1 with a fold).
  * Memory: the n-value result and the n*q encoded blocks, a send and a receive
  * buffer of at most n*q bytes.
@@ -145,10 +151,15 @@ int quantized_allreduce_rhd(sa_context *c, scaleml_result *res)
 double quantized_allreduce_rhd_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)
 {
     int P = c->ranks, log_p = P > 1 ? sa_log2_floor(P) : 0, p2 = 1 << log_p;
-    double n = (double)c->n, q = c->quantized_value_bytes > 0 ? c->quantized_value_bytes : c->value_bytes;
+    int lossy = c->quantized_value_bytes > 0;
+    double n = (double)c->n, q = lossy ? c->quantized_value_bytes : c->value_bytes;
+    double dense = n * c->value_bytes;
     *result_sparse = 0;
-    if (P == 1) return p->gamma * n * c->value_bytes;
-    double time = 2 * log_p * p->alpha + p->beta * 2 * (p2 - 1) / p2 * n * q + p->gamma * n * c->value_bytes * 5;
-    if (P > p2) time += 2 * (p->alpha + p->beta * n * q) + p->gamma * n * c->value_bytes * 2;
+    if (P == 1) return p->gamma * dense;
+    double time = 2 * log_p * p->alpha + p->beta * 2 * (p2 - 1) / p2 * n * q +
+                  (lossy ? p->gamma * dense * 2 + sa_codec_seconds(c, n, n, (double)(p2 - 1) / p2 * n)
+                         : p->gamma * dense * 5);
+    if (P > p2)
+        time += 2 * (p->alpha + p->beta * n * q) + (lossy ? sa_codec_seconds(c, n, n, n) : p->gamma * dense * 2);
     return time;
 }

@@ -19,9 +19,13 @@
  *
  * Cost, q = encoded bytes per value (QSGD: (bits + 1 + 32/bucket)/8):
  *   2*(P-1)*alpha (times the chunks per block)
- *   + max(2*(P-1)/P * n*q*beta, gamma * local work): pipelined, the coding of
- *   a chunk overlaps the transfer of the next (local work: the input copy,
- *   decode + add + encode of (P-1)/P n values, decoding the gathered ones).
+ *   + max(2*(P-1)/P * n*q*beta, local work): pipelined, the coding of a chunk
+ *   overlaps the transfer of the next. Local work: the input copy (gamma *
+ *   2 n*c_d), then exact: adding (P-1)/P n received values (gamma * 3 c_d
+ *   each); lossy, at the format's seconds per value: n encoded (block sb in
+ *   step 0, the received block in steps 0 .. P-3, the owner's block once),
+ *   n decoded (the owner's round trip, the P-1 gathered blocks) and (P-1)/P n
+ *   decoded and added (one block per reduce-scatter step).
  * Bytes sent per rank: 2 (P-1)/P n q, independent of P.
  * Error: each block's partial sum is re-encoded at each of the P-1 steps, then
  * once more by its owner: P independent unbiased roundings for QSGD.
@@ -173,15 +177,15 @@ double quantized_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_c
     int P = c->ranks;
     int lossy = c->quantized_value_bytes > 0;
     double n = (double)c->n, q = lossy ? c->quantized_value_bytes : c->value_bytes;
-    double chunks = n / P / 65536.0;
+    double chunks = n / P / 65536.0, share = (double)(P - 1) / P;
     *result_sparse = 0;
     if (P == 1) return p->gamma * n * c->value_bytes;
     /* Pipelined: coding a chunk overlaps the transfer of the next, so the slower of the two sets the pace;
-     * one chunk's coding is not hidden. Local work per value (bytes touched): copying the input (2 c_d; chunk by chunk),
-     * then, on (P-1)/P of the values, decode and add (3 c_d) and, when lossy, encode (2 c_d) and decode the
-     * allgathered values (c_d). */
-    double wire = p->beta * 2 * (P - 1) / P * n * q;
-    double work = p->gamma * n * c->value_bytes * (2 + (double)(P - 1) / P * (lossy ? 6 : 3));
+     * one chunk's coding is not hidden. Local work: copying the input (2 c_d per value; chunk by chunk), then
+     * exact, adding (P-1)/P n values (3 c_d each); lossy, the format's passes (header comment). */
+    double wire = p->beta * 2 * share * n * q;
+    double work = p->gamma * n * c->value_bytes * (2 + (lossy ? 0 : share * 3)) +
+                  (lossy ? sa_codec_seconds(c, n, n, share * n) : 0);
     double messages = 2 * (P - 1) * p->alpha * (chunks > 1 ? chunks : 1);
     return messages + (wire > work ? wire : work) + (chunks > 1 ? (wire < work ? wire : work) / chunks : 0);
 }

@@ -36,6 +36,12 @@ double sa_expected_union(uint64_t n, double k_mean, double ranks);
 double sa_dense_wire_bytes(const scaleml_cost_case *c, double len);
 /* Wire bytes of a segment over [0, n) holding `entries` non-zeros (capped at dense). */
 double sa_wire_bytes(const scaleml_cost_case *c, double entries);
+/* 1 when dense data travels in the caller's lossy format (one smaller than the values). */
+int sa_quantizes(const scaleml_cost_case *c);
+/* 1 when a segment over [0, n) of `entries` non-zeros travels quantized (the switch to dense quantized). */
+int sa_travels_quantized(const scaleml_cost_case *c, double entries);
+/* Seconds of the lossy format's passes over that many values: encoded, decoded, decoded and added. */
+double sa_codec_seconds(const scaleml_cost_case *c, double encoded, double decoded, double decode_added);
 int sa_log2_floor(int p);
 
 /* Cost functions, one in each algorithm's file. */

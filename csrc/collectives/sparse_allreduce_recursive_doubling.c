@@ -28,7 +28,11 @@
  *   disjoint indices:  log2(p2)*alpha + (P-1)*k*c_s*beta  (capped by dense)
  *   identical indices: log2(p2)*(alpha + k*c_s*beta)
  *   plus, for P not a power of two, 2*(alpha + m*beta) for the folds.
- *   With a codec every n*c_d above becomes n*q (q: bytes per quantized value).
+ *   With a codec every n*c_d above becomes n*q (q: bytes per quantized value),
+ *   and each message that travels quantized costs the format's passes: a
+ *   round, n encoded and decoded by each partner (the round trip) and n
+ *   decoded from the partner's bytes; the fold-in n encoded and decoded; the
+ *   fold-out n encoded and decoded twice (round trip, receiver).
  * Memory: two partial sums of at most n values each: O(n) per rank.
  */
 #include <stdlib.h>
@@ -167,14 +171,19 @@ double sparse_allreduce_recursive_doubling_cost(const scaleml_cost_case *c, cons
     int P = c->ranks, log_p = P > 1 ? sa_log2_floor(P) : 0, p2 = 1 << log_p;
     double k = (double)c->nnz_max, k_mean = (double)c->nnz_sum / P;
     double K = sa_expected_union(c->n, k_mean, P);
-    double time = 0.0;
-    if (P > p2)
+    double n = (double)c->n, time = 0.0;
+    if (P > p2) {
         time += 2 * p->alpha + p->beta * (sa_wire_bytes(c, k) + sa_wire_bytes(c, K)) +
                 p->gamma * sa_wire_bytes(c, 2 * k);
+        if (sa_travels_quantized(c, k)) time += sa_codec_seconds(c, n, n, 0);
+        if (sa_travels_quantized(c, K)) time += sa_codec_seconds(c, n, 2 * n, 0);
+    }
     for (int i = 0; i < log_p; i++) {
         double ranks_held = (double)(1 << i) * P / p2;
-        double size = sa_wire_bytes(c, sa_expected_union(c->n, k_mean, ranks_held < P ? ranks_held : P));
+        double entries = sa_expected_union(c->n, k_mean, ranks_held < P ? ranks_held : P);
+        double size = sa_wire_bytes(c, entries);
         time += p->alpha + p->beta * size + p->gamma * 3 * size;  /* pack, merge both inputs */
+        if (sa_travels_quantized(c, entries)) time += sa_codec_seconds(c, n, 2 * n, 0);
     }
     /* A sum past the wire's rule is dense (decoded from the lossy format, if any). */
     *result_sparse = K * (c->index_bytes + c->value_bytes) < sa_dense_wire_bytes(c, (double)c->n);

@@ -19,7 +19,9 @@
  * + log2(P)*alpha + P*8*beta                                (sizes)
  * + log2(P)*alpha + beta * sum_{j != me} min(K_j*c_s, n/P*c_d)  (allgather,
  *   about (P-1)/P * min(K*c_s, n*c_d) bytes; bytes are counted as a ring
- *   allgather sends them, whatever algorithm MPI picks); c_d becomes q with a codec.
+ *   allgather sends them, whatever algorithm MPI picks); c_d becomes q with a codec,
+ *   and reduced ranges that travel quantized add the format's passes: n/P
+ *   values encoded by the owner, n decoded by every rank.
  * Memory: the gathered ranges, at most n*c_d plus headers: O(n) per rank.
  */
 #include <stdlib.h>
@@ -95,7 +97,9 @@ double sparse_allreduce_split_allgather_cost(const scaleml_cost_case *c, const s
     double K = sa_expected_union(c->n, (double)c->nnz_sum / P, P);
     double dense = sa_dense_wire_bytes(c, (double)c->n), sparse = K * (c->index_bytes + c->value_bytes);
     double gathered = (sparse < dense ? sparse : dense) + P * SA_SEGMENT_HEADER_BYTES;
+    double n = (double)c->n;
+    double coding = P > 1 && sa_travels_quantized(c, K) ? sa_codec_seconds(c, n / P, n, 0) : 0;
     *result_sparse = sparse < dense;
     return sparse_reduce_scatter_cost(c, p) + 2 * log_p * p->alpha + p->beta * (P - 1) / P * gathered +
-           p->gamma * 2 * gathered;
+           p->gamma * 2 * gathered + coding;
 }

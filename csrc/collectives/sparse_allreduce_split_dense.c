@@ -20,7 +20,8 @@
  * Cost: (P-1)*alpha + (P-1)/P * k*c_s*beta            (reduce-scatter)
  *     + log2(P)*alpha + (P-1)/P * n*c_d*beta            (dense allgather;
  *       bytes counted as a ring allgather sends them; with a codec
- *       (P-1)/P * (n*q + P*16)).
+ *       (P-1)/P * (n*q + P*16), and the format's passes: n/P values
+ *       encoded by the owner, n decoded by every rank).
  * Memory: the n-value result: O(n) per rank.
  */
 #include <stdlib.h>
@@ -149,7 +150,8 @@ double sparse_allreduce_split_dense_cost(const scaleml_cost_case *c, const scale
     double dense = (double)c->n * c->value_bytes;
     double gathered = sa_dense_wire_bytes(c, (double)c->n);
     if (gathered < dense) gathered += P * SA_SEGMENT_HEADER_BYTES;  /* a header per quantized range */
+    double n = (double)c->n, coding = P > 1 && sa_quantizes(c) ? sa_codec_seconds(c, n / P, n, 0) : 0;
     *result_sparse = 0;
     return sparse_reduce_scatter_cost(c, p) + log_p * p->alpha + p->beta * (P - 1) / P * gathered +
-           p->gamma * (dense / P + dense);
+           p->gamma * (dense / P + dense) + coding;
 }

@@ -19,7 +19,9 @@
  *
  * Cost: (P-1)*alpha + beta * sum over j != me of min(k_j*c_s, n/P*c_d),
  * about (P-1)*alpha + (P-1)/P * k*c_s*beta when indices are spread evenly
- * (c_d becomes q with a codec).
+ * (c_d becomes q with a codec; slices that travel quantized add the format's
+ * passes: (P-1)/P n values encoded by the sender, as many decoded by the
+ * owner).
  * Memory: the packed outgoing slices (O(min(k c_s, n c_d))) plus P-1
  * incoming slices of at most n/P*c_d each: O(n).
  */
@@ -148,5 +150,7 @@ double sparse_reduce_scatter_cost(const scaleml_cost_case *c, const scaleml_cost
     double sent = (double)c->nnz_max * (c->index_bytes + c->value_bytes);
     double dense = sa_dense_wire_bytes(c, (double)c->n);
     if (sent > dense) sent = dense;
-    return (P - 1) * p->alpha + p->beta * (P - 1) / P * sent + p->gamma * 2 * sent;
+    double share = (double)(P - 1) / P * (double)c->n;
+    return (P - 1) * p->alpha + p->beta * (P - 1) / P * sent + p->gamma * 2 * sent +
+           (sa_travels_quantized(c, c->nnz_max) ? sa_codec_seconds(c, share, share, 0) : 0);
 }

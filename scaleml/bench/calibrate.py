@@ -1,5 +1,6 @@
-"""``scaleml-bench calibrate``: measure alpha, beta and gamma of this machine and network, and save them where
-``algorithm='auto'`` reads them (:func:`scaleml.cost_model.calibration_file`)."""
+"""``scaleml-bench calibrate``: measure alpha, beta, gamma, delta and the lossy formats' seconds per value of this
+machine and network, and save them where ``algorithm='auto'`` reads them
+(:func:`scaleml.cost_model.calibration_file`)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,21 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import cost_model
-from .._native import lib
+from .._native import check, ffi, lib
 from ..sparse import sparse_allreduce
+from ..value_format import value_format
 from .measure import run_metadata
+from .methods import make_format
+
+CODEC_SIZES = (1 << 20, 1 << 21, 1 << 22)
+"""Values per timed pass of every lossy format (float32)."""
+CODEC_RUNS = 5
+"""Timed passes per size (after one warm-up); their median counts."""
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    """Ping-pong between rank 0 and the last rank, fit alpha and beta; time a local add for gamma."""
+    """Ping-pong between rank 0 and the last rank, fit alpha and beta; time a local add for gamma and the lossy
+    formats' kernels for their seconds per value."""
     comm = MPI.COMM_WORLD
     rank, P = comm.Get_rank(), comm.Get_size()
     if P < 2:
@@ -55,6 +64,7 @@ def calibrate(args: argparse.Namespace) -> int:
     comm.Barrier()
     gamma = comm.allreduce(float(lib.scaleml_merge_seconds_per_byte(1 << 20, 5)), MPI.MAX)
     delta = delta_per_call(comm, alpha)
+    codecs = codec_seconds(comm)
     fitted = (m <= 1024) | (m >= 65536)
     fit_error = float(np.max(np.abs((alpha_link + beta_link * m[fitted]) - t[fitted]) / t[fitted]))
     if rank == 0:
@@ -65,16 +75,50 @@ def calibrate(args: argparse.Namespace) -> int:
         for size, x in samples:
             fitted_us = (alpha_link + beta_link * size) * 1e6
             print(f"  {size:>10d} B  {x * 1e6:12.2f} us   ping-pong fit {fitted_us:12.2f} us")
+        sizes_text = ", ".join(f"2^{size.bit_length() - 1}" for size in CODEC_SIZES)
+        print(f"lossy formats, ns per float32 value (the median over {sizes_text} values of the median of "
+              f"{CODEC_RUNS} passes each; the slowest rank):")
+        print(f"  {'format':>8} {'encode':>9} {'decode':>9} {'decode+add':>11}")
+        for name, seconds in codecs.items():
+            print(f"  {name:>8} {seconds.encode * 1e9:9.3f} {seconds.decode * 1e9:9.3f} "
+                  f"{seconds.decode_add * 1e9:11.3f}")
         if not args.no_save:
             path = args.output or cost_model.calibration_file()
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta,
+                                        "codecs": cost_model.codecs_to_json(codecs),
                                         "alpha_ping_pong": alpha_link,
                                         "beta_one_link": beta_link,
                                         "fit_max_rel_error": fit_error,
                                         "samples": samples, **run_metadata(comm, collective=False)}, indent=1))
             print(f"saved to {path} (read by algorithm='auto' at import; SCALEML_COST_FILE overrides the path)")
     return 0
+
+
+def codec_seconds(comm: MPI.Intracomm, sizes: tuple[int, ...] = CODEC_SIZES,
+                  runs: int = CODEC_RUNS) -> dict[str, cost_model.CodecSeconds]:
+    """Seconds per float32 value of every lossy format's encode, decode and decode-and-add passes.
+
+    Each rank times the C kernels the collectives call
+    (``scaleml_codec_seconds_per_value``: the median of ``runs`` passes after
+    a warm-up) at every size, on one core each and all at once, as in a
+    collective; a format's figure is the median over the sizes, then the
+    largest over the ranks (ranks that share cores or memory bandwidth are as
+    slow as the slowest).
+    """
+    out = ffi.new("double[3]")
+    measured = {}
+    comm.Barrier()
+    for name in cost_model.CODEC_FORMATS:
+        codec = value_format(make_format(name, comm.Get_rank())).codec()
+        per_size = []
+        for size in sizes:
+            check(lib.scaleml_codec_seconds_per_value(codec, size, 4, runs, out))
+            per_size.append(list(out))
+        measured[name] = np.median(np.array(per_size), axis=0)
+    every_rank = comm.allgather(measured)
+    return {name: cost_model.CodecSeconds(*(float(v) for v in np.max([m[name] for m in every_rank], axis=0)))
+            for name in cost_model.CODEC_FORMATS}
 
 
 def delta_per_call(comm: MPI.Intracomm, alpha: float, rounds: int = 100) -> float:

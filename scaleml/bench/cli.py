@@ -50,7 +50,8 @@ SCHEMA_VERSION = 2
 ``wrong`` (nccl-tests' ``#wrong``)."""
 COMMANDS = {
     "run": "the sweep: time every method against MPI_Allreduce over sizes and densities (the default)",
-    "calibrate": "measure alpha, beta, gamma and delta of this machine and save them for algorithm='auto'",
+    "calibrate": "measure alpha, beta, gamma, delta and the lossy formats' coding times of this machine and save "
+                 "them for algorithm='auto'",
     "model": "print the cost model's predicted time of every algorithm at any scale",
 }
 MAX_CASES = 10_000
@@ -291,7 +292,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 _CALIBRATE_DESCRIPTION = ("Measure alpha by a ping-pong between rank 0 and the last rank, beta as the larger of the "
                           "ping-pong slope and the time per byte when all ranks exchange at once, and gamma by "
-                          "timing the C sparse merge on every rank; save them where algorithm='auto' reads them. "
+                          "timing the C sparse merge on every rank, and each lossy format's encode, decode and "
+                          "decode-and-add seconds per value by timing its C kernels on every rank; save them where "
+                          "algorithm='auto' reads them. "
                           "Run it under mpiexec -n 2 or more.")
 _MODEL_DESCRIPTION = "Predicted time of every algorithm from the cost model auto uses (no MPI job needed)."
 

@@ -107,7 +107,7 @@ def model(args: argparse.Namespace) -> int:
                           + " ".join(f"{pred[a] * 1e3:>22.3f}" for a in names) + f"  {best:>18} {speedup:>8.2f}")
     lossy_rows = lossy_table(args, params, formats, itemsize) if formats else []
     if args.json:
-        args.json.write_text(json.dumps({"params": asdict(params), "rows": rows, "lossy_rows": lossy_rows},
+        args.json.write_text(json.dumps({"params": params.to_json(), "rows": rows, "lossy_rows": lossy_rows},
                                         indent=1))
     return 0
 
@@ -129,7 +129,7 @@ def lossy_table(args: argparse.Namespace, params: cost_model.CostParams, formats
                 q = fmt.value_bytes(n, itemsize)
                 # Dense data (k = n); the lossy algorithms read the caller's dense array as it is.
                 pred = algorithms.costs(n, P, n, n * P, index_bytes, itemsize, False, True, p.alpha, p.beta,
-                                        p.gamma, p.delta, q)
+                                        p.gamma, p.delta, q, *p.codec(fmt.name))
                 sent = _bytes_sent(n, P, n, index_bytes, itemsize, True, q)
                 times = {a: pred[a] for a in ("dense", *LOSSY)}
                 sent_by = {a: sent[a] for a in ("dense", *LOSSY)}

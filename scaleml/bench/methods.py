@@ -237,7 +237,7 @@ def _dropin_runner(case: Case, comm: Comm) -> Runner:
 FORMAT_NAMES = "qsgdB (B = 1..8 bits, L2 norm), qsgdBmax (max norm), fp16, bf16, onebit; buckets of 512"
 _FORMAT = r"qsgd[1-8](?:max)?|fp16|bf16|onebit"
 _RATIO = r"0?\.\d+|1(?:\.0*)?"
-_LOSSY_ALGORITHMS = tuple(a.name for a in algorithms.REGISTRY.values() if not a.exact)
+_LOSSY_ALGORITHMS = algorithms.LOSSY  # those that take the formats of compression=
 _SPARSE_ALGORITHMS = tuple(a.name for a in algorithms.REGISTRY.values() if a.exact and "dense" not in a.input_forms)
 
 DEFAULT_COMPRESSION = (

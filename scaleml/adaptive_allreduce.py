@@ -224,8 +224,8 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
 
     Bytes per rank are about ``2 (P-1)/P`` of one encoded matrix plus, per
     block sent, the message header and the block's column table (``16 cols +
-    56`` bytes): the words do not grow with ``P``, the column tables do
-    (``info.bytes_sent``).
+    72`` bytes): the words do not grow with ``P``, the column tables do
+    (``info.bytes_sent``; the registry entry ``adaptive``'s cost model).
 
     Parameters
     ----------
@@ -260,7 +260,10 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
         do not fit), or when ranks disagree on the number of elements, of rows,
         or the dtype.
     ScaleMLError
-        On every rank when an owner could not reduce its block.
+        On every other rank when a rank could not encode its row blocks or
+        reduce its block (a sum beyond the float range, out of memory); that
+        rank raises its own error (``ValueError``, ``MemoryError``). The
+        residuals and the step stay as they were, and no rank is left waiting.
 
     Notes
     -----

@@ -31,6 +31,7 @@ typedef struct {
     unsigned result_forms;     /* SCALEML_FORM_* its result can stay in without O(n) dense memory */
     unsigned value_formats;    /* SCALEML_FORMAT_* */
     int exact;                 /* 1: lossless */
+    unsigned codecs;           /* bit (1 << SCALEML_CODEC_*) of every value format it takes (NONE: exact values) */
 } scaleml_algorithm_info;
 
 /* What a prediction depends on (all agreed between ranks). */
@@ -45,6 +46,11 @@ typedef struct {
     /* Seconds per value of the lossy format's passes (0: not costed): encoding, decoding, and decoding
      * added into the values in place (collectives/codec.h); each lossy algorithm counts its passes. */
     double encode_seconds, decode_seconds, decode_add_seconds;
+    int codec_kind;            /* SCALEML_CODEC_* of that format; NONE with quantized_value_bytes > 0 stands for
+                                * any element-wise one (QSGD, FP16, BF16, ONEBIT): an algorithm that does not take
+                                * the format is predicted to take forever (HUGE_VAL), so no choice picks it */
+    uint64_t matrix_cols;      /* SCALEML_CODEC_ADAPTIVE: columns of the matrix (each row block carries a column
+                                * table); quantized_value_bytes is then the bytes of its words per value */
 } scaleml_cost_case;
 
 typedef struct {
@@ -81,6 +87,8 @@ typedef struct scaleml_result scaleml_result;
 #define SCALEML_CODEC_FP16 2      /* IEEE half, round to nearest even */
 #define SCALEML_CODEC_BF16 3      /* bfloat16, round to nearest even */
 #define SCALEML_CODEC_ONEBIT 4    /* sign + two means per bucket: 1 + 64/bucket bits per value */
+#define SCALEML_CODEC_ADAPTIVE 5  /* Dryden's adaptive quantization of a rows x cols matrix, per row block
+                                   * (the `adaptive` algorithm only; its size depends on the data) */
 
 typedef struct {
     int kind;                  /* SCALEML_CODEC_* */
@@ -92,6 +100,9 @@ typedef struct {
     int overflow_to_inf;       /* fp16/bf16: a value beyond the format's range becomes +-inf (set by the dense
                                 * quantized algorithms, which cannot fall back to exact values mid-way) instead of
                                 * an error */
+    double pi;                 /* adaptive: send about 1/pi of each row block's entries (>= 1) */
+    uint64_t sample;           /* adaptive: entries sampled to choose each row block's thresholds (>= 1) */
+    uint64_t rows, cols;       /* adaptive: the row-major matrix the n values are (rows * cols == n) */
 } scaleml_codec;
 
 /* Seconds per value of the codec's encode, decode and decode-and-add passes over n random values
@@ -99,7 +110,8 @@ typedef struct {
  * (seconds[0..2]). SCALEML_ERR_ARG for an exact or invalid codec, SCALEML_ERR_NOMEM. */
 int scaleml_codec_seconds_per_value(const scaleml_codec *codec, uint64_t n, int value_bytes, int repetitions,
                                     double *seconds);
-/* Bytes of len values in the codec's format (exact: len * value_bytes); 0 for invalid parameters. */
+/* Bytes of len values in the codec's format (exact: len * value_bytes); 0 for invalid parameters and for
+ * SCALEML_CODEC_ADAPTIVE, whose size depends on the data. */
 size_t scaleml_codec_bytes(const scaleml_codec *codec, uint64_t len, int value_bytes);
 /* SCALEML_OK, or SCALEML_ERR_ARG with a message for invalid parameters. */
 int scaleml_codec_check(const scaleml_codec *codec);
@@ -126,6 +138,15 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
                       uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum, const void *indices, const void *values,
                       void *dense_out, const scaleml_codec *codec, void *worker_residual, void *server_residual,
                       scaleml_result **result, uint64_t *bytes_sent);
+
+/* What the last `adaptive` run of this thread put on the wire (collectives/adaptive_allreduce.c), all zero
+ * until it succeeds: reduce_scatter_bytes + allgather_bytes is its bytes_sent. */
+typedef struct {
+    uint64_t reduce_scatter_bytes;  /* the encoded row blocks this rank sent to their owners */
+    uint64_t allgather_bytes;       /* the ring figure of the allgather: every encoded reduced block but one */
+    uint64_t encoded_bytes;         /* the P encoded reduced blocks (headers included) */
+} scaleml_adaptive_wire;
+void scaleml_adaptive_last_wire(scaleml_adaptive_wire *out);
 
 /* 1 when the last scaleml_allreduce of this thread sent anything in a lossy format (a lossy algorithm, or
  * segments that switched to dense-quantized), 0 when everything it sent was exact. */

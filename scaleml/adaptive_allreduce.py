@@ -7,6 +7,11 @@ decodes the ``P`` contributions, sums them in rank order, adds its server
 residual and encodes the sum once; the encoded blocks are allgathered and
 every rank decodes every block from the same bytes. Every value is quantized
 twice whatever ``P``.
+
+The algorithm is the C registry entry ``adaptive``
+(``csrc/collectives/adaptive_allreduce.c``), run through the engine like the
+other collectives; this module validates, agrees and keeps the residuals
+(:func:`_prepare` is the adaptive-specific part of the call).
 """
 
 from __future__ import annotations
@@ -18,15 +23,15 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import config, nonblocking
-from . import timeline as _timeline
+from . import nonblocking
+from ._native import ffi, lib
 from ._tensors import like_input
 from .compress.adaptive import AdaptiveQuant
-from .compress.framing import DTYPE_CODES, Compressed, decode
-from .engine import LocalError, agree, as_local_error, engine_state
-from .errors import ScaleMLError
+from .compress.framing import DTYPE_CODES
+from .engine import Call, EngineState, collective
 from .quantized import block_range  # row blocks split as the C core splits index ranges
 from .sparse import as_float_array
+from .value_format import ValueFormat, adaptive_format
 
 __all__ = ["AdaptiveAllreduceInfo", "AdaptiveAllreduceState", "adaptive_allreduce", "iadaptive_allreduce"]
 
@@ -143,40 +148,59 @@ class AdaptiveAllreduceState:
             self.load_state_dict({k: f[k] for k in f.files})
 
 
-def _prepare(grad: Any, state: Any, name: Any, rank: int, P: int):
-    """Checks, compensation and the encoding of every row block (raises LocalError)."""
-    try:
-        if not isinstance(state, AdaptiveAllreduceState):
-            raise TypeError(f"state must be a scaleml.AdaptiveAllreduceState, got {type(state).__name__}")
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
-        g = as_float_array(grad, "grad")
-        if g.ndim not in (1, 2):
-            raise ValueError(f"grad must be a matrix (or a vector, as one column), got shape {g.shape}")
-        rows, cols = (g.shape[0], g.shape[1]) if g.ndim == 2 else (g.shape[0], 1)
-        if state._layout is not None and state._layout != (rank, P):
-            raise ValueError(f"this state holds residuals of rank {state._layout[0]} of {state._layout[1]}, "
-                             f"not rank {rank} of {P}")
-        w = state._worker.get(name)
-        if w is not None and (w.shape != g.shape or w.dtype != g.dtype):
-            raise ValueError(f"tensor {name!r}: grad is {g.dtype}{g.shape}, its worker residual is {w.dtype}{w.shape}")
-        start, count = block_range(rows, P, rank)
-        s = state._server.get(name)
-        if s is not None and (s.shape != (count, cols) or s.dtype != g.dtype):
-            raise ValueError(f"tensor {name!r}: the server residual is {s.dtype}{s.shape}, rank {rank}'s block "
-                             f"of a {rows} x {cols} matrix over {P} ranks is {g.dtype}{(count, cols)}")
-        y = (g + w if w is not None else g).reshape(rows, cols)
-        q = AdaptiveQuant(state.pi, state.sample, state.seed, rank=rank)
-        base = state.step * (P + 1)  # keys: P worker blocks and one server block per call
-        blocks: list[Compressed] = []
-        worker = np.empty((rows, cols), dtype=g.dtype)
-        for j in range(P):
-            b0, bn = block_range(rows, P, j)
-            c, worker[b0:b0 + bn] = q.encode_with_residual(y[b0:b0 + bn], step=base + j)
-            blocks.append(c)
-        return g, rows, cols, blocks, worker.reshape(g.shape), s, q, base + P
-    except (TypeError, ValueError, OverflowError, MemoryError) as exc:
-        raise as_local_error(exc) from exc
+@dataclass
+class _Prepared:
+    """What the C call of one :func:`adaptive_allreduce` needs (the adaptive-specific part of the call)."""
+
+    grad: np.ndarray
+    """The caller's gradient as a float array (its shape and dtype are the result's)."""
+    flat: np.ndarray
+    """The same values, C-contiguous and flat (the engine's dense input)."""
+    rows: int
+    cols: int
+    fmt: ValueFormat
+    """The adaptive codec: pi, sample, seed, the state's step, the matrix's shape."""
+    worker: np.ndarray
+    """The new worker residual, in place of the state's (the whole matrix, flat)."""
+    server: np.ndarray
+    """The new server residual, in place of the state's (this rank's row block)."""
+
+
+def _prepare(grad: Any, state: Any, name: Any, rank: int, P: int) -> _Prepared:
+    """Checks and the arguments of the C call (raises on this rank; the engine raises on every rank).
+
+    The residuals are copies the C engine updates in place: the state takes
+    them only when the call succeeds. Before a tensor's first call they are
+    -0.0, the additive identity (``g + -0.0`` is ``g`` bit for bit, ``-0.0``
+    included), so the first call codes exactly ``g``, as without residuals.
+    """
+    if not isinstance(state, AdaptiveAllreduceState):
+        raise TypeError(f"state must be a scaleml.AdaptiveAllreduceState, got {type(state).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    g = as_float_array(grad, "grad")
+    if g.ndim not in (1, 2):
+        raise ValueError(f"grad must be a matrix (or a vector, as one column), got shape {g.shape}")
+    rows, cols = (g.shape[0], g.shape[1]) if g.ndim == 2 else (g.shape[0], 1)
+    if state._layout is not None and state._layout != (rank, P):
+        raise ValueError(f"this state holds residuals of rank {state._layout[0]} of {state._layout[1]}, "
+                         f"not rank {rank} of {P}")
+    w = state._worker.get(name)
+    if w is not None and (w.shape != g.shape or w.dtype != g.dtype):
+        raise ValueError(f"tensor {name!r}: grad is {g.dtype}{g.shape}, its worker residual is {w.dtype}{w.shape}")
+    start, count = block_range(rows, P, rank)
+    s = state._server.get(name)
+    if s is not None and (s.shape != (count, cols) or s.dtype != g.dtype):
+        raise ValueError(f"tensor {name!r}: the server residual is {s.dtype}{s.shape}, rank {rank}'s block "
+                         f"of a {rows} x {cols} matrix over {P} ranks is {g.dtype}{(count, cols)}")
+    flat = np.ascontiguousarray(g).reshape(-1)
+    if not lib.scaleml_all_finite(ffi.from_buffer(flat), flat.size, flat.itemsize):
+        raise ValueError("adaptive: non-finite value (NaN or Inf) in the input")
+    quantizer = AdaptiveQuant(state.pi, state.sample, state.seed, rank=rank)  # validates the settings
+    quantizer.step = state.step
+    worker = np.array(w, order="C").reshape(-1) if w is not None else np.full(g.size, -0.0, g.dtype)
+    server = np.array(s, order="C") if s is not None else np.full((count, cols), -0.0, g.dtype)
+    return _Prepared(g, flat, rows, cols, adaptive_format(quantizer, rows, cols), worker, server)
 
 
 def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state: AdaptiveAllreduceState,
@@ -197,8 +221,8 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
 
     Bytes per rank are about ``2 (P-1)/P`` of one encoded matrix plus, per
     block sent, the message header and the block's column table (``16 cols +
-    56`` bytes): the words do not grow with ``P``, the column tables do
-    (``info.bytes_sent``).
+    72`` bytes): the words do not grow with ``P``, the column tables do
+    (``info.bytes_sent``; the registry entry ``adaptive``'s cost model).
 
     Parameters
     ----------
@@ -233,113 +257,49 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
         do not fit), or when ranks disagree on the number of elements, of rows,
         or the dtype.
     ScaleMLError
-        On every rank when an owner could not reduce its block.
+        On every other rank when a rank could not encode its row blocks or
+        reduce its block (a sum beyond the float range, out of memory); that
+        rank raises its own error (``ValueError``, ``MemoryError``). The
+        residuals and the step stay as they were, and no rank is left waiting.
 
     Notes
     -----
     With ``SCALEML_DISABLE=1`` the sum is exact (``MPI_Allreduce``); the
     residuals and the step stay as they are.
     """
-    op_name = "adaptive_allreduce"
-    tl = _timeline.begin(op_name) if _timeline.ON else None
-    es = engine_state(comm)
-    private = es.private
-    rank, P = private.Get_rank(), private.Get_size()
-    error = None
-    try:
-        g, rows, cols, blocks, worker, server, q, server_step = _prepare(grad, state, name, rank, P)
-    except LocalError as exc:
-        error = exc
-    except Exception as exc:  # any other argument, of any type, fails here too: through the agreement
-        error = as_local_error(exc)
-    if tl is not None:
-        tl.mark("encode")
-    ok = error is None
-    # n is the element count; nnz = rows lets every rank see whether the row counts differ (sum != P * max).
-    agreement = agree(es, error, n=rows * cols if ok else 0, value_bytes=g.itemsize if ok else 0, algorithm=0,
-                      out=0, nnz=rows if ok else 0, op_name=op_name)
-    if agreement.nnz_sum != P * agreement.nnz_max:
-        raise ValueError(f"{op_name}: the number of rows differs between ranks (up to {agreement.nnz_max})")
-    if tl is not None:
-        tl.mark("agreement")
-    if config.DISABLE:  # exact: MPI_Allreduce of the gradients (residuals and step unchanged)
-        out = np.empty(g.shape, g.dtype)
-        private.Allreduce(np.ascontiguousarray(g), out)
-        if average:
-            out /= P
-        if tl is not None:
-            tl.mark("MPI_Allreduce", "algorithm")
-            tl.end(n=g.size, dtype=str(g.dtype), algorithm="MPI_Allreduce", format="exact")
-        ring = 2 * (P - 1) * g.nbytes // P
-        out = like_input(out, grad)
-        return (out, AdaptiveAllreduceInfo(bytes_sent=ring, reduce_scatter_bytes=ring // 2, allgather_bytes=ring // 2,
-                                           compressed_bytes=g.nbytes, rows=rows, cols=cols, ranks=P)) \
-            if return_info else out
+    prepared: list[_Prepared] = []
 
-    # Reduce-scatter: block j to rank j.
-    send_sizes = np.array([c.nbytes for c in blocks], dtype=np.int64)
-    recv_sizes = np.empty(P, dtype=np.int64)
-    private.Alltoall([send_sizes, MPI.INT64_T], [recv_sizes, MPI.INT64_T])
-    sendbuf = np.concatenate([c.buffer for c in blocks])
-    recvbuf = np.empty(int(recv_sizes.sum()), dtype=np.uint8)
-    private.Alltoallv([sendbuf, (send_sizes, _displs(send_sizes)), MPI.BYTE],
-                      [recvbuf, (recv_sizes, _displs(recv_sizes)), MPI.BYTE])
-    if tl is not None:
-        tl.mark("reduce-scatter", "algorithm")
+    def prepare(es: EngineState) -> Call:
+        rank, P = es.private.Get_rank(), es.private.Get_size()
+        prep = _prepare(grad, state, name, rank, P)
+        prepared.append(prep)
+        # The agreement's count is the rows: every rank must cut the matrix into the same row blocks.
+        return Call(prep.flat.size, prep.flat, fmt=prep.fmt, fixed=("adaptive", "adaptive quantization"),
+                    residuals=(prep.worker, prep.server), nnz=prep.rows, same_count="rows",
+                    class_key=("adaptive",), span={"format": f"adaptive pi={state.pi}"})
 
-    # The owner's reduction; a failure here is announced by a negative size, so no rank hangs in the allgather.
-    start, count = block_range(rows, P, rank)
-    failure: Exception | None = None
-    try:
-        z = np.zeros((count, cols), dtype=g.dtype)
-        part = np.empty_like(z)
-        for j, at in enumerate(_displs(recv_sizes)):
-            z += decode(recvbuf[at:at + recv_sizes[j]], out=part)  # rank order: the same sum on every run
-        if server is not None:
-            z += server
-        mine, new_server = q.encode_with_residual(z, step=server_step)
-        my_bytes = mine.buffer
-    except Exception as exc:  # whatever it is, every rank must learn of it
-        failure, my_bytes = exc, np.zeros(0, dtype=np.uint8)
-    if tl is not None:
-        tl.mark("reduce", "algorithm")
-    sizes = np.empty(P, dtype=np.int64)
-    private.Allgather([np.array([-1 if failure else my_bytes.size], dtype=np.int64), MPI.INT64_T],
-                      [sizes, MPI.INT64_T])
-    if (sizes < 0).any():
-        if failure is not None:
-            raise failure
-        raise ScaleMLError(f"{op_name}: rank {int(np.argmax(sizes < 0))} could not reduce its row block; "
-                           "see that rank's exception")
-    allbuf = np.empty(int(sizes.sum()), dtype=np.uint8)
-    private.Allgatherv([my_bytes, MPI.BYTE], [allbuf, (sizes, _displs(sizes)), MPI.BYTE])
-    if tl is not None:
-        tl.mark("allgather", "algorithm")
-
-    out = np.empty((rows, cols), dtype=g.dtype)
-    for j, at in enumerate(_displs(sizes)):
-        b0, bn = block_range(rows, P, j)
-        decode(allbuf[at:at + sizes[j]], out=out[b0:b0 + bn])
-    state._worker[name], state._server[name] = worker, new_server
-    state._layout = (rank, P)
-    state.step += 1
+    _, out, run = collective(comm, "adaptive_allreduce", prepare)
+    prep = prepared[0]
+    g, rows, cols, P = prep.grad, prep.rows, prep.cols, comm.Get_size()
     out = out.reshape(g.shape)
+    if run.algorithm == "adaptive":  # the residuals and the step advance only when adaptive ran and succeeded
+        wire = ffi.new("scaleml_adaptive_wire *")
+        lib.scaleml_adaptive_last_wire(wire)
+        state._worker[name], state._server[name] = prep.worker.reshape(g.shape), prep.server
+        state._layout = (comm.Get_rank(), P)
+        state.step += 1
+        rs, ag, encoded = int(wire.reduce_scatter_bytes), int(wire.allgather_bytes), int(wire.encoded_bytes)
+    else:  # SCALEML_DISABLE=1: MPI's exact sum (residuals and step unchanged), the ring's bytes
+        ring = 2 * (P - 1) * g.nbytes // P
+        rs, ag, encoded = ring // 2, ring // 2, g.nbytes
     if average:
         out /= P
     out = like_input(out, grad)
-    rs = int(send_sizes.sum() - send_sizes[rank])
-    ag = int(sizes.sum() - sizes[(rank + 1) % P]) if P > 1 else 0  # a ring sends all blocks but one
-    if tl is not None:
-        tl.mark("decode")
-        tl.end(n=g.size, dtype=str(g.dtype), algorithm="adaptive", format=f"adaptive pi={state.pi}", bytes=rs + ag)
     if not return_info:
         return out
-    return out, AdaptiveAllreduceInfo(bytes_sent=rs + ag, reduce_scatter_bytes=rs, allgather_bytes=ag,
-                                      compressed_bytes=int(sizes.sum()), rows=rows, cols=cols, ranks=P)
-
-
-def _displs(sizes: np.ndarray) -> np.ndarray:
-    return np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    return out, AdaptiveAllreduceInfo(bytes_sent=run.bytes_sent if run.algorithm == "adaptive" else rs + ag,
+                                      reduce_scatter_bytes=rs, allgather_bytes=ag, compressed_bytes=encoded,
+                                      rows=rows, cols=cols, ranks=P)
 
 
 def iadaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, **kwargs: Any) -> nonblocking.Request:

@@ -18,6 +18,12 @@ from ._native import check, ffi, lib
 
 _FORMS = {"sparse": lib.SCALEML_FORM_SPARSE, "dense": lib.SCALEML_FORM_DENSE}
 _FORMATS = {np.dtype(np.float32): lib.SCALEML_FORMAT_FLOAT32, np.dtype(np.float64): lib.SCALEML_FORMAT_FLOAT64}
+CODECS: dict[str, int] = {"exact": lib.SCALEML_CODEC_NONE, "qsgd": lib.SCALEML_CODEC_QSGD,
+                          "fp16": lib.SCALEML_CODEC_FP16, "bf16": lib.SCALEML_CODEC_BF16,
+                          "onebit": lib.SCALEML_CODEC_ONEBIT, "adaptive": lib.SCALEML_CODEC_ADAPTIVE}
+"""Value format name -> ``SCALEML_CODEC_*`` kind (``scaleml.value_format.ValueFormat.kind``)."""
+ELEMENTWISE = frozenset({"qsgd", "fp16", "bf16", "onebit"})
+"""The formats of ``compression=`` (QSGD, Cast, OneBit): every value coded on its own."""
 
 
 @dataclass(frozen=True)
@@ -39,15 +45,23 @@ class Algorithm:
     """Forms its result can stay in; without ``"sparse"`` it needs memory for n values."""
     value_dtypes: tuple[np.dtype, ...]
     exact: bool
+    codecs: frozenset[str]
+    """Value formats it takes (names of :data:`CODECS`): ``"exact"``, the :data:`ELEMENTWISE` formats of
+    ``compression=``, or ``"adaptive"`` (the row blocks of :func:`scaleml.adaptive_allreduce`)."""
+
+    def takes(self, kind: int) -> bool:
+        """Whether it runs on values in the format of ``SCALEML_CODEC_*`` ``kind`` (the C engine refuses others)."""
+        return any(CODECS[name] == kind for name in self.codecs)
 
     def cost(self, n: int, P: int, nnz_max: int, nnz_sum: int, index_bytes: int, value_bytes: int,
              sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
              delta: float = 0.0, quantized_value_bytes: float = 0.0, encode_seconds: float = 0.0,
-             decode_seconds: float = 0.0, decode_add_seconds: float = 0.0) -> float:
+             decode_seconds: float = 0.0, decode_add_seconds: float = 0.0, codec_kind: int = 0,
+             matrix_cols: int = 0) -> float:
         """Predicted seconds (the alpha-beta-gamma model of the algorithm's C file; see :func:`costs`)."""
         return costs(n, P, nnz_max, nnz_sum, index_bytes, value_bytes, sparse_out, dense_input,
                      alpha, beta, gamma, delta, quantized_value_bytes, encode_seconds, decode_seconds,
-                     decode_add_seconds)[self.name]
+                     decode_add_seconds, codec_kind, matrix_cols)[self.name]
 
 
 def _load() -> dict[str, Algorithm]:
@@ -65,7 +79,8 @@ def _load() -> dict[str, Algorithm]:
             input_forms=frozenset(f for f, bit in _FORMS.items() if info.input_forms & bit),
             result_forms=frozenset(f for f, bit in _FORMS.items() if info.result_forms & bit),
             value_dtypes=tuple(dt for dt, bit in _FORMATS.items() if info.value_formats & bit),
-            exact=bool(info.exact))
+            exact=bool(info.exact),
+            codecs=frozenset(name for name, kind in CODECS.items() if info.codecs & (1 << kind)))
         table[entry.name] = entry
     return table
 
@@ -81,8 +96,10 @@ BY_ID: dict[int, Algorithm] = {a.id: a for a in REGISTRY.values()}
 EXACT: tuple[str, ...] = tuple(a.name for a in REGISTRY.values() if a.exact)
 """The lossless algorithms (what runs without ``compression=``)."""
 
-LOSSY: tuple[str, ...] = tuple(a.name for a in REGISTRY.values() if not a.exact)
-"""The algorithms that need a lossy format (``compression=``): the dense quantized AllReduce family."""
+LOSSY: tuple[str, ...] = tuple(a.name for a in REGISTRY.values() if not a.exact and a.codecs & ELEMENTWISE)
+"""The algorithms that need a lossy format (``compression=``): the dense quantized AllReduce family. Lossy
+entries that take none of those formats (``adaptive``, :func:`scaleml.adaptive_allreduce`'s) are not here:
+neither ``algorithm="auto"`` nor a forced name of this list reaches them."""
 
 
 def get(name: str) -> Algorithm:
@@ -123,7 +140,8 @@ _buffers = _CostBuffers()
 def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, value_bytes: float,
           sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
           delta: float = 0.0, quantized_value_bytes: float = 0.0, encode_seconds: float = 0.0,
-          decode_seconds: float = 0.0, decode_add_seconds: float = 0.0) -> dict[str, float]:
+          decode_seconds: float = 0.0, decode_add_seconds: float = 0.0, codec_kind: int = 0,
+          matrix_cols: int = 0) -> dict[str, float]:
     """Predicted seconds of every algorithm by name (one C call; see :meth:`Algorithm.cost`).
 
     ``quantized_value_bytes`` is the size of a value in the caller's lossy
@@ -132,12 +150,18 @@ def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, va
     ``decode_add_seconds`` are that format's seconds per value of each pass
     (:meth:`scaleml.cost_model.CostParams.codec` of its name; 0: not costed):
     every lossy path adds the passes it makes along its critical path.
+    ``codec_kind`` (``SCALEML_CODEC_*``) names that format when it is not one
+    of :data:`ELEMENTWISE` (0: exact, or any of those); an algorithm that does
+    not take the format is predicted ``inf`` (it cannot run). ``matrix_cols``:
+    the columns of :func:`scaleml.adaptive_allreduce`'s matrix (``codec_kind``
+    adaptive, ``quantized_value_bytes`` the bytes of its words per value).
     """
     buffers = _buffers
     c, p = buffers.case, buffers.params
     c.n, c.ranks, c.nnz_max, c.nnz_sum = int(n), int(P), nnz_max, nnz_sum
     c.quantized_value_bytes = quantized_value_bytes
     c.encode_seconds, c.decode_seconds, c.decode_add_seconds = encode_seconds, decode_seconds, decode_add_seconds
+    c.codec_kind, c.matrix_cols = int(codec_kind), int(matrix_cols)
     c.index_bytes, c.value_bytes, c.sparse_out, c.dense_input = index_bytes, value_bytes, sparse_out, dense_input
     p.alpha, p.beta, p.gamma, p.delta = alpha, beta, gamma, delta
     lib.scaleml_algorithm_costs(c, p, buffers.costs)
@@ -147,9 +171,14 @@ def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, va
 def markdown_table() -> str:
     """The algorithm table of the README and docs/algorithms.md, generated from the registry."""
     lines = ["| algorithm | when | exact | messages | bytes sent per rank |", "|---|---|---|---|---|"]
-    lines += [f"| `{a.name}` | {a.when} | {'yes' if a.exact else 'no (needs `compression=`)'} | {a.messages} "
-              f"| {a.bytes} |" for a in REGISTRY.values()]
+    lines += [f"| `{a.name}` | {a.when} | {_exact_column(a)} | {a.messages} | {a.bytes} |" for a in REGISTRY.values()]
     return "\n".join(lines)
+
+
+def _exact_column(a: Algorithm) -> str:
+    if a.exact:
+        return "yes"
+    return "no (needs `compression=`)" if a.codecs & ELEMENTWISE else "no (its own value format)"
 
 
 if __name__ == "__main__":  # python -m scaleml.algorithms: print the docs table

@@ -337,6 +337,9 @@ class Call:
     """(algorithm, why) when the arguments fix the algorithm ``auto`` runs (error feedback on both sides)."""
     residuals: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
     """Worker and server error-feedback buffers of the algorithms that keep them."""
+    same_count: str | None = None
+    """What the agreement's count field counts when it must be the same on every rank (``"rows"``: the
+    matrix of adaptive quantization); the agreement then raises ``ValueError`` on every rank where it is not."""
     nnz: int | None = None
     """The agreement's count field: the non-zeros of a dense input (extracted for the algorithms that take
     only sparse input); default the entries this rank sends."""
@@ -365,7 +368,9 @@ def predict(n: int, P: int, agreement: Agreement, index_bytes: int, value_bytes:
     return algorithms.costs(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes, value_bytes, sparse_out,
                             dense_input, p.alpha, p.beta * beta_factor, p.gamma, p.delta,
                             fmt.value_bytes(n, value_bytes) if fmt is not None else 0.0,
-                            *(p.codec(fmt.name) if fmt is not None else ()))
+                            *(p.codec(fmt.name) if fmt is not None else ()),
+                            codec_kind=fmt.kind if fmt is not None and fmt.name == "adaptive" else 0,
+                            matrix_cols=fmt.cols if fmt is not None else 0)
 
 
 def candidates(call: Call, agreement: Agreement) -> list[str]:
@@ -377,6 +382,8 @@ def candidates(call: Call, agreement: Agreement) -> list[str]:
     for a in algorithms.REGISTRY.values():
         if dtype not in a.value_dtypes or (a.exact and call.lossy_only) or (not a.exact and call.fmt is None):
             continue
+        if call.fmt is not None and not a.exact and not a.takes(call.fmt.kind):
+            continue  # its own value format only (adaptive)
         if not agreement.dense_fits and "sparse" not in a.result_forms:
             continue
         if call.mpi_allreduce is not None and a.name == "dense":
@@ -480,6 +487,9 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
                       out=_OUT_CODES.get(call.out, 0), nnz=nnz if ok else 0, op_name=op_name,
                       reports=stats.reports_ns(), codec=call.fmt.fingerprint if call.fmt is not None else 0,
                       negative_zero=call.negative_zero)
+    if call.same_count is not None and agreement.nnz_sum != state.private.Get_size() * agreement.nnz_max:
+        raise ValueError(f"{op_name}: the number of {call.same_count} differs between ranks (up to "
+                         f"{agreement.nnz_max})")
     if tl is not None:
         tl.mark("agreement")
     stats.learn(agreement.engine_ns, agreement.mpi_ns)

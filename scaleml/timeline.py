@@ -178,7 +178,7 @@ def begin(name: str) -> Call | None:
 
 
 def current() -> Call | None:
-    """The innermost call being recorded on this thread (for :func:`scaleml.sparse._run`'s phases)."""
+    """The innermost call being recorded on this thread (for :func:`scaleml.engine.run_algorithm`'s phases)."""
     if _writer is None:
         return None
     stack = _stack()

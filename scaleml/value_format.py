@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from ._native import ffi, lib
-from .compress import QSGD, Cast, OneBit
+from .compress import QSGD, AdaptiveQuant, Cast, OneBit
 from .compress.base import Compressor
 
 _NORMS = {"l2": lib.SCALEML_NORM_L2, "max": lib.SCALEML_NORM_MAX}
@@ -22,13 +23,22 @@ class ValueFormat:
     bits: int = 0
     bucket: int = 0
     norm: int = 0
+    pi: float = 0.0
+    """Adaptive: send about ``1/pi`` of each row block's entries."""
+    sample: int = 0
+    """Adaptive: entries sampled to choose each row block's thresholds."""
+    rows: int = 0
+    """Adaptive: the rows of the matrix the values are (row-major)."""
+    cols: int = 0
+    """Adaptive: its columns."""
 
     @property
     def name(self) -> str:
-        """Short name: ``qsgd4``, ``fp16``, ``bf16``, ``onebit``."""
+        """Short name: ``qsgd4``, ``fp16``, ``bf16``, ``onebit``, ``adaptive``."""
         if self.kind == lib.SCALEML_CODEC_QSGD:
             return f"qsgd{self.bits}"
-        return {lib.SCALEML_CODEC_FP16: "fp16", lib.SCALEML_CODEC_BF16: "bf16"}.get(self.kind, "onebit")
+        return {lib.SCALEML_CODEC_FP16: "fp16", lib.SCALEML_CODEC_BF16: "bf16",
+                lib.SCALEML_CODEC_ADAPTIVE: "adaptive"}.get(self.kind, "onebit")
 
     @property
     def fingerprint(self) -> int:
@@ -36,7 +46,7 @@ class ValueFormat:
         return (self.kind << 41) | (self.norm << 40) | (self.bits << 32) | self.bucket
 
     def bytes(self, n: int, value_bytes: int) -> int:
-        """Encoded bytes of n values."""
+        """Encoded bytes of n values (0 for the adaptive format, whose size depends on the data)."""
         return int(lib.scaleml_codec_bytes(self.codec(), n, value_bytes))
 
     def value_bytes(self, n: int, value_bytes: int) -> float:
@@ -48,6 +58,7 @@ class ValueFormat:
         c = ffi.new("scaleml_codec *")
         c.kind, c.bits, c.bucket, c.norm = self.kind, self.bits, self.bucket, self.norm
         c.seed, c.step = int(self.compressor.seed) & (2**64 - 1), int(step) & (2**64 - 1)
+        c.pi, c.sample, c.rows, c.cols = self.pi, self.sample, self.rows, self.cols
         return c
 
     def next_codec(self):
@@ -77,3 +88,34 @@ def value_format(compression: object) -> ValueFormat:
         return ValueFormat(compression, lib.SCALEML_CODEC_ONEBIT, bucket=compression.bucket)
     raise TypeError("compression must be a scaleml.compress.QSGD, Cast or OneBit instance, got "
                     f"{type(compression).__name__}")
+
+
+def adaptive_format(quantizer: AdaptiveQuant, rows: int, cols: int) -> ValueFormat:
+    """The adaptive value format of a ``rows x cols`` matrix (the ``adaptive`` algorithm's codec).
+
+    Parameters
+    ----------
+    quantizer : AdaptiveQuant
+        Its ``pi``, ``sample`` and ``seed`` are the codec's; its ``step``
+        (taken by :meth:`ValueFormat.next_codec`) keys the sampling.
+    rows, cols : int
+        The row-major matrix the values are.
+
+    Returns
+    -------
+    ValueFormat
+        With ``kind`` ``SCALEML_CODEC_ADAPTIVE``; the C engine gives it to no
+        algorithm but ``adaptive``.
+
+    Raises
+    ------
+    OverflowError
+        When ``pi`` does not fit a float32 (the message header stores it as
+        one, as :meth:`AdaptiveQuant.encode` does) or the seed is not an
+        unsigned 64-bit integer.
+    """
+    struct.pack("<f", quantizer.pi)  # raises OverflowError as AdaptiveQuant.encode does
+    if not 0 <= quantizer.seed < 2**64:
+        raise OverflowError(f"seed must be an unsigned 64-bit integer, got {quantizer.seed}")
+    return ValueFormat(quantizer, lib.SCALEML_CODEC_ADAPTIVE, pi=quantizer.pi, sample=quantizer.sample,
+                       rows=int(rows), cols=int(cols))

@@ -52,6 +52,11 @@ def test_adaptive_allreduce_is_identical_everywhere_and_conserves_mass(nprocs):
 
 
 @pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_adaptive_registry_entry_is_the_python_algorithm_bit_for_bit(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_adaptive_c_path.py", timeout=600)
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
 def test_sparse_algorithms_switch_to_dense_quantized(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_sparse_quantized_switch.py", timeout=300)
 

@@ -30,7 +30,10 @@ def test_every_entry_is_complete(name):
     assert a.input_forms and a.input_forms <= {"sparse", "dense"}
     assert a.result_forms and a.result_forms <= {"sparse", "dense"}
     assert set(a.value_dtypes) == {np.dtype(np.float32), np.dtype(np.float64)}
-    assert a.exact == (name in algorithms.EXACT) != (name in algorithms.LOSSY)
+    assert a.exact == (name in algorithms.EXACT) and not (a.exact and name in algorithms.LOSSY)
+    # LOSSY: the lossy algorithms of compression='s formats; `adaptive` takes only its own
+    assert (name in algorithms.LOSSY) == (not a.exact and bool(a.codecs & algorithms.ELEMENTWISE))
+    assert a.codecs and a.codecs <= set(algorithms.CODECS) and ("exact" in a.codecs) == a.exact
     t = a.cost(1 << 20, 8, 1000, 8000, 4, 4, False, False, 5e-6, 1e-9, 1e-10, 1e-5)
     assert math.isfinite(t) and t > 1e-5
 

@@ -1,4 +1,5 @@
 /* Lossy value formats of the collectives: see codec.h. */
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -37,8 +38,29 @@ int scaleml_codec_check(const scaleml_codec *c)
         return check_bucket(c);
     case SCALEML_CODEC_ONEBIT:
         return check_bucket(c);
+    case SCALEML_CODEC_ADAPTIVE:
+        if (!(c->pi >= 1.0) || !isfinite(c->pi))
+            return scaleml_fail(SCALEML_ERR_ARG, "adaptive: pi must be finite and >= 1, got %g", c->pi);
+        if (c->sample < 1) return scaleml_fail(SCALEML_ERR_ARG, "adaptive: sample size must be >= 1");
+        if (c->cols && c->rows > UINT64_MAX / c->cols)
+            return scaleml_fail(SCALEML_ERR_ARG, "adaptive: a %llu x %llu matrix is too large",
+                                (unsigned long long)c->rows, (unsigned long long)c->cols);
+        return SCALEML_OK;
     default:
         return scaleml_fail(SCALEML_ERR_ARG, "unknown value format %d", c->kind);
+    }
+}
+
+const char *codec_name(int kind)
+{
+    switch (kind) {
+    case SCALEML_CODEC_NONE: return "exact";
+    case SCALEML_CODEC_QSGD: return "QSGD";
+    case SCALEML_CODEC_FP16: return "fp16";
+    case SCALEML_CODEC_BF16: return "bf16";
+    case SCALEML_CODEC_ONEBIT: return "1-bit";
+    case SCALEML_CODEC_ADAPTIVE: return "adaptive";
+    default: return "unknown";
     }
 }
 

@@ -24,10 +24,15 @@
 #define CODEC_STREAM(phase, index) (((uint64_t)(phase) << 40) | (uint64_t)(index))
 enum { CODEC_PHASE_REDUCE = 1, CODEC_PHASE_FINAL = 2, CODEC_PHASE_FOLD = 3, CODEC_PHASE_SPARSE = 4 };
 
+/* Name of a SCALEML_CODEC_* kind, for messages. */
+const char *codec_name(int kind);
+
 /* 1 when the codec is lossy (not NULL and not SCALEML_CODEC_NONE). */
 int codec_lossy(const scaleml_codec *codec);
 
-/* Bytes of len values in the codec's format (exact: len * value_bytes). */
+/* Bytes of len values in the codec's format (exact: len * value_bytes). The functions below take the
+ * element-wise formats; SCALEML_CODEC_ADAPTIVE (sizes that depend on the data) is coded by the `adaptive`
+ * algorithm itself, and the engine gives it to no other. */
 size_t codec_bytes(const scaleml_codec *codec, uint64_t len, int value_bytes);
 
 /* Encode len values of x into out (codec_bytes of room) with the random stream. */

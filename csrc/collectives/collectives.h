@@ -33,6 +33,8 @@ typedef struct {
     void *worker_residual;       /* error feedback over [0, n), or NULL (quantized_direct) */
     void *server_residual;       /* error feedback over this rank's block, or NULL (quantized_direct) */
     uint64_t bytes_sent;  /* bytes this rank put on the wire */
+    int failed_together;  /* set with an error that every rank of the call returns too (none is left waiting
+                           * in the collective): the engine reports it instead of aborting the job */
 } sa_context;
 
 /* The result: segments in index order covering [0, n), plus the heap blocks
@@ -61,6 +63,7 @@ int quantized_allreduce_ring(sa_context *ctx, scaleml_result *res);
 int dense_allreduce_ring(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_rhd(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_direct(sa_context *ctx, scaleml_result *res);
+int adaptive_allreduce(sa_context *ctx, scaleml_result *res);
 
 /* Shared first phase of the split algorithms: rank j ends up with the sum
  * over all ranks of index range j (cu_block_range); dense when
@@ -136,7 +139,8 @@ enum {
     TAG_QUANT_REDUCE = 301,
     TAG_QUANT_GATHER = 302,
     TAG_QUANT_FOLD_IN = 303,
-    TAG_QUANT_FOLD_OUT = 304
+    TAG_QUANT_FOLD_OUT = 304,
+    TAG_ADAPTIVE_BLOCK = 401
 };
 
 /* Random streams of the sparse algorithms' encodes (codec.h): the key is

@@ -55,6 +55,10 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
     if (codec && (rc = scaleml_codec_check(codec))) return rc;
     if (!entry->info.exact && !codec_lossy(codec))
         return scaleml_fail(SCALEML_ERR_ARG, "algorithm %s needs a lossy value format", entry->info.name);
+    int kind = codec ? codec->kind : SCALEML_CODEC_NONE;
+    if (!(entry->info.codecs & SA_CODEC_BIT(kind)))  /* e.g. adaptive with QSGD: the same answer on every rank */
+        return scaleml_fail(SCALEML_ERR_ARG, "algorithm %s does not take the %s value format", entry->info.name,
+                            codec_name(kind));
 
     sa_context ctx = {.comm = *(const MPI_Comm *)comm_address, .n = n, .index_bytes = index_bytes,
                       .value_bytes = value_bytes, .nnz_max = nnz_max, .nnz_sum = nnz_sum,
@@ -76,7 +80,7 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
     cu_watch("a collective", ctx.rank, 0);
     last_quantized = !entry->info.exact || sv_quantized_packs > 0;
     if (bytes_sent) *bytes_sent = ctx.bytes_sent;
-    if (rc && ctx.size > 1) {
+    if (rc && ctx.size > 1 && !ctx.failed_together) {
         /* The other ranks are inside the same algorithm, waiting for messages this rank will not send:
          * raising here alone would leave them waiting forever. */
         fprintf(stderr,

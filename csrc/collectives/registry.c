@@ -4,35 +4,46 @@
  */
 #include "collectives/registry.h"
 
+#include <math.h>
+
 #define SPARSE SCALEML_FORM_SPARSE
 #define DENSE SCALEML_FORM_DENSE
 #define FLOATS (SCALEML_FORMAT_FLOAT32 | SCALEML_FORMAT_FLOAT64)
+/* Value formats: the exact algorithms take the element-wise ones for the sparse-to-quantized switch; the
+ * adaptive codec quantizes row blocks of a matrix, which only `adaptive` cuts. */
+#define TAKES_EXACT (SA_CODEC_BIT(SCALEML_CODEC_NONE) | SA_CODECS_ELEMENTWISE)
+#define TAKES_LOSSY SA_CODECS_ELEMENTWISE
+#define TAKES_ADAPTIVE SA_CODEC_BIT(SCALEML_CODEC_ADAPTIVE)
 
 static const sa_algorithm registry[] = {
     {{"recursive_doubling", "latency-bound (few non-zeros)", "log2 P (+2 if P is not a power of 2)",
-      "up to (P-1) k c_s, capped at n c_d per round", SPARSE, SPARSE | DENSE, FLOATS, 1},
+      "up to (P-1) k c_s, capped at n c_d per round", SPARSE, SPARSE | DENSE, FLOATS, 1, TAKES_EXACT},
      sparse_allreduce_recursive_doubling, sparse_allreduce_recursive_doubling_cost},
     {{"split_allgather", "bandwidth-bound, sparse result", "(P-1) + 2 log2 P",
-      "(P-1)/P (k c_s + min(K c_s, n c_d))", SPARSE, SPARSE | DENSE, FLOATS, 1},
+      "(P-1)/P (k c_s + min(K c_s, n c_d))", SPARSE, SPARSE | DENSE, FLOATS, 1, TAKES_EXACT},
      sparse_allreduce_split_allgather, sparse_allreduce_split_allgather_cost},
     {{"split_dense", "bandwidth-bound, dense result", "(P-1) + log2 P", "(P-1)/P (k c_s + n c_d)", SPARSE, DENSE,
-      FLOATS, 1},
+      FLOATS, 1, TAKES_EXACT},
      sparse_allreduce_split_dense, sparse_allreduce_split_dense_cost},
     {{"dense", "data already dense", "2 log2 P (MPI_Allreduce)", "2 (P-1)/P n c_d", SPARSE | DENSE, DENSE, FLOATS,
-      1},
+      1, TAKES_EXACT},
      dense_allreduce, dense_allreduce_cost},
     {{"ring", "dense data, exact, bandwidth-bound (pipelined ring)", "2 (P-1) (pipelined in chunks)",
-      "2 (P-1)/P n c_d", SPARSE | DENSE, DENSE, FLOATS, 1},
+      "2 (P-1)/P n c_d", SPARSE | DENSE, DENSE, FLOATS, 1, TAKES_EXACT},
      dense_allreduce_ring, dense_allreduce_ring_cost},
     {{"quantized_ring", "dense data, lossy format, bandwidth-bound", "2 (P-1) (pipelined in chunks)",
-      "2 (P-1)/P n q", SPARSE | DENSE, DENSE, FLOATS, 0},
+      "2 (P-1)/P n q", SPARSE | DENSE, DENSE, FLOATS, 0, TAKES_LOSSY},
      quantized_allreduce_ring, quantized_allreduce_ring_cost},
     {{"quantized_rhd", "dense data, lossy format, latency-bound", "2 log2 P (+2 if P is not a power of 2)",
-      "2 (P-1)/P n q", SPARSE | DENSE, DENSE, FLOATS, 0},
+      "2 (P-1)/P n q", SPARSE | DENSE, DENSE, FLOATS, 0, TAKES_LOSSY},
      quantized_allreduce_rhd, quantized_allreduce_rhd_cost},
     {{"quantized_direct", "lossy format with error feedback on both sides (1-bit Adam)", "2 (P-1)",
-      "2 (P-1)/P n q", SPARSE | DENSE, DENSE, FLOATS, 0},
+      "2 (P-1)/P n q", SPARSE | DENSE, DENSE, FLOATS, 0, TAKES_LOSSY},
      quantized_allreduce_direct, quantized_allreduce_direct_cost},
+    {{"adaptive", "a gradient matrix in Dryden's adaptive quantization (`adaptive_allreduce`)",
+      "2 (P-1) (+ a size exchange before each phase)", "2 (P-1)/P n q_a + 2 (P-1) (16 c + 72)", DENSE, DENSE, FLOATS,
+      0, TAKES_ADAPTIVE},
+     adaptive_allreduce, adaptive_allreduce_cost},
 };
 
 #define REGISTRY_COUNT ((int)(sizeof registry / sizeof registry[0]))
@@ -58,7 +69,10 @@ int scaleml_algorithm_describe(int id, scaleml_algorithm_info *info)
 double scaleml_algorithm_cost(int id, const scaleml_cost_case *c, const scaleml_cost_params *p)
 {
     const sa_algorithm *a = sa_registry_lookup(id);
-    if (!a || c->ranks < 1) return -1.0;
+    if (!a || c->ranks < 1 || c->codec_kind < SCALEML_CODEC_NONE || c->codec_kind > SA_CODEC_LAST) return -1.0;
+    unsigned format = c->codec_kind != SCALEML_CODEC_NONE ? SA_CODEC_BIT(c->codec_kind)
+                      : c->quantized_value_bytes > 0 ? SA_CODECS_ELEMENTWISE : 0u;
+    if (format && !(a->info.codecs & format)) return HUGE_VAL;  /* it cannot run on that format */
     int result_sparse = 0;
     double time = p->delta + a->cost(c, p, &result_sparse);
     double c_s = c->index_bytes + c->value_bytes, dense_bytes = (double)c->n * c->value_bytes;

@@ -26,6 +26,13 @@ typedef struct {
     sa_cost_fn cost;
 } sa_algorithm;
 
+/* Capability bits of scaleml_algorithm_info.codecs. */
+#define SA_CODEC_BIT(kind) (1u << (unsigned)(kind))
+#define SA_CODECS_ELEMENTWISE                                                                     \
+    (SA_CODEC_BIT(SCALEML_CODEC_QSGD) | SA_CODEC_BIT(SCALEML_CODEC_FP16) | SA_CODEC_BIT(SCALEML_CODEC_BF16) | \
+     SA_CODEC_BIT(SCALEML_CODEC_ONEBIT))
+#define SA_CODEC_LAST SCALEML_CODEC_ADAPTIVE
+
 /* The entry of id (1..count), or NULL. */
 const sa_algorithm *sa_registry_lookup(int id);
 
@@ -57,5 +64,6 @@ double quantized_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_c
 double quantized_allreduce_rhd_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 double quantized_allreduce_direct_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
                                        int *result_sparse);
+double adaptive_allreduce_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 
 #endif

@@ -236,7 +236,7 @@ def _dropin_runner(case: Case, comm: Comm) -> Runner:
 # ---- lossy methods and torch.distributed baselines: --compression NAME ... ----------------
 
 FORMAT_NAMES = "qsgdB (B = 1..8 bits, L2 norm), qsgdBmax (max norm), fp16, bf16, onebit; buckets of 512"
-_LOSSY_ALGORITHMS = tuple(a.name for a in algorithms.REGISTRY.values() if not a.exact)
+_LOSSY_ALGORITHMS = algorithms.LOSSY  # those that take the formats of compression=
 _SPARSE_ALGORITHMS = tuple(a.name for a in algorithms.REGISTRY.values() if a.exact and "dense" not in a.input_forms)
 
 DEFAULT_COMPRESSION = (

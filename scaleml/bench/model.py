@@ -23,7 +23,7 @@ from ..value_format import value_format
 from .methods import make_format
 
 EXACT = tuple(a.name for a in algorithms.REGISTRY.values() if a.exact)
-LOSSY = tuple(a.name for a in algorithms.REGISTRY.values() if not a.exact)
+LOSSY = algorithms.LOSSY  # the formats of compression= (adaptive_allreduce's algorithm takes its own)
 ALLGATHER = "allgather"
 """The allgather of compressed vectors (``allgather:FORMAT`` in the sweep), modelled here, not in the registry."""
 

@@ -44,7 +44,7 @@ from . import timeline as _timeline
 from ._native import check, comm_address, ffi, lib
 from .dense_scan import extract_nonzeros
 from .errors import AGREEMENT_EXCEPTIONS
-from .tuner import WIN_MARGIN, ClassStats, Tuner, bandwidth_factor
+from .tuner import EXPLORE_LIMIT, WIN_MARGIN, ClassStats, Tuner, bandwidth_factor
 from .value_format import ValueFormat
 
 __all__ = ["Agreement", "AllreduceInfo", "Call", "EngineState", "LocalError", "SparseVector", "agree",
@@ -432,14 +432,20 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
         estimate = stats.chosen_estimate
         if estimate < WIN_MARGIN * stats.mpi_seconds:
             stats.stay_engine()
-            return chosen, "least estimated time"
+            return chosen, _why(stats)
         stats.go_mpi()
         return "dense", (f"no engine algorithm is estimated clearly faster than MPI's measured time "
                          f"({chosen} {estimate * 1e6:.1f} us); MPI period of {stats.mpi_until - stats.calls} calls")
     if "dense" in names and not stats.measured("dense"):
         return "dense", "measuring MPI first"  # the baseline never to lose to, at each density
     prior = _prior(predicted, model, stats.baseline_seconds(predicted))
-    return stats.choose(predicted, names, prior, _FAMILIES), "least estimated time"
+    return stats.choose(predicted, names, prior, _FAMILIES), _why(stats)
+
+
+def _why(stats: ClassStats) -> str:
+    if stats.exploring:
+        return f"exploring: never measured here, estimated faster ({stats.explored[stats.bucket]} of {EXPLORE_LIMIT})"
+    return "least estimated time"
 
 
 def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState], Call],

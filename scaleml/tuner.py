@@ -112,6 +112,8 @@ class ClassStats:
     """Density bucket -> calls spent trying algorithms never measured there (at most EXPLORE_LIMIT)."""
     chosen_estimate: float = 0.0
     """The estimate :meth:`choose` gave its last choice (seconds)."""
+    exploring: bool = False
+    """Whether :meth:`choose`'s last choice was an exploration (an algorithm never measured here)."""
     _ratio_samples: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     _mpi_samples: list[float] = field(default_factory=list)
     # this rank's own measurements, reported at the next agreement of the class
@@ -202,6 +204,7 @@ class ClassStats:
                 est[a] = prior[a] * (_median(relatives) if relatives else 1.0)
         measured = [a for a in viable if a in measured]
         untried = [a for a in viable if a not in measured]
+        self.exploring = False
         choice = self._choice(est, viable, measured, untried)
         self.chosen_estimate = est[choice]
         return choice
@@ -217,6 +220,7 @@ class ClassStats:
             candidate = min(untried, key=est.__getitem__)
             if est[candidate] < SWITCH_MARGIN * est[best_measured]:
                 self.explored[bucket] = self.explored.get(bucket, 0) + 1
+                self.exploring = True
                 return candidate  # one call to measure it; the incumbent stays until it is beaten
         incumbent = self.incumbent.get(bucket)
         if incumbent in measured and est[best_measured] >= SWITCH_MARGIN * est[incumbent]:

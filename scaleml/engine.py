@@ -534,9 +534,9 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
         stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = call.requested, predicted
     if tl is not None:
-        tl.end(n=n, dtype=str(call.values.dtype), algorithm="MPI_Allreduce" if result is None else chosen,
-               format=info.format, out=call.out, nnz_max=agreement.nnz_max, nnz_sum=agreement.nnz_sum,
-               bytes=info.bytes_sent, **call.span)
+        tl.end(**{"n": n, "dtype": str(call.values.dtype), "algorithm": "MPI_Allreduce" if result is None else chosen,
+                  "format": info.format, "out": call.out, "nnz_max": agreement.nnz_max,
+                  "nnz_sum": agreement.nnz_sum, "bytes": info.bytes_sent, **call.span})
     return call, result, info
 
 

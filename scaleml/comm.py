@@ -10,6 +10,7 @@ from mpi4py import MPI
 
 from . import _log, algorithms, config, nonblocking
 from . import timeline as _timeline
+from ._dlpack import DL_HOST, host_view
 from ._native import ffi, lib
 from .errors import BufferLayoutError
 from .nonblocking import IallreduceRoutes, Request, channel
@@ -44,7 +45,10 @@ def _parse_spec(spec: Any) -> tuple[Any, np.dtype, int | None, int]:
 
     Accepts ``buf``, ``[buf, datatype]``, ``[buf, count, datatype]``,
     ``[buf, (count, displ), datatype]`` and ``[buf, count, displ, datatype]``;
-    raises _Unsupported for anything that is not float32/float64 data.
+    raises _Unsupported for anything that is not float32/float64 data. The
+    buffer is read only when the spec's datatype, count and displacement let
+    the engine take it (a DLPack object without a datatype is read for its
+    element type, as mpi4py reads it: see :func:`_from_dlpack`).
     """
     datatype, count, displ = None, None, 0
     if isinstance(spec, (list, tuple)):
@@ -63,38 +67,49 @@ def _parse_spec(spec: Any) -> tuple[Any, np.dtype, int | None, int]:
             raise _Unsupported
     else:
         buf = spec
-    buf = _from_dlpack(buf)
+    if not (count is None or isinstance(count, (int, np.integer))) or not isinstance(displ, (int, np.integer)):
+        raise _Unsupported
     if datatype is not None:
+        # decided before the buffer is read: a datatype the engine never takes goes to MPI untouched
         dtype = next((dt for mpi_type, dt in _FLOAT_TYPES if datatype == mpi_type), None)
         if dtype is None:
             raise _Unsupported
-    elif isinstance(buf, np.ndarray) and buf.dtype in _NUMPY_FLOATS:
-        dtype = buf.dtype
+        buf = _from_dlpack(buf)
     else:
-        raise _Unsupported
-    if not (count is None or isinstance(count, (int, np.integer))) or not isinstance(displ, (int, np.integer)):
-        raise _Unsupported
+        buf = _from_dlpack(buf)
+        if not (isinstance(buf, np.ndarray) and buf.dtype in _NUMPY_FLOATS):
+            raise _Unsupported
+        dtype = buf.dtype
     return buf, dtype, None if count is None else int(count), int(displ)
 
 
 def _from_dlpack(buf: Any) -> Any:
-    """A numpy view of a DLPack object in host memory (a CPU ``torch.Tensor``, a JAX array), else ``buf``.
+    """A flat numpy view of a DLPack object in host memory (a CPU ``torch.Tensor``, a JAX array), else ``buf``.
 
-    mpi4py reads such objects through DLPack; so does the drop-in. A host
-    object that cannot be exported (a tensor that requires grad) is this
-    rank's ``BufferError``, as in mpi4py; objects in device memory are left as
-    they are: the call then goes to MPI, which reads or refuses them itself.
+    mpi4py reads such objects through DLPack when they lack the buffer
+    protocol; so does the drop-in, the way mpi4py does
+    (:func:`scaleml._dlpack.host_view`): the producer's capsule is never
+    consumed, so no deleter runs that mpi4py would not run (``np.from_dlpack``
+    would call it). A host object that cannot be exported (a tensor that
+    requires grad) is this rank's ``BufferError``, as in mpi4py; objects in
+    device memory are left as they are: the call then goes to MPI, which
+    reads or refuses them itself.
     """
     if isinstance(buf, np.ndarray) or not hasattr(buf, "__dlpack__"):
         return buf
     try:
-        on_host = int(buf.__dlpack_device__()[0]) in (1, 3)  # kDLCPU, kDLCUDAHost
+        memoryview(buf)  # the buffer protocol comes first, as in mpi4py
+        return buf
+    except TypeError:
+        pass
+    try:
+        on_host = int(buf.__dlpack_device__()[0]) in DL_HOST
     except Exception:  # noqa: BLE001 (not a usable DLPack object: MPI decides)
         return buf
     if not on_host:
         return buf
     try:
-        return np.from_dlpack(buf)
+        return host_view(buf)
     except Exception as exc:  # noqa: BLE001
         raise _LocalError(6, BufferLayoutError(f"Allreduce: cannot read the {type(buf).__name__} through "
                                                f"DLPack ({exc})")) from exc

@@ -213,6 +213,18 @@ def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.n
     return idx[:found], vals[:found]
 
 
+def _unpickle_comm(name: str, cls: type | None = None, settings: dict[str, Any] | None = None) -> MPI.Comm:
+    """A pickled :class:`Comm` (see ``Comm.__reduce__``): ``MPI.<name>`` itself, or a ``cls`` over it."""
+    predefined = getattr(MPI, name)
+    if cls is None:
+        return predefined
+    if predefined == MPI.COMM_NULL:  # a freed Comm: an object of its class over the null handle, as mpi4py's
+        return MPI.Intracomm.__new__(cls, predefined)
+    comm = cls.__new__(cls, predefined)
+    Comm.__init__(comm, predefined, _lazy_state=True, **(settings or {}))
+    return comm
+
+
 class Comm(MPI.Intracomm):
     """A drop-in replacement for an mpi4py intra-communicator (a subclass of ``MPI.Intracomm``).
 
@@ -333,8 +345,27 @@ class Comm(MPI.Intracomm):
         lossy = f", compression={self.compression!r}" if self.compression is not None else ""
         return f"scaleml.Comm({self._comm!r}, min_count={self.min_count}, algorithm={self.algorithm!r}{lossy})"
 
-    def __reduce__(self):  # mpi4py communicators are not picklable; neither is this one
-        raise TypeError("cannot pickle a scaleml.Comm (as mpi4py cannot pickle communicators)")
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as mpi4py pickles its communicators (``reduce_default``).
+
+        Only communicators over a predefined handle (``COMM_WORLD``,
+        ``COMM_SELF``, ``COMM_NULL``) pickle; any other raises mpi4py's
+        ``ValueError``. mpi4py pickles its predefined objects by name
+        (``MPI.COMM_WORLD`` unpickles to ``MPI.COMM_WORLD``) and other objects
+        over those handles as a new object of their class over the handle:
+        so a Comm installed as ``MPI.COMM_WORLD`` or ``MPI.COMM_SELF``
+        unpickles to what that name holds then, and any other Comm over a
+        predefined handle to a new :class:`Comm` over it with the same
+        settings (not collective: its engine state is made at its first
+        ScaleML collective, as after ``Idup``).
+        """
+        _, (_, predefined) = super().__reduce__()  # mpi4py's ValueError for a handle that is not predefined
+        name = predefined.__reduce__()  # mpi4py's name of the handle: "COMM_WORLD", "COMM_SELF", "COMM_NULL"
+        if getattr(MPI, name, None) is self:
+            return _unpickle_comm, (name,)
+        settings = {"min_count": self.min_count, "algorithm": self.algorithm,
+                    "compression": "none" if self.compression is None else self.compression}
+        return _unpickle_comm, (name, type(self), settings)
 
     # Communicator constructors return wrapped communicators, so code that splits keeps the engine.
     def _wrap(self, comm: MPI.Comm, lazy: bool = False) -> Any:

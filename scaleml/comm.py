@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -213,16 +214,18 @@ def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.n
     return idx[:found], vals[:found]
 
 
-def _unpickle_comm(name: str, cls: type | None = None, settings: dict[str, Any] | None = None) -> MPI.Comm:
-    """A pickled :class:`Comm` (see ``Comm.__reduce__``): ``MPI.<name>`` itself, or a ``cls`` over it."""
+_PICKLED: weakref.WeakValueDictionary[tuple[Any, ...], Comm] = weakref.WeakValueDictionary()
+"""(predefined handle's name, class, settings) -> the Comm that unpickles for them (see ``Comm.__reduce__``)."""
+
+
+def _unpickle_comm(name: str, cls: type, settings: dict[str, Any]) -> MPI.Comm:
+    """A pickled :class:`Comm` (see ``Comm.__reduce__``): a ``cls`` over ``MPI.<name>`` with ``settings``."""
     predefined = getattr(MPI, name)
-    if cls is None:
-        return predefined
     if predefined == MPI.COMM_NULL:  # a freed Comm: an object of its class over the null handle, as mpi4py's
         return MPI.Intracomm.__new__(cls, predefined)
     comm = cls.__new__(cls, predefined)
-    Comm.__init__(comm, predefined, _lazy_state=True, **(settings or {}))
-    return comm
+    Comm.__init__(comm, predefined, _lazy_state=True, **settings)  # not collective: nothing is made yet
+    return _PICKLED.setdefault(comm._pickle_key(name), comm)
 
 
 class Comm(MPI.Intracomm):
@@ -350,22 +353,24 @@ class Comm(MPI.Intracomm):
 
         Only communicators over a predefined handle (``COMM_WORLD``,
         ``COMM_SELF``, ``COMM_NULL``) pickle; any other raises mpi4py's
-        ``ValueError``. mpi4py pickles its predefined objects by name
-        (``MPI.COMM_WORLD`` unpickles to ``MPI.COMM_WORLD``) and other objects
-        over those handles as a new object of their class over the handle:
-        so a Comm installed as ``MPI.COMM_WORLD`` or ``MPI.COMM_SELF``
-        unpickles to what that name holds then, and any other Comm over a
-        predefined handle to a new :class:`Comm` over it with the same
-        settings (not collective: its engine state is made at its first
-        ScaleML collective, as after ``Idup``).
+        ``ValueError``. As mpi4py's predefined objects unpickle to themselves,
+        a Comm over ``COMM_WORLD`` or ``COMM_SELF`` unpickles to the Comm of
+        its class and settings over that handle that this process pickled or
+        unpickled first, while it is alive (``loads(dumps(comm)) is comm``),
+        else to a new one, made without a collective (its engine state comes
+        at its first ScaleML collective, as after ``Idup``). A freed Comm
+        unpickles to an object of its class over ``COMM_NULL``, as mpi4py's.
         """
         _, (_, predefined) = super().__reduce__()  # mpi4py's ValueError for a handle that is not predefined
         name = predefined.__reduce__()  # mpi4py's name of the handle: "COMM_WORLD", "COMM_SELF", "COMM_NULL"
-        if getattr(MPI, name, None) is self:
-            return _unpickle_comm, (name,)
+        if name != "COMM_NULL":
+            _PICKLED.setdefault(self._pickle_key(name), self)
         settings = {"min_count": self.min_count, "algorithm": self.algorithm,
                     "compression": "none" if self.compression is None else self.compression}
         return _unpickle_comm, (name, type(self), settings)
+
+    def _pickle_key(self, name: str) -> tuple[Any, ...]:
+        return name, type(self), self.min_count, self.algorithm, self._codec_fingerprint()
 
     # Communicator constructors return wrapped communicators, so code that splits keeps the engine.
     def _wrap(self, comm: MPI.Comm, lazy: bool = False) -> Any:

@@ -14,6 +14,7 @@ protocol step by step, including its checks and ``BufferError`` messages.
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import Any
 
 import numpy as np
@@ -29,32 +30,11 @@ _DL_INT, _DL_UINT, _DL_FLOAT, _DL_COMPLEX, _DL_BOOL = 0, 1, 2, 5, 6
 _KINDS = {_DL_INT: "i", _DL_UINT: "u", _DL_FLOAT: "f", _DL_COMPLEX: "c", _DL_BOOL: "b"}
 
 
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
-                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
-
-
-class _DLManagedTensor(ctypes.Structure):  # DLPack 0.x: capsule "dltensor"
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
-
-
-class _DLPackVersion(ctypes.Structure):
-    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32)]
-
-
-class _DLManagedTensorVersioned(ctypes.Structure):  # DLPack 1.x: capsule "dltensor_versioned"
-    _fields_ = [("version", _DLPackVersion), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p),
-                ("flags", ctypes.c_uint64), ("dl_tensor", _DLTensor)]
-
+# The structs of dlpack.h, read with struct (one copy of a few bytes: quicker than ctypes fields). DLTensor:
+# data, device (type, id), ndim, dtype (code, bits, lanes), shape, strides, byte_offset.
+_DL_TENSOR = struct.Struct("PiiiBBHPPQ")
+_DL_TENSOR_OFFSET_VERSIONED = 32  # DLManagedTensorVersioned: version (2 x uint32), manager_ctx, deleter, flags
+_DL_VERSIONED_HEAD = struct.Struct("IIPPQ")
 
 # Prototypes of our own (not ctypes.pythonapi's shared function objects, whose argtypes others may set).
 _capsule_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(
@@ -73,7 +53,7 @@ class _CapsuleMemory:
         self.__array_interface__ = {"data": (address, readonly), "shape": shape, "typestr": typestr, "version": 3}
 
 
-def _is_contiguous(shape: list[int], strides: list[int] | None, order: str) -> bool:
+def _is_contiguous(shape: tuple[int, ...], strides: tuple[int, ...] | None, order: str) -> bool:
     """mpi4py's ``dlpack_is_contig``: strides in elements; dimensions of extent <= 1 take any stride."""
     if strides is None:
         return order != "F" or len(shape) <= 1
@@ -86,7 +66,7 @@ def _is_contiguous(shape: list[int], strides: list[int] | None, order: str) -> b
     return True
 
 
-def _dtype(code: int, bits: int, lanes: int) -> np.dtype | None:
+def _numpy_dtype(code: int, bits: int, lanes: int) -> np.dtype | None:
     """The numpy dtype of one element (mpi4py's ``dlpack_get_format``), None where mpi4py reads bytes."""
     if lanes == 2 and code == _DL_FLOAT and bits in (32, 64):
         return np.dtype(f"c{bits // 4}")  # a pair of floats: complex
@@ -98,7 +78,11 @@ def _dtype(code: int, bits: int, lanes: int) -> np.dtype | None:
         return None
 
 
-def host_view(obj: Any) -> np.ndarray | None:
+_DTYPES: dict[tuple[int, int, int], np.dtype] = {}
+"""(code, bits, lanes) -> the numpy dtype of a view: _numpy_dtype's, else bytes (a cache: this runs on every call)."""
+
+
+def host_view(obj: Any, device_type: int | None = None) -> np.ndarray | None:
     """The memory of a DLPack object in host memory as a flat numpy array, in memory order; None elsewhere.
 
     Parameters
@@ -106,6 +90,8 @@ def host_view(obj: Any) -> np.ndarray | None:
     obj : object
         An object with ``__dlpack__`` and ``__dlpack_device__`` (a CPU
         ``torch.Tensor``, a JAX array, ...).
+    device_type : int, optional
+        ``obj.__dlpack_device__()[0]`` where the caller has it already.
 
     Returns
     -------
@@ -131,7 +117,8 @@ def host_view(obj: Any) -> np.ndarray | None:
     the array (its base), never renamed, so the producer's destructor runs
     when the array is gone, as when mpi4py releases its buffer.
     """
-    device_type = int(obj.__dlpack_device__()[0])
+    if device_type is None:
+        device_type = int(obj.__dlpack_device__()[0])
     if device_type not in DL_HOST:
         return None
     stream = {} if device_type == DL_CPU else {"stream": -1}
@@ -145,34 +132,38 @@ def host_view(obj: Any) -> np.ndarray | None:
         raise BufferError("dlpack: invalid capsule object")
     pointer = _capsule_pointer(capsule, name)
     if name == b"dltensor_versioned":
-        managed = _DLManagedTensorVersioned.from_address(pointer)
-        if managed.version.major < 1:
+        major, _, _, _, flags = _DL_VERSIONED_HEAD.unpack(ctypes.string_at(pointer, _DL_VERSIONED_HEAD.size))
+        if major < 1:
             raise BufferError("dlpack: unexpected version")
-        readonly = bool(managed.flags & _READ_ONLY)
+        readonly = bool(flags & _READ_ONLY)
+        pointer += _DL_TENSOR_OFFSET_VERSIONED
     else:
-        managed = _DLManagedTensor.from_address(pointer)
         readonly = False
-    tensor = managed.dl_tensor
-    ndim = tensor.ndim
+    data, _, _, ndim, code, bits, lanes, shape_at, strides_at, byte_offset = _DL_TENSOR.unpack(
+        ctypes.string_at(pointer, _DL_TENSOR.size))
     if ndim < 0:
         raise BufferError("dlpack: number of dimensions is negative")
-    if ndim > 0 and not tensor.shape:
+    if ndim > 0 and not shape_at:
         raise BufferError("dlpack: shape is NULL")
-    shape = [tensor.shape[i] for i in range(ndim)]
-    strides = [tensor.strides[i] for i in range(ndim)] if tensor.strides else None
+    shape = struct.unpack(f"{ndim}q", ctypes.string_at(shape_at, 8 * ndim)) if ndim else ()
+    strides = struct.unpack(f"{ndim}q", ctypes.string_at(strides_at, 8 * ndim)) if ndim and strides_at else None
     if any(extent < 0 for extent in shape):
         raise BufferError("dlpack: shape item is negative")
     if strides is not None and any(stride < 0 for stride in strides):
         raise BufferError("dlpack: strides item is negative")
-    if not (_is_contiguous(shape, strides, "C") or _is_contiguous(shape, strides, "F")):
-        raise BufferError("dlpack: buffer is not contiguous")
-    dtype = _dtype(tensor.dtype.code, tensor.dtype.bits, tensor.dtype.lanes)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * ((tensor.dtype.bits * tensor.dtype.lanes + 7) // 8)
-    if dtype is None or nbytes % dtype.itemsize:
+    if strides is not None and not (_is_contiguous(shape, strides, "C") or _is_contiguous(shape, strides, "F")):
+        raise BufferError("dlpack: buffer is not contiguous")  # (no strides: C-contiguous)
+    dtype = _DTYPES.get((code, bits, lanes))
+    if dtype is None:
+        dtype = _DTYPES[code, bits, lanes] = _numpy_dtype(code, bits, lanes) or np.dtype(np.uint8)
+    nbytes = (bits * lanes + 7) // 8
+    for extent in shape:
+        nbytes *= extent
+    if nbytes % dtype.itemsize:
         dtype = np.dtype(np.uint8)
     if nbytes == 0:  # no memory to keep (the data pointer may be NULL, which numpy refuses)
         array = np.empty(0, dtype)
         array.flags.writeable = not readonly
         return array
-    address = (tensor.data or 0) + tensor.byte_offset
-    return np.asarray(_CapsuleMemory(capsule, address, (nbytes // dtype.itemsize,), dtype.str, readonly))
+    return np.asarray(_CapsuleMemory(capsule, (data or 0) + byte_offset, (nbytes // dtype.itemsize,), dtype.str,
+                                     readonly))

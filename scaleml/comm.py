@@ -104,13 +104,13 @@ def _from_dlpack(buf: Any) -> Any:
     except TypeError:
         pass
     try:
-        on_host = int(buf.__dlpack_device__()[0]) in DL_HOST
+        device_type = int(buf.__dlpack_device__()[0])
     except Exception:  # noqa: BLE001 (not a usable DLPack object: MPI decides)
         return buf
-    if not on_host:
+    if device_type not in DL_HOST:
         return buf
     try:
-        return host_view(buf)
+        return host_view(buf, device_type)
     except Exception as exc:  # noqa: BLE001
         raise _LocalError(6, BufferLayoutError(f"Allreduce: cannot read the {type(buf).__name__} through "
                                                f"DLPack ({exc})")) from exc

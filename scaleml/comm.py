@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
 from . import _log, algorithms, config, nonblocking
+from ._dlpack import DL_HOST, host_view
 from .dense_scan import count_nonzeros_signed
 from .engine import AllreduceInfo, Call, EngineState, LocalError, agree, collective, engine_state
 from .errors import BufferLayoutError
@@ -33,7 +35,10 @@ def _parse_spec(spec: Any) -> tuple[Any, np.dtype, int | None, int]:
 
     Accepts ``buf``, ``[buf, datatype]``, ``[buf, count, datatype]``,
     ``[buf, (count, displ), datatype]`` and ``[buf, count, displ, datatype]``;
-    raises _Unsupported for anything that is not float32/float64 data.
+    raises _Unsupported for anything that is not float32/float64 data. The
+    buffer is read only when the spec's datatype, count and displacement let
+    the engine take it (a DLPack object without a datatype is read for its
+    element type, as mpi4py reads it: see :func:`_from_dlpack`).
     """
     datatype, count, displ = None, None, 0
     if isinstance(spec, (list, tuple)):
@@ -52,38 +57,49 @@ def _parse_spec(spec: Any) -> tuple[Any, np.dtype, int | None, int]:
             raise _Unsupported
     else:
         buf = spec
-    buf = _from_dlpack(buf)
+    if not (count is None or isinstance(count, (int, np.integer))) or not isinstance(displ, (int, np.integer)):
+        raise _Unsupported
     if datatype is not None:
+        # decided before the buffer is read: a datatype the engine never takes goes to MPI untouched
         dtype = next((dt for mpi_type, dt in _FLOAT_TYPES if datatype == mpi_type), None)
         if dtype is None:
             raise _Unsupported
-    elif isinstance(buf, np.ndarray) and buf.dtype in _NUMPY_FLOATS:
-        dtype = buf.dtype
+        buf = _from_dlpack(buf)
     else:
-        raise _Unsupported
-    if not (count is None or isinstance(count, (int, np.integer))) or not isinstance(displ, (int, np.integer)):
-        raise _Unsupported
+        buf = _from_dlpack(buf)
+        if not (isinstance(buf, np.ndarray) and buf.dtype in _NUMPY_FLOATS):
+            raise _Unsupported
+        dtype = buf.dtype
     return buf, dtype, None if count is None else int(count), int(displ)
 
 
 def _from_dlpack(buf: Any) -> Any:
-    """A numpy view of a DLPack object in host memory (a CPU ``torch.Tensor``, a JAX array), else ``buf``.
+    """A flat numpy view of a DLPack object in host memory (a CPU ``torch.Tensor``, a JAX array), else ``buf``.
 
-    mpi4py reads such objects through DLPack; so does the drop-in. A host
-    object that cannot be exported (a tensor that requires grad) is this
-    rank's ``BufferError``, as in mpi4py; objects in device memory are left as
-    they are: the call then goes to MPI, which reads or refuses them itself.
+    mpi4py reads such objects through DLPack when they lack the buffer
+    protocol; so does the drop-in, the way mpi4py does
+    (:func:`scaleml._dlpack.host_view`): the producer's capsule is never
+    consumed, so no deleter runs that mpi4py would not run (``np.from_dlpack``
+    would call it). A host object that cannot be exported (a tensor that
+    requires grad) is this rank's ``BufferError``, as in mpi4py; objects in
+    device memory are left as they are: the call then goes to MPI, which
+    reads or refuses them itself.
     """
     if isinstance(buf, np.ndarray) or not hasattr(buf, "__dlpack__"):
         return buf
     try:
-        on_host = int(buf.__dlpack_device__()[0]) in (1, 3)  # kDLCPU, kDLCUDAHost
+        memoryview(buf)  # the buffer protocol comes first, as in mpi4py
+        return buf
+    except TypeError:
+        pass
+    try:
+        device_type = int(buf.__dlpack_device__()[0])
     except Exception:  # noqa: BLE001 (not a usable DLPack object: MPI decides)
         return buf
-    if not on_host:
+    if device_type not in DL_HOST:
         return buf
     try:
-        return np.from_dlpack(buf)
+        return host_view(buf, device_type)
     except Exception as exc:  # noqa: BLE001
         raise LocalError(6, BufferLayoutError(f"Allreduce: cannot read the {type(buf).__name__} through "
                                                f"DLPack ({exc})")) from exc
@@ -160,6 +176,20 @@ def _float_plan(spec: Any) -> tuple[np.dtype, int] | None:
 def _check_op(op: Any) -> None:
     if not isinstance(op, MPI.Op):
         raise LocalError(1, TypeError(f"Allreduce: op must be an mpi4py MPI.Op, got {type(op).__name__}"))
+
+
+_PICKLED: weakref.WeakValueDictionary[tuple[Any, ...], Comm] = weakref.WeakValueDictionary()
+"""(predefined handle's name, class, settings) -> the Comm that unpickles for them (see ``Comm.__reduce__``)."""
+
+
+def _unpickle_comm(name: str, cls: type, settings: dict[str, Any]) -> MPI.Comm:
+    """A pickled :class:`Comm` (see ``Comm.__reduce__``): a ``cls`` over ``MPI.<name>`` with ``settings``."""
+    predefined = getattr(MPI, name)
+    if predefined == MPI.COMM_NULL:  # a freed Comm: an object of its class over the null handle, as mpi4py's
+        return MPI.Intracomm.__new__(cls, predefined)
+    comm = cls.__new__(cls, predefined)
+    Comm.__init__(comm, predefined, _lazy_state=True, **settings)  # not collective: nothing is made yet
+    return _PICKLED.setdefault(comm._pickle_key(name), comm)
 
 
 class Comm(MPI.Intracomm):
@@ -284,8 +314,29 @@ class Comm(MPI.Intracomm):
         lossy = f", compression={self.compression!r}" if self.compression is not None else ""
         return f"scaleml.Comm({self._comm!r}, min_count={self.min_count}, algorithm={self.algorithm!r}{lossy})"
 
-    def __reduce__(self):  # mpi4py communicators are not picklable; neither is this one
-        raise TypeError("cannot pickle a scaleml.Comm (as mpi4py cannot pickle communicators)")
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as mpi4py pickles its communicators (``reduce_default``).
+
+        Only communicators over a predefined handle (``COMM_WORLD``,
+        ``COMM_SELF``, ``COMM_NULL``) pickle; any other raises mpi4py's
+        ``ValueError``. As mpi4py's predefined objects unpickle to themselves,
+        a Comm over ``COMM_WORLD`` or ``COMM_SELF`` unpickles to the Comm of
+        its class and settings over that handle that this process pickled or
+        unpickled first, while it is alive (``loads(dumps(comm)) is comm``),
+        else to a new one, made without a collective (its engine state comes
+        at its first ScaleML collective, as after ``Idup``). A freed Comm
+        unpickles to an object of its class over ``COMM_NULL``, as mpi4py's.
+        """
+        _, (_, predefined) = super().__reduce__()  # mpi4py's ValueError for a handle that is not predefined
+        name = predefined.__reduce__()  # mpi4py's name of the handle: "COMM_WORLD", "COMM_SELF", "COMM_NULL"
+        if name != "COMM_NULL":
+            _PICKLED.setdefault(self._pickle_key(name), self)
+        settings = {"min_count": self.min_count, "algorithm": self.algorithm,
+                    "compression": "none" if self.compression is None else self.compression}
+        return _unpickle_comm, (name, type(self), settings)
+
+    def _pickle_key(self, name: str) -> tuple[Any, ...]:
+        return name, type(self), self.min_count, self.algorithm, self._codec_fingerprint()
 
     # Communicator constructors return wrapped communicators, so code that splits keeps the engine.
     def _wrap(self, comm: MPI.Comm, lazy: bool = False) -> Any:

@@ -351,6 +351,8 @@ class Call:
     """This rank holds a -0.0 (the drop-in: sparse algorithms cannot sign zeros as MPI does)."""
     span: dict[str, Any] = field(default_factory=dict)
     """Extra fields of the timeline span."""
+    prepared_phase: str = "scan"
+    """The timeline phase of the preparation (``scan``; ``encode`` for a top-k selection)."""
 
     @property
     def value_bytes(self) -> int:
@@ -482,7 +484,7 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
     except Exception as exc:  # any argument, of any type: raised on every rank through the agreement
         error, call = as_local_error(exc), _FAILED_CALL
     if tl is not None:
-        tl.mark("scan")
+        tl.mark(call.prepared_phase)
     ok = error is None
     code = algorithms.code_of(call.requested) if ok else 0
     n, value_bytes = (call.n, call.value_bytes) if ok else (0, 0)
@@ -557,6 +559,8 @@ def run_algorithm(private: MPI.Intracomm, call: Call, chosen: str, agreement: Ag
     idx = call.indices
     if idx is None and "dense" not in algorithms.REGISTRY[chosen].input_forms:  # the drop-in's dense input
         idx, vals = extract_nonzeros(vals, call.nnz if call.nnz is not None else n, index_dtype(n))
+        if tl is not None:
+            tl.mark("encode")
     if idx is None:  # dense input: n values on every rank (the agreed non-zero counts bound nothing here)
         idx_bytes, idx_ptr, nnz = index_dtype(n).itemsize, ffi.NULL, n
         nnz_max, nnz_sum = n, n * private.Get_size()

@@ -22,8 +22,8 @@ call (``cat`` ``"call"``, ``args``: ``n``, ``dtype``, ``algorithm``,
     This rank's local work before any message: buffer checks, counting the
     non-zeros of a dense input, sorting sparse input.
 ``encode``
-    Extracting the non-zeros (the drop-in), top-k selection, quantization of
-    ``adaptive_allreduce``.
+    Extracting the non-zeros (the drop-in, before a sparse algorithm), top-k
+    selection (the encoding of the lossy formats happens inside ``algorithm``).
 ``agreement``
     The small MPI_Allreduce that checks arguments and agrees on sizes.
 ``plan``

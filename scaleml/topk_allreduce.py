@@ -150,6 +150,7 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         g, idx, vals, residual, step = _select(grad, ratio, k, approximate, error_feedback, name)
         call = sparse_call(idx, vals, g.size, algorithm, compression, "dense", out)
         call.span["k"] = idx.size
+        call.prepared_phase = "encode"  # the selection
         selected.extend((g, residual, step))
         return call
 

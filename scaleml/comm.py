@@ -12,7 +12,7 @@ from mpi4py import MPI
 from . import _log, algorithms, config, nonblocking
 from ._dlpack import DL_HOST, host_view
 from .dense_scan import count_nonzeros_signed
-from .engine import AllreduceInfo, Call, EngineState, LocalError, agree, collective, engine_state
+from .engine import AllreduceInfo, Call, EngineState, LocalError, agree, as_local_error, collective, engine_state
 from .errors import BufferLayoutError
 from .nonblocking import IallreduceRoutes, Request, channel
 from .value_format import value_format
@@ -279,8 +279,9 @@ class Comm(MPI.Intracomm):
         self._engine = None if _lazy_state else engine_state(self._comm)
         self._mpi_classes: dict[tuple[int, np.dtype], Any] = {}
         """(count, dtype) -> the tuner's statistics of its size class, for the steady-state test in Allreduce."""
-        self._mpi_fast: dict[int, tuple[np.dtype, Any]] = {}
-        """count -> (dtype, statistics) of the last class of that count: the fast path's one int-keyed lookup."""
+        self._mpi_fast: dict[int, Any] = {}
+        """count -> the tuner's statistics of the last class of that count (``stats.dtype`` says its dtype):
+        the fast path's one int-keyed lookup."""
         self._iallreduce_routes: dict[tuple[int, np.dtype], IallreduceRoutes] = {}
         """(count, dtype) -> where Iallreduce runs it (scaleml.nonblocking.IallreduceRoutes)."""
         _log.refresh()
@@ -508,31 +509,31 @@ class Comm(MPI.Intracomm):
         class docstring for when the sparse engine takes over.
         """
         self.last_info = None
-        # The steady state of a size class that MPI won, with plain contiguous arrays, in a few attribute
-        # reads: the checks of _buffers without its parsing, then the call of _mpi_allreduce.
+        # The steady state of a size class that MPI won, with plain arrays, in a few attribute reads.
         if type(recvbuf) is np.ndarray:
-            if recvbuf.size < self.min_count:  # below the engine's threshold: MPI, and nothing else on the way
+            n = recvbuf.size
+            if n < self.min_count:  # below the engine's threshold: MPI, and nothing else on the way
                 if _log.ON:  # INFO logging or a timeline: the one check of this path
                     return _log.mpi(self, "below min_count", self._comm.Allreduce, sendbuf, recvbuf, op)
                 return self._comm.Allreduce(sendbuf, recvbuf, op)
-            fast = self._mpi_fast.get(recvbuf.size)
-            if fast is not None and fast[0] is recvbuf.dtype and op is _SUM and not _log.ON:
-                stats = fast[1]
-                if stats.calls < stats.mpi_until:
-                    flags = recvbuf.flags
-                    if flags.c_contiguous and flags.writeable \
-                            and (sendbuf is _IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype is recvbuf.dtype
-                                                          and sendbuf.size == recvbuf.size
-                                                          and sendbuf.flags.c_contiguous)):
-                        stats.calls += 1  # _mpi_call inline: the tuner's MPI period, no agreement
-                        if stats.mpi_until - stats.calls < _TIMED_CALLS:
-                            self._mpi_call(self._state, stats, sendbuf, recvbuf, op, recvbuf)
-                            return None
+            stats = self._mpi_fast.get(n)
+            dtype = recvbuf.dtype
+            if stats is not None and stats.dtype is dtype and op is _SUM and not _log.ON:
+                if stats.mpi_until - stats.calls > _TIMED_CALLS \
+                        and (sendbuf is _IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype is dtype
+                                                      and sendbuf.size == n)):
+                    # The tuner's MPI period, untimed, in the fewest steps: mpi4py checks the layouts (C or
+                    # Fortran order, writable), and a buffer it refuses is this rank's error, which joins the
+                    # others' MPI_Allreduce with NaN at index 0 (see _mpi_allreduce).
+                    stats.calls += 1
+                    try:
                         self._comm.Allreduce(sendbuf, recvbuf, op)
-                        first = recvbuf.item(0)
-                        if first != first:  # NaN at index 0: a rank may have failed (see _mpi_allreduce)
-                            self._agree_on_nan(self._state, recvbuf)
-                        return None
+                    except (BufferError, ValueError, TypeError) as exc:
+                        self._join_failed(self._state, self._refused(sendbuf, recvbuf, exc), n, dtype)
+                    first = recvbuf.item(0)
+                    if first != first:  # NaN at index 0: a rank may have failed
+                        self._agree_on_nan(self._state, recvbuf)
+                    return None
         plan = self._plan(sendbuf, recvbuf, op)
         if plan is None:
             if _log.ON:
@@ -543,7 +544,8 @@ class Comm(MPI.Intracomm):
         stats = state.tuner.stats("Allreduce", dtype.itemsize, n, self._codec_fingerprint())
         if n and self.algorithm == "auto":
             self._mpi_classes[n, dtype] = stats
-            self._mpi_fast[n] = (dtype, stats)
+            stats.dtype = dtype
+            self._mpi_fast[n] = stats
             if stats.calls < stats.mpi_until:  # an MPI period of the tuner: no agreement
                 stats.calls += 1
                 if _log.ON:
@@ -567,15 +569,27 @@ class Comm(MPI.Intracomm):
             _check_op(op)
             _, recv = self._buffers(sendbuf, recvbuf, dtype, n)
         except LocalError as exc:
-            # Every rank joins the MPI_Allreduce the others are in (a bad buffer must not leave them waiting):
-            # a sum, as theirs is (only a SUM, or an op that is no op at all, is planned for the engine).
-            poison = np.zeros(n, dtype)
-            poison[0] = np.nan
-            self._comm.Allreduce(MPI.IN_PLACE, poison, MPI.SUM)
-            agree(state, exc, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce",
-                  codec=self._codec_fingerprint())
-            raise AssertionError("unreachable: the agreement raises this rank's error") from exc  # pragma: no cover
+            self._join_failed(state, exc, n, dtype)
         self._mpi_call(state, stats, sendbuf, recvbuf, op, recv)
+
+    def _refused(self, sendbuf: Any, recvbuf: np.ndarray, exc: Exception) -> LocalError:
+        """The local error of buffers mpi4py refused: :meth:`_buffers`'s own, else mpi4py's exception."""
+        try:
+            self._buffers(sendbuf, recvbuf, recvbuf.dtype, recvbuf.size)
+        except LocalError as error:
+            return error
+        return LocalError(6, exc) if isinstance(exc, BufferError) else as_local_error(exc)
+
+    def _join_failed(self, state: EngineState, error: LocalError, n: int, dtype: np.dtype) -> None:
+        """This rank's buffers are bad in an MPI period: join the MPI_Allreduce the others are in (a bad buffer
+        must not leave them waiting) with NaN at index 0, then raise ``error`` through the agreement."""
+        # A sum, as theirs is (only a SUM, or an op that is no op at all, is planned for the engine).
+        poison = np.zeros(n, dtype)
+        poison[0] = np.nan
+        self._comm.Allreduce(MPI.IN_PLACE, poison, MPI.SUM)
+        agree(state, error, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce",
+              codec=self._codec_fingerprint())
+        raise AssertionError("unreachable: the agreement raises this rank's error") from error  # pragma: no cover
 
     def _mpi_call(self, state, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, recv: np.ndarray) -> None:
         """MPI_Allreduce in an MPI period, timed on the calls whose times the next check reports; NaN at

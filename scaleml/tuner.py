@@ -95,6 +95,8 @@ class ClassStats:
     """What the ranks have agreed about one size class (identical on every rank)."""
 
     calls: int = 0
+    dtype: object = None
+    """The value dtype of the class (the drop-in's fast path compares it by identity)."""
     mpi_until: int = 0
     """Calls up to this count go to MPI without an agreement (the drop-in's MPI periods)."""
     backoff: int = INITIAL_BACKOFF

@@ -430,7 +430,7 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
             stats.go_mpi()
             return "dense", "no engine algorithm takes this call"
         prior = _prior(predicted, model, stats.mpi_seconds)
-        chosen = stats.choose(predicted, names, prior, _FAMILIES)
+        chosen = stats.choose(predicted, names, prior, _FAMILIES, ceiling=WIN_MARGIN * stats.mpi_seconds)
         estimate = stats.chosen_estimate
         if estimate < WIN_MARGIN * stats.mpi_seconds:
             stats.stay_engine()

@@ -31,11 +31,12 @@ The rules of a choice (:meth:`ClassStats.choose`), per size class and density
   decoding stay what the model says they cost.
 * **Exploration has a budget**: after the first choice, at most
   :data:`EXPLORE_LIMIT` calls per class and density run an algorithm that was
-  never measured there, and only when its estimate is below
-  :data:`SWITCH_MARGIN` of the best measured one's. With the pruning above,
+  never measured there (the best-estimated first), and only one whose
+  estimate is below :data:`EXPLORE_WITHIN` times the best measured one's (and,
+  for the drop-in, below :data:`WIN_MARGIN` of MPI's time): the model cannot
+  rank algorithms it puts close together, and trying one costs one call. So
   the extra time the first calls of a class spend exploring is at most
-  ``EXPLORE_LIMIT`` calls of algorithms the model puts within
-  ``PRUNE_FACTOR`` of the best.
+  ``EXPLORE_LIMIT`` calls, each estimated at most 1.5x the best measured call.
 * **Hysteresis**: the algorithm in use (the incumbent) is replaced by another
   measured one only when the other's estimate is below ``SWITCH_MARGIN`` of
   the incumbent's; estimates are medians of several agreed samples, so one
@@ -64,6 +65,9 @@ PRUNE_FACTOR = 4.0
 """An algorithm predicted more than this many times the best candidate's prediction is never explored."""
 EXPLORE_LIMIT = 2
 """Calls per class and density that may try an algorithm never measured there, after the first choice."""
+EXPLORE_WITHIN = 1.5
+"""An algorithm never measured is tried only when its estimate is below this many times the best measured one's:
+the model cannot rank near-equals, and one call of an algorithm estimated within 1.5x costs little."""
 INITIAL_BACKOFF = 4
 MAX_BACKOFF = 1024
 WINDOW = 5
@@ -174,7 +178,8 @@ class ClassStats:
         return predicted if prior is None else prior
 
     def choose(self, predicted: dict[str, float], candidates: Iterable[str],
-               prior: dict[str, float] | None = None, families: dict[str, object] | None = None) -> str:
+               prior: dict[str, float] | None = None, families: dict[str, object] | None = None,
+               ceiling: float | None = None) -> str:
         """The algorithm to run among ``candidates`` (see the module's rules); the same on every rank.
 
         Parameters
@@ -189,6 +194,8 @@ class ClassStats:
         families : dict, optional
             Algorithm -> its family (algorithms that share a structure, whose model errs alike): an untried
             algorithm's prior is scaled by how far its measured relatives ran from theirs.
+        ceiling : float, optional
+            Never explore an algorithm estimated at or above this (the drop-in: 0.9 of MPI's time).
         """
         names = [a for a in candidates if a in predicted]
         if not names:
@@ -207,11 +214,12 @@ class ClassStats:
         measured = [a for a in viable if a in measured]
         untried = [a for a in viable if a not in measured]
         self.exploring = False
-        choice = self._choice(est, viable, measured, untried)
+        choice = self._choice(est, viable, measured, untried, math.inf if ceiling is None else ceiling)
         self.chosen_estimate = est[choice]
         return choice
 
-    def _choice(self, est: dict[str, float], viable: list[str], measured: list[str], untried: list[str]) -> str:
+    def _choice(self, est: dict[str, float], viable: list[str], measured: list[str], untried: list[str],
+                ceiling: float) -> str:
         bucket = self.bucket
         if not measured:  # the model's first choice: not exploration
             choice = min(viable, key=est.__getitem__)
@@ -220,7 +228,7 @@ class ClassStats:
         best_measured = min(measured, key=est.__getitem__)
         if untried and self.explored.get(bucket, 0) < EXPLORE_LIMIT:
             candidate = min(untried, key=est.__getitem__)
-            if est[candidate] < SWITCH_MARGIN * est[best_measured]:
+            if est[candidate] < min(EXPLORE_WITHIN * est[best_measured], ceiling):
                 self.explored[bucket] = self.explored.get(bucket, 0) + 1
                 self.exploring = True
                 return candidate  # one call to measure it; the incumbent stays until it is beaten

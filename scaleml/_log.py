@@ -215,13 +215,6 @@ def decision(op_name: str, n: int, dtype: Any, agreement: Any, predicted: dict[s
         if ON:
             refresh()
         return
-    if not reason:
-        if config.DISABLE:
-            reason = "SCALEML_DISABLE=1"
-        elif requested != "auto":
-            reason = "SCALEML_ALGORITHM" if requested == config.ALGORITHM else "requested"
-        else:
-            reason = "least estimated time"
     dtype = str(np.dtype(dtype)) if dtype is not None else "?"
     names = candidates if candidates is not None else algorithms.NAMES if fmt is not None else algorithms.EXACT
     best = sorted(((k, predicted[k]) for k in names if k in predicted), key=lambda kv: kv[1])[:4]

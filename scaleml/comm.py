@@ -14,7 +14,7 @@ from ._dlpack import DL_HOST, host_view
 from .dense_scan import count_nonzeros_signed
 from .engine import AllreduceInfo, Call, EngineState, LocalError, agree, as_local_error, collective, engine_state
 from .errors import BufferLayoutError
-from .nonblocking import IallreduceRoutes, Request, channel
+from .nonblocking import IallreduceRoutes, MPIRequest, Request, channel
 from .value_format import value_format
 
 # Calls at the end of an MPI period whose times are reported at the next check (timing every call costs more).
@@ -283,6 +283,8 @@ class Comm(MPI.Intracomm):
         """count -> the tuner's statistics of the last class of that count (``stats.dtype`` says its dtype):
         the fast path's one int-keyed lookup."""
         self._iallreduce_routes: dict[tuple[int, np.dtype], IallreduceRoutes] = {}
+        self._iallreduce_fast: dict[int, IallreduceRoutes] = {}
+        """count -> the routes of the last class of that count (``routes.dtype``): the fast path's lookup."""
         """(count, dtype) -> where Iallreduce runs it (scaleml.nonblocking.IallreduceRoutes)."""
         _log.refresh()
         if _log.ON:
@@ -292,7 +294,8 @@ class Comm(MPI.Intracomm):
         # A Comm that mpi4py made without __init__ (``Comm.f2py``, ``Comm.fromhandle``,
         # ``Comm.Create_from_group``): the default settings, its engine state made at first use.
         if name in ("_comm", "_engine", "_format", "min_count", "algorithm", "compression", "last_info",
-                    "_mpi_classes", "_mpi_fast", "_iallreduce_routes") and "_comm" not in self.__dict__:
+                    "_mpi_classes", "_mpi_fast", "_iallreduce_routes", "_iallreduce_fast") \
+                and "_comm" not in self.__dict__:
             Comm.__init__(self, MPI.Intracomm(self), _lazy_state=True)
             return getattr(self, name)
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
@@ -415,19 +418,29 @@ class Comm(MPI.Intracomm):
         to the call until it completes. :func:`scaleml.nonblocking.waitall`
         waits for both kinds.
         """
-        # The steady state of a class that MPI won, with plain contiguous arrays: the checks of _buffers
-        # without its parsing, then MPI_Iallreduce (what mpi4py's call costs, plus a few attribute reads).
+        # Below min_count, and the steady state of a class that MPI won, with plain arrays, in a few attribute
+        # reads: MPI_Iallreduce (what mpi4py's call costs); a buffer mpi4py refuses is this rank's error, which
+        # joins the others' MPI_Iallreduce with NaN at index 0 (see _mpi_iallreduce).
         if type(recvbuf) is np.ndarray:
-            routes = self._iallreduce_routes.get((recvbuf.size, recvbuf.dtype))
-            if routes is not None and routes.mpi and routes.check is None and routes.calls < routes.until \
-                    and op is _SUM and not _log.ON:
-                flags = recvbuf.flags
-                if flags.c_contiguous and flags.writeable \
-                        and (sendbuf is _IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype == recvbuf.dtype
-                                                      and sendbuf.size == recvbuf.size
-                                                      and sendbuf.flags.c_contiguous)):
-                    routes.calls += 1  # IallreduceRoutes.next() without a decision to make
-                    return routes.checks.start(self._comm, sendbuf, recvbuf, op, recvbuf, None)
+            n = recvbuf.size
+            if n < self.min_count:
+                if _log.ON:
+                    return _log.mpi(self, "below min_count", self._comm.Iallreduce, sendbuf, recvbuf, op)
+                return self._comm.Iallreduce(sendbuf, recvbuf, op)
+            routes = self._iallreduce_fast.get(n)
+            dtype = recvbuf.dtype
+            if routes is not None and routes.dtype is dtype and routes.mpi and routes.check is None \
+                    and routes.calls < routes.until and op is _SUM and not _log.ON \
+                    and (sendbuf is _IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype is dtype
+                                                  and sendbuf.size == n)):
+                routes.calls += 1  # IallreduceRoutes.next() without a decision to make
+                checks = routes.checks
+                try:  # checks.start, inline
+                    request = MPIRequest(checks, self._comm.Iallreduce(sendbuf, recvbuf, op), recvbuf, None)
+                except (BufferError, ValueError, TypeError) as exc:
+                    return self._mpi_iallreduce(checks, sendbuf, recvbuf, op, dtype, n, refused=exc)
+                checks.pending.append(request)
+                return request
         plan = self._plan(sendbuf, recvbuf, op)
         if plan is None:
             if _log.ON:  # logged as the blocking call's route (the timeline shows the start only)
@@ -439,7 +452,7 @@ class Comm(MPI.Intracomm):
         recheck = False
         routes = self._iallreduce_routes.get((n, dtype))  # once made, a class keeps them (as the fast path does)
         if routes is None and self.algorithm == "auto" and 0 < n * dtype.itemsize < nonblocking.IALLREDUCE_THREAD_BYTES:
-            routes = self._iallreduce_routes[n, dtype] = IallreduceRoutes()
+            routes = self._iallreduce_routes[n, dtype] = self._iallreduce_fast[n] = IallreduceRoutes(dtype)
         if routes is not None:
             use_mpi, recheck = routes.next()
             if use_mpi:
@@ -472,11 +485,15 @@ class Comm(MPI.Intracomm):
             routes.started(request, times)
         return request
 
-    def _mpi_iallreduce(self, checks, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype, n: int) -> Request:
-        """MPI_Iallreduce on the caller's buffers, as :meth:`_mpi_allreduce` (a bad buffer joins with NaN)."""
+    def _mpi_iallreduce(self, checks, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype, n: int,
+                        refused: Exception | None = None) -> Request:
+        """MPI_Iallreduce on the caller's buffers, as :meth:`_mpi_allreduce` (a bad buffer joins with NaN);
+        ``refused``: mpi4py refused these buffers (this rank's error even where :meth:`_buffers` finds none)."""
         try:
             _check_op(op)
             _, recv = self._buffers(sendbuf, recvbuf, dtype, n)
+            if refused is not None:
+                raise LocalError(6, refused) if isinstance(refused, BufferError) else as_local_error(refused)
             error = None
         except LocalError as exc:
             error = exc

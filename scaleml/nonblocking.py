@@ -32,7 +32,7 @@ So where the engine chose plain MPI in a size class of messages below
 ``SCALEML_IALLREDUCE_THREAD_BYTES`` (4 MiB), the next calls of the class
 are ``MPI_Iallreduce`` on the caller's buffers (an MPI period, as the
 blocking drop-in's tuner has; :class:`IallreduceRoutes`), with the blocking
-drop-in's safety in its MPI periods (:class:`_MPIRequest`). Such a request
+drop-in's safety in its MPI periods (:class:`MPIRequest`). Such a request
 completes when it is waited for or tested, as mpi4py's do; its callbacks get a
 thread that waits for it. Larger messages, and classes the engine wins,
 stay on the thread, whose overlap pays for the hand-over.
@@ -183,7 +183,7 @@ def waitall(requests: Iterable[Any]) -> None:
         raise first
 
 
-class _MPIRequest:
+class MPIRequest:
     """A drop-in ``Iallreduce`` that MPI runs: ``MPI_Iallreduce`` on the caller's buffers.
 
     Where the engine lost to MPI in a size class, a nonblocking call costs
@@ -271,7 +271,7 @@ class _MPIRequest:
 
 
 class _MPIChecks:
-    """One communicator's :class:`_MPIRequest` s, completed and checked in the order they started.
+    """One communicator's :class:`MPIRequest` s, completed and checked in the order they started.
 
     The check of a request whose sum has NaN at index 0 is an agreement (a
     collective, on a private duplicate of the communicator): every rank sees
@@ -284,19 +284,19 @@ class _MPIChecks:
         private = comm.Dup()  # collective: made at the first call MPI runs, the same call on every rank
         private.Set_errhandler(MPI.ERRORS_RETURN)
         self.state = EngineState(private)
-        self.pending: collections.deque[_MPIRequest] = collections.deque()
+        self.pending: collections.deque[MPIRequest] = collections.deque()
         self.lock = threading.RLock()  # reentrant: a done-callback may wait for another request
 
     def start(self, comm: MPI.Intracomm, sendbuf: Any, recvbuf: Any, op: MPI.Op, recv: Any,
-              local_error: Any) -> _MPIRequest:
+              local_error: Any) -> MPIRequest:
         """``MPI_Iallreduce`` on ``comm``; ``local_error``: this rank's buffers were bad (``recv`` is then the
         scratch sum with NaN at index 0, and the call joins with it). Called by the thread that starts the
         collectives of ``comm`` only (MPI's rule), so the start order is the order of ``pending``."""
-        request = _MPIRequest(self, comm.Iallreduce(sendbuf, recvbuf, op), recv, local_error)
+        request = MPIRequest(self, comm.Iallreduce(sendbuf, recvbuf, op), recv, local_error)
         self.pending.append(request)
         return request
 
-    def complete(self, request: _MPIRequest, block: bool) -> bool:
+    def complete(self, request: MPIRequest, block: bool) -> bool:
         """Complete and check the requests that started before ``request`` and ``request``; whether it is done."""
         with self.lock:
             pending = self.pending
@@ -322,7 +322,7 @@ class _MPIChecks:
                     head._finish(None)
         return True
 
-    def _agree(self, request: _MPIRequest) -> None:
+    def _agree(self, request: MPIRequest) -> None:
         """Every rank's sum has NaN at index 0: a rank failed (every rank raises), or the data held NaN."""
         try:
             agree(self.state, request._local_error, n=request._recv.size, value_bytes=request._recv.itemsize,
@@ -352,7 +352,8 @@ class IallreduceRoutes:
     of ``SCALEML_IALLREDUCE_THREAD_BYTES`` and more always run on the thread.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: Any = None) -> None:
+        self.dtype = dtype  # the class's value dtype (the drop-in's fast path compares it by identity)
         self.calls = 0
         self.mpi = False  # the route of the current period
         self.until = 0  # its last call

@@ -47,7 +47,13 @@ def run_mpi(nprocs: int, args: list[str], timeout: float = 600,
     The job runs in its own session so a hung rank cannot outlive the test.
     """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {}))
-    cmd = [mpiexec(), "-n", str(nprocs), sys.executable, *args]
+    return run_killing_on_timeout([mpiexec(), "-n", str(nprocs), sys.executable, *args], timeout, env,
+                                  f"mpiexec -n {nprocs}")
+
+
+def run_killing_on_timeout(cmd: list[str], timeout: float, env: dict[str, str],
+                           what: str) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session (stdout and stderr merged); on timeout kill the whole session and fail."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
@@ -55,7 +61,7 @@ def run_mpi(nprocs: int, args: list[str], timeout: float = 600,
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        pytest.fail(f"mpiexec -n {nprocs} timed out after {timeout} s (a hang):\n{out[-6000:]}")
+        pytest.fail(f"{what} timed out after {timeout} s (a hang):\n{out[-6000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 

@@ -11,12 +11,10 @@ install`` does).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_pytest_under_mpi
+from conftest import ROOT, run_killing_on_timeout, run_pytest_under_mpi
 
 SCRIPT = ROOT / "scripts" / "mpi4py_parity.py"
 
@@ -28,15 +26,9 @@ def test_pickling_and_dlpack_reads_follow_mpi4py(nprocs):
 
 def test_wrapped_mpi4py_test_suite_passes_what_plain_mpi4py_passes():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, str(SCRIPT)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    timeout = 1200  # six launches of at most 240 s each (the script's own limit), and the download
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"scripts/mpi4py_parity.py timed out after {timeout} s:\n{out[-6000:]}")
+    # six launches of at most 240 s each (the script's own limit), and the download
+    proc = run_killing_on_timeout([sys.executable, str(SCRIPT)], 1200, env, "scripts/mpi4py_parity.py")
+    out = proc.stdout
     print(out)  # the table, in the report of a failure (and with -s)
     if proc.returncode != 0:
         pytest.fail(f"scripts/mpi4py_parity.py failed (exit {proc.returncode}):\n{out[-8000:]}")

@@ -44,7 +44,7 @@ from . import timeline as _timeline
 from ._native import check, comm_address, ffi, lib
 from .dense_scan import extract_nonzeros
 from .errors import AGREEMENT_EXCEPTIONS
-from .tuner import EXPLORE_LIMIT, WIN_MARGIN, ClassStats, Tuner, bandwidth_factor
+from .tuner import EXPLORE_LIMIT, EXPLORE_WITHIN, WIN_MARGIN, ClassStats, Tuner, bandwidth_factor
 from .value_format import ValueFormat
 
 __all__ = ["Agreement", "AllreduceInfo", "Call", "EngineState", "LocalError", "SparseVector", "agree",
@@ -446,7 +446,8 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
 
 def _why(stats: ClassStats) -> str:
     if stats.exploring:
-        return f"exploring: never measured here, estimated faster ({stats.explored[stats.bucket]} of {EXPLORE_LIMIT})"
+        return (f"exploring: never measured here, estimated within {EXPLORE_WITHIN}x of the best measured "
+                f"({stats.explored[stats.bucket]} of {EXPLORE_LIMIT})")
     return "least estimated time"
 
 

@@ -429,8 +429,8 @@ class Comm(MPI.Intracomm):
                 return self._comm.Iallreduce(sendbuf, recvbuf, op)
             routes = self._iallreduce_fast.get(n)
             dtype = recvbuf.dtype
-            if routes is not None and routes.dtype is dtype and routes.mpi and routes.check is None \
-                    and routes.calls < routes.until and op is _SUM and not _log.ON \
+            if routes is not None and routes.dtype is dtype and routes.calls < routes.mpi_until \
+                    and op is _SUM and not _log.ON \
                     and (sendbuf is _IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype is dtype
                                                   and sendbuf.size == n)):
                 routes.calls += 1  # IallreduceRoutes.next() without a decision to make

@@ -216,7 +216,27 @@ class MPIRequest:
     def Wait(self, status: MPI.Status | None = None) -> bool:  # noqa: N802 (mpi4py's name)
         """Wait for the collective to complete; raise its exception if it failed (``True`` as mpi4py)."""
         if not self._complete:
-            self._checks.complete(self, True)
+            checks = self._checks
+            with checks.lock:
+                pending = checks.pending
+                # The common case, inline: the oldest pending request, this rank's buffers good, no callback.
+                if pending and pending[0] is self and self._local_error is None and self._callbacks is None:
+                    try:
+                        self._mpi.Wait()
+                    except MPI.Exception as exc:
+                        pending.popleft()
+                        self._finish(exc)
+                    else:
+                        pending.popleft()
+                        first = self._recv.item(0)
+                        if first != first:
+                            checks._agree(self)
+                        else:
+                            self._recv = None
+                            self._complete = True
+                            return True
+                else:
+                    checks.complete(self, True)
         if self._error is not None:
             raise self._error
         return True
@@ -362,6 +382,9 @@ class IallreduceRoutes:
         self.check_times: list[float | None] = []  # filled by that call (see started)
         self.checks: _MPIChecks | None = None
         """The communicator's checks of the calls MPI runs (set at the first such call)."""
+        self.mpi_until = 0
+        """Calls below this count run on MPI with no decision to make (the fast path's one comparison): the
+        period's end while it is an MPI period and no check is pending, else 0."""
 
     def next(self) -> tuple[bool, bool]:
         """``(mpi, recheck)`` for the next call: MPI runs it, or the thread (re-checking MPI's win if ``recheck``)."""
@@ -370,6 +393,7 @@ class IallreduceRoutes:
             mpi = self._mpi_wins()
             self.period = min(self.period * 4, MAX_PERIOD) if mpi == self.mpi else INITIAL_PERIOD
             self.mpi, self.until, self.check = mpi, self.calls + self.period, None
+            self.mpi_until = self.until if mpi else 0
         self.calls += 1
         if self.mpi and self.calls <= self.until:
             return True, False
@@ -392,6 +416,7 @@ class IallreduceRoutes:
         estimated seconds when it ran): it decides the next period if it ends this one."""
         if self.calls >= self.until:
             self.check, self.check_times = request, times
+            self.mpi_until = 0
 
 
 INITIAL_PERIOD = 4

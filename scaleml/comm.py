@@ -430,9 +430,7 @@ class Comm(MPI.Intracomm):
             routes = self._iallreduce_fast.get(n)
             dtype = recvbuf.dtype
             if routes is not None and routes.dtype is dtype and routes.calls < routes.mpi_until \
-                    and op is _SUM and not _log.ON \
-                    and (sendbuf is _IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype is dtype
-                                                  and sendbuf.size == n)):
+                    and op is _SUM and not _log.ON:
                 routes.calls += 1  # IallreduceRoutes.next() without a decision to make
                 checks = routes.checks
                 try:  # checks.start, inline
@@ -536,12 +534,11 @@ class Comm(MPI.Intracomm):
             stats = self._mpi_fast.get(n)
             dtype = recvbuf.dtype
             if stats is not None and stats.dtype is dtype and op is _SUM and not _log.ON:
-                if stats.mpi_until - stats.calls > _TIMED_CALLS \
-                        and (sendbuf is _IN_PLACE or (type(sendbuf) is np.ndarray and sendbuf.dtype is dtype
-                                                      and sendbuf.size == n)):
-                    # The tuner's MPI period, untimed, in the fewest steps: mpi4py checks the layouts (C or
-                    # Fortran order, writable), and a buffer it refuses is this rank's error, which joins the
-                    # others' MPI_Allreduce with NaN at index 0 (see _mpi_allreduce).
+                if stats.mpi_until - stats.calls > _TIMED_CALLS:
+                    # The tuner's MPI period, untimed, in the fewest steps: mpi4py checks the buffers (layout,
+                    # writable, the send buffer's datatype and count against the receive buffer's), and a buffer
+                    # it refuses is this rank's error, which joins the others' MPI_Allreduce with NaN at index 0
+                    # (see _mpi_allreduce).
                     stats.calls += 1
                     try:
                         self._comm.Allreduce(sendbuf, recvbuf, op)

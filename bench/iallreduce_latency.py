@@ -67,7 +67,8 @@ def main() -> None:
             print(line, flush=True)
     if world.Get_rank() == 0 and args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": " ".join(["python", *sys.argv]), "argv": sys.argv, "ranks": world.Get_size(), "rows": rows}, f, indent=1)
+            json.dump({"command": " ".join(["python", *sys.argv]), "argv": sys.argv, "ranks": world.Get_size(),
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

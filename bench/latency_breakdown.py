@@ -21,7 +21,7 @@ from mpi4py import MPI
 import scaleml
 from scaleml import algorithms
 from scaleml.dense_scan import count_nonzeros, extract_nonzeros
-from scaleml.sparse import _predict, agree, engine_state, index_dtype
+from scaleml.engine import agree, engine_state, index_dtype, predict
 
 
 def timed(comm: MPI.Intracomm, step, iterations: int) -> float:
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         "drop-in buffer checks": lambda: dropin._buffers(x, y, x.dtype, n),
         "count non-zeros": lambda: count_nonzeros(x),
         "extract non-zeros": lambda: extract_nonzeros(x, nnz, index_dtype(n)),
-        "model predictions (all algorithms)": lambda: _predict(n, P, agreement, 4, 4, False, True),
+        "model predictions (all algorithms)": lambda: predict(n, P, agreement, 4, 4, False, True),
     }
-    for name in algorithms.NAMES:
+    for name in algorithms.EXACT:  # the lossy ones need compression=
         steps[f"sparse_allreduce forced {name} (agreement included)"] = (
             lambda name=name: scaleml.sparse_allreduce(idx, vals, n, comm, name))
     steps["sparse_allreduce auto"] = lambda: scaleml.sparse_allreduce(idx, vals, n, comm)

@@ -267,19 +267,16 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
     With ``SCALEML_DISABLE=1`` the sum is exact (``MPI_Allreduce``); the
     residuals and the step stay as they are.
     """
-    prepared: list[_Prepared] = []
-
     def prepare(es: EngineState) -> Call:
         rank, P = es.private.Get_rank(), es.private.Get_size()
         prep = _prepare(grad, state, name, rank, P)
-        prepared.append(prep)
         # The agreement's count is the rows: every rank must cut the matrix into the same row blocks.
         return Call(prep.flat.size, prep.flat, fmt=prep.fmt, fixed=("adaptive", "adaptive quantization"),
                     residuals=(prep.worker, prep.server), nnz=prep.rows, same_count="rows",
-                    class_key=("adaptive",), span={"format": f"adaptive pi={state.pi}"})
+                    class_key=("adaptive",), span={"format": f"adaptive pi={state.pi}"}, kept=prep)
 
-    _, out, run = collective(comm, "adaptive_allreduce", prepare)
-    prep = prepared[0]
+    call, out, run = collective(comm, "adaptive_allreduce", prepare)
+    prep = call.kept
     g, rows, cols, P = prep.grad, prep.rows, prep.cols, comm.Get_size()
     out = out.reshape(g.shape)
     if run.algorithm == "adaptive":  # the residuals and the step advance only when adaptive ran and succeeded

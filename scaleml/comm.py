@@ -277,8 +277,6 @@ class Comm(MPI.Intracomm):
         # The private duplicate is made now, while every rank is in this (collective) constructor: made
         # lazily, its MPI_Comm_dup could pair with another rank's MPI_Allreduce on the user's communicator.
         self._engine = None if _lazy_state else engine_state(self._comm)
-        self._mpi_classes: dict[tuple[int, np.dtype], Any] = {}
-        """(count, dtype) -> the tuner's statistics of its size class, for the steady-state test in Allreduce."""
         self._mpi_fast: dict[int, Any] = {}
         """count -> the tuner's statistics of the last class of that count (``stats.dtype`` says its dtype):
         the fast path's one int-keyed lookup."""
@@ -294,7 +292,7 @@ class Comm(MPI.Intracomm):
         # A Comm that mpi4py made without __init__ (``Comm.f2py``, ``Comm.fromhandle``,
         # ``Comm.Create_from_group``): the default settings, its engine state made at first use.
         if name in ("_comm", "_engine", "_format", "min_count", "algorithm", "compression", "last_info",
-                    "_mpi_classes", "_mpi_fast", "_iallreduce_routes", "_iallreduce_fast") \
+                    "_mpi_fast", "_iallreduce_routes", "_iallreduce_fast") \
                 and "_comm" not in self.__dict__:
             Comm.__init__(self, MPI.Intracomm(self), _lazy_state=True)
             return getattr(self, name)
@@ -470,11 +468,11 @@ class Comm(MPI.Intracomm):
             worker.Allreduce(sendbuf, recvbuf, op)
             info = worker.last_info
             if routes is not None:  # read here, in issue order: the same agreed values on every rank
-                stats = worker._mpi_classes.get((n, dtype))
+                stats = worker._class_stats(n, dtype)
                 engine = None
-                if stats is not None and info is not None and info.algorithm in info.predicted:
+                if info is not None and info.algorithm in info.predicted:
                     engine = stats.estimate(info.algorithm, info.predicted[info.algorithm])
-                times.extend((None if stats is None else stats.mpi_seconds, engine))
+                times.extend((stats.mpi_seconds, engine))
             return info
 
         request = Request("Iallreduce")
@@ -511,10 +509,14 @@ class Comm(MPI.Intracomm):
                                               compression=self.compression)
         return worker
 
+    def _class_stats(self, n: int, dtype: np.dtype) -> Any:
+        """The tuner's statistics of the drop-in's size class of ``n`` values of ``dtype``."""
+        return self._state.tuner.stats("Allreduce", dtype.itemsize, n, self._codec_fingerprint())
+
     def _end_mpi_period(self, n: int, dtype: np.dtype) -> None:
         """Make the next Allreduce of (n, dtype) an agreement (the tuner re-checks), not an MPI-period call."""
-        stats = self._mpi_classes.get((n, dtype))
-        if stats is not None and stats.calls < stats.mpi_until:
+        stats = self._class_stats(n, dtype)
+        if stats.calls < stats.mpi_until:
             stats.mpi_until = stats.calls
 
     def Allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:  # noqa: N802
@@ -555,9 +557,8 @@ class Comm(MPI.Intracomm):
             return self._comm.Allreduce(sendbuf, recvbuf, op)
         dtype, n = plan
         state = self._state
-        stats = state.tuner.stats("Allreduce", dtype.itemsize, n, self._codec_fingerprint())
+        stats = self._class_stats(n, dtype)
         if n and self.algorithm == "auto":
-            self._mpi_classes[n, dtype] = stats
             stats.dtype = dtype
             self._mpi_fast[n] = stats
             if stats.calls < stats.mpi_until:  # an MPI period of the tuner: no agreement

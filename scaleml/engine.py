@@ -353,6 +353,9 @@ class Call:
     """Extra fields of the timeline span."""
     prepared_phase: str = "scan"
     """The timeline phase of the preparation (``scan``; ``encode`` for a top-k selection)."""
+    kept: Any = None
+    """What the preparation leaves for its caller's work after the collective (returned with the call):
+    the output array, the new residuals..."""
 
     @property
     def value_bytes(self) -> int:

@@ -133,18 +133,16 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
             residuals = (error_feedback.residual_buffer(f"{name}/worker", (flat.size,), flat.dtype),
                          error_feedback.residual_buffer(f"{name}/server", (block_range(flat.size, P, rank)[1],),
                                                         flat.dtype))
-        call = Call(flat.size, flat, requested=requested, fmt=fmt, lossy_only=True, dense_out=dest.reshape(-1),
+        return Call(flat.size, flat, requested=requested, fmt=fmt, lossy_only=True, dense_out=dest.reshape(-1),
                     fixed=(_WITH_FEEDBACK, "error feedback") if error_feedback is not None else None,
-                    residuals=residuals, class_key=(fmt.fingerprint,))
-        destination.append(dest)
+                    residuals=residuals, class_key=(fmt.fingerprint,), kept=dest)
         return call
 
-    destination: list[np.ndarray] = []  # the array the result is written into, as prepare found it
-    _, result, info = collective(comm, "quantized_allreduce", prepare)
+    call, result, info = collective(comm, "quantized_allreduce", prepare)
     P = comm.Get_size()
     if average and P > 1:
         result /= P
-    dest = like_input(destination[0], x, out)
+    dest = like_input(call.kept, x, out)  # the array the result was written into (x's shape)
     return (dest, info) if return_info else dest
 
 

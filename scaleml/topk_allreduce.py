@@ -144,18 +144,16 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         ``error_feedback`` that is not an ``ErrorFeedback`` of a ``TopK``), or
         when ranks disagree on the size, dtype or algorithm.
     """
-    selected: list[Any] = []  # what the selection left for after the collective: (grad, residual, step)
-
     def prepare(state: EngineState) -> Call:
         g, idx, vals, residual, step = _select(grad, ratio, k, approximate, error_feedback, name)
         call = sparse_call(idx, vals, g.size, algorithm, compression, "dense", out)
         call.span["k"] = idx.size
         call.prepared_phase = "encode"  # the selection
-        selected.extend((g, residual, step))
+        call.kept = (g, residual, step)  # committed after the collective
         return call
 
     call, total, info = collective(comm, "topk_allreduce", prepare)
-    g, residual, step = selected
+    g, residual, step = call.kept
     if error_feedback is not None:  # commit only now: a call that raised kept the old residual and step
         old = error_feedback.residual(name)
         error_feedback.set_residual(name, residual)

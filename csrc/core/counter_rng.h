@@ -12,15 +12,20 @@
  * The per-element quantizers (QSGD) use a second, 32-bit-lane form that
  * vectorizes (crng_u32 below: two rounds of a bijective 32-bit mixer over
  * the counter and the key); samplers and ZipML use the 64-bit draws.
+ *
+ * The inline functions are SCALEML_HD (arith/hd.h): the CUDA kernels draw
+ * the same numbers as the CPU kernels.
  */
 #ifndef SCALEML_COUNTER_RNG_H
 #define SCALEML_COUNTER_RNG_H
 
 #include <stdint.h>
 
+#include "arith/hd.h"
+
 #define CRNG_GOLDEN UINT64_C(0x9e3779b97f4a7c15)
 
-static inline uint64_t crng_mix64(uint64_t z)
+SCALEML_HD uint64_t crng_mix64(uint64_t z)
 {
     z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
     z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
@@ -28,13 +33,13 @@ static inline uint64_t crng_mix64(uint64_t z)
 }
 
 /* The i-th 64-bit draw of the stream with this key. */
-static inline uint64_t crng_draw(uint64_t key, uint64_t i)
+SCALEML_HD uint64_t crng_draw(uint64_t key, uint64_t i)
 {
     return crng_mix64(key + (i + 1) * CRNG_GOLDEN);
 }
 
 /* lowbias32 (C. Wellons): a bijective 32-bit mixer with two multiplies. */
-static inline uint32_t crng_mix32(uint32_t x)
+SCALEML_HD uint32_t crng_mix32(uint32_t x)
 {
     x ^= x >> 16;
     x *= UINT32_C(0x7feb352d);
@@ -48,17 +53,17 @@ static inline uint32_t crng_mix32(uint32_t x)
  * stream takes crng_mix32(crng_mix32(lo32(i) ^ k0) + k1) with k0 = lo32(key)
  * and k1 = hi32(key) ^ (hi32(i) * golden): only 32-bit lane arithmetic, so the
  * loops using it vectorize. */
-static inline uint32_t crng_k1(uint64_t key, uint64_t i)
+SCALEML_HD uint32_t crng_k1(uint64_t key, uint64_t i)
 {
     return (uint32_t)(key >> 32) ^ ((uint32_t)(i >> 32) * UINT32_C(0x9e3779b9));
 }
 
-static inline uint32_t crng_u32_lanes(uint32_t k0, uint32_t k1, uint32_t lo)
+SCALEML_HD uint32_t crng_u32_lanes(uint32_t k0, uint32_t k1, uint32_t lo)
 {
     return crng_mix32(crng_mix32(lo ^ k0) + k1);
 }
 
-static inline uint32_t crng_u32(uint64_t key, uint64_t i)
+SCALEML_HD uint32_t crng_u32(uint64_t key, uint64_t i)
 {
     return crng_u32_lanes((uint32_t)key, crng_k1(key, i), (uint32_t)i);
 }
@@ -73,11 +78,13 @@ static inline uint32_t crng_u32(uint64_t key, uint64_t i)
 #endif
 
 /* Uniform double in [0, 1) with 53 random bits (one full draw). */
-static inline double crng_uniform53(uint64_t key, uint64_t i)
+SCALEML_HD double crng_uniform53(uint64_t key, uint64_t i)
 {
     return (double)(crng_draw(key, i) >> 11) * 0x1.0p-53;
 }
 
+#ifndef __CUDACC__
 uint64_t crng_key(uint64_t seed, uint64_t rank, uint64_t step, uint64_t stream);
+#endif
 
 #endif

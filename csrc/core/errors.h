@@ -15,7 +15,8 @@ enum {
     SCALEML_ERR_MPI = 2,        /* an MPI call failed (MPI's own error string) */
     SCALEML_ERR_MALFORMED = 3,  /* a message or compressed buffer failed validation */
     SCALEML_ERR_ARG = 4,        /* a bad argument or non-finite input */
-    SCALEML_ERR_TOO_LARGE = 5   /* an output buffer too small, or a count beyond what MPI takes */
+    SCALEML_ERR_TOO_LARGE = 5,  /* an output buffer too small, or a count beyond what MPI takes */
+    SCALEML_ERR_DEVICE = 6      /* a CUDA runtime call failed (no device, a launch failed; not out of memory) */
 };
 
 /* Set the detailed message returned by scaleml_error_message(); returns code. */

@@ -209,6 +209,10 @@ const char *scaleml_error_message(void);
 const char *scaleml_mpi_vendor(void);
 int scaleml_mpi_comm_handle_bytes(void);
 int scaleml_mpi_version(void);
+/* Whether the MPI moves CUDA device memory itself, as the MPI reports it at run time
+ * (MPICH: MPIX_GPU_query_support; Open MPI: MPIX_Query_cuda_support): 1 yes,
+ * 0 no, -1 the MPI has no way to say. *how names the query used. Call after MPI_Init. */
+int scaleml_mpi_cuda_aware(const char **how);
 
 /* How the extension was built (core/build_info.c): the compiler's version
  * string and the flags _ffi_build.py compiled with ("unknown" if not

@@ -1,4 +1,4 @@
-"""PyTorch tensors (and other DLPack objects) as numpy arrays, zero-copy, without importing torch.
+"""PyTorch tensors (and other DLPack objects) as numpy arrays, zero-copy, without importing torch; CUDA arrays staged.
 
 ScaleML's compressors and collectives take numpy arrays; these helpers let
 them take CPU ``torch.Tensor`` objects too, and any object that exports CPU
@@ -8,6 +8,13 @@ copied, and an ``out=`` tensor receives the result in its own memory.
 Whether ``x`` is a tensor is decided by ``sys.modules``: when torch has not
 been imported, no object can be a tensor, so nothing here imports torch
 (``import scaleml`` never does).
+
+CUDA arrays (CuPy, CUDA tensors, ``__cuda_array_interface__``) are staged:
+:func:`as_numpy` returns a host copy made on the array's stream,
+:func:`as_numpy_out` a host array whose content :func:`like_input` copies
+into the device ``out``, and :func:`like_input` returns a result on the
+input's device. Paths that run kernels on the GPU (``scaleml.compress``, the
+sparse collectives' selection) use :mod:`scaleml._device` directly instead.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_numpy", "as_numpy_out", "is_tensor", "like_input"]
+from . import _device
+from .errors import BufferLayoutError, DeviceError
+
+__all__ = ["as_numpy", "as_numpy_out", "is_tensor", "like_input", "placement"]
 
 _DL_HOST = (1, 3)
 """``kDLCPU`` and ``kDLCUDAHost`` (pinned host memory) in DLPack's device enumeration (``__dlpack_device__()[0]``)."""
@@ -32,7 +42,7 @@ def is_tensor(x: object) -> bool:
 def _tensor_view(t: Any, what: str) -> np.ndarray:
     """A numpy view of a CPU tensor's memory (strides kept); TypeError for other devices and dtypes."""
     if t.device.type != "cpu":
-        raise TypeError(f"{what} is a torch tensor on {t.device}; ScaleML takes CPU tensors for now (move it "
+        raise TypeError(f"{what} is a torch tensor on {t.device}; ScaleML takes CPU and CUDA tensors (move it "
                         "with .cpu())")
     t = t.detach()
     if t.is_conj() or t.is_neg():
@@ -41,6 +51,28 @@ def _tensor_view(t: Any, what: str) -> np.ndarray:
         return np.from_dlpack(t)
     except (BufferError, RuntimeError, TypeError) as exc:  # bfloat16 and other types numpy has no dtype for
         raise TypeError(f"{what} is a torch tensor of dtype {t.dtype}, which numpy cannot view: {exc}") from None
+
+
+def placement(arrays: dict[str, object]) -> int:
+    """Where a call's arrays are: 1 when they are CUDA arrays on one device, 0 when on the host.
+
+    Raises
+    ------
+    DeviceError
+        When some are CUDA arrays and others host arrays, or CUDA arrays are on different devices; when
+        there are CUDA arrays and no device backend (the CUDA library not built, no device visible).
+    """
+    given = {name: a for name, a in arrays.items() if a is not None}
+    on_device = {name for name, a in given.items() if _device.is_device(a)}
+    if not on_device:
+        return 0
+    if len(on_device) < len(given):
+        host = sorted(set(given) - on_device)
+        raise DeviceError(f"{', '.join(sorted(on_device))} on a CUDA device but {', '.join(host)} in host memory: "
+                          "pass the arrays of one call on one device")
+    views = [v for name in sorted(on_device) if (v := _device.device_array(given[name], name)) is not None]
+    _device.same_device(views, "this call")
+    return 1
 
 
 def as_numpy(x: object, what: str = "x") -> Any:
@@ -68,6 +100,10 @@ def as_numpy(x: object, what: str = "x") -> Any:
     """
     if isinstance(x, np.ndarray):
         return x
+    if _device.is_device(x):
+        view = _device.device_array(x, what)
+        assert view is not None
+        return _device.to_host(view)
     if is_tensor(x):
         return _tensor_view(x, what)
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
@@ -89,8 +125,18 @@ def as_numpy_out(out: object, what: str = "out") -> Any:
 
     A tensor that requires grad is refused (writing into it would bypass
     autograd); the caller's own checks (shape, dtype, contiguity) then apply
-    to the view.
+    to the view. A CUDA array gives a new host array of its shape and dtype,
+    which :func:`like_input` copies into it.
     """
+    if out is not None and _device.is_device(out):
+        view = _device.device_array(out, what)
+        assert view is not None
+        if view.readonly:
+            raise BufferLayoutError(f"{what} is a read-only CUDA array")
+        if is_tensor(out) and out.requires_grad:  # type: ignore[attr-defined]
+            raise TypeError(f"{what} is a torch tensor that requires grad; pass out.detach() (or a tensor "
+                            "without grad) to receive the result")
+        return np.empty(view.shape, view.dtype)
     if is_tensor(out):
         if out.requires_grad:  # type: ignore[attr-defined]
             raise TypeError(f"{what} is a torch tensor that requires grad; pass out.detach() (or a tensor "
@@ -106,8 +152,17 @@ def like_input(result: np.ndarray, x: object, out: object = None) -> Any:
     tensor sharing ``result``'s memory (``torch.from_numpy``) when ``x`` is a
     tensor and ``out`` was not given; else ``result``.
     """
+    if out is not None and _device.is_device(out):
+        view = _device.device_array(out, "out")
+        assert view is not None
+        _device.from_host(np.asarray(result), view)
+        return out
     if out is not None:
         return out if is_tensor(out) else result
+    if x is not None and _device.is_device(x):
+        view = _device.device_array(x, "x")
+        assert view is not None
+        return _device.from_host_new(np.ascontiguousarray(result), view)
     if is_tensor(x):
         torch = sys.modules["torch"]
         if not result.flags.writeable:  # torch.from_numpy warns on a read-only array

@@ -25,7 +25,7 @@ from mpi4py import MPI
 
 from . import nonblocking
 from ._native import ffi, lib
-from ._tensors import like_input
+from ._tensors import like_input, placement
 from .compress.adaptive import AdaptiveQuant
 from .compress.framing import DTYPE_CODES
 from .engine import Call, EngineState, collective
@@ -269,11 +269,12 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
     """
     def prepare(es: EngineState) -> Call:
         rank, P = es.private.Get_rank(), es.private.Get_size()
+        device = placement({"grad": grad})
         prep = _prepare(grad, state, name, rank, P)
         # The agreement's count is the rows: every rank must cut the matrix into the same row blocks.
         return Call(prep.flat.size, prep.flat, fmt=prep.fmt, fixed=("adaptive", "adaptive quantization"),
                     residuals=(prep.worker, prep.server), nnz=prep.rows, same_count="rows",
-                    class_key=("adaptive",), span={"format": f"adaptive pi={state.pi}"}, kept=prep)
+                    class_key=("adaptive",), span={"format": f"adaptive pi={state.pi}"}, device=device, kept=prep)
 
     call, out, run = collective(comm, "adaptive_allreduce", prepare)
     prep = call.kept

@@ -222,10 +222,16 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("SCALEML_GAMMA", _nonnegative, None, "cost model: seconds per byte of local work"),
     Variable("SCALEML_DELTA", _nonnegative, None, "cost model: the engine's fixed seconds per call"),
     Variable("SCALEML_NO_SIMD", _any, None, "anything but 0: the C kernels' portable code"),
+    Variable("SCALEML_CUDA_LIBRARY", _any, None, "the CUDA library to load (default scaleml/_scaleml_cuda.so)"),
+    Variable("SCALEML_CUDA_EMULATE", _flag, False,
+             "1: device paths on the CPU emulation of the CUDA library (tests without a GPU)"),
+    Variable("SCALEML_CUDA_EMULATE_DEVICES", _count, 2, "emulated devices (SCALEML_CUDA_EMULATE=1)"),
+    Variable("SCALEML_CUDA_EMULATE_MEMORY", _bytes, 1 << 40, "bytes an emulated cudaMalloc may take"),
 )}
 """Every variable ScaleML reads at run time."""
 
-_BUILD_TIME = ("SCALEML_CFLAGS", "SCALEML_LDFLAGS")  # read by the build (scaleml/_ffi_build.py), not here
+_BUILD_TIME = ("SCALEML_CFLAGS", "SCALEML_LDFLAGS", "SCALEML_CUDA", "SCALEML_CUDA_ARCHS", "SCALEML_NVCCFLAGS")
+"""Read by the build (scaleml/_ffi_build.py, scaleml/_cuda_build.py), not here."""
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from . import _log, algorithms, config, cost_model
 from . import timeline as _timeline
 from ._native import check, comm_address, ffi, lib
 from .dense_scan import extract_nonzeros
-from .errors import AGREEMENT_EXCEPTIONS
+from .errors import AGREEMENT_EXCEPTIONS, DeviceError
 from .tuner import EXPLORE_LIMIT, EXPLORE_WITHIN, WIN_MARGIN, ClassStats, Tuner, bandwidth_factor
 from .value_format import ValueFormat
 
@@ -168,6 +168,8 @@ def as_local_error(exc: BaseException) -> LocalError:
     """Map an exception of a rank's local checks to the agreement's code (see ``scaleml.errors``)."""
     if isinstance(exc, LocalError):
         return exc
+    if isinstance(exc, DeviceError):
+        return LocalError(7, exc)
     if isinstance(exc, TypeError):
         return LocalError(1, exc)
     if isinstance(exc, MemoryError):
@@ -198,7 +200,7 @@ class Agreement:
 _ERROR, _ERROR_RANK, _N, _VALUE_BYTES, _ALGORITHM, _OUT, _NNZ, _DENSE_MISSING, _PARAMS, _SEQUENCE = (
     0, 1, 2, 4, 6, 8, 10, 12, 13, 15)
 _ENGINE_NS, _MPI_NS, _CODEC, _OPERATION, _NO_NEGATIVE_ZERO = 17, 18, 19, 21, 23
-_NNZ_SUM, _FAILED = 24, 25
+_NNZ_SUM, _FAILED, _DEVICE_RANKS = 24, 25, 26
 
 
 class _AgreementBuffers(threading.local):
@@ -224,7 +226,7 @@ _OPERATION_NAMES = {_operation_id(name): name for name in ("sparse_allreduce", "
 
 def agree(state: EngineState, error: LocalError | None, *, n: int, value_bytes: int, algorithm: int,
           out: int, nnz: int, op_name: str, reports: tuple[int, int] = (0, 0), codec: int = 0,
-          negative_zero: bool = False) -> Agreement:
+          negative_zero: bool = False, device: int = 0) -> Agreement:
     """One small MPI_Allreduce that checks arguments on all ranks at once.
 
     Raises the same kind of exception on every rank when any rank had a local
@@ -232,7 +234,8 @@ def agree(state: EngineState, error: LocalError | None, *, n: int, value_bytes: 
     parameters or the number of agreements so far, so a bad argument never
     leaves some ranks waiting in a collective. ``reports`` are this rank's
     timings for the tuner (nanoseconds), agreed as their maximum; ``codec``
-    is the fingerprint of the lossy value format (0: exact), which must agree.
+    is the fingerprint of the lossy value format (0: exact), which must agree;
+    ``device`` is 1 where this rank's buffers are CUDA arrays (every rank or none).
     """
     comm = state.private
     state.sequence += 1
@@ -253,6 +256,7 @@ def agree(state: EngineState, error: LocalError | None, *, n: int, value_bytes: 
     f[_ENGINE_NS], f[_MPI_NS] = reports
     f[_NO_NEGATIVE_ZERO] = 0 if negative_zero and error is None else 1  # MAX: 0 only if every rank has one
     f[_NNZ_SUM] = nnz
+    f[_DEVICE_RANKS] = 1 if device and error is None else 0
     check(lib.scaleml_consensus(comm_address(comm), buffers.fields_ptr, buffers.agreed_ptr))
     a = buffers.agreed
     if a[_ERROR] > 0:
@@ -265,6 +269,9 @@ def agree(state: EngineState, error: LocalError | None, *, n: int, value_bytes: 
     def differs(i: int) -> bool:
         return bool(a[i] != -a[i + 1])
 
+    if 0 < a[_DEVICE_RANKS] < comm.Get_size():
+        raise DeviceError(f"{op_name}: CUDA arrays on {int(a[_DEVICE_RANKS])} of {comm.Get_size()} ranks, host "
+                          "arrays on the others: every rank passes its buffers in the same kind of memory")
     if differs(_SEQUENCE):
         raise RuntimeError(f"{op_name}: ranks are in different collective calls (agreement {-a[_SEQUENCE + 1]} "
                            f"to {a[_SEQUENCE]}): every rank must make the same ScaleML calls in the same order")
@@ -353,6 +360,8 @@ class Call:
     """Extra fields of the timeline span."""
     prepared_phase: str = "scan"
     """The timeline phase of the preparation (``scan``; ``encode`` for a top-k selection)."""
+    device: int = 0
+    """1 when the caller's buffers are CUDA arrays (staged through host memory; every rank must agree)."""
     kept: Any = None
     """What the preparation leaves for its caller's work after the collective (returned with the call):
     the output array, the new residuals..."""
@@ -498,7 +507,7 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
     agreement = agree(state, error, n=n, value_bytes=value_bytes, algorithm=max(code, 0),
                       out=_OUT_CODES.get(call.out, 0), nnz=nnz if ok else 0, op_name=op_name,
                       reports=stats.reports_ns(), codec=call.fmt.fingerprint if call.fmt is not None else 0,
-                      negative_zero=call.negative_zero)
+                      negative_zero=call.negative_zero, device=call.device)
     if call.same_count is not None and agreement.nnz_sum != state.private.Get_size() * agreement.nnz_max:
         raise ValueError(f"{op_name}: the number of {call.same_count} differs between ranks (up to "
                          f"{agreement.nnz_max})")

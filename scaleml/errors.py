@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["ERR_ARG", "ERR_MALFORMED", "ERR_MPI", "ERR_NOMEM", "ERR_TOO_LARGE", "EXCEPTIONS", "OK",
-           "BufferLayoutError", "CorruptBufferError", "MalformedMessageError", "ScaleMLError", "check", "error_for"]
+__all__ = ["ERR_ARG", "ERR_DEVICE", "ERR_MALFORMED", "ERR_MPI", "ERR_NOMEM", "ERR_TOO_LARGE", "EXCEPTIONS", "OK",
+           "BufferLayoutError", "CorruptBufferError", "DeviceError", "MalformedMessageError", "ScaleMLError", "check",
+           "error_for"]
 
 
 class ScaleMLError(RuntimeError):
@@ -30,6 +31,16 @@ class CorruptBufferError(MalformedMessageError, ValueError):
     """
 
 
+class DeviceError(ScaleMLError):
+    """A CUDA failure or a device buffer ScaleML cannot take.
+
+    Raised for a failed CUDA call (``SCALEML_ERR_DEVICE``: no device, a failed
+    launch), for device arrays when the CUDA library was not built or no
+    device is visible, and for buffers of one call on different devices.
+    Device out-of-memory raises ``MemoryError``.
+    """
+
+
 class BufferLayoutError(BufferError, ValueError):
     """A buffer that mpi4py refuses for its layout: not contiguous, or read-only where it must be written.
 
@@ -46,6 +57,7 @@ ERR_MPI = 2         # an MPI call failed (MPI's own error string)
 ERR_MALFORMED = 3   # a message or compressed buffer failed validation
 ERR_ARG = 4         # a bad argument or non-finite input
 ERR_TOO_LARGE = 5   # an output buffer too small, or a count beyond what MPI takes
+ERR_DEVICE = 6      # a CUDA runtime call failed (not out of memory)
 
 #: C return code -> exception class: the one table of the package.
 EXCEPTIONS: dict[int, type[Exception]] = {
@@ -54,6 +66,7 @@ EXCEPTIONS: dict[int, type[Exception]] = {
     ERR_MALFORMED: CorruptBufferError,
     ERR_ARG: ValueError,
     ERR_TOO_LARGE: MemoryError,
+    ERR_DEVICE: DeviceError,
 }
 
 #: Agreement code -> (exception class, what it means): the errors one rank finds in its own arguments
@@ -66,6 +79,7 @@ AGREEMENT_EXCEPTIONS: dict[int, tuple[type[Exception], str]] = {
     4: (ValueError, "non-finite value (NaN or Inf)"),
     5: (MemoryError, "result does not fit in memory"),
     6: (BufferLayoutError, "buffer not contiguous or not writable"),
+    7: (DeviceError, "CUDA arrays refused (no CUDA library or device, mixed devices, a CUDA failure)"),
 }
 
 

@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from . import algorithms, config, nonblocking
 from ._native import ffi, lib
-from ._tensors import as_numpy_out, like_input
+from ._tensors import as_numpy_out, like_input, placement
 from .compress import ErrorFeedback
 from .engine import Call, EngineState, LocalError, collective
 from .sparse import as_float_array, lossy_format
@@ -116,6 +116,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         if error_feedback is not None and code > 0 and requested != _WITH_FEEDBACK:
             raise ValueError(f"error feedback on both sides is kept by {_WITH_FEEDBACK!r}, not {requested!r}")
         fmt = lossy_format(lossy, code)
+        device = placement({"x": x, "out": out})
         a = as_float_array(x, "x")
         flat = np.ascontiguousarray(a).reshape(-1)
         if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(flat), flat.size, flat.itemsize):
@@ -135,8 +136,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
                                                         flat.dtype))
         return Call(flat.size, flat, requested=requested, fmt=fmt, lossy_only=True, dense_out=dest.reshape(-1),
                     fixed=(_WITH_FEEDBACK, "error feedback") if error_feedback is not None else None,
-                    residuals=residuals, class_key=(fmt.fingerprint,), kept=dest)
-        return call
+                    residuals=residuals, class_key=(fmt.fingerprint,), device=device, kept=dest)
 
     call, result, info = collective(comm, "quantized_allreduce", prepare)
     P = comm.Get_size()

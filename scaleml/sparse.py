@@ -8,7 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import algorithms, config, nonblocking
-from ._tensors import as_numpy, as_numpy_out, like_input
+from ._tensors import as_numpy, as_numpy_out, like_input, placement
 from .engine import (
     AllreduceInfo,
     Call,
@@ -149,13 +149,16 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     ``dense``, exact, whatever was asked (see :mod:`scaleml.config`).
     """
     def prepare(state: EngineState) -> Call:
+        device = placement({"indices": indices, "values": values, "dense_out": dense_out})
         idx, vals = _canonical_input(indices, values, n, check_finite)
-        return sparse_call(idx, vals, int(n), algorithm, compression, out, dense_out)
+        call = sparse_call(idx, vals, int(n), algorithm, compression, out, dense_out)
+        call.device = device
+        return call
 
     call, result, info = collective(comm, "sparse_allreduce", prepare)
     if call.out == "dense":
-        if call.dense_out is not None:  # the caller's array (the result is written into its memory)
-            result = as_numpy_out(dense_out, "dense_out")
+        if call.kept is not None:  # dense_out as the engine wrote it (the caller's memory, or its host stage)
+            result = call.kept
         result = like_input(result, values, dense_out)
     return (result, info) if return_info else result
 
@@ -183,7 +186,7 @@ def sparse_call(idx: np.ndarray, vals: np.ndarray, n: int, algorithm: object, co
         raise LocalError(5, MemoryError(f"a dense vector of n = {n} does not fit in memory; "
                                         "use out='sparse' with a sparse algorithm"))
     return Call(n, vals, idx, requested=requested, out=out, fmt=fmt,
-                dense_out=None if dest is None else dest.reshape(-1), class_key=(out,))
+                dense_out=None if dest is None else dest.reshape(-1), class_key=(out,), kept=dest)
 
 
 def lossy_format(compression: object, code: int) -> ValueFormat | None:

@@ -8,7 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import nonblocking
-from ._tensors import as_numpy_out, like_input
+from ._tensors import like_input, placement
 from .compress.error_feedback import ErrorFeedback
 from .compress.topk import TopK
 from .engine import Call, EngineState, collective
@@ -145,15 +145,17 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         when ranks disagree on the size, dtype or algorithm.
     """
     def prepare(state: EngineState) -> Call:
+        device = placement({"grad": grad, "out": out})
         g, idx, vals, residual, step = _select(grad, ratio, k, approximate, error_feedback, name)
         call = sparse_call(idx, vals, g.size, algorithm, compression, "dense", out)
+        call.device = device
         call.span["k"] = idx.size
         call.prepared_phase = "encode"  # the selection
-        call.kept = (g, residual, step)  # committed after the collective
+        call.kept = (g, residual, step, call.kept)  # committed after the collective; out as the engine wrote it
         return call
 
     call, total, info = collective(comm, "topk_allreduce", prepare)
-    g, residual, step = call.kept
+    g, residual, step, dest = call.kept
     if error_feedback is not None:  # commit only now: a call that raised kept the old residual and step
         old = error_feedback.residual(name)
         error_feedback.set_residual(name, residual)
@@ -161,7 +163,7 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         usable = old is not None and old.flags.c_contiguous and old.size == residual.size and old.dtype == g.dtype
         error_feedback.__dict__["_topk_spares"][name] = old.reshape(-1) if usable else np.empty(residual.size, g.dtype)
         error_feedback.compressor.step = step + 1  # type: ignore[operator]
-    total = total.reshape(g.shape) if out is None else as_numpy_out(out)
+    total = total.reshape(g.shape) if out is None else dest
     if average:
         total /= comm.Get_size()
     total = like_input(total, grad, out)

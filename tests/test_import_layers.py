@@ -28,9 +28,10 @@ OPTIONAL = {"torch", "cupy", "matplotlib", "tqdm", "sklearn", "fcntl"}
 # The layers, lowest first. A module may import modules of its own layer and of those below, never above.
 # A name stands for the module and, for a package, everything inside it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("leaves: import nothing of ScaleML", ("scaleml._version", "scaleml.errors", "scaleml._tensors",
-                                           "scaleml._ffi_build")),
-    ("the C core", ("scaleml._native", "scaleml.algorithms")),
+    ("leaves: import nothing of ScaleML", ("scaleml._version", "scaleml.errors", "scaleml._ffi_build",
+                                           "scaleml._cuda_build")),
+    ("the C core and the CUDA library", ("scaleml._native", "scaleml.algorithms", "scaleml._cuda",
+                                         "scaleml._cuda_emulation", "scaleml._device", "scaleml._tensors")),
     ("compressors and value formats", ("scaleml.compress", "scaleml.value_format")),
     ("configuration", ("scaleml.config",)),
     ("logging", ("scaleml._log",)),

@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 BENCH_ARGS ?= --n 4194304 --density 0.01 --iterations 10
 
-.PHONY: install install-torch build test lint bench sanitize clean
+.PHONY: install install-torch build test lint bench sanitize clean gpu-check
 
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	@$(PY) -c "from scaleml._cuda import library_report as r; print('scaleml: CUDA library:', r()['detail'])"
 
 # Optional: PyTorch for the gloo baselines of scaleml-bench and their tests (which
 # skip, saying so, without it). Pinned: the version of the local CPU wheel that
@@ -19,7 +20,7 @@ install:
 install-torch:
 	$(PY) -m pip install --quiet torch==2.13.0
 
-# Rebuild the C core in place after editing csrc/.
+# Rebuild the C core (and, with nvcc, the CUDA library) in place after editing csrc/.
 build:
 	$(PY) setup.py --quiet build_ext --inplace
 
@@ -40,5 +41,11 @@ sanitize:
 		$(PY) -m pytest -q -x tests --ignore=tests/test_emulated_cluster.py --ignore=tests/test_bench_cli.py; \
 		status=$$?; $(PY) setup.py --quiet build_ext --inplace --force; exit $$status
 
+# The GPU check (needs a CUDA device): build in place, GPU tests at 1, 2 and 4 ranks, the GPU benchmark;
+# log and JSON under GPU_CHECK_OUT (see scripts/gpu_check.sh).
+GPU_CHECK_OUT ?= gpu-check
+gpu-check:
+	bash scripts/gpu_check.sh $(GPU_CHECK_OUT)
+
 clean:
-	rm -rf build scaleml/_core*.so scaleml/_core.c *.egg-info
+	rm -rf build scaleml/_core*.so scaleml/_core.c scaleml/_scaleml_cuda.so scaleml/_scaleml_cuda_api.h *.egg-info

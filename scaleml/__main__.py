@@ -28,7 +28,7 @@ import mpi4py
 import numpy as np
 from mpi4py import MPI
 
-from . import config, cost_model, timeline
+from . import _cuda, config, cost_model, timeline
 from ._native import BUILT_MPI_VENDOR, ffi, lib
 from ._version import __version__
 
@@ -134,7 +134,15 @@ def cuda_report() -> dict[str, Any]:
             entry["devices"] = 0
             entry["error"] = f"{probe}: {type(exc).__name__}: {exc}"[:200]
         report[module] = entry
-    report["scaleml_kernels"] = "CPU only (csrc/cuda holds no kernels in this build)"
+    library = _cuda.library_report()
+    report["scaleml_library"] = library
+    how = ffi.new("const char **")
+    aware = lib.scaleml_mpi_cuda_aware(how)
+    report["mpi_cuda_aware"] = {"value": {1: "yes", 0: "no", -1: "unknown"}[aware],
+                                "how": ffi.string(how[0]).decode()}
+    report["transport"] = ("device pointers to MPI where a call goes to MPI as a whole; the engine's calls "
+                           "staged through host memory" if aware == 1 else
+                           "staged through host memory (the MPI is not CUDA-aware)")
     report["available"] = bool(report["driver"].get("available")) or any(
         isinstance(v, dict) and v.get("devices") for k, v in report.items() if k in ("cupy", "torch"))
     return report
@@ -210,7 +218,12 @@ def format_text(r: dict[str, Any]) -> str:
         text = "not installed" if not e["installed"] else \
             f"{e['version']}, {e.get('devices', 0)} device(s)" + (f" ({e['error']})" if "error" in e else "")
         lines.append(f"  {module:<24}{text}")
-    lines.append(f"  {'ScaleML kernels':<24}{c['scaleml_kernels']}")
+    lib_report = c["scaleml_library"]
+    lines.append(f"  {'ScaleML CUDA library':<24}{lib_report['detail']}"
+                 + ("  (SCALEML_CUDA_EMULATE: the CPU emulation runs instead)" if lib_report.get("emulated") else ""))
+    aware = c["mpi_cuda_aware"]
+    lines.append(f"  {'MPI CUDA-aware':<24}{aware['value']} ({aware['how']})")
+    lines.append(f"  {'transport':<24}{c['transport']}")
     lines += ["", "Configuration (SCALEML_*: value, source)"]
     width = max(24, 2 + max(len(name) for name in r["configuration"]))
     for name, s in r["configuration"].items():

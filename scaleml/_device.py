@@ -21,7 +21,7 @@ from . import _cuda
 from ._cuda_emulation import EmulatedDeviceArray
 from .errors import BufferLayoutError, DeviceError
 
-__all__ = ["DeviceArray", "device_array", "empty_like", "from_host", "is_device", "same_device", "to_host"]
+__all__ = ["DeviceArray", "describe", "device_array", "empty_like", "from_host", "is_device", "same_device", "to_host"]
 
 _DL_CUDA = (2, 13)
 """``kDLCUDA`` and ``kDLCUDAManaged`` in DLPack's device enumeration."""
@@ -69,6 +69,19 @@ def is_device(x: object) -> bool:
         return int(dl()[0]) in _DL_CUDA
     except Exception:  # noqa: BLE001 - a foreign object's failure: not ours to recognise
         return False
+
+
+def describe(x: object) -> tuple[np.dtype, int] | None:
+    """(dtype, element count) of a CUDA array read from its interface alone (no backend, no checks), or None
+    when they cannot be read: what every rank plans a call from, even one whose device is unusable."""
+    try:
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(x, torch.Tensor):
+            return np.dtype(str(x.dtype).removeprefix("torch.")), int(x.numel())
+        cai = x.__cuda_array_interface__  # type: ignore[attr-defined]
+        return np.dtype(cai["typestr"]), int(np.prod([int(s) for s in cai["shape"]], dtype=np.int64))
+    except Exception:  # noqa: BLE001 - unreadable: the caller plans without it
+        return None
 
 
 def _c_contiguous(shape: tuple[int, ...], strides: tuple[int, ...] | None, itemsize: int) -> bool:

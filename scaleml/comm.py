@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import _log, algorithms, config, nonblocking
+from . import _device, _log, algorithms, config, nonblocking
 from ._dlpack import DL_HOST, host_view
+from ._native import ffi, lib
 from .dense_scan import count_nonzeros_signed
 from .engine import AllreduceInfo, Call, EngineState, LocalError, agree, as_local_error, collective, engine_state
-from .errors import BufferLayoutError
+from .errors import BufferLayoutError, DeviceError
 from .nonblocking import IallreduceRoutes, MPIRequest, Request, channel
 from .value_format import value_format
 
@@ -171,6 +172,41 @@ def _float_plan(spec: Any) -> tuple[np.dtype, int] | None:
         return dtype, _element_count(buf, dtype, count)
     except Exception:
         return None
+
+
+def _spec_buffer(spec: Any) -> Any:
+    """The buffer of an mpi4py buffer spec (``buf`` or ``[buf, ...]``)."""
+    return spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+
+
+def _device_spec(spec: Any, what: str) -> Any:
+    """A CUDA buffer spec as a :class:`scaleml._device.DeviceArray` (the whole array: specs with a count or a
+    displacement are taken for host buffers only); a host buffer as a flat float array."""
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != 2 or not isinstance(spec[1], MPI.Datatype):
+            raise TypeError(f"Allreduce: {what}: a CUDA array is taken alone or as [array, datatype]; a count or "
+                            "a displacement: pass a slice of the array")
+        spec = spec[0]
+    view = _device.device_array(spec, what)
+    if view is None:
+        raise DeviceError(f"Allreduce: {what} is in host memory, the other buffer on a CUDA device: pass both "
+                          "on one device")
+    if view.dtype not in _NUMPY_FLOATS:
+        raise TypeError(f"Allreduce: {what} is a CUDA array of {view.dtype}; CUDA arrays are taken as "
+                        "float32/float64 (or with a CUDA-aware MPI, as MPI takes them)")
+    return view
+
+
+_cuda_aware: bool | None = None
+
+
+def cuda_aware_mpi() -> bool:
+    """Whether the MPI moves CUDA memory itself (asked once; see ``scaleml_mpi_cuda_aware``)."""
+    global _cuda_aware
+    if _cuda_aware is None:
+        how = ffi.new("const char **")
+        _cuda_aware = lib.scaleml_mpi_cuda_aware(how) == 1
+    return _cuda_aware
 
 
 def _check_op(op: Any) -> None:
@@ -437,6 +473,8 @@ class Comm(MPI.Intracomm):
                     return self._mpi_iallreduce(checks, sendbuf, recvbuf, op, dtype, n, refused=exc)
                 checks.pending.append(request)
                 return request
+        if _device.is_device(_spec_buffer(recvbuf)) or _device.is_device(_spec_buffer(sendbuf)):
+            return self._device_iallreduce(sendbuf, recvbuf, op)
         plan = self._plan(sendbuf, recvbuf, op)
         if plan is None:
             if _log.ON:  # logged as the blocking call's route (the timeline shows the start only)
@@ -479,6 +517,27 @@ class Comm(MPI.Intracomm):
         chan.submit(request, allreduce)
         if routes is not None:
             routes.started(request, times)
+        return request
+
+    def _device_iallreduce(self, sendbuf: Any, recvbuf: Any, op: Any) -> Any:
+        """:meth:`Iallreduce` of CUDA arrays: staged to host now (on the caller's stream), then the host
+        Allreduce and the copy back on the progress thread, as :meth:`_device_allreduce` does in one go."""
+        if self._plan_device(sendbuf, recvbuf, op) is None and cuda_aware_mpi():
+            return self._comm.Iallreduce(sendbuf, recvbuf, op)
+        staged = self._stage_device(sendbuf, recvbuf, op)
+        chan = channel(self, duplicate=self.Dup)
+        worker = self._worker(chan)
+
+        def allreduce() -> AllreduceInfo | None:
+            if isinstance(staged, Exception):
+                worker._join_device_failure(sendbuf, recvbuf, op, staged)
+            host_send, host_recv, recv = staged
+            worker.Allreduce(host_send, host_recv, op)
+            _device.from_host(host_recv, recv)
+            return worker.last_info
+
+        request = Request("Iallreduce")
+        chan.submit(request, allreduce)
         return request
 
     def _mpi_iallreduce(self, checks, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype, n: int,
@@ -550,6 +609,8 @@ class Comm(MPI.Intracomm):
                     if first != first:  # NaN at index 0: a rank may have failed
                         self._agree_on_nan(self._state, recvbuf)
                     return None
+        if _device.is_device(_spec_buffer(recvbuf)) or _device.is_device(_spec_buffer(sendbuf)):
+            return self._device_allreduce(sendbuf, recvbuf, op)
         plan = self._plan(sendbuf, recvbuf, op)
         if plan is None:
             if _log.ON:
@@ -569,6 +630,70 @@ class Comm(MPI.Intracomm):
                 return self._mpi_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
         self._engine_allreduce(sendbuf, recvbuf, op, dtype, n)
         return None
+
+    def _device_allreduce(self, sendbuf: Any, recvbuf: Any, op: Any) -> None:
+        """Allreduce of CUDA arrays: the host path on staged copies, so every rank plans alike whatever memory
+        its buffers are in, and the result is bitwise the host path's.
+
+        The arrays are copied to host memory on their stream (after the kernels queued before the call), the
+        call runs as it would on those copies (the engine, or MPI), and the sum is copied back. Where the MPI
+        is CUDA-aware and the call goes to MPI as a whole (not float data, below ``min_count``, an op other
+        than SUM, ``SCALEML_DISABLE``), the device buffers go to MPI as they are. A rank that cannot stage
+        its buffers (no CUDA library, different devices, a CUDA failure) joins the others' call with
+        poisoned data and raises through the agreement, as a bad host buffer does.
+        """
+        if self._plan_device(sendbuf, recvbuf, op) is None and cuda_aware_mpi():
+            return self._comm.Allreduce(sendbuf, recvbuf, op)
+        staged = self._stage_device(sendbuf, recvbuf, op)
+        if isinstance(staged, Exception):
+            self._join_device_failure(sendbuf, recvbuf, op, staged)
+            raise AssertionError("unreachable: the failure raises") from staged  # pragma: no cover
+        host_send, host_recv, recv = staged
+        self.Allreduce(host_send, host_recv, op)
+        _device.from_host(host_recv, recv)
+        return None
+
+    def _stage_device(self, sendbuf: Any, recvbuf: Any, op: Any) -> tuple[Any, np.ndarray, Any] | Exception:
+        """(host send buffer or IN_PLACE, host receive buffer, the device receive view): copies made on the
+        arrays' streams, on the calling thread (the caller's current stream); or this rank's error."""
+        try:
+            recv = _device_spec(recvbuf, "recvbuf")
+            send = None if sendbuf is MPI.IN_PLACE or sendbuf is None else _device_spec(sendbuf, "sendbuf")
+            _device.same_device([v for v in (recv, send) if v is not None], "Allreduce")
+            host_recv = _device.to_host(recv) if send is None else np.empty(recv.shape, recv.dtype)
+            host_send = MPI.IN_PLACE if send is None else _device.to_host(send)
+        except Exception as exc:  # noqa: BLE001 - any failure of this rank joins the others' call
+            return exc
+        return host_send, host_recv, recv
+
+    def _plan_device(self, sendbuf: Any, recvbuf: Any, op: Any) -> tuple[np.dtype, int] | None:
+        """:meth:`_plan` for CUDA buffers, from their interfaces alone (the same decision as for host ones)."""
+        if config.DISABLE or (isinstance(op, MPI.Op) and op != MPI.SUM):
+            return None
+        for spec in (recvbuf, sendbuf):
+            buf = _spec_buffer(spec)
+            described = _device.describe(buf) if _device.is_device(buf) else _float_plan(spec)
+            if described is not None and described[0] in _NUMPY_FLOATS:
+                return described if described[1] >= self.min_count else None
+        return None
+
+    def _join_device_failure(self, sendbuf: Any, recvbuf: Any, op: Any, exc: Exception) -> None:
+        """This rank could not stage its CUDA buffers: take the others' route with a bad buffer of the planned
+        size, so it joins their call (poisoned where MPI runs) and every rank raises ``exc``'s error."""
+        plan = self._plan_device(sendbuf, recvbuf, op)
+        if plan is None:  # MPI as a whole, as mpi4py would: this rank's own error
+            raise exc
+        dtype, n = plan
+        error = as_local_error(exc)
+        stats = self._class_stats(n, dtype)
+        if n and self.algorithm == "auto" and stats.calls < stats.mpi_until:
+            stats.calls += 1
+            self._join_failed(self._state, error, n, dtype)
+
+        def prepare(state: EngineState) -> Call:
+            raise error
+
+        collective(self._comm, "Allreduce", prepare, size_class=(dtype.itemsize, n, self._codec_fingerprint()))
 
     def _mpi_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype,
                        n: int) -> None:

@@ -363,6 +363,9 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
     fails the future (DDP raises it from ``backward``) on every rank.
 
     Buffers of ``float16``/``bfloat16`` are reduced in float32 and copied back.
+    CUDA buckets are copied to host memory (after the work queued on the
+    current stream), reduced there, and copied back: the whole bucket crosses
+    PCIe both ways (a GPU-side compression for the hook is future work).
 
     Parameters
     ----------
@@ -381,9 +384,13 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
         raise TypeError(f"allreduce_hook's state must be a scaleml.torch.ScaleMLHookState, got "
                         f"{type(state).__name__}")
     buffer = bucket.buffer()
-    if buffer.device.type != "cpu":
-        raise TypeError(f"bucket {bucket.index()} is on {buffer.device}; the ScaleML hook takes CPU buckets for now")
-    work = buffer if buffer.dtype in (torch.float32, torch.float64) else buffer.to(torch.float32)
+    if buffer.device.type not in ("cpu", "cuda"):
+        raise TypeError(f"bucket {bucket.index()} is on {buffer.device}; the ScaleML hook takes CPU and CUDA buckets")
+    float_type = buffer.dtype if buffer.dtype in (torch.float32, torch.float64) else torch.float32
+    # A CUDA bucket is staged: copied to host memory after the kernels queued on the current stream (the
+    # backward's), reduced on the host like a CPU bucket, and copied back before the future completes.
+    work = buffer if buffer.device.type == "cpu" and float_type == buffer.dtype else \
+        buffer.detach().to(device="cpu", dtype=float_type)
     x = work.detach().numpy()
     index = int(bucket.index())
     compressed = state._prepare(index, x.size)

@@ -24,6 +24,7 @@ from ._native import BUILT_MPI_VENDOR, MalformedMessageError, ScaleMLError
 from ._version import __version__ as __version__  # its one source (pyproject.toml reads it too)
 from .adaptive_allreduce import AdaptiveAllreduceInfo, AdaptiveAllreduceState, adaptive_allreduce, iadaptive_allreduce
 from .comm import Comm
+from .errors import DeviceError
 from .quantized import iquantized_allreduce, quantized_allreduce
 from .sparse import AllreduceInfo, SparseVector, index_dtype, isparse_allreduce, sparse_allreduce
 from .topk_allreduce import itopk_allreduce, topk_allreduce
@@ -31,6 +32,7 @@ from .watchdog import set_timeout
 from .zipml_linear import QuantizedMatrix, ZipMLComparison, compare_estimators, quantize_matrix, sgd_least_squares
 
 __all__ = [
+    "DeviceError",
     "BUILT_MPI_VENDOR",
     "AdaptiveAllreduceInfo",
     "AdaptiveAllreduceState",

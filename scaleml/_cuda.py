@@ -73,15 +73,19 @@ class Backend:
 
     def call(self, name: str, *args: Any) -> None:
         """Run ``name(*args)``; raise the exception of its return code (``scaleml.errors``) with its message."""
+        rc = self.call_rc(name, *args)
+        if rc:
+            raise errors.error_for(rc, self._message())
+
+    def call_rc(self, name: str, *args: Any) -> int:
+        """Run ``name(*args)`` and return its code (0, or a ``SCALEML_ERR_*`` whose message :meth:`message` has)."""
         fn = self._function(name)
         types = self._types.get(name)
         if types is None:
             types = self._types[name] = [t.kind == "pointer" for t in self.ffi.typeof(fn).args]
         converted = [self.ffi.cast("void *", a) if is_ptr and isinstance(a, int) else a
                      for a, is_ptr in zip(args, types)]
-        rc = fn(*converted)
-        if rc:
-            raise errors.error_for(rc, self._message())
+        return int(fn(*converted))
 
     def message(self) -> str:
         return self._message()
@@ -113,21 +117,17 @@ class _EmulatedBackend(Backend):
     def _emulated_message(self) -> str:
         return self.runtime.last_message or core_ffi.string(core_lib.scaleml_error_message()).decode(errors="replace")
 
-    def call(self, name: str, *args: Any) -> None:
+    def call_rc(self, name: str, *args: Any) -> int:
         self.runtime.last_message = ""
         fn = getattr(self.lib, name)
         if hasattr(self.runtime, name):
-            rc = fn(*args)
-        else:
-            ref = fn
-            types = self._types.get(name)
-            if types is None:
-                c_fn = getattr(core_lib, name.replace("scaleml_cuda_", "scaleml_gpuref_", 1))
-                types = self._types[name] = [t.kind == "pointer" for t in core_ffi.typeof(c_fn).args] + [False]
-            rc = ref(*[core_ffi.cast("void *", a) if is_ptr and isinstance(a, int) else a
-                       for a, is_ptr in zip(args, types)])
-        if rc:
-            raise errors.error_for(rc, self._emulated_message())
+            return int(fn(*args))
+        types = self._types.get(name)
+        if types is None:
+            c_fn = getattr(core_lib, name.replace("scaleml_cuda_", "scaleml_gpuref_", 1))
+            types = self._types[name] = [t.kind == "pointer" for t in core_ffi.typeof(c_fn).args] + [False]
+        return int(fn(*[core_ffi.cast("void *", a) if is_ptr and isinstance(a, int) else a
+                        for a, is_ptr in zip(args, types)]))
 
 
 _lock = threading.Lock()

@@ -112,7 +112,8 @@ def as_numpy(x: object, what: str = "x") -> Any:
         except Exception as exc:  # noqa: BLE001 - a foreign object's failure becomes our TypeError
             raise TypeError(f"{what}: its __dlpack_device__() failed: {exc}") from None
         if int(device[0]) not in _DL_HOST:
-            raise TypeError(f"{what} is a DLPack object on device {tuple(device)}; ScaleML takes CPU memory for now")
+            raise TypeError(f"{what} is a DLPack object on device {tuple(device)}; ScaleML takes CPU and CUDA "
+                            "memory")
         try:
             return np.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError, ValueError) as exc:

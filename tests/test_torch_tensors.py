@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch", reason="PyTorch not installed (make install
 from mpi4py import MPI  # noqa: E402
 
 import scaleml  # noqa: E402
+from scaleml import _cuda  # noqa: E402
 from scaleml import compress as C  # noqa: E402
 
 COMPRESSORS = [lambda: C.QSGD(bits=4, seed=3), lambda: C.OneBit(), lambda: C.TopK(ratio=0.1),
@@ -99,13 +100,21 @@ def test_unsupported_tensors_raise_type_error():
 
 
 class _Meta:
-    """A DLPack producer whose memory is on another device (a CUDA tensor, as far as ScaleML can tell)."""
+    """A DLPack producer whose memory is on a device ScaleML does not take (Vulkan, kDLVulkan = 7)."""
+
+    device = 7
 
     def __dlpack_device__(self):
-        return (2, 0)
+        return (self.device, 0)
 
     def __dlpack__(self, **kwargs):  # pragma: no cover - never called
         raise AssertionError
+
+
+class _CudaOnly(_Meta):
+    """A CUDA DLPack producer without __cuda_array_interface__ (ScaleML reads CUDA arrays through it)."""
+
+    device = 2
 
 
 def test_dlpack_objects_on_other_devices_raise():
@@ -113,6 +122,15 @@ def test_dlpack_objects_on_other_devices_raise():
         C.QSGD().encode(_Meta())
     with pytest.raises(TypeError, match="CPU"):
         scaleml.quantized_allreduce(_Meta(), MPI.COMM_SELF, C.Cast("fp16"))
+
+
+@pytest.mark.skipif(_cuda.emulated(), reason="the CPU emulation stands for a device here")
+def test_cuda_objects_without_a_device_raise_device_error():
+    """Without a usable device (here: no GPU; the library built or not) a CUDA object is a DeviceError."""
+    with pytest.raises(scaleml.DeviceError, match="CUDA"):
+        C.QSGD().encode(_CudaOnly())
+    with pytest.raises(scaleml.DeviceError, match="CUDA"):
+        scaleml.quantized_allreduce(_CudaOnly(), MPI.COMM_SELF, C.Cast("fp16"))
 
 
 # ---- the collectives, on one rank (COMM_SELF): tensor in, tensor out -------------------------------------------

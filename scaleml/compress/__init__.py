@@ -55,8 +55,9 @@ from .adaptive import AdaptiveQuant
 from .base import Compressor, rng_uniform
 from .cast import CAST_ID as CAST_ID
 from .cast import Cast
+from .device import DeviceCompressed, decode
 from .error_feedback import ErrorFeedback
-from .framing import Compressed, decode
+from .framing import Compressed
 from .framing import _header_crc as _header_crc
 from .onebit import ONEBIT_ID as ONEBIT_ID
 from .onebit import OneBit
@@ -78,6 +79,7 @@ __all__ = [
     "QSGD",
     "TopK",
     "ZipML",
+    "DeviceCompressed",
     "decode",
     "double_sampling_gradient",
     "rng_uniform",

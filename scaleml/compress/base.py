@@ -7,9 +7,11 @@ from typing import Any, Callable
 import numpy as np
 from mpi4py import MPI
 
+from .. import _device
 from .._native import ffi, lib
 from .._tensors import as_numpy, as_numpy_out, like_input
 from ..errors import ERR_TOO_LARGE, CorruptBufferError, check
+from .device import decode_on_device, from_device, is_device_message
 from .framing import (
     DTYPE_CODES,
     MAX_NDIM,
@@ -48,6 +50,18 @@ def _as_input(x: ArrayLike, name: str = "x") -> np.ndarray:
     if a.ndim > MAX_NDIM:
         raise ValueError(f"{name} has {a.ndim} dimensions, at most {MAX_NDIM} are supported")
     return np.ascontiguousarray(a)
+
+
+def _device_input(x: ArrayLike, name: str = "x") -> _device.DeviceArray | None:
+    """``x`` as a float32/float64 :class:`scaleml._device.DeviceArray` when it is a CUDA array, else None."""
+    view = _device.device_array(x, name)
+    if view is None:
+        return None
+    if view.dtype not in DTYPE_CODES:
+        raise TypeError(f"{name} must be float32 or float64, got {view.dtype}")
+    if len(view.shape) > MAX_NDIM:
+        raise ValueError(f"{name} has {len(view.shape)} dimensions, at most {MAX_NDIM} are supported")
+    return view
 
 
 def _ptr(a: np.ndarray, ctype: str = "void *"):
@@ -179,17 +193,26 @@ class Compressor:
         message, a payload that fails its checksum, or a shape the payload
         cannot hold (checked before anything is allocated).
         """
-        c = _as_compressed(c)
+        on_device = is_device_message(c)
+        c = from_device(c) if on_device else _as_compressed(c)
         if c.method != self.method:
             raise CorruptBufferError(f"buffer holds method {method_name(c.method)}, not {self.name}")
+        if on_device:
+            return decode_on_device(c, out)
         result = decoder_for(c.method)(c, as_numpy_out(out))
         return like_input(result, None, out)
 
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None) -> tuple[Compressed, np.ndarray]:
         """Compress ``x`` and return the quantization error ``x - decode(encode(x))`` too.
 
-        The error is a ``torch.Tensor`` when ``x`` is one (sharing a new numpy array's memory), else a numpy array.
+        The error is a ``torch.Tensor`` when ``x`` is one (sharing a new numpy array's memory), else a numpy array;
+        for a CUDA array, the message is on its device and the error a CUDA array (computed on the host).
         """
+        view = _device_input(x)
+        if view is not None:
+            c = self.encode(x, step=step)
+            host = _device.to_host(view)
+            return c, _device.from_host_new(host - _device.to_host(_device.device_array(self.decode(c))), view)
         a = _as_input(x)
         c = self.encode(a, step=step)
         # its own message: into an array of its own, so no allocation bound applies (see _out_array)

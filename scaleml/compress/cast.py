@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from .. import _cuda
+from .._device import DeviceArray
 from .._native import ffi, lib
 from ..errors import CorruptBufferError, check
-from .base import ArrayLike, Compressor, _as_input, _encode_retry, _out_array, _ptr, _wptr
+from .base import ArrayLike, Compressor, _as_input, _device_input, _encode_retry, _out_array, _ptr, _wptr
+from .device import DeviceCompressed, decode_kernel, encode_kernel, register_device_decoder
 from .framing import Compressed, register_method
 
 CAST_ID = int(lib.SCALEML_METHOD_CAST)
@@ -37,7 +40,11 @@ class Cast(Compressor):
         self.format = format
 
     def encode(self, x: ArrayLike, *, step: int | None = None, checksum: bool = False) -> Compressed:
-        """Cast ``x`` to 16 bits; ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode)."""
+        """Cast ``x`` to 16 bits; ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode).
+        A CUDA array is cast on its device."""
+        view = _device_input(x)
+        if view is not None:
+            return self._encode_on_device(view, checksum)
         a = _as_input(x)
         fmt = _CASTS[self.format]
         xp = _ptr(a)
@@ -49,10 +56,35 @@ class Cast(Compressor):
         return _encode_retry(call, 2 * a.size, self.method, a.dtype, a.shape, (fmt,), checksum)
 
 
-def _decode_cast(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
+    def _encode_on_device(self, x: DeviceArray, checksum: bool) -> Compressed:
+        be = _cuda.backend()
+        fmt = _CASTS[self.format]
+
+        def kernel(payload: int, cap: int, written: Any) -> int:
+            written[0] = 2 * x.size
+            return be.call_rc("scaleml_cuda_cast_encode", x.ptr, x.dtype.itemsize, x.size, fmt, payload, x.stream)
+
+        return encode_kernel(x, 2 * x.size, self.method, (fmt,), kernel, checksum)
+
+
+def _check_cast_format(c: Compressed) -> int:
     fmt = c.params[0]
     if fmt not in (0, 1):
         raise CorruptBufferError(f"cast header: bad format {fmt}")
+    return fmt
+
+
+def _decode_cast_on_device(c: DeviceCompressed, out: Any) -> Any:
+    fmt = _check_cast_format(c)
+    if c.payload_bytes != 2 * c.size:
+        raise CorruptBufferError(f"cast payload has {c.payload_bytes} bytes, expected {2 * c.size}")
+    be = _cuda.backend()
+    return decode_kernel(c, out, lambda address: be.call(
+        "scaleml_cuda_cast_decode", c.payload_address, c.size, fmt, address, c.dtype.itemsize, c.view.stream))
+
+
+def _decode_cast(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
+    fmt = _check_cast_format(c)
     p = c.payload
     if p.size != 2 * c.size:
         raise CorruptBufferError(f"cast payload has {p.size} bytes, expected {2 * c.size}")
@@ -62,3 +94,4 @@ def _decode_cast(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
 
 
 register_method(Cast.method, Cast.name, _decode_cast)
+register_device_decoder(Cast.method, _decode_cast_on_device)

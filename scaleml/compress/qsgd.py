@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from .. import _cuda
+from .._device import DeviceArray
 from .._native import lib
 from ..errors import CorruptBufferError, check
-from .base import ArrayLike, Compressor, _as_input, _encode_retry, _out_array, _ptr, _wptr
+from .base import ArrayLike, Compressor, _as_input, _device_input, _encode_retry, _out_array, _ptr, _wptr
+from .device import (
+    DeviceCompressed,
+    decode_kernel,
+    encode_kernel,
+    register_device_decoder,
+    staged_decode,
+    staged_encode,
+)
 from .framing import Compressed, register_method
 
 QSGD_ID = int(lib.SCALEML_METHOD_QSGD)
@@ -64,7 +74,11 @@ class QSGD(Compressor):
 
     def encode(self, x: ArrayLike, *, step: int | None = None, checksum: bool = False) -> Compressed:
         """Quantize ``x`` (float32/float64, any shape);
-        ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode)."""
+        ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode).
+        A CUDA array is encoded on its device (the fixed format; Elias through the host)."""
+        view = _device_input(x)
+        if view is not None:
+            return self._encode_on_device(view, step, checksum)
         a = _as_input(x)
         key = self._key(step)
         fmt = _QSGD_FORMATS[self.format]
@@ -79,10 +93,42 @@ class QSGD(Compressor):
                              (self.bits, self.bucket, _NORMS[self.norm], fmt), checksum)
 
 
-def _decode_qsgd(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
+    def _encode_on_device(self, x: DeviceArray, step: int | None, checksum: bool) -> Compressed:
+        if self.format != "fixed":  # variable length: the host encoder
+            return staged_encode(lambda a: self.encode(a, step=step, checksum=checksum), x)
+        key, norm = self._key(step), _NORMS[self.norm]
+        be = _cuda.backend()
+        cap = int(lib.scaleml_qsgd_max_bytes(x.size, self.bits, self.bucket, 0))
+
+        def kernel(payload: int, cap: int, written: Any) -> int:
+            return be.call_rc("scaleml_cuda_qsgd_encode", x.ptr, x.dtype.itemsize, x.size, self.bits, self.bucket,
+                              norm, 0, key, payload, cap, written, x.stream)
+
+        return encode_kernel(x, cap, self.method, (self.bits, self.bucket, norm, 0), kernel, checksum)
+
+
+def _check_qsgd_params(c: Compressed) -> tuple[int, int, int, int]:
     bits, bucket, norm, fmt = c.params
     if not 1 <= bits <= 8 or not 1 <= bucket <= 1 << 31 or norm not in (0, 1) or fmt not in (0, 1):
         raise CorruptBufferError(f"QSGD header has invalid parameters {c.params}")
+    return bits, bucket, norm, fmt
+
+
+def _decode_qsgd_on_device(c: DeviceCompressed, out: Any) -> Any:
+    bits, bucket, _, fmt = _check_qsgd_params(c)
+    if fmt != 0:  # Elias: the host decoder
+        return staged_decode(c, out)
+    expected = lib.scaleml_qsgd_max_bytes(c.size, bits, bucket, 0)
+    if c.payload_bytes != expected:
+        raise CorruptBufferError(f"QSGD payload has {c.payload_bytes} bytes, expected {expected}")
+    be = _cuda.backend()
+    return decode_kernel(c, out, lambda address: be.call(
+        "scaleml_cuda_qsgd_decode", c.payload_address, c.payload_bytes, c.size, bits, bucket, 0, address,
+        c.dtype.itemsize, c.view.stream))
+
+
+def _decode_qsgd(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
+    bits, bucket, norm, fmt = _check_qsgd_params(c)
     p = c.payload
     # Size checks before allocating the output (a forged shape must not allocate). Fixed width: the size is
     # exact (bits + 1 bits per element and 32 per bucket). Elias: every bucket costs at least 33 bits (its
@@ -100,3 +146,4 @@ def _decode_qsgd(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
 
 
 register_method(QSGD.method, QSGD.name, _decode_qsgd)
+register_device_decoder(QSGD.method, _decode_qsgd_on_device)

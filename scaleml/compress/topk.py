@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
+from .. import _cuda, _device
+from .._device import DeviceArray
 from .._native import ffi, lib
 from .._tensors import as_numpy_out, is_tensor, like_input
 from ..errors import CorruptBufferError, check
-from .base import ArrayLike, Compressor, _as_input, _encode_retry, _out_array, _ptr, _wptr
+from .base import ArrayLike, Compressor, _as_input, _device_input, _encode_retry, _out_array, _ptr, _wptr
+from .device import (
+    DeviceCompressed,
+    decode_kernel,
+    encode_kernel,
+    from_device,
+    is_device_message,
+    payload_count,
+    register_device_decoder,
+)
 from .framing import BufferLike, Compressed, _as_compressed, register_method
 
 TOPK_ID = int(lib.SCALEML_METHOD_TOPK)
@@ -80,8 +92,28 @@ class TopK(Compressor):
 
     def encode(self, x: ArrayLike, *, step: int | None = None, checksum: bool = False) -> Compressed:
         """Select the top entries of ``x`` (flattened);
-        ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode)."""
+        ``checksum=True`` stores the payload's CRC-32 in the header (verified on decode).
+        A CUDA array is selected on its device."""
+        view = _device_input(x)
+        if view is not None:
+            return self._encode_on_device(view, step, None, checksum)
         return self._encode(x, step, False, checksum=checksum)[0]
+
+    def _encode_on_device(self, x: DeviceArray, step: int | None, residual: DeviceArray | None,
+                          checksum: bool = False) -> Compressed:
+        if x.size > 1 << 32:
+            raise ValueError("TopK supports tensors of at most 2**32 elements (uint32 indices)")
+        k = self.k_for(x.size)
+        key = self._key(step)
+        be = _cuda.backend()
+        guess = k if not self.approximate else min(x.size, 2 * k + 64)
+
+        def kernel(payload: int, cap: int, written: Any) -> int:
+            return be.call_rc("scaleml_cuda_topk_encode", x.ptr, x.dtype.itemsize, x.size, k, int(self.approximate),
+                              self.sample, key, payload, cap, written, residual.ptr if residual else 0, x.stream)
+
+        return encode_kernel(x, int(lib.scaleml_topk_bytes(guess, x.dtype.itemsize)), self.method,
+                             (int(self.approximate),), kernel, checksum)
 
     def encode_with_residual(self, x: ArrayLike, *, step: int | None = None,
                              out: np.ndarray | None = None) -> tuple[Compressed, np.ndarray]:
@@ -91,6 +123,16 @@ class TopK(Compressor):
         ``x`` and ``out`` may be CPU ``torch.Tensor`` objects (viewed without a copy); the remainder is then a
         tensor too (``out`` itself when given).
         """
+        view = _device_input(x)
+        if view is not None:  # on the device: the remainder in out (x itself for in place) or a new CUDA array
+            target = out if out is not None else _device.empty_like(view)
+            res = _device.device_array(target, "out")
+            if res is None or res.shape != view.shape or res.dtype != view.dtype or res.readonly:
+                raise ValueError("out must be a writable CUDA array like x on its device (or x itself)")
+            _device.same_device([view, res], "encode_with_residual")
+            if res.ptr != view.ptr:
+                _cuda.backend().call("scaleml_cuda_memcpy_async", res.ptr, view.ptr, view.nbytes, 2, view.stream)
+            return self._encode_on_device(view, step, res), target
         if out is not None and out is x and is_tensor(x):
             view = as_numpy_out(x, "x")
             c, _ = self._encode(view, step, True, view)
@@ -104,7 +146,7 @@ class TopK(Compressor):
 
         Indices are ``uint32``, sorted and unique (into the flattened tensor).
         """
-        c = _as_compressed(c)
+        c = from_device(c).to_host() if is_device_message(c) else _as_compressed(c)
         if c.method != TOPK_ID:
             raise CorruptBufferError("not a TopK buffer")
         p = c.payload
@@ -115,6 +157,18 @@ class TopK(Compressor):
         idx = p[io[0]:io[0] + 4 * k].view(np.uint32)
         val = p[vo[0]:vo[0] + c.dtype.itemsize * k].view(c.dtype)
         return idx, val
+
+
+def _decode_topk_on_device(c: DeviceCompressed, out: Any) -> Any:
+    if c.size > 1 << 32:
+        raise CorruptBufferError(f"TopK message of {c.size} elements: at most 2**32 (its indices are uint32)")
+    count = payload_count(c)
+    if count > c.size or c.payload_bytes != lib.scaleml_topk_bytes(count, c.dtype.itemsize):
+        raise CorruptBufferError(f"TopK payload: count {count} does not match {c.payload_bytes} bytes (n = {c.size})")
+    be = _cuda.backend()
+    return decode_kernel(c, out, lambda address: be.call(
+        "scaleml_cuda_topk_decode", c.payload_address, c.payload_bytes, c.size, address, c.dtype.itemsize,
+        c.view.stream))
 
 
 def _decode_topk(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
@@ -136,3 +190,4 @@ def _decode_topk(c: Compressed, out: np.ndarray | None = None) -> np.ndarray:
 
 
 register_method(TopK.method, TopK.name, _decode_topk)
+register_device_decoder(TopK.method, _decode_topk_on_device)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import nonblocking
+from . import _device, nonblocking
 from ._tensors import like_input, placement
 from .compress.error_feedback import ErrorFeedback
 from .compress.topk import TopK
@@ -46,6 +46,13 @@ def _select(grad: Any, ratio: Any, k: Any, approximate: Any, error_feedback: Any
     """This rank's part before any communication: checks, compensation and selection."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if error_feedback is None and _device.is_device(grad):
+        # Selected on the device: only the k (index, value) pairs of the message cross to the host.
+        sel, _ = _selector(ratio, k, approximate, None)
+        c = sel.encode(grad, step=0)
+        idx, vals = TopK.entries(c)
+        shape_only = np.broadcast_to(np.zeros((), c.dtype), c.shape)  # grad's shape and dtype, no memory
+        return shape_only, idx, vals, None, None
     g = as_float_array(grad, "grad")
     sel, step = _selector(ratio, k, approximate, error_feedback)
     flat = g.reshape(-1)  # a view when grad is contiguous, else a copy

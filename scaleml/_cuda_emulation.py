@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import ERR_ARG, ERR_NOMEM
 
-__all__ = ["EmulatedDeviceArray", "EmulatedRuntime", "device_of_address"]
+__all__ = ["EmulatedDeviceArray", "EmulatedRuntime", "OutOfMemoryError", "device_of_address"]
 
 _DEVICE_RANGES: dict[int, tuple[int, int, np.ndarray]] = {}
 """start address -> (end, device, the host memory standing for device memory)."""
@@ -44,6 +44,10 @@ def device_of_address(address: int) -> int:
     return -1
 
 
+class OutOfMemoryError(MemoryError):
+    """An emulated allocation beyond ``SCALEML_CUDA_EMULATE_MEMORY`` (as CuPy's, a ``MemoryError``)."""
+
+
 class EmulatedDeviceArray:
     """A C-contiguous array in "device" memory of the emulation (host memory registered as device ``device``).
 
@@ -63,6 +67,10 @@ class EmulatedDeviceArray:
         self.device = int(device)
         self.readonly = readonly
         size = int(np.prod(self.shape, dtype=np.int64))
+        limit = int(os.environ.get("SCALEML_CUDA_EMULATE_MEMORY") or 1 << 40)
+        if size * self.dtype.itemsize > limit:  # as torch and CuPy do: their out-of-memory error
+            raise OutOfMemoryError(f"emulated device {device}: {size * self.dtype.itemsize} bytes asked, "
+                                   f"{limit} emulated")
         self._memory = np.zeros(size, dtype=self.dtype)
         _register(self._memory, self.device)
 

@@ -193,17 +193,23 @@ def empty_like(a: DeviceArray, shape: tuple[int, ...] | None = None, dtype: Any 
     """A new array of ``a``'s library on ``a``'s device (``shape``, ``dtype`` default to ``a``'s)."""
     shape = a.shape if shape is None else tuple(shape)
     dtype = a.dtype if dtype is None else np.dtype(dtype)
-    if a.library == "emulated":
-        return EmulatedDeviceArray(shape, dtype, a.device)
-    if a.library == "torch":
-        torch = sys.modules["torch"]
-        return torch.empty(shape, dtype=getattr(torch, dtype.name), device=f"cuda:{a.device}")
-    cupy = sys.modules.get("cupy")
-    if cupy is None:
-        raise TypeError(f"results on the device are allocated with CuPy or torch; {type(a.obj).__name__} is "
-                        "neither (import cupy to get CuPy results)")
-    with cupy.cuda.Device(a.device):
-        return cupy.empty(shape, dtype)
+    try:
+        if a.library == "emulated":
+            return EmulatedDeviceArray(shape, dtype, a.device)
+        if a.library == "torch":
+            torch = sys.modules["torch"]
+            return torch.empty(shape, dtype=getattr(torch, dtype.name), device=f"cuda:{a.device}")
+        cupy = sys.modules.get("cupy")
+        if cupy is None:
+            raise TypeError(f"results on the device are allocated with CuPy or torch; {type(a.obj).__name__} is "
+                            "neither (import cupy to get CuPy results)")
+        with cupy.cuda.Device(a.device):
+            return cupy.empty(shape, dtype)
+    except Exception as exc:
+        if "OutOfMemory" in type(exc).__name__ or isinstance(exc, MemoryError):  # torch's, CuPy's, ours
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            raise MemoryError(f"device out of memory: {nbytes} bytes on cuda:{a.device} ({exc})") from None
+        raise
 
 
 def from_host_new(host: np.ndarray, like: DeviceArray) -> Any:

@@ -27,7 +27,7 @@ import numpy as np
 from . import _device
 from .errors import BufferLayoutError, DeviceError
 
-__all__ = ["as_numpy", "as_numpy_out", "is_tensor", "like_input", "placement"]
+__all__ = ["as_numpy", "device_output", "as_numpy_out", "is_tensor", "like_input", "placement"]
 
 _DL_HOST = (1, 3)
 """``kDLCPU`` and ``kDLCUDAHost`` (pinned host memory) in DLPack's device enumeration (``__dlpack_device__()[0]``)."""
@@ -73,6 +73,16 @@ def placement(arrays: dict[str, object]) -> int:
     views = [v for name in sorted(on_device) if (v := _device.device_array(given[name], name)) is not None]
     _device.same_device(views, "this call")
     return 1
+
+
+def device_output(x: object, out: object) -> object:
+    """``out``; or, for a CUDA ``x`` without ``out``, a new array like ``x`` on its device, allocated before the
+    collective so that running out of device memory is this rank's error, raised on every rank."""
+    if out is None and _device.is_device(x):
+        view = _device.device_array(x, "x")
+        assert view is not None
+        return _device.empty_like(view)
+    return out
 
 
 def as_numpy(x: object, what: str = "x") -> Any:

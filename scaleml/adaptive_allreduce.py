@@ -25,7 +25,7 @@ from mpi4py import MPI
 
 from . import nonblocking
 from ._native import ffi, lib
-from ._tensors import like_input, placement
+from ._tensors import device_output, like_input, placement
 from .compress.adaptive import AdaptiveQuant
 from .compress.framing import DTYPE_CODES
 from .engine import Call, EngineState, collective
@@ -270,14 +270,16 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
     def prepare(es: EngineState) -> Call:
         rank, P = es.private.Get_rank(), es.private.Get_size()
         device = placement({"grad": grad})
+        target = device_output(grad, None)
         prep = _prepare(grad, state, name, rank, P)
         # The agreement's count is the rows: every rank must cut the matrix into the same row blocks.
         return Call(prep.flat.size, prep.flat, fmt=prep.fmt, fixed=("adaptive", "adaptive quantization"),
                     residuals=(prep.worker, prep.server), nnz=prep.rows, same_count="rows",
-                    class_key=("adaptive",), span={"format": f"adaptive pi={state.pi}"}, device=device, kept=prep)
+                    class_key=("adaptive",), span={"format": f"adaptive pi={state.pi}"}, device=device,
+                    kept=(prep, target))
 
     call, out, run = collective(comm, "adaptive_allreduce", prepare)
-    prep = call.kept
+    prep, target = call.kept
     g, rows, cols, P = prep.grad, prep.rows, prep.cols, comm.Get_size()
     out = out.reshape(g.shape)
     if run.algorithm == "adaptive":  # the residuals and the step advance only when adaptive ran and succeeded
@@ -292,7 +294,7 @@ def adaptive_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, state
         rs, ag, encoded = ring // 2, ring // 2, g.nbytes
     if average:
         out /= P
-    out = like_input(out, grad)
+    out = like_input(out, grad, target)
     if not return_info:
         return out
     return out, AdaptiveAllreduceInfo(bytes_sent=run.bytes_sent if run.algorithm == "adaptive" else rs + ag,

@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from . import algorithms, config, nonblocking
 from ._native import ffi, lib
-from ._tensors import as_numpy_out, like_input, placement
+from ._tensors import as_numpy_out, device_output, like_input, placement
 from .compress import ErrorFeedback
 from .engine import Call, EngineState, LocalError, collective
 from .sparse import as_float_array, lossy_format
@@ -117,11 +117,12 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
             raise ValueError(f"error feedback on both sides is kept by {_WITH_FEEDBACK!r}, not {requested!r}")
         fmt = lossy_format(lossy, code)
         device = placement({"x": x, "out": out})
+        target = device_output(x, out)
         a = as_float_array(x, "x")
         flat = np.ascontiguousarray(a).reshape(-1)
         if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(flat), flat.size, flat.itemsize):
             raise LocalError(4, ValueError("x contains NaN or Inf (pass check_finite=False to allow)"))
-        dest = as_numpy_out(out)
+        dest = as_numpy_out(target)
         if dest is None:
             dest = np.empty(a.shape, a.dtype)
         elif not isinstance(dest, np.ndarray) or dest.shape != a.shape or dest.dtype != a.dtype:
@@ -136,13 +137,14 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
                                                         flat.dtype))
         return Call(flat.size, flat, requested=requested, fmt=fmt, lossy_only=True, dense_out=dest.reshape(-1),
                     fixed=(_WITH_FEEDBACK, "error feedback") if error_feedback is not None else None,
-                    residuals=residuals, class_key=(fmt.fingerprint,), device=device, kept=dest)
+                    residuals=residuals, class_key=(fmt.fingerprint,), device=device, kept=(dest, target))
 
     call, result, info = collective(comm, "quantized_allreduce", prepare)
     P = comm.Get_size()
     if average and P > 1:
         result /= P
-    dest = like_input(call.kept, x, out)  # the array the result was written into (x's shape)
+    dest, target = call.kept
+    dest = like_input(dest, x, target)  # the array the result was written into (x's shape)
     return (dest, info) if return_info else dest
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 from mpi4py import MPI
 
-from . import algorithms, config, nonblocking
+from . import _device, algorithms, config, nonblocking
 from ._tensors import as_numpy, as_numpy_out, like_input, placement
 from .engine import (
     AllreduceInfo,
@@ -151,15 +151,22 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     def prepare(state: EngineState) -> Call:
         device = placement({"indices": indices, "values": values, "dense_out": dense_out})
         idx, vals = _canonical_input(indices, values, n, check_finite)
-        call = sparse_call(idx, vals, int(n), algorithm, compression, out, dense_out)
+        target = dense_out
+        if device and out == "dense" and dense_out is None:  # the result on the device, allocated before the sum
+            view = _device.device_array(values, "values")
+            assert view is not None
+            target = _device.empty_like(view, (int(n),))
+        call = sparse_call(idx, vals, int(n), algorithm, compression, out, target)
         call.device = device
+        call.kept = (call.kept, target)
         return call
 
     call, result, info = collective(comm, "sparse_allreduce", prepare)
     if call.out == "dense":
-        if call.kept is not None:  # dense_out as the engine wrote it (the caller's memory, or its host stage)
-            result = call.kept
-        result = like_input(result, values, dense_out)
+        dest, target = call.kept
+        if dest is not None:  # dense_out as the engine wrote it (the caller's memory, or its host stage)
+            result = dest
+        result = like_input(result, values, target)
     return (result, info) if return_info else result
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import _device, nonblocking
-from ._tensors import like_input, placement
+from ._tensors import device_output, like_input, placement
 from .compress.error_feedback import ErrorFeedback
 from .compress.topk import TopK
 from .engine import Call, EngineState, collective
@@ -153,16 +153,17 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
     """
     def prepare(state: EngineState) -> Call:
         device = placement({"grad": grad, "out": out})
+        target = device_output(grad, out)
         g, idx, vals, residual, step = _select(grad, ratio, k, approximate, error_feedback, name)
-        call = sparse_call(idx, vals, g.size, algorithm, compression, "dense", out)
+        call = sparse_call(idx, vals, g.size, algorithm, compression, "dense", target)
         call.device = device
         call.span["k"] = idx.size
         call.prepared_phase = "encode"  # the selection
-        call.kept = (g, residual, step, call.kept)  # committed after the collective; out as the engine wrote it
+        call.kept = (g, residual, step, call.kept, target)  # committed after the collective; out as written
         return call
 
     call, total, info = collective(comm, "topk_allreduce", prepare)
-    g, residual, step, dest = call.kept
+    g, residual, step, dest, target = call.kept
     if error_feedback is not None:  # commit only now: a call that raised kept the old residual and step
         old = error_feedback.residual(name)
         error_feedback.set_residual(name, residual)
@@ -170,10 +171,10 @@ def topk_allreduce(grad: Any, comm: MPI.Intracomm = MPI.COMM_WORLD, *, ratio: fl
         usable = old is not None and old.flags.c_contiguous and old.size == residual.size and old.dtype == g.dtype
         error_feedback.__dict__["_topk_spares"][name] = old.reshape(-1) if usable else np.empty(residual.size, g.dtype)
         error_feedback.compressor.step = step + 1  # type: ignore[operator]
-    total = total.reshape(g.shape) if out is None else dest
+    total = total.reshape(g.shape) if target is None else dest
     if average:
         total /= comm.Get_size()
-    total = like_input(total, grad, out)
+    total = like_input(total, grad, target)
     return (total, info) if return_info else total
 
 

@@ -181,7 +181,7 @@ def _spec_buffer(spec: Any) -> Any:
 
 def _device_spec(spec: Any, what: str) -> Any:
     """A CUDA buffer spec as a :class:`scaleml._device.DeviceArray` (the whole array: specs with a count or a
-    displacement are taken for host buffers only); a host buffer as a flat float array."""
+    displacement are taken for host buffers only); a host buffer beside a CUDA one is a DeviceError."""
     if isinstance(spec, (list, tuple)):
         if len(spec) != 2 or not isinstance(spec[1], MPI.Datatype):
             raise TypeError(f"Allreduce: {what}: a CUDA array is taken alone or as [array, datatype]; a count or "
@@ -191,9 +191,6 @@ def _device_spec(spec: Any, what: str) -> Any:
     if view is None:
         raise DeviceError(f"Allreduce: {what} is in host memory, the other buffer on a CUDA device: pass both "
                           "on one device")
-    if view.dtype not in _NUMPY_FLOATS:
-        raise TypeError(f"Allreduce: {what} is a CUDA array of {view.dtype}; CUDA arrays are taken as "
-                        "float32/float64 (or with a CUDA-aware MPI, as MPI takes them)")
     return view
 
 

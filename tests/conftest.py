@@ -65,14 +65,15 @@ def run_killing_on_timeout(cmd: list[str], timeout: float, env: dict[str, str],
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
-def run_pytest_under_mpi(nprocs: int, module: str, timeout: float = 600, extra: tuple[str, ...] = ()) -> str:
+def run_pytest_under_mpi(nprocs: int, module: str, timeout: float = 600, extra: tuple[str, ...] = (),
+                         env: dict[str, str] | None = None) -> str:
     """Run tests/mpi/<module> with pytest on every rank; fail unless every rank passed.
 
     The modules' tests carry pytest-mpi's ``mpi`` marker: ``--with-mpi`` runs them
     (without it, e.g. ``pytest tests/mpi/mpi_bad_input.py``, pytest-mpi skips them).
     """
     result = run_mpi(nprocs, ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--with-mpi",
-                              str(MPI_TESTS / module), *extra], timeout=timeout)
+                              str(MPI_TESTS / module), *extra], timeout=timeout, env=env)
     if result.returncode != 0:
         pytest.fail(f"{module} failed under mpiexec -n {nprocs} (exit {result.returncode}):\n"
                     f"{result.stdout[-8000:]}")

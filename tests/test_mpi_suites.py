@@ -57,6 +57,11 @@ def test_adaptive_registry_entry_is_the_python_algorithm_bit_for_bit(nprocs):
 
 
 @pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_cuda_arrays_take_every_collective_on_the_emulated_device(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_device_paths.py", timeout=600, env={"SCALEML_CUDA_EMULATE": "1"})
+
+
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
 def test_sparse_algorithms_switch_to_dense_quantized(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_sparse_quantized_switch.py", timeout=300)
 

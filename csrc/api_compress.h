@@ -150,5 +150,8 @@ int scaleml_zipml_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t 
 /* cast.c: float16 / bfloat16 with round to nearest even. */
 int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, uint16_t *out);
 int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes);
+/* acc[i] += decoded value, in acc's type (the same sums as decode then add); like decode, every value is
+ * added and an Inf/NaN pattern gives SCALEML_ERR_MALFORMED. */
+int scaleml_cast_decode_add(const uint16_t *in, uint64_t n, int format, void *acc, int value_bytes);
 
 #endif

@@ -8,6 +8,7 @@
  * the Inf/NaN patterns, which the encoder never produces.
  * float32 <-> float16 uses the F16C instructions when the CPU has them.
  * Wire format: n little-endian 16-bit words.  -> 16 bits per element.
+ * The per-element arithmetic is arith/cast.h's, shared with the CUDA kernels.
  */
 #include <float.h>
 #include <math.h>
@@ -16,85 +17,19 @@
 #include <string.h>
 
 #include "api_compress.h"
+#include "arith/cast.h"
 #include "core/counter_rng.h" /* SCALEML_CLONES */
 #include "core/cpu_features.h"
 #include "core/errors.h"
-
-/* float32 bits -> float16 bits, round to nearest even (F. Giesen's method). */
-static inline uint16_t f32_to_f16(uint32_t x)
-{
-    const uint32_t f16max = (uint32_t)(127 + 16) << 23;
-    const uint32_t denorm_magic_u = (uint32_t)((127 - 15) + (23 - 10) + 1) << 23;
-    uint32_t sign = x & 0x80000000u;
-    uint16_t o;
-    x ^= sign;
-    if (x >= f16max) {
-        o = 0x7c00; /* overflow (caller rejects) */
-    } else if (x < (113u << 23)) {
-        float f, dm;
-        memcpy(&f, &x, 4);
-        memcpy(&dm, &denorm_magic_u, 4);
-        f += dm;
-        uint32_t r;
-        memcpy(&r, &f, 4);
-        o = (uint16_t)(r - denorm_magic_u);
-    } else {
-        uint32_t mant_odd = (x >> 13) & 1;
-        x += ((uint32_t)(15 - 127) << 23) + 0xfff;
-        x += mant_odd;
-        o = (uint16_t)(x >> 13);
-    }
-    return (uint16_t)(o | (sign >> 16));
-}
-
-static inline float f16_to_f32(uint16_t h)
-{
-    const uint32_t shifted_exp = 0x7c00u << 13;
-    uint32_t o = (uint32_t)(h & 0x7fffu) << 13;
-    uint32_t exp = shifted_exp & o;
-    o += (uint32_t)(127 - 15) << 23;
-    if (exp == shifted_exp) {
-        o += (uint32_t)(128 - 16) << 23;
-    } else if (exp == 0) {
-        const uint32_t magic_u = 113u << 23;
-        float f, m;
-        o += 1u << 23;
-        memcpy(&f, &o, 4);
-        memcpy(&m, &magic_u, 4);
-        f -= m;
-        memcpy(&o, &f, 4);
-    }
-    o |= (uint32_t)(h & 0x8000u) << 16;
-    float f;
-    memcpy(&f, &o, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(uint32_t x)
-{
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
-}
-
-/* Smallest magnitude bit pattern that is NaN/Inf or rounds to Inf in bfloat16
- * (checked on the input, so no wrap-around of the rounding add can hide it). */
-#define BF16_BAD_MIN UINT32_C(0x7f7f8000)
 
 SCALEML_CLONES static uint32_t bf16_encode(const uint32_t *xb, uint64_t n, uint16_t *out)
 {
     uint32_t bad = 0;
     for (uint64_t i = 0; i < n; i++) {
-        bad |= (uint32_t)((xb[i] & 0x7fffffffu) >= BF16_BAD_MIN);
-        out[i] = f32_to_bf16(xb[i]);
+        bad |= cast_bf16_bad_input(xb[i]);
+        out[i] = cast_f32_to_bf16(xb[i]);
     }
     return bad;
-}
-
-static inline uint32_t load_f32_bits(const void *x, int value_bytes, uint64_t i)
-{
-    float f = value_bytes == 4 ? ((const float *)x)[i] : (float)((const double *)x)[i];
-    uint32_t b;
-    memcpy(&b, &f, 4);
-    return b;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -115,8 +50,8 @@ __attribute__((target("avx,f16c"))) static uint32_t f16c_encode(const float *x, 
     for (; i < n; i++) {
         uint32_t b;
         memcpy(&b, x + i, 4);
-        uint16_t h = f32_to_f16(b);
-        bad |= (h & 0x7c00u) == 0x7c00u;
+        uint16_t h = cast_f32_to_f16(b);
+        bad |= cast_f16_bad(h);
         out[i] = h;
     }
     return bad;
@@ -136,8 +71,7 @@ __attribute__((target("avx,f16c"))) static uint32_t f16c_decode(const uint16_t *
     for (; i < n; i++) {
         uint16_t h;
         memcpy(&h, in + i, 2);
-        bad |= (h & 0x7c00u) == 0x7c00u;
-        out[i] = f16_to_f32(h);
+        out[i] = cast_decode(h, SCALEML_CAST_FP16, &bad);
     }
     return bad;
 }
@@ -147,7 +81,7 @@ __attribute__((target("avx,f16c"))) static uint32_t f16c_decode(const uint16_t *
 __attribute__((target("avx2"))) static uint32_t bf16_encode_avx2(const uint32_t *xb, uint64_t n, uint16_t *out)
 {
     uint64_t i = 0;
-    const __m256i absmask = _mm256_set1_epi32(0x7fffffff), badmin = _mm256_set1_epi32((int)(BF16_BAD_MIN - 1));
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff), badmin = _mm256_set1_epi32((int)(CAST_BF16_BAD_MIN - 1));
     const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
     __m256i acc = _mm256_setzero_si256();
     for (; i + 16 <= n; i += 16) {
@@ -164,8 +98,8 @@ __attribute__((target("avx2"))) static uint32_t bf16_encode_avx2(const uint32_t 
     }
     uint32_t bad = !_mm256_testz_si256(acc, acc);
     for (; i < n; i++) {
-        bad |= (uint32_t)((xb[i] & 0x7fffffffu) >= BF16_BAD_MIN);
-        out[i] = f32_to_bf16(xb[i]);
+        bad |= cast_bf16_bad_input(xb[i]);
+        out[i] = cast_f32_to_bf16(xb[i]);
     }
     return bad;
 }
@@ -196,22 +130,16 @@ int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, 
             bad = f16c_encode(x, n, out);
         } else if (format == SCALEML_CAST_FP16) {
             for (uint64_t i = 0; i < n; i++) {
-                uint16_t h = f32_to_f16(xb[i]);
-                bad |= (h & 0x7c00u) == 0x7c00u;
+                uint16_t h = cast_f32_to_f16(xb[i]);
+                bad |= cast_f16_bad(h);
                 out[i] = h;
             }
         } else {
             bad = have_avx2() ? bf16_encode_avx2(xb, n, out) : bf16_encode(xb, n, out);
         }
     } else {
-        for (uint64_t i = 0; i < n; i++) {
-            double v = ((const double *)x)[i];
-            bad |= !(fabs(v) <= FLT_MAX);
-            uint32_t b = load_f32_bits(x, value_bytes, i);
-            uint16_t h = format == SCALEML_CAST_FP16 ? f32_to_f16(b) : f32_to_bf16(b);
-            bad |= format == SCALEML_CAST_FP16 ? (h & 0x7c00u) == 0x7c00u : (h & 0x7f80u) == 0x7f80u;
-            out[i] = h;
-        }
+        const double *xd = x;
+        for (uint64_t i = 0; i < n; i++) out[i] = cast_encode_f64(xd[i], format, &bad);
     }
     if (bad)
         return scaleml_fail(SCALEML_ERR_ARG, "%s cast: NaN, Inf or a value beyond the format's range in the input",
@@ -219,42 +147,69 @@ int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, 
     return SCALEML_OK;
 }
 
-int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes)
+/* Decode n words into out (value_bytes 4 or 8); 1 when an Inf/NaN pattern was seen (all values are written). */
+static uint32_t decode_values(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes)
+{
+    uint32_t bad = 0;
+    if (format == SCALEML_CAST_FP16 && value_bytes == 4 && have_f16c()) return f16c_decode(in, n, out);
+    if (format == SCALEML_CAST_BF16 && value_bytes == 4) {
+        uint32_t *o = out; /* as bits: the widening is a shift */
+        for (uint64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, in + i, 2);
+            bad |= cast_exp_all_ones(h, SCALEML_CAST_BF16);
+            o[i] = arith_f32_bits(cast_bf16_to_f32(h));
+        }
+        return bad;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, in + i, 2);
+        float f = cast_decode(h, format, &bad);
+        if (value_bytes == 4) ((float *)out)[i] = f; else ((double *)out)[i] = f;
+    }
+    return bad;
+}
+
+static int decode_args(int format, int value_bytes)
 {
     if (value_bytes != 4 && value_bytes != 8)
         return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
     if (format != SCALEML_CAST_FP16 && format != SCALEML_CAST_BF16)
         return scaleml_fail(SCALEML_ERR_ARG, "unknown cast format %d", format);
+    return SCALEML_OK;
+}
+
+int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes)
+{
+    int rc = decode_args(format, value_bytes);
+    if (rc) return rc;
+    if (decode_values(in, n, format, out, value_bytes))
+        return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
+    return SCALEML_OK;
+}
+
+/* Values decoded per chunk of decode-and-add (on the stack, in cache). */
+#define CAST_ADD_CHUNK 1024
+
+int scaleml_cast_decode_add(const uint16_t *in, uint64_t n, int format, void *acc, int value_bytes)
+{
+    int rc = decode_args(format, value_bytes);
+    if (rc) return rc;
     uint32_t bad = 0;
-    uint16_t expmask = format == SCALEML_CAST_FP16 ? 0x7c00u : 0x7f80u;
-    if (format == SCALEML_CAST_FP16 && value_bytes == 4 && have_f16c()) {
-        if (f16c_decode(in, n, out))
-            return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
-        return SCALEML_OK;
-    }
-    if (format == SCALEML_CAST_BF16 && value_bytes == 4) {
-        uint32_t *o = out;
-        for (uint64_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, in + i, 2);
-            bad |= (h & 0x7f80u) == 0x7f80u;
-            o[i] = (uint32_t)h << 16;
-        }
-        if (bad) return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
-        return SCALEML_OK;
-    }
-    for (uint64_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, in + i, 2);
-        bad |= (h & expmask) == expmask;
-        float f;
-        if (format == SCALEML_CAST_FP16) {
-            f = f16_to_f32(h);
+    float chunk32[CAST_ADD_CHUNK];
+    double chunk64[CAST_ADD_CHUNK];
+    for (uint64_t start = 0; start < n; start += CAST_ADD_CHUNK) {
+        uint64_t len = n - start < CAST_ADD_CHUNK ? n - start : CAST_ADD_CHUNK;
+        if (value_bytes == 4) {
+            bad |= decode_values(in + start, len, format, chunk32, 4);
+            float *a = (float *)acc + start;
+            for (uint64_t i = 0; i < len; i++) a[i] = cast_add_f32(a[i], chunk32[i]);
         } else {
-            uint32_t b = (uint32_t)h << 16;
-            memcpy(&f, &b, 4);
+            bad |= decode_values(in + start, len, format, chunk64, 8);
+            double *a = (double *)acc + start;
+            for (uint64_t i = 0; i < len; i++) a[i] += chunk64[i]; /* chunk64[i] = (double)decoded: cast_add_f64 */
         }
-        if (value_bytes == 4) ((float *)out)[i] = f; else ((double *)out)[i] = f;
     }
     if (bad) return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
     return SCALEML_OK;

@@ -11,6 +11,9 @@
  * (mean of the non-negative values, mean of the negative values), then n sign
  * bits LSB-first (bit i of the vector), zero padded to a byte.
  *   -> 1 + 64/d bits per element.
+ *
+ * The per-element math and the order of the bucket sums (8 lanes and a fixed
+ * combine) are those of arith/onebit.h, shared with the CUDA kernels.
  */
 #include <float.h>
 #include <math.h>
@@ -19,6 +22,7 @@
 #include <string.h>
 
 #include "api_compress.h"
+#include "arith/onebit.h"
 #include "core/cpu_features.h"
 #include "core/bitstream.h"
 #include "core/counter_rng.h"
@@ -26,13 +30,12 @@
 
 size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket)
 {
-    if (bucket == 0) return 0;
-    uint64_t nb = (n + bucket - 1) / bucket;
-    return (size_t)(nb * 8 + (n + 7) / 8);
+    return (size_t)onebit_payload_bytes(n, bucket);
 }
 
 /* Lane-wise passes (vectorizable without reassociation: identical results in
- * every clone). stats: sum of all values, sum of min(v, 0), count of v < 0. */
+ * every clone). stats: sum of all values, sum of min(v, 0), count of v < 0, in
+ * the lanes of arith/onebit.h run side by side. */
 #define ONEBIT_DEFINE_LANES(SUFFIX, VT, VT_MAX)                                               \
     SCALEML_CLONES static int stats_##SUFFIX(const VT *v, uint64_t len, double *sum_all,       \
                                              double *sum_neg, uint64_t *count_neg)            \
@@ -45,24 +48,24 @@ size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket)
             for (; i + 8 <= stop; i += 8)                                                     \
                 for (unsigned j = 0; j < 8; j++) {                                            \
                     VT a = v[i + j];                                                          \
-                    bad[j] |= !(a <= VT_MAX) | !(a >= -VT_MAX);                               \
+                    bad[j] |= onebit_bad_##SUFFIX(a);                                         \
                     sa[j] += (double)a;                                                       \
-                    sm[j] += (double)(a < 0 ? a : (VT)0);                                     \
-                    cn[j] += a < 0;                                                           \
+                    sm[j] += onebit_neg_part_##SUFFIX(a);                                     \
+                    cn[j] += (int32_t)onebit_sign_##SUFFIX(a);                                \
                 }                                                                             \
             for (unsigned j = 0; j < 8; j++) { c += (uint64_t)cn[j]; cn[j] = 0; }             \
         }                                                                                     \
         for (; i < len; i++) {                                                                \
             VT a = v[i];                                                                      \
-            bad[0] |= !(a <= VT_MAX) | !(a >= -VT_MAX);                                       \
+            bad[0] |= onebit_bad_##SUFFIX(a);                                                 \
             sa[0] += (double)a;                                                               \
-            sm[0] += (double)(a < 0 ? a : (VT)0);                                             \
-            c += a < 0;                                                                       \
+            sm[0] += onebit_neg_part_##SUFFIX(a);                                             \
+            c += onebit_sign_##SUFFIX(a);                                                     \
         }                                                                                     \
         int32_t b = 0;                                                                        \
         for (unsigned j = 0; j < 8; j++) b |= bad[j];                                         \
-        *sum_all = ((sa[0] + sa[1]) + (sa[2] + sa[3])) + ((sa[4] + sa[5]) + (sa[6] + sa[7])); \
-        *sum_neg = ((sm[0] + sm[1]) + (sm[2] + sm[3])) + ((sm[4] + sm[5]) + (sm[6] + sm[7])); \
+        *sum_all = onebit_combine8(sa);                                                       \
+        *sum_neg = onebit_combine8(sm);                                                       \
         *count_neg = c;                                                                       \
         return b != 0;                                                                        \
     }                                                                                         \
@@ -73,10 +76,10 @@ size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket)
         for (uint64_t k = 0; k < chunks; k++) {                                               \
             const VT *x = v + 32 * k;                                                         \
             uint32_t m = 0;                                                                   \
-            for (unsigned j = 0; j < 32; j++) m |= (uint32_t)(x[j] < 0) << j;                 \
+            for (unsigned j = 0; j < 32; j++) m |= onebit_sign_##SUFFIX(x[j]) << j;           \
             masks[k] = m;                                                                     \
             if (res)                                                                          \
-                for (unsigned j = 0; j < 32; j++) res[32 * k + j] = x[j] - (x[j] < 0 ? vn : vp); \
+                for (unsigned j = 0; j < 32; j++) res[32 * k + j] = onebit_residual_##SUFFIX(x[j], vp, vn); \
         }                                                                                     \
     }
 
@@ -119,13 +122,13 @@ __attribute__((target("avx2"))) static int stats_f32_avx2(const float *v, uint64
     _mm256_storeu_pd(sm + 4, sm_hi);
     for (; i < len; i++) {
         float a = v[i];
-        bad |= !(a <= FLT_MAX) | !(a >= -FLT_MAX);
+        bad |= onebit_bad_f32(a);
         sa[0] += (double)a;
-        sm[0] += (double)(a < 0 ? a : 0.0f);
-        c += a < 0;
+        sm[0] += onebit_neg_part_f32(a);
+        c += onebit_sign_f32(a);
     }
-    *sum_all = ((sa[0] + sa[1]) + (sa[2] + sa[3])) + ((sa[4] + sa[5]) + (sa[6] + sa[7]));
-    *sum_neg = ((sm[0] + sm[1]) + (sm[2] + sm[3])) + ((sm[4] + sm[5]) + (sm[6] + sm[7]));
+    *sum_all = onebit_combine8(sa);
+    *sum_neg = onebit_combine8(sm);
     *count_neg = c;
     return bad;
 }
@@ -149,29 +152,23 @@ static inline int stats_f64_dispatch(const double *v, uint64_t len, double *sum_
     static int encode_##SUFFIX(const VT *x, const VT *addend, uint64_t n, uint64_t bucket,   \
                                uint8_t *out, VT *residual)                                   \
     {                                                                                        \
-        uint64_t nb = (n + bucket - 1) / bucket;                                             \
+        uint64_t nb = onebit_bucket_count(n, bucket);                                             \
         VT sum[ONEBIT_SUM_BUCKET];                                                           \
         bitwriter w;                                                                         \
         bw_init(&w, out + nb * 8, (n + 7) / 8);                                              \
         for (uint64_t b = 0; b < nb; b++) {                                                  \
             const VT *v = x + b * bucket;                                                    \
-            uint64_t len = n - b * bucket < bucket ? n - b * bucket : bucket;                \
+            uint64_t len = onebit_bucket_len(n, bucket, b);                \
             if (addend) { /* y = x + addend, in cache (residual may be addend) */            \
                 const VT *a = addend + b * bucket;                                           \
-                for (uint64_t i = 0; i < len; i++) sum[i] = v[i] + a[i];                     \
+                for (uint64_t i = 0; i < len; i++) sum[i] = onebit_sum_##SUFFIX(v[i], a[i]);  \
                 v = sum;                                                                     \
             }                                                                                \
-            double sa, sn;                                                                    \
-            uint64_t cn;                                                                      \
-            int bad = stats_##SUFFIX##_dispatch(v, len, &sa, &sn, &cn);                                  \
-            if (bad) return -1;                                                  \
-            double sp = sa - sn;                                                 \
-            float rp = len > cn ? (float)(sp / (double)(len - cn)) : 0.0f;       \
-            float rn = cn ? (float)(sn / (double)cn) : 0.0f;                     \
-            if (!isfinite(rp) || !isfinite(rn)) return -2;                       \
-            if (rp < 0) rp = 0; /* rounding of sa - sn on tiny values */         \
-            memcpy(out + b * 8, &rp, 4);                                         \
-            memcpy(out + b * 8 + 4, &rn, 4);                                     \
+            onebit_partial total;                                                \
+            total.bad = stats_##SUFFIX##_dispatch(v, len, &total.sum_all, &total.sum_neg, &total.count_neg); \
+            float rp, rn;                                                        \
+            int rc = onebit_bucket_header(&total, len, out + b * 8, &rp, &rn);   \
+            if (rc) return rc;                                                   \
             const VT vp = (VT)rp, vn = (VT)rn;                                   \
             VT *res = residual ? residual + b * bucket : NULL;                   \
             uint64_t i = 0, chunks = len / 32;                                   \
@@ -183,8 +180,8 @@ static inline int stats_f64_dispatch(const double *v, uint64_t len, double *sum_
             }                                                                    \
             i = chunks * 32;                                                     \
             for (; i < len; i++) {                                               \
-                if (res) res[i] = v[i] - (v[i] < 0 ? vn : vp);                   \
-                bw_put(&w, (uint64_t)(v[i] < 0), 1);                             \
+                if (res) res[i] = onebit_residual_##SUFFIX(v[i], vp, vn);        \
+                bw_put(&w, onebit_sign_##SUFFIX(v[i]), 1);                       \
             }                                                                    \
         }                                                                        \
         bw_finish(&w, out + nb * 8);                                                         \
@@ -193,15 +190,14 @@ static inline int stats_f64_dispatch(const double *v, uint64_t len, double *sum_
     static void decode_##SUFFIX(const uint8_t *buf, uint64_t n, uint64_t bucket, VT *out,    \
                                 int add)                                                     \
     {                                                                                        \
-        uint64_t nb = (n + bucket - 1) / bucket;                                             \
+        uint64_t nb = onebit_bucket_count(n, bucket);                                             \
         bitreader r;                                                                         \
         br_init(&r, buf + nb * 8, (n + 7) / 8);                                              \
         for (uint64_t b = 0; b < nb; b++) {                                                  \
-            uint64_t len = n - b * bucket < bucket ? n - b * bucket : bucket;                \
+            uint64_t len = onebit_bucket_len(n, bucket, b);                \
             float rp, rn;                                                                    \
-            memcpy(&rp, buf + b * 8, 4);                                                     \
-            memcpy(&rn, buf + b * 8 + 4, 4);                                                 \
-            VT vals[2] = {(VT)rp, (VT)rn};                                                   \
+            onebit_load_means(buf + b * 8, &rp, &rn);                                        \
+            VT vals[2] = {onebit_value_##SUFFIX(rp, rn, 0), onebit_value_##SUFFIX(rp, rn, 1)}; \
             VT *o = out + b * bucket;                                                        \
             uint64_t i = 0;                                                                  \
             for (; i + 32 <= len; i += 32) {                                                 \
@@ -228,17 +224,16 @@ ONEBIT_DEFINE(f64, double, DBL_MAX)
 __attribute__((target("avx2"))) static void decode_f32_avx2(const uint8_t *buf, uint64_t n, uint64_t bucket,
                                                              float *out, int add)
 {
-    uint64_t nb = (n + bucket - 1) / bucket;
+    uint64_t nb = onebit_bucket_count(n, bucket);
     bitreader r;
     br_init(&r, buf + nb * 8, (n + 7) / 8);
     const __m256i lanebits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     for (uint64_t b = 0; b < nb; b++) {
-        uint64_t len = n - b * bucket < bucket ? n - b * bucket : bucket;
+        uint64_t len = onebit_bucket_len(n, bucket, b);
         float rp, rn;
-        memcpy(&rp, buf + b * 8, 4);
-        memcpy(&rn, buf + b * 8 + 4, 4);
-        const float vals[2] = {rp, rn};
-        const __m256 vp = _mm256_set1_ps(rp), vn = _mm256_set1_ps(rn);
+        onebit_load_means(buf + b * 8, &rp, &rn);
+        const float vals[2] = {onebit_value_f32(rp, rn, 0), onebit_value_f32(rp, rn, 1)};
+        const __m256 vp = _mm256_set1_ps(vals[0]), vn = _mm256_set1_ps(vals[1]);
         float *o = out + b * bucket;
         uint64_t i = 0;
         for (; i + 32 <= len; i += 32) {
@@ -314,12 +309,11 @@ static int decode_checked(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t
     if (bytes != scaleml_onebit_bytes(n, bucket))
         return scaleml_fail(SCALEML_ERR_MALFORMED, "1-bit payload has %zu bytes, expected %zu", bytes,
                        scaleml_onebit_bytes(n, bucket));
-    uint64_t nb = (n + bucket - 1) / bucket;
+    uint64_t nb = onebit_bucket_count(n, bucket);
     for (uint64_t b = 0; b < nb; b++) {
         float rp, rn;
-        memcpy(&rp, buf + b * 8, 4);
-        memcpy(&rn, buf + b * 8 + 4, 4);
-        if (!(rp >= 0 && rp <= FLT_MAX) || !(rn <= 0 && rn >= -FLT_MAX))
+        onebit_load_means(buf + b * 8, &rp, &rn);
+        if (!onebit_means_valid(rp, rn))
             return scaleml_fail(SCALEML_ERR_MALFORMED, "1-bit payload: invalid reconstruction values in bucket %llu",
                            (unsigned long long)b);
     }

@@ -22,7 +22,7 @@ install-torch:
 
 # Rebuild the C core (and, with nvcc, the CUDA library) in place after editing csrc/.
 build:
-	$(PY) setup.py --quiet build_ext --inplace
+	$(PY) setup.py --quiet build_ext --inplace --force
 
 test:
 	$(PY) -m pytest -q

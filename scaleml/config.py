@@ -36,6 +36,11 @@ variable                   default      effect
 ``SCALEML_ALPHA`` ..       (file)       Cost-model parameters (:mod:`scaleml.cost_model`): ``ALPHA``,
 ``SCALEML_DELTA``                       ``BETA``, ``GAMMA``, ``DELTA``, numbers >= 0.
 ``SCALEML_NO_SIMD``        (unset)      Anything but ``0``: the C kernels use their portable code.
+``SCALEML_CUDA_LIBRARY``   (package)    The CUDA library to load (default ``scaleml/_scaleml_cuda.so``).
+``SCALEML_CUDA_EMULATE``   ``0``        ``1``: CUDA arrays run on the CPU emulation of the CUDA library
+                                        (tests without a GPU; ``docs/gpu.md``).
+``SCALEML_CUDA_EMULATE_``  ``2``,       The emulation's devices and the bytes an emulated allocation may
+``DEVICES``, ``_MEMORY``   ``2**40``    take (beyond: out of device memory).
 =========================  ===========  ===================================================================
 
 Precedence: an argument given in code wins over the environment, which sets

@@ -302,6 +302,43 @@ SCALEML_HD int qsgd_wire_norm(double norm, float *wire)
     return 0;
 }
 
+/* A bucket's wire norm from its combined sum of squares t (L2) or its max key (max): 0, -1 when the bucket
+ * holds NaN/Inf, -2 when the norm is beyond float32. */
+SCALEML_HD int qsgd_wire_norm_l2_f32(const float *v, uint64_t len, double t, float *wire)
+{
+    double norm;
+    int bad = qsgd_l2_norm_f32(v, len, t, &norm);
+    return bad ? bad : qsgd_wire_norm(norm, wire);
+}
+
+SCALEML_HD int qsgd_wire_norm_l2_f64(const double *v, uint64_t len, double t, float *wire)
+{
+    double norm;
+    int bad = qsgd_l2_norm_f64(v, len, t, &norm);
+    return bad ? bad : qsgd_wire_norm(norm, wire);
+}
+
+SCALEML_HD int qsgd_wire_norm_max_f32(uint32_t key, float *wire)
+{
+    double norm;
+    int bad = qsgd_max_norm_f32(key, &norm);
+    return bad ? bad : qsgd_wire_norm(norm, wire);
+}
+
+SCALEML_HD int qsgd_wire_norm_max_f64(uint64_t key, float *wire)
+{
+    double norm;
+    int bad = qsgd_max_norm_f64(key, &norm);
+    return bad ? bad : qsgd_wire_norm(norm, wire);
+}
+
+/* Error slot of bucket b's failure `bad` (-1 or -2): the smallest slot over all buckets is the CPU's error (the
+ * first bad bucket in order), whatever order the buckets were done in. */
+SCALEML_HD uint64_t qsgd_error_slot(uint64_t b, int bad)
+{
+    return b << 1 | (uint64_t)(bad == -2);
+}
+
 /* A norm read from a payload is usable: finite and >= 0 (else the payload is malformed). */
 SCALEML_HD int qsgd_norm_valid(float norm)
 {

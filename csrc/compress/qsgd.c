@@ -282,12 +282,10 @@ static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int3
                                      uint32_t s, uint64_t key, uint16_t *codes, float *norm_out, \
                                      uint64_t *nnz_out)                                       \
     {                                                                                         \
-        double norm;                                                                          \
-        int bad = norm_kind == SCALEML_NORM_MAX                                               \
-                      ? qsgd_max_norm_##SUFFIX(maxkey_##SUFFIX(v, len), &norm)                \
-                      : qsgd_l2_norm_##SUFFIX(v, len, sumsq_##SUFFIX(v, len), &norm);         \
         float nf = 0;                                                                         \
-        if (!bad) bad = qsgd_wire_norm(norm, &nf);                                            \
+        int bad = norm_kind == SCALEML_NORM_MAX                                               \
+                      ? qsgd_wire_norm_max_##SUFFIX(maxkey_##SUFFIX(v, len), &nf)             \
+                      : qsgd_wire_norm_l2_##SUFFIX(v, len, sumsq_##SUFFIX(v, len), &nf);      \
         if (bad) return bad;                                                                  \
         *norm_out = nf;                                                                       \
         uint64_t nnz = 0;                                                                     \

@@ -440,11 +440,17 @@ SCALEML_HD double qsgd_value_f64(double unit, uint32_t code, uint32_t bits)
     return arith_f64_from_bits(arith_f64_bits(val) | ((uint64_t)((code >> bits) & 1) << 63));
 }
 
+/* Bucket b's norm in a fixed-format payload (its size already checked). */
+SCALEML_HD float qsgd_fixed_norm(const uint8_t *buf, uint64_t b, uint64_t bucket, uint32_t bits)
+{
+    return arith_f32_from_bits(qsgd_get_field(buf, qsgd_norm_bit(b, bucket, bits), QSGD_NORM_BITS));
+}
+
 /* Element i of a fixed-format payload (its size already checked): 0 and its value, or -1 when its bucket's
  * norm is invalid (a malformed payload). */
 SCALEML_HD int qsgd_fixed_element_f32(const uint8_t *buf, uint64_t i, uint64_t bucket, uint32_t bits, float *val)
 {
-    float norm = arith_f32_from_bits(qsgd_get_field(buf, qsgd_norm_bit(i / bucket, bucket, bits), QSGD_NORM_BITS));
+    float norm = qsgd_fixed_norm(buf, i / bucket, bucket, bits);
     if (!qsgd_norm_valid(norm)) return -1;
     uint32_t code = qsgd_get_field(buf, qsgd_field_bit(i, bucket, bits), bits + 1);
     *val = qsgd_value_f32(qsgd_unit(norm, (UINT32_C(1) << bits) - 1), code, bits);
@@ -453,7 +459,7 @@ SCALEML_HD int qsgd_fixed_element_f32(const uint8_t *buf, uint64_t i, uint64_t b
 
 SCALEML_HD int qsgd_fixed_element_f64(const uint8_t *buf, uint64_t i, uint64_t bucket, uint32_t bits, double *val)
 {
-    float norm = arith_f32_from_bits(qsgd_get_field(buf, qsgd_norm_bit(i / bucket, bucket, bits), QSGD_NORM_BITS));
+    float norm = qsgd_fixed_norm(buf, i / bucket, bucket, bits);
     if (!qsgd_norm_valid(norm)) return -1;
     uint32_t code = qsgd_get_field(buf, qsgd_field_bit(i, bucket, bits), bits + 1);
     *val = qsgd_value_f64(qsgd_unit(norm, (UINT32_C(1) << bits) - 1), code, bits);

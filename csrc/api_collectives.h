@@ -116,6 +116,19 @@ size_t scaleml_codec_bytes(const scaleml_codec *codec, uint64_t len, int value_b
 /* SCALEML_OK, or SCALEML_ERR_ARG with a message for invalid parameters. */
 int scaleml_codec_check(const scaleml_codec *codec);
 
+/* ---- the messages of quantized_gather (collectives/quantized_allreduce_gather.c) ----
+ * Rank r encodes its n values as consecutive chunks of scaleml_gather_chunk(codec) values (the last one
+ * shorter), the chunk whose first value is `start` with the key
+ *     scaleml_rng_key(codec->seed, r, codec->step, scaleml_gather_stream(start))
+ * (codec.c's encode of that chunk), the encodings one after another: the message every rank decodes and sums
+ * in rank order. The CUDA path reproduces it with these, bitwise. */
+#define SCALEML_GATHER_CHUNK 1048576  /* 2^20 values, rounded down to whole buckets (at least one bucket) */
+/* Values per chunk for the codec: SCALEML_GATHER_CHUNK rounded down to a multiple of the QSGD or 1-bit bucket,
+ * or one bucket when that is larger; SCALEML_GATHER_CHUNK for fp16/bf16. */
+uint64_t scaleml_gather_chunk(const scaleml_codec *codec);
+/* The random stream of the chunk starting at value `start`. */
+uint64_t scaleml_gather_stream(uint64_t start);
+
 /* Sum the sparse vectors (indices sorted, unique, in [0, n); nnz entries) of
  * all ranks with algorithm id. nnz_max and nnz_sum are the agreed largest and
  * total nnz over the ranks: they bound every message (a rank with more entries

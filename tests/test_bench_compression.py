@@ -208,6 +208,7 @@ def test_model_lossy_table(tmp_path, capsys):
         ring = 2 * (P - 1) / P * n * q
         assert r["quantized_ring_bytes_per_rank"] == pytest.approx(ring)
         assert r["quantized_direct_bytes_per_rank"] == pytest.approx(ring)
+        assert r["quantized_gather_bytes_per_rank"] == pytest.approx((P - 1) * n * q)  # the whole message to each
         assert r["dense_bytes_per_rank"] == pytest.approx(2 * (P - 1) / P * n * 4)
         # the allgather: P-1 compressed vectors (header and shape included)
         assert r["allgather_bytes_per_rank"] == pytest.approx((P - 1) * (n * q + 56))

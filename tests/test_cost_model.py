@@ -142,6 +142,7 @@ def lossy(algorithm, P, encode=0.0, decode=0.0, decode_add=0.0, q=2.0):
     ("quantized_ring", lambda P: (1, 1, (P - 1) / P)),
     ("quantized_rhd", lambda P: (1, 1, (P2(P) - 1) / P2(P)) if P == P2(P) else (2, 2, 1 + (P2(P) - 1) / P2(P))),
     ("quantized_direct", lambda P: ((P + 1) / P, (P + 1) / P, (P - 1) / P)),
+    ("quantized_gather", lambda P: (1, 1, P - 1)),  # its own input once; rank 0's message, then the others'
 ])
 def test_codec_passes_grow_the_lossy_predictions(algorithm, P, passes):
     encoded, decoded, added = passes(P)

@@ -21,7 +21,7 @@ def run_case(nprocs: int, case: str, **env: str) -> tuple[subprocess.CompletedPr
 
 @pytest.mark.parametrize("nprocs", [2, 5])
 @pytest.mark.parametrize("algorithm", ["recursive_doubling", "split_allgather", "split_dense", "ring",
-                                       "quantized_ring", "quantized_rhd", "quantized_direct"])
+                                       "quantized_ring", "quantized_rhd", "quantized_direct", "quantized_gather"])
 def test_a_failure_inside_an_algorithm_aborts_the_job_with_its_message(nprocs, algorithm):
     # rank 1 fails at the first wait of its second engine call; the others are inside the same collective
     result, seconds = run_case(nprocs, f"fault:{algorithm}", SCALEML_INJECT_FAULT="1:2:1")

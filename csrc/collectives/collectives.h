@@ -63,6 +63,7 @@ int quantized_allreduce_ring(sa_context *ctx, scaleml_result *res);
 int dense_allreduce_ring(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_rhd(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_direct(sa_context *ctx, scaleml_result *res);
+int quantized_allreduce_gather(sa_context *ctx, scaleml_result *res);
 int adaptive_allreduce(sa_context *ctx, scaleml_result *res);
 
 /* Shared first phase of the split algorithms: rank j ends up with the sum

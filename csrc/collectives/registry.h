@@ -64,6 +64,8 @@ double quantized_allreduce_ring_cost(const scaleml_cost_case *c, const scaleml_c
 double quantized_allreduce_rhd_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 double quantized_allreduce_direct_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
                                        int *result_sparse);
+double quantized_allreduce_gather_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
+                                       int *result_sparse);
 double adaptive_allreduce_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 
 #endif

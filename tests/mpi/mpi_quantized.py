@@ -3,7 +3,12 @@
 Bounds used below, for an encoded value v of a bucket with norm N (QSGD, s =
 2^bits - 1 levels): |Q(v) - v| <= N/s always, E[Q(v)] = v and
 Var[Q(v)] <= (N/s)^2 / 4; a value is encoded at most R times on its way
-(ring: P, recursive halving/doubling: log2 P + 2 with folds, direct: 2).
+(ring: P, recursive halving/doubling: log2 P + 2 with folds, direct: 2). The
+gather encodes each rank's input once: its error is bounded by the sum over the
+ranks of their own buckets' N_j/s, which R = 2 covers up to 16 ranks for the
+L2 norm (sum_j ||x_j|| <= sqrt(P) || sum_j |x_j| ||, and the bound below is
+twice the norm of sum_j |x_j|); for the max norm only for data like the tests'
+(the worst case is P times), so it takes R = 2 too.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import pytest
 from mpi4py import MPI
 
 import scaleml
+from scaleml._native import ffi, lib
 from scaleml.compress import QSGD, Cast, ErrorFeedback, OneBit
 from scaleml.quantized import LOSSY, block_range
 
@@ -101,6 +107,9 @@ def test_identical_on_every_rank_and_within_the_bound(algorithm, fmt, n):
         assert np.isfinite(result).all()
     if n:
         encoded = scaleml.value_format.value_format(compression).bytes(n, 4)
+        if algorithm == "quantized_gather":  # the whole message to every other rank
+            assert info.bytes_sent == (size - 1) * encoded
+            return
         folds = algorithm == "quantized_rhd" and size & (size - 1)  # the folds send the whole vector once more
         assert (size - 1) / size * encoded * 0.9 <= info.bytes_sent <= (3 if folds else 2) * encoded + 64 * size
 
@@ -122,6 +131,101 @@ def test_qsgd_is_unbiased(algorithm):
     if size > 1:  # and the runs did differ: the rounding is random
         single = scaleml.quantized_allreduce(x, world, q, algorithm=algorithm)
         assert not np.array_equal(single, mean)
+
+
+def gather_message(compression, x: np.ndarray, key_rank: int, step: int) -> bytes:
+    """Rank key_rank's message in quantized_gather, from the compress kernels: its chunks encoded one after
+    another, the chunk at `start` with the key scaleml_rng_key(seed, rank, step, scaleml_gather_stream(start))."""
+    fmt = scaleml.value_format.value_format(compression)
+    chunk = lib.scaleml_gather_chunk(fmt.codec())
+    vb = x.itemsize
+    parts = []
+    for start in range(0, x.size, chunk):
+        part = np.ascontiguousarray(x[start:start + chunk])
+        length = part.size
+        if fmt.kind == lib.SCALEML_CODEC_QSGD:
+            cap = lib.scaleml_qsgd_max_bytes(length, fmt.bits, fmt.bucket, lib.SCALEML_QSGD_FIXED)
+            out, written = ffi.new("uint8_t[]", cap), ffi.new("size_t *")
+            key = lib.scaleml_rng_key(compression.seed & (2**64 - 1), key_rank, step,
+                                      lib.scaleml_gather_stream(start))
+            assert lib.scaleml_qsgd_encode(ffi.from_buffer(part), vb, length, fmt.bits, fmt.bucket, fmt.norm,
+                                           lib.SCALEML_QSGD_FIXED, key, out, cap, written) == 0
+            assert written[0] == cap
+        elif fmt.kind == lib.SCALEML_CODEC_ONEBIT:
+            cap = lib.scaleml_onebit_bytes(length, fmt.bucket)
+            out = ffi.new("uint8_t[]", cap)
+            assert lib.scaleml_onebit_encode(ffi.from_buffer(part), vb, length, fmt.bucket, out, cap, ffi.NULL) == 0
+        else:
+            cap = 2 * length
+            out = ffi.new("uint16_t[]", length)
+            cast = lib.SCALEML_CAST_FP16 if fmt.kind == lib.SCALEML_CODEC_FP16 else lib.SCALEML_CAST_BF16
+            assert lib.scaleml_cast_encode(ffi.from_buffer(part), vb, length, cast, out) == 0
+        parts.append(bytes(ffi.buffer(out, cap)))
+    return b"".join(parts)
+
+
+def gather_decode(compression, message: bytes, n: int, dtype) -> np.ndarray:
+    """One message decoded with the compress kernels, chunk by chunk."""
+    fmt = scaleml.value_format.value_format(compression)
+    chunk = lib.scaleml_gather_chunk(fmt.codec())
+    out = np.empty(n, dtype)
+    vb, at = out.itemsize, 0
+    for start in range(0, n, chunk):
+        length = min(chunk, n - start)
+        nbytes = fmt.bytes(length, vb)
+        piece = message[at:at + nbytes]
+        view = out[start:start + length]
+        if fmt.kind == lib.SCALEML_CODEC_QSGD:
+            rc = lib.scaleml_qsgd_decode(piece, nbytes, length, fmt.bits, fmt.bucket, lib.SCALEML_QSGD_FIXED,
+                                         ffi.from_buffer(view), vb)
+        elif fmt.kind == lib.SCALEML_CODEC_ONEBIT:
+            rc = lib.scaleml_onebit_decode(piece, nbytes, length, fmt.bucket, ffi.from_buffer(view), vb)
+        else:
+            cast = lib.SCALEML_CAST_FP16 if fmt.kind == lib.SCALEML_CODEC_FP16 else lib.SCALEML_CAST_BF16
+            words = np.frombuffer(piece, np.uint16)
+            rc = lib.scaleml_cast_decode(ffi.cast("const uint16_t *", ffi.from_buffer(words)), length, cast,
+                                         ffi.from_buffer(view), vb)
+        assert rc == 0
+        at += nbytes
+    assert at == len(message)
+    return out
+
+
+GATHER_FORMATS = {**FORMATS, "qsgd3-bucket-12": lambda: QSGD(bits=3, bucket=12, seed=5),
+                  "onebit-bucket-100": lambda: OneBit(bucket=100)}
+
+
+# n: none; one value; not whole buckets; two chunks (in float64 for two formats only: the time it takes)
+GATHER_CASES = [(fmt, n, dtype) for fmt in GATHER_FORMATS for n in (0, 1, 1001, (1 << 20) + 3)
+                for dtype in (np.float32, np.float64) if n < 1 << 20 or dtype == np.float32 or fmt in ("qsgd4", "fp16")]
+
+
+@pytest.mark.parametrize("fmt,n,dtype", GATHER_CASES)
+def test_gather_is_the_sum_of_every_ranks_decoded_message(fmt, n, dtype):
+    """quantized_gather's result, bitwise: each rank's message built from the compress kernels with the
+    documented chunks and keys, decoded and summed in rank order (rank 0's decode starts the sum)."""
+    compression = GATHER_FORMATS[fmt]()
+    compression.step = 7
+    inputs = [np.random.default_rng(100 * j + n % 89).standard_normal(n).astype(dtype) for j in range(size)]
+    result = scaleml.quantized_allreduce(inputs[rank], world, compression, algorithm="quantized_gather")
+    assert compression.step == 8 and result.dtype == dtype
+    if size == 1:  # as the other lossy algorithms: nothing is encoded
+        np.testing.assert_array_equal(result, inputs[0])
+        return
+    expected = np.zeros(n, dtype)
+    for j in range(size):
+        decoded = gather_decode(compression, gather_message(compression, inputs[j], j, 7), n, dtype)
+        expected = decoded if j == 0 else expected + decoded
+    assert result.tobytes() == expected.tobytes()
+    assert everyone_holds_the_same(result)
+
+
+def test_gather_chunks_are_whole_buckets_and_the_same_for_every_rank_count():
+    codec = scaleml.value_format.value_format(QSGD(bits=4, bucket=100)).codec()
+    assert lib.scaleml_gather_chunk(codec) == lib.SCALEML_GATHER_CHUNK // 100 * 100
+    assert lib.scaleml_gather_chunk(scaleml.value_format.value_format(Cast("bf16")).codec()) == 1 << 20
+    assert lib.scaleml_gather_chunk(scaleml.value_format.value_format(OneBit(bucket=1 << 21)).codec()) == 1 << 21
+    assert lib.scaleml_gather_stream(12345) == (1 << 40) | 12345
 
 
 @pytest.mark.parametrize("fmt", ["onebit", "qsgd4"])
@@ -304,6 +408,11 @@ def test_float16_overflow_becomes_inf_on_every_rank(algorithm):
     assert everyone_holds_the_same(result)
     if size == 1:
         np.testing.assert_array_equal(result, x)
+    elif algorithm == "quantized_gather":  # sums are never encoded: only inputs beyond float16's range overflow
+        np.testing.assert_array_equal(result, size * x)
+        beyond = scaleml.quantized_allreduce(2 * x, world, Cast("fp16"), algorithm=algorithm)
+        assert everyone_holds_the_same(beyond)
+        assert np.isinf(beyond).all() and (np.sign(beyond) == np.sign(x)).all()
     else:
         assert np.isinf(result).all() and (np.sign(result) == np.sign(x)).all()
 

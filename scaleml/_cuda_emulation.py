@@ -214,3 +214,11 @@ class EmulatedRuntime:
             b = np.ctypeslib.as_array((ctype * int(n)).from_address(int(x)))
             a += b
         return 0
+
+    def scaleml_cuda_count_nonfinite(self, x: int, n: int, value_bytes: int, count: Any, stream: int) -> int:
+        if value_bytes not in (4, 8):
+            return self._fail(ERR_ARG, f"value_bytes must be 4 or 8, got {value_bytes}")
+        ctype = ctypes.c_float if value_bytes == 4 else ctypes.c_double
+        values = np.ctypeslib.as_array((ctype * int(n)).from_address(int(x))) if n else np.empty(0)
+        count[0] = int(values.size - np.count_nonzero(np.isfinite(values)))
+        return 0

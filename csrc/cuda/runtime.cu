@@ -214,3 +214,37 @@ extern "C" int scaleml_cuda_add(void *acc, const void *x, uint64_t n, int value_
     SCALEML_CUDA_TRY(cudaGetLastError(), "add kernel launch");
     return scaleml_cuda_check(cudaStreamSynchronize(s), "add kernel");
 }
+
+template <typename T>
+__global__ void nonfinite_kernel(const T *x, uint64_t n, unsigned long long *count)
+{
+    unsigned long long mine = 0;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        mine += !isfinite(x[i]);
+    if (mine) atomicAdd(count, mine);
+}
+
+extern "C" int scaleml_cuda_count_nonfinite(const void *x, uint64_t n, int value_bytes, uint64_t *count,
+                                            uintptr_t stream)
+{
+    if (value_bytes != 4 && value_bytes != 8)
+        return scaleml_cuda_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    *count = 0;
+    if (!n) return SCALEML_OK;
+    cudaStream_t s = scaleml_cuda_stream(stream);
+    unsigned long long *dev = NULL, host = 0;
+    SCALEML_CUDA_TRY(cudaMallocAsync((void **)&dev, sizeof *dev, s), "cudaMallocAsync");
+    int rc = scaleml_cuda_check(cudaMemsetAsync(dev, 0, sizeof *dev, s), "cudaMemsetAsync");
+    if (!rc) {
+        if (value_bytes == 4)
+            nonfinite_kernel<float><<<scaleml_cuda_blocks(n), SCALEML_CUDA_THREADS, 0, s>>>((const float *)x, n, dev);
+        else
+            nonfinite_kernel<double><<<scaleml_cuda_blocks(n), SCALEML_CUDA_THREADS, 0, s>>>((const double *)x, n, dev);
+        rc = scaleml_cuda_check(cudaGetLastError(), "non-finite count kernel launch");
+    }
+    if (!rc) rc = scaleml_cuda_check(cudaMemcpyAsync(&host, dev, sizeof host, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+    cudaFreeAsync(dev, s);
+    if (!rc) rc = scaleml_cuda_check(cudaStreamSynchronize(s), "non-finite count");
+    *count = host;
+    return rc;
+}

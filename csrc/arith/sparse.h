@@ -26,9 +26,12 @@
 #define ARITH_COMPACT_ITEMS 16
 #define ARITH_COMPACT_TILE (ARITH_COMPACT_THREADS * ARITH_COMPACT_ITEMS)
 
-/* The non-zero test on values (vectorizes in the CPU loops). */
-SCALEML_HD int arith_sparse_nonzero_f32(float v) { return v != 0.0f; }
-SCALEML_HD int arith_sparse_nonzero_f64(double v) { return v != 0.0; }
+/* The non-zero test on values, taken on their bits: the same as v != 0 in
+ * IEEE arithmetic, and unchanged by flush-to-zero or denormals-are-zero modes
+ * (a build with --use_fast_math, a process that set DAZ): a denormal is a
+ * non-zero everywhere. (Vectorizes in the CPU loops like the float compare.) */
+SCALEML_HD int arith_sparse_nonzero_f32(float v) { return (arith_f32_bits(v) & UINT32_C(0x7fffffff)) != 0; }
+SCALEML_HD int arith_sparse_nonzero_f64(double v) { return (arith_f64_bits(v) & UINT64_C(0x7fffffffffffffff)) != 0; }
 
 /* The same test on bit patterns, and the negative-zero test. */
 SCALEML_HD int arith_sparse_nonzero_bits32(uint32_t b) { return (b & UINT32_C(0x7fffffff)) != 0; }

@@ -33,6 +33,8 @@
 #include <string.h>
 
 #include "api_compress.h"
+#include "arith/sparse.h"
+#include "arith/topk.h"
 #include "core/counter_rng.h"
 #include "compress/select.h"
 #include "core/errors.h"
@@ -40,19 +42,19 @@
 SELECT_DEFINE(u32, uint32_t)
 SELECT_DEFINE(u64, uint64_t)
 
-static size_t pad8(size_t b) { return (b + 7) & ~(size_t)7; }
+#define pad8 arith_topk_pad8
 
 size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
 {
-    return 8 + pad8((size_t)count * 4) + (size_t)count * (size_t)value_bytes;
+    return arith_topk_payload_bytes(count, value_bytes);
 }
 
-#define TOPK_DEFINE(SUFFIX, VT, KT, KSUF, ABSMASK, INFKEY, SHIFT)                                          \
+#define TOPK_DEFINE(SUFFIX, VT, KT, KSUF, W, SHIFT)                                          \
     static inline KT key_##SUFFIX(VT v)                                                       \
     {                                                                                         \
         KT k;                                                                                 \
         memcpy(&k, &v, sizeof k);                                                             \
-        return k & ABSMASK;                                                                   \
+        return arith_topk_key##W(k);                                                          \
     }                                                                                         \
     /* histogram of the top 16 bits of the magnitude keys; 1 on NaN/Inf */                    \
     static int histogram_##SUFFIX(const VT *x, uint64_t n, uint64_t *hist)                    \
@@ -60,7 +62,7 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         KT bad = 0;                                                                           \
         for (uint64_t i = 0; i < n; i++) {                                                    \
             KT m = key_##SUFFIX(x[i]);                                                        \
-            bad |= (KT)(m >= INFKEY);                                                         \
+            bad |= (KT)arith_topk_bad##W(m);                                                  \
             hist[m >> SHIFT]++;                                                               \
         }                                                                                     \
         return bad != 0;                                                                      \
@@ -77,9 +79,8 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
             uint64_t *hist = calloc(65536, sizeof *hist);                                     \
             if (!hist) return SCALEML_ERR_NOMEM;                                              \
             if (histogram_##SUFFIX(x, n, hist)) { free(hist); return SCALEML_ERR_ARG; }       \
-            uint64_t above = 0;                                                               \
-            unsigned bin = 65535;                                                             \
-            while (above + hist[bin] < k) above += hist[bin--];                               \
+            uint64_t above;                                                                   \
+            unsigned bin = arith_topk_pick_bin(hist, 65535, k, &above);                       \
             uint64_t m = hist[bin];                                                           \
             free(hist);                                                                       \
             KT *a = malloc(m * sizeof *a);                                                    \
@@ -105,22 +106,17 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         }                                                                                     \
         KT *a = malloc(sample * sizeof *a);                                                   \
         if (!a) return SCALEML_ERR_NOMEM;                                                     \
-        for (uint64_t j = 0; j < sample; j++) {                                               \
-            uint64_t pos = (uint64_t)(((unsigned __int128)crng_draw(key, j) * n) >> 64);      \
-            a[j] = key_##SUFFIX(x[pos]);                                                      \
-        }                                                                                     \
-        uint64_t ks = (uint64_t)((double)sample * (double)k / (double)n + 0.5);               \
-        if (ks < 1) ks = 1;                                                                   \
-        if (ks > sample) ks = sample;                                                         \
-        select_##KSUF(a, sample, sample - ks);                                              \
-        KT t = a[sample - ks];                                                                \
+        for (uint64_t j = 0; j < sample; j++)                                                 \
+            a[j] = key_##SUFFIX(x[arith_topk_sample_pos(key, j, n)]);                         \
+        uint64_t ks = arith_topk_sample_rank(sample, k, n);                                   \
+        select_##KSUF(a, sample, sample - ks);                                                \
+        KT t = arith_topk_approx_t##W(a[sample - ks]); /* never send zeros */                 \
         free(a);                                                                              \
-        if (t == 0) t = 1; /* never send zeros */                                             \
         uint64_t c = 0;                                                                       \
         KT bad = 0;                                                                           \
         for (uint64_t i = 0; i < n; i++) {                                                    \
             KT m = key_##SUFFIX(x[i]);                                                        \
-            bad |= (KT)(m >= INFKEY);                                                         \
+            bad |= (KT)arith_topk_bad##W(m);                                                  \
             c += m >= t;                                                                      \
         }                                                                                     \
         if (bad) return SCALEML_ERR_ARG;                                                      \
@@ -132,11 +128,11 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
     static void emit_##SUFFIX(const VT *x, uint64_t n, KT t, uint64_t take_eq, uint32_t *idx, \
                               VT *val, VT *residual)                                          \
     {                                                                                         \
-        uint64_t c = 0;                                                                       \
+        uint64_t c = 0, eq_before = 0;                                                        \
         for (uint64_t i = 0; i < n; i++) {                                                    \
             KT m = key_##SUFFIX(x[i]);                                                        \
-            int send = m > t || (m == t && take_eq > 0);                                      \
-            if (m == t && take_eq > 0 && take_eq != UINT64_MAX) take_eq--;                    \
+            int send = arith_topk_send##W(m, t, eq_before, take_eq);                          \
+            eq_before += m == t;                                                              \
             if (send) {                                                                       \
                 uint32_t ii = (uint32_t)i;                                                    \
                 memcpy(idx + c, &ii, 4);                                                      \
@@ -147,8 +143,8 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         }                                                                                     \
     }
 
-TOPK_DEFINE(f32, float, uint32_t, u32, UINT32_C(0x7fffffff), UINT32_C(0x7f800000), 15)
-TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0x7ff0000000000000), 47)
+TOPK_DEFINE(f32, float, uint32_t, u32, 32, 15)
+TOPK_DEFINE(f64, double, uint64_t, u64, 64, 47)
 
 /* Candidate path (both modes, large n): one streaming pass keeps the (index, key)
  * of every entry whose key is >= a cut t_lo taken from a random sample, then the
@@ -158,7 +154,7 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
  * otherwise (or when the candidates overflow their buffer) the caller falls back
  * to the full radix select. Returns 1 when it produced the output, 0 to fall
  * back, or a negative error (-SCALEML_ERR_*). */
-#define TOPK_DEFINE_CANDIDATES(SUFFIX, VT, KT, KSUF, AM)                                      \
+#define TOPK_DEFINE_CANDIDATES(SUFFIX, VT, KT, KSUF, AM, W)                                   \
     static int candidates_##SUFFIX(const VT *x, uint64_t n, uint64_t k, int approximate,      \
                                    uint64_t sample, uint64_t key, uint8_t *out, size_t cap,   \
                                    size_t *written, VT *residual)                             \
@@ -168,15 +164,18 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
         double ks = (double)ms * (double)k / (double)n;                                       \
         double cut = approximate ? ks : ks + 4.0 * sqrt(ks) + 16.0;                           \
         if (!approximate && cut * 4 > (double)ms) return 0; /* dense: radix is better */      \
-        uint64_t rank = (uint64_t)(cut + 0.5);                                                \
-        if (rank < 1) rank = 1;                                                               \
-        if (rank > ms) rank = ms;                                                             \
+        uint64_t rank;                                                                        \
+        if (approximate) {                                                                    \
+            rank = arith_topk_sample_rank(ms, k, n);                                          \
+        } else {                                                                              \
+            rank = (uint64_t)(cut + 0.5);                                                     \
+            if (rank < 1) rank = 1;                                                           \
+            if (rank > ms) rank = ms;                                                         \
+        }                                                                                     \
         KT *a = malloc(ms * sizeof *a);                                                       \
         if (!a) return -SCALEML_ERR_NOMEM;                                                    \
-        for (uint64_t j = 0; j < ms; j++) {                                                   \
-            uint64_t pos = (uint64_t)(((unsigned __int128)crng_draw(key, j) * n) >> 64);      \
-            a[j] = key_##SUFFIX(x[pos]);                                                      \
-        }                                                                                     \
+        for (uint64_t j = 0; j < ms; j++)                                                     \
+            a[j] = key_##SUFFIX(x[arith_topk_sample_pos(key, j, n)]);                         \
         select_##KSUF(a, ms, ms - rank);                                                      \
         KT tlo = a[ms - rank];                                                                \
         free(a);                                                                              \
@@ -200,12 +199,11 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
             for (uint64_t j = 0; j < c; j++) kmax = (ck[j] & AM) > kmax ? (ck[j] & AM) : kmax;              \
             unsigned sh = 0;                                                                  \
             while (((kmax - tlo) >> sh) >= 4096) sh++;                                        \
-            uint32_t hist[4096];                                                              \
+            uint64_t hist[4096];                                                              \
             memset(hist, 0, sizeof hist);                                                     \
             for (uint64_t j = 0; j < c; j++) hist[((ck[j] & AM) - tlo) >> sh]++;                     \
-            uint64_t above = 0;                                                               \
-            unsigned bin = (unsigned)((kmax - tlo) >> sh);                                    \
-            while (above + hist[bin] < k) above += hist[bin--];                               \
+            uint64_t above;                                                                   \
+            unsigned bin = arith_topk_pick_bin(hist, (unsigned)((kmax - tlo) >> sh), k, &above); \
             uint64_t mb = hist[bin];                                                          \
             KT *tmp = malloc(mb * sizeof *tmp);                                               \
             if (!tmp) { rc = -SCALEML_ERR_NOMEM; goto done; }                                 \
@@ -232,13 +230,12 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
         /* branch-free compaction: every candidate is written at slot o, which                \
          * advances only when it is sent; stops once all count are out, so no                 \
          * write goes past the last slot */                                                   \
-        uint64_t o = 0;                                                                       \
+        uint64_t o = 0, eq_before = 0;                                                        \
         for (uint64_t j = 0; j < c && o < count; j++) {                                       \
             KT m = ck[j] & AM;                                                                     \
             uint32_t ij = ci[j];                                                              \
-            uint64_t eq = (uint64_t)(m == t) & (uint64_t)(take_eq > 0);                       \
-            uint64_t send = (uint64_t)(m > t) | eq;                                           \
-            take_eq -= eq & (uint64_t)(take_eq != UINT64_MAX);                                \
+            uint64_t send = (uint64_t)arith_topk_send##W(m, t, eq_before, take_eq);           \
+            eq_before += m == t;                                                              \
             memcpy(ip + 4 * o, &ij, 4);                                                       \
             memcpy(vp + sizeof(VT) * o, &ck[j], sizeof(VT));                                  \
             if (residual && send) residual[ij] = 0;                                           \
@@ -255,7 +252,7 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
 /* The candidate filter: (index, key) of every entry with key >= tlo, in index
  * order, stored while fewer than ccap; returns how many there are (stored or
  * not) and sets *bad on NaN/Inf. */
-#define TOPK_DEFINE_COLLECT(SUFFIX, VT, KT, INFKEY)                                           \
+#define TOPK_DEFINE_COLLECT(SUFFIX, VT, KT, W)                                                \
     static uint64_t collect_##SUFFIX(const VT *x, uint64_t n, KT tlo, uint32_t *ci, KT *ck,   \
                                      uint64_t ccap, int *bad_out)                             \
     {                                                                                         \
@@ -263,7 +260,7 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
         KT bad = 0;                                                                           \
         for (uint64_t i = 0; i < n; i++) {                                                    \
             KT m = key_##SUFFIX(x[i]);                                                        \
-            bad |= (KT)(m >= INFKEY);                                                         \
+            bad |= (KT)arith_topk_bad##W(m);                                                  \
             if (m >= tlo) {                                                                   \
                 if (c < ccap) { ci[c] = (uint32_t)i; memcpy(&ck[c], x + i, sizeof(VT)); }    \
                 c++;                                                                          \
@@ -273,8 +270,8 @@ TOPK_DEFINE(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), UINT64_C(0
         return c;                                                                             \
     }
 
-TOPK_DEFINE_COLLECT(f32, float, uint32_t, UINT32_C(0x7f800000))
-TOPK_DEFINE_COLLECT(f64, double, uint64_t, UINT64_C(0x7ff0000000000000))
+TOPK_DEFINE_COLLECT(f32, float, uint32_t, 32)
+TOPK_DEFINE_COLLECT(f64, double, uint64_t, 64)
 #define collect_f64_dispatch collect_f64
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -346,8 +343,8 @@ static uint64_t collect_f32_dispatch(const float *x, uint64_t n, uint32_t tlo, u
 #define collect_f32_dispatch collect_f32
 #endif
 
-TOPK_DEFINE_CANDIDATES(f32, float, uint32_t, u32, UINT32_C(0x7fffffff))
-TOPK_DEFINE_CANDIDATES(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff))
+TOPK_DEFINE_CANDIDATES(f32, float, uint32_t, u32, UINT32_C(0x7fffffff), 32)
+TOPK_DEFINE_CANDIDATES(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), 64)
 
 int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, int approximate,
                         uint64_t sample, uint64_t key, uint8_t *out, size_t cap, size_t *written,
@@ -377,8 +374,9 @@ int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, 
     } else {
         /* nothing sent: every entry stays in the residual (still reject NaN/Inf) */
         for (uint64_t i = 0; i < n && rc == SCALEML_OK; i++) {
-            double v = value_bytes == 4 ? (double)((const float *)x)[i] : ((const double *)x)[i];
-            if (!isfinite(v)) rc = SCALEML_ERR_ARG;
+            int bad = value_bytes == 4 ? arith_topk_bad32(key_f32(((const float *)x)[i]))
+                                       : arith_topk_bad64(key_f64(((const double *)x)[i]));
+            if (bad) rc = SCALEML_ERR_ARG;
         }
         t32 = UINT32_MAX; t64 = UINT64_MAX;
     }
@@ -411,7 +409,7 @@ int scaleml_topk_layout(const uint8_t *buf, size_t bytes, uint64_t n, int value_
     if (bytes < 8) return scaleml_fail(SCALEML_ERR_MALFORMED, "TopK payload truncated (%zu bytes)", bytes);
     uint64_t c;
     memcpy(&c, buf, 8);
-    if (c > n || c > (UINT64_C(1) << 32) || bytes != scaleml_topk_bytes(c, value_bytes))
+    if (!arith_topk_count_ok(c, bytes, n, value_bytes))
         return scaleml_fail(SCALEML_ERR_MALFORMED, "TopK payload: count %llu does not match %zu bytes (n = %llu)",
                        (unsigned long long)c, bytes, (unsigned long long)n);
     const uint8_t *ip = buf + 8;
@@ -419,7 +417,7 @@ int scaleml_topk_layout(const uint8_t *buf, size_t bytes, uint64_t n, int value_
     for (uint64_t i = 0; i < c; i++) {
         uint32_t v;
         memcpy(&v, ip + 4 * i, 4);
-        if (v >= n || (i > 0 && v <= prev))
+        if (!arith_sparse_index_ok(i, prev, v, n))
             return scaleml_fail(SCALEML_ERR_MALFORMED, "TopK payload: index %u at %llu out of range or order", v,
                            (unsigned long long)i);
         prev = v;

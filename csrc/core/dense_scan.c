@@ -13,24 +13,25 @@
 #include <string.h>
 
 #include "api_collectives.h"
+#include "arith/sparse.h" /* the non-zero and negative-zero tests */
 #include "core/counter_rng.h" /* SCALEML_CLONES */
 #include "core/dense_scan.h"
 
-#define DEFINE_COUNT(VT)                                                                     \
+#define DEFINE_COUNT(VT, W)                                                                  \
     static uint64_t count_##VT(const VT *x, uint64_t n)                                      \
     {                                                                                        \
         uint64_t count = 0;                                                                  \
-        for (uint64_t i = 0; i < n; i++) count += (x[i] != 0);                               \
+        for (uint64_t i = 0; i < n; i++) count += arith_sparse_nonzero_##W(x[i]);           \
         return count;                                                                        \
     }
-DEFINE_COUNT(float)
-DEFINE_COUNT(double)
+DEFINE_COUNT(float, f32)
+DEFINE_COUNT(double, f64)
 
 /* Non-zeros (bit pattern other than +0.0 and -0.0) and -0.0 values (the sign
  * bit alone), on the bit patterns (read with memcpy), in one pass that
  * vectorizes: counters of the lane width (CT) per block of 2^16 values, so
  * the compare results need no widening; as fast as the plain count. */
-#define DEFINE_COUNT_SIGNED(SUFFIX, UT, CT, MAGNITUDE, SIGN)                                 \
+#define DEFINE_COUNT_SIGNED(SUFFIX, UT, CT, W)                                               \
     static uint64_t count_signed_##SUFFIX(const unsigned char *x, uint64_t n, uint64_t *negative_zeros) \
     {                                                                                        \
         uint64_t count = 0, negative = 0, i = 0;                                             \
@@ -40,8 +41,8 @@ DEFINE_COUNT(double)
             for (; i < end; i++) {                                                           \
                 UT bits;                                                                     \
                 memcpy(&bits, x + i * sizeof bits, sizeof bits);                             \
-                c += (bits & MAGNITUDE) != 0;                                                \
-                z += bits == SIGN;                                                           \
+                c += arith_sparse_nonzero_bits##W(bits);                                     \
+                z += arith_sparse_negzero_bits##W(bits);                                     \
             }                                                                                \
             count += c;                                                                      \
             negative += z;                                                                   \
@@ -49,41 +50,41 @@ DEFINE_COUNT(double)
         *negative_zeros = negative;                                                          \
         return count;                                                                        \
     }
-DEFINE_COUNT_SIGNED(f32, uint32_t, uint32_t, UINT32_C(0x7fffffff), UINT32_C(0x80000000))
-DEFINE_COUNT_SIGNED(f64, uint64_t, uint64_t, UINT64_C(0x7fffffffffffffff), UINT64_C(0x8000000000000000))
+DEFINE_COUNT_SIGNED(f32, uint32_t, uint32_t, 32)
+DEFINE_COUNT_SIGNED(f64, uint64_t, uint64_t, 64)
 
 /* Blocks of 32 values are first tested as a whole (a vectorized compare-or),
  * so the mostly-zero blocks of a sparse gradient cost no branch per value;
  * blocks with non-zeros are compacted without branches while the output has
  * room for a whole block. */
 #define SCAN_BLOCK 32
-#define DEFINE_SCAN(SUFFIX, VT, IT)                                                          \
+#define DEFINE_SCAN(SUFFIX, VT, IT, W)                                                       \
     static uint64_t extract_##SUFFIX(const VT *x, uint64_t n, uint64_t offset, IT *idx, VT *val,  \
                                      uint64_t cap)                                            \
     {                                                                                        \
         uint64_t k = 0, i = 0;                                                               \
         for (; i + SCAN_BLOCK <= n; i += SCAN_BLOCK) {                                       \
             int any = 0;                                                                     \
-            for (int j = 0; j < SCAN_BLOCK; j++) any |= (x[i + j] != 0);                     \
+            for (int j = 0; j < SCAN_BLOCK; j++) any |= arith_sparse_nonzero_##W(x[i + j]);                     \
             if (!any) continue;                                                              \
             if (k + SCAN_BLOCK <= cap) {                                                     \
                 /* branch-free: always store, advance only past non-zeros */                 \
                 for (int j = 0; j < SCAN_BLOCK; j++) {                                       \
                     idx[k] = (IT)(offset + i + j);                                                    \
                     val[k] = x[i + j];                                                       \
-                    k += (x[i + j] != 0);                                                    \
+                    k += arith_sparse_nonzero_##W(x[i + j]);                                                    \
                 }                                                                            \
                 continue;                                                                    \
             }                                                                                \
             for (int j = 0; j < SCAN_BLOCK; j++)                                             \
-                if (x[i + j] != 0) {                                                         \
+                if (arith_sparse_nonzero_##W(x[i + j])) {                                                         \
                     if (k == cap) return k;                                                  \
                     idx[k] = (IT)(offset + i + j);                                                    \
                     val[k++] = x[i + j];                                                     \
                 }                                                                            \
         }                                                                                    \
         for (; i < n; i++)                                                                   \
-            if (x[i] != 0) {                                                                 \
+            if (arith_sparse_nonzero_##W(x[i])) {                                                                 \
                 if (k == cap) return k;                                                      \
                 idx[k] = (IT)(offset + i);                                                              \
                 val[k++] = x[i];                                                             \
@@ -91,10 +92,10 @@ DEFINE_COUNT_SIGNED(f64, uint64_t, uint64_t, UINT64_C(0x7fffffffffffffff), UINT6
         return k;                                                                            \
     }
 
-DEFINE_SCAN(f32_u32, float, uint32_t)
-DEFINE_SCAN(f64_u32, double, uint32_t)
-DEFINE_SCAN(f32_u64, float, uint64_t)
-DEFINE_SCAN(f64_u64, double, uint64_t)
+DEFINE_SCAN(f32_u32, float, uint32_t, f32)
+DEFINE_SCAN(f64_u32, double, uint32_t, f64)
+DEFINE_SCAN(f32_u64, float, uint64_t, f32)
+DEFINE_SCAN(f64_u64, double, uint64_t, f64)
 
 uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes)
 {

@@ -222,3 +222,12 @@ class EmulatedRuntime:
         values = np.ctypeslib.as_array((ctype * int(n)).from_address(int(x))) if n else np.empty(0)
         count[0] = int(values.size - np.count_nonzero(np.isfinite(values)))
         return 0
+
+    def scaleml_cuda_divide(self, x: int, n: int, value_bytes: int, divisor: float, stream: int) -> int:
+        if value_bytes not in (4, 8):
+            return self._fail(ERR_ARG, f"value_bytes must be 4 or 8, got {value_bytes}")
+        if n:
+            ctype, dtype = (ctypes.c_float, np.float32) if value_bytes == 4 else (ctypes.c_double, np.float64)
+            values = np.ctypeslib.as_array((ctype * int(n)).from_address(int(x)))
+            values /= dtype(divisor)
+        return 0

@@ -361,7 +361,10 @@ class Call:
     prepared_phase: str = "scan"
     """The timeline phase of the preparation (``scan``; ``encode`` for a top-k selection)."""
     device: int = 0
-    """1 when the caller's buffers are CUDA arrays (staged through host memory; every rank must agree)."""
+    """1 when the caller's buffers are CUDA arrays (every rank must agree)."""
+    device_run: Callable[[MPI.Intracomm], int] | None = None
+    """The fixed algorithm run on the caller's device memory (``quantized_gather`` on CUDA arrays): called with
+    the private communicator once every rank agreed, it returns the bytes this rank sent."""
     kept: Any = None
     """What the preparation leaves for its caller's work after the collective (returned with the call):
     the output array, the new residuals..."""
@@ -544,6 +547,15 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
                              2 * (P - 1) * n * value_bytes // P if P else 0)
         if tl is not None:
             tl.mark("MPI_Allreduce", "algorithm")
+    elif call.device_run is not None and call.fixed is not None and chosen == call.fixed[0]:
+        result = None
+        info = AllreduceInfo(chosen, call.requested, agreement.nnz_max, agreement.nnz_sum,
+                             call.device_run(state.private))
+        if fmt is not None and P > 1:
+            info.format = fmt.name
+        stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
+        if tl is not None:
+            tl.mark(chosen, "algorithm")
     else:
         result, info = run_algorithm(state.private, call, chosen, agreement, fmt, residuals)
         stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import algorithms, config, nonblocking
+from . import _cuda, _device, algorithms, config, nonblocking
 from ._native import ffi, lib
 from ._tensors import as_numpy_out, device_output, like_input, placement
 from .compress import ErrorFeedback
 from .engine import Call, EngineState, LocalError, collective
+from .quantized_device import ALGORITHM, gather_call
 from .sparse import as_float_array, lossy_format
 
 LOSSY = algorithms.LOSSY
@@ -118,6 +119,8 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         fmt = lossy_format(lossy, code)
         device = placement({"x": x, "out": out})
         target = device_output(x, out)
+        if device and error_feedback is None and requested in ("auto", ALGORITHM) and not config.DISABLE:
+            return _device_gather(state, x, target, fmt, requested)
         a = as_float_array(x, "x")
         flat = np.ascontiguousarray(a).reshape(-1)
         if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(flat), flat.size, flat.itemsize):
@@ -139,11 +142,29 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
                     fixed=(_WITH_FEEDBACK, "error feedback") if error_feedback is not None else None,
                     residuals=residuals, class_key=(fmt.fingerprint,), device=device, kept=(dest, target))
 
+    def _device_gather(state: EngineState, x: Any, target: Any, fmt: Any, requested: str) -> Call:
+        view, result = _device.device_array(x, "x"), _device.device_array(target, "out")
+        assert view is not None and result is not None
+        if result.shape != view.shape or result.dtype != view.dtype or result.readonly:
+            raise ValueError(f"out must be a writable CUDA array of shape {view.shape} and dtype {view.dtype}")
+        _device.same_device([view, result], "quantized_allreduce")
+        if view.dtype not in (np.float32, np.float64):
+            raise TypeError(f"x must be float32 or float64, got {view.dtype}")
+        call = gather_call(state.private, view, result, fmt, check_finite, requested)
+        call.kept = (None, target)
+        return call
+
     call, result, info = collective(comm, "quantized_allreduce", prepare)
     P = comm.Get_size()
+    dest, target = call.kept
+    if dest is None:  # ran on the device: the sum is in target
+        view = _device.device_array(target, "out")
+        assert view is not None
+        if average and P > 1:
+            _cuda.backend().call("scaleml_cuda_divide", view.ptr, view.size, view.dtype.itemsize, float(P), view.stream)
+        return (target, info) if return_info else target
     if average and P > 1:
         result /= P
-    dest, target = call.kept
     dest = like_input(dest, x, target)  # the array the result was written into (x's shape)
     return (dest, info) if return_info else dest
 

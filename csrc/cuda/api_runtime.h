@@ -42,6 +42,8 @@ int scaleml_cuda_stream_wait(uintptr_t stream, uintptr_t other);
 int scaleml_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 /* Element-wise add on the device: acc[0 .. n) += x[0 .. n) (value_bytes 4 or 8); the exact path's reduction. */
 int scaleml_cuda_add(void *acc, const void *x, uint64_t n, int value_bytes, uintptr_t stream);
+/* x[0 .. n) /= divisor, divided in x's type (value_bytes 4 or 8): average = sum / P, as numpy divides. */
+int scaleml_cuda_divide(void *x, uint64_t n, int value_bytes, double divisor, uintptr_t stream);
 /* *count = the NaN and +-Inf among x[0 .. n) (value_bytes 4 or 8): the collectives' check_finite. */
 int scaleml_cuda_count_nonfinite(const void *x, uint64_t n, int value_bytes, uint64_t *count, uintptr_t stream);
 

@@ -216,6 +216,27 @@ extern "C" int scaleml_cuda_add(void *acc, const void *x, uint64_t n, int value_
 }
 
 template <typename T>
+__global__ void divide_kernel(T *x, uint64_t n, T divisor)
+{
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        x[i] /= divisor;
+}
+
+extern "C" int scaleml_cuda_divide(void *x, uint64_t n, int value_bytes, double divisor, uintptr_t stream)
+{
+    if (value_bytes != 4 && value_bytes != 8)
+        return scaleml_cuda_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (!n) return SCALEML_OK;
+    cudaStream_t s = scaleml_cuda_stream(stream);
+    if (value_bytes == 4)
+        divide_kernel<float><<<scaleml_cuda_blocks(n), SCALEML_CUDA_THREADS, 0, s>>>((float *)x, n, (float)divisor);
+    else
+        divide_kernel<double><<<scaleml_cuda_blocks(n), SCALEML_CUDA_THREADS, 0, s>>>((double *)x, n, divisor);
+    SCALEML_CUDA_TRY(cudaGetLastError(), "divide kernel launch");
+    return scaleml_cuda_check(cudaStreamSynchronize(s), "divide kernel");
+}
+
+template <typename T>
 __global__ void nonfinite_kernel(const T *x, uint64_t n, unsigned long long *count)
 {
     unsigned long long mine = 0;

@@ -57,6 +57,40 @@ def test_quantized_allreduce_on_device_is_the_host_result(algorithm, fmt, n):
     assert_device_result(out, host, device=1)
 
 
+@pytest.mark.parametrize("n", [0, 1, 1000, (1 << 20) + 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fmt", ["qsgd4", "qsgd3b13", "fp16", "bf16", "onebit", "onebit100"])
+def test_auto_on_device_encodes_on_the_device_as_quantized_gather(fmt, dtype, n):
+    """auto on CUDA arrays runs quantized_gather with the device kernels (only encoded bytes staged): the host
+    algorithm's result, bitwise, including chunks beyond the first and buckets not a multiple of 8."""
+    make = {**FORMATS, "qsgd3b13": lambda: QSGD(bits=3, bucket=13, norm="max", seed=7), "bf16": lambda: Cast("bf16"),
+            "onebit100": lambda: OneBit(bucket=100)}[fmt]
+    x = data(n, dtype, seed=6)
+    for average in (False, True):
+        host, host_info = scaleml.quantized_allreduce(x, world, make(), algorithm="quantized_gather", average=average,
+                                                      return_info=True)
+        dev, info = scaleml.quantized_allreduce(Dev.from_host(x), world, make(), average=average, return_info=True)
+        assert info.algorithm == "quantized_gather" and info.bytes_sent == host_info.bytes_sent
+        assert info.format == host_info.format
+        assert_device_result(dev, host)
+    # the compressor's step advances as on the host: a second call keys new random roundings alike
+    ch, cd = make(), make()
+    for _ in range(2):
+        host = scaleml.quantized_allreduce(x, world, ch, algorithm="quantized_gather")
+        dev = scaleml.quantized_allreduce(Dev.from_host(x), world, cd)
+        assert_device_result(dev, host)
+
+
+def test_device_gather_rejects_non_finite_values_on_every_rank():
+    x = data(1000)
+    if rank == size - 1:
+        x[7] = np.nan
+    with pytest.raises(ValueError, match="NaN|non-finite"):
+        scaleml.quantized_allreduce(Dev.from_host(x), world, QSGD(bits=4))
+    ok = scaleml.quantized_allreduce(Dev.from_host(data(1000)), world, QSGD(bits=4))  # and the next call works
+    assert isinstance(ok, Dev)
+
+
 @pytest.mark.parametrize("n", [1, 1000, 65536 * size + 1234])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_topk_allreduce_on_device_is_the_host_result(dtype, n):

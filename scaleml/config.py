@@ -237,6 +237,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
 
 _BUILD_TIME = ("SCALEML_CFLAGS", "SCALEML_LDFLAGS", "SCALEML_CUDA", "SCALEML_CUDA_ARCHS", "SCALEML_NVCCFLAGS")
 """Read by the build (scaleml/_ffi_build.py, scaleml/_cuda_build.py), not here."""
+_TEST_TIME = ("SCALEML_GPU_TESTS_REQUIRED", "SCALEML_GPU_MPI_RANKS", "SCALEML_GPU_SITE", "SCALEML_MPIEXEC")
+"""Read by the GPU tests and scripts/gpu_check.sh, not here."""
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ def _read(environ: dict[str, str] | os._Environ) -> dict[str, Setting]:
         raise ValueError(problems[0])
     if problems:
         raise ValueError("invalid ScaleML environment variables:\n  " + "\n  ".join(problems))
-    unknown = sorted(k for k in environ if k.startswith("SCALEML_") and k not in VARIABLES and k not in _BUILD_TIME)
+    unknown = sorted(k for k in environ if k.startswith("SCALEML_") and k not in VARIABLES and k not in _BUILD_TIME + _TEST_TIME)
     for name in unknown:  # a typo would otherwise be silently ignored
         close = difflib.get_close_matches(name[8:], [v[8:] for v in VARIABLES], n=1)
         hint = f" (did you mean SCALEML_{close[0]}?)" if close else ""

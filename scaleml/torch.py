@@ -201,6 +201,13 @@ class ScaleMLHookState:
                 self.error_feedback.reset(n)
             self.error_feedback.__dict__.get("_topk_spares", {}).pop(name, None)
 
+    def _compresses_on_device(self) -> bool:
+        """Whether CUDA buckets are encoded on the GPU: a QSGD, 1-bit or cast compression without error
+        feedback, on ``auto`` (or forced ``quantized_gather``): ``quantized_allreduce``'s device path."""
+        s = self.spec
+        return s.kind in ("qsgd", "onebit", "cast") and self.error_feedback is None and \
+            (self.algorithm != "fixed" or s.fixed_algorithm == "quantized_gather")
+
     def reduce_(self, index: int, x: np.ndarray, *, comm: MPI.Intracomm | None = None) -> np.ndarray:
         """Average (or sum) bucket ``index``'s flat buffer ``x`` over the ranks, in place (collective).
 
@@ -387,13 +394,20 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
     if buffer.device.type not in ("cpu", "cuda"):
         raise TypeError(f"bucket {bucket.index()} is on {buffer.device}; the ScaleML hook takes CPU and CUDA buckets")
     float_type = buffer.dtype if buffer.dtype in (torch.float32, torch.float64) else torch.float32
-    # A CUDA bucket is staged: copied to host memory after the kernels queued on the current stream (the
-    # backward's), reduced on the host like a CPU bucket, and copied back before the future completes.
-    work = buffer if buffer.device.type == "cpu" and float_type == buffer.dtype else \
-        buffer.detach().to(device="cpu", dtype=float_type)
-    x = work.detach().numpy()
     index = int(bucket.index())
-    compressed = state._prepare(index, x.size)
+    compressed = state._prepare(index, buffer.numel())
+    if buffer.device.type == "cuda" and compressed and state._compresses_on_device():
+        # Encoded and decoded on the GPU (quantized_gather): only the encoded bytes go through host memory.
+        work = buffer if float_type == buffer.dtype else buffer.to(float_type)
+        if state._nb is not None:  # the progress thread runs on its own stream: the backward's work first
+            torch.cuda.current_stream(buffer.device).synchronize()
+        x = work.detach()
+    else:
+        # A CUDA bucket otherwise is staged: copied to host memory after the kernels queued on the current
+        # stream (the backward's), reduced on the host like a CPU bucket, and copied back.
+        work = buffer if buffer.device.type == "cpu" and float_type == buffer.dtype else \
+            buffer.detach().to(device="cpu", dtype=float_type)
+        x = work.detach().numpy()
 
     def finish(value: Any = None) -> Any:
         if work is not buffer:

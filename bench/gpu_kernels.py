@@ -306,10 +306,13 @@ def kernel_cases(dev: Device, n: int, host: np.ndarray) -> list[dict[str, Any]]:
              torch=tv(lambda: lambda: t_acc.index_add_(0, t_idx, t_vals)),
              cpu=lambda: np.add.at(h_acc, h_idx[:nnz], h_val[:nnz])),
     ]
-    if torch is not None:  # the copy of the same bytes, the bandwidth the targets refer to
+    if torch is not None:  # the copy of the same bytes, the bandwidth the targets refer to; measured again last,
+        # the A/A control: how far two measurements of the same thing differ in this run
         src, dst = torch.from_numpy(host).to(tdev()), torch.empty(n, device=tdev())
         cases.insert(0, dict(kernel="device-to-device copy", bytes=4 * n, target=None, gpu=None,
                              torch=lambda: dst.copy_(src), cpu=None))
+        cases.append(dict(kernel="device-to-device copy (A/A, again)", bytes=4 * n, target=None, gpu=None,
+                          torch=lambda: dst.copy_(src), cpu=None))
     return cases
 
 
@@ -364,6 +367,11 @@ def kernels_table(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         if r["kernel"] == "device-to-device copy":
             lines.append(f"| copy (torch `copy_`) | 2^{r['log2']} | {r.get('torch_gbs', 0):.3g} | 100% | | | |")
+            continue
+        if r["kernel"].startswith("device-to-device copy (A/A"):
+            again, first = r.get("torch_gbs", 0), r.get("copy_gbs") or 0
+            lines.append(f"| copy again (A/A control) | 2^{r['log2']} | {again:.3g} | "
+                         f"{f'{100 * again / first:.0f}%' if first else '-'} | | | |")
             continue
         g, t, c, cpu = r.get("gpu_gbs"), r.get("torch_gbs"), r.get("copy_gbs"), r.get("cpu_gbs")
         lines.append(f"| {r['kernel']} | 2^{r['log2']} | {f'{g:.3g}' if g else r.get('gpu_error', '-')[:40]} | "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gpu_support
+from . import gpu_support
 import pytest
 
 _HERE = Path(__file__).resolve().parent

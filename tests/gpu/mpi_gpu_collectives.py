@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import gpu_support
+from . import gpu_support
 import numpy as np
 import pytest
 from mpi4py import MPI

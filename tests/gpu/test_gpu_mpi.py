@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-import gpu_support
+from . import gpu_support
 import pytest
 
 RANKS = [int(r) for r in os.environ.get("SCALEML_GPU_MPI_RANKS", "1,2,4").split(",") if r.strip()]

@@ -7,7 +7,7 @@ CUDA torch tensors only (the emulation runs everything at once, in order).
 
 from __future__ import annotations
 
-import gpu_support
+from . import gpu_support
 import numpy as np
 import pytest
 

@@ -271,7 +271,8 @@ def _read(environ: dict[str, str] | os._Environ) -> dict[str, Setting]:
         raise ValueError(problems[0])
     if problems:
         raise ValueError("invalid ScaleML environment variables:\n  " + "\n  ".join(problems))
-    unknown = sorted(k for k in environ if k.startswith("SCALEML_") and k not in VARIABLES and k not in _BUILD_TIME + _TEST_TIME)
+    known = set(VARIABLES) | set(_BUILD_TIME) | set(_TEST_TIME)
+    unknown = sorted(k for k in environ if k.startswith("SCALEML_") and k not in known)
     for name in unknown:  # a typo would otherwise be silently ignored
         close = difflib.get_close_matches(name[8:], [v[8:] for v in VARIABLES], n=1)
         hint = f" (did you mean SCALEML_{close[0]}?)" if close else ""

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import gpu_support
 import pytest
+
+from . import gpu_support
 
 _HERE = Path(__file__).resolve().parent
 

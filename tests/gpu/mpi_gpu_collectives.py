@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import gpu_support
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -20,6 +19,8 @@ from mpi4py import MPI
 import scaleml
 from scaleml import compress as C
 from scaleml.quantized import LOSSY
+
+from . import gpu_support
 
 pytestmark = pytest.mark.mpi
 

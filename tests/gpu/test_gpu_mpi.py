@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 
-from . import gpu_support
 import pytest
+
+from . import gpu_support
 
 RANKS = [int(r) for r in os.environ.get("SCALEML_GPU_MPI_RANKS", "1,2,4").split(",") if r.strip()]
 

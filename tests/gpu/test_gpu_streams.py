@@ -7,9 +7,10 @@ CUDA torch tensors only (the emulation runs everything at once, in order).
 
 from __future__ import annotations
 
-from . import gpu_support
 import numpy as np
 import pytest
+
+from . import gpu_support
 
 N = 1 << 24  # 64 MiB of float32: the multiply alone takes tens of microseconds, the sleep before it far longer
 SLEEP_CYCLES = 200_000_000  # about 0.1 s at 2 GHz

@@ -551,7 +551,7 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
         result = None
         info = AllreduceInfo(chosen, call.requested, agreement.nnz_max, agreement.nnz_sum,
                              call.device_run(state.private))
-        if fmt is not None and P > 1:
+        if fmt is not None:  # as the C engine reports a lossy algorithm (scaleml_last_call_quantized)
             info.format = fmt.name
         stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
         if tl is not None:

@@ -273,6 +273,6 @@ def test_the_torch_hook_uses_only_public_names_of_train():
     assert not bad, "scaleml.torch imports private names of scaleml.train:\n  " + "\n  ".join(bad)
 
 
-@pytest.mark.parametrize("module", ["scaleml.errors", "scaleml._version", "scaleml._tensors"])
+@pytest.mark.parametrize("module", ["scaleml.errors", "scaleml._version", "scaleml._cuda_build"])
 def test_leaves_import_nothing_of_scaleml(module):
     assert not [i for i in IMPORTS[module] if i.targets], f"{module} imports ScaleML modules"

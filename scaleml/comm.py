@@ -579,7 +579,9 @@ class Comm(MPI.Intracomm):
         """Combine values from all processes and distribute the result to all (collective).
 
         Same arguments and result as ``mpi4py.MPI.Comm.Allreduce``; see the
-        class docstring for when the sparse engine takes over.
+        class docstring for when the sparse engine takes over. CUDA arrays
+        (CuPy, CUDA tensors) are taken too, staged through host memory onto
+        the same path (see ``docs/gpu.md``).
         """
         self.last_info = None
         # The steady state of a size class that MPI won, with plain arrays, in a few attribute reads.

@@ -23,25 +23,17 @@
 #include "api_compress.h"
 #include "api_gpuref_qsgd.h"
 #include "arith/qsgd.h"
+#include "compress/qsgd_args.h"
 #include "core/errors.h"
 
-#define QSGD_MAX_BUCKET (UINT64_C(1) << 31)
-
-/* The CUDA entry points' argument checks (the CPU's, and the fixed format only). */
+/* The CUDA entry points' argument checks: the CPU's, and the fixed format only. */
 static int check_args(uint32_t bits, uint64_t bucket, int format, int value_bytes)
 {
-    if (bits < 1 || bits > 8) return scaleml_fail(SCALEML_ERR_ARG, "QSGD bits must be in 1..8, got %u", bits);
-    if (bucket < 1 || bucket > QSGD_MAX_BUCKET)
-        return scaleml_fail(SCALEML_ERR_ARG, "QSGD bucket size must be in 1..2^31, got %llu",
-                            (unsigned long long)bucket);
-    if (format != SCALEML_QSGD_FIXED && format != SCALEML_QSGD_ELIAS)
-        return scaleml_fail(SCALEML_ERR_ARG, "unknown QSGD format %d", format);
-    if (value_bytes != 4 && value_bytes != 8)
-        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
-    if (format == SCALEML_QSGD_ELIAS)
+    int rc = qsgd_check_args(bits, bucket, format, value_bytes);
+    if (!rc && format == SCALEML_QSGD_ELIAS)
         return scaleml_fail(SCALEML_ERR_ARG, "QSGD: the Elias format is variable-length and runs on the CPU only; "
                                              "the GPU takes SCALEML_QSGD_FIXED");
-    return SCALEML_OK;
+    return rc;
 }
 
 /* The payload's 32-bit words as the kernels see them (atomicOr there; plain OR through memcpy here). */

@@ -40,6 +40,7 @@
 
 #include "api_compress.h"
 #include "arith/qsgd.h"
+#include "compress/qsgd_args.h"
 #include "core/cpu_features.h"
 #include "core/bitstream.h"
 #include "core/counter_rng.h"
@@ -47,9 +48,8 @@
 
 #define QSGD_MAX_BUCKET (UINT64_C(1) << 31)
 
-static int check_args(uint64_t n, uint32_t bits, uint64_t bucket, int format, int value_bytes)
+int qsgd_check_args(uint32_t bits, uint64_t bucket, int format, int value_bytes)
 {
-    (void)n;
     if (bits < 1 || bits > 8) return scaleml_fail(SCALEML_ERR_ARG, "QSGD bits must be in 1..8, got %u", bits);
     if (bucket < 1 || bucket > QSGD_MAX_BUCKET)
         return scaleml_fail(SCALEML_ERR_ARG, "QSGD bucket size must be in 1..2^31, got %llu",
@@ -315,7 +315,7 @@ QSGD_DEFINE_BUCKET(f64, double, double)
 int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bits, uint64_t bucket,
                         int norm, int format, uint64_t key, uint8_t *out, size_t cap, size_t *written)
 {
-    int rc = check_args(n, bits, bucket, format, value_bytes);
+    int rc = qsgd_check_args(bits, bucket, format, value_bytes);
     if (rc) return rc;
     if (norm != SCALEML_NORM_L2 && norm != SCALEML_NORM_MAX)
         return scaleml_fail(SCALEML_ERR_ARG, "unknown QSGD norm %d", norm);
@@ -510,7 +510,7 @@ static int decode_fixed(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
 int scaleml_qsgd_decode_add(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
                             void *acc, int value_bytes)
 {
-    int rc = check_args(n, bits, bucket, SCALEML_QSGD_FIXED, value_bytes);
+    int rc = qsgd_check_args(bits, bucket, SCALEML_QSGD_FIXED, value_bytes);
     if (rc) return rc;
     if (bytes != scaleml_qsgd_max_bytes(n, bits, bucket, SCALEML_QSGD_FIXED))
         return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
@@ -522,7 +522,7 @@ int scaleml_qsgd_decode_add(const uint8_t *buf, size_t bytes, uint64_t n, uint32
 int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
                         int format, void *out, int value_bytes)
 {
-    int rc = check_args(n, bits, bucket, format, value_bytes);
+    int rc = qsgd_check_args(bits, bucket, format, value_bytes);
     if (rc) return rc;
     uint32_t s = (UINT32_C(1) << bits) - 1;
     if (format == SCALEML_QSGD_FIXED && bytes != scaleml_qsgd_max_bytes(n, bits, bucket, format))

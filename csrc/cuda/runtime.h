@@ -55,4 +55,28 @@ static inline cudaStream_t scaleml_cuda_stream(uintptr_t stream)
     return (cudaStream_t)stream;
 }
 
+/* Temporary device memory of an entry point, stream-ordered: freed on the stream when it goes out of scope. */
+struct DeviceTemp {
+    void *ptr = nullptr;
+    cudaStream_t stream;
+    explicit DeviceTemp(cudaStream_t s) : stream(s) {}
+    DeviceTemp(const DeviceTemp &) = delete;
+    DeviceTemp &operator=(const DeviceTemp &) = delete;
+    ~DeviceTemp()
+    {
+        if (ptr) cudaFreeAsync(ptr, stream);
+    }
+    int alloc(size_t bytes, const char *what)
+    {
+        return scaleml_cuda_check(cudaMallocAsync(&ptr, bytes ? bytes : 1, stream), what);
+    }
+};
+
+/* Allocate a DeviceTemp and return the error code from the enclosing function on failure. */
+#define TEMP_ALLOC(temp, bytes, what)              \
+    do {                                           \
+        int rc_ = (temp).alloc((bytes), (what));   \
+        if (rc_) return rc_;                       \
+    } while (0)
+
 #endif

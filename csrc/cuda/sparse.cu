@@ -51,26 +51,6 @@ template <> struct SparseOps<double> {
     __host__ __device__ static int negzero_bits(uint64_t b) { return arith_sparse_negzero_bits64(b); }
 };
 
-#define TEMP_ALLOC(temp, bytes, what)              \
-    do {                                           \
-        int rc_ = (temp).alloc((bytes), (what));   \
-        if (rc_) return rc_;                       \
-    } while (0)
-
-/* Temporary device memory, freed on the stream when the entry point returns. */
-struct DeviceTemp {
-    void *ptr = nullptr;
-    cudaStream_t stream;
-    explicit DeviceTemp(cudaStream_t s) : stream(s) {}
-    ~DeviceTemp()
-    {
-        if (ptr) cudaFreeAsync(ptr, stream);
-    }
-    int alloc(size_t bytes, const char *what)
-    {
-        return scaleml_cuda_check(cudaMallocAsync(&ptr, bytes ? bytes : 1, stream), what);
-    }
-};
 
 int check_widths(int value_bytes, int index_bytes)
 {

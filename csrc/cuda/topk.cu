@@ -76,27 +76,6 @@ struct TopkState {
     unsigned int bad;               /* NaN or Inf seen */
 };
 
-/* Allocate a DeviceTemp and return the error code from the enclosing function on failure. */
-#define TEMP_ALLOC(temp, bytes, what)              \
-    do {                                           \
-        int rc_ = (temp).alloc((bytes), (what));   \
-        if (rc_) return rc_;                       \
-    } while (0)
-
-/* Temporary device memory, freed on the stream when the entry point returns. */
-struct DeviceTemp {
-    void *ptr = nullptr;
-    cudaStream_t stream;
-    explicit DeviceTemp(cudaStream_t s) : stream(s) {}
-    ~DeviceTemp()
-    {
-        if (ptr) cudaFreeAsync(ptr, stream);
-    }
-    int alloc(size_t bytes, const char *what)
-    {
-        return scaleml_cuda_check(cudaMallocAsync(&ptr, bytes ? bytes : 1, stream), what);
-    }
-};
 
 __global__ void state_init_kernel(TopkState *st, uint64_t need)
 {

@@ -1,0 +1,136 @@
+"""The kernels split large inputs over threads (csrc/core/threads.c) and give the same bytes, residuals and
+decoded values at every thread count; inputs under 2^16 elements per thread stay single-threaded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+
+from scaleml._native import ffi, lib
+from scaleml.errors import ERR_ARG, ERR_MALFORMED
+
+THREAD_COUNTS = (1, 2, 3, 5)
+PER_THREAD = 1 << 16  # SCALEML_THREAD_MIN_ELEMENTS
+# around the threshold and beyond: several buckets per thread, n not a multiple of the bucket
+SIZES = (PER_THREAD - 1, 2 * PER_THREAD + 13, 5 * PER_THREAD + 1001)
+DTYPES = (np.float32, np.float64)
+
+
+@contextmanager
+def num_threads(threads: int) -> Iterator[None]:
+    """Run the kernels with ``threads`` threads, then restore the configured count."""
+    before = lib.scaleml_get_num_threads()
+    lib.scaleml_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        lib.scaleml_set_num_threads(before)
+
+
+def ptr(a: np.ndarray, ctype: str = "void *") -> Any:
+    return ffi.cast(ctype, ffi.from_buffer(a))
+
+
+def data(n: int, dtype: type, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n).astype(dtype)
+    x[rng.integers(0, n, n // 10)] = 0  # zeros for the scans and ties for TopK
+    return x
+
+
+def same_at_every_count(run: Callable[[], tuple[np.ndarray, ...]], n: int, threaded: bool = True) -> None:
+    """``run`` gives the same arrays at every thread count, and (``threaded``: its last kernel call) uses as
+    many threads as the size allows."""
+    with num_threads(1):
+        reference = run()
+    for threads in THREAD_COUNTS[1:]:
+        with num_threads(threads):
+            got = run()
+            used = lib.scaleml_last_num_threads()
+        assert used == (max(1, min(threads, n // PER_THREAD)) if threaded else 1), (threads, used)
+        for a, b in zip(reference, got):
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"{threads} threads")
+
+
+def check(rc: int) -> None:
+    assert rc == 0, ffi.string(lib.scaleml_error_message()).decode()
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits,bucket", [(4, 512), (2, 100), (8, 37), (3, 64)])
+def test_qsgd_fixed(n: int, dtype: type, bits: int, bucket: int) -> None:
+    x = data(n, dtype)
+    size = int(lib.scaleml_qsgd_max_bytes(n, bits, bucket, lib.SCALEML_QSGD_FIXED))
+    key = lib.scaleml_rng_key(7, 0, 3, 1)
+
+    def encode() -> tuple[np.ndarray, ...]:
+        out = np.full(size, 0xAB, np.uint8)
+        written = ffi.new("size_t *")
+        check(lib.scaleml_qsgd_encode(ptr(x), x.itemsize, n, bits, bucket, lib.SCALEML_NORM_L2,
+                                      lib.SCALEML_QSGD_FIXED, key, ptr(out, "uint8_t *"), size, written))
+        assert written[0] == size
+        return (out,)
+
+    same_at_every_count(encode, n)
+    (payload,) = encode()
+
+    def decode() -> tuple[np.ndarray, ...]:
+        out = np.empty(n, dtype)
+        check(lib.scaleml_qsgd_decode(ptr(payload, "uint8_t *"), size, n, bits, bucket, lib.SCALEML_QSGD_FIXED,
+                                      ptr(out), x.itemsize))
+        acc = data(n, dtype, seed=2)
+        rc = lib.scaleml_qsgd_decode_add(ptr(payload, "uint8_t *"), size, n, bits, bucket, ptr(acc), x.itemsize)
+        assert rc == (0 if bucket % 8 == 0 else ERR_ARG)
+        return out, acc
+
+    # the bit-serial decoder (buckets not a multiple of 8) is single-threaded
+    same_at_every_count(decode, n, threaded=bucket % 8 == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_qsgd_errors_as_at_one_thread(dtype: type) -> None:
+    """A non-finite value fails with the single thread's message; a corrupted norm fails the decoder."""
+    n, bits, bucket = 4 * PER_THREAD, 4, 512
+    x = data(n, dtype)
+    x[3 * PER_THREAD + 5] = np.inf
+    size = int(lib.scaleml_qsgd_max_bytes(n, bits, bucket, 0))
+    out = np.zeros(size, np.uint8)
+    written = ffi.new("size_t *")
+    with num_threads(3):
+        rc = lib.scaleml_qsgd_encode(ptr(x), x.itemsize, n, bits, bucket, 0, 0, 5, ptr(out, "uint8_t *"), size,
+                                     written)
+        assert rc == ERR_ARG
+        assert "non-finite" in ffi.string(lib.scaleml_error_message()).decode()
+        x[3 * PER_THREAD + 5] = 1
+        check(lib.scaleml_qsgd_encode(ptr(x), x.itemsize, n, bits, bucket, 0, 0, 5, ptr(out, "uint8_t *"),
+                                      size, written))
+        bucket_bytes = 4 + bucket // 8 * (bits + 1)
+        out[300 * bucket_bytes: 300 * bucket_bytes + 4] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)
+        acc = np.zeros(n, dtype)
+        rc = lib.scaleml_qsgd_decode_add(ptr(out, "uint8_t *"), size, n, bits, bucket, ptr(acc), x.itemsize)
+        assert rc == ERR_MALFORMED
+        assert "invalid bucket norm" in ffi.string(lib.scaleml_error_message()).decode()
+        assert not acc[300 * bucket:].any()  # as at one thread: nothing past the bad bucket was added
+
+
+def test_small_inputs_stay_single_threaded() -> None:
+    x = data(2 * PER_THREAD - 1, np.float32)
+    size = int(lib.scaleml_qsgd_max_bytes(x.size, 4, 512, 0))
+    out = np.zeros(size, np.uint8)
+    written = ffi.new("size_t *")
+    with num_threads(8):
+        check(lib.scaleml_qsgd_encode(ptr(x), 4, x.size, 4, 512, 0, 0, 5, ptr(out, "uint8_t *"), size, written))
+        assert lib.scaleml_last_num_threads() == 1
+        check(lib.scaleml_qsgd_encode(ptr(x), 4, PER_THREAD - 1, 4, 512, 0, 0, 5, ptr(out, "uint8_t *"), size,
+                                      written))
+        assert lib.scaleml_last_num_threads() == 1
+        y = data(2 * PER_THREAD, np.float32)
+        size = int(lib.scaleml_qsgd_max_bytes(y.size, 4, 512, 0))
+        out = np.zeros(size, np.uint8)
+        check(lib.scaleml_qsgd_encode(ptr(y), 4, y.size, 4, 512, 0, 0, 5, ptr(out, "uint8_t *"), size, written))
+        assert lib.scaleml_last_num_threads() == 2

@@ -134,3 +134,71 @@ def test_small_inputs_stay_single_threaded() -> None:
         out = np.zeros(size, np.uint8)
         check(lib.scaleml_qsgd_encode(ptr(y), 4, y.size, 4, 512, 0, 0, 5, ptr(out, "uint8_t *"), size, written))
         assert lib.scaleml_last_num_threads() == 2
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bucket", [512, 37, 4096])
+def test_onebit(n: int, dtype: type, bucket: int) -> None:
+    x = data(n, dtype)
+    addend = data(n, dtype, seed=3)
+    size = int(lib.scaleml_onebit_bytes(n, bucket))
+
+    def encode() -> tuple[np.ndarray, ...]:
+        out = np.full(size, 0xAB, np.uint8)
+        residual = np.empty(n, dtype)
+        check(lib.scaleml_onebit_encode(ptr(x), x.itemsize, n, bucket, ptr(out, "uint8_t *"), size, ptr(residual)))
+        fused = np.full(size, 0xAB, np.uint8)
+        feedback = addend.copy()  # error feedback updated in place
+        check(lib.scaleml_onebit_encode_sum(ptr(x), ptr(feedback), x.itemsize, n, bucket, ptr(fused, "uint8_t *"),
+                                            size, ptr(feedback)))
+        return out, residual, fused, feedback
+
+    same_at_every_count(encode, n)
+    payload = encode()[0]
+
+    def decode() -> tuple[np.ndarray, ...]:
+        out = np.empty(n, dtype)
+        check(lib.scaleml_onebit_decode(ptr(payload, "uint8_t *"), size, n, bucket, ptr(out), x.itemsize))
+        acc = addend.copy()
+        check(lib.scaleml_onebit_decode_add(ptr(payload, "uint8_t *"), size, n, bucket, ptr(acc), x.itemsize))
+        return out, acc
+
+    same_at_every_count(decode, n)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+def test_cast(n: int, dtype: type, fmt: str) -> None:
+    code = lib.SCALEML_CAST_FP16 if fmt == "fp16" else lib.SCALEML_CAST_BF16
+    x = data(n, dtype)
+    words = np.empty(n, np.uint16)
+    check(lib.scaleml_cast_encode(ptr(x), x.itemsize, n, code, ptr(words, "uint16_t *")))
+
+    def run() -> tuple[np.ndarray, ...]:
+        out = np.empty(n, np.uint16)
+        check(lib.scaleml_cast_encode(ptr(x), x.itemsize, n, code, ptr(out, "uint16_t *")))
+        decoded = np.empty(n, dtype)
+        check(lib.scaleml_cast_decode(ptr(words, "uint16_t *"), n, code, ptr(decoded), x.itemsize))
+        acc = data(n, dtype, seed=4)
+        check(lib.scaleml_cast_decode_add(ptr(words, "uint16_t *"), n, code, ptr(acc), x.itemsize))
+        return out, decoded, acc
+
+    same_at_every_count(run, n)
+
+
+def test_errors_of_split_kernels() -> None:
+    """A bad value in the last thread's part fails as at one thread."""
+    n = 4 * PER_THREAD
+    x = data(n, np.float32)
+    x[-3] = np.nan
+    words = np.empty(n, np.uint16)
+    out = np.empty(int(lib.scaleml_onebit_bytes(n, 512)), np.uint8)
+    with num_threads(4):
+        assert lib.scaleml_cast_encode(ptr(x), 4, n, 0, ptr(words, "uint16_t *")) == ERR_ARG
+        assert lib.scaleml_last_num_threads() == 4
+        assert lib.scaleml_onebit_encode(ptr(x), 4, n, 512, ptr(out, "uint8_t *"), out.size, ffi.NULL) == ERR_ARG
+        assert "non-finite" in ffi.string(lib.scaleml_error_message()).decode()
+        words[-1] = 0x7c00  # +Inf
+        assert lib.scaleml_cast_decode(ptr(words, "uint16_t *"), n, 0, ptr(x), 4) == ERR_MALFORMED

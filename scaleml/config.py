@@ -36,6 +36,11 @@ variable                   default      effect
 ``SCALEML_ALPHA`` ..       (file)       Cost-model parameters (:mod:`scaleml.cost_model`): ``ALPHA``,
 ``SCALEML_DELTA``                       ``BETA``, ``GAMMA``, ``DELTA``, numbers >= 0.
 ``SCALEML_NO_SIMD``        (unset)      Anything but ``0``: the C kernels use their portable code.
+``SCALEML_NUM_THREADS``    (see text)   Threads the C kernels split a large input over (integer >= 1);
+                                        default: the cores of the rank's affinity divided by the ranks
+                                        of its node whose affinity overlaps it, at least 1
+                                        (:func:`default_num_threads`). Ranks that oversubscribe their
+                                        cores (4 ranks on 2 cores) get 1 thread each.
 ``SCALEML_CUDA_LIBRARY``   (package)    The CUDA library to load (default ``scaleml/_scaleml_cuda.so``).
 ``SCALEML_CUDA_EMULATE``   ``0``        ``1``: CUDA arrays run on the CPU emulation of the CUDA library
                                         (tests without a GPU; ``docs/gpu.md``).
@@ -62,7 +67,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpi4py import MPI
+
 from . import algorithms
+from ._native import lib
 from .compress.names import VALUE_FORMATS, parse_format
 
 __all__ = ["COMPRESSIONS", "ConfigWarning", "DEFAULT_MIN_COUNT", "LOG_LEVELS", "Setting", "VARIABLES",
@@ -118,6 +126,16 @@ def _count(text: str) -> int:
         number = -1
     if number < 0:
         raise _Bad("expected an integer >= 0 (elements)")
+    return number
+
+
+def _threads(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise _Bad("expected an integer >= 1 (threads per rank)")
     return number
 
 
@@ -227,6 +245,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("SCALEML_GAMMA", _nonnegative, None, "cost model: seconds per byte of local work"),
     Variable("SCALEML_DELTA", _nonnegative, None, "cost model: the engine's fixed seconds per call"),
     Variable("SCALEML_NO_SIMD", _any, None, "anything but 0: the C kernels' portable code"),
+    Variable("SCALEML_NUM_THREADS", _threads, None,
+             "threads per rank of the C kernels (default: the rank's cores / the ranks sharing them)"),
     Variable("SCALEML_CUDA_LIBRARY", _any, None, "the CUDA library to load (default scaleml/_scaleml_cuda.so)"),
     Variable("SCALEML_CUDA_EMULATE", _flag, False,
              "1: device paths on the CPU emulation of the CUDA library (tests without a GPU)"),
@@ -310,7 +330,51 @@ def reload(environ: dict[str, str] | None = None) -> dict[str, Setting]:
     _settings = _read(os.environ if environ is None else environ)
     DISABLE = bool(_settings["SCALEML_DISABLE"].value)
     ALGORITHM = _settings["SCALEML_ALGORITHM"].value
+    lib.scaleml_set_num_threads(num_threads()[0])
     return dict(_settings)
+
+
+def default_num_threads(cores: int, ranks_sharing: int) -> int:
+    """The kernels' default thread count: ``cores`` (the rank's affinity) over the ``ranks_sharing`` them.
+
+    >>> default_num_threads(8, 2), default_num_threads(2, 4), default_num_threads(3, 2)
+    (4, 1, 1)
+    """
+    return max(1, cores // max(1, ranks_sharing))
+
+
+_cores_and_sharing: tuple[int, int] | None = None
+
+
+def cores_and_sharing() -> tuple[int, int]:
+    """This rank's cores (``os.sched_getaffinity``) and how many ranks of its node share any of them.
+
+    The node's ranks come from ``MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)`` on
+    ``COMM_WORLD`` and exchange their affinity sets: a collective, done once,
+    at the first import of ``scaleml`` where ``SCALEML_NUM_THREADS`` is unset
+    (every rank must see the same setting). Without MPI initialized: 1 rank.
+    """
+    global _cores_and_sharing
+    if _cores_and_sharing is None:
+        cores = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        sharing = 1
+        if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+            node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
+            try:
+                sharing = sum(1 for other in node.allgather(sorted(cores)) if cores & set(other))
+            finally:
+                node.Free()
+        _cores_and_sharing = (len(cores), max(1, sharing))
+    return _cores_and_sharing
+
+
+def num_threads() -> tuple[int, str]:
+    """The kernels' thread count and how it was found (``SCALEML_NUM_THREADS``, or cores / ranks sharing)."""
+    setting = _settings["SCALEML_NUM_THREADS"]
+    if setting.value is not None:
+        return setting.value, "SCALEML_NUM_THREADS"
+    cores, sharing = cores_and_sharing()
+    return default_num_threads(cores, sharing), f"{cores} cores / {sharing} rank(s) sharing them"
 
 
 def parse(name: str, text: str) -> Any:

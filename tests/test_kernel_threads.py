@@ -3,13 +3,18 @@ decoded values at every thread count; inputs under 2^16 elements per thread stay
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_mpi
 
+from scaleml import config
 from scaleml._native import ffi, lib
 from scaleml.errors import ERR_ARG, ERR_MALFORMED
 
@@ -202,3 +207,51 @@ def test_errors_of_split_kernels() -> None:
         assert "non-finite" in ffi.string(lib.scaleml_error_message()).decode()
         words[-1] = 0x7c00  # +Inf
         assert lib.scaleml_cast_decode(ptr(words, "uint16_t *"), n, 0, ptr(x), 4) == ERR_MALFORMED
+
+
+# ---- the thread count: SCALEML_NUM_THREADS and the default ---------------------------------------
+
+def import_scaleml(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "2.5"])
+def test_a_bad_thread_count_fails_the_import_naming_the_variable(value: str) -> None:
+    result = import_scaleml("import scaleml", SCALEML_NUM_THREADS=value)
+    assert result.returncode != 0
+    assert f"ValueError: SCALEML_NUM_THREADS={value!r}: expected an integer >= 1" in result.stderr
+
+
+def test_the_variable_sets_the_kernels_thread_count() -> None:
+    code = ("import scaleml; from scaleml import config; from scaleml._native import lib; "
+            "print(lib.scaleml_get_num_threads(), config.num_threads()[1])")
+    result = import_scaleml(code, SCALEML_NUM_THREADS="3")
+    assert result.stdout.split() == ["3", "SCALEML_NUM_THREADS"], result.stderr
+    result = import_scaleml("import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-m', 'scaleml']))",
+                            SCALEML_NUM_THREADS="3")
+    assert "kernel threads          3 (SCALEML_NUM_THREADS)" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("cores,sharing,threads", [(1, 1, 1), (2, 1, 2), (2, 2, 1), (2, 4, 1), (16, 4, 4),
+                                                   (16, 3, 5), (64, 8, 8), (3, 2, 1), (8, 0, 8)])
+def test_default_thread_count(cores: int, sharing: int, threads: int) -> None:
+    assert config.default_num_threads(cores, sharing) == threads
+
+
+def test_the_default_at_one_rank_is_the_affinity() -> None:
+    cores, sharing = config.cores_and_sharing()
+    assert (cores, sharing) == (len(os.sched_getaffinity(0)), 1)
+    assert config.num_threads() == (cores, f"{cores} cores / 1 rank(s) sharing them")
+    assert lib.scaleml_get_num_threads() == cores
+
+
+def test_ranks_sharing_cores_divide_them() -> None:
+    """3 ranks with the same affinity (no binding) on this node: each gets cores // 3, at least 1."""
+    code = ("import scaleml; from mpi4py import MPI; from scaleml import config; "
+            "rows = MPI.COMM_WORLD.gather([*config.cores_and_sharing(), config.num_threads()[0]]); "
+            "MPI.COMM_WORLD.rank or print('RESULT', rows)")
+    out = run_mpi(3, ["-c", code], timeout=120).stdout
+    rows = [eval(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")][0]
+    cores = len(os.sched_getaffinity(0))
+    assert rows == [[cores, 3, max(1, cores // 3)]] * 3, out

@@ -255,3 +255,33 @@ def test_ranks_sharing_cores_divide_them() -> None:
     rows = [eval(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")][0]
     cores = len(os.sched_getaffinity(0))
     assert rows == [[cores, 3, max(1, cores // 3)]] * 3, out
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ratio,approximate", [(0.01, 0), (0.3, 0), (0.01, 1), (0.9, 0)])
+def test_topk(n: int, dtype: type, ratio: float, approximate: int) -> None:
+    """Same threshold, tie rule and index order (ties: the zeros and repeated values) on every path: the
+    candidate filter (1%), the radix select's histogram (30%, 90%) and the sampled threshold."""
+    x = data(n, dtype)
+    x[::7] = x[3]  # many entries equal to one value
+    k = max(1, int(n * ratio))
+    key = lib.scaleml_rng_key(3, 0, 1, 2)
+    size = int(lib.scaleml_topk_bytes(n, x.itemsize))
+
+    def run() -> tuple[np.ndarray, ...]:
+        out = np.full(size, 0xAB, np.uint8)
+        written = ffi.new("size_t *")
+        residual = np.empty(n, dtype)
+        check(lib.scaleml_topk_encode(ptr(x), x.itemsize, n, k, approximate, 4096, key, ptr(out, "uint8_t *"), size,
+                                      written, ptr(residual)))
+        return out[:written[0]], residual
+
+    with num_threads(1):
+        reference = run()
+    for threads in THREAD_COUNTS[1:]:
+        with num_threads(threads):
+            got = run()
+            assert lib.scaleml_last_num_threads() == max(1, min(threads, n // PER_THREAD))
+        for a, b in zip(reference, got):
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"{threads} threads")

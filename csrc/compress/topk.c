@@ -38,6 +38,7 @@
 #include "core/counter_rng.h"
 #include "compress/select.h"
 #include "core/errors.h"
+#include "core/threads.h"
 
 SELECT_DEFINE(u32, uint32_t)
 SELECT_DEFINE(u64, uint64_t)
@@ -67,6 +68,26 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         }                                                                                     \
         return bad != 0;                                                                      \
     }                                                                                         \
+    /* The histogram over threads: one per thread, summed (counts: the same at any split); \
+     * 1 on NaN/Inf, -1 out of memory. */                                                      \
+    static int histogram_threaded_##SUFFIX(const VT *x, uint64_t n, uint64_t *hist)           \
+    {                                                                                         \
+        int threads = threads_for(n, n);                                                      \
+        if (threads == 1) return histogram_##SUFFIX(x, n, hist);                              \
+        uint64_t *part = calloc((size_t)(threads - 1) * 65536, sizeof *part);                 \
+        if (!part) return -1;                                                                 \
+        int bad = 0;                                                                          \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1) reduction(|: bad)") \
+        for (int t = 0; t < threads; t++) {                                                   \
+            uint64_t lo, hi;                                                                  \
+            threads_split(n, threads, t, &lo, &hi);                                           \
+            bad |= histogram_##SUFFIX(x + lo, hi - lo, t ? part + (size_t)(t - 1) * 65536 : hist); \
+        }                                                                                     \
+        for (int t = 1; t < threads; t++)                                                     \
+            for (size_t b = 0; b < 65536; b++) hist[b] += part[(size_t)(t - 1) * 65536 + b];   \
+        free(part);                                                                           \
+        return bad;                                                                           \
+    }                                                                                         \
     /* Threshold key and how many entries equal to it to take (UINT64_MAX = all). */          \
     static int threshold_##SUFFIX(const VT *x, uint64_t n, uint64_t k, int approximate,       \
                                   uint64_t sample, uint64_t key, KT *thr, uint64_t *take_eq,  \
@@ -78,7 +99,8 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
              * only. Two streaming passes plus a small selection: O(n). */         \
             uint64_t *hist = calloc(65536, sizeof *hist);                                     \
             if (!hist) return SCALEML_ERR_NOMEM;                                              \
-            if (histogram_##SUFFIX(x, n, hist)) { free(hist); return SCALEML_ERR_ARG; }       \
+            int hbad = histogram_threaded_##SUFFIX(x, n, hist);                               \
+            if (hbad) { free(hist); return hbad < 0 ? SCALEML_ERR_NOMEM : SCALEML_ERR_ARG; }  \
             uint64_t above;                                                                   \
             unsigned bin = arith_topk_pick_bin(hist, 65535, k, &above);                       \
             uint64_t m = hist[bin];                                                           \
@@ -186,8 +208,9 @@ TOPK_DEFINE(f64, double, uint64_t, u64, 64, 47)
         KT *ck = malloc(ccap * sizeof *ck);                                                   \
         if (!ci || !ck) { free(ci); free(ck); return -SCALEML_ERR_NOMEM; }                    \
         int bad = 0;                                                                          \
-        uint64_t c = collect_##SUFFIX##_dispatch(x, n, tlo, ci, ck, ccap, &bad);              \
+        uint64_t c = collect_threaded_##SUFFIX(x, n, tlo, ci, ck, ccap, &bad);                \
         int rc = 0;                                                                           \
+        if (c == UINT64_MAX) { rc = -SCALEML_ERR_NOMEM; goto done; }                          \
         if (bad) { rc = -SCALEML_ERR_ARG; goto done; }                                        \
         if (c > ccap || (!approximate && c < k)) goto done; /* fall back */                   \
         KT t = tlo;                                                                           \
@@ -342,6 +365,52 @@ static uint64_t collect_f32_dispatch(const float *x, uint64_t n, uint32_t tlo, u
 #else
 #define collect_f32_dispatch collect_f32
 #endif
+
+/* The candidate filter over threads: thread 0 fills ci/ck, the others buffers of
+ * their own, appended in order (indices shifted to the whole vector): the same
+ * list and count as one pass, so the same fallback. UINT64_MAX: out of memory. */
+#define TOPK_DEFINE_COLLECT_THREADED(SUFFIX, VT, KT)                                          \
+    static uint64_t collect_threaded_##SUFFIX(const VT *x, uint64_t n, KT tlo, uint32_t *ci,  \
+                                              KT *ck, uint64_t ccap, int *bad_out)            \
+    {                                                                                         \
+        int threads = threads_for(n, n / 8);                                                  \
+        if (threads == 1) return collect_##SUFFIX##_dispatch(x, n, tlo, ci, ck, ccap, bad_out); \
+        uint64_t count[threads], start[threads];                                              \
+        int bad[threads];                                                                     \
+        uint32_t *pi[threads];                                                                \
+        KT *pk[threads];                                                                      \
+        int nomem = 0;                                                                        \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1) reduction(|: nomem)") \
+        for (int t = 0; t < threads; t++) {                                                   \
+            uint64_t lo, hi;                                                                  \
+            threads_split(n / 8, threads, t, &lo, &hi);                                       \
+            lo *= 8;                                                                          \
+            hi = t == threads - 1 ? n : hi * 8;                                               \
+            start[t] = lo;                                                                    \
+            pi[t] = t ? malloc(ccap * sizeof(uint32_t)) : ci;                                 \
+            pk[t] = t ? malloc(ccap * sizeof(KT)) : ck;                                       \
+            count[t] = 0;                                                                     \
+            bad[t] = 0;                                                                       \
+            if (!pi[t] || !pk[t]) nomem = 1;                                                  \
+            else count[t] = collect_##SUFFIX##_dispatch(x + lo, hi - lo, tlo, pi[t], pk[t], ccap, &bad[t]); \
+        }                                                                                     \
+        uint64_t c = count[0];                                                                \
+        *bad_out = bad[0];                                                                    \
+        for (int t = 1; t < threads; t++) {                                                   \
+            *bad_out |= bad[t];                                                               \
+            if (!nomem && c + count[t] <= ccap) {                                             \
+                for (uint64_t j = 0; j < count[t]; j++) ci[c + j] = pi[t][j] + (uint32_t)start[t]; \
+                memcpy(ck + c, pk[t], count[t] * sizeof(KT));                                 \
+            }                                                                                 \
+            c += count[t];                                                                    \
+            free(pi[t]);                                                                      \
+            free(pk[t]);                                                                      \
+        }                                                                                     \
+        return nomem ? UINT64_MAX : c;                                                        \
+    }
+
+TOPK_DEFINE_COLLECT_THREADED(f32, float, uint32_t)
+TOPK_DEFINE_COLLECT_THREADED(f64, double, uint64_t)
 
 TOPK_DEFINE_CANDIDATES(f32, float, uint32_t, u32, UINT32_C(0x7fffffff), 32)
 TOPK_DEFINE_CANDIDATES(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), 64)

@@ -285,3 +285,30 @@ def test_topk(n: int, dtype: type, ratio: float, approximate: int) -> None:
             assert lib.scaleml_last_num_threads() == max(1, min(threads, n // PER_THREAD))
         for a, b in zip(reference, got):
             np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"{threads} threads")
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index_dtype", [np.uint32, np.uint64])
+def test_dense_scans(n: int, dtype: type, index_dtype: type) -> None:
+    x = data(n, dtype)
+    x[: n // 3] = 0  # a long run of zeros: the parts hold different counts
+    x[5::11] = -0.0
+    nnz = int(np.count_nonzero(x))
+
+    def run() -> tuple[np.ndarray, ...]:
+        counts = np.zeros(3, np.uint64)
+        counts[0] = lib.scaleml_count_nonzeros(ptr(x), n, x.itemsize)
+        negative = ffi.new("uint64_t *")
+        counts[1] = lib.scaleml_count_nonzeros_signed(ptr(x), n, x.itemsize, negative)
+        counts[2] = negative[0]
+        arrays: list[np.ndarray] = [counts]
+        for capacity in (nnz, nnz // 2 + 3, 0):  # all, and cut short as one pass cuts
+            idx = np.zeros(nnz + 64, index_dtype)
+            val = np.zeros(nnz + 64, dtype)
+            found = lib.scaleml_extract_nonzeros(ptr(x), n, x.itemsize, idx.itemsize, ptr(idx), ptr(val), capacity)
+            assert found == min(nnz, capacity)
+            arrays += [idx[:found], val[:found]]
+        return tuple(arrays)
+
+    same_at_every_count(run, n)

@@ -259,10 +259,12 @@ def test_ranks_sharing_cores_divide_them() -> None:
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("ratio,approximate", [(0.01, 0), (0.3, 0), (0.01, 1), (0.9, 0)])
-def test_topk(n: int, dtype: type, ratio: float, approximate: int) -> None:
+@pytest.mark.parametrize("ratio,approximate,sample", [(0.01, 0, 0), (0.3, 0, 0), (0.9, 0, 0), (0.01, 1, 4096),
+                                                      (0.05, 1, 1 << 14)])
+def test_topk(n: int, dtype: type, ratio: float, approximate: int, sample: int) -> None:
     """Same threshold, tie rule and index order (ties: the zeros and repeated values) on every path: the
-    candidate filter (1%), the radix select's histogram (30%, 90%) and the sampled threshold."""
+    candidate filter (1%, and approximate with a small sample), the radix select's histogram and final pass
+    (30%, 90%), the sampled threshold's counting and final pass (a sample over n / 8)."""
     x = data(n, dtype)
     x[::7] = x[3]  # many entries equal to one value
     k = max(1, int(n * ratio))
@@ -273,7 +275,7 @@ def test_topk(n: int, dtype: type, ratio: float, approximate: int) -> None:
         out = np.full(size, 0xAB, np.uint8)
         written = ffi.new("size_t *")
         residual = np.empty(n, dtype)
-        check(lib.scaleml_topk_encode(ptr(x), x.itemsize, n, k, approximate, 4096, key, ptr(out, "uint8_t *"), size,
+        check(lib.scaleml_topk_encode(ptr(x), x.itemsize, n, k, approximate, sample, key, ptr(out, "uint8_t *"), size,
                                       written, ptr(residual)))
         return out[:written[0]], residual
 

@@ -136,6 +136,8 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         free(a);                                                                              \
         uint64_t c = 0;                                                                       \
         KT bad = 0;                                                                           \
+        int threads = threads_for(n, n);                                                      \
+        _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(+: c) reduction(|: bad) if (threads > 1)") \
         for (uint64_t i = 0; i < n; i++) {                                                    \
             KT m = key_##SUFFIX(x[i]);                                                        \
             bad |= (KT)arith_topk_bad##W(m);                                                  \
@@ -147,11 +149,12 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         *count = c;                                                                           \
         return SCALEML_OK;                                                                    \
     }                                                                                         \
-    static void emit_##SUFFIX(const VT *x, uint64_t n, KT t, uint64_t take_eq, uint32_t *idx, \
-                              VT *val, VT *residual)                                          \
+    /* The final pass over entries [lo, hi), c0 entries sent and eq0 equal to t before lo. */ \
+    static void emit_##SUFFIX(const VT *x, uint64_t lo, uint64_t hi, KT t, uint64_t take_eq,  \
+                              uint32_t *idx, VT *val, VT *residual, uint64_t c0, uint64_t eq0) \
     {                                                                                         \
-        uint64_t c = 0, eq_before = 0;                                                        \
-        for (uint64_t i = 0; i < n; i++) {                                                    \
+        uint64_t c = c0, eq_before = eq0;                                                     \
+        for (uint64_t i = lo; i < hi; i++) {                                                  \
             KT m = key_##SUFFIX(x[i]);                                                        \
             int send = arith_topk_send##W(m, t, eq_before, take_eq);                          \
             eq_before += m == t;                                                              \
@@ -165,8 +168,41 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         }                                                                                     \
     }
 
+/* The final pass over threads: each part counts its keys above t and equal to t,
+ * which give the slot and the equal keys before every part; then each part
+ * emits from there (the same entries, slots and tie rule as one pass). */
+#define TOPK_DEFINE_EMIT_THREADED(SUFFIX, VT, KT)                                             \
+    static void emit_threaded_##SUFFIX(const VT *x, uint64_t n, KT t, uint64_t take_eq,       \
+                                       uint32_t *idx, VT *val, VT *residual)                  \
+    {                                                                                         \
+        int threads = threads_for(n, n);                                                      \
+        if (threads == 1) { emit_##SUFFIX(x, 0, n, t, take_eq, idx, val, residual, 0, 0); return; } \
+        uint64_t above[threads], equal[threads];                                              \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1)")                  \
+        for (int p = 0; p < threads; p++) {                                                   \
+            uint64_t lo, hi, gt = 0, eq = 0;                                                  \
+            threads_split(n, threads, p, &lo, &hi);                                           \
+            for (uint64_t i = lo; i < hi; i++) {                                              \
+                KT m = key_##SUFFIX(x[i]);                                                    \
+                gt += m > t;                                                                  \
+                eq += m == t;                                                                 \
+            }                                                                                 \
+            above[p] = gt;                                                                    \
+            equal[p] = eq;                                                                    \
+        }                                                                                     \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1)")                  \
+        for (int p = 0; p < threads; p++) {                                                   \
+            uint64_t lo, hi, gt = 0, eq = 0;                                                  \
+            threads_split(n, threads, p, &lo, &hi);                                           \
+            for (int q = 0; q < p; q++) { gt += above[q]; eq += equal[q]; }                   \
+            emit_##SUFFIX(x, lo, hi, t, take_eq, idx, val, residual, gt + (eq < take_eq ? eq : take_eq), eq); \
+        }                                                                                     \
+    }
+
 TOPK_DEFINE(f32, float, uint32_t, u32, 32, 15)
 TOPK_DEFINE(f64, double, uint64_t, u64, 64, 47)
+TOPK_DEFINE_EMIT_THREADED(f32, float, uint32_t)
+TOPK_DEFINE_EMIT_THREADED(f64, double, uint64_t)
 
 /* Candidate path (both modes, large n): one streaming pass keeps the (index, key)
  * of every entry whose key is >= a cut t_lo taken from a random sample, then the
@@ -462,8 +498,8 @@ int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, 
         if (residual && residual != x && n) memcpy(residual, x, n * (size_t)value_bytes);
         return SCALEML_OK;
     }
-    if (value_bytes == 4) emit_f32(x, n, t32, take_eq, idx, val, residual);
-    else emit_f64(x, n, t64, take_eq, idx, val, residual);
+    if (value_bytes == 4) emit_threaded_f32(x, n, t32, take_eq, idx, val, residual);
+    else emit_threaded_f64(x, n, t64, take_eq, idx, val, residual);
     return SCALEML_OK;
 }
 

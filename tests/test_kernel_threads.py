@@ -93,8 +93,16 @@ def test_qsgd_fixed(n: int, dtype: type, bits: int, bucket: int) -> None:
         assert rc == (0 if bucket % 8 == 0 else ERR_ARG)
         return out, acc
 
-    # the bit-serial decoder (buckets not a multiple of 8) is single-threaded
-    same_at_every_count(decode, n, threaded=bucket % 8 == 0)
+    same_at_every_count(decode, n)
+    if bucket % 8:  # the bit-serial decoder over threads: a bad norm still fails with the one-thread message
+        bad = payload.copy()
+        bad[-40:] = 0xFF  # a NaN norm in the last bucket(s)
+        with num_threads(3):
+            out = np.empty(n, dtype)
+            rc = lib.scaleml_qsgd_decode(ptr(bad, "uint8_t *"), size, n, bits, bucket, lib.SCALEML_QSGD_FIXED,
+                                         ptr(out), x.itemsize)
+        assert rc == ERR_MALFORMED
+        assert "invalid bucket norm" in ffi.string(lib.scaleml_error_message()).decode()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -632,6 +632,55 @@ int scaleml_qsgd_decode_add(const uint8_t *buf, size_t bytes, uint64_t n, uint32
     return decode_fixed_threaded(buf, bytes, n, bits, bucket, acc, value_bytes, 1);
 }
 
+/* The bit-serial fixed format (any bucket) of elements [lo, hi) from the stream
+ * buf[0 .. bytes) where bucket lo / bucket starts; 0, or -1 on an invalid norm
+ * or a short stream (no message: the caller decodes again at one thread). */
+static int decode_fixed_serial(const uint8_t *buf, size_t bytes, uint64_t lo, uint64_t hi, uint32_t bits,
+                               uint64_t bucket, void *out, int value_bytes)
+{
+    uint32_t s = (UINT32_C(1) << bits) - 1;
+    bitreader r;
+    br_init(&r, buf, bytes);
+    for (uint64_t start = lo; start < hi; start += bucket) {
+        uint64_t len = hi - start < bucket ? hi - start : bucket;
+        uint32_t nb = (uint32_t)br_get(&r, 32);
+        float nf;
+        memcpy(&nf, &nb, 4);
+        if (r.err || !qsgd_norm_valid(nf)) return -1;
+        double unit = qsgd_unit(nf, s);
+        if (value_bytes == 4) {
+            float *o = (float *)out + start;
+            for (uint64_t i = 0; i < len; i++) o[i] = qsgd_value_f32(unit, (uint32_t)br_get(&r, bits + 1), bits);
+        } else {
+            double *o = (double *)out + start;
+            for (uint64_t i = 0; i < len; i++) o[i] = qsgd_value_f64(unit, (uint32_t)br_get(&r, bits + 1), bits);
+        }
+        if (r.err) return -1;
+    }
+    return 0;
+}
+
+/* decode_fixed_serial over threads: each part (whole units of fixed_unit_buckets,
+ * which start on a byte) from its own reader; 0, or -1 when a part failed. */
+static int decode_fixed_serial_threaded(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                                        void *out, int value_bytes, int threads)
+{
+    uint64_t g = fixed_unit_buckets(bucket, bits);
+    uint64_t unit = g * bucket, units = (n + unit - 1) / unit;
+    uint64_t unit_bytes = g * (32 + bucket * (bits + 1)) / 8;
+    int failed = 0;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: failed)
+    for (int t = 0; t < threads; t++) {
+        uint64_t ulo, uhi;
+        threads_split(units, threads, t, &ulo, &uhi);
+        uint64_t lo = ulo * unit, hi = uhi * unit < n ? uhi * unit : n;
+        size_t offset = (size_t)(ulo * unit_bytes);
+        size_t part = t == threads - 1 ? bytes - offset : (size_t)((uhi - ulo) * unit_bytes);
+        failed |= decode_fixed_serial(buf + offset, part, lo, hi, bits, bucket, out, value_bytes) != 0;
+    }
+    return failed ? -1 : 0;
+}
+
 int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
                         int format, void *out, int value_bytes)
 {
@@ -643,7 +692,15 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
                        scaleml_qsgd_max_bytes(n, bits, bucket, format));
     if (format == SCALEML_QSGD_FIXED && bucket % 8 == 0)
         return decode_fixed_threaded(buf, bytes, n, bits, bucket, out, value_bytes, 0);
-    (void)threads_for(0, 1); /* the bit-serial paths: one thread */
+    if (format == SCALEML_QSGD_FIXED) {
+        /* over threads when it splits; any failure is reported by the one-thread pass below */
+        uint64_t g = fixed_unit_buckets(bucket, bits), units = (n + g * bucket - 1) / (g * bucket);
+        int threads = threads_for(n, units);
+        if (threads > 1 && decode_fixed_serial_threaded(buf, bytes, n, bits, bucket, out, value_bytes, threads) == 0)
+            return SCALEML_OK;
+    } else {
+        (void)threads_for(0, 1); /* the Elias stream is sequential: one thread */
+    }
     bitreader r;
     br_init(&r, buf, bytes);
     for (uint64_t start = 0; start < n; start += bucket) {

@@ -322,3 +322,26 @@ def test_dense_scans(n: int, dtype: type, index_dtype: type) -> None:
         return tuple(arrays)
 
     same_at_every_count(run, n)
+
+
+def test_collectives_give_the_same_bits_at_any_thread_count() -> None:
+    """quantized_allreduce (QSGD 4-bit, 1-bit, fp16) and topk_allreduce at 2 ranks with 1 and 3 threads per
+    rank: the same result bits (the kernels under the collectives split on bucket boundaries)."""
+    code = (
+        "import hashlib, numpy as np, scaleml; from mpi4py import MPI; from scaleml.compress import QSGD, OneBit, "
+        "Cast; from scaleml._native import lib; comm = MPI.COMM_WORLD; "
+        "x = np.random.default_rng(comm.rank).standard_normal((1 << 18) + 77).astype(np.float32); "
+        "h = hashlib.sha256(); "
+        "[h.update(scaleml.quantized_allreduce(x, comm, c).tobytes()) for c in (QSGD(bits=4), OneBit(), Cast())]; "
+        "h.update(scaleml.topk_allreduce(x, comm, ratio=0.01).tobytes()); "
+        "digests = comm.gather(h.hexdigest()); "
+        "comm.rank or print('RESULT', lib.scaleml_get_num_threads(), *digests)")
+    results = []
+    for threads in ("1", "3"):
+        out = run_mpi(2, ["-c", code], timeout=300, env={"SCALEML_NUM_THREADS": threads}).stdout
+        line = [row for row in out.splitlines() if row.startswith("RESULT ")]
+        assert line, out
+        got_threads, *digests = line[0].split()[1:]
+        assert got_threads == threads and len(set(digests)) == 1, out
+        results.append(digests[0])
+    assert results[0] == results[1]

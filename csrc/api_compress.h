@@ -154,4 +154,12 @@ int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, i
  * added and an Inf/NaN pattern gives SCALEML_ERR_MALFORMED. */
 int scaleml_cast_decode_add(const uint16_t *in, uint64_t n, int format, void *acc, int value_bytes);
 
+/* threads.c: how many threads the kernels split a large input over (bytes identical for every count;
+ * fewer than 2^16 elements per thread stay single-threaded). scaleml.config sets it at import from
+ * SCALEML_NUM_THREADS or the rank's cores; values below 1 are taken as 1. */
+void scaleml_set_num_threads(int threads);
+int scaleml_get_num_threads(void);
+/* Threads the last kernel call of the calling thread used (1 when it stayed single-threaded). */
+int scaleml_last_num_threads(void);
+
 #endif

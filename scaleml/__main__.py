@@ -91,6 +91,7 @@ def build_report() -> dict[str, Any]:
         "simd_in_use": {"avx2": bool(lib.scaleml_cpu_avx2()), "bmi2": bool(lib.scaleml_cpu_bmi2()),
                         "f16c": bool(lib.scaleml_cpu_f16c())},
         "scaleml_no_simd": bool(no_simd and no_simd != "0"),
+        "kernel_threads": {"threads": lib.scaleml_get_num_threads(), "from": config.num_threads()[1]},
         "cpu": model,
         "cpu_flags": flags,
     }
@@ -209,6 +210,7 @@ def format_text(r: dict[str, Any]) -> str:
               f"  {'flags':<24}{b['cflags']}",
               f"  {'SIMD':<24}{b['simd_dispatch']}",
               f"  {'SIMD paths in use':<24}{simd}" + ("  (SCALEML_NO_SIMD set)" if b["scaleml_no_simd"] else ""),
+              f"  {'kernel threads':<24}{b['kernel_threads']['threads']} ({b['kernel_threads']['from']})",
               f"  {'CPU':<24}{b['cpu']}",
               f"  {'CPU flags':<24}{' '.join(b['cpu_flags']) or '-'}"]
     c = r["cuda"]

@@ -90,7 +90,8 @@ ffibuilder = FFI()
 for header in API_HEADERS:
     ffibuilder.cdef(cdef_text(header))
 _flags = mpi_flags(find_mpicc())
-_compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"] \
+# -fopenmp: the kernels split large inputs over the rank's cores (csrc/core/threads.h)
+_compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden", "-fopenmp"] \
     + shlex.split(os.environ.get("SCALEML_CFLAGS", ""))
 ffibuilder.set_source(
     "scaleml._core",
@@ -103,7 +104,7 @@ ffibuilder.set_source(
     extra_compile_args=_compile_args,
     # recorded for `python -m scaleml` (scaleml_build_cflags in csrc/core/build_info.c)
     define_macros=[("SCALEML_BUILD_CFLAGS", c_string(" ".join(_compile_args)))],
-    extra_link_args=_flags["extra_link_args"] + shlex.split(os.environ.get("SCALEML_LDFLAGS", "")),
+    extra_link_args=_flags["extra_link_args"] + ["-fopenmp"] + shlex.split(os.environ.get("SCALEML_LDFLAGS", "")),
 )
 
 if __name__ == "__main__":

@@ -36,6 +36,11 @@ variable                   default      effect
 ``SCALEML_ALPHA`` ..       (file)       Cost-model parameters (:mod:`scaleml.cost_model`): ``ALPHA``,
 ``SCALEML_DELTA``                       ``BETA``, ``GAMMA``, ``DELTA``, numbers >= 0.
 ``SCALEML_NO_SIMD``        (unset)      Anything but ``0``: the C kernels use their portable code.
+``SCALEML_NUM_THREADS``    (see text)   Threads the C kernels split a large input over (integer >= 1);
+                                        default: the cores of the rank's affinity divided by the ranks
+                                        of its node whose affinity overlaps it, at least 1
+                                        (:func:`default_num_threads`). Ranks that oversubscribe their
+                                        cores (4 ranks on 2 cores) get 1 thread each.
 ``SCALEML_CUDA_LIBRARY``   (package)    The CUDA library to load (default ``scaleml/_scaleml_cuda.so``).
 ``SCALEML_CUDA_EMULATE``   ``0``        ``1``: CUDA arrays run on the CPU emulation of the CUDA library
                                         (tests without a GPU; ``docs/gpu.md``).
@@ -62,7 +67,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpi4py import MPI
+
 from . import algorithms
+from ._native import lib
 from .compress.names import VALUE_FORMATS, parse_format
 
 __all__ = ["COMPRESSIONS", "ConfigWarning", "DEFAULT_MIN_COUNT", "LOG_LEVELS", "Setting", "VARIABLES",
@@ -118,6 +126,16 @@ def _count(text: str) -> int:
         number = -1
     if number < 0:
         raise _Bad("expected an integer >= 0 (elements)")
+    return number
+
+
+def _threads(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise _Bad("expected an integer >= 1 (threads per rank)")
     return number
 
 
@@ -227,6 +245,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("SCALEML_GAMMA", _nonnegative, None, "cost model: seconds per byte of local work"),
     Variable("SCALEML_DELTA", _nonnegative, None, "cost model: the engine's fixed seconds per call"),
     Variable("SCALEML_NO_SIMD", _any, None, "anything but 0: the C kernels' portable code"),
+    Variable("SCALEML_NUM_THREADS", _threads, None,
+             "threads per rank of the C kernels (default: the rank's cores / the ranks sharing them)"),
     Variable("SCALEML_CUDA_LIBRARY", _any, None, "the CUDA library to load (default scaleml/_scaleml_cuda.so)"),
     Variable("SCALEML_CUDA_EMULATE", _flag, False,
              "1: device paths on the CPU emulation of the CUDA library (tests without a GPU)"),
@@ -310,7 +330,53 @@ def reload(environ: dict[str, str] | None = None) -> dict[str, Setting]:
     _settings = _read(os.environ if environ is None else environ)
     DISABLE = bool(_settings["SCALEML_DISABLE"].value)
     ALGORITHM = _settings["SCALEML_ALGORITHM"].value
+    lib.scaleml_set_num_threads(num_threads()[0])
     return dict(_settings)
+
+
+def default_num_threads(cores: int, ranks_sharing: int) -> int:
+    """The kernels' default thread count: ``cores`` (the rank's affinity) over the ``ranks_sharing`` them.
+
+    >>> default_num_threads(8, 2), default_num_threads(2, 4), default_num_threads(3, 2)
+    (4, 1, 1)
+    """
+    return max(1, cores // max(1, ranks_sharing))
+
+
+_LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
+                         "PALS_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+"""Where launchers say how many ranks they started on this node (Hydra, Open MPI, MVAPICH, Cray PALS, Slurm)."""
+
+
+def cores_and_sharing(environ: Any = None) -> tuple[int, int]:
+    """This rank's cores (``os.sched_getaffinity``) and how many ranks of its node share them.
+
+    No collective (``import scaleml`` must not be one): a rank whose affinity is a
+    part of the machine was bound by its launcher and is taken to own those cores;
+    a rank that may run on every core shares them with the ranks its launcher
+    started on this node (``MPI_LOCALNRANKS``, ``OMPI_COMM_WORLD_LOCAL_SIZE``...),
+    or, where no launcher says, with every rank of ``COMM_WORLD`` (the cautious
+    guess: fewer threads, never oversubscribed cores).
+    """
+    env = os.environ if environ is None else environ
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < (os.cpu_count() or cores):
+        return cores, 1
+    for name in _LOCAL_SIZE_VARIABLES:
+        text = env.get(name, "").split("(")[0].split(",")[0].strip()  # Slurm: "2(x3),1"
+        if text.isdigit() and int(text) > 0:
+            return cores, int(text)
+    world = MPI.COMM_WORLD.Get_size() if MPI.Is_initialized() and not MPI.Is_finalized() else 1
+    return cores, max(1, world)
+
+
+def num_threads() -> tuple[int, str]:
+    """The kernels' thread count and how it was found (``SCALEML_NUM_THREADS``, or cores / ranks sharing)."""
+    setting = _settings["SCALEML_NUM_THREADS"]
+    if setting.value is not None:
+        return setting.value, "SCALEML_NUM_THREADS"
+    cores, sharing = cores_and_sharing()
+    return default_num_threads(cores, sharing), f"{cores} cores / {sharing} rank(s) of this node sharing them"
 
 
 def parse(name: str, text: str) -> Any:

@@ -21,6 +21,10 @@
 #include "core/counter_rng.h" /* SCALEML_CLONES */
 #include "core/cpu_features.h"
 #include "core/errors.h"
+#include "core/threads.h"
+
+/* Elements per unit of threaded work (every value is independent: any split gives the same words). */
+#define CAST_UNIT 1024
 
 SCALEML_CLONES static uint32_t bf16_encode(const uint32_t *xb, uint64_t n, uint16_t *out)
 {
@@ -117,12 +121,9 @@ static uint32_t f16c_encode(const float *x, uint64_t n, uint16_t *out) { (void)x
 static uint32_t f16c_decode(const uint16_t *in, uint64_t n, float *out) { (void)in; (void)n; (void)out; return 0; }
 #endif
 
-int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, uint16_t *out)
+/* Encode n values into out; 1 when a value is NaN, Inf or beyond the format's range (all are written). */
+static uint32_t encode_values(const void *x, int value_bytes, uint64_t n, int format, uint16_t *out)
 {
-    if (value_bytes != 4 && value_bytes != 8)
-        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
-    if (format != SCALEML_CAST_FP16 && format != SCALEML_CAST_BF16)
-        return scaleml_fail(SCALEML_ERR_ARG, "unknown cast format %d", format);
     uint32_t bad = 0;
     if (value_bytes == 4) {
         const uint32_t *xb = x;
@@ -140,6 +141,26 @@ int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, 
     } else {
         const double *xd = x;
         for (uint64_t i = 0; i < n; i++) out[i] = cast_encode_f64(xd[i], format, &bad);
+    }
+    return bad;
+}
+
+int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, uint16_t *out)
+{
+    if (value_bytes != 4 && value_bytes != 8)
+        return scaleml_fail(SCALEML_ERR_ARG, "value_bytes must be 4 or 8, got %d", value_bytes);
+    if (format != SCALEML_CAST_FP16 && format != SCALEML_CAST_BF16)
+        return scaleml_fail(SCALEML_ERR_ARG, "unknown cast format %d", format);
+    uint64_t units = (n + CAST_UNIT - 1) / CAST_UNIT;
+    int threads = threads_for(n, units);
+    uint32_t bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: bad) if (threads > 1)
+    for (int t = 0; t < threads; t++) {
+        uint64_t lo, hi;
+        threads_split(units, threads, t, &lo, &hi);
+        lo *= CAST_UNIT;
+        hi = hi * CAST_UNIT < n ? hi * CAST_UNIT : n;
+        bad |= encode_values((const char *)x + lo * (uint64_t)value_bytes, value_bytes, hi - lo, format, out + lo);
     }
     if (bad)
         return scaleml_fail(SCALEML_ERR_ARG, "%s cast: NaN, Inf or a value beyond the format's range in the input",
@@ -184,7 +205,18 @@ int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, i
 {
     int rc = decode_args(format, value_bytes);
     if (rc) return rc;
-    if (decode_values(in, n, format, out, value_bytes))
+    uint64_t units = (n + CAST_UNIT - 1) / CAST_UNIT;
+    int threads = threads_for(n, units);
+    uint32_t bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: bad) if (threads > 1)
+    for (int t = 0; t < threads; t++) {
+        uint64_t lo, hi;
+        threads_split(units, threads, t, &lo, &hi);
+        lo *= CAST_UNIT;
+        hi = hi * CAST_UNIT < n ? hi * CAST_UNIT : n;
+        bad |= decode_values(in + lo, hi - lo, format, (char *)out + lo * (uint64_t)value_bytes, value_bytes);
+    }
+    if (bad)
         return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
     return SCALEML_OK;
 }
@@ -192,10 +224,9 @@ int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, i
 /* Values decoded per chunk of decode-and-add (on the stack, in cache). */
 #define CAST_ADD_CHUNK 1024
 
-int scaleml_cast_decode_add(const uint16_t *in, uint64_t n, int format, void *acc, int value_bytes)
+/* acc[0 .. n) += decoded in[0 .. n), a chunk at a time; 1 when an Inf/NaN pattern was seen. */
+static uint32_t decode_add_values(const uint16_t *in, uint64_t n, int format, void *acc, int value_bytes)
 {
-    int rc = decode_args(format, value_bytes);
-    if (rc) return rc;
     uint32_t bad = 0;
     float chunk32[CAST_ADD_CHUNK];
     double chunk64[CAST_ADD_CHUNK];
@@ -210,6 +241,24 @@ int scaleml_cast_decode_add(const uint16_t *in, uint64_t n, int format, void *ac
             double *a = (double *)acc + start;
             for (uint64_t i = 0; i < len; i++) a[i] += chunk64[i]; /* chunk64[i] = (double)decoded: cast_add_f64 */
         }
+    }
+    return bad;
+}
+
+int scaleml_cast_decode_add(const uint16_t *in, uint64_t n, int format, void *acc, int value_bytes)
+{
+    int rc = decode_args(format, value_bytes);
+    if (rc) return rc;
+    uint64_t units = (n + CAST_UNIT - 1) / CAST_UNIT;
+    int threads = threads_for(n, units);
+    uint32_t bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: bad) if (threads > 1)
+    for (int t = 0; t < threads; t++) {
+        uint64_t lo, hi;
+        threads_split(units, threads, t, &lo, &hi);
+        lo *= CAST_UNIT;
+        hi = hi * CAST_UNIT < n ? hi * CAST_UNIT : n;
+        bad |= decode_add_values(in + lo, hi - lo, format, (char *)acc + lo * (uint64_t)value_bytes, value_bytes);
     }
     if (bad) return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
     return SCALEML_OK;

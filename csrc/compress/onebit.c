@@ -27,6 +27,7 @@
 #include "core/bitstream.h"
 #include "core/counter_rng.h"
 #include "core/errors.h"
+#include "core/threads.h"
 
 size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket)
 {
@@ -82,6 +83,21 @@ size_t scaleml_onebit_bytes(uint64_t n, uint64_t bucket)
                 for (unsigned j = 0; j < 32; j++) res[32 * k + j] = onebit_residual_##SUFFIX(x[j], vp, vn); \
         }                                                                                     \
     }
+
+/* Buckets per unit of threaded work: the fewest whose sign bits fill whole
+ * bytes, so that every thread's part of the bit stream starts on a byte. */
+static uint64_t unit_buckets(uint64_t bucket)
+{
+    uint64_t g = 1;
+    while ((g * bucket) % 8) g++;
+    return g;
+}
+
+/* One past the last element of the buckets before bucket b_hi. */
+static inline uint64_t onebit_range_end(uint64_t n, uint64_t bucket, uint64_t b_hi)
+{
+    return b_hi * bucket < n ? b_hi * bucket : n;
+}
 
 /* Largest bucket whose sum x + addend the fused encoder keeps on the stack. */
 #define ONEBIT_SUM_BUCKET 4096
@@ -150,13 +166,14 @@ static inline int stats_f64_dispatch(const double *v, uint64_t len, double *sum_
 
 #define ONEBIT_DEFINE(SUFFIX, VT, VT_MAX)                                                    \
     static int encode_##SUFFIX(const VT *x, const VT *addend, uint64_t n, uint64_t bucket,   \
-                               uint8_t *out, VT *residual)                                   \
+                               uint8_t *out, VT *residual, uint64_t b_lo, uint64_t b_hi)     \
     {                                                                                        \
         uint64_t nb = onebit_bucket_count(n, bucket);                                             \
         VT sum[ONEBIT_SUM_BUCKET];                                                           \
-        bitwriter w;                                                                         \
-        bw_init(&w, out + nb * 8, (n + 7) / 8);                                              \
-        for (uint64_t b = 0; b < nb; b++) {                                                  \
+        bitwriter w; /* buckets [b_lo, b_hi): b_lo * bucket is a multiple of 8 */           \
+        uint64_t first = b_lo * bucket / 8, last = (onebit_range_end(n, bucket, b_hi) + 7) / 8; \
+        bw_init(&w, out + nb * 8 + first, last - first);                                     \
+        for (uint64_t b = b_lo; b < b_hi; b++) {                                             \
             const VT *v = x + b * bucket;                                                    \
             uint64_t len = onebit_bucket_len(n, bucket, b);                \
             if (addend) { /* y = x + addend, in cache (residual may be addend) */            \
@@ -184,16 +201,17 @@ static inline int stats_f64_dispatch(const double *v, uint64_t len, double *sum_
                 bw_put(&w, onebit_sign_##SUFFIX(v[i]), 1);                       \
             }                                                                    \
         }                                                                        \
-        bw_finish(&w, out + nb * 8);                                                         \
+        bw_finish(&w, out + nb * 8 + first);                                                 \
         return 0;                                                                            \
     }                                                                                        \
     static void decode_##SUFFIX(const uint8_t *buf, uint64_t n, uint64_t bucket, VT *out,    \
-                                int add)                                                     \
+                                int add, uint64_t b_lo, uint64_t b_hi)                       \
     {                                                                                        \
         uint64_t nb = onebit_bucket_count(n, bucket);                                             \
         bitreader r;                                                                         \
-        br_init(&r, buf + nb * 8, (n + 7) / 8);                                              \
-        for (uint64_t b = 0; b < nb; b++) {                                                  \
+        uint64_t first = b_lo * bucket / 8, last = (onebit_range_end(n, bucket, b_hi) + 7) / 8; \
+        br_init(&r, buf + nb * 8 + first, last - first);                                     \
+        for (uint64_t b = b_lo; b < b_hi; b++) {                                             \
             uint64_t len = onebit_bucket_len(n, bucket, b);                \
             float rp, rn;                                                                    \
             onebit_load_means(buf + b * 8, &rp, &rn);                                        \
@@ -222,13 +240,14 @@ ONEBIT_DEFINE(f64, double, DBL_MAX)
  * the broadcast bits against per-lane masks and a blend (no branches, no
  * table); the same values as the portable loop. */
 __attribute__((target("avx2"))) static void decode_f32_avx2(const uint8_t *buf, uint64_t n, uint64_t bucket,
-                                                             float *out, int add)
+                                                             float *out, int add, uint64_t b_lo, uint64_t b_hi)
 {
     uint64_t nb = onebit_bucket_count(n, bucket);
     bitreader r;
-    br_init(&r, buf + nb * 8, (n + 7) / 8);
+    uint64_t first = b_lo * bucket / 8, last = (onebit_range_end(n, bucket, b_hi) + 7) / 8;
+    br_init(&r, buf + nb * 8 + first, last - first);
     const __m256i lanebits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    for (uint64_t b = 0; b < nb; b++) {
+    for (uint64_t b = b_lo; b < b_hi; b++) {
         uint64_t len = onebit_bucket_len(n, bucket, b);
         float rp, rn;
         onebit_load_means(buf + b * 8, &rp, &rn);
@@ -278,8 +297,22 @@ static int encode_checked(const void *x, const void *addend, int value_bytes, ui
     if (cap < scaleml_onebit_bytes(n, bucket))
         return scaleml_fail(SCALEML_ERR_TOO_LARGE, "1-bit: output capacity %zu bytes is too small", cap);
     if (n == 0) return SCALEML_OK;
-    int rc = value_bytes == 4 ? encode_f32(x, addend, n, bucket, out, residual)
-                              : encode_f64(x, addend, n, bucket, out, residual);
+    uint64_t nb = onebit_bucket_count(n, bucket), unit = unit_buckets(bucket), units = (nb + unit - 1) / unit;
+    int threads = threads_for(n, units);
+    int status[threads];
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
+    for (int t = 0; t < threads; t++) {
+        uint64_t lo, hi;
+        threads_split(units, threads, t, &lo, &hi);
+        lo *= unit;
+        hi = hi * unit < nb ? hi * unit : nb;
+        status[t] = value_bytes == 4 ? encode_f32(x, addend, n, bucket, out, residual, lo, hi)
+                                     : encode_f64(x, addend, n, bucket, out, residual, lo, hi);
+    }
+    /* the first failing part holds the first failing bucket (the single thread's error; the output and
+     * the residual are then unspecified, as they were) */
+    int rc = 0;
+    for (int t = 0; t < threads && !rc; t++) rc = status[t];
     if (rc == -1) return scaleml_fail(SCALEML_ERR_ARG, "1-bit: non-finite value (NaN or Inf) in the input");
     if (rc == -2) return scaleml_fail(SCALEML_ERR_ARG, "1-bit: bucket mean exceeds the float32 range");
     return SCALEML_OK;
@@ -317,13 +350,22 @@ static int decode_checked(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t
             return scaleml_fail(SCALEML_ERR_MALFORMED, "1-bit payload: invalid reconstruction values in bucket %llu",
                            (unsigned long long)b);
     }
+    uint64_t unit = unit_buckets(bucket), units = (nb + unit - 1) / unit;
+    int threads = threads_for(n, units);
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
+    for (int t = 0; t < threads; t++) {
+        uint64_t lo, hi;
+        threads_split(units, threads, t, &lo, &hi);
+        lo *= unit;
+        hi = hi * unit < nb ? hi * unit : nb;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (value_bytes == 4 && scaleml_cpu_avx2()) {
-        decode_f32_avx2(buf, n, bucket, out, add);
-        return SCALEML_OK;
-    }
+        if (value_bytes == 4 && scaleml_cpu_avx2()) {
+            decode_f32_avx2(buf, n, bucket, out, add, lo, hi);
+            continue;
+        }
 #endif
-    if (value_bytes == 4) decode_f32(buf, n, bucket, out, add);
-    else decode_f64(buf, n, bucket, out, add);
+        if (value_bytes == 4) decode_f32(buf, n, bucket, out, add, lo, hi);
+        else decode_f64(buf, n, bucket, out, add, lo, hi);
+    }
     return SCALEML_OK;
 }

@@ -45,6 +45,7 @@
 #include "core/bitstream.h"
 #include "core/counter_rng.h"
 #include "core/errors.h"
+#include "core/threads.h"
 
 #define QSGD_MAX_BUCKET (UINT64_C(1) << 31)
 
@@ -312,54 +313,48 @@ static uint32_t qsgd_codes_f64(const double *v, uint32_t len, double scale, int3
 QSGD_DEFINE_BUCKET(f32, float, float)
 QSGD_DEFINE_BUCKET(f64, double, double)
 
-int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bits, uint64_t bucket,
-                        int norm, int format, uint64_t key, uint8_t *out, size_t cap, size_t *written)
+/* What every bucket of one encode call shares. */
+typedef struct {
+    const void *x;
+    int value_bytes;
+    uint64_t n, bucket, key;
+    uint32_t bits, s;
+    int norm, format, fast;
+    int32_t sign_shift;
+    const uint32_t *om_field;
+    const uint8_t *om_len;
+} qsgd_encoder;
+
+/* Encode the buckets of elements [lo, hi) (lo on a bucket boundary) as a stream
+ * of its own into out[0 .. cap): the whole vector at one thread, or one
+ * thread's part of the fixed format, which starts on a byte boundary. Returns
+ * 0, -1 (non-finite value), -2 (norm beyond float32), -3 (out of memory);
+ * *written: the bytes written; *overflow: the stream did not fit. */
+static int encode_range(const qsgd_encoder *e, uint64_t lo, uint64_t hi, uint8_t *out, size_t cap,
+                        size_t *written, int *overflow)
 {
-    int rc = qsgd_check_args(bits, bucket, format, value_bytes);
-    if (rc) return rc;
-    if (norm != SCALEML_NORM_L2 && norm != SCALEML_NORM_MAX)
-        return scaleml_fail(SCALEML_ERR_ARG, "unknown QSGD norm %d", norm);
-    *written = 0;
-    if (n == 0) return SCALEML_OK;
-    uint32_t s = (UINT32_C(1) << bits) - 1;
-    uint64_t maxlen = bucket < n ? bucket : n;
+    const uint64_t bucket = e->bucket;
+    const uint32_t bits = e->bits;
+    uint64_t maxlen = bucket < hi - lo ? bucket : hi - lo;
     uint16_t *codes = malloc(maxlen * sizeof *codes);
-    if (!codes) return scaleml_fail(SCALEML_ERR_NOMEM, "QSGD: out of memory for %llu codes", (unsigned long long)maxlen);
+    if (!codes) return -3;
     bitwriter w;
     bw_init(&w, out, cap);
-    const int fast = format == SCALEML_QSGD_FIXED && bucket % 8 == 0;
-    /* fixed format: codes are the wire fields (level | sign << bits); Elias: sign at bit 8 */
-    const int32_t sign_shift = format == SCALEML_QSGD_FIXED ? (int32_t)bits : 8;
-    /* Elias omega codes of 1..1023 as single fields (gaps within small buckets, levels) */
-    uint32_t om_field[1024];
-    uint8_t om_len[1024];
-    if (format == SCALEML_QSGD_ELIAS)
-        for (unsigned v = 1; v < 1024; v++) {
-            unsigned l;
-            elias_omega_field(v, &om_field[v], &l);
-            om_len[v] = (uint8_t)l;
-        }
     uint8_t *p = out, *end = out + cap;
-    if (fast && cap < scaleml_qsgd_max_bytes(n, bits, bucket, format)) {
-        free(codes);
-        *written = scaleml_qsgd_max_bytes(n, bits, bucket, format);
-        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
-    }
-    for (uint64_t start = 0; start < n; start += bucket) {
-        uint64_t len = n - start < bucket ? n - start : bucket;
+    int rc = 0;
+    for (uint64_t start = lo; start < hi; start += bucket) {
+        uint64_t len = hi - start < bucket ? hi - start : bucket;
         float nf;
         uint64_t nnz;
-        int bad = value_bytes == 4
-                      ? bucket_codes_f32((const float *)x + start, len, start, norm, sign_shift, s, key, codes, &nf, &nnz)
-                      : bucket_codes_f64((const double *)x + start, len, start, norm, sign_shift, s, key, codes, &nf, &nnz);
-        if (bad) {
-            free(codes);
-            return bad == -1 ? scaleml_fail(SCALEML_ERR_ARG, "QSGD: non-finite value (NaN or Inf) in the input")
-                             : scaleml_fail(SCALEML_ERR_ARG, "QSGD: bucket norm exceeds the float32 range");
-        }
+        rc = e->value_bytes == 4
+                 ? bucket_codes_f32((const float *)e->x + start, len, start, e->norm, e->sign_shift, e->s, e->key,
+                                    codes, &nf, &nnz)
+                 : bucket_codes_f64((const double *)e->x + start, len, start, e->norm, e->sign_shift, e->s, e->key,
+                                    codes, &nf, &nnz);
+        if (rc) break;
         uint32_t nbits;
         memcpy(&nbits, &nf, 4);
-        if (fast) {
+        if (e->fast) {
             memcpy(p, &nbits, 4);
             p += 4;
             uint64_t i = 0;
@@ -374,9 +369,11 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
             continue;
         }
         bw_put(&w, nbits, 32);
-        if (format == SCALEML_QSGD_FIXED) {
+        if (e->format == SCALEML_QSGD_FIXED) {
             for (uint64_t i = 0; i < len; i++) bw_put(&w, codes[i], bits + 1);
         } else {
+            const uint32_t *om_field = e->om_field;
+            const uint8_t *om_len = e->om_len;
             elias_omega_put(&w, nnz + 1);
             uint64_t prev = (uint64_t)-1;
             if (nnz) {
@@ -408,13 +405,99 @@ int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bit
         if (w.overflow) break;
     }
     free(codes);
-    if (fast) {
+    if (e->fast) {
         *written = (size_t)(p - out);
-        return SCALEML_OK;
+        *overflow = 0;
+    } else {
+        *written = bw_finish(&w, out);
+        *overflow = w.overflow;
     }
-    size_t bytes = bw_finish(&w, out);
-    if (w.overflow) {
-        *written = scaleml_qsgd_max_bytes(n, bits, bucket, format);
+    return rc;
+}
+
+/* Buckets per unit of work of the threaded fixed format: the fewest whose bits
+ * fill whole bytes, so that every thread's part starts on a byte. */
+static uint64_t fixed_unit_buckets(uint64_t bucket, uint32_t bits)
+{
+    uint64_t g = 1;
+    while ((g * (32 + bucket * (bits + 1))) % 8) g++;
+    return g;
+}
+
+/* The fixed format over threads (cap already checked): thread p encodes buckets
+ * [lo, hi) of units at the byte offset where they start. Returns as encode_range. */
+static int encode_fixed_threads(const qsgd_encoder *e, int threads, uint8_t *out, size_t cap)
+{
+    uint64_t g = fixed_unit_buckets(e->bucket, e->bits);
+    uint64_t unit = g * e->bucket, units = (e->n + unit - 1) / unit;
+    uint64_t unit_bytes = g * (32 + e->bucket * (e->bits + 1)) / 8;
+    int status[threads];
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++) {
+        uint64_t ulo, uhi;
+        threads_split(units, threads, t, &ulo, &uhi);
+        uint64_t lo = ulo * unit, hi = uhi * unit < e->n ? uhi * unit : e->n;
+        size_t offset = (size_t)(ulo * unit_bytes);
+        size_t room = t == threads - 1 ? cap - offset : (size_t)((uhi - ulo) * unit_bytes);
+        size_t written;
+        int overflow;
+        status[t] = encode_range(e, lo, hi, out + offset, room, &written, &overflow);
+    }
+    /* the first failing part holds the first failing bucket: the single thread's error */
+    for (int t = 0; t < threads; t++)
+        if (status[t]) return status[t];
+    return 0;
+}
+
+int scaleml_qsgd_encode(const void *x, int value_bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                        int norm, int format, uint64_t key, uint8_t *out, size_t cap, size_t *written)
+{
+    int rc = qsgd_check_args(bits, bucket, format, value_bytes);
+    if (rc) return rc;
+    if (norm != SCALEML_NORM_L2 && norm != SCALEML_NORM_MAX)
+        return scaleml_fail(SCALEML_ERR_ARG, "unknown QSGD norm %d", norm);
+    *written = 0;
+    if (n == 0) return SCALEML_OK;
+    /* Elias omega codes of 1..1023 as single fields (gaps within small buckets, levels) */
+    uint32_t om_field[1024];
+    uint8_t om_len[1024];
+    qsgd_encoder e = {
+        .x = x, .value_bytes = value_bytes, .n = n, .bucket = bucket, .key = key, .bits = bits,
+        .s = (UINT32_C(1) << bits) - 1, .norm = norm, .format = format,
+        .fast = format == SCALEML_QSGD_FIXED && bucket % 8 == 0,
+        /* fixed format: codes are the wire fields (level | sign << bits); Elias: sign at bit 8 */
+        .sign_shift = format == SCALEML_QSGD_FIXED ? (int32_t)bits : 8,
+        .om_field = om_field, .om_len = om_len,
+    };
+    if (format == SCALEML_QSGD_ELIAS)
+        for (unsigned v = 1; v < 1024; v++) {
+            unsigned l;
+            elias_omega_field(v, &om_field[v], &l);
+            om_len[v] = (uint8_t)l;
+        }
+    size_t need = scaleml_qsgd_max_bytes(n, bits, bucket, format);
+    if (e.fast && cap < need) {
+        *written = need;
+        return scaleml_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
+    }
+    size_t bytes = 0;
+    int overflow = 0;
+    /* the Elias stream is sequential: one thread */
+    int threads = format == SCALEML_QSGD_FIXED && cap >= need
+                      ? threads_for(n, (n + bucket - 1) / bucket / fixed_unit_buckets(bucket, bits)) : threads_for(0, 1);
+    if (threads > 1) {
+        rc = encode_fixed_threads(&e, threads, out, cap);
+        bytes = need;
+    } else {
+        rc = encode_range(&e, 0, n, out, cap, &bytes, &overflow);
+    }
+    if (rc == -3) return scaleml_fail(SCALEML_ERR_NOMEM, "QSGD: out of memory for %llu codes",
+                                      (unsigned long long)(bucket < n ? bucket : n));
+    if (rc)
+        return rc == -1 ? scaleml_fail(SCALEML_ERR_ARG, "QSGD: non-finite value (NaN or Inf) in the input")
+                        : scaleml_fail(SCALEML_ERR_ARG, "QSGD: bucket norm exceeds the float32 range");
+    if (overflow) {
+        *written = need;
         return scaleml_fail(SCALEML_ERR_TOO_LARGE, "QSGD: output capacity %zu bytes is too small", cap);
     }
     *written = bytes;
@@ -507,6 +590,36 @@ static int decode_fixed(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
     return SCALEML_OK;
 }
 
+/* decode_fixed over threads: every norm is checked first (so a malformed payload
+ * fails as at one thread, with nothing written), then each thread decodes the
+ * buckets of its part from the byte where they start. */
+static int decode_fixed_threaded(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                                 void *out, int value_bytes, int accumulate)
+{
+    uint64_t buckets = (n + bucket - 1) / bucket;
+    int threads = threads_for(n, buckets);
+    if (threads == 1) return decode_fixed(buf, bytes, n, bits, bucket, out, value_bytes, accumulate);
+    uint64_t bucket_bytes = 4 + bucket / 8 * (bits + 1);
+    for (uint64_t b = 0; b < buckets; b++) {
+        float nf;
+        memcpy(&nf, buf + b * bucket_bytes, 4);
+        if (!qsgd_norm_valid(nf))
+            return decode_fixed(buf, bytes, n, bits, bucket, out, value_bytes, accumulate);
+    }
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++) {
+        uint64_t blo, bhi;
+        threads_split(buckets, threads, t, &blo, &bhi);
+        uint64_t lo = blo * bucket, hi = bhi * bucket < n ? bhi * bucket : n;
+        size_t offset = (size_t)(blo * bucket_bytes);
+        size_t part = t == threads - 1 ? bytes - offset : (size_t)((bhi - blo) * bucket_bytes);
+        /* cannot fail: the norms are valid and the size was checked */
+        (void)decode_fixed(buf + offset, part, hi - lo, bits, bucket, (char *)out + lo * (uint64_t)value_bytes,
+                           value_bytes, accumulate);
+    }
+    return SCALEML_OK;
+}
+
 int scaleml_qsgd_decode_add(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
                             void *acc, int value_bytes)
 {
@@ -516,7 +629,56 @@ int scaleml_qsgd_decode_add(const uint8_t *buf, size_t bytes, uint64_t n, uint32
         return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
                             scaleml_qsgd_max_bytes(n, bits, bucket, SCALEML_QSGD_FIXED));
     if (bucket % 8) return SCALEML_ERR_ARG;  /* the caller decodes and adds in two passes */
-    return decode_fixed(buf, bytes, n, bits, bucket, acc, value_bytes, 1);
+    return decode_fixed_threaded(buf, bytes, n, bits, bucket, acc, value_bytes, 1);
+}
+
+/* The bit-serial fixed format (any bucket) of elements [lo, hi) from the stream
+ * buf[0 .. bytes) where bucket lo / bucket starts; 0, or -1 on an invalid norm
+ * or a short stream (no message: the caller decodes again at one thread). */
+static int decode_fixed_serial(const uint8_t *buf, size_t bytes, uint64_t lo, uint64_t hi, uint32_t bits,
+                               uint64_t bucket, void *out, int value_bytes)
+{
+    uint32_t s = (UINT32_C(1) << bits) - 1;
+    bitreader r;
+    br_init(&r, buf, bytes);
+    for (uint64_t start = lo; start < hi; start += bucket) {
+        uint64_t len = hi - start < bucket ? hi - start : bucket;
+        uint32_t nb = (uint32_t)br_get(&r, 32);
+        float nf;
+        memcpy(&nf, &nb, 4);
+        if (r.err || !qsgd_norm_valid(nf)) return -1;
+        double unit = qsgd_unit(nf, s);
+        if (value_bytes == 4) {
+            float *o = (float *)out + start;
+            for (uint64_t i = 0; i < len; i++) o[i] = qsgd_value_f32(unit, (uint32_t)br_get(&r, bits + 1), bits);
+        } else {
+            double *o = (double *)out + start;
+            for (uint64_t i = 0; i < len; i++) o[i] = qsgd_value_f64(unit, (uint32_t)br_get(&r, bits + 1), bits);
+        }
+        if (r.err) return -1;
+    }
+    return 0;
+}
+
+/* decode_fixed_serial over threads: each part (whole units of fixed_unit_buckets,
+ * which start on a byte) from its own reader; 0, or -1 when a part failed. */
+static int decode_fixed_serial_threaded(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
+                                        void *out, int value_bytes, int threads)
+{
+    uint64_t g = fixed_unit_buckets(bucket, bits);
+    uint64_t unit = g * bucket, units = (n + unit - 1) / unit;
+    uint64_t unit_bytes = g * (32 + bucket * (bits + 1)) / 8;
+    int failed = 0;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: failed)
+    for (int t = 0; t < threads; t++) {
+        uint64_t ulo, uhi;
+        threads_split(units, threads, t, &ulo, &uhi);
+        uint64_t lo = ulo * unit, hi = uhi * unit < n ? uhi * unit : n;
+        size_t offset = (size_t)(ulo * unit_bytes);
+        size_t part = t == threads - 1 ? bytes - offset : (size_t)((uhi - ulo) * unit_bytes);
+        failed |= decode_fixed_serial(buf + offset, part, lo, hi, bits, bucket, out, value_bytes) != 0;
+    }
+    return failed ? -1 : 0;
 }
 
 int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t bits, uint64_t bucket,
@@ -528,7 +690,17 @@ int scaleml_qsgd_decode(const uint8_t *buf, size_t bytes, uint64_t n, uint32_t b
     if (format == SCALEML_QSGD_FIXED && bytes != scaleml_qsgd_max_bytes(n, bits, bucket, format))
         return scaleml_fail(SCALEML_ERR_MALFORMED, "QSGD payload has %zu bytes, expected %zu", bytes,
                        scaleml_qsgd_max_bytes(n, bits, bucket, format));
-    if (format == SCALEML_QSGD_FIXED && bucket % 8 == 0) return decode_fixed(buf, bytes, n, bits, bucket, out, value_bytes, 0);
+    if (format == SCALEML_QSGD_FIXED && bucket % 8 == 0)
+        return decode_fixed_threaded(buf, bytes, n, bits, bucket, out, value_bytes, 0);
+    if (format == SCALEML_QSGD_FIXED) {
+        /* over threads when it splits; any failure is reported by the one-thread pass below */
+        uint64_t g = fixed_unit_buckets(bucket, bits), units = (n + g * bucket - 1) / (g * bucket);
+        int threads = threads_for(n, units);
+        if (threads > 1 && decode_fixed_serial_threaded(buf, bytes, n, bits, bucket, out, value_bytes, threads) == 0)
+            return SCALEML_OK;
+    } else {
+        (void)threads_for(0, 1); /* the Elias stream is sequential: one thread */
+    }
     bitreader r;
     br_init(&r, buf, bytes);
     for (uint64_t start = 0; start < n; start += bucket) {

@@ -38,6 +38,7 @@
 #include "core/counter_rng.h"
 #include "compress/select.h"
 #include "core/errors.h"
+#include "core/threads.h"
 
 SELECT_DEFINE(u32, uint32_t)
 SELECT_DEFINE(u64, uint64_t)
@@ -67,6 +68,26 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         }                                                                                     \
         return bad != 0;                                                                      \
     }                                                                                         \
+    /* The histogram over threads: one per thread, summed (counts: the same at any split); \
+     * 1 on NaN/Inf, -1 out of memory. */                                                      \
+    static int histogram_threaded_##SUFFIX(const VT *x, uint64_t n, uint64_t *hist)           \
+    {                                                                                         \
+        int threads = threads_for(n, n);                                                      \
+        if (threads == 1) return histogram_##SUFFIX(x, n, hist);                              \
+        uint64_t *part = calloc((size_t)(threads - 1) * 65536, sizeof *part);                 \
+        if (!part) return -1;                                                                 \
+        int bad = 0;                                                                          \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1) reduction(|: bad)") \
+        for (int t = 0; t < threads; t++) {                                                   \
+            uint64_t lo, hi;                                                                  \
+            threads_split(n, threads, t, &lo, &hi);                                           \
+            bad |= histogram_##SUFFIX(x + lo, hi - lo, t ? part + (size_t)(t - 1) * 65536 : hist); \
+        }                                                                                     \
+        for (int t = 1; t < threads; t++)                                                     \
+            for (size_t b = 0; b < 65536; b++) hist[b] += part[(size_t)(t - 1) * 65536 + b];   \
+        free(part);                                                                           \
+        return bad;                                                                           \
+    }                                                                                         \
     /* Threshold key and how many entries equal to it to take (UINT64_MAX = all). */          \
     static int threshold_##SUFFIX(const VT *x, uint64_t n, uint64_t k, int approximate,       \
                                   uint64_t sample, uint64_t key, KT *thr, uint64_t *take_eq,  \
@@ -78,7 +99,8 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
              * only. Two streaming passes plus a small selection: O(n). */         \
             uint64_t *hist = calloc(65536, sizeof *hist);                                     \
             if (!hist) return SCALEML_ERR_NOMEM;                                              \
-            if (histogram_##SUFFIX(x, n, hist)) { free(hist); return SCALEML_ERR_ARG; }       \
+            int hbad = histogram_threaded_##SUFFIX(x, n, hist);                               \
+            if (hbad) { free(hist); return hbad < 0 ? SCALEML_ERR_NOMEM : SCALEML_ERR_ARG; }  \
             uint64_t above;                                                                   \
             unsigned bin = arith_topk_pick_bin(hist, 65535, k, &above);                       \
             uint64_t m = hist[bin];                                                           \
@@ -114,6 +136,8 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         free(a);                                                                              \
         uint64_t c = 0;                                                                       \
         KT bad = 0;                                                                           \
+        int threads = threads_for(n, n);                                                      \
+        _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(+: c) reduction(|: bad) if (threads > 1)") \
         for (uint64_t i = 0; i < n; i++) {                                                    \
             KT m = key_##SUFFIX(x[i]);                                                        \
             bad |= (KT)arith_topk_bad##W(m);                                                  \
@@ -125,11 +149,12 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         *count = c;                                                                           \
         return SCALEML_OK;                                                                    \
     }                                                                                         \
-    static void emit_##SUFFIX(const VT *x, uint64_t n, KT t, uint64_t take_eq, uint32_t *idx, \
-                              VT *val, VT *residual)                                          \
+    /* The final pass over entries [lo, hi), c0 entries sent and eq0 equal to t before lo. */ \
+    static void emit_##SUFFIX(const VT *x, uint64_t lo, uint64_t hi, KT t, uint64_t take_eq,  \
+                              uint32_t *idx, VT *val, VT *residual, uint64_t c0, uint64_t eq0) \
     {                                                                                         \
-        uint64_t c = 0, eq_before = 0;                                                        \
-        for (uint64_t i = 0; i < n; i++) {                                                    \
+        uint64_t c = c0, eq_before = eq0;                                                     \
+        for (uint64_t i = lo; i < hi; i++) {                                                  \
             KT m = key_##SUFFIX(x[i]);                                                        \
             int send = arith_topk_send##W(m, t, eq_before, take_eq);                          \
             eq_before += m == t;                                                              \
@@ -143,8 +168,41 @@ size_t scaleml_topk_bytes(uint64_t count, int value_bytes)
         }                                                                                     \
     }
 
+/* The final pass over threads: each part counts its keys above t and equal to t,
+ * which give the slot and the equal keys before every part; then each part
+ * emits from there (the same entries, slots and tie rule as one pass). */
+#define TOPK_DEFINE_EMIT_THREADED(SUFFIX, VT, KT)                                             \
+    static void emit_threaded_##SUFFIX(const VT *x, uint64_t n, KT t, uint64_t take_eq,       \
+                                       uint32_t *idx, VT *val, VT *residual)                  \
+    {                                                                                         \
+        int threads = threads_for(n, n);                                                      \
+        if (threads == 1) { emit_##SUFFIX(x, 0, n, t, take_eq, idx, val, residual, 0, 0); return; } \
+        uint64_t above[threads], equal[threads];                                              \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1)")                  \
+        for (int p = 0; p < threads; p++) {                                                   \
+            uint64_t lo, hi, gt = 0, eq = 0;                                                  \
+            threads_split(n, threads, p, &lo, &hi);                                           \
+            for (uint64_t i = lo; i < hi; i++) {                                              \
+                KT m = key_##SUFFIX(x[i]);                                                    \
+                gt += m > t;                                                                  \
+                eq += m == t;                                                                 \
+            }                                                                                 \
+            above[p] = gt;                                                                    \
+            equal[p] = eq;                                                                    \
+        }                                                                                     \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1)")                  \
+        for (int p = 0; p < threads; p++) {                                                   \
+            uint64_t lo, hi, gt = 0, eq = 0;                                                  \
+            threads_split(n, threads, p, &lo, &hi);                                           \
+            for (int q = 0; q < p; q++) { gt += above[q]; eq += equal[q]; }                   \
+            emit_##SUFFIX(x, lo, hi, t, take_eq, idx, val, residual, gt + (eq < take_eq ? eq : take_eq), eq); \
+        }                                                                                     \
+    }
+
 TOPK_DEFINE(f32, float, uint32_t, u32, 32, 15)
 TOPK_DEFINE(f64, double, uint64_t, u64, 64, 47)
+TOPK_DEFINE_EMIT_THREADED(f32, float, uint32_t)
+TOPK_DEFINE_EMIT_THREADED(f64, double, uint64_t)
 
 /* Candidate path (both modes, large n): one streaming pass keeps the (index, key)
  * of every entry whose key is >= a cut t_lo taken from a random sample, then the
@@ -186,8 +244,9 @@ TOPK_DEFINE(f64, double, uint64_t, u64, 64, 47)
         KT *ck = malloc(ccap * sizeof *ck);                                                   \
         if (!ci || !ck) { free(ci); free(ck); return -SCALEML_ERR_NOMEM; }                    \
         int bad = 0;                                                                          \
-        uint64_t c = collect_##SUFFIX##_dispatch(x, n, tlo, ci, ck, ccap, &bad);              \
+        uint64_t c = collect_threaded_##SUFFIX(x, n, tlo, ci, ck, ccap, &bad);                \
         int rc = 0;                                                                           \
+        if (c == UINT64_MAX) { rc = -SCALEML_ERR_NOMEM; goto done; }                          \
         if (bad) { rc = -SCALEML_ERR_ARG; goto done; }                                        \
         if (c > ccap || (!approximate && c < k)) goto done; /* fall back */                   \
         KT t = tlo;                                                                           \
@@ -343,6 +402,52 @@ static uint64_t collect_f32_dispatch(const float *x, uint64_t n, uint32_t tlo, u
 #define collect_f32_dispatch collect_f32
 #endif
 
+/* The candidate filter over threads: thread 0 fills ci/ck, the others buffers of
+ * their own, appended in order (indices shifted to the whole vector): the same
+ * list and count as one pass, so the same fallback. UINT64_MAX: out of memory. */
+#define TOPK_DEFINE_COLLECT_THREADED(SUFFIX, VT, KT)                                          \
+    static uint64_t collect_threaded_##SUFFIX(const VT *x, uint64_t n, KT tlo, uint32_t *ci,  \
+                                              KT *ck, uint64_t ccap, int *bad_out)            \
+    {                                                                                         \
+        int threads = threads_for(n, n / 8);                                                  \
+        if (threads == 1) return collect_##SUFFIX##_dispatch(x, n, tlo, ci, ck, ccap, bad_out); \
+        uint64_t count[threads], start[threads];                                              \
+        int bad[threads];                                                                     \
+        uint32_t *pi[threads];                                                                \
+        KT *pk[threads];                                                                      \
+        int nomem = 0;                                                                        \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1) reduction(|: nomem)") \
+        for (int t = 0; t < threads; t++) {                                                   \
+            uint64_t lo, hi;                                                                  \
+            threads_split(n / 8, threads, t, &lo, &hi);                                       \
+            lo *= 8;                                                                          \
+            hi = t == threads - 1 ? n : hi * 8;                                               \
+            start[t] = lo;                                                                    \
+            pi[t] = t ? malloc(ccap * sizeof(uint32_t)) : ci;                                 \
+            pk[t] = t ? malloc(ccap * sizeof(KT)) : ck;                                       \
+            count[t] = 0;                                                                     \
+            bad[t] = 0;                                                                       \
+            if (!pi[t] || !pk[t]) nomem = 1;                                                  \
+            else count[t] = collect_##SUFFIX##_dispatch(x + lo, hi - lo, tlo, pi[t], pk[t], ccap, &bad[t]); \
+        }                                                                                     \
+        uint64_t c = count[0];                                                                \
+        *bad_out = bad[0];                                                                    \
+        for (int t = 1; t < threads; t++) {                                                   \
+            *bad_out |= bad[t];                                                               \
+            if (!nomem && c + count[t] <= ccap) {                                             \
+                for (uint64_t j = 0; j < count[t]; j++) ci[c + j] = pi[t][j] + (uint32_t)start[t]; \
+                memcpy(ck + c, pk[t], count[t] * sizeof(KT));                                 \
+            }                                                                                 \
+            c += count[t];                                                                    \
+            free(pi[t]);                                                                      \
+            free(pk[t]);                                                                      \
+        }                                                                                     \
+        return nomem ? UINT64_MAX : c;                                                        \
+    }
+
+TOPK_DEFINE_COLLECT_THREADED(f32, float, uint32_t)
+TOPK_DEFINE_COLLECT_THREADED(f64, double, uint64_t)
+
 TOPK_DEFINE_CANDIDATES(f32, float, uint32_t, u32, UINT32_C(0x7fffffff), 32)
 TOPK_DEFINE_CANDIDATES(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), 64)
 
@@ -393,8 +498,8 @@ int scaleml_topk_encode(const void *x, int value_bytes, uint64_t n, uint64_t k, 
         if (residual && residual != x && n) memcpy(residual, x, n * (size_t)value_bytes);
         return SCALEML_OK;
     }
-    if (value_bytes == 4) emit_f32(x, n, t32, take_eq, idx, val, residual);
-    else emit_f64(x, n, t64, take_eq, idx, val, residual);
+    if (value_bytes == 4) emit_threaded_f32(x, n, t32, take_eq, idx, val, residual);
+    else emit_threaded_f64(x, n, t64, take_eq, idx, val, residual);
     return SCALEML_OK;
 }
 

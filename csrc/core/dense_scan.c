@@ -16,6 +16,9 @@
 #include "arith/sparse.h" /* the non-zero and negative-zero tests */
 #include "core/counter_rng.h" /* SCALEML_CLONES */
 #include "core/dense_scan.h"
+#include "core/threads.h"
+
+#include <omp.h>
 
 #define DEFINE_COUNT(VT, W)                                                                  \
     static uint64_t count_##VT(const VT *x, uint64_t n)                                      \
@@ -97,25 +100,90 @@ DEFINE_SCAN(f64_u32, double, uint32_t, f64)
 DEFINE_SCAN(f32_u64, float, uint64_t, f32)
 DEFINE_SCAN(f64_u64, double, uint64_t, f64)
 
-uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes)
+/* Counts over threads: each thread counts its part, the integer sums do not depend on the split. */
+static uint64_t count_part(const void *values, uint64_t n, int value_bytes)
 {
     return value_bytes == 4 ? count_float(values, n) : count_double(values, n);
 }
 
-uint64_t scaleml_count_nonzeros_signed(const void *values, uint64_t n, int value_bytes, uint64_t *negative_zeros)
+uint64_t scaleml_count_nonzeros(const void *values, uint64_t n, int value_bytes)
 {
-    return value_bytes == 4 ? count_signed_f32(values, n, negative_zeros)
-                            : count_signed_f64(values, n, negative_zeros);
+    int threads = threads_for(n, n);
+    if (threads == 1) return count_part(values, n, value_bytes);
+    uint64_t count = 0;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(+: count)
+    for (int t = 0; t < threads; t++) {
+        uint64_t lo, hi;
+        threads_split(n, threads, t, &lo, &hi);
+        count += count_part((const char *)values + lo * (uint64_t)value_bytes, hi - lo, value_bytes);
+    }
+    return count;
 }
 
-uint64_t dense_extract_nonzeros(const void *values, uint64_t n, uint64_t offset, int value_bytes,
-                                int index_bytes, void *indices, void *out_values, uint64_t capacity)
+uint64_t scaleml_count_nonzeros_signed(const void *values, uint64_t n, int value_bytes, uint64_t *negative_zeros)
+{
+    int threads = threads_for(n, n);
+    if (threads == 1)
+        return value_bytes == 4 ? count_signed_f32(values, n, negative_zeros)
+                                : count_signed_f64(values, n, negative_zeros);
+    uint64_t count = 0, negative = 0;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(+: count, negative)
+    for (int t = 0; t < threads; t++) {
+        uint64_t lo, hi, z;
+        threads_split(n, threads, t, &lo, &hi);
+        const unsigned char *part = (const unsigned char *)values + lo * (uint64_t)value_bytes;
+        count += value_bytes == 4 ? count_signed_f32(part, hi - lo, &z) : count_signed_f64(part, hi - lo, &z);
+        negative += z;
+    }
+    *negative_zeros = negative;
+    return count;
+}
+
+static uint64_t extract_part(const void *values, uint64_t n, uint64_t offset, int value_bytes, int index_bytes,
+                             void *indices, void *out_values, uint64_t capacity)
 {
     if (index_bytes == 4)
         return value_bytes == 4 ? extract_f32_u32(values, n, offset, indices, out_values, capacity)
                                 : extract_f64_u32(values, n, offset, indices, out_values, capacity);
     return value_bytes == 4 ? extract_f32_u64(values, n, offset, indices, out_values, capacity)
                             : extract_f64_u64(values, n, offset, indices, out_values, capacity);
+}
+
+/* Over threads: each thread counts the non-zeros of its part, then extracts them
+ * at the slot where its part starts, with exactly its room as capacity (the
+ * branch-free stores never cross into the next part); the same entries, in the
+ * same order, truncated at `capacity` as one pass truncates. */
+uint64_t dense_extract_nonzeros(const void *values, uint64_t n, uint64_t offset, int value_bytes,
+                                int index_bytes, void *indices, void *out_values, uint64_t capacity)
+{
+    int threads = threads_for(n, n);
+    if (threads == 1)
+        return extract_part(values, n, offset, value_bytes, index_bytes, indices, out_values, capacity);
+    uint64_t found[threads];
+    int parts = threads;
+#pragma omp parallel num_threads(threads)
+    {
+        /* split by the team the runtime gave (it may be smaller than asked) */
+        int t = omp_get_thread_num();
+#pragma omp single
+        parts = omp_get_num_threads();
+        uint64_t lo, hi;
+        threads_split(n, parts, t, &lo, &hi);
+        const char *part = (const char *)values + lo * (uint64_t)value_bytes;
+        found[t] = count_part(part, hi - lo, value_bytes);
+#pragma omp barrier
+        uint64_t slot = 0;
+        for (int u = 0; u < t; u++) slot += found[u];
+        if (slot < capacity) {
+            uint64_t room = capacity - slot < found[t] ? capacity - slot : found[t];
+            (void)extract_part(part, hi - lo, offset + lo, value_bytes, index_bytes,
+                               (char *)indices + slot * (uint64_t)index_bytes,
+                               (char *)out_values + slot * (uint64_t)value_bytes, room);
+        }
+    }
+    uint64_t total = 0;
+    for (int t = 0; t < parts; t++) total += found[t];
+    return total < capacity ? total : capacity;
 }
 
 uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes,

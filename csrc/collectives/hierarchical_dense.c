@@ -40,7 +40,8 @@
  * Cost (alpha, beta: inter-node; alpha_i, beta_i: intra-node, the
  * scaleml_cost_params' alpha_intra, beta_intra; at N = 1 the intra steps cost
  * alpha, beta as the flat algorithms on that node do), s = n/S:
- *   step 1: (L-1) alpha_i + max(n, (L-1) s) c_d beta_i + gamma (L-1) s 3 c_d
+ *   step 1: (L-1) alpha_i + max(max(n, (L-1) s) c_d beta_i, gamma (L-1) s 3 c_d): each arrived shard is
+ *           added while the later ones travel
  *   step 2: the ring's cost on s values over N ranks (2 (N-1) alpha times the
  *           chunks + 2 (N-1)/N s c_d beta, pipelined with its local work)
  *   step 3: (L-1) alpha_i + (L-1) s c_d beta_i
@@ -105,14 +106,19 @@ static int node_reduce_scatter(sa_context *c, const scaleml_topology *t, char *a
         *intra += c->bytes_sent - before;
         if (!rc) nsends++;
     }
-    if (!rc && nrecvs) rc = cu_waitall(nrecvs, recvs, NULL);
     if (!rc && mine_len) {
-        /* ((x_0 + x_1) + x_2) + ...: local rank 0's values start the sum, the own ones at their place */
+        /* ((x_0 + x_1) + x_2) + ...: local rank 0's values start the sum, the own ones at their place; each
+         * shard is added as soon as it arrived, in local rank order, while the later ones travel */
         char *acc = me == 0 ? all + mine_start * vb : received;
-        for (int i = 1; i < L; i++)
-            add_values(acc, i == me ? all + mine_start * vb : received + (size_t)(i < me ? i : i - 1) * shard_bytes,
-                       mine_len, c->value_bytes);
-        if (me != 0) memcpy(all + mine_start * vb, acc, shard_bytes);
+        if (me != 0) rc = cu_wait_exact(&recvs[0], shard_bytes);
+        for (int i = 1; i < L && !rc; i++) {
+            int slot = i < me ? i : i - 1;
+            if (i != me) rc = cu_wait_exact(&recvs[slot], shard_bytes);
+            if (!rc)
+                add_values(acc, i == me ? all + mine_start * vb : received + (size_t)slot * shard_bytes, mine_len,
+                           c->value_bytes);
+        }
+        if (!rc && me != 0) memcpy(all + mine_start * vb, acc, shard_bytes);
     }
     if (rc) qa_cancel(recvs, (uint64_t)nrecvs);
     if (nsends) {  /* the shards sent are overwritten in step 3 */
@@ -214,8 +220,8 @@ double hierarchical_dense_cost(const scaleml_cost_case *c, const scaleml_cost_pa
     /* one node: no boundary, its steps cost what the flat algorithms on that node are costed at */
     double alpha_i = N > 1 ? p->alpha_intra : p->alpha, beta_i = N > 1 ? p->beta_intra : p->beta;
     double sent1 = L > S ? n : (S - 1) * s, received1 = (L - 1) * s;
-    double time = (L - 1) * alpha_i + (sent1 > received1 ? sent1 : received1) * cd * beta_i +
-                  p->gamma * ((L - 1) * s * 3 * cd + 2 * n * cd);
+    double wire1 = (sent1 > received1 ? sent1 : received1) * cd * beta_i, adds = p->gamma * (L - 1) * s * 3 * cd;
+    double time = (L - 1) * alpha_i + (wire1 > adds ? wire1 : adds) + p->gamma * 2 * n * cd;
     if (N > 1) {
         scaleml_cost_case shard = *c;
         shard.n = (uint64_t)(s + 0.5);

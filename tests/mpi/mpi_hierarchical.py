@@ -121,7 +121,8 @@ def test_a_communicators_nodes_follow_its_argument():
 
 def test_auto_and_the_drop_in_pick_it_where_the_network_is_slow():
     """Network slow, shared memory free: the model (then the tuner) runs hierarchical_dense on several nodes
-    of several ranks; the result stays exact and the choice the same on every rank."""
+    of at least two ranks each (then 1/S of the data crosses per local rank); the result stays exact and the
+    choice the same on every rank."""
     topo = engine_state(world).topology
     before = cost_model.get_params()
     cost_model.set_params(alpha=1e-3, beta=1e-6, alpha_intra=0.0, beta_intra=1e-12)
@@ -144,5 +145,5 @@ def test_auto_and_the_drop_in_pick_it_where_the_network_is_slow():
         cost_model.set_params(alpha=before.alpha, beta=before.beta, alpha_intra=before.alpha_intra,
                               beta_intra=before.beta_intra)
     assert len({tuple(c) for c in world.allgather(chosen)}) == 1
-    if topo.nodes > 1 and topo.node_size_max > 1:
+    if topo.nodes > 1 and topo.node_size_min > 1:  # a node of one rank sends every shard across itself
         assert "hierarchical_dense" in chosen[:4] and "hierarchical_dense" in chosen[4:], chosen

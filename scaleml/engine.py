@@ -162,15 +162,17 @@ class EngineState:
 
     private: MPI.Intracomm
     """ScaleML's duplicate: its messages never match the application's."""
-    topology: Topology
-    """Its nodes, made once with the state (collectively) and handed to every call."""
+    topology: Topology | None = None
+    """Its nodes, made once with the state (collectively) by :func:`engine_state` and handed to every call;
+    None for a state that only agrees (the nonblocking MPI checks): unknown, one rank per node."""
     tuner: Tuner = field(default_factory=Tuner)
     sequence: int = 0
     """Agreements so far: ranks compare it, so a call is never paired with another call."""
 
 
 def _free_state(comm: MPI.Comm, keyval: int, state: EngineState) -> None:
-    ffi.release(state.topology.handle)  # its communicators go before MPI_Finalize too
+    if state.topology is not None:
+        ffi.release(state.topology.handle)  # its communicators go before MPI_Finalize too
     if not MPI.Is_finalized() and state.private != MPI.COMM_NULL:
         state.private.Free()
 
@@ -203,10 +205,11 @@ def engine_state(comm: MPI.Comm, ranks_per_node: int | None = None) -> EngineSta
         private.Set_errhandler(MPI.ERRORS_RETURN)
         state = EngineState(private, make_topology(private, emulated))
         comm.Set_attr(_state_keyval, state)
-    elif ranks_per_node is not None and state.topology.ranks_per_node != emulated:
+    elif ranks_per_node is not None and (state.topology is None or state.topology.ranks_per_node != emulated):
         old = state.topology
         state.topology = make_topology(state.private, emulated)
-        ffi.release(old.handle)
+        if old is not None:
+            ffi.release(old.handle)
     return state
 
 

@@ -51,6 +51,9 @@ typedef struct {
                                 * the format is predicted to take forever (HUGE_VAL), so no choice picks it */
     uint64_t matrix_cols;      /* SCALEML_CODEC_ADAPTIVE: columns of the matrix (each row block carries a column
                                 * table); quantized_value_bytes is then the bytes of its words per value */
+    /* The nodes the ranks sit on (scaleml_topology_info): their number and the smallest and largest node's
+     * ranks. 0: unknown, costed as one rank per node (the hierarchical algorithms then cost as the flat ring). */
+    int nodes, node_size_min, node_size_max;
 } scaleml_cost_case;
 
 typedef struct {
@@ -58,6 +61,9 @@ typedef struct {
     double beta;               /* seconds per byte sent */
     double gamma;              /* seconds per byte of local work */
     double delta;              /* seconds per call of the engine: the agreement and the Python around it */
+    /* alpha and beta are the inter-node (network) ones; within a node (shared memory) the hierarchical
+     * algorithms' intra-node steps cost these. */
+    double alpha_intra, beta_intra;
 } scaleml_cost_params;
 
 int scaleml_algorithm_count(void);
@@ -151,6 +157,41 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
                       uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum, const void *indices, const void *values,
                       void *dense_out, const scaleml_codec *codec, void *worker_residual, void *server_residual,
                       scaleml_result **result, uint64_t *bytes_sent);
+
+/* ---- topology (collectives/topology.c) ----
+ * The nodes of a communicator: MPI_Comm_split_type(MPI_COMM_TYPE_SHARED), or, with ranks_per_node > 0,
+ * consecutive ranks cut into nodes of that many (the last one may be smaller) so one machine emulates
+ * several. Nodes are numbered by their lowest rank, the same on every rank. Made once per engine state
+ * (collective over the communicator), handed to every call, freed with the state. */
+typedef struct scaleml_topology scaleml_topology;
+typedef struct {
+    int node, nodes;                  /* this rank's node index (0 .. nodes-1) and the number of nodes */
+    int local_rank, local_size;       /* this rank within its node (ranks in communicator order) */
+    int node_size_min, node_size_max; /* ranks of the smallest and of the largest node */
+} scaleml_topology_info;
+/* Collective over the communicator: the node communicator and the cross-node communicator of this rank's
+ * local index (the ranks of the same local rank on every node that has one, ordered by node). */
+int scaleml_topology_create(uintptr_t comm_address, int ranks_per_node, scaleml_topology **topology);
+/* Frees the communicators (nothing after MPI_Finalize); NULL is ignored. */
+void scaleml_topology_free(scaleml_topology *topology);
+void scaleml_topology_describe(const scaleml_topology *topology, scaleml_topology_info *info);
+
+/* scaleml_allreduce with the communicator's topology (NULL: unknown; the hierarchical algorithms then run
+ * as the flat ring). */
+int scaleml_allreduce_topology(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes, int value_bytes,
+                               uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum, const void *indices,
+                               const void *values, void *dense_out, const scaleml_codec *codec,
+                               void *worker_residual, void *server_residual, const scaleml_topology *topology,
+                               scaleml_result **result, uint64_t *bytes_sent);
+
+/* What the last hierarchical run of this thread sent (collectives/hierarchical_dense.c), all zero until one
+ * succeeds: inter_bytes crossed a node boundary (the cross-node step; every byte of the flat fallback),
+ * intra_bytes stayed within the node; their sum is its bytes_sent. */
+typedef struct {
+    uint64_t intra_bytes;
+    uint64_t inter_bytes;
+} scaleml_hierarchical_wire;
+void scaleml_hierarchical_last_wire(scaleml_hierarchical_wire *out);
 
 /* What the last `adaptive` run of this thread put on the wire (collectives/adaptive_allreduce.c), all zero
  * until it succeeds: reduce_scatter_bytes + allgather_bytes is its bytes_sent. */

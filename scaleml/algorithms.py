@@ -57,11 +57,12 @@ class Algorithm:
              sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
              delta: float = 0.0, quantized_value_bytes: float = 0.0, encode_seconds: float = 0.0,
              decode_seconds: float = 0.0, decode_add_seconds: float = 0.0, codec_kind: int = 0,
-             matrix_cols: int = 0) -> float:
+             matrix_cols: int = 0, nodes: tuple[int, int, int] = (0, 0, 0),
+             intra: tuple[float, float] = (0.0, 0.0)) -> float:
         """Predicted seconds (the alpha-beta-gamma model of the algorithm's C file; see :func:`costs`)."""
         return costs(n, P, nnz_max, nnz_sum, index_bytes, value_bytes, sparse_out, dense_input,
                      alpha, beta, gamma, delta, quantized_value_bytes, encode_seconds, decode_seconds,
-                     decode_add_seconds, codec_kind, matrix_cols)[self.name]
+                     decode_add_seconds, codec_kind, matrix_cols, nodes, intra)[self.name]
 
 
 def _load() -> dict[str, Algorithm]:
@@ -141,7 +142,8 @@ def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, va
           sparse_out: bool, dense_input: bool, alpha: float, beta: float, gamma: float,
           delta: float = 0.0, quantized_value_bytes: float = 0.0, encode_seconds: float = 0.0,
           decode_seconds: float = 0.0, decode_add_seconds: float = 0.0, codec_kind: int = 0,
-          matrix_cols: int = 0) -> dict[str, float]:
+          matrix_cols: int = 0, nodes: tuple[int, int, int] = (0, 0, 0),
+          intra: tuple[float, float] = (0.0, 0.0)) -> dict[str, float]:
     """Predicted seconds of every algorithm by name (one C call; see :meth:`Algorithm.cost`).
 
     ``quantized_value_bytes`` is the size of a value in the caller's lossy
@@ -155,6 +157,10 @@ def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, va
     not take the format is predicted ``inf`` (it cannot run). ``matrix_cols``:
     the columns of :func:`scaleml.adaptive_allreduce`'s matrix (``codec_kind``
     adaptive, ``quantized_value_bytes`` the bytes of its words per value).
+    ``nodes`` is (number of nodes, ranks of the smallest node, of the largest) of the ranks' topology
+    (:class:`scaleml.engine.EngineState`; zeros: unknown, one rank per node) and ``intra`` the
+    (``alpha``, ``beta``) within a node: the hierarchical algorithms' intra-node steps cost those, every
+    other term the inter-node ``alpha`` and ``beta``.
     """
     buffers = _buffers
     c, p = buffers.case, buffers.params
@@ -162,8 +168,10 @@ def costs(n: int, P: int, nnz_max: float, nnz_sum: float, index_bytes: float, va
     c.quantized_value_bytes = quantized_value_bytes
     c.encode_seconds, c.decode_seconds, c.decode_add_seconds = encode_seconds, decode_seconds, decode_add_seconds
     c.codec_kind, c.matrix_cols = int(codec_kind), int(matrix_cols)
+    c.nodes, c.node_size_min, c.node_size_max = (int(v) for v in nodes)
     c.index_bytes, c.value_bytes, c.sparse_out, c.dense_input = index_bytes, value_bytes, sparse_out, dense_input
     p.alpha, p.beta, p.gamma, p.delta = alpha, beta, gamma, delta
+    p.alpha_intra, p.beta_intra = intra
     lib.scaleml_algorithm_costs(c, p, buffers.costs)
     return dict(zip(NAMES, buffers.costs))
 

@@ -260,6 +260,12 @@ class Comm(MPI.Intracomm):
         which format ran. ``None``: ``SCALEML_COMPRESSION`` (unset: exact); a
         name of :data:`scaleml.config.COMPRESSIONS` (``"qsgd4"``, ``"fp16"``...)
         stands for its object, ``"none"`` keeps the communicator exact.
+    ranks_per_node : int, optional
+        Cut consecutive ranks into nodes of this many (the last one may be
+        smaller) for the node-aware algorithms (``hierarchical_dense``), so one
+        machine emulates several nodes. Default ``SCALEML_RANKS_PER_NODE``,
+        else the nodes MPI reports (ranks that share memory). Collective: every
+        rank passes the same.
 
     ``SCALEML_DISABLE=1`` makes ``Allreduce`` ``MPI_Allreduce`` on every call
     (see :mod:`scaleml.config`).
@@ -282,7 +288,8 @@ class Comm(MPI.Intracomm):
         return super().__new__(cls, comm)
 
     def __init__(self, comm: MPI.Intracomm | Comm | None = None, *, min_count: int | None = None,
-                 algorithm: str = "auto", compression: object = None, _lazy_state: bool = False) -> None:
+                 algorithm: str = "auto", compression: object = None, ranks_per_node: int | None = None,
+                 _lazy_state: bool = False) -> None:
         if comm is None:
             comm = MPI.COMM_WORLD
         if comm == MPI.COMM_NULL:
@@ -309,7 +316,8 @@ class Comm(MPI.Intracomm):
         """What the last ``Allreduce`` did; ``None`` when it went to MPI unchanged."""
         # The private duplicate is made now, while every rank is in this (collective) constructor: made
         # lazily, its MPI_Comm_dup could pair with another rank's MPI_Allreduce on the user's communicator.
-        self._engine = None if _lazy_state else engine_state(self._comm)
+        self._ranks_per_node = ranks_per_node
+        self._engine = None if _lazy_state else engine_state(self._comm, ranks_per_node)
         self._mpi_fast: dict[int, Any] = {}
         """count -> the tuner's statistics of the last class of that count (``stats.dtype`` says its dtype):
         the fast path's one int-keyed lookup."""
@@ -325,7 +333,7 @@ class Comm(MPI.Intracomm):
         # A Comm that mpi4py made without __init__ (``Comm.f2py``, ``Comm.fromhandle``,
         # ``Comm.Create_from_group``): the default settings, its engine state made at first use.
         if name in ("_comm", "_engine", "_format", "min_count", "algorithm", "compression", "last_info",
-                    "_mpi_fast", "_iallreduce_routes", "_iallreduce_fast") \
+                    "_mpi_fast", "_iallreduce_routes", "_iallreduce_fast", "_ranks_per_node") \
                 and "_comm" not in self.__dict__:
             Comm.__init__(self, MPI.Intracomm(self), _lazy_state=True)
             return getattr(self, name)
@@ -334,7 +342,7 @@ class Comm(MPI.Intracomm):
     @property
     def _state(self):
         if self._engine is None:  # only after Idup, whose communicator exists once its request completed
-            self._engine = engine_state(self._comm)
+            self._engine = engine_state(self._comm, self._ranks_per_node)
         return self._engine
 
     @property

@@ -129,14 +129,22 @@ def _count(text: str) -> int:
     return number
 
 
-def _threads(text: str) -> int:
+def _positive(text: str, what: str) -> int:
     try:
         number = int(text)
     except ValueError:
         number = 0
     if number < 1:
-        raise _Bad("expected an integer >= 1 (threads per rank)")
+        raise _Bad(f"expected an integer >= 1 ({what})")
     return number
+
+
+def _threads(text: str) -> int:
+    return _positive(text, "threads per rank")
+
+
+def _ranks_per_node(text: str) -> int:
+    return _positive(text, "consecutive ranks per emulated node")
 
 
 def _bytes(text: str) -> int:
@@ -240,6 +248,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("SCALEML_TIMEOUT", _seconds, 600.0, "watchdog: seconds in a wait before the job is aborted"),
     Variable("SCALEML_STALL_WARNING", _seconds, 60.0, "watchdog: seconds in a wait before a warning"),
     Variable("SCALEML_INJECT_FAULT", _fault, None, "test hook RANK:CALL[:WAIT]"),
+    Variable("SCALEML_RANKS_PER_NODE", _ranks_per_node, None,
+             "cut consecutive ranks into nodes of this many (emulated nodes; default: MPI's shared-memory nodes)"),
     Variable("SCALEML_ALPHA", _nonnegative, None, "cost model: seconds per message"),
     Variable("SCALEML_BETA", _nonnegative, None, "cost model: seconds per byte sent"),
     Variable("SCALEML_GAMMA", _nonnegative, None, "cost model: seconds per byte of local work"),

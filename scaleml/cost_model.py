@@ -11,6 +11,9 @@ header comment of each algorithm's C file gives:
 * ``alpha``: seconds per message (latency);
 * ``beta``: seconds per byte sent (inverse bandwidth);
 * ``gamma``: seconds per byte of local work (merging, packing, densifying);
+* ``alpha_intra``, ``beta_intra``: the same within a node (shared memory), for
+  the intra-node steps of the hierarchical algorithms; ``alpha`` and ``beta``
+  are the inter-node (network) ones, which every flat algorithm is costed at;
 * the lossy formats' coding, at each format's own seconds per value
   (:attr:`CostParams.codecs`): every lossy path counts the values it
   encodes, decodes, and decodes and adds in place.
@@ -81,6 +84,12 @@ class CostParams:
     ``SCALEML_DELTA`` (seconds, seconds per byte, seconds per byte, seconds),
     and :func:`set_params`.
 
+    ``alpha`` and ``beta`` are the network's (between nodes); ``alpha_intra``
+    and ``beta_intra`` are those within a node (shared memory; defaults 1 us
+    and 10 GB/s), which only the hierarchical algorithms' intra-node steps
+    use (``scaleml-bench calibrate`` measures both levels; the file or
+    :func:`set_params` sets them).
+
     ``codecs`` holds the seconds per value of each lossy format's encode,
     decode and decode-and-add passes (:data:`CODEC_FORMATS`; float64 values
     use the float32 figures). The defaults, :data:`DEFAULT_CODECS`, were
@@ -98,6 +107,8 @@ class CostParams:
     beta: float = 1.0 / 1.25e9
     gamma: float = 1.0 / 4e9
     delta: float = 30e-6
+    alpha_intra: float = 1e-6
+    beta_intra: float = 1.0 / 10e9
     codecs: tuple[tuple[str, CodecSeconds], ...] = DEFAULT_CODECS
     """(format name, :class:`CodecSeconds`) pairs, in :data:`CODEC_FORMATS` order: a tuple, so the
     parameters stay hashable."""
@@ -134,7 +145,8 @@ def calibration_file() -> Path:
     return Path(configured) if configured else Path.home() / ".config" / "scaleml" / "cost_model.json"
 
 
-_FIELDS = ("alpha", "beta", "gamma", "delta")
+_FIELDS = ("alpha", "beta", "gamma", "delta", "alpha_intra", "beta_intra")
+_ENV_FIELDS = ("alpha", "beta", "gamma", "delta")
 
 
 def codecs_from_json(saved: object) -> dict[str, CodecSeconds]:
@@ -163,7 +175,7 @@ def _params_from_env() -> CostParams:
             params = loaded  # all of the file or none of it
         except (OSError, ValueError, TypeError, KeyError) as exc:
             warnings.warn(f"ignoring unreadable cost-model file {path}: {exc}", stacklevel=2)
-    for field in _FIELDS:
+    for field in _ENV_FIELDS:
         var = f"SCALEML_{field.upper()}"
         if os.environ.get(var, "").strip():
             params = replace(params, **{field: config.parse(var, os.environ[var])})
@@ -190,7 +202,8 @@ def _fingerprint(params: CostParams) -> int:  # every agreement sends it: comput
 
 
 def set_params(alpha: float | None = None, beta: float | None = None, gamma: float | None = None,
-               delta: float | None = None, codecs: Mapping[str, Sequence[float]] | None = None) -> CostParams:
+               delta: float | None = None, codecs: Mapping[str, Sequence[float]] | None = None,
+               alpha_intra: float | None = None, beta_intra: float | None = None) -> CostParams:
     """Set the parameters ``auto`` uses (every rank must set the same values).
 
     Parameters
@@ -199,12 +212,15 @@ def set_params(alpha: float | None = None, beta: float | None = None, gamma: flo
         Latency per message (s), time per byte sent (s/B), time per byte of
         local work (s/B) and the engine's fixed time per call (s). Omitted
         ones keep their value.
+    alpha_intra, beta_intra : float, optional
+        Latency per message (s) and time per byte (s/B) within a node.
     codecs : mapping, optional
         Format name (:data:`CODEC_FORMATS`) -> seconds per value of its
         (encode, decode, decode_add) passes; formats not named keep theirs.
     """
     global _params
-    given = {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta}
+    given = {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta, "alpha_intra": alpha_intra,
+             "beta_intra": beta_intra}
     changes = {k: float(v) for k, v in given.items() if v is not None}
     if any(not v >= 0 for v in changes.values()):
         raise ValueError("cost parameters must be non-negative numbers")

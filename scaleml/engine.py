@@ -47,7 +47,7 @@ from .errors import AGREEMENT_EXCEPTIONS, DeviceError
 from .tuner import EXPLORE_LIMIT, EXPLORE_WITHIN, WIN_MARGIN, ClassStats, Tuner, bandwidth_factor
 from .value_format import ValueFormat
 
-__all__ = ["Agreement", "AllreduceInfo", "Call", "EngineState", "LocalError", "SparseVector", "agree",
+__all__ = ["Agreement", "AllreduceInfo", "Call", "EngineState", "LocalError", "SparseVector", "Topology", "agree",
            "as_local_error", "collective", "engine_state", "index_dtype", "predict", "run_algorithm"]
 
 _INDEX_LIMIT_32 = 1 << 32
@@ -113,11 +113,47 @@ class AllreduceInfo:
     """Model prediction in seconds for each algorithm."""
     format: str = "exact"
     """The value format on the wire: ``exact``, or the lossy one (``qsgd4``, ``fp16``, ``onebit``, ...)."""
+    node_bytes: tuple[int, int] | None = None
+    """The hierarchical algorithms: (bytes that stayed within this rank's node, bytes that crossed a node
+    boundary) of ``bytes_sent``; None for the others."""
 
 
 # ---- a private duplicate of each user communicator, and the engine's state on it ----------
 
 _state_keyval: int | None = None
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The nodes of the private communicator (``csrc/collectives/topology.c``), the same on every rank."""
+
+    handle: Any
+    """The C ``scaleml_topology *`` (its node and cross-node communicators); freed with the state."""
+    ranks_per_node: int
+    """The emulation's ranks per node (consecutive ranks), or 0: MPI's shared-memory nodes."""
+    node: int
+    nodes: int
+    local_rank: int
+    local_size: int
+    node_size_min: int
+    node_size_max: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(nodes, ranks of the smallest node, of the largest): what the cost model takes."""
+        return self.nodes, self.node_size_min, self.node_size_max
+
+
+def make_topology(private: MPI.Intracomm, ranks_per_node: int) -> Topology:
+    """The nodes of ``private`` (collective over it): MPI's shared-memory nodes (``ranks_per_node`` 0) or
+    consecutive ranks cut into nodes of ``ranks_per_node``."""
+    out = ffi.new("scaleml_topology **")
+    check(lib.scaleml_topology_create(comm_address(private), ranks_per_node, out))
+    handle = ffi.gc(out[0], lib.scaleml_topology_free)
+    info = ffi.new("scaleml_topology_info *")
+    lib.scaleml_topology_describe(handle, info)
+    return Topology(handle, ranks_per_node, info.node, info.nodes, info.local_rank, info.local_size,
+                    info.node_size_min, info.node_size_max)
 
 
 @dataclass
@@ -126,29 +162,54 @@ class EngineState:
 
     private: MPI.Intracomm
     """ScaleML's duplicate: its messages never match the application's."""
+    topology: Topology | None = None
+    """Its nodes, made once with the state (collectively) by :func:`engine_state` and handed to every call;
+    None for a state that only agrees (the nonblocking MPI checks): unknown, one rank per node."""
     tuner: Tuner = field(default_factory=Tuner)
     sequence: int = 0
     """Agreements so far: ranks compare it, so a call is never paired with another call."""
 
 
 def _free_state(comm: MPI.Comm, keyval: int, state: EngineState) -> None:
+    if state.topology is not None:
+        ffi.release(state.topology.handle)  # its communicators go before MPI_Finalize too
     if not MPI.Is_finalized() and state.private != MPI.COMM_NULL:
         state.private.Free()
 
 
-def engine_state(comm: MPI.Comm) -> EngineState:
-    """ScaleML's state for ``comm`` (collective on first use: duplicates ``comm``; cached as an attribute)."""
+def _ranks_per_node(ranks_per_node: int | None) -> int:
+    if ranks_per_node is None:
+        return config.value("SCALEML_RANKS_PER_NODE") or 0
+    if isinstance(ranks_per_node, bool) or not isinstance(ranks_per_node, int) or ranks_per_node < 1:
+        raise ValueError(f"ranks_per_node must be an integer >= 1 or None, got {ranks_per_node!r}")
+    return ranks_per_node
+
+
+def engine_state(comm: MPI.Comm, ranks_per_node: int | None = None) -> EngineState:
+    """ScaleML's state for ``comm`` (collective on first use: duplicates ``comm`` and finds its nodes; cached
+    as an attribute).
+
+    ``ranks_per_node`` (default ``SCALEML_RANKS_PER_NODE``, else MPI's shared-memory nodes) cuts consecutive
+    ranks into nodes of that many; given for an existing state with other nodes, the topology is made again
+    (collective: every rank passes the same).
+    """
     global _state_keyval
     if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
         raise TypeError(f"expected an mpi4py intra-communicator, got {type(comm).__name__}")
+    emulated = _ranks_per_node(ranks_per_node)
     if _state_keyval is None:
         _state_keyval = MPI.Comm.Create_keyval(delete_fn=_free_state)
     state = comm.Get_attr(_state_keyval)
     if state is None:
         private = comm.Dup()
         private.Set_errhandler(MPI.ERRORS_RETURN)
-        state = EngineState(private)
+        state = EngineState(private, make_topology(private, emulated))
         comm.Set_attr(_state_keyval, state)
+    elif ranks_per_node is not None and (state.topology is None or state.topology.ranks_per_node != emulated):
+        old = state.topology
+        state.topology = make_topology(state.private, emulated)
+        if old is not None:
+            ffi.release(old.handle)
     return state
 
 
@@ -378,16 +439,20 @@ _FAILED_CALL = Call(0, np.empty(0, np.float32))
 
 
 def predict(n: int, P: int, agreement: Agreement, index_bytes: int, value_bytes: int, sparse_out: bool,
-            dense_input: bool, fmt: ValueFormat | None = None, beta_factor: float = 1.0) -> dict[str, float]:
+            dense_input: bool, fmt: ValueFormat | None = None, beta_factor: float = 1.0,
+            topology: Topology | None = None) -> dict[str, float]:
     """The model's prediction for every registered algorithm (seconds), with the wire's ``beta`` scaled by
-    ``beta_factor`` (0: everything but the bytes' time on the wire); ``fmt``'s passes at its seconds per value."""
+    ``beta_factor`` (0: everything but the bytes' time on the wire); ``fmt``'s passes at its seconds per value;
+    the hierarchical algorithms on ``topology``'s nodes (None: one rank per node)."""
     p = cost_model.get_params()
     return algorithms.costs(n, P, agreement.nnz_max, agreement.nnz_sum, index_bytes, value_bytes, sparse_out,
                             dense_input, p.alpha, p.beta * beta_factor, p.gamma, p.delta,
                             fmt.value_bytes(n, value_bytes) if fmt is not None else 0.0,
                             *(p.codec(fmt.name) if fmt is not None else ()),
                             codec_kind=fmt.kind if fmt is not None and fmt.name == "adaptive" else 0,
-                            matrix_cols=fmt.cols if fmt is not None else 0)
+                            matrix_cols=fmt.cols if fmt is not None else 0,
+                            nodes=topology.shape if topology is not None else (0, 0, 0),
+                            intra=(p.alpha_intra, p.beta_intra * beta_factor))
 
 
 def candidates(call: Call, agreement: Agreement) -> list[str]:
@@ -522,8 +587,9 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
     dense_input = call.indices is None
     idx_bytes = index_dtype(n).itemsize
     case = (n, P, agreement, idx_bytes, value_bytes, call.out == "sparse", dense_input, call.fmt)
-    predicted = predict(*case)
-    chosen, reason = plan(call, code, agreement, stats, predicted, lambda factor: predict(*case, beta_factor=factor))
+    predicted = predict(*case, topology=state.topology)
+    chosen, reason = plan(call, code, agreement, stats, predicted,
+                          lambda factor: predict(*case, beta_factor=factor, topology=state.topology))
     fmt, residuals = call.fmt, call.residuals
     if chosen == "dense":  # exact, as MPI sums (error-feedback residuals stay as they are)
         fmt, residuals = None, (None, None)
@@ -557,7 +623,7 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
         if tl is not None:
             tl.mark(chosen, "algorithm")
     else:
-        result, info = run_algorithm(state.private, call, chosen, agreement, fmt, residuals)
+        result, info = run_algorithm(state.private, call, chosen, agreement, fmt, residuals, state.topology)
         stats.record_engine(chosen, predicted[chosen], time.perf_counter() - t0)
     info.requested, info.predicted = call.requested, predicted
     if tl is not None:
@@ -569,10 +635,11 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
 
 def run_algorithm(private: MPI.Intracomm, call: Call, chosen: str, agreement: Agreement,
                   fmt: ValueFormat | None, residuals: tuple[np.ndarray | None, np.ndarray | None],
-                  ) -> tuple[np.ndarray | SparseVector, AllreduceInfo]:
+                  topology: Topology | None = None) -> tuple[np.ndarray | SparseVector, AllreduceInfo]:
     """Run the registry's algorithm ``chosen`` on ``call``'s data (the C core); return the result in the form
     the call asked for and what ran. ``fmt`` is the lossy format (None: exact; one call takes one step of its
-    compressor's counter); ``info.format`` says whether anything this rank sent was in it."""
+    compressor's counter); ``info.format`` says whether anything this rank sent was in it. ``topology``:
+    ``private``'s nodes (its engine state's), for the hierarchical algorithms (None: the flat ring)."""
     tl = _timeline.current() if _timeline.ON else None
     n, vals = call.n, call.values
     result_ptr = ffi.new("scaleml_result **")
@@ -593,11 +660,12 @@ def run_algorithm(private: MPI.Intracomm, call: Call, chosen: str, agreement: Ag
         idx_bytes, idx_ptr, nnz = idx.itemsize, ffi.from_buffer(idx), idx.size
     worker, server = (ffi.NULL if r is None else ffi.from_buffer(r, require_writable=True) for r in residuals)
     codec = fmt.next_codec() if fmt is not None else None
-    check(lib.scaleml_allreduce(
+    check(lib.scaleml_allreduce_topology(
         comm_address(private), algorithms.REGISTRY[chosen].id, n, idx_bytes, vals.itemsize, nnz,
         nnz_max, nnz_sum, idx_ptr, ffi.from_buffer(vals),
         ffi.NULL if dense is None else ffi.from_buffer(dense, require_writable=True),
-        ffi.NULL if codec is None else codec, worker, server, result_ptr, bytes_sent))
+        ffi.NULL if codec is None else codec, worker, server,
+        ffi.NULL if topology is None else topology.handle, result_ptr, bytes_sent))
     res = ffi.gc(result_ptr[0], lib.scaleml_result_free)
     if tl is not None:
         tl.mark(chosen, "algorithm")
@@ -605,6 +673,10 @@ def run_algorithm(private: MPI.Intracomm, call: Call, chosen: str, agreement: Ag
                          nnz_sum=agreement.nnz_sum, bytes_sent=int(bytes_sent[0]))
     if fmt is not None and lib.scaleml_last_call_quantized():
         info.format = fmt.name
+    if chosen.startswith("hierarchical"):
+        wire = ffi.new("scaleml_hierarchical_wire *")
+        lib.scaleml_hierarchical_last_wire(wire)
+        info.node_bytes = (int(wire.intra_bytes), int(wire.inter_bytes))
     result: np.ndarray | SparseVector
     if dense is not None:
         lib.scaleml_result_to_dense(res, ffi.from_buffer(dense, require_writable=True))

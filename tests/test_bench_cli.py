@@ -398,9 +398,15 @@ def test_model_subcommand_prints_every_algorithm(tmp_path, capsys):
         assert name in text
     doc = json.loads(out.read_text())
     codecs = doc["params"].pop("codecs")
-    assert doc["params"] == {"alpha": 1e-6, "beta": 1e-9, "gamma": 0.0, "delta": 0.0}
+    assert doc["params"] == {"alpha": 1e-6, "beta": 1e-9, "gamma": 0.0, "delta": 0.0, "alpha_intra": 1e-6,
+                             "beta_intra": 1e-10}
     assert list(codecs) == list(CODEC_FORMATS)  # the lossy formats' seconds per value, as calibrate saves them
     assert len(doc["rows"]) == 4
+    # nodes of 8 ranks: the flat algorithms next to hierarchical_dense, which sends 1/8 as much across nodes
+    assert [(r["ranks"], r["nodes"]) for r in doc["node_rows"]] == [(4, 1), (1024, 128)]
+    wide = doc["node_rows"][1]
+    assert wide["hierarchical_dense_inter_node_bytes_per_rank"] < wide["ring_inter_node_bytes_per_rank"] / 7
+    assert wide["hierarchical_dense_s"] < min(wide["ring_s"], wide["dense_s"]) and "hierarchical_dense" in text
     row = doc["rows"][0]
     # hand check of the dense prediction: 2 log2 P alpha + 2 (P-1)/P n c_d beta
     assert row["dense_s"] == pytest.approx(2 * 2 * 1e-6 + 2 * 3 / 4 * 4194304 * 4 * 1e-9)

@@ -104,3 +104,15 @@ def test_compressors_keep_the_exact_accuracy_on_digits(nprocs, group):
 @pytest.mark.parametrize("nprocs", RANK_COUNTS)
 def test_every_collective_goes_through_the_one_call_path(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_call_path.py", timeout=300)
+
+
+@pytest.mark.parametrize("ranks_per_node", ["1", "2", "3"])
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_hierarchical_dense_on_emulated_nodes(nprocs, ranks_per_node):
+    run_pytest_under_mpi(nprocs, "mpi_hierarchical.py", timeout=300, env={"SCALEML_RANKS_PER_NODE": ranks_per_node})
+
+
+@pytest.mark.parametrize("nprocs", [4])
+def test_hierarchical_dense_on_mpis_nodes(nprocs):
+    """No emulation: MPI's shared-memory node holds every rank here, the one-node (intra-node) path."""
+    run_pytest_under_mpi(nprocs, "mpi_hierarchical.py", timeout=300)

@@ -32,10 +32,18 @@ typedef struct {
     const scaleml_codec *codec;  /* lossy format dense data may travel in, or NULL (exact) */
     void *worker_residual;       /* error feedback over [0, n), or NULL (quantized_direct) */
     void *server_residual;       /* error feedback over this rank's block, or NULL (quantized_direct) */
+    const scaleml_topology *topology;  /* the nodes (topology.c), or NULL: unknown */
     uint64_t bytes_sent;  /* bytes this rank put on the wire */
     int failed_together;  /* set with an error that every rank of the call returns too (none is left waiting
                            * in the collective): the engine reports it instead of aborting the job */
 } sa_context;
+
+/* A communicator's nodes (scaleml_topology_create). */
+struct scaleml_topology {
+    MPI_Comm node;   /* the ranks of this rank's node, in communicator order */
+    MPI_Comm cross;  /* the ranks of this local rank on every node that has one, in node order */
+    scaleml_topology_info info;
+};
 
 /* The result: segments in index order covering [0, n), plus the heap blocks
  * they live in. */
@@ -65,6 +73,7 @@ int quantized_allreduce_rhd(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_direct(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_gather(sa_context *ctx, scaleml_result *res);
 int adaptive_allreduce(sa_context *ctx, scaleml_result *res);
+int hierarchical_dense(sa_context *ctx, scaleml_result *res);
 
 /* Shared first phase of the split algorithms: rank j ends up with the sum
  * over all ranks of index range j (cu_block_range); dense when
@@ -141,7 +150,9 @@ enum {
     TAG_QUANT_GATHER = 302,
     TAG_QUANT_FOLD_IN = 303,
     TAG_QUANT_FOLD_OUT = 304,
-    TAG_ADAPTIVE_BLOCK = 401
+    TAG_ADAPTIVE_BLOCK = 401,
+    TAG_HIER_REDUCE = 501,  /* on the node communicator */
+    TAG_HIER_GATHER = 502
 };
 
 /* Random streams of the sparse algorithms' encodes (codec.h): the key is

@@ -36,6 +36,17 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
                       void *dense_out, const scaleml_codec *codec, void *worker_residual, void *server_residual,
                       scaleml_result **result, uint64_t *bytes_sent)
 {
+    return scaleml_allreduce_topology(comm_address, algorithm, n, index_bytes, value_bytes, nnz, nnz_max, nnz_sum,
+                                      indices, values, dense_out, codec, worker_residual, server_residual, NULL,
+                                      result, bytes_sent);
+}
+
+int scaleml_allreduce_topology(uintptr_t comm_address, int algorithm, uint64_t n, int index_bytes, int value_bytes,
+                               uint64_t nnz, uint64_t nnz_max, uint64_t nnz_sum, const void *indices,
+                               const void *values, void *dense_out, const scaleml_codec *codec,
+                               void *worker_residual, void *server_residual, const scaleml_topology *topology,
+                               scaleml_result **result, uint64_t *bytes_sent)
+{
     *result = NULL;
     if ((index_bytes != 4 && index_bytes != 8) || (value_bytes != 4 && value_bytes != 8))
         return scaleml_fail(SCALEML_ERR_ARG, "index and value widths must be 4 or 8 bytes");
@@ -63,7 +74,8 @@ int scaleml_allreduce(uintptr_t comm_address, int algorithm, uint64_t n, int ind
     sa_context ctx = {.comm = *(const MPI_Comm *)comm_address, .n = n, .index_bytes = index_bytes,
                       .value_bytes = value_bytes, .nnz_max = nnz_max, .nnz_sum = nnz_sum,
                       .dense_out = dense_out, .codec = codec_lossy(codec) ? codec : NULL,
-                      .worker_residual = worker_residual, .server_residual = server_residual, .bytes_sent = 0};
+                      .worker_residual = worker_residual, .server_residual = server_residual, .topology = topology,
+                      .bytes_sent = 0};
     rc = cu_check(MPI_Comm_rank(ctx.comm, &ctx.rank), "MPI_Comm_rank");
     if (!rc) rc = cu_check(MPI_Comm_size(ctx.comm, &ctx.size), "MPI_Comm_size");
     if (rc) return rc;

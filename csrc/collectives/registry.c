@@ -47,6 +47,10 @@ static const sa_algorithm registry[] = {
       "2 (P-1) (+ a size exchange before each phase)", "2 (P-1)/P n q_a + 2 (P-1) (16 c + 72)", DENSE, DENSE, FLOATS,
       0, TAKES_ADAPTIVE},
      adaptive_allreduce, adaptive_allreduce_cost},
+    {{"hierarchical_dense", "dense data, exact, ranks sharing nodes (summed within the node, one ring per shard across)",
+      "2 (L-1) within the node + the ring's 2 (N-1) across (L ranks per node, N nodes)",
+      "2 (L-1)/L n c_d within the node + 2 (N-1)/N n/L c_d across", SPARSE | DENSE, DENSE, FLOATS, 1, TAKES_EXACT},
+     hierarchical_dense, hierarchical_dense_cost},
 };
 
 #define REGISTRY_COUNT ((int)(sizeof registry / sizeof registry[0]))

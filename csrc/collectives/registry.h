@@ -66,6 +66,7 @@ double quantized_allreduce_direct_cost(const scaleml_cost_case *c, const scaleml
                                        int *result_sparse);
 double quantized_allreduce_gather_cost(const scaleml_cost_case *c, const scaleml_cost_params *p,
                                        int *result_sparse);
+double hierarchical_dense_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 double adaptive_allreduce_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 
 #endif

@@ -14,6 +14,7 @@ from mpi4py import MPI
 
 from .. import cost_model
 from .._native import check, ffi, lib
+from ..engine import engine_state
 from ..sparse import sparse_allreduce
 from ..value_format import value_format
 from .measure import run_metadata
@@ -26,55 +27,65 @@ CODEC_RUNS = 5
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    """Ping-pong between rank 0 and the last rank, fit alpha and beta; time a local add for gamma and the lossy
-    formats' kernels for their seconds per value."""
+    """Ping-pong within a node (local ranks 0 and 1) for alpha_intra and beta_intra, and between rank 0 and the
+    first rank of another node for alpha and beta (one node: their defaults stay, and it says so); time a
+    local add for gamma and the lossy formats' kernels for their seconds per value."""
     comm = MPI.COMM_WORLD
     rank, P = comm.Get_rank(), comm.Get_size()
     if P < 2:
         if rank == 0:
             print("scaleml-bench calibrate: needs at least 2 ranks (run it under mpiexec -n 2)", file=sys.stderr)
         return 2
-    peer = P - 1
+    topology = engine_state(comm).topology  # MPI's nodes, or SCALEML_RANKS_PER_NODE's emulated ones
+    where = comm.allgather((topology.node, topology.local_rank))
     sizes = [0] + [1 << e for e in range(0, args.max_bytes.bit_length()) if (1 << e) <= args.max_bytes]
-    samples = []
-    for size in sizes:
-        buf = np.zeros(max(size, 1), np.uint8)
-        reps = max(3, min(args.iterations, int(args.iterations * 65536 / max(size, 65536))))
-        best = float("inf")
-        comm.Barrier()
-        for _ in range(reps + 1):  # the first round trip is a warm-up
-            t0 = time.perf_counter()
-            if rank == 0:
-                comm.Send([buf, size, MPI.BYTE], dest=peer, tag=7)
-                comm.Recv([buf, size, MPI.BYTE], source=peer, tag=7)
-            elif rank == peer:
-                comm.Recv([buf, size, MPI.BYTE], source=0, tag=7)
-                comm.Send([buf, size, MPI.BYTE], dest=0, tag=7)
-            best = min(best, (time.perf_counter() - t0) / 2)
-        samples.append((size, best))
-    samples = comm.bcast(samples, root=0)
-    m = np.array([s for s, _ in samples], float)
-    t = np.array([x for _, x in samples], float)
-    alpha, beta_link = fit_alpha_beta(m, t)
-    # Collectives keep every rank busy at once: alpha and beta under load are what they see.
-    alpha_link = alpha
-    alpha = max(alpha_link, alpha_under_load(comm))
-    beta = max(beta_under_load(comm, args.max_bytes), beta_link)
+    defaults = cost_model.CostParams()
+    # intra-node: local ranks 0 and 1 of the first node with two ranks
+    intra_pair = next(((r, where.index((node, 1))) for r, (node, local) in enumerate(where)
+                       if local == 0 and (node, 1) in where), None)
+    intra_samples = ping_pong(comm, *intra_pair, sizes, args.iterations) if intra_pair else []
+    alpha_intra, beta_intra = (fit_alpha_beta(*_arrays(intra_samples)) if intra_pair
+                               else (defaults.alpha_intra, defaults.beta_intra))
+    # inter-node: rank 0 and the first rank of node 1, under load as the collectives see it
+    inter_pair = (0, where.index((1, 0))) if topology.nodes > 1 else None
+    samples = ping_pong(comm, *inter_pair, sizes, args.iterations) if inter_pair else []
+    fit_error = 0.0
+    if inter_pair:
+        m, t = _arrays(samples)
+        alpha, beta_link = fit_alpha_beta(m, t)
+        # Collectives keep every rank busy at once: alpha and beta under load are what they see.
+        alpha_link = alpha
+        alpha = max(alpha_link, alpha_under_load(comm))
+        beta = max(beta_under_load(comm, args.max_bytes), beta_link)
+        fitted = (m <= 1024) | (m >= 65536)
+        fit_error = float(np.max(np.abs((alpha_link + beta_link * m[fitted]) - t[fitted]) / t[fitted]))
+    else:  # no pair of ranks crosses a node boundary: nothing to measure the network with
+        alpha = alpha_link = defaults.alpha
+        beta = beta_link = defaults.beta
     # gamma: the C merge itself, on every rank at once (ranks may share cores).
     comm.Barrier()
     gamma = comm.allreduce(float(lib.scaleml_merge_seconds_per_byte(1 << 20, 5)), MPI.MAX)
     delta = delta_per_call(comm, alpha)
     codecs = codec_seconds(comm)
-    fitted = (m <= 1024) | (m >= 65536)
-    fit_error = float(np.max(np.abs((alpha_link + beta_link * m[fitted]) - t[fitted]) / t[fitted]))
     if rank == 0:
-        print(f"alpha = {alpha * 1e6:.2f} us (ping-pong: {alpha_link * 1e6:.2f} us)   "
-              f"beta = {beta * 1e9:.4f} ns/B ({1e-9 / beta:.3f} GB/s; one link alone: {1e-9 / beta_link:.3f} GB/s)   "
-              f"gamma = {gamma * 1e9:.4f} ns/B (sparse merge)   delta = {delta * 1e6:.1f} us per call\n"
-              f"ping-pong fit: worst relative error {fit_error:.0%} at <= 1 KiB and >= 64 KiB, ranks 0 <-> {peer}")
-        for size, x in samples:
-            fitted_us = (alpha_link + beta_link * size) * 1e6
-            print(f"  {size:>10d} B  {x * 1e6:12.2f} us   ping-pong fit {fitted_us:12.2f} us")
+        if inter_pair:
+            print(f"inter-node (ranks 0 <-> {inter_pair[1]}, {topology.nodes} nodes): alpha = {alpha * 1e6:.2f} us "
+                  f"(ping-pong: {alpha_link * 1e6:.2f} us)   beta = {beta * 1e9:.4f} ns/B ({1e-9 / beta:.3f} GB/s; "
+                  f"one link alone: {1e-9 / beta_link:.3f} GB/s)\n"
+                  f"ping-pong fit: worst relative error {fit_error:.0%} at <= 1 KiB and >= 64 KiB")
+        else:
+            print(f"inter-node: one node (all {P} ranks share memory; SCALEML_RANKS_PER_NODE emulates nodes): "
+                  f"nothing crosses a node boundary, alpha = {alpha * 1e6:.2f} us and beta = {beta * 1e9:.4f} ns/B "
+                  "keep their defaults")
+        if intra_pair:
+            print(f"intra-node (ranks {intra_pair[0]} <-> {intra_pair[1]}): alpha_intra = {alpha_intra * 1e6:.2f} us"
+                  f"   beta_intra = {beta_intra * 1e9:.4f} ns/B ({1e-9 / beta_intra:.3f} GB/s)")
+        else:
+            print("intra-node: every node holds one rank: alpha_intra and beta_intra keep their defaults")
+        print(f"gamma = {gamma * 1e9:.4f} ns/B (sparse merge)   delta = {delta * 1e6:.1f} us per call")
+        for label, measured in (("inter", samples), ("intra", intra_samples)):
+            for size, x in measured:
+                print(f"  {label} {size:>10d} B  {x * 1e6:12.2f} us")
         sizes_text = ", ".join(f"2^{size.bit_length() - 1}" for size in CODEC_SIZES)
         print(f"lossy formats, ns per float32 value (the median over {sizes_text} values of the median of "
               f"{CODEC_RUNS} passes each; the slowest rank):")
@@ -86,13 +97,42 @@ def calibrate(args: argparse.Namespace) -> int:
             path = args.output or cost_model.calibration_file()
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta,
+                                        "alpha_intra": alpha_intra, "beta_intra": beta_intra,
                                         "codecs": cost_model.codecs_to_json(codecs),
                                         "alpha_ping_pong": alpha_link,
                                         "beta_one_link": beta_link,
                                         "fit_max_rel_error": fit_error,
-                                        "samples": samples, **run_metadata(comm, collective=False)}, indent=1))
+                                        "samples": samples or intra_samples, "intra_samples": intra_samples,
+                                        "nodes": topology.nodes, **run_metadata(comm, collective=False)}, indent=1))
             print(f"saved to {path} (read by algorithm='auto' at import; SCALEML_COST_FILE overrides the path)")
     return 0
+
+
+def ping_pong(comm: MPI.Intracomm, a: int, b: int, sizes: list[int], iterations: int) -> list[tuple[int, float]]:
+    """(message bytes, best one-way seconds) of ping-pongs between ranks ``a`` and ``b`` (every rank calls it;
+    the others wait at the barriers); the same list on every rank."""
+    rank = comm.Get_rank()
+    samples = []
+    for size in sizes:
+        buf = np.zeros(max(size, 1), np.uint8)
+        reps = max(3, min(iterations, int(iterations * 65536 / max(size, 65536))))
+        best = float("inf")
+        comm.Barrier()
+        for _ in range(reps + 1):  # the first round trip is a warm-up
+            t0 = time.perf_counter()
+            if rank == a:
+                comm.Send([buf, size, MPI.BYTE], dest=b, tag=7)
+                comm.Recv([buf, size, MPI.BYTE], source=b, tag=7)
+            elif rank == b:
+                comm.Recv([buf, size, MPI.BYTE], source=a, tag=7)
+                comm.Send([buf, size, MPI.BYTE], dest=a, tag=7)
+            best = min(best, (time.perf_counter() - t0) / 2)
+        samples.append((size, best))
+    return comm.bcast(samples, root=a)
+
+
+def _arrays(samples: list[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([s for s, _ in samples], float), np.array([x for _, x in samples], float)
 
 
 def codec_seconds(comm: MPI.Intracomm, sizes: tuple[int, ...] = CODEC_SIZES,

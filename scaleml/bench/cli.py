@@ -287,10 +287,14 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, help="seconds per byte")
     p.add_argument("--gamma", type=float, help="seconds per byte of local work")
     p.add_argument("--delta", type=float, help="seconds of the engine's fixed cost per call")
+    p.add_argument("--ranks-per-node", type=int, default=8, metavar="L",
+                   help="ranks per node of the node-aware table (flat algorithms next to hierarchical_dense)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the predictions as JSON")
 
 
-_CALIBRATE_DESCRIPTION = ("Measure alpha by a ping-pong between rank 0 and the last rank, beta as the larger of the "
+_CALIBRATE_DESCRIPTION = ("Measure alpha_intra and beta_intra by a ping-pong within a node (SCALEML_RANKS_PER_NODE "
+                          "emulates nodes), alpha by a ping-pong between rank 0 and a rank of another node (one "
+                          "node: alpha and beta keep their defaults), beta as the larger of the "
                           "ping-pong slope and the time per byte when all ranks exchange at once, and gamma by "
                           "timing the C sparse merge on every rank, and each lossy format's encode, decode and "
                           "decode-and-add seconds per value by timing its C kernels on every rank; save them where "

@@ -1,9 +1,10 @@
 """``scaleml-bench model``: the cost model's predicted time of every algorithm, and the choice of ``auto``.
 
-Two tables: the exact algorithms of the sparse AllReduce per (ranks, count, density, bits), and the lossy
+Three tables: the exact algorithms of the sparse AllReduce per (ranks, count, density, bits), and the lossy
 formats per (ranks, count, format): the dense quantized algorithms of the registry next to the exact dense
 AllReduce and an allgather of the compressed vectors, each with its bytes sent per rank, to show which of
-them grow with the number of ranks.
+them grow with the number of ranks; and the exact dense AllReduce on nodes of ``--ranks-per-node`` ranks (default
+8), the flat algorithms next to ``hierarchical_dense``.
 """
 
 from __future__ import annotations
@@ -106,10 +107,50 @@ def model(args: argparse.Namespace) -> int:
                     print(f"{P:>6d} {n:>11d} {density:>8.0e} {bits:>5g} "
                           + " ".join(f"{pred[a] * 1e3:>22.3f}" for a in names) + f"  {best:>18} {speedup:>8.2f}")
     lossy_rows = lossy_table(args, params, formats, itemsize) if formats else []
+    node_rows = node_table(args, params, itemsize)
     if args.json:
-        args.json.write_text(json.dumps({"params": params.to_json(), "rows": rows, "lossy_rows": lossy_rows},
-                                        indent=1))
+        args.json.write_text(json.dumps({"params": params.to_json(), "rows": rows, "lossy_rows": lossy_rows,
+                                         "node_rows": node_rows}, indent=1))
     return 0
+
+
+def node_shape(P: int, ranks_per_node: int) -> tuple[int, int, int]:
+    """(nodes, ranks of the smallest node, of the largest) of P consecutive ranks cut into nodes of
+    ``ranks_per_node`` (the last one may be smaller), as ``SCALEML_RANKS_PER_NODE`` cuts them."""
+    L = min(ranks_per_node, P)
+    return -(-P // L), P % L or L, L
+
+
+def node_table(args: argparse.Namespace, params: cost_model.CostParams, itemsize: int) -> list[dict]:
+    """Print and return the exact dense AllReduce on nodes of ``--ranks-per-node`` ranks: the flat algorithms
+    (every message at the inter-node alpha, beta) next to ``hierarchical_dense`` (its intra-node steps at
+    alpha_intra, beta_intra), with the bytes each rank sends across node boundaries."""
+    p = params
+    flat = ("dense", "ring")
+    L = args.ranks_per_node
+    print(f"\n# dense exact data on nodes of {L} ranks: predicted time (ms) and bytes sent across node boundaries "
+          f"per rank (MB; a flat algorithm's every byte may cross one); intra-node alpha "
+          f"{p.alpha_intra * 1e6:.2f} us, beta {p.beta_intra * 1e9:.4f} ns/B ({1e-9 / p.beta_intra:.3f} GB/s)")
+    print(f"{'ranks':>6} {'nodes':>6} {'count':>11} " + " ".join(f"{a + '(ms)':>10} {'MB':>6}" for a in flat)
+          + f" {'hierarchical_dense(ms)':>22} {'MB':>6} {'speedup':>8}")
+    rows = []
+    for P in args.ranks:
+        nodes = node_shape(P, L)
+        N, S = nodes[0], nodes[1]
+        for n in args.n:
+            index_bytes = index_dtype(n).itemsize
+            pred = algorithms.costs(n, P, n, n * P, index_bytes, itemsize, False, True, p.alpha, p.beta, p.gamma,
+                                    p.delta, nodes=nodes, intra=(p.alpha_intra, p.beta_intra))
+            sent = {a: 2 * (P - 1) / P * n * itemsize for a in flat}
+            sent["hierarchical_dense"] = 2 * (N - 1) / N * n / S * itemsize if nodes[2] > 1 else sent["ring"]
+            best_flat = min(flat, key=lambda a: pred[a])
+            speedup = pred[best_flat] / pred["hierarchical_dense"]
+            rows.append({"ranks": P, "ranks_per_node": L, "nodes": N, "count": n, "speedup_vs_flat": speedup,
+                         **{f"{a}_s": pred[a] for a in (*flat, "hierarchical_dense")},
+                         **{f"{a}_inter_node_bytes_per_rank": sent[a] for a in sent}})
+            print(f"{P:>6d} {N:>6d} {n:>11d} " + " ".join(f"{pred[a] * 1e3:>10.2f} {_mb(sent[a]):>6}" for a in flat)
+                  + f" {pred['hierarchical_dense'] * 1e3:>22.2f} {_mb(sent['hierarchical_dense']):>6} {speedup:>8.2f}")
+    return rows
 
 
 def lossy_table(args: argparse.Namespace, params: cost_model.CostParams, formats: dict, itemsize: int) -> list[dict]:

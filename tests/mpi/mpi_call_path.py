@@ -88,7 +88,7 @@ def test_only_the_engine_calls_the_c_agreement_and_collective():
 
     package = Path(scaleml.__file__).parent
     callers = {p.name for p in package.rglob("*.py")
-               if "scaleml_consensus(" in p.read_text() or "scaleml_allreduce(" in p.read_text()}
+               if any(f"scaleml_{name}(" in p.read_text() for name in ("consensus", "allreduce", "allreduce_topology"))}
     assert callers == {"engine.py"}
 
 

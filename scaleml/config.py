@@ -38,9 +38,9 @@ variable                   default      effect
 ``SCALEML_NO_SIMD``        (unset)      Anything but ``0``: the C kernels use their portable code.
 ``SCALEML_NUM_THREADS``    (see text)   Threads the C kernels split a large input over (integer >= 1);
                                         default: the cores of the rank's affinity divided by the ranks
-                                        of its node whose affinity overlaps it, at least 1
-                                        (:func:`default_num_threads`). Ranks that oversubscribe their
-                                        cores (4 ranks on 2 cores) get 1 thread each.
+                                        its launcher started on the node (unless bound to its own
+                                        cores), at least 1 (:func:`cores_and_sharing`). Ranks that
+                                        oversubscribe their cores (4 ranks on 2 cores) get 1 thread each.
 ``SCALEML_CUDA_LIBRARY``   (package)    The CUDA library to load (default ``scaleml/_scaleml_cuda.so``).
 ``SCALEML_CUDA_EMULATE``   ``0``        ``1``: CUDA arrays run on the CPU emulation of the CUDA library
                                         (tests without a GPU; ``docs/gpu.md``).

@@ -12,6 +12,8 @@ with the input's own library on the input's device.
 from __future__ import annotations
 
 import sys
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,8 @@ from . import _cuda
 from ._cuda_emulation import EmulatedDeviceArray
 from .errors import BufferLayoutError, DeviceError
 
-__all__ = ["DeviceArray", "describe", "device_array", "empty_like", "from_host", "is_device", "same_device", "to_host"]
+__all__ = ["DeviceArray", "describe", "device_array", "empty_like", "from_host", "is_device", "pinned", "same_device",
+           "to_host"]
 
 _DL_CUDA = (2, 13)
 """``kDLCUDA`` and ``kDLCUDAManaged`` in DLPack's device enumeration."""
@@ -210,6 +213,33 @@ def empty_like(a: DeviceArray, shape: tuple[int, ...] | None = None, dtype: Any 
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             raise MemoryError(f"device out of memory: {nbytes} bytes on cuda:{a.device} ({exc})") from None
         raise
+
+
+class _PinnedBuffers(threading.local):
+    """Page-locked host buffers by role, one set per thread, grown as needed (allocating them costs far more
+    than a copy, so they are kept)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+
+_pinned = _PinnedBuffers()
+
+
+def pinned(role: str, nbytes: int) -> np.ndarray:
+    """``nbytes`` of page-locked host memory (``cudaHostAlloc``) as a uint8 array, for staging: copies from and
+    to the device run at the link's full speed and asynchronously. The buffer of ``role`` is reused by the next
+    call of the same role on this thread: hold it no longer than the call that asked for it."""
+    buffer = _pinned.buffers.get(role)
+    if buffer is None or buffer.size < nbytes:
+        be = _cuda.backend()
+        address = be.new("uintptr_t *")
+        be.call("scaleml_cuda_host_alloc", max(nbytes, 1), address)
+        raw = _cuda.pinned_view(int(address[0]), max(nbytes, 1))
+        buffer = np.frombuffer(raw, np.uint8)
+        weakref.finalize(buffer, be.call_rc, "scaleml_cuda_host_free", int(address[0]))
+        _pinned.buffers[role] = buffer
+    return buffer[:nbytes]
 
 
 def from_host_new(host: np.ndarray, like: DeviceArray) -> Any:

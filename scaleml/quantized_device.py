@@ -7,9 +7,13 @@ order (rank 0's with a decode, the others with a decode-and-add). Here the same 
 kernels of ``csrc/cuda`` on the caller's device memory:
 
 1. in the preparation (before the agreement, so a failure is every rank's error): the non-finite check, the
-   encode kernels into a device buffer, and one copy of the m encoded bytes to the host;
-2. after the agreement: ``MPI_Allgather`` of the P messages (host memory), one copy of the P m bytes back to
-   the device, the decode and decode-and-add kernels into the result.
+   encode kernels into a device buffer, and one copy of the m encoded bytes to page-locked host memory;
+2. after the agreement: ``MPI_Allgather`` of the P messages (page-locked host memory), one copy of the P m
+   bytes back to the device, the decode and decode-and-add kernels into the result.
+
+The copies are whole, not chunked: the encode must be complete before the agreement (a rank whose encode
+fails must not have started sending), and the entry points wait for their stream, so encode, copy and send
+do not overlap yet.
 
 So 2 n q bytes per rank cross PCIe (q: encoded bytes per value) instead of the 2 n value bytes of staging the
 values, and the result is the host algorithm's, bitwise (the kernels produce the CPU kernels' bytes).
@@ -97,8 +101,8 @@ def gather_call(private: MPI.Intracomm, x: _device.DeviceArray, result: _device.
     codec = fmt.codec(fmt.compressor.step)
     chunks = _chunks(fmt, codec, n, vb)
     m = sum(c[3] for c in chunks)
-    mine = np.empty(m, np.uint8)
-    gathered = np.empty(P * m, np.uint8)
+    mine = _device.pinned("gather/send", m)  # page-locked: the copies run at the link's speed
+    gathered = _device.pinned("gather/receive", P * m)
     messages = _device.device_array(_device.empty_like(x, (max(P * m, 1),), np.uint8), "messages")
     assert messages is not None
     if P > 1:

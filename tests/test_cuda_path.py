@@ -15,7 +15,7 @@ from cffi import FFI
 from conftest import ROOT
 
 import scaleml
-from scaleml import _cuda, _cuda_build
+from scaleml import _cuda, _cuda_build, _device
 from scaleml._cuda_emulation import EmulatedDeviceArray as Dev
 from scaleml.compress import QSGD, Cast, DeviceCompressed, OneBit, TopK, decode
 
@@ -175,3 +175,15 @@ def test_device_out_of_memory_is_a_memory_error(emulated, monkeypatch):
     monkeypatch.setenv("SCALEML_CUDA_EMULATE_MEMORY", "64")
     with pytest.raises(MemoryError, match="device out of memory"):
         QSGD(bits=4).encode(x)
+
+
+def test_pinned_staging_buffers_are_reused_per_role_and_grow(emulated):
+    first = _device.pinned("test/role", 100)
+    again = _device.pinned("test/role", 60)
+    assert first.size == 100 and again.size == 60 and np.shares_memory(first, again)
+    other = _device.pinned("test/other", 60)
+    assert not np.shares_memory(first, other)
+    grown = _device.pinned("test/role", 1000)
+    assert grown.size == 1000 and not np.shares_memory(first, grown)
+    grown[:] = 7
+    assert (grown == 7).all()

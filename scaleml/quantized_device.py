@@ -8,12 +8,14 @@ kernels of ``csrc/cuda`` on the caller's device memory:
 
 1. in the preparation (before the agreement, so a failure is every rank's error): the non-finite check, the
    encode kernels into a device buffer, and one copy of the m encoded bytes to page-locked host memory;
-2. after the agreement: ``MPI_Allgather`` of the P messages (page-locked host memory), one copy of the P m
-   bytes back to the device, the decode and decode-and-add kernels into the result.
+2. after the agreement, chunk by chunk (the host algorithm's chunks): an ``MPI_Iallgather`` per chunk, all
+   posted at once into page-locked host memory; as each chunk arrives, its P encodings are copied to the
+   device and decoded into the result (rank 0's decoded, the others' added, in rank order), while the later
+   chunks are still on the wire.
 
-The copies are whole, not chunked: the encode must be complete before the agreement (a rank whose encode
-fails must not have started sending), and the entry points wait for their stream, so encode, copy and send
-do not overlap yet.
+The encode is whole and comes first: it must be complete before the agreement (a rank whose encode fails
+must not have started sending). So the copy back and the decode of each chunk overlap the transfer of the
+later ones, not the encode.
 
 So 2 n q bytes per rank cross PCIe (q: encoded bytes per value) instead of the 2 n value bytes of staging the
 values, and the result is the host algorithm's, bitwise (the kernels produce the CPU kernels' bytes).
@@ -118,14 +120,19 @@ def gather_call(private: MPI.Intracomm, x: _device.DeviceArray, result: _device.
             be.call("scaleml_cuda_memcpy_async", result.ptr, x.ptr, x.nbytes, 2, x.stream)
             be.call("scaleml_cuda_stream_synchronize", x.stream)
             return 0
-        comm.Allgather([mine, MPI.BYTE], [gathered, MPI.BYTE])
+        # Chunk by chunk: every chunk's allgather is posted at once (chunk-major: chunk c's P messages lie
+        # side by side at P * at_c), then each chunk is copied to the device and decoded as soon as it has
+        # arrived, while the later chunks are still on the wire.
+        requests = [comm.Iallgather([mine[at:at + nbytes], MPI.BYTE], [gathered[P * at:P * (at + nbytes)], MPI.BYTE])
+                    for _, _, at, nbytes in chunks]
         be.call("scaleml_cuda_set_device", x.device)
-        if gathered.size:
-            be.call("scaleml_cuda_memcpy_async", messages.ptr, gathered.ctypes.data, gathered.size, _H2D, x.stream)
-        for j in range(P):
-            for start, length, at, nbytes in chunks:
-                _decode(be, fmt, j > 0, messages.ptr + j * m + at, nbytes, length, result.ptr + start * vb, vb,
-                        x.stream)
+        for request, (start, length, at, nbytes) in zip(requests, chunks):
+            request.Wait()
+            be.call("scaleml_cuda_memcpy_async", messages.ptr + P * at, gathered[P * at:].ctypes.data, P * nbytes,
+                    _H2D, x.stream)
+            for j in range(P):  # rank order: rank 0's message decoded, the others' added
+                _decode(be, fmt, j > 0, messages.ptr + P * at + j * nbytes, nbytes, length, result.ptr + start * vb,
+                        vb, x.stream)
         be.call("scaleml_cuda_stream_synchronize", x.stream)
         return (P - 1) * m
 

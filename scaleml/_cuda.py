@@ -50,6 +50,13 @@ def _cdef_text(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("#") or _DEFINE.match(line))
 
 
+def _open(path: Path) -> tuple[FFI, Any]:
+    """cffi's ABI-mode view of the library at ``path``, declared by the copied ``csrc/cuda/api_*.h``."""
+    ffi = FFI()
+    ffi.cdef(_cdef_text(_API_PATH.read_text() if _API_PATH.exists() else ""))
+    return ffi, ffi.dlopen(str(path))
+
+
 class Backend:
     """The device operations: ``call(name, *args)`` runs entry point ``name`` and raises on its error.
 
@@ -142,10 +149,8 @@ def _load() -> Backend:
     if not path.exists():
         raise DeviceError(f"ScaleML's CUDA library is not built ({path.name} missing: nvcc was not found at "
                           "install time); install with nvcc on PATH (make install) to use device arrays")
-    ffi = FFI()
-    ffi.cdef(_cdef_text(_API_PATH.read_text() if _API_PATH.exists() else ""))
     try:
-        lib = ffi.dlopen(str(path))
+        ffi, lib = _open(path)
     except OSError as exc:
         raise DeviceError(f"ScaleML's CUDA library {path} could not be loaded: {exc}") from None
 
@@ -185,10 +190,8 @@ def library_report() -> dict[str, Any]:
     if not report["built"]:
         report["detail"] = "not built (nvcc was not found at install time)"
         return report
-    ffi = FFI()
-    ffi.cdef(_cdef_text(_API_PATH.read_text() if _API_PATH.exists() else ""))
     try:
-        lib = ffi.dlopen(str(LIBRARY_PATH))
+        ffi, lib = _open(LIBRARY_PATH)
     except OSError as exc:
         report["detail"] = f"built, but it does not load: {exc}"
         return report

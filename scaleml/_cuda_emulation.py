@@ -30,6 +30,11 @@ def _devices() -> int:
     return int(os.environ.get("SCALEML_CUDA_EMULATE_DEVICES") or 2)
 
 
+def _memory_limit() -> int:
+    """Bytes one emulated allocation may take (``SCALEML_CUDA_EMULATE_MEMORY``); beyond: out of memory."""
+    return int(os.environ.get("SCALEML_CUDA_EMULATE_MEMORY") or 1 << 40)
+
+
 def _register(memory: np.ndarray, device: int) -> int:
     address = memory.ctypes.data
     _DEVICE_RANGES[address] = (address + max(memory.nbytes, 1), device, memory)
@@ -67,7 +72,7 @@ class EmulatedDeviceArray:
         self.device = int(device)
         self.readonly = readonly
         size = int(np.prod(self.shape, dtype=np.int64))
-        limit = int(os.environ.get("SCALEML_CUDA_EMULATE_MEMORY") or 1 << 40)
+        limit = _memory_limit()
         if size * self.dtype.itemsize > limit:  # as torch and CuPy do: their out-of-memory error
             raise OutOfMemoryError(f"emulated device {device}: {size * self.dtype.itemsize} bytes asked, "
                                    f"{limit} emulated")
@@ -139,7 +144,7 @@ class EmulatedRuntime:
         return 0
 
     def scaleml_cuda_malloc(self, nbytes: int, ptr: Any) -> int:
-        limit = int(os.environ.get("SCALEML_CUDA_EMULATE_MEMORY") or 1 << 40)
+        limit = _memory_limit()
         if nbytes > limit:
             return self._fail(ERR_NOMEM, f"device out of memory in cudaMalloc: {nbytes} bytes asked, "
                                          f"{limit} emulated")

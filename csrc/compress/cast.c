@@ -201,7 +201,11 @@ static int decode_args(int format, int value_bytes)
     return SCALEML_OK;
 }
 
-int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes)
+typedef uint32_t (*decode_worker)(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes);
+
+/* Run worker over in[0 .. n) split in parts of whole CAST_UNITs over the threads; SCALEML_ERR_MALFORMED when
+ * a part saw an Inf/NaN pattern (every value is written or added all the same). */
+static int decode_parts(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes, decode_worker worker)
 {
     int rc = decode_args(format, value_bytes);
     if (rc) return rc;
@@ -214,11 +218,15 @@ int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, i
         threads_split(units, threads, t, &lo, &hi);
         lo *= CAST_UNIT;
         hi = hi * CAST_UNIT < n ? hi * CAST_UNIT : n;
-        bad |= decode_values(in + lo, hi - lo, format, (char *)out + lo * (uint64_t)value_bytes, value_bytes);
+        bad |= worker(in + lo, hi - lo, format, (char *)out + lo * (uint64_t)value_bytes, value_bytes);
     }
-    if (bad)
-        return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
+    if (bad) return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
     return SCALEML_OK;
+}
+
+int scaleml_cast_decode(const uint16_t *in, uint64_t n, int format, void *out, int value_bytes)
+{
+    return decode_parts(in, n, format, out, value_bytes, decode_values);
 }
 
 /* Values decoded per chunk of decode-and-add (on the stack, in cache). */
@@ -247,19 +255,5 @@ static uint32_t decode_add_values(const uint16_t *in, uint64_t n, int format, vo
 
 int scaleml_cast_decode_add(const uint16_t *in, uint64_t n, int format, void *acc, int value_bytes)
 {
-    int rc = decode_args(format, value_bytes);
-    if (rc) return rc;
-    uint64_t units = (n + CAST_UNIT - 1) / CAST_UNIT;
-    int threads = threads_for(n, units);
-    uint32_t bad = 0;
-#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: bad) if (threads > 1)
-    for (int t = 0; t < threads; t++) {
-        uint64_t lo, hi;
-        threads_split(units, threads, t, &lo, &hi);
-        lo *= CAST_UNIT;
-        hi = hi * CAST_UNIT < n ? hi * CAST_UNIT : n;
-        bad |= decode_add_values(in + lo, hi - lo, format, (char *)acc + lo * (uint64_t)value_bytes, value_bytes);
-    }
-    if (bad) return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");
-    return SCALEML_OK;
+    return decode_parts(in, n, format, acc, value_bytes, decode_add_values);
 }

@@ -44,7 +44,7 @@ from . import timeline as _timeline
 from ._native import check, comm_address, ffi, lib
 from .dense_scan import extract_nonzeros
 from .errors import AGREEMENT_EXCEPTIONS, DeviceError
-from .tuner import EXPLORE_LIMIT, EXPLORE_WITHIN, WIN_MARGIN, ClassStats, Tuner, bandwidth_factor
+from .tuner import BASELINE_RUNS, EXPLORE_LIMIT, EXPLORE_WITHIN, WIN_MARGIN, ClassStats, Tuner, bandwidth_factor
 from .value_format import ValueFormat
 
 __all__ = ["Agreement", "AllreduceInfo", "Call", "EngineState", "LocalError", "SparseVector", "Topology", "agree",
@@ -504,8 +504,8 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
         return call.fixed
     names = candidates(call, agreement)
     if call.mpi_allreduce is not None:  # the drop-in: MPI on the caller's buffers is the one to beat
-        if stats.mpi_seconds is None:
-            return "dense", "MPI first: its time in this size class is not measured yet"
+        if stats.mpi_runs < BASELINE_RUNS:
+            return "dense", f"MPI first: call {stats.mpi_runs + 1} of {BASELINE_RUNS} measuring its time here"
         if not names:
             stats.go_mpi()
             return "dense", "no engine algorithm takes this call"
@@ -518,8 +518,8 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
         stats.go_mpi()
         return "dense", (f"no engine algorithm is estimated clearly faster than MPI's measured time "
                          f"({chosen} {estimate * 1e6:.1f} us); MPI period of {stats.mpi_until - stats.calls} calls")
-    if "dense" in names and not stats.measured("dense"):
-        return "dense", "measuring MPI first"  # the baseline never to lose to, at each density
+    if "dense" in names and stats.runs("dense") < BASELINE_RUNS:  # the baseline never to lose to, per density
+        return "dense", f"measuring MPI first ({stats.runs('dense') + 1} of {BASELINE_RUNS})"
     prior = _prior(predicted, model, stats.baseline_seconds(predicted))
     return stats.choose(predicted, names, prior, _FAMILIES), _why(stats)
 

@@ -37,6 +37,11 @@ The rules of a choice (:meth:`ClassStats.choose`), per size class and density
   rank algorithms it puts close together, and trying one costs one call. So
   the extra time the first calls of a class spend exploring is at most
   ``EXPLORE_LIMIT`` calls, each estimated at most 1.5x the best measured call.
+* **Cold calls**: the first call of an algorithm in a class pays one-time
+  costs (MPI's connections, first-touch memory). Its sample is replaced by
+  the second one, and the baseline runs :data:`BASELINE_RUNS` times before
+  anything is compared with it; one cold sample of MPI once made ``auto``
+  keep an algorithm that measured 4x slower than MPI.
 * **Hysteresis**: the algorithm in use (the incumbent) is replaced by another
   measured one only when the other's estimate is below ``SWITCH_MARGIN`` of
   the incumbent's; estimates are medians of several agreed samples, so one
@@ -72,6 +77,10 @@ INITIAL_BACKOFF = 4
 MAX_BACKOFF = 1024
 WINDOW = 5
 """Agreed samples kept per estimate; the estimate is their median."""
+BASELINE_RUNS = 2
+"""Calls of the baseline (MPI) measured in a class before anything is compared with it: the first call of
+an algorithm in a class pays one-time costs (connections, first-touch memory), which would make the baseline
+look slower than it is and an engine algorithm win on that one sample."""
 
 
 def density_bucket(nnz_sum: int, ranks: int, n: int) -> int:
@@ -121,7 +130,11 @@ class ClassStats:
     exploring: bool = False
     """Whether :meth:`choose`'s last choice was an exploration (an algorithm never measured here)."""
     _ratio_samples: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    _runs: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Measured calls per (algorithm, density bucket), the cold one included."""
     _mpi_samples: list[float] = field(default_factory=list)
+    mpi_runs: int = 0
+    """Measured calls of the drop-in's MPI baseline (agreed reports)."""
     # this rank's own measurements, reported at the next agreement of the class
     _engine_local: float = 0.0
     _mpi_local: list[float] = field(default_factory=list)
@@ -141,10 +154,17 @@ class ClassStats:
             seconds = engine_ns * 1e-9
             if predicted > 0:
                 key = (algorithm, bucket)
-                self.ratio[key] = _push(self._ratio_samples.setdefault(key, []), seconds / predicted)
+                samples = self._ratio_samples.setdefault(key, [])
+                runs = self._runs[key] = self._runs.get(key, 0) + 1
+                if runs == 2:
+                    samples.clear()  # the cold first call's sample gives way to the first warm one
+                self.ratio[key] = _push(samples, seconds / predicted)
         self.last_engine = None
         if mpi_ns > 0:
             # MPI's best recent time, not its median: the comparison leans towards MPI, the safe side.
+            self.mpi_runs += 1
+            if self.mpi_runs == 2:
+                self._mpi_samples.clear()  # the cold first call, as above
             _push(self._mpi_samples, mpi_ns * 1e-9)
             self.mpi_seconds = min(self._mpi_samples)
 
@@ -155,6 +175,10 @@ class ClassStats:
     def measured(self, algorithm: str) -> bool:
         """Whether ``algorithm`` has an agreed time at the current density."""
         return (algorithm, self.bucket) in self.ratio
+
+    def runs(self, algorithm: str) -> int:
+        """Measured calls of ``algorithm`` at the current density (agreed), the cold first one included."""
+        return self._runs.get((algorithm, self.bucket), 0)
 
     def samples(self, algorithm: str) -> int:
         """Agreed samples of ``algorithm`` at the current density (at most WINDOW)."""

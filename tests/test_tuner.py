@@ -19,7 +19,10 @@ def test_ratio_is_learned_from_agreed_reports():
     assert s.estimate("recursive_doubling", 2e-3) == pytest.approx(8e-3)
     s.record_engine("recursive_doubling", predicted=1e-3, seconds=2e-3)
     s.learn(*s.reports_ns())
-    assert s.ratio["recursive_doubling", s.bucket] == pytest.approx(3.0)  # the median of the samples
+    assert s.ratio["recursive_doubling", s.bucket] == pytest.approx(2.0)  # the cold first call gives way
+    s.record_engine("recursive_doubling", predicted=1e-3, seconds=4e-3)
+    s.learn(*s.reports_ns())
+    assert s.ratio["recursive_doubling", s.bucket] == pytest.approx(3.0)  # the median of the warm samples
     for seconds in (2e-3, 50e-3, 2e-3, 2e-3, 2e-3):  # one slow call among them does not move it
         s.record_engine("recursive_doubling", predicted=1e-3, seconds=seconds)
         s.learn(*s.reports_ns())
@@ -39,10 +42,13 @@ def test_mpi_time_is_the_median_of_the_calls_since_the_last_agreement():
     engine_ns, mpi_ns = s.reports_ns()
     assert engine_ns == 0 and mpi_ns == 200_000
     s.learn(engine_ns, mpi_ns)
-    assert s.mpi_seconds == pytest.approx(2e-4)
+    assert s.mpi_seconds == pytest.approx(2e-4) and s.mpi_runs == 1
+    s.record_mpi(3e-4)
+    s.learn(*s.reports_ns())
+    assert s.mpi_seconds == pytest.approx(3e-4)  # the cold first report gives way to the second
     s.record_mpi(5e-4)
     s.learn(*s.reports_ns())
-    assert s.mpi_seconds == pytest.approx(2e-4)  # MPI's best recent time: comparisons lean towards MPI
+    assert s.mpi_seconds == pytest.approx(3e-4)  # MPI's best recent time: comparisons lean towards MPI
 
 
 def test_backoff_grows_to_its_cap_and_resets():

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from mpi4py import MPI
 
 from .consistency import ReplicaMismatchError, TrainingError, agree
-from .models import MODELS
+from .models import BAG_MODES, MODELS
 from .optim import OPTIMIZERS
 from .reducer import COMPRESSIONS, parse_compression
 from .trainer import TrainConfig, train
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "(run under mpiexec; every rank trains on its own shard).",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model and data")
-    g.add_argument("--dataset", default=d.dataset, help="digits, synthetic, or PATH.npz (X, y, optional X_test, "
-                   "y_test)")
+    g.add_argument("--dataset", default=d.dataset, help="digits, synthetic, zipf-text (token ids for --model "
+                   "embedding-bag), or PATH.npz (X, y, optional X_test, y_test)")
     g.add_argument("--model", choices=MODELS, default=d.model)
     g.add_argument("--hidden", type=int, nargs="+", default=d.hidden, metavar="N", help="MLP hidden layer sizes")
     g.add_argument("--classes", type=int, default=None, help="number of classes (default: from the labels)")
@@ -88,7 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test share when the data has no test set")
     g.add_argument("--synthetic-samples", type=int, default=d.synthetic_samples, metavar="N")
     g.add_argument("--synthetic-features", type=int, default=d.synthetic_features, metavar="D")
-    g.add_argument("--synthetic-classes", type=int, default=d.synthetic_classes, metavar="K")
+    g.add_argument("--synthetic-classes", type=int, default=d.synthetic_classes, metavar="K",
+                   help="classes of synthetic and zipf-text (--synthetic-samples sizes both)")
+    g.add_argument("--vocab", type=int, default=d.vocab, metavar="V",
+                   help="zipf-text and embedding-bag: token ids (rows of the embedding)")
+    g.add_argument("--embed-dim", type=int, default=d.embed_dim, metavar="D", help="embedding-bag: row width")
+    g.add_argument("--bag-length", type=int, default=d.bag_length, metavar="L",
+                   help="zipf-text: the largest bag (bags hold L/2 to L tokens)")
+    g.add_argument("--bag-mode", choices=BAG_MODES, default=d.bag_mode, help="embedding-bag: pooling of a bag")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     g.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.1 sgd, 0.05 momentum, "

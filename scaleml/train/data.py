@@ -8,6 +8,10 @@
   blocks of :data:`BLOCK` rows, each from a generator keyed by the seed and
   the block index: the data set is the same on every rank and every machine,
   and a rank materialises only the blocks of its shard.
+* ``zipf-text``: synthetic text classification for the ``embedding-bag``
+  model (:func:`zipf_text_dataset`): bags of token ids drawn from a Zipf
+  distribution over a vocabulary of 10^5 (or more) tokens, a share of them
+  from the hidden class of the label; drawn in blocks like ``synthetic``.
 * a path to an ``.npz`` file with ``X``, ``y`` and optionally ``X_test``,
   ``y_test`` (without them the last ``test_fraction`` of a seeded permutation
   is the test set).
@@ -26,10 +30,13 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["BLOCK", "Dataset", "Shard", "load_dataset", "shard"]
+__all__ = ["BLOCK", "Dataset", "Shard", "load_dataset", "shard", "zipf_text_dataset"]
 
 BLOCK = 4096
 """Rows per independently seeded block of the synthetic data."""
+
+STOP_WORDS = 100
+"""``zipf-text``: the most frequent tokens, which belong to no class."""
 
 
 @dataclass
@@ -204,14 +211,127 @@ def synthetic_dataset(seed: int, samples: int, features: int, task: str, classes
                    train_rows, lambda a, b: rows(samples + a, samples + b))
 
 
+@functools.lru_cache(maxsize=2)
+def _zipf_cdf(vocab: int, exponent: float) -> np.ndarray:
+    """Cumulative probabilities of the token ranks 1..vocab under Zipf's law ``p(k) ~ k^-exponent``."""
+    cdf = np.cumsum(np.arange(1, vocab + 1, dtype=np.float64) ** -exponent)
+    cdf /= cdf[-1]
+    cdf.flags.writeable = False
+    return cdf
+
+
+def zipf_text_dataset(seed: int, samples: int, vocab: int, bag_length: int, classes: int, *,
+                      exponent: float = 1.1, topic: float = 0.25, test_fraction: float = 0.2) -> Dataset:
+    """Synthetic text classification: Zipf-distributed bags of token ids and a label a bag model can learn.
+
+    Every token but the :data:`STOP_WORDS` most frequent has a hidden class
+    (uniform, from the seed). A sample draws its label uniformly, then a bag
+    of ``uniform[ceil(bag_length / 2), bag_length]`` tokens: each token is
+    drawn, by rank, from Zipf's law (``p(k) ~ k^-exponent``, ``k = 1..vocab``),
+    except that with probability ``topic`` it is drawn from Zipf's law over
+    the label's own tokens. A seeded permutation maps ranks to ids, so frequent
+    tokens lie anywhere in the embedding matrix, and ``-1`` pads each row to
+    ``bag_length``. Token frequencies thus stay Zipf's (the topic draws
+    reweight the classes' tokens by about ``1 + topic``), and the Bayes
+    classifier adds one log-likelihood ratio per token of the bag: exactly a
+    sum of per-token vectors, which an embedding bag represents. What is left
+    to chance is the bags with few or rare topic tokens.
+
+    Rows are drawn in blocks of :data:`BLOCK` from PCG64 keyed by ``(seed,
+    block)``, as in :func:`synthetic_dataset`: the data set is the same on
+    every rank, which materialises only its shard. The first ``samples`` rows
+    are the training set, the next ``round(test_fraction * samples)`` the test
+    set.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the hidden classes, the id permutation and the rows.
+    samples : int
+        Training samples.
+    vocab : int
+        Number of token ids (> :data:`STOP_WORDS` leaves every class some tokens).
+    bag_length : int
+        Width of a row: the largest bag.
+    classes : int
+        Number of classes (>= 2).
+    exponent : float
+        Zipf exponent (> 0).
+    topic : float
+        Probability that a token is drawn from the label's tokens, in [0, 1].
+    test_fraction : float
+        Test samples per training sample.
+
+    Returns
+    -------
+    Dataset
+        ``features`` is ``bag_length``; rows of ``X`` are int32 token ids.
+    """
+    if samples < 1 or bag_length < 1:
+        raise ValueError(f"zipf-text needs samples and bag length >= 1, got {samples} and {bag_length}")
+    if classes < 2:
+        raise ValueError(f"zipf-text needs at least 2 classes, got {classes}")
+    if vocab < STOP_WORDS + classes:
+        raise ValueError(f"zipf-text needs a vocabulary of at least {STOP_WORDS + classes} tokens ({STOP_WORDS} stop "
+                         f"words and one per class), got {vocab}")
+    if not (exponent > 0 and np.isfinite(exponent)) or not 0 <= topic <= 1:
+        raise ValueError(f"zipf-text needs an exponent > 0 and a topic share in [0, 1], got {exponent} and {topic}")
+    n_test = max(int(round(test_fraction * samples)), 1)
+    cdf = _zipf_cdf(int(vocab), float(exponent))
+    hidden = np.random.default_rng([int(seed), 0x21F, 0])
+    id_of_rank = hidden.permutation(vocab).astype(np.int32)
+    class_of_rank = hidden.integers(0, classes, vocab)
+    class_of_rank[:STOP_WORDS] = -1
+    mass = np.diff(cdf, prepend=0.0)
+    class_ranks = [np.flatnonzero(class_of_rank == c) for c in range(classes)]
+    class_cdfs = [np.cumsum(mass[r]) / mass[r].sum() for r in class_ranks]
+    shortest = (bag_length + 1) // 2
+
+    def block(b: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([int(seed), 0x21F, b + 1])
+        rows = min(BLOCK, samples + n_test - b * BLOCK)
+        y = rng.integers(0, classes, rows)
+        lengths = rng.integers(shortest, bag_length + 1, rows)
+        ranks = np.searchsorted(cdf, rng.random((rows, bag_length)), side="right")
+        from_topic = rng.random((rows, bag_length)) < topic
+        u = rng.random((rows, bag_length))
+        for c in range(classes):
+            chosen = from_topic & (y == c)[:, None]
+            at = np.minimum(np.searchsorted(class_cdfs[c], u[chosen], side="right"), class_ranks[c].size - 1)
+            ranks[chosen] = class_ranks[c][at]
+        X = id_of_rank[np.minimum(ranks, vocab - 1)]
+        X[np.arange(bag_length)[None, :] >= lengths[:, None]] = -1
+        return X, y.astype(np.int64)
+
+    def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        if stop <= start:
+            return np.zeros((0, bag_length), np.int32), np.zeros(0, np.int64)
+        parts = [block(b) for b in range(start // BLOCK, (stop - 1) // BLOCK + 1)]
+        X = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        offset = (start // BLOCK) * BLOCK
+        return X[start - offset:stop - offset], y[start - offset:stop - offset]
+
+    def train_rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if idx.size == 0:
+            return rows(0, 0)
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        X, y = rows(lo, hi)
+        return X[idx - lo], y[idx - lo]
+
+    return Dataset("zipf-text", bag_length, samples, n_test, "classification", classes, train_rows,
+                   lambda a, b: rows(samples + a, samples + b))
+
+
 def load_dataset(spec: str, *, seed: int, task: str, classes: int = 10, samples: int = 10000,
-                 features: int = 100, test_fraction: float = 0.2) -> Dataset:
-    """Load ``digits``, ``synthetic`` or the ``.npz`` file at a path (see the module docstring).
+                 features: int = 100, test_fraction: float = 0.2, vocab: int = 100000, bag_length: int = 20,
+                 zipf_exponent: float = 1.1) -> Dataset:
+    """Load ``digits``, ``synthetic``, ``zipf-text`` or the ``.npz`` file at a path (see the module docstring).
 
     Parameters
     ----------
     spec : str
-        ``"digits"``, ``"synthetic"`` or a path ending in ``.npz``.
+        ``"digits"``, ``"synthetic"``, ``"zipf-text"`` or a path ending in ``.npz``.
     seed : int
         Seed of the train/test split, the order of the shards and the synthetic data.
     task : {"classification", "regression"}
@@ -219,9 +339,13 @@ def load_dataset(spec: str, *, seed: int, task: str, classes: int = 10, samples:
     classes : int
         Number of synthetic classes (2 for logistic regression).
     samples, features : int
-        Size of the synthetic training set and its dimension.
+        Size of the synthetic training set and its dimension (``zipf-text``: ``samples`` and ``classes`` only).
     test_fraction : float
         Share of the data held out when it has no test set (synthetic: test samples per training sample).
+    vocab, bag_length : int
+        ``zipf-text``: number of token ids, and the largest bag.
+    zipf_exponent : float
+        ``zipf-text``: exponent of Zipf's law.
 
     Returns
     -------
@@ -236,9 +360,13 @@ def load_dataset(spec: str, *, seed: int, task: str, classes: int = 10, samples:
         return load_digits_dataset(seed, test_fraction)
     if spec == "synthetic":
         return synthetic_dataset(seed, samples, features, task, classes, test_fraction)
+    if spec == "zipf-text":
+        return zipf_text_dataset(seed, samples, vocab, bag_length, classes, exponent=zipf_exponent,
+                                 test_fraction=test_fraction)
     if spec.endswith(".npz"):
         return load_npz_dataset(spec, seed, task, test_fraction)
-    raise ValueError(f"unknown dataset {spec!r}; expected 'digits', 'synthetic' or the path of an .npz file")
+    raise ValueError(f"unknown dataset {spec!r}; expected 'digits', 'synthetic', 'zipf-text' or the path of an .npz "
+                     "file")
 
 
 def shard(data: Dataset, rank: int, size: int) -> Shard:

@@ -1,4 +1,5 @@
-"""Models in numpy with their own forward and backward passes: linear, logistic, softmax regression and an MLP.
+"""Models in numpy with their own forward and backward passes: linear, logistic, softmax regression, an MLP
+and an embedding-bag classifier.
 
 A model holds no parameters: it describes them (:meth:`Model.shapes`),
 initialises a list of them deterministically from a seed (:meth:`Model.init`),
@@ -13,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["MODELS", "LinearRegression", "LogisticRegression", "MLP", "Model", "SoftmaxRegression", "make_model"]
+__all__ = ["MODELS", "EmbeddingBag", "LinearRegression", "LogisticRegression", "MLP", "Model", "SoftmaxRegression",
+           "make_model"]
 
 
 class Model:
@@ -280,23 +282,139 @@ class MLP(SoftmaxRegression):
         return float(losses.mean()) if losses.size else 0.0, grads
 
 
-MODELS = ("linear", "logistic", "softmax", "mlp")
+class EmbeddingBag(MLP):
+    """Embedding-bag classifier: token ids -> mean (or sum) of their embedding rows -> MLP -> softmax.
+
+    A sample is a row of token ids in ``[0, vocab)`` padded with ``-1`` (bags
+    of any length up to the row's width; an empty bag pools to zeros). The
+    embedding ``E`` (``vocab x embed_dim``) is the first parameter; the MLP's
+    layers follow as in :class:`MLP`. The gradient of ``E`` is a dense
+    ``(vocab, embed_dim)`` array whose rows are exactly ``0.0`` except those of
+    the batch's tokens: a gradient that is sparse by nature (``--compression
+    sparse`` sends just those rows).
+
+    Parameters
+    ----------
+    vocab : int
+        Number of token ids (rows of ``E``, >= 1).
+    embed_dim : int
+        Width of an embedding row (the MLP's input).
+    classes : int
+        Number of classes (>= 2).
+    hidden : sequence of int
+        Sizes of the MLP's hidden layers (at least one).
+    mode : {"mean", "sum"}
+        How a bag's rows are pooled (``torch.nn.EmbeddingBag``'s modes).
+    """
+
+    name = "embedding-bag"
+    task = "classification"
+    eval_rows = 4096
+    """Samples per chunk in :meth:`evaluate` (the pooled rows are gathered as ``(n, width, embed_dim)``)."""
+
+    def __init__(self, vocab: int, embed_dim: int, classes: int, hidden: Sequence[int], mode: str = "mean") -> None:
+        super().__init__(embed_dim, classes, hidden)
+        if vocab < 1:
+            raise ValueError(f"the vocabulary must hold at least 1 token, got {vocab}")
+        if mode not in BAG_MODES:
+            raise ValueError(f"bag mode must be one of {', '.join(BAG_MODES)}, got {mode!r}")
+        self.vocab, self.embed_dim, self.mode = int(vocab), int(embed_dim), mode
+
+    def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [("E", (self.vocab, self.embed_dim)), *super().shapes()]
+
+    def _init_scale(self, name: str, shape: tuple[int, ...]) -> float:
+        # Small embeddings: the rows of rare tokens, which training hardly moves, add little noise to a bag's mean.
+        return 0.1 if name == "E" else super()._init_scale(name, shape)
+
+    def _pool(self, E: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pooled rows ``(n, embed_dim)``, the mask of real tokens, each bag's divisor)."""
+        ids = np.asarray(X)
+        if ids.ndim != 2 or ids.dtype.kind not in "iu":
+            raise ValueError(f"the embedding bag takes a 2-D integer array of token ids, got {ids.dtype}{ids.shape}")
+        mask = ids >= 0
+        if ids.size and ids.max() >= self.vocab:
+            raise ValueError(f"token id {int(ids.max())} is outside the vocabulary of {self.vocab}")
+        rows = E[np.where(mask, ids, 0)]
+        rows *= mask[..., None]
+        pooled = rows.sum(axis=1)
+        divisor = np.maximum(mask.sum(axis=1), 1).astype(E.dtype) if self.mode == "mean" \
+            else np.ones(ids.shape[0], dtype=E.dtype)
+        if self.mode == "mean":
+            pooled /= divisor[:, None]
+        return pooled, mask, divisor
+
+    def forward(self, params: Sequence[np.ndarray], X: np.ndarray) -> np.ndarray:
+        pooled, _, _ = self._pool(params[0], X)
+        return MLP.forward(self, params[1:], pooled)
+
+    def loss_and_grads(self, params: Sequence[np.ndarray], X: np.ndarray,
+                       y: np.ndarray) -> tuple[float, list[np.ndarray]]:
+        E = params[0]
+        pooled, mask, divisor = self._pool(E, X)
+        layers = self._layers(params[1:])
+        acts = [pooled]
+        for W, b in layers[:-1]:
+            acts.append(np.maximum(acts[-1] @ W + b, 0))
+        W, b = layers[-1]
+        logits = acts[-1] @ W + b
+        labels = y.astype(np.intp, copy=False)
+        losses, probs = _softmax_xent(logits, labels)
+        n = max(pooled.shape[0], 1)
+        delta = probs
+        delta[np.arange(pooled.shape[0]), labels] -= 1
+        delta /= n
+        grads: list[np.ndarray] = []
+        for i in range(len(layers) - 1, -1, -1):
+            W, _ = layers[i]
+            grads += [delta.sum(axis=0), acts[i].T @ delta]  # reversed below: (b_i, W_i)
+            delta = (delta @ W.T) * (acts[i] > 0) if i else delta @ W.T
+        grads.reverse()
+        # Every token of bag i receives d(pooled_i) / divisor_i; repeated tokens add up (np.add.at, unbuffered).
+        # Rows of tokens not in the batch stay exactly 0.0.
+        d_rows = delta / divisor[:, None]
+        owner, _ = np.nonzero(mask)
+        dE = np.zeros_like(E)
+        np.add.at(dE, X[mask], d_rows[owner])
+        return float(losses.mean()) if losses.size else 0.0, [dE, *grads]
+
+    def evaluate(self, params: Sequence[np.ndarray], X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        out = {"loss": 0.0, "correct": 0.0, "count": float(X.shape[0])}
+        for a in range(0, X.shape[0], self.eval_rows):
+            pooled, _, _ = self._pool(params[0], X[a:a + self.eval_rows])
+            logits = MLP.forward(self, params[1:], pooled).astype(np.float64)
+            labels = y[a:a + self.eval_rows].astype(np.intp)
+            losses, _ = _softmax_xent(logits, labels)
+            out["loss"] += float(losses.sum())
+            out["correct"] += float((logits.argmax(axis=1) == labels).sum())
+        return out
+
+
+BAG_MODES = ("mean", "sum")
+"""How :class:`EmbeddingBag` pools a bag's rows (``--bag-mode``)."""
+
+MODELS = ("linear", "logistic", "softmax", "mlp", "embedding-bag")
 """The ``--model`` names."""
 
 
-def make_model(name: str, features: int, classes: int = 0, hidden: Sequence[int] = (128,)) -> Model:
+def make_model(name: str, features: int, classes: int = 0, hidden: Sequence[int] = (128,), *, vocab: int = 100000,
+               embed_dim: int = 32, bag_mode: str = "mean") -> Model:
     """The model called ``name`` for ``features`` inputs.
 
     Parameters
     ----------
-    name : {"linear", "logistic", "softmax", "mlp"}
+    name : {"linear", "logistic", "softmax", "mlp", "embedding-bag"}
         One of :data:`MODELS`.
     features : int
-        Number of input features.
+        Number of input features (``embedding-bag``: ignored, its input is ``embed_dim`` wide).
     classes : int
-        Number of classes (``softmax`` and ``mlp``; ignored otherwise).
+        Number of classes (``softmax``, ``mlp`` and ``embedding-bag``; ignored otherwise).
     hidden : sequence of int
-        Hidden layer sizes of the ``mlp``.
+        Hidden layer sizes of the ``mlp`` and of the ``embedding-bag``'s MLP.
+    vocab, embed_dim : int
+        The ``embedding-bag``'s vocabulary and embedding width.
+    bag_mode : {"mean", "sum"}
+        How the ``embedding-bag`` pools a bag.
 
     Returns
     -------
@@ -315,4 +433,6 @@ def make_model(name: str, features: int, classes: int = 0, hidden: Sequence[int]
         return SoftmaxRegression(features, classes)
     if name == "mlp":
         return MLP(features, classes, hidden)
+    if name == "embedding-bag":
+        return EmbeddingBag(vocab, embed_dim, classes, hidden, bag_mode)
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")

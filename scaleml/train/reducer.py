@@ -148,13 +148,24 @@ class ReducerStats:
     """Inside the collective calls (communication, and the compression they do)."""
     per_path: dict[str, int] = field(default_factory=dict)
     """Bytes sent per path (``exact`` and the compression's name)."""
+    elements_compressed: int = 0
+    """Elements of the compressed buckets, summed over calls."""
+    nonzeros_compressed: int = 0
+    """Their non-zeros in this rank's gradients (before any compression or error feedback), summed over calls:
+    ``nonzeros_compressed / elements_compressed`` is the measured gradient density (:attr:`density`)."""
+
+    @property
+    def density(self) -> float | None:
+        """Non-zeros per element of this rank's compressed buckets, over every call so far (None: none yet)."""
+        return self.nonzeros_compressed / self.elements_compressed if self.elements_compressed else None
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict."""
         return {"calls": self.calls, "collectives": self.collectives, "bytes_sent": self.bytes_sent,
                 "bytes_uncompressed": self.bytes_uncompressed, "seconds_fusion": self.seconds_fusion,
                 "seconds_compress": self.seconds_compress, "seconds_collective": self.seconds_collective,
-                "per_path": dict(self.per_path)}
+                "per_path": dict(self.per_path), "elements_compressed": self.elements_compressed,
+                "nonzeros_compressed": self.nonzeros_compressed}
 
 
 def _ring_bytes(nbytes: int, P: int) -> int:
@@ -401,10 +412,12 @@ class GradientReducer:
         """Average the fused buffer ``x`` of a compressed bucket in place; the bytes this rank sent."""
         s, P, st = self.spec, self.size, self.stats
         fixed = self.algorithm == "fixed"
+        st.elements_compressed += x.size
         if s.kind == "sparse":
             t0 = time.perf_counter()
             idx = np.flatnonzero(x).astype(np.uint32 if x.size <= 1 << 32 else np.uint64)
             vals = x[idx]
+            st.nonzeros_compressed += idx.size
             t1 = time.perf_counter()
             st.seconds_compress += t1 - t0
             _, info = sparse_allreduce(idx, vals, x.size, self.comm, algorithm=s.fixed_algorithm if fixed else "auto",
@@ -413,6 +426,9 @@ class GradientReducer:
                 x /= P
             st.seconds_collective += time.perf_counter() - t1
             return int(info.bytes_sent)
+        t0 = time.perf_counter()
+        st.nonzeros_compressed += int(np.count_nonzero(x))  # the gradient density, for the metrics
+        st.seconds_compress += time.perf_counter() - t0
         t0 = time.perf_counter()
         if s.kind == "dropin":
             assert self._dropin is not None

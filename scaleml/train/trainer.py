@@ -24,8 +24,8 @@ from mpi4py import MPI
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .consistency import TrainingError, agree, check_replicas
-from .data import Dataset, Shard, load_dataset, shard
-from .models import MODELS, Model, make_model
+from .data import STOP_WORDS, Dataset, Shard, load_dataset, shard
+from .models import BAG_MODES, MODELS, Model, make_model
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
 from .reducer import GradientReducer, parse_compression
 
@@ -39,7 +39,7 @@ class TrainConfig:
     """Everything one training run depends on (the ``scaleml-train`` flags)."""
 
     dataset: str = "digits"
-    """``digits``, ``synthetic`` or the path of an ``.npz`` file."""
+    """``digits``, ``synthetic``, ``zipf-text`` or the path of an ``.npz`` file."""
     model: str = "softmax"
     hidden: list[int] = field(default_factory=lambda: [128])
     """Hidden layer sizes of the MLP."""
@@ -65,6 +65,14 @@ class TrainConfig:
     synthetic_samples: int = 10000
     synthetic_features: int = 100
     synthetic_classes: int = 10
+    vocab: int = 100000
+    """``zipf-text`` and the ``embedding-bag``: number of token ids (rows of the embedding)."""
+    embed_dim: int = 32
+    """Width of the ``embedding-bag``'s embedding rows."""
+    bag_length: int = 20
+    """``zipf-text``: the largest bag (bags hold between half of it and all of it)."""
+    bag_mode: str = "mean"
+    """How the ``embedding-bag`` pools a bag: ``mean`` or ``sum``."""
     check_every: int = 100
     """Compare a hash of the parameters between ranks every this many steps (0: only at epoch ends)."""
     checkpoint: str | None = None
@@ -121,9 +129,26 @@ class TrainConfig:
             positive_int("synthetic samples", self.synthetic_samples)
             positive_int("synthetic features", self.synthetic_features)
             positive_int("synthetic classes", self.synthetic_classes, 2)
+        elif self.dataset == "zipf-text":
+            positive_int("synthetic samples", self.synthetic_samples)
+            positive_int("synthetic classes", self.synthetic_classes, 2)
+            positive_int("vocab", self.vocab, STOP_WORDS + self.synthetic_classes)
+            positive_int("bag length", self.bag_length)
         elif self.dataset != "digits" and not self.dataset.endswith(".npz"):
-            raise ValueError(f"unknown dataset {self.dataset!r}; expected 'digits', 'synthetic' or the path of an "
-                             ".npz file")
+            raise ValueError(f"unknown dataset {self.dataset!r}; expected 'digits', 'synthetic', 'zipf-text' or the "
+                             "path of an .npz file")
+        # The bag model reads token ids, the other models features: each needs its own kind of data.
+        if (self.model == "embedding-bag") != (self.dataset == "zipf-text"):
+            raise ValueError("--model embedding-bag trains on --dataset zipf-text (token ids), and zipf-text only "
+                             f"suits the embedding-bag; got --model {self.model} --dataset {self.dataset}")
+        if self.model == "embedding-bag":
+            positive_int("embed dim", self.embed_dim)
+            if self.bag_mode not in BAG_MODES:
+                raise ValueError(f"bag mode must be one of {', '.join(BAG_MODES)}, got {self.bag_mode!r}")
+            for h in self.hidden:
+                positive_int("hidden layer size", h)
+            if not self.hidden:
+                raise ValueError("the embedding-bag's MLP needs at least one hidden layer (--hidden)")
         if self.resume and not self.checkpoint:
             raise ValueError("--resume needs --checkpoint DIR (the checkpoint to resume from)")
         if self.target_accuracy is not None:
@@ -137,18 +162,23 @@ class TrainConfig:
         """The settings a resumed run must share with the checkpoint (:data:`RESUME_KEYS`), normalised."""
         out = {k: getattr(self, k) for k in RESUME_KEYS}
         out["lr"] = self.learning_rate()
-        out["hidden"] = list(self.hidden) if self.model == "mlp" else None
-        if self.dataset not in ("digits", "synthetic"):
+        out["hidden"] = list(self.hidden) if self.model in ("mlp", "embedding-bag") else None
+        if self.dataset not in ("digits", "synthetic", "zipf-text"):
             out["dataset"] = os.path.abspath(self.dataset)
-        if self.dataset != "synthetic":
+        if self.dataset not in ("synthetic", "zipf-text"):
             for k in ("synthetic_samples", "synthetic_features", "synthetic_classes"):
+                out[k] = None
+        if self.dataset == "zipf-text":
+            out["synthetic_features"] = None
+        if self.model != "embedding-bag":  # absent from older checkpoints: None there too
+            for k in ("vocab", "embed_dim", "bag_length", "bag_mode"):
                 out[k] = None
         return out
 
 
 RESUME_KEYS = ("dataset", "model", "hidden", "optimizer", "lr", "batch_size", "compression", "seed",
                "fusion_bytes", "min_compress_size", "algorithm", "classes", "test_fraction", "synthetic_samples",
-               "synthetic_features", "synthetic_classes")
+               "synthetic_features", "synthetic_classes", "vocab", "embed_dim", "bag_length", "bag_mode")
 """Settings that define a run: a checkpoint resumes only with the same values (``epochs`` and the outputs may
 change)."""
 
@@ -214,11 +244,12 @@ def _prepare(config: TrainConfig, comm: MPI.Intracomm) -> tuple[Dataset, Model, 
         data = load_dataset(config.dataset, seed=config.seed, task=task,
                             classes=2 if config.model == "logistic" else config.synthetic_classes,
                             samples=config.synthetic_samples, features=config.synthetic_features,
-                            test_fraction=config.test_fraction)
+                            test_fraction=config.test_fraction, vocab=config.vocab, bag_length=config.bag_length)
         classes = 0
         if task == "classification":
             classes = 2 if config.model == "logistic" else (config.classes or max(data.classes, 2))
-        model = make_model(config.model, data.features, classes, config.hidden)
+        model = make_model(config.model, data.features, classes, config.hidden, vocab=config.vocab,
+                           embed_dim=config.embed_dim, bag_mode=config.bag_mode)
         if data.labels is not None:
             model.check_labels(data.labels, f"the labels of {data.name}")
         part = shard(data, comm.Get_rank(), comm.Get_size())
@@ -396,6 +427,12 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
                       "time_wall": float(slowest[9]), "elapsed": elapsed, "elapsed_wall": elapsed_wall,
                       "bytes_sent_per_rank": float(sums[1]) / P, "bytes_sent_max": float(slowest[8]),
                       "bytes_total_per_rank": bytes_total}
+            # The measured gradient density: non-zeros per element of the compressed buckets, over this epoch's
+            # steps and every rank (None when nothing is compressed, e.g. --compression none).
+            counts = np.array([after["nonzeros_compressed"] - before["nonzeros_compressed"],
+                               after["elements_compressed"] - before["elements_compressed"]], dtype=np.float64)
+            comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.SUM)
+            record["grad_density"] = float(counts[0] / counts[1]) if counts[1] else None
             history.append(record)
             if not (math.isfinite(record["train_loss"]) and math.isfinite(metrics["test_loss"])):
                 # agreed values (allreduced): every rank raises
@@ -407,7 +444,9 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
                 print(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, test loss "
                       f"{metrics['test_loss']:.4f}, {quality}, {t_train:.2f} s (compute "
                       f"{record['time_compute']:.2f} s, reduce {record['time_reduce']:.2f} s), "
-                      f"{record['bytes_sent_per_rank'] / 1e6:.3f} MB/rank", flush=True)
+                      f"{record['bytes_sent_per_rank'] / 1e6:.3f} MB/rank" +
+                      (f", gradient density {record['grad_density']:.3%}" if record["grad_density"] is not None
+                       else ""), flush=True)
             # test accuracies are agreed (allreduced): every rank stops at the same epoch
             reached = target is not None and metrics.get("test_accuracy", -1.0) >= target
             if rank == 0 and reached and not config.quiet:
@@ -454,7 +493,7 @@ def _write_outputs(config: TrainConfig, result: TrainResult) -> None:
             json.dump(result.summary(), f, indent=1)
     if config.csv and result.history:
         with open(config.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(result.history[0]))
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for h in result.history for k in h)))
             writer.writeheader()
             writer.writerows(result.history)
     if config.plot and result.history:

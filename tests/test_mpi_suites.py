@@ -116,3 +116,8 @@ def test_hierarchical_dense_on_emulated_nodes(nprocs, ranks_per_node):
 def test_hierarchical_dense_on_mpis_nodes(nprocs):
     """No emulation: MPI's shared-memory node holds every rank here, the one-node (intra-node) path."""
     run_pytest_under_mpi(nprocs, "mpi_hierarchical.py", timeout=300)
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+def test_gradient_reducer_compression_policy(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_train_policy.py", timeout=300)

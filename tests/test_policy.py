@@ -11,6 +11,7 @@ import pytest
 
 from scaleml.compress.names import KINDS
 from scaleml.compress.policy import CompressionPolicy
+from scaleml.train.cli import ArgumentError, parse_args
 from scaleml.train.reducer import plan_policy_buckets
 
 NAMES = ["embed.weight", "fc.weight", "fc.bias", "out.weight", "out.bias"]
@@ -112,3 +113,16 @@ def test_buckets_never_mix_rules():
     assert [b.members for b in alone] == [(0,), (1,)]  # a rule that does not fuse (adaptive)
     assert [b.members for b in plan_policy_buckets([(300,), (300,)], [np.float32] * 2, [2, 2], compressing, fusing,
                                                    fusion_bytes=1200, min_compress_size=256)] == [(0,), (1,)]
+
+
+def test_the_command_line_takes_a_policy(tmp_path):
+    config = parse_args(["--model", "mlp", "--compression-policy", " b* = none , *=QSGD4"])
+    assert config.compression_policy == "b*=none,*=qsgd4"
+    path = tmp_path / "p.json"
+    path.write_text('{"b*": "none", "*": "qsgd4"}')
+    assert parse_args(["--compression-policy", str(path)]).identity()["compression_policy"] == "b*=none,*=qsgd4"
+    assert parse_args([]).compression_policy is None
+    with pytest.raises(ArgumentError, match="unknown compression 'qsgd'"):
+        parse_args(["--compression-policy", "*=qsgd"])
+    with pytest.raises(ValueError, match="not both"):
+        parse_args(["--compression", "qsgd4", "--compression-policy", "*=fp16"])

@@ -26,12 +26,14 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mpi4py import MPI
 
+from . import _log
 from . import nonblocking as _nonblocking_module
 from ._network import rendezvous
 from ._tensors import as_numpy
@@ -39,6 +41,7 @@ from .comm import Comm
 from .compress import ErrorFeedback
 from .compress.base import Compressor
 from .compress.names import KINDS, CompressionSpec, choices, parse_compression
+from .compress.policy import UNMATCHED, CompressionPolicy
 from .quantized import quantized_allreduce
 from .sparse import sparse_allreduce
 from .topk_allreduce import topk_allreduce
@@ -64,6 +67,14 @@ HOOK_KINDS = tuple(kind for kind in KINDS if kind != "adaptive")
 """The kinds of :func:`scaleml.compress.names.parse_compression` the hook runs."""
 
 _STATE_VERSION = 1
+
+EXACT_PATHS = {
+    "auto": "the current default: mpi (the lead decides after measuring)",
+    "mpi": "ScaleML's exact path: MPI_Allreduce (mpi4py) of the bucket, then divided by the number of ranks",
+    "process_group": "the DDP process group's own all_reduce (gloo, NCCL), as plain DDP: the bucket scaled by 1/P, "
+                     "then dist.all_reduce(..., async_op=True); bitwise plain DDP's result",
+}
+"""The ``exact`` paths of :class:`ScaleMLHookState`: what runs the buckets (and policy slices) that go exact."""
 
 
 def _torch() -> Any:
@@ -108,6 +119,33 @@ class ScaleMLHookState:
         (:mod:`scaleml.nonblocking`), overlapping the rest of the backward pass
         (default). ``False``: the collective runs inside the hook and the
         returned future is already complete.
+    policy : CompressionPolicy, mapping or str, optional
+        A per-layer compression policy instead of one ``compression``
+        (:class:`scaleml.compress.policy.CompressionPolicy`; needs
+        ``named_parameters`` or ``model``). DDP's buckets stay; inside each,
+        every parameter's slice goes by its rule, the slices of one rule fused
+        (one collective per rule and bucket), each rule with its own
+        compressor and error feedback; parameters no pattern matches, or of
+        fewer than ``min_compress_numel`` elements, go exact.
+        ``stats["per_rule"]`` counts each rule's bytes. With a policy the
+        constructor is collective: ranks agree on the policy and the
+        parameter names (one allgather), and a rank that differs makes every
+        rank raise ``ValueError``.
+    named_parameters : iterable of (str, torch.nn.Parameter), optional
+        The model's ``named_parameters()`` (what the patterns match; the
+        bucket's parameters are mapped to names by identity).
+    model : torch.nn.Module, optional
+        Instead of ``named_parameters``: its ``named_parameters()`` (a
+        ``DistributedDataParallel`` is unwrapped: names without ``module.``).
+    exact : {"auto", "mpi", "process_group"}
+        What averages the exact buckets (``compression="none"``, buckets
+        below ``min_compress_numel``, and a policy's exact slices):
+        ``mpi`` is ScaleML's ``MPI_Allreduce``; ``process_group`` the DDP
+        process group's own ``all_reduce`` (as plain DDP, whose result it
+        gives bitwise); ``auto`` (default) is ``mpi`` for now
+        (:data:`EXACT_PATHS`). The path in use is logged once at INFO.
+    process_group : torch.distributed.ProcessGroup, optional
+        The group of ``exact="process_group"`` (default: the default group).
 
     Attributes
     ----------
@@ -133,7 +171,9 @@ class ScaleMLHookState:
 
     def __init__(self, comm: MPI.Intracomm | None = None, compression: str = "none", *,
                  min_compress_numel: int = 1024, average: bool = True, seed: int = 0, algorithm: str = "fixed",
-                 nonblocking: bool = True) -> None:
+                 nonblocking: bool = True, policy: CompressionPolicy | Mapping[str, str] | str | None = None,
+                 named_parameters: Iterable[tuple[str, Any]] | None = None, model: Any = None,
+                 exact: str = "auto", process_group: Any = None) -> None:
         try:
             spec = parse_compression(compression)
         except ValueError as exc:
@@ -168,7 +208,9 @@ class ScaleMLHookState:
         self._outs: dict[int, np.ndarray] = {}
         self._dropins: dict[int, Any] = {}
         self.rebuilt_buckets = 0
-        self.stats: dict[str, int] = {"calls": 0, "compressed_calls": 0, "bytes_sent": 0, "bytes_uncompressed": 0}
+        self.stats: dict[str, Any] = {"calls": 0, "compressed_calls": 0, "bytes_sent": 0, "bytes_uncompressed": 0}
+        self._init_exact(exact, process_group)
+        self._init_policy(policy, named_parameters, model)
 
     @property
     def nonblocking(self) -> bool:
@@ -285,6 +327,213 @@ class ScaleMLHookState:
         st["bytes_uncompressed"] += ring
         return x
 
+    # ---- the exact path and the per-layer policy ------------------------------------------------
+
+    def _init_exact(self, exact: str, process_group: Any) -> None:
+        """Validate ``exact``; the path it resolves to."""
+        if exact not in EXACT_PATHS:
+            raise ValueError(f"exact must be one of {', '.join(repr(k) for k in EXACT_PATHS)}, got {exact!r}")
+        self.exact = exact
+        self.exact_path = "process_group" if exact == "process_group" else "mpi"
+        """The exact path that runs: ``mpi`` or ``process_group`` (``auto`` resolved)."""
+        self.process_group = process_group
+        self._exact_logged = False
+
+    def _note_exact(self) -> None:
+        """One INFO line, at the first exact bucket, saying which exact path runs."""
+        if not self._exact_logged:
+            self._exact_logged = True
+            _log.note("scaleml.torch hook: exact buckets run through %s (exact=%r)",
+                      "the DDP process group's all_reduce" if self.exact_path == "process_group"
+                      else "ScaleML's MPI_Allreduce", self.exact)
+
+    def _process_group_allreduce(self, tensor: Any) -> Any:
+        """Start the process group's all_reduce of ``tensor`` in place (averaged as plain DDP); its Work."""
+        dist = _torch().distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("exact='process_group' needs an initialized torch.distributed process group")
+        group = self.process_group if self.process_group is not None else dist.group.WORLD
+        if self.average:
+            # Plain DDP scales each gradient by 1/P while copying it into the bucket, then sums: the same
+            # multiplication (not a division after the sum) gives its result bitwise.
+            tensor.mul_(1.0 / dist.get_world_size(group))
+        return dist.all_reduce(tensor, group=group, async_op=True)
+
+    def _count_exact(self, nbytes: int) -> int:
+        """Count one exact process-group bucket in the stats (the ring estimate); the bytes."""
+        ring = 2 * (self.size - 1) * nbytes // self.size if self.size > 1 else 0
+        self.stats["calls"] += 1
+        self.stats["bytes_sent"] += ring
+        self.stats["bytes_uncompressed"] += ring
+        return ring
+
+    def _init_policy(self, policy: CompressionPolicy | Mapping[str, str] | str | None,
+                     named_parameters: Iterable[tuple[str, Any]] | None, model: Any) -> None:
+        """Parse the policy, name the parameters, agree on both between ranks, build each rule's state."""
+        self.policy: CompressionPolicy | None = None
+        self.names: list[str] = []
+        self._name_of: dict[int, str] = {}
+        self._rule_states: dict[int, ScaleMLHookState] = {}
+        self._plans: dict[int, tuple[tuple[int, ...], list[_SliceGroup]]] = {}
+        if policy is None:
+            if named_parameters is not None or model is not None:
+                raise ValueError("named_parameters and model name the parameters of a policy; give policy= too")
+            return
+        if self.spec.kind != "none":
+            raise ValueError(f"give a compression ({self.spec.name!r}) or a policy, not both")
+        if (named_parameters is None) == (model is None):
+            raise ValueError("a policy needs the parameters' names: give named_parameters= or model= (one of them)")
+        if model is not None:
+            if type(model).__name__ == "DistributedDataParallel" and hasattr(model, "module"):
+                model = model.module  # the names of the model, without DDP's "module." prefix
+            named_parameters = model.named_parameters()
+        assert named_parameters is not None
+        pairs = list(named_parameters)
+        self.names = [str(n) for n, _ in pairs]
+        self._params = [p for _, p in pairs]  # held, so their ids stay theirs
+        self._name_of = {id(p): n for n, p in pairs}
+        self.policy = CompressionPolicy.parse(policy, HOOK_KINDS)
+        identity = (self.policy.digest(self.names), str(self.policy))
+        everyone = self.comm.allgather(identity)
+        differ = [r for r, ident in enumerate(everyone) if ident != identity]
+        if differ:
+            other = everyone[differ[0]]
+            raise ValueError(f"ScaleMLHookState: ranks use different compression policies or parameter names (rank "
+                             f"{differ[0]}: policy {other[1]!r}, names digest {other[0]}; rank {self.rank}: policy "
+                             f"{identity[1]!r}, names digest {identity[0]}); every rank must pass the same policy and "
+                             "model")
+        self._rule_of = {n: (r.index if r is not None else None)
+                         for n, r in zip(self.names, self.policy.assign(self.names))}
+        for rule in self.policy.rules:
+            if rule.spec.kind != "none":
+                self._rule_states[rule.index] = ScaleMLHookState(
+                    self.comm, rule.spec.name, min_compress_numel=0, average=self.average, seed=self.seed,
+                    algorithm=self.algorithm, nonblocking=False)
+        self.stats["per_rule"] = {}
+
+    @property
+    def assignment(self) -> dict[str, tuple[str, str]]:
+        """With a policy: each parameter's name -> (its rule's label, the path it takes: a compression or ``exact``).
+
+        The label is ``pattern=name`` (``unmatched`` when no pattern
+        matched); a parameter below ``min_compress_numel`` is ``exact``.
+        """
+        out: dict[str, tuple[str, str]] = {}
+        if self.policy is None:
+            return out
+        for p, name in zip(self._params, self.names):
+            rule = self._rule_of[name]
+            label = self.policy.rules[rule].label if rule is not None else UNMATCHED
+            compressed = rule is not None and rule in self._rule_states and p.numel() >= self.min_compress_numel
+            out[name] = (label, self.policy.rules[rule].spec.name if compressed and rule is not None else "exact")
+        return out
+
+    def _bucket_plan(self, index: int, params: list[Any], numel: int) -> list[_SliceGroup]:
+        """The slices of bucket ``index``, grouped by rule (and exact or not), cached until DDP rebuilds it."""
+        key = tuple(id(p) for p in params)
+        cached = self._plans.get(index)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        assert self.policy is not None
+        groups: dict[tuple[int | None, bool], _SliceGroup] = {}
+        at = 0
+        for p in params:
+            name = self._name_of.get(id(p))
+            if name is None:
+                raise ValueError(f"bucket {index} holds a parameter of shape {tuple(p.shape)} that is not among the "
+                                 "named parameters the hook's state was given")
+            rule = self._rule_of[name]
+            n = int(p.numel())
+            compressed = rule is not None and rule in self._rule_states and n >= self.min_compress_numel
+            label = self.policy.rules[rule].label if rule is not None else UNMATCHED
+            group = groups.setdefault((rule, compressed), _SliceGroup(rule, label, compressed))
+            group.slices.append((at, n))
+            at += n
+        if at != numel:
+            raise ValueError(f"bucket {index} holds {numel} elements, its parameters {at}: the hook's policy needs "
+                             "DDP's dense buckets (one contiguous slice per parameter)")
+        plan = list(groups.values())
+        for g in plan:
+            g.numel = sum(n for _, n in g.slices)
+            g.contiguous = all(g.slices[i][0] + g.slices[i][1] == g.slices[i + 1][0] for i in range(len(g.slices) - 1))
+            if g.compressed:
+                self._rule_states[g.rule]._prepare(index, g.numel)  # type: ignore[index]
+        self._plans[index] = (key, plan)
+        return plan
+
+    def _reduce_policy(self, index: int, x: np.ndarray, plan: list[_SliceGroup],
+                       launched: list[tuple[_SliceGroup, np.ndarray, Any]], *, comm: MPI.Intracomm) -> np.ndarray:
+        """Average the slices of bucket buffer ``x`` group by group (collective); ``launched``: the exact groups
+        already started on the process group, finished here."""
+        P = self.size
+        st = self.stats
+        for g in plan:
+            if any(g is pg for pg, _, _ in launched):
+                continue
+            xg = _gather(x, g)
+            if g.compressed:
+                child = self._rule_states[g.rule]  # type: ignore[index]
+                before = child.stats["bytes_sent"]
+                child._reduce(index, xg, True, comm=comm)
+                sent = child.stats["bytes_sent"] - before
+                st["compressed_calls"] += 1
+            else:
+                comm.Allreduce(MPI.IN_PLACE, xg, op=MPI.SUM)
+                if self.average and P > 1:
+                    xg /= P
+                sent = 2 * (P - 1) * xg.nbytes // P if P > 1 else 0
+            _scatter(x, g, xg)
+            self._count_group(g, sent, xg.nbytes)
+        for g, xg, work in launched:
+            work.wait()
+            _scatter(x, g, xg)
+            self._count_group(g, 2 * (P - 1) * xg.nbytes // P if P > 1 else 0, xg.nbytes)
+        return x
+
+    def _count_group(self, g: _SliceGroup, sent: int, nbytes: int) -> None:
+        st, P = self.stats, self.size
+        st["calls"] += 1
+        st["bytes_sent"] += sent
+        st["bytes_uncompressed"] += 2 * (P - 1) * nbytes // P if P > 1 else 0
+        st["per_rule"][g.label] = st["per_rule"].get(g.label, 0) + sent
+
+    _GENERIC_KEYS = ("version", "compression", "world_size", "rank", "calls")
+
+    def _policy_state_dict(self) -> dict[str, Any]:
+        """:meth:`state_dict` with a policy: the generic keys, each compressing rule's under ``rule<i>/``."""
+        state: dict[str, Any] = {"version": _STATE_VERSION, "compression": f"policy:{self.policy}",
+                                 "world_size": self.size, "rank": self.rank, "calls": self.stats["calls"]}
+        for rule, child in self._rule_states.items():
+            state.update({f"rule{rule}/{k}": v for k, v in child.state_dict().items() if k not in self._GENERIC_KEYS})
+        return state
+
+    def _load_policy_state_dict(self, state: Mapping[str, Any]) -> None:
+        """:meth:`load_state_dict` with a policy (each rule's state loads its own keys)."""
+        def get(key: str) -> Any:
+            if key not in state:
+                raise ValueError(f"hook state lacks {key!r}")
+            v = state[key]
+            return v.item() if hasattr(v, "item") else v
+
+        want = f"policy:{self.policy}"
+        if get("compression") != want:
+            raise ValueError(f"hook state is for compression {get('compression')!r}, not {want!r}")
+        if int(get("world_size")) != self.size or int(get("rank")) != self.rank:
+            raise ValueError(f"hook state belongs to rank {get('rank')} of {get('world_size')}, not rank {self.rank} "
+                             f"of {self.size}")
+        prefixes = tuple(f"rule{r}/" for r in self._rule_states)
+        extra = [k for k in state if k not in self._GENERIC_KEYS and not k.startswith(prefixes)]
+        if extra:
+            raise ValueError(f"hook state holds {sorted(extra)[:3]}, which policy {str(self.policy)!r} does not keep")
+        for rule, child in self._rule_states.items():
+            prefix = f"rule{rule}/"
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            sub.update(version=_STATE_VERSION, compression=child.spec.name, world_size=self.size, rank=self.rank,
+                       calls=get("calls"))
+            child.load_state_dict(sub)
+        self._plans.clear()
+        self.stats["calls"] = int(get("calls"))
+
     # ---- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -300,8 +549,12 @@ class ScaleMLHookState:
             ``version``, ``compression``, ``world_size``, ``rank``, ``calls``,
             ``compressor/step`` (the quantizer's counter, which keys its random
             rounding), ``numel/<i>`` (each bucket's size) and
-            ``ef/residual/bucket<i>[/worker|/server]`` (float tensors).
+            ``ef/residual/bucket<i>[/worker|/server]`` (float tensors). With
+            a policy: ``compression`` is ``policy:<the policy's text>`` and
+            each compressing rule's keys are under ``rule<i>/``.
         """
+        if self.policy is not None:
+            return self._policy_state_dict()
         torch = _torch()
         state: dict[str, Any] = {"version": _STATE_VERSION, "compression": self.spec.name,
                                  "world_size": self.size, "rank": self.rank, "calls": self.stats["calls"]}
@@ -334,6 +587,9 @@ class ScaleMLHookState:
             v = state[key]
             return v.item() if hasattr(v, "item") else v
 
+        if self.policy is not None:
+            self._load_policy_state_dict(state)
+            return
         if get("compression") != self.spec.name:
             raise ValueError(f"hook state is for compression {get('compression')!r}, not {self.spec.name!r}")
         if int(get("world_size")) != self.size or int(get("rank")) != self.rank:
@@ -395,7 +651,15 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
         raise TypeError(f"bucket {bucket.index()} is on {buffer.device}; the ScaleML hook takes CPU and CUDA buckets")
     float_type = buffer.dtype if buffer.dtype in (torch.float32, torch.float64) else torch.float32
     index = int(bucket.index())
+    if state.policy is not None:
+        return _policy_hook(state, bucket, index, float_type)
     compressed = state._prepare(index, buffer.numel())
+    if not compressed and state.exact_path == "process_group":
+        state._note_exact()
+        state._count_exact(buffer.numel() * buffer.element_size())
+        return state._process_group_allreduce(buffer).get_future().then(lambda fut: fut.value()[0])
+    if not compressed:
+        state._note_exact()
     if buffer.device.type == "cuda" and compressed and state._compresses_on_device():
         # Encoded and decoded on the GPU (quantized_gather): only the encoded bytes go through host memory.
         work = buffer if float_type == buffer.dtype else buffer.to(float_type)
@@ -418,6 +682,70 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
         req = state._nb.start(state._reduce, state.comm, index, x, compressed)
         return req.get_future().then(lambda fut: finish(fut.value()))
     state._reduce(index, x, compressed, comm=state.comm)
+    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    fut.set_result(finish())
+    return fut
+
+
+class _SliceGroup:
+    """The slices of one DDP bucket that one rule reduces together (one collective)."""
+
+    def __init__(self, rule: int | None, label: str, compressed: bool) -> None:
+        self.rule, self.label, self.compressed = rule, label, compressed
+        self.slices: list[tuple[int, int]] = []
+        """(offset, elements) of each parameter's slice in the bucket, in bucket order."""
+        self.numel = 0
+        self.contiguous = True
+        """The slices follow each other: the group is a view of the bucket, no copy."""
+
+
+def _gather(x: np.ndarray, g: _SliceGroup) -> np.ndarray:
+    """The group's slices of ``x``: a view when contiguous, else a fused copy."""
+    if g.contiguous:
+        start = g.slices[0][0]
+        return x[start:start + g.numel]
+    return np.concatenate([x[at:at + n] for at, n in g.slices])
+
+
+def _scatter(x: np.ndarray, g: _SliceGroup, xg: np.ndarray) -> None:
+    """Copy a fused group back into its slices of ``x`` (nothing for a view)."""
+    if g.contiguous:
+        return
+    pos = 0
+    for at, n in g.slices:
+        x[at:at + n] = xg[pos:pos + n]
+        pos += n
+
+
+def _policy_hook(state: ScaleMLHookState, bucket: Any, index: int,
+                 float_type: Any) -> torch.futures.Future[torch.Tensor]:
+    """:func:`allreduce_hook` with a policy: each rule's slices of the bucket fused and reduced by its path."""
+    torch = _torch()
+    buffer = bucket.buffer()
+    plan = state._bucket_plan(index, list(bucket.parameters()), buffer.numel())
+    # Reduced on the host (a CUDA bucket, or a half-precision one, is staged there and copied back).
+    work = buffer if buffer.device.type == "cpu" and float_type == buffer.dtype else \
+        buffer.detach().to(device="cpu", dtype=float_type)
+    x = work.detach().numpy()
+    launched: list[tuple[_SliceGroup, np.ndarray, Any]] = []
+    if any(not g.compressed for g in plan):
+        state._note_exact()
+    if state.exact_path == "process_group":
+        # The exact slices start on the process group now, in the order every rank issues its buckets.
+        for g in plan:
+            if not g.compressed:
+                xg = _gather(x, g)
+                launched.append((g, xg, state._process_group_allreduce(torch.from_numpy(xg))))
+
+    def finish(value: Any = None) -> Any:
+        if work is not buffer:
+            buffer.copy_(work)
+        return buffer
+
+    if state._nb is not None:
+        req = state._nb.start(state._reduce_policy, state.comm, index, x, plan, launched)
+        return req.get_future().then(lambda fut: finish(fut.value()))
+    state._reduce_policy(index, x, plan, launched, comm=state.comm)
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     fut.set_result(finish())
     return fut

@@ -121,3 +121,8 @@ def test_hierarchical_dense_on_mpis_nodes(nprocs):
 @pytest.mark.parametrize("nprocs", TRAIN_RANK_COUNTS)
 def test_embedding_bag_sparse_is_exact_and_sends_the_touched_rows(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_train_embedding.py", timeout=300)
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+def test_gradient_reducer_compression_policy(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_train_policy.py", timeout=300)

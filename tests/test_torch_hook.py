@@ -17,3 +17,9 @@ pytest.importorskip("sklearn", reason="scikit-learn not installed (the digits da
 def test_torch_hook_under_mpi(nprocs):
     out = run_pytest_under_mpi(nprocs, "mpi_torch_hook.py", timeout=900)
     assert " skipped" not in out and " passed" in out, out[-3000:]  # torch is here: every test must have run
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+def test_torch_hook_policy_and_process_group_exact_under_mpi(nprocs):
+    out = run_pytest_under_mpi(nprocs, "mpi_torch_policy.py", timeout=600)
+    assert " skipped" not in out and " passed" in out, out[-3000:]

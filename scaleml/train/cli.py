@@ -21,7 +21,7 @@ from mpi4py import MPI
 from .consistency import ReplicaMismatchError, TrainingError, agree
 from .models import BAG_MODES, MODELS
 from .optim import OPTIMIZERS
-from .reducer import COMPRESSIONS, parse_compression
+from .reducer import COMPRESSIONS, CompressionPolicy, parse_compression
 from .trainer import TrainConfig, train
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -72,6 +72,13 @@ def _compression(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _compression_policy(text: str) -> str:
+    try:
+        return str(CompressionPolicy.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``scaleml-train``."""
     d = TrainConfig()
@@ -109,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("gradient averaging")
     g.add_argument("--compression", type=_compression, default=d.compression, metavar="NAME",
                    help="; ".join(f"{k}: {v}" for k, v in COMPRESSIONS.items()))
+    g.add_argument("--compression-policy", type=_compression_policy, default=None, metavar="POLICY",
+                   help="per-layer compressions instead of --compression: PATTERN=NAME pairs, comma-separated, "
+                        "first match wins, over the model's parameter names (W1, b1, W2, ...; linear/logistic: w, "
+                        "b; softmax: W, b), e.g. 'b*=none,W1=topk0.01,*=qsgd4'; unmatched parameters exact; a JSON "
+                        "object or a JSON file's path also")
     g.add_argument("--fusion-bytes", type=_size, default=d.fusion_bytes, metavar="BYTES",
                    help="largest fused buffer (0: one collective per tensor)")
     g.add_argument("--min-compress-size", type=int, default=d.min_compress_size, metavar="N",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +22,13 @@ from ..adaptive_allreduce import AdaptiveAllreduceState, adaptive_allreduce
 from ..comm import Comm
 from ..compress import ErrorFeedback
 from ..compress.names import CompressionSpec, parse_compression
+from ..compress.policy import UNMATCHED, CompressionPolicy
 from ..quantized import quantized_allreduce
 from ..sparse import sparse_allreduce
 from ..topk_allreduce import topk_allreduce
 
-__all__ = ["COMPRESSIONS", "Bucket", "CompressionSpec", "GradientReducer", "parse_compression", "plan_buckets"]
+__all__ = ["COMPRESSIONS", "Bucket", "CompressionPolicy", "CompressionSpec", "GradientReducer", "parse_compression",
+           "plan_buckets", "plan_policy_buckets"]
 
 COMPRESSIONS = {
     "none": "exact MPI_Allreduce (mpi4py)",
@@ -56,6 +58,8 @@ class Bucket:
     dtype: np.dtype
     compressed: bool
     """Through the compression path (else exact MPI_Allreduce)."""
+    rule: int | None = None
+    """With a compression policy: the index of the rule of its tensors (None: no rule matched them, or no policy)."""
 
     @property
     def name(self) -> str:
@@ -126,6 +130,61 @@ def plan_buckets(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any], *, fu
     return buckets
 
 
+def plan_policy_buckets(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any], rules: Sequence[int | None],
+                        compressing: Sequence[bool], fusing: Sequence[bool], *, fusion_bytes: int,
+                        min_compress_size: int) -> list[Bucket]:
+    """The fusion plan of a :class:`GradientReducer` with a compression policy.
+
+    As :func:`plan_buckets`, with the rule as part of each tensor's class:
+    tensors of different rules never share a bucket. A tensor is compressed
+    when its rule compresses (``compressing[rule]``) and it has at least
+    ``min_compress_size`` elements; the exact tensors of a rule (its small
+    ones, or all of a ``none`` rule's) fuse among themselves, and the tensors
+    no rule matched (``rules[i]`` None) among themselves.
+
+    Parameters
+    ----------
+    shapes, dtypes : sequences
+        Shape and dtype of every tensor.
+    rules : sequence of int or None
+        Each tensor's rule index (None: unmatched, exact).
+    compressing, fusing : sequences of bool
+        Per rule index: whether it compresses at all, and whether its
+        compressed tensors may share a bucket (not ``adaptive``).
+    fusion_bytes, min_compress_size : int
+        As :func:`plan_buckets`.
+
+    Returns
+    -------
+    list of Bucket
+    """
+    if fusion_bytes < 0 or min_compress_size < 0:
+        raise ValueError(f"fusion_bytes and min_compress_size must be >= 0, got {fusion_bytes} and "
+                         f"{min_compress_size}")
+    if not len(shapes) == len(dtypes) == len(rules):
+        raise ValueError(f"{len(shapes)} shapes, {len(dtypes)} dtypes and {len(rules)} rules")
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    groups: list[list[int]] = []
+    group_key: list[tuple[int | None, bool, np.dtype]] = []
+    open_group: dict[tuple[int | None, bool, np.dtype], int] = {}
+    for i, (n, dt, rule) in enumerate(zip(sizes, (np.dtype(d) for d in dtypes), rules)):
+        compressed = rule is not None and compressing[rule] and n >= min_compress_size
+        key = (rule, compressed, dt)
+        g = open_group.get(key)
+        alone = compressed and rule is not None and not fusing[rule]
+        if g is not None and not alone and (sum(sizes[j] for j in groups[g]) + n) * dt.itemsize <= fusion_bytes:
+            groups[g].append(i)
+            continue
+        groups.append([i])
+        group_key.append(key)
+        open_group[key] = len(groups) - 1
+    buckets = []
+    for index, (members, (rule, compressed, dt)) in enumerate(zip(groups, group_key)):
+        offsets = tuple(int(x) for x in np.cumsum([0] + [sizes[j] for j in members[:-1]]))
+        buckets.append(Bucket(index, tuple(members), offsets, sum(sizes[j] for j in members), dt, compressed, rule))
+    return buckets
+
+
 @dataclass
 class ReducerStats:
     """Cumulative counters of a :class:`GradientReducer` (this rank)."""
@@ -148,6 +207,9 @@ class ReducerStats:
     """Inside the collective calls (communication, and the compression they do)."""
     per_path: dict[str, int] = field(default_factory=dict)
     """Bytes sent per path (``exact`` and the compression's name)."""
+    per_rule: dict[str, int] = field(default_factory=dict)
+    """With a compression policy: bytes sent per rule (its label ``pattern=name``, and ``unmatched``), exact
+    buckets of the rule's small tensors included."""
     elements_compressed: int = 0
     """Elements of the compressed buckets, summed over calls."""
     nonzeros_compressed: int = 0
@@ -164,8 +226,8 @@ class ReducerStats:
         return {"calls": self.calls, "collectives": self.collectives, "bytes_sent": self.bytes_sent,
                 "bytes_uncompressed": self.bytes_uncompressed, "seconds_fusion": self.seconds_fusion,
                 "seconds_compress": self.seconds_compress, "seconds_collective": self.seconds_collective,
-                "per_path": dict(self.per_path), "elements_compressed": self.elements_compressed,
-                "nonzeros_compressed": self.nonzeros_compressed}
+                "per_path": dict(self.per_path), "per_rule": dict(self.per_rule),
+                "elements_compressed": self.elements_compressed, "nonzeros_compressed": self.nonzeros_compressed}
 
 
 def _ring_bytes(nbytes: int, P: int) -> int:
@@ -207,6 +269,19 @@ class GradientReducer:
         bit for bit (a resumed run continues exactly). ``auto``: the engine
         chooses by the cost model and the times it measures; faster, identical
         on every rank, but two runs may differ in the last bits.
+    policy : CompressionPolicy, mapping or str, optional
+        A per-layer compression policy instead of one ``compression`` for all
+        (:class:`scaleml.compress.policy.CompressionPolicy`: ordered
+        ``{pattern: name}``, first match wins, unmatched tensors exact,
+        ``min_compress_size`` still applies). Tensors of different rules
+        never share a bucket; each rule has its own compressor and error
+        feedback; :attr:`ReducerStats.per_rule` counts each rule's bytes. The
+        policy and the names are agreed between ranks at the first
+        :meth:`reduce` (a rank that differs makes every rank raise
+        ``ValueError``). ``compression`` must then be left at ``none``.
+    names : sequence of str, optional
+        The tensors' names, in the order :meth:`reduce` takes them (what the
+        policy's patterns match); default ``param0``, ``param1``, ...
 
     Attributes
     ----------
@@ -223,7 +298,9 @@ class GradientReducer:
     """
 
     def __init__(self, comm: MPI.Intracomm, compression: str = "none", *, fusion_bytes: int = 64 << 20,
-                 min_compress_size: int = 1024, seed: int = 0, algorithm: str = "fixed") -> None:
+                 min_compress_size: int = 1024, seed: int = 0, algorithm: str = "fixed",
+                 policy: CompressionPolicy | Mapping[str, str] | str | None = None,
+                 names: Sequence[str] | None = None) -> None:
         if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
             raise TypeError(f"comm must be an mpi4py intra-communicator, got {type(comm).__name__}")
         if algorithm not in ("fixed", "auto"):
@@ -258,6 +335,100 @@ class GradientReducer:
             self._dropin = Comm(comm)
         if s.error_feedback and self.compressor is not None:
             self.error_feedback = ErrorFeedback(self.compressor)
+        self._init_policy(policy, names)
+
+    # ---- the compression policy -----------------------------------------------------------------
+
+    def _init_policy(self, policy: CompressionPolicy | Mapping[str, str] | str | None,
+                     names: Sequence[str] | None) -> None:
+        """Parse the policy and the names; one reducer of one compression per compressing rule (its path)."""
+        self.policy: CompressionPolicy | None = None
+        self.names: list[str] | None = None
+        self._rule_reducers: dict[int, GradientReducer] = {}
+        self._rules: list[int | None] = []
+        if names is not None:
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+                raise ValueError("names must be a sequence of strings (the tensors' names, in order)")
+            names = list(names)
+            if len(set(names)) != len(names):
+                twice = sorted({n for n in names if names.count(n) > 1})
+                raise ValueError(f"names must be unique; {twice[:3]} appear more than once")
+            self.names = names
+        if policy is None:
+            return
+        if self.spec.kind != "none":
+            raise ValueError(f"give a compression ({self.spec.name!r}) or a policy, not both")
+        self.policy = CompressionPolicy.parse(policy)
+        for rule in self.policy.rules:
+            if rule.spec.kind != "none":
+                # A reducer of the rule's one compression: its path, compressor and error feedback serve the
+                # rule's buckets (its counters are this reducer's).
+                child = GradientReducer(self.comm, rule.spec.name, fusion_bytes=self.fusion_bytes,
+                                        min_compress_size=self.min_compress_size, seed=self.seed,
+                                        algorithm=self.algorithm)
+                child.stats = self.stats
+                self._rule_reducers[rule.index] = child
+
+    def _check_names(self, grads: Sequence[np.ndarray]) -> str | None:
+        """What is wrong with the number of gradients against the names (None: nothing)."""
+        if self.names is not None and isinstance(grads, list) and len(grads) != len(self.names):
+            return f"{len(grads)} gradients for {len(self.names)} names"
+        return None
+
+    def _policy_identity(self) -> tuple[str, str] | None:
+        """What ranks agree on at setup: the digest of the policy and the names, and the policy's text."""
+        if self.policy is None:
+            return None
+        return self.policy.digest(self.names or ()), str(self.policy)
+
+    def _plan_policy(self, layout: Sequence[tuple[tuple[int, ...], str]]) -> list[Bucket]:
+        """Match the names to the rules (warning once about rules that take nothing) and plan the buckets."""
+        assert self.policy is not None
+        names = self.names if self.names is not None else [f"param{i}" for i in range(len(layout))]
+        matched = self.policy.assign(names)
+        self._rules = [r.index if r is not None else None for r in matched]
+        rules = self.policy.rules
+        compressing = [r.spec.kind != "none" for r in rules]
+        fusing = [r.spec.kind != "adaptive" for r in rules]  # adaptive quantizes each matrix alone
+        buckets = plan_policy_buckets([s for s, _ in layout], [d for _, d in layout], self._rules, compressing, fusing,
+                                      fusion_bytes=self.fusion_bytes, min_compress_size=self.min_compress_size)
+        for b in buckets:
+            child = self._rule_reducers.get(b.rule) if b.rule is not None else None
+            if b.compressed and child is not None and child.spec.kind == "topk":
+                child._outs[b.index] = np.empty(b.size, dtype=b.dtype)
+        return buckets
+
+    def _bucket_path(self, b: Bucket) -> str:
+        """The name of the path a bucket takes (``exact`` or a compression), for :attr:`ReducerStats.per_path`."""
+        if not b.compressed:
+            return "exact"
+        if self.policy is None or b.rule is None:
+            return self.spec.name
+        return self.policy.rules[b.rule].spec.name
+
+    def _count_rule(self, b: Bucket, sent: int) -> None:
+        """Add a bucket's bytes to its rule's counter (with a policy)."""
+        if self.policy is not None:
+            label = self.policy.rules[b.rule].label if b.rule is not None else UNMATCHED
+            self.stats.per_rule[label] = self.stats.per_rule.get(label, 0) + sent
+
+    @property
+    def assignment(self) -> list[tuple[str, str, str]]:
+        """With a policy, after the first :meth:`reduce`: ``(name, rule label, path)`` of every tensor.
+
+        The label is the rule's ``pattern=name`` (``unmatched`` when no rule
+        matched); the path is ``exact`` or the compression that runs (a
+        tensor below ``min_compress_size`` is exact under any rule).
+        """
+        if self.policy is None or not self.buckets:
+            return []
+        names = self.names if self.names is not None else [f"param{i}" for i in range(len(self._rules))]
+        out: list[tuple[str, str, str]] = [("", "", "")] * len(names)
+        for b in self.buckets:
+            label = self.policy.rules[b.rule].label if b.rule is not None else UNMATCHED
+            for i in b.members:
+                out[i] = (names[i], label, self._bucket_path(b))
+        return out
 
     # ---- the plan -------------------------------------------------------------------------------
 
@@ -291,22 +462,31 @@ class GradientReducer:
     def _setup(self, grads: Sequence[np.ndarray], problem: str | None) -> None:
         """The first call: agree on the layout (one allgather), plan the buckets, allocate the buffers."""
         layout = None if problem else [(tuple(g.shape), g.dtype.str) for g in grads]
-        everyone = self.comm.allgather((problem, layout))
-        failed = [r for r, (p, _) in enumerate(everyone) if p]
+        identity = self._policy_identity()
+        everyone = self.comm.allgather((problem, layout, identity))
+        failed = [r for r, (p, _, _) in enumerate(everyone) if p]
         if failed:
             raise ValueError(f"GradientReducer.reduce: {problem}" if problem else
                              f"GradientReducer.reduce: invalid gradients on rank {failed[0]}; see that rank's "
                              "exception")
-        differ = [r for r, (_, lay) in enumerate(everyone) if lay != layout]
+        differ = [r for r, (_, lay, _) in enumerate(everyone) if lay != layout]
         if differ:
             raise ValueError(f"GradientReducer.reduce: ranks pass gradients of different shapes or dtypes (rank "
                              f"{differ[0]}: {_describe(everyone[differ[0]][1])}; rank {self.rank}: "
                              f"{_describe(layout)})")
+        differ = [r for r, (_, _, ident) in enumerate(everyone) if ident != identity]
+        if differ:
+            other = everyone[differ[0]][2]
+            raise ValueError("GradientReducer.reduce: ranks use different compression policies or tensor names "
+                             f"(rank {differ[0]}: {_describe_policy(other)}; rank {self.rank}: "
+                             f"{_describe_policy(identity)}); every rank must pass the same policy and names")
         assert layout is not None
         self._layout = layout
         self.buckets = plan_buckets([s for s, _ in layout], [d for _, d in layout],
                                     fusion_bytes=self.fusion_bytes, min_compress_size=self.min_compress_size,
                                     compress=self.spec.kind != "none", fuse_compressed=self.spec.kind != "adaptive")
+        if self.policy is not None:
+            self.buckets = self._plan_policy(layout)
         # The first exact bucket carries one more element, the count of ranks whose gradients are invalid: the
         # check of every later call costs no collective of its own. It is reduced first.
         carrier = next((b for b in self.buckets if not b.compressed and b.size), None)
@@ -352,7 +532,7 @@ class GradientReducer:
             their layout differs between ranks or from the first call.
         """
         grads = list(grads) if isinstance(grads, tuple) else grads
-        problem = self._check_local(grads)
+        problem = self._check_local(grads) or self._check_names(grads)
         if self._layout is None:
             self._setup(grads, problem)
         elif self._carrier is None:
@@ -378,7 +558,8 @@ class GradientReducer:
             st.seconds_fusion += t1 - t0
             if b.size:
                 if b.compressed:
-                    sent = self._reduce_bucket(b, x, grads)
+                    sent = self._reduce_bucket(b, x, grads) if self.policy is None else \
+                        self._rule_reducers[b.rule]._reduce_bucket(b, x, grads)  # type: ignore[index]
                 else:
                     sent = self._exact(x, carrier)
                     if carrier and x[-1]:
@@ -386,8 +567,9 @@ class GradientReducer:
                             raise ValueError(f"GradientReducer.reduce: {problem}")
                         raise ValueError(f"GradientReducer.reduce: invalid gradients on {int(round(x[-1] * P))} "
                                          "rank(s); see their exceptions")
-                path = self.spec.name if b.compressed else "exact"
+                path = self._bucket_path(b)
                 st.per_path[path] = st.per_path.get(path, 0) + sent
+                self._count_rule(b, sent)
                 st.bytes_sent += sent
                 st.bytes_uncompressed += _ring_bytes(b.nbytes, P)
                 st.collectives += 1
@@ -474,7 +656,11 @@ class GradientReducer:
         (the quantizer's step counter, which keys its random rounding),
         ``ef/residual/<bucket>[/worker|/server]`` (every error-feedback residual)
         and ``adaptive/...`` (:meth:`AdaptiveAllreduceState.state_dict`).
+        With a policy: ``compression`` is ``policy:<the policy's text>`` and
+        each compressing rule's keys are under ``rule<i>/`` (``rule<i>/ef/...``).
         """
+        if self.policy is not None:
+            return self._policy_state_dict()
         state: dict[str, np.ndarray] = {
             "compression": np.array(self.spec.name),
             "world_size": np.array(self.size, dtype=np.int64),
@@ -508,6 +694,9 @@ class GradientReducer:
                 raise ValueError(f"reducer state lacks {key!r}")
             return np.asarray(state[key]).item()
 
+        if self.policy is not None:
+            self._load_policy_state_dict(state)
+            return
         if scalar("compression") != self.spec.name:
             raise ValueError(f"reducer state is for compression {scalar('compression')!r}, not {self.spec.name!r}")
         if scalar("world_size") != self.size or scalar("rank") != self.rank:
@@ -535,6 +724,61 @@ class GradientReducer:
                 raise ValueError(f"reducer state is for gradients {_describe(expected)}, this reducer has "
                                  f"{_describe(self._layout)}")
             self._expected_layout = expected
+
+    _GENERIC_KEYS = ("compression", "world_size", "rank", "calls", "layout")
+
+    def _policy_state_dict(self) -> dict[str, np.ndarray]:
+        """:meth:`state_dict` with a policy: the generic keys, then each compressing rule's under ``rule<i>/``."""
+        assert self.policy is not None
+        state: dict[str, np.ndarray] = {
+            "compression": np.array(f"policy:{self.policy}"),
+            "world_size": np.array(self.size, dtype=np.int64),
+            "rank": np.array(self.rank, dtype=np.int64),
+            "calls": np.array(self.stats.calls, dtype=np.int64),
+        }
+        layout = self._layout if self._layout is not None else self._expected_layout
+        if layout is not None:
+            state["layout"] = np.array(_describe(layout))
+        for index, child in self._rule_reducers.items():
+            state.update({f"rule{index}/{k}": v for k, v in child.state_dict().items()
+                          if k not in self._GENERIC_KEYS})
+        return state
+
+    def _load_policy_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """:meth:`load_state_dict` with a policy (each rule's reducer loads its own keys)."""
+        assert self.policy is not None
+        want = f"policy:{self.policy}"
+        for key in ("compression", "world_size", "rank", "calls"):
+            if key not in state:
+                raise ValueError(f"reducer state lacks {key!r}")
+        got = np.asarray(state["compression"]).item()
+        if got != want:
+            raise ValueError(f"reducer state is for compression {got!r}, not {want!r}")
+        extra = [k for k in state if k not in self._GENERIC_KEYS and
+                 not (k.startswith("rule") and k.split("/", 1)[0][4:].isdigit() and
+                      int(k.split("/", 1)[0][4:]) in self._rule_reducers)]
+        if extra:
+            raise ValueError(f"reducer state holds {sorted(extra)[:3]}, which policy {str(self.policy)!r} does not "
+                             "keep")
+        for index, child in self._rule_reducers.items():
+            prefix = f"rule{index}/"
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            sub.update(compression=np.array(child.spec.name), world_size=state["world_size"], rank=state["rank"],
+                       calls=state["calls"])
+            child.load_state_dict(sub)
+        self.stats.calls = int(np.asarray(state["calls"]).item())
+        if "layout" in state:
+            expected = _parse_layout(str(np.asarray(state["layout"]).item()))
+            if self._layout is not None and self._layout != expected:
+                raise ValueError(f"reducer state is for gradients {_describe(expected)}, this reducer has "
+                                 f"{_describe(self._layout)}")
+            self._expected_layout = expected
+
+
+def _describe_policy(identity: tuple[str, str] | None) -> str:
+    if identity is None:
+        return "no policy"
+    return f"policy {identity[1]!r}, names digest {identity[0]}"
 
 
 def _describe(layout: Sequence[tuple[tuple[int, ...], str]]) -> str:

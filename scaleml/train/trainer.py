@@ -27,7 +27,7 @@ from .consistency import TrainingError, agree, check_replicas
 from .data import STOP_WORDS, Dataset, Shard, load_dataset, shard
 from .models import BAG_MODES, MODELS, Model, make_model
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
-from .reducer import GradientReducer, parse_compression
+from .reducer import CompressionPolicy, GradientReducer, parse_compression
 
 __all__ = ["RESUME_KEYS", "TrainConfig", "TrainResult", "plot_comparison", "plot_history", "train"]
 
@@ -54,6 +54,10 @@ class TrainConfig:
     """Stop at the end of the first epoch whose test accuracy is at least this (classification; ``None``: run
     every epoch)."""
     compression: str = "none"
+    compression_policy: str | None = None
+    """A per-layer policy (``'W1=qsgd4,b*=none,*=topk0.01'``, JSON, or a JSON file; see
+    :class:`scaleml.compress.policy.CompressionPolicy`) over the model's parameter names; instead of
+    ``compression``."""
     seed: int = 0
     fusion_bytes: int = 64 << 20
     min_compress_size: int = 1024
@@ -102,6 +106,10 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         parse_compression(self.compression)
+        if self.compression_policy is not None:
+            CompressionPolicy.parse(self.compression_policy)
+            if parse_compression(self.compression).kind != "none":
+                raise ValueError("give --compression or --compression-policy, not both")
         lr = self.learning_rate()
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"the learning rate must be a positive number, got {self.lr!r}")
@@ -163,6 +171,8 @@ class TrainConfig:
         out = {k: getattr(self, k) for k in RESUME_KEYS}
         out["lr"] = self.learning_rate()
         out["hidden"] = list(self.hidden) if self.model in ("mlp", "embedding-bag") else None
+        if self.compression_policy is not None:  # a JSON file's policy by its content, in the canonical text
+            out["compression_policy"] = str(CompressionPolicy.parse(self.compression_policy))
         if self.dataset not in ("digits", "synthetic", "zipf-text"):
             out["dataset"] = os.path.abspath(self.dataset)
         if self.dataset not in ("synthetic", "zipf-text"):
@@ -178,7 +188,8 @@ class TrainConfig:
 
 RESUME_KEYS = ("dataset", "model", "hidden", "optimizer", "lr", "batch_size", "compression", "seed",
                "fusion_bytes", "min_compress_size", "algorithm", "classes", "test_fraction", "synthetic_samples",
-               "synthetic_features", "synthetic_classes", "vocab", "embed_dim", "bag_length", "bag_mode")
+               "synthetic_features", "synthetic_classes", "vocab", "embed_dim", "bag_length", "bag_mode",
+               "compression_policy")
 """Settings that define a run: a checkpoint resumes only with the same values (``epochs`` and the outputs may
 change)."""
 
@@ -332,7 +343,7 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
     optimizer = make_optimizer(config.optimizer, config.learning_rate())
     reducer = GradientReducer(comm, config.compression, fusion_bytes=config.fusion_bytes,
                               min_compress_size=config.min_compress_size, seed=config.seed,
-                              algorithm=config.algorithm)
+                              algorithm=config.algorithm, **_policy_arguments(config, model))
     history: list[dict[str, Any]] = []
     start_epoch = step = 0
     identity = config.identity()
@@ -359,7 +370,7 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
         start = f", resumed at epoch {start_epoch}" if config.resume else ""
         print(f"scaleml-train: {config.model} on {data.name} ({data.n_train} train / {data.n_test} test samples, "
               f"{data.features} features), {P} ranks x {n_local} samples, batch {config.batch_size}/rank, "
-              f"{steps_per_epoch} steps/epoch, compression {reducer.spec.name}{start}", flush=True)
+              f"{steps_per_epoch} steps/epoch, compression {_compression_text(reducer)}{start}", flush=True)
     # A diverging run overflows: it is reported once, as an error, not as numpy warnings on every rank.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         target = config.target_accuracy
@@ -462,6 +473,18 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
     if rank == 0:
         _write_outputs(config, result)
     return result
+
+
+def _policy_arguments(config: TrainConfig, model: Model) -> dict[str, Any]:
+    """The reducer's ``policy`` and ``names`` (the model's parameter names) of ``--compression-policy``."""
+    if config.compression_policy is None:
+        return {}
+    return {"policy": config.compression_policy, "names": [name for name, _ in model.shapes()]}
+
+
+def _compression_text(reducer: GradientReducer) -> str:
+    """The compression as the first line says it: the name, or the policy."""
+    return reducer.spec.name if reducer.policy is None else f"policy {reducer.policy}"
 
 
 def _snapshot(params: Sequence[np.ndarray], optimizer: Optimizer, reducer: GradientReducer,

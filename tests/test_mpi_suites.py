@@ -116,3 +116,17 @@ def test_hierarchical_dense_on_emulated_nodes(nprocs, ranks_per_node):
 def test_hierarchical_dense_on_mpis_nodes(nprocs):
     """No emulation: MPI's shared-memory node holds every rank here, the one-node (intra-node) path."""
     run_pytest_under_mpi(nprocs, "mpi_hierarchical.py", timeout=300)
+
+
+@pytest.mark.parametrize("ranks_per_node", ["1", "2", "3"])
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_hierarchical_quantized_on_emulated_nodes(nprocs, ranks_per_node):
+    """3 ranks per node makes unequal nodes at 4, 5 and 8 ranks."""
+    run_pytest_under_mpi(nprocs, "mpi_hierarchical_quantized.py", timeout=300,
+                         env={"SCALEML_RANKS_PER_NODE": ranks_per_node})
+
+
+@pytest.mark.parametrize("nprocs", [4])
+def test_hierarchical_quantized_on_mpis_nodes(nprocs):
+    """No emulation: MPI's one node here, the exact intra-node path."""
+    run_pytest_under_mpi(nprocs, "mpi_hierarchical_quantized.py", timeout=300)

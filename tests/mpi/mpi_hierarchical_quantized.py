@@ -212,8 +212,8 @@ def test_error_feedback_at_one_rank_per_node_is_quantized_direct():
 
 
 @pytest.mark.parametrize("ranks_per_node", sorted({1, 2, 3, size}))
-@pytest.mark.parametrize("fmt", ["qsgd4", "fp16", "onebit"])
-@pytest.mark.parametrize("feedback", [False, True])
+@pytest.mark.parametrize(("fmt", "feedback"), [("qsgd4", False), ("fp16", False), ("onebit", False),
+                                               ("qsgd4", True), ("onebit", True)])
 def test_bytes_crossing_nodes_are_the_headers_formula(ranks_per_node, fmt, feedback):
     comm = scaleml.Comm(world.Dup(), ranks_per_node=ranks_per_node)
     sizes = node_sizes(ranks_per_node)

@@ -11,7 +11,6 @@ sum |x| (doubled for the errors the partial sums carry) over 2^bits - 1.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import pytest

@@ -1,7 +1,8 @@
 """``python -m scaleml``: what this installation is and how it is configured.
 
 Prints ScaleML's version, the MPI library (mpi4py's, and the one the C core
-was built against), the thread level, how the C core was compiled and which
+was built against), the thread level, the nodes the ranks sit on (and whether
+MPI or ``SCALEML_RANKS_PER_NODE`` gave them), how the C core was compiled and which
 SIMD paths it uses on this CPU, whether CUDA is available, and every
 ``SCALEML_*`` variable with its effective value and source. ``--json`` prints
 the same as one JSON object. Under ``mpiexec`` only rank 0 prints.
@@ -28,7 +29,7 @@ import mpi4py
 import numpy as np
 from mpi4py import MPI
 
-from . import _cuda, config, cost_model, timeline
+from . import _cuda, config, cost_model, engine, timeline
 from ._native import BUILT_MPI_VENDOR, ffi, lib
 from ._version import __version__
 
@@ -58,6 +59,23 @@ def mpi_report() -> dict[str, Any]:
         "thread_level_requested": str(mpi4py.rc.thread_level),
         "world_size": MPI.COMM_WORLD.Get_size(),
     }
+
+
+def topology_report() -> dict[str, Any]:
+    """The nodes of ``MPI.COMM_WORLD`` as the engine finds them (collective: every rank makes its state), and where
+    they came from: ``SCALEML_RANKS_PER_NODE`` (emulated) or MPI's shared-memory nodes."""
+    topology = engine.engine_state(MPI.COMM_WORLD).topology
+    assert topology is not None  # engine_state always finds the nodes
+    source = (f"SCALEML_RANKS_PER_NODE={topology.ranks_per_node}" if topology.ranks_per_node
+              else "MPI: MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)")
+    return {"nodes": topology.nodes, "ranks_per_node_min": topology.node_size_min,
+            "ranks_per_node_max": topology.node_size_max, "from": source}
+
+
+def _topology_text(t: dict[str, Any]) -> str:
+    low, high = t["ranks_per_node_min"], t["ranks_per_node_max"]
+    ranks = f"{low} rank{'s' if low > 1 else ''}" if low == high else f"{low} to {high} ranks"
+    return f"{t['nodes']} node{'s' if t['nodes'] > 1 else ''} of {ranks} ({t['from']})"
 
 
 def cpu_flags() -> tuple[str, list[str]]:
@@ -180,6 +198,7 @@ def report() -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "mpi": mpi_report(),
+        "topology": topology_report(),
         "build": build_report(),
         "cuda": cuda_report(),
         "configuration": config_report(),
@@ -203,6 +222,7 @@ def format_text(r: dict[str, Any]) -> str:
         if key == "thread_level":
             value = f"{value} (mpi4py.rc.thread_level = {m['thread_level_requested']!r})"
         lines.append(f"  {label:<24}{value}")
+    lines.append(f"  {'topology':<24}{_topology_text(r['topology'])}")
     b = r["build"]
     simd = ", ".join(f"{k.upper()} {_yes(v)}" for k, v in b["simd_in_use"].items())
     lines += ["", "Build and CPU",

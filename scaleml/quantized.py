@@ -23,6 +23,9 @@ from .sparse import as_float_array, lossy_format
 LOSSY = algorithms.LOSSY
 """The lossy algorithms of the registry (what ``algorithm=`` accepts besides ``"auto"``)."""
 _WITH_FEEDBACK = "quantized_direct"
+_HIERARCHICAL = "hierarchical_quantized"
+_KEEP_FEEDBACK = (_WITH_FEEDBACK, _HIERARCHICAL)
+"""The algorithms that keep error feedback: ``auto`` with it runs the first; the second when named."""
 
 
 def block_range(n: int, P: int, j: int) -> tuple[int, int]:
@@ -30,6 +33,23 @@ def block_range(n: int, P: int, j: int) -> tuple[int, int]:
     start, length = ffi.new("uint64_t *"), ffi.new("uint64_t *")
     lib.scaleml_block_range(n, P, j, start, length)
     return int(start[0]), int(length[0])
+
+
+def hierarchical_residual_lengths(n: int, state: EngineState) -> tuple[int, int]:
+    """(worker, server) residual lengths of ``hierarchical_quantized`` on this rank (its header comment).
+
+    The residuals belong to the cross-node step: the worker residual covers the shard this rank owns
+    (``block_range(n, S, local_rank)``, S the smallest node's ranks; empty for local ranks >= S), the server
+    residual the block of that shard this rank reduces across the N nodes (``block_range(shard, N, node)``).
+    Without a topology every rank is its own node: quantized_direct's layout (n, and the rank's block of n).
+    """
+    topology = state.topology
+    if topology is None:
+        nodes, node, local_rank, smallest = state.private.Get_size(), state.private.Get_rank(), 0, 1
+    else:
+        nodes, node, local_rank, smallest = topology.nodes, topology.node, topology.local_rank, topology.node_size_min
+    shard = block_range(n, smallest, local_rank)[1] if local_rank < smallest else 0
+    return shard, block_range(shard, nodes, node)[1]
 
 
 def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: object = None, *,
@@ -63,12 +83,15 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         encoding (``<name>/worker``, n values) and of the range it reduces
         (``<name>/server``); what was applied plus every residual equals the
         sum of what was put in. Save it with :meth:`ErrorFeedback.save` (one
-        file per rank).
+        file per rank). With ``algorithm="hierarchical_quantized"`` the
+        residuals belong to its cross-node step (the shard a rank owns:
+        :func:`hierarchical_residual_lengths`).
     name : str
         The tensor's name in ``error_feedback``.
     algorithm : str
         ``"auto"`` (the least predicted time; ``quantized_direct`` when there
-        is error feedback) or one of :data:`LOSSY`.
+        is error feedback) or one of :data:`LOSSY` (with error feedback:
+        ``quantized_direct`` or ``hierarchical_quantized``).
     average : bool
         Divide the sum by the number of ranks.
     out : numpy.ndarray or torch.Tensor, optional
@@ -100,7 +123,7 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
     """
     def prepare(state: EngineState) -> Call:
         requested = config.apply_algorithm(algorithm, lambda a: a in LOSSY and (error_feedback is None
-                                                                              or a == _WITH_FEEDBACK))
+                                                                              or a in _KEEP_FEEDBACK))
         code = algorithms.code_of(requested)
         if code < 0 or (code > 0 and algorithms.BY_ID[code].exact):
             raise ValueError(f"unknown algorithm {requested!r}; expected 'auto' or one of {LOSSY}")
@@ -114,8 +137,9 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
             raise TypeError("quantized_allreduce needs compression= (QSGD, Cast or OneBit)")
         if error_feedback is not None and lossy is not error_feedback.compressor:
             raise ValueError("compression must be error_feedback.compressor (or left out)")
-        if error_feedback is not None and code > 0 and requested != _WITH_FEEDBACK:
-            raise ValueError(f"error feedback on both sides is kept by {_WITH_FEEDBACK!r}, not {requested!r}")
+        if error_feedback is not None and code > 0 and requested not in _KEEP_FEEDBACK:
+            raise ValueError(f"error feedback on both sides is kept by {_WITH_FEEDBACK!r} (or {_HIERARCHICAL!r}), "
+                             f"not {requested!r}")
         fmt = lossy_format(lossy, code)
         device = placement({"x": x, "out": out})
         target = device_output(x, out)
@@ -133,13 +157,18 @@ def quantized_allreduce(x, comm: MPI.Intracomm = MPI.COMM_WORLD, compression: ob
         elif not (dest.flags.c_contiguous and dest.flags.writeable):
             raise ValueError("out must be writable and C-contiguous")
         residuals: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
-        if error_feedback is not None:
+        keeper = requested if requested in _KEEP_FEEDBACK else _WITH_FEEDBACK
+        if error_feedback is not None and keeper == _HIERARCHICAL:
+            worker, server = hierarchical_residual_lengths(flat.size, state)
+            residuals = (error_feedback.residual_buffer(f"{name}/worker", (worker,), flat.dtype),
+                         error_feedback.residual_buffer(f"{name}/server", (server,), flat.dtype))
+        elif error_feedback is not None:
             P, rank = state.private.Get_size(), state.private.Get_rank()
             residuals = (error_feedback.residual_buffer(f"{name}/worker", (flat.size,), flat.dtype),
                          error_feedback.residual_buffer(f"{name}/server", (block_range(flat.size, P, rank)[1],),
                                                         flat.dtype))
         return Call(flat.size, flat, requested=requested, fmt=fmt, lossy_only=True, dense_out=dest.reshape(-1),
-                    fixed=(_WITH_FEEDBACK, "error feedback") if error_feedback is not None else None,
+                    fixed=(keeper, "error feedback") if error_feedback is not None else None,
                     residuals=residuals, class_key=(fmt.fingerprint,), device=device, kept=(dest, target))
 
     def _device_gather(state: EngineState, x: Any, target: Any, fmt: Any, requested: str) -> Call:

@@ -1,15 +1,20 @@
-"""The two-level cost model of hierarchical_dense and SCALEML_RANKS_PER_NODE (no MPI job needed)."""
+"""The two-level cost model of hierarchical_dense and hierarchical_quantized, SCALEML_RANKS_PER_NODE and the
+topology line of ``python -m scaleml`` (no MPI job needed)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 
-from scaleml import algorithms, config, cost_model
+from scaleml import algorithms, bench, config, cost_model
+from scaleml.compress import QSGD, Cast, OneBit
 from scaleml.cost_model import CostParams, params_fingerprint
+from scaleml.value_format import value_format
 
 ARGS = dict(index_bytes=4, value_bytes=4, sparse_out=False, dense_input=True, alpha=5e-6, beta=1 / 1.25e9,
             gamma=1 / 4e9, delta=0.0)
@@ -62,3 +67,67 @@ def test_a_bad_ranks_per_node_fails_at_import_naming_it(text):
 def test_ranks_per_node_parses():
     assert config.parse("SCALEML_RANKS_PER_NODE", " 3 ") == 3
     assert config.value("SCALEML_RANKS_PER_NODE") in (None, *range(1, 1 << 20))
+
+
+def lossy_costs(n: int, P: int, nodes: tuple[int, int, int], compression, beta: float = ARGS["beta"],
+                intra=(1e-6, 1e-10)) -> dict[str, float]:
+    fmt, params = value_format(compression), CostParams()
+    return algorithms.costs(n, P, n, n * P, 4, 4, False, True, ARGS["alpha"], beta, ARGS["gamma"], 0.0,
+                            fmt.value_bytes(n, 4), *params.codec(fmt.name), nodes=nodes, intra=intra)
+
+
+FLAT_LOSSY = [a for a in algorithms.LOSSY if a != "hierarchical_quantized"]
+
+
+@pytest.mark.parametrize("P", [64, 1024])
+@pytest.mark.parametrize("compression", [QSGD(bits=4), QSGD(bits=8), Cast("fp16")], ids=["qsgd4", "qsgd8", "fp16"])
+def test_hierarchical_quantized_beats_the_flat_lossy_ones_at_8_ranks_per_node_on_a_slow_network(P, compression):
+    c = lossy_costs(1 << 22, P, (P // 8, 8, 8), compression, beta=8e-9)  # 1 Gbit/s, the issue's cluster
+    assert c["hierarchical_quantized"] < min(c[a] for a in FLAT_LOSSY)
+
+
+def test_hierarchical_quantized_falls_back_as_it_runs():
+    q = QSGD(bits=4)
+    for nodes in ((0, 0, 0), (16, 1, 1)):  # unknown, one rank per node: the flat quantized ring
+        c = lossy_costs(1 << 20, 16, nodes, q)
+        assert c["hierarchical_quantized"] == c["quantized_ring"]
+    # one node: exact, hierarchical_dense's case; auto leaves it there
+    assert lossy_costs(1 << 20, 8, (1, 8, 8), q)["hierarchical_quantized"] == math.inf
+    # unequal nodes: costed from the smallest node's shards
+    assert math.isfinite(lossy_costs(1 << 20, 5, (2, 2, 3), OneBit())["hierarchical_quantized"])
+
+
+def test_hierarchical_quantized_costs_fewer_bytes_across_and_the_intra_terms():
+    q = QSGD(bits=4)
+    free = lossy_costs(1 << 22, 64, (8, 8, 8), q, intra=(0.0, 0.0))
+    slow = lossy_costs(1 << 22, 64, (8, 8, 8), q, intra=(1e-3, 1e-8))
+    assert free["hierarchical_quantized"] < slow["hierarchical_quantized"]
+    assert free["quantized_ring"] == slow["quantized_ring"]
+    exact = lossy_costs(1 << 22, 64, (8, 8, 8), Cast("fp16"))
+    assert exact["hierarchical_quantized"] < exact["hierarchical_dense"]  # the cross-node step sends half
+
+
+def test_bench_model_shows_it_beside_the_flat_ones_at_64_and_1024(tmp_path, capsys):
+    out = tmp_path / "model.json"
+    assert bench.main(["model", "--n", "4194304", "--ranks", "64", "1024", "--ranks-per-node", "8", "--beta", "8e-9",
+                       "--compression", "qsgd4", "fp16", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "hierarchical_quantized" in text
+    rows = json.loads(out.read_text())["node_lossy_rows"]
+    assert [(r["ranks"], r["nodes"], r["format"]) for r in rows] == [
+        (64, 8, "qsgd4"), (64, 8, "fp16"), (1024, 128, "qsgd4"), (1024, 128, "fp16")]
+    for r in rows:
+        assert r["speedup_vs_flat"] > 1
+        # 1/8 of the data crosses per local rank
+        assert r["hierarchical_quantized_inter_node_bytes_per_rank"] < r["quantized_ring_inter_node_bytes_per_rank"] / 7
+
+
+@pytest.mark.parametrize(("variable", "expected"), [(None, "MPI"), ("2", "SCALEML_RANKS_PER_NODE=2")])
+def test_python_m_scaleml_reports_the_topology(variable, expected):
+    env = {k: v for k, v in os.environ.items() if k != "SCALEML_RANKS_PER_NODE"}
+    if variable is not None:
+        env["SCALEML_RANKS_PER_NODE"] = variable
+    proc = subprocess.run([sys.executable, "-m", "scaleml"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("topology"))
+    assert "1 node of 1 rank" in line and expected in line

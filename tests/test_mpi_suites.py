@@ -126,3 +126,17 @@ def test_embedding_bag_sparse_is_exact_and_sends_the_touched_rows(nprocs):
 @pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
 def test_gradient_reducer_compression_policy(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_train_policy.py", timeout=300)
+
+
+@pytest.mark.parametrize("ranks_per_node", ["1", "2", "3"])
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_hierarchical_quantized_on_emulated_nodes(nprocs, ranks_per_node):
+    """3 ranks per node makes unequal nodes at 4, 5 and 8 ranks."""
+    run_pytest_under_mpi(nprocs, "mpi_hierarchical_quantized.py", timeout=300,
+                         env={"SCALEML_RANKS_PER_NODE": ranks_per_node})
+
+
+@pytest.mark.parametrize("nprocs", [4])
+def test_hierarchical_quantized_on_mpis_nodes(nprocs):
+    """No emulation: MPI's one node here, the exact intra-node path."""
+    run_pytest_under_mpi(nprocs, "mpi_hierarchical_quantized.py", timeout=300)

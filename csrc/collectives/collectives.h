@@ -34,6 +34,8 @@ typedef struct {
     void *server_residual;       /* error feedback over this rank's block, or NULL (quantized_direct) */
     const scaleml_topology *topology;  /* the nodes (topology.c), or NULL: unknown */
     uint64_t bytes_sent;  /* bytes this rank put on the wire */
+    int ran_exact;        /* a lossy algorithm sent nothing in its format (hierarchical_quantized on one node):
+                           * the engine then reports the call exact */
     int failed_together;  /* set with an error that every rank of the call returns too (none is left waiting
                            * in the collective): the engine reports it instead of aborting the job */
 } sa_context;
@@ -74,6 +76,21 @@ int quantized_allreduce_direct(sa_context *ctx, scaleml_result *res);
 int quantized_allreduce_gather(sa_context *ctx, scaleml_result *res);
 int adaptive_allreduce(sa_context *ctx, scaleml_result *res);
 int hierarchical_dense(sa_context *ctx, scaleml_result *res);
+int hierarchical_quantized(sa_context *ctx, scaleml_result *res);
+
+/* Shared steps of the hierarchical algorithms (hierarchical_dense.c). hierarchical_run: step 1 (exact
+ * reduce-scatter within the node to the S owners), step 2 (`cross` on the owner's shard over the cross-node
+ * communicator, N > 1 only), step 3 (allgather within the node), counting the bytes within and across nodes
+ * (scaleml_hierarchical_last_wire); `flat` runs the whole call instead at one rank per node or without a
+ * topology. hierarchical_cross_run: `run` on the shard [shard, shard + len) in place over t->cross, with
+ * that codec and residuals (NULL: none), adding its bytes to c->bytes_sent and *inter. */
+typedef int (*hierarchical_cross_fn)(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len,
+                                     uint64_t *inter);
+int hierarchical_run(sa_context *c, scaleml_result *res, hierarchical_cross_fn cross,
+                     int (*flat)(sa_context *, scaleml_result *));
+int hierarchical_cross_run(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len,
+                           const scaleml_codec *codec, void *worker_residual, void *server_residual,
+                           int (*run)(sa_context *, scaleml_result *), uint64_t *inter);
 
 /* Shared first phase of the split algorithms: rank j ends up with the sum
  * over all ranks of index range j (cu_block_range); dense when

@@ -90,7 +90,7 @@ int scaleml_allreduce_topology(uintptr_t comm_address, int algorithm, uint64_t n
     cu_watch(entry->info.name, ctx.rank, 1);
     rc = entry->run(&ctx, res);
     cu_watch("a collective", ctx.rank, 0);
-    last_quantized = !entry->info.exact || sv_quantized_packs > 0;
+    last_quantized = (!entry->info.exact && !ctx.ran_exact) || sv_quantized_packs > 0;
     if (bytes_sent) *bytes_sent = ctx.bytes_sent;
     if (rc && ctx.size > 1 && !ctx.failed_together) {
         /* The other ranks are inside the same algorithm, waiting for messages this rank will not send:

@@ -28,6 +28,9 @@
  * Fallbacks: one rank per node (L = 1) or no topology: the flat ring on the
  * whole communicator (every byte crosses a node boundary); one node (N = 1):
  * steps 1 and 3 only. Sparse input is densified into the result first.
+ * Steps 1 and 3, the fallbacks and the byte counts are hierarchical_run, which
+ * hierarchical_quantized.c shares (its step 2 compresses); the intra-node cost
+ * terms are hierarchical_cost, shared the same way.
  *
  * Bytes, c_d = value bytes, shard s_j = |shard j| (about n/S):
  *   crossing node boundaries (step 2; inter_bytes of
@@ -130,22 +133,30 @@ static int node_reduce_scatter(sa_context *c, const scaleml_topology *t, char *a
     return rc;
 }
 
-/* Step 2: the exact ring on this owner's shard over the cross-node communicator. */
-static int cross_allreduce(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len, uint64_t *inter)
+int hierarchical_cross_run(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len,
+                           const scaleml_codec *codec, void *worker_residual, void *server_residual,
+                           int (*run)(sa_context *, scaleml_result *), uint64_t *inter)
 {
     sa_context sub = {.comm = t->cross, .n = len, .index_bytes = c->index_bytes, .value_bytes = c->value_bytes,
-                      .nnz_max = len, .nnz_sum = len * (uint64_t)t->info.nodes, .dense_out = shard};
+                      .nnz_max = len, .nnz_sum = len * (uint64_t)t->info.nodes, .dense_out = shard, .codec = codec,
+                      .worker_residual = worker_residual, .server_residual = server_residual};
     int rc = cu_check(MPI_Comm_rank(sub.comm, &sub.rank), "MPI_Comm_rank");
     if (!rc) rc = cu_check(MPI_Comm_size(sub.comm, &sub.size), "MPI_Comm_size");
     if (rc) return rc;
     sv_view_dense(&sub.input, 0, len, shard, c->index_bytes, c->value_bytes);
     scaleml_result *r = calloc(1, sizeof *r);
     if (!r) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
-    rc = dense_allreduce_ring(&sub, r);  /* in place: the result's one segment is the shard itself */
+    rc = run(&sub, r);  /* in place: the result's one segment is the shard itself */
     scaleml_result_free(r);
     c->bytes_sent += sub.bytes_sent;
     *inter += sub.bytes_sent;
     return rc;
+}
+
+/* Step 2: the exact ring on this owner's shard over the cross-node communicator. */
+static int cross_allreduce(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len, uint64_t *inter)
+{
+    return hierarchical_cross_run(c, t, shard, len, NULL, NULL, NULL, dense_allreduce_ring, inter);
 }
 
 /* Step 3: every rank receives each reduced shard from its owner. */
@@ -185,13 +196,15 @@ static int node_allgather(sa_context *c, const scaleml_topology *t, char *all, u
     return rc;
 }
 
-int hierarchical_dense(sa_context *c, scaleml_result *res)
+/* The three steps, shared with hierarchical_quantized.c (collectives.h): `cross` runs step 2 on an owner's
+ * shard, `flat` is the whole call at one rank per node. */
+int hierarchical_run(sa_context *c, scaleml_result *res, hierarchical_cross_fn cross,
+                     int (*flat)(sa_context *, scaleml_result *))
 {
     const scaleml_topology *t = c->topology;
     last_wire = (scaleml_hierarchical_wire){0, 0};
-    c->codec = NULL;  /* exact, whatever format the caller allowed */
-    if (!t || t->info.node_size_max == 1 || c->size == 1) {  /* one rank per node: the flat ring */
-        int rc = dense_allreduce_ring(c, res);
+    if (!t || t->info.node_size_max == 1 || c->size == 1) {  /* one rank per node: the flat algorithm */
+        int rc = flat(c, res);
         if (!rc && c->size > 1) last_wire.inter_bytes = c->bytes_sent;
         return rc;
     }
@@ -204,18 +217,22 @@ int hierarchical_dense(sa_context *c, scaleml_result *res)
     if (!rc && t->info.nodes > 1 && t->info.local_rank < t->info.node_size_min) {
         uint64_t start, len;
         cu_block_range(c->n, t->info.node_size_min, t->info.local_rank, &start, &len);
-        if (len) rc = cross_allreduce(c, t, values + start * (unsigned)c->value_bytes, len, &wire.inter_bytes);
+        if (len) rc = cross(c, t, values + start * (unsigned)c->value_bytes, len, &wire.inter_bytes);
     }
     if (!rc) rc = node_allgather(c, t, values, &wire.intra_bytes);
     if (!rc) last_wire = wire;
     return qa_result(res, &all, c->n, rc);
 }
 
-double hierarchical_dense_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)
+int hierarchical_dense(sa_context *c, scaleml_result *res)
+{
+    c->codec = NULL;  /* exact, whatever format the caller allowed */
+    return hierarchical_run(c, res, cross_allreduce, dense_allreduce_ring);
+}
+
+double hierarchical_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, sa_cost_fn cross)
 {
     int N = c->nodes, L = c->node_size_max, S = c->node_size_min;
-    *result_sparse = 0;
-    if (N < 1 || L <= 1 || S < 1 || c->ranks == 1) return dense_allreduce_ring_cost(c, p, result_sparse);
     double n = (double)c->n, cd = c->value_bytes, s = n / S;
     /* one node: no boundary, its steps cost what the flat algorithms on that node are costed at */
     double alpha_i = N > 1 ? p->alpha_intra : p->alpha, beta_i = N > 1 ? p->beta_intra : p->beta;
@@ -226,9 +243,16 @@ double hierarchical_dense_cost(const scaleml_cost_case *c, const scaleml_cost_pa
         scaleml_cost_case shard = *c;
         shard.n = (uint64_t)(s + 0.5);
         shard.ranks = N;
-        shard.quantized_value_bytes = 0;
         int sparse;
-        time += dense_allreduce_ring_cost(&shard, p, &sparse);
+        time += cross(&shard, p, &sparse);
     }
     return time + (L - 1) * alpha_i + (L - 1) * s * cd * beta_i;
+}
+
+double hierarchical_dense_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)
+{
+    *result_sparse = 0;
+    if (c->nodes < 1 || c->node_size_max <= 1 || c->node_size_min < 1 || c->ranks == 1)
+        return dense_allreduce_ring_cost(c, p, result_sparse);
+    return hierarchical_cost(c, p, dense_allreduce_ring_cost);  /* the ring's cost is exact whatever the format */
 }

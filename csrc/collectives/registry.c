@@ -51,6 +51,11 @@ static const sa_algorithm registry[] = {
       "2 (L-1) within the node + the ring's 2 (N-1) across (L ranks per node, N nodes)",
       "2 (L-1)/L n c_d within the node + 2 (N-1)/N n/L c_d across", SPARSE | DENSE, DENSE, FLOATS, 1, TAKES_EXACT},
      hierarchical_dense, hierarchical_dense_cost},
+    {{"hierarchical_quantized",
+      "dense data, lossy format, ranks sharing nodes (summed exactly within the node, compressed only across)",
+      "2 (L-1) within the node + the quantized ring's 2 (N-1) across (L ranks per node, N nodes)",
+      "2 (L-1)/L n c_d within the node + 2 (N-1)/N n/L q across", SPARSE | DENSE, DENSE, FLOATS, 0, TAKES_LOSSY},
+     hierarchical_quantized, hierarchical_quantized_cost},
 };
 
 #define REGISTRY_COUNT ((int)(sizeof registry / sizeof registry[0]))

@@ -4,7 +4,8 @@ Three tables: the exact algorithms of the sparse AllReduce per (ranks, count, de
 formats per (ranks, count, format): the dense quantized algorithms of the registry next to the exact dense
 AllReduce and an allgather of the compressed vectors, each with its bytes sent per rank, to show which of
 them grow with the number of ranks; and the exact dense AllReduce on nodes of ``--ranks-per-node`` ranks (default
-8), the flat algorithms next to ``hierarchical_dense``.
+8), the flat algorithms next to ``hierarchical_dense``, then the lossy formats on those nodes, the flat quantized
+algorithms next to ``hierarchical_quantized``.
 """
 
 from __future__ import annotations
@@ -108,9 +109,10 @@ def model(args: argparse.Namespace) -> int:
                           + " ".join(f"{pred[a] * 1e3:>22.3f}" for a in names) + f"  {best:>18} {speedup:>8.2f}")
     lossy_rows = lossy_table(args, params, formats, itemsize) if formats else []
     node_rows = node_table(args, params, itemsize)
+    node_lossy_rows = node_lossy_table(args, params, formats, itemsize) if formats else []
     if args.json:
         args.json.write_text(json.dumps({"params": params.to_json(), "rows": rows, "lossy_rows": lossy_rows,
-                                         "node_rows": node_rows}, indent=1))
+                                         "node_rows": node_rows, "node_lossy_rows": node_lossy_rows}, indent=1))
     return 0
 
 
@@ -150,6 +152,49 @@ def node_table(args: argparse.Namespace, params: cost_model.CostParams, itemsize
                          **{f"{a}_inter_node_bytes_per_rank": sent[a] for a in sent}})
             print(f"{P:>6d} {N:>6d} {n:>11d} " + " ".join(f"{pred[a] * 1e3:>10.2f} {_mb(sent[a]):>6}" for a in flat)
                   + f" {pred['hierarchical_dense'] * 1e3:>22.2f} {_mb(sent['hierarchical_dense']):>6} {speedup:>8.2f}")
+    return rows
+
+
+HIERARCHICAL_LOSSY = "hierarchical_quantized"
+FLAT_LOSSY = tuple(a for a in LOSSY if a != HIERARCHICAL_LOSSY)
+
+
+def node_lossy_table(args: argparse.Namespace, params: cost_model.CostParams, formats: dict,
+                     itemsize: int) -> list[dict]:
+    """Print and return the lossy formats on nodes of ``--ranks-per-node`` ranks: the flat quantized algorithms
+    (every message at the inter-node alpha, beta) next to ``hierarchical_quantized`` (exact within the node at
+    alpha_intra, beta_intra; compressed only across), with the bytes each rank sends across node boundaries."""
+    p = params
+    L = args.ranks_per_node
+    print(f"\n# lossy formats on nodes of {L} ranks: predicted time (ms) and bytes sent across node boundaries "
+          f"per rank (MB); {HIERARCHICAL_LOSSY} sums exactly within the node and compresses only across")
+    print(f"{'ranks':>6} {'nodes':>6} {'count':>11} {'format':>9} "
+          + " ".join(f"{a + '(ms)':>{len(a) + 4}} {'MB':>6}" for a in (*FLAT_LOSSY, HIERARCHICAL_LOSSY))
+          + f" {'speedup':>8}")
+    rows = []
+    for P in args.ranks:
+        nodes = node_shape(P, L)
+        N, S = nodes[0], nodes[1]
+        for n in args.n:
+            index_bytes = index_dtype(n).itemsize
+            for spec, fmt in formats.items():
+                q = fmt.value_bytes(n, itemsize)
+                pred = algorithms.costs(n, P, n, n * P, index_bytes, itemsize, False, True, p.alpha, p.beta,
+                                        p.gamma, p.delta, q, *p.codec(fmt.name), nodes=nodes,
+                                        intra=(p.alpha_intra, p.beta_intra))
+                sent = _bytes_sent(n, P, n, index_bytes, itemsize, True, q)
+                sent_by = {a: sent[a] for a in FLAT_LOSSY}
+                # one node: nothing crosses; one rank per node: the flat ring's bytes
+                sent_by[HIERARCHICAL_LOSSY] = (2 * (N - 1) / N * n / S * q if nodes[2] > 1 else sent["quantized_ring"])
+                best_flat = min(FLAT_LOSSY, key=lambda a: pred[a])
+                speedup = pred[best_flat] / pred[HIERARCHICAL_LOSSY]
+                rows.append({"ranks": P, "ranks_per_node": L, "nodes": N, "count": n, "format": spec,
+                             "best_flat": best_flat, "speedup_vs_flat": speedup,
+                             **{f"{a}_s": pred[a] for a in (*FLAT_LOSSY, HIERARCHICAL_LOSSY)},
+                             **{f"{a}_inter_node_bytes_per_rank": sent_by[a] for a in sent_by}})
+                print(f"{P:>6d} {N:>6d} {n:>11d} {spec:>9} "
+                      + " ".join(f"{pred[a] * 1e3:>{len(a) + 4}.2f} {_mb(sent_by[a]):>6}"
+                                 for a in (*FLAT_LOSSY, HIERARCHICAL_LOSSY)) + f" {speedup:>8.2f}")
     return rows
 
 

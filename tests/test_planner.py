@@ -22,7 +22,9 @@ MPI_SECONDS = 0.190
 def emulated(quantized_ring: float, sparse: float = 0.38) -> dict[str, float]:
     return {"ring": 0.195, "quantized_ring": quantized_ring, "quantized_rhd": 1.1 * quantized_ring,
             "quantized_direct": 1.15 * quantized_ring, "quantized_gather": 2.0 * quantized_ring,
-            "recursive_doubling": sparse, "split_allgather": sparse, "split_dense": sparse}
+            "recursive_doubling": sparse, "split_allgather": sparse, "split_dense": sparse,
+            # one rank per node: the hierarchical entries run their flat fallbacks
+            "hierarchical_dense": 0.195, "hierarchical_quantized": quantized_ring}
 
 
 @pytest.mark.parametrize(("compression", "seconds"), [(Cast("fp16"), 0.095), (QSGD(bits=4), 0.030),

@@ -18,8 +18,8 @@ difference of the final parameters from plain DDP's:
 - ``ddp_gloo_sparse_grad``: plain DDP with ``EmbeddingBag(sparse=True)``: DDP all-reduces the sparse gradient
   tensors itself (gloo's sparse allreduce), outside any bucket;
 - ``scaleml_sparse_grad``: ``sparse=True`` with ScaleML's hook. DDP (torch 2.13) gives a sparse gradient a bucket
-  of its own and hands the hook the sparse COO tensor as ``bucket.buffer()``; ScaleML's hook takes dense buffers
-  only and raises ``TypeError`` on every rank, which the row prints (a sparse path for the hook is not written).
+  of its own and hands the hook the sparse COO tensor as ``bucket.buffer()``; ScaleML's hook sums its rows exactly
+  with ``scaleml.sparse_allreduce`` and returns a sparse tensor (a failure would be printed in the row).
 """
 
 from __future__ import annotations

@@ -651,6 +651,8 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
         raise TypeError(f"bucket {bucket.index()} is on {buffer.device}; the ScaleML hook takes CPU and CUDA buckets")
     float_type = buffer.dtype if buffer.dtype in (torch.float32, torch.float64) else torch.float32
     index = int(bucket.index())
+    if buffer.is_sparse:
+        return _sparse_bucket(state, buffer, float_type)
     if state.policy is not None:
         return _policy_hook(state, bucket, index, float_type)
     compressed = state._prepare(index, buffer.numel())
@@ -684,6 +686,39 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
     state._reduce(index, x, compressed, comm=state.comm)
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     fut.set_result(finish())
+    return fut
+
+
+def _sparse_bucket(state: ScaleMLHookState, buffer: Any, float_type: Any) -> Any:
+    """A sparse gradient's bucket (``nn.Embedding``/``EmbeddingBag`` with ``sparse=True``): its non-zero rows
+    summed exactly by :func:`scaleml.sparse_allreduce` and returned as a sparse tensor, as DDP's own allreduce
+    of sparse gradients does. The rows are what any compressor would send, so no format applies."""
+    torch = _torch()
+    grad = buffer.detach().coalesce().to(device="cpu", dtype=float_type)
+    sparse_shape, dense_shape = tuple(grad.shape[:grad.sparse_dim()]), tuple(grad.shape[grad.sparse_dim():])
+    width = int(np.prod(dense_shape, dtype=np.int64))
+    rows = np.ravel_multi_index(grad.indices().numpy(), sparse_shape) if grad.indices().shape[1] else \
+        np.zeros(0, np.int64)
+    # DDP scales each gradient by 1/P before the sum: the same multiplication here.
+    values = grad.values().numpy().reshape(-1, width) * np.asarray(1.0 / state.size, grad.values().numpy().dtype)
+    flat = (rows[:, None] * width + np.arange(width)).ravel()
+    total, info = sparse_allreduce(flat, values.ravel(), int(np.prod(sparse_shape, dtype=np.int64)) * width,
+                                   state.comm, out="sparse", return_info=True)
+    out_rows = np.unique(total.indices.astype(np.int64) // width)
+    out_values = np.zeros((out_rows.size, width), values.dtype)
+    out_values[np.searchsorted(out_rows, total.indices.astype(np.int64) // width),
+               total.indices.astype(np.int64) % width] = total.values
+    result = torch.sparse_coo_tensor(torch.from_numpy(np.stack(np.unravel_index(out_rows, sparse_shape))),
+                                     torch.from_numpy(out_values.reshape(out_rows.size, *dense_shape)),
+                                     tuple(grad.shape), is_coalesced=True, check_invariants=False)
+    result = result.to(device=buffer.device, dtype=buffer.dtype)
+    st = state.stats
+    st["calls"] += 1
+    st["compressed_calls"] += 1
+    st["bytes_sent"] += int(info.bytes_sent)
+    st["bytes_uncompressed"] += 2 * (state.size - 1) * buffer.numel() * buffer.element_size() // state.size
+    fut = torch.futures.Future()
+    fut.set_result(result)
     return fut
 
 

@@ -181,3 +181,45 @@ def test_a_resumed_onebit_run_reaches_the_uninterrupted_accuracy(shared_dir):
     assert straight > 0.95 and len(history) == 60
     assert after >= before - 0.02  # the run continues from where it was, it does not start again
     assert resumed >= straight - 0.01
+
+
+@pytest.mark.parametrize("compression", ["onebit", "topk0.05"])
+@pytest.mark.parametrize("old_size,new_size", PAIRS)
+def test_hook_state_loads_every_old_ranks_state_at_another_number_of_ranks(old_size, new_size, compression):
+    """ScaleMLHookState (reduce_ without DDP): the list of the old ranks' states loads at the new size; the summed
+    worker residual is conserved to float32 rounding and the resumed state reduces identically everywhere."""
+    if max(old_size, new_size) > size:
+        pytest.skip(f"needs {max(old_size, new_size)} ranks")
+    pytest.importorskip("torch")
+    smt = pytest.importorskip("scaleml.torch")
+    numel = 1000
+    worker = "ef/residual/bucket0/worker" if compression == "onebit" else "ef/residual/bucket0"
+
+    def old_run(sub: MPI.Intracomm) -> list[dict[str, Any]]:
+        state = smt.ScaleMLHookState(sub, compression, min_compress_numel=8, nonblocking=False)
+        rng = np.random.default_rng(sub.Get_rank())
+        for _ in range(3):
+            state.reduce_(0, rng.standard_normal(numel).astype(np.float32))
+        return sub.allgather(state.state_dict())
+
+    def new_run(sub: MPI.Intracomm) -> tuple[np.ndarray, np.ndarray]:
+        state = smt.ScaleMLHookState(sub, compression, min_compress_numel=8, nonblocking=False)
+        state.load_state_dict(old)
+        assert state.error_feedback is not None
+        total = state.error_feedback.residual(worker[len("ef/residual/"):]).astype(np.float64)
+        sub.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        out = state.reduce_(0, np.full(numel, 0.5, dtype=np.float32))
+        return total, np.concatenate(sub.allgather(out))
+
+    old = comm.bcast(on_ranks(old_size, old_run), root=0)
+    result = on_ranks(new_size, new_run)
+    problems = []
+    if rank < new_size:
+        total, outs = result
+        before = np.sum([s[worker].numpy().astype(np.float64) for s in old], axis=0)
+        if not np.all(np.abs(total - before) <= 2.0 ** -23 * np.abs(before)):
+            problems.append(f"worker residual sum moved by {np.max(np.abs(total - before))}")
+        if not np.array_equal(outs.reshape(new_size, numel), np.broadcast_to(outs[:numel], (new_size, numel))):
+            problems.append("the ranks' results differ")
+    everyone = comm.allgather(problems)
+    assert not any(everyone), everyone

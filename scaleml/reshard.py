@@ -131,9 +131,10 @@ def reshard_state_dicts(states: Sequence[Mapping[str, Any]], new_size: int) -> l
         ``rank == r`` and ``world_size == len(states)``). Values are numpy
         arrays, CPU ``torch.Tensor``s or Python scalars.
     new_size : int
-        The number of ranks of the resumed run (may equal ``len(states)``:
-        then each rank gets back its own residuals, the worker residuals
-        evened out).
+        The number of ranks of the resumed run. It may equal
+        ``len(states)``: the server residuals then come back unchanged and the
+        worker residuals evened out (a caller that resumes at the same size
+        loads each rank's own state instead).
 
     Returns
     -------

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from .compress.base import Compressor
 from .compress.names import KINDS, CompressionSpec, choices, parse_compression
 from .compress.policy import UNMATCHED, CompressionPolicy
 from .quantized import quantized_allreduce
+from .reshard import reshard_state_dicts
 from .sparse import sparse_allreduce
 from .topk_allreduce import topk_allreduce
 
@@ -568,19 +569,31 @@ class ScaleMLHookState:
                     state[f"ef/{k}"] = torch.from_numpy(np.array(v, copy=True))
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
         """Restore what :meth:`state_dict` returned, on the same rank of a job with the same configuration.
 
         Residuals are restored bit for bit; the buckets must have the same
         sizes (the same model and ``bucket_cap_mb``), else a bucket whose size
         differs starts again from zero (:attr:`rebuilt_buckets`).
 
+        ``state`` may also be the list of every rank's state of the job that
+        saved them (in rank order; each rank of this job passes the whole
+        list): at the same number of ranks this rank's own entry is loaded, at
+        another the states are resharded first
+        (:func:`scaleml.reshard.reshard_state_dicts`, as
+        :meth:`scaleml.train.GradientReducer.reshard_state_dicts`): every rank
+        gets ``1/P'`` of the summed worker residuals, the server residuals are
+        re-cut to the new owners' ranges, the step counters carry over.
+
         Raises
         ------
         ValueError
             When the state is for another compression, number of ranks or rank,
-            or holds keys this compression does not keep.
+            or holds keys this compression does not keep; for a list, when the
+            states do not fit together.
         """
+        if isinstance(state, (list, tuple)):
+            state = self._own_share(state)
         def get(key: str) -> Any:
             if key not in state:
                 raise ValueError(f"hook state lacks {key!r}")
@@ -612,6 +625,15 @@ class ScaleMLHookState:
         self._numel = numel
         self._outs.clear()
         self.stats["calls"] = int(get("calls"))
+
+    def _own_share(self, states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """This rank's state out of every old rank's: its own entry at the same size, else its resharded share."""
+        if not states:
+            raise ValueError("load_state_dict got an empty list of states")
+        sizes = {int(as_numpy(s.get("world_size", -1), "world_size")) for s in states}
+        if sizes == {len(states)} and len(states) == self.size:
+            return states[self.rank]
+        return reshard_state_dicts(states, self.size)[self.rank]
 
 
 def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future[torch.Tensor]:

@@ -92,6 +92,13 @@ def test_training_resumes_bit_for_bit(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_train_resume.py", timeout=300)
 
 
+# A checkpoint of P ranks resumed at P' (issue 22): 4 -> 2, 2 -> 3 and 3 -> 5 on sub-communicators of one 5-rank
+# job (the unused ranks of each pair sleep). About 6 s for the whole module on the idle 2-core machine.
+@pytest.mark.parametrize("nprocs", [5])
+def test_training_resumes_at_another_number_of_ranks(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_train_reshard.py", timeout=300)
+
+
 @pytest.mark.parametrize("nprocs", TRAIN_RANK_COUNTS)
 @pytest.mark.parametrize("group", ["dense", "sparsifiers"])
 def test_compressors_keep_the_exact_accuracy_on_digits(nprocs, group):

@@ -14,6 +14,14 @@ must hold: rank files of another epoch (a crash between the two) are refused.
 Loading checks every file on its own rank and agrees on the outcome, so a
 missing or corrupt file on one rank gives the same :class:`TrainingError` on
 every rank.
+
+A checkpoint of ``P`` ranks loads at ``P'`` ranks when the caller passes a
+``reshard`` function (``scaleml-train`` does: the reducer's
+:meth:`~scaleml.train.GradientReducer.reshard_state_dicts` for its residuals,
+the replicated parameters and optimizer state carried): rank 0 then reads all
+``P`` files and scatters the ``P'`` new states. The next save writes ``P'``
+rank files and a ``meta.json`` of ``P'`` ranks; files of higher old ranks stay
+behind, unread.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,6 +41,9 @@ __all__ = ["FORMAT", "checkpoint_exists", "load_checkpoint", "rank_file", "save_
 
 FORMAT = "scaleml-train-checkpoint"
 VERSION = 1
+
+Reshard = Callable[[list[dict[str, np.ndarray]], int], list[dict[str, np.ndarray]]]
+"""``reshard(old_states, new_size) -> new_states`` of :func:`load_checkpoint`."""
 
 
 def rank_file(directory: str, rank: int) -> str:
@@ -125,8 +137,8 @@ def _read_meta(directory: str) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(directory: str, comm: MPI.Intracomm,
-                    config: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def load_checkpoint(directory: str, comm: MPI.Intracomm, config: dict[str, Any] | None = None,
+                    reshard: Reshard | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read this rank's state and the metadata from ``directory`` (collective).
 
     Parameters
@@ -134,20 +146,29 @@ def load_checkpoint(directory: str, comm: MPI.Intracomm,
     directory : str
         A directory written by :func:`save_checkpoint`.
     comm : mpi4py.MPI.Intracomm
-        The ranks of the resumed run: as many as wrote the checkpoint.
+        The ranks of the resumed run: as many as wrote the checkpoint, or any
+        number with ``reshard``.
     config : dict, optional
         The configuration of the resumed run; every key must equal the saved one.
+    reshard : callable, optional
+        ``reshard(old_states, new_size) -> new_states``: for a checkpoint
+        written by another number of ranks, turns every old rank's arrays (in
+        rank order) into one dict per rank of ``comm``. Rank 0 reads the old
+        files, calls it and scatters the result. Without it such a checkpoint
+        is refused.
 
     Returns
     -------
     (dict of numpy.ndarray, dict)
-        This rank's arrays and the metadata.
+        This rank's arrays and the metadata (whose ``world_size`` is the
+        number of ranks that wrote the checkpoint).
 
     Raises
     ------
     TrainingError
         On every rank when the checkpoint is missing or corrupt on any rank,
-        was written by another number of ranks, or for another configuration.
+        was written by another number of ranks (without ``reshard``, or when
+        it raises ``ValueError``), or for another configuration.
     """
     rank, size = comm.Get_rank(), comm.Get_size()
     meta: dict[str, Any] | None = None
@@ -157,9 +178,6 @@ def load_checkpoint(directory: str, comm: MPI.Intracomm,
     if rank == 0:
         try:
             meta = _read_meta(directory)
-            if meta["world_size"] != size:
-                raise ValueError(f"the checkpoint in {directory!r} was written by {meta['world_size']} ranks; resume "
-                                 f"it with mpiexec -n {meta['world_size']}, not {size}")
             if config is not None:
                 saved = meta["config"]
                 differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
@@ -172,29 +190,71 @@ def load_checkpoint(directory: str, comm: MPI.Intracomm,
     if error is not None:
         raise TrainingError(error, [0])
     assert meta is not None
+    if meta["world_size"] != size:
+        return _load_resharded(directory, comm, meta, reshard), meta
     error = None
     state: dict[str, np.ndarray] = {}
-    path = rank_file(directory, rank)
     try:
-        if not os.path.exists(path):
-            raise ValueError(f"checkpoint file {path} is missing")
-        try:
-            with open(path, "rb") as f:
-                if f.read(4) != b"PK\x03\x04":
-                    raise ValueError("not an .npz (zip) file")
-            with np.load(path, allow_pickle=False) as f:
-                state = {k: f[k] for k in f.files}
-        except Exception as exc:  # zip, format and I/O errors alike: the file is unreadable
-            raise ValueError(f"corrupt checkpoint file {path}: {exc}") from None
-        for key, want in (("rank", rank), ("world_size", size), ("epoch", meta["epoch"])):
-            got = state.get(key)
-            if got is None or got.shape != () or int(got) != want:
-                raise ValueError(f"checkpoint file {path} holds {key} {None if got is None else got.tolist()}, "
-                                 f"expected {want} (files of different checkpoints mixed, or a crash while saving)")
+        state = _read_rank_file(directory, rank, size, meta["epoch"])
     except ValueError as exc:
         error = exc
     agree(comm, error)
     return state, meta
+
+
+def _read_rank_file(directory: str, rank: int, size: int, epoch: int) -> dict[str, np.ndarray]:
+    """The arrays of rank ``rank``'s file, checked to be of that rank of ``size`` at ``epoch`` (else ValueError)."""
+    path = rank_file(directory, rank)
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint file {path} is missing")
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise ValueError("not an .npz (zip) file")
+        with np.load(path, allow_pickle=False) as f:
+            state = {k: f[k] for k in f.files}
+    except Exception as exc:  # zip, format and I/O errors alike: the file is unreadable
+        raise ValueError(f"corrupt checkpoint file {path}: {exc}") from None
+    for key, want in (("rank", rank), ("world_size", size), ("epoch", epoch)):
+        got = state.get(key)
+        if got is None or got.shape != () or int(got) != want:
+            raise ValueError(f"checkpoint file {path} holds {key} {None if got is None else got.tolist()}, "
+                             f"expected {want} (files of different checkpoints mixed, or a crash while saving)")
+    return state
+
+
+def _load_resharded(directory: str, comm: MPI.Intracomm, meta: dict[str, Any], reshard: Reshard | None
+                    ) -> dict[str, np.ndarray]:
+    """This rank's share of a checkpoint written by another number of ranks (collective).
+
+    Rank 0 reads every old rank's file, ``reshard`` turns them into one state
+    per rank of ``comm`` and rank 0 scatters them (one reader: the old files
+    need not be on every new rank's disk, only on rank 0's). ``epoch``,
+    ``world_size`` and ``rank`` are set for the new rank.
+    """
+    rank, size = comm.Get_rank(), comm.Get_size()
+    old_size, epoch = int(meta["world_size"]), int(meta["epoch"])
+    shares: list[dict[str, np.ndarray]] | None = None
+    error: str | None = None
+    if rank == 0:
+        try:
+            if reshard is None:
+                raise ValueError(f"the checkpoint in {directory!r} was written by {old_size} ranks; resume it with "
+                                 f"mpiexec -n {old_size}, not {size}")
+            old = [_read_rank_file(directory, r, old_size, epoch) for r in range(old_size)]
+            shares = reshard(old, size)
+            if len(shares) != size:
+                raise ValueError(f"resharding {old_size} ranks' states gave {len(shares)} states for {size} ranks")
+            for r, share in enumerate(shares):
+                share.update(epoch=np.array(epoch, dtype=np.int64), world_size=np.array(size, dtype=np.int64),
+                             rank=np.array(r, dtype=np.int64))
+        except (ValueError, TypeError, KeyError) as exc:
+            error = f"checkpoint {directory}: {exc}"
+            shares = None
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise TrainingError(error, [0])
+    return comm.scatter(shares, root=0)
 
 
 def checkpoint_exists(directory: str) -> bool:

@@ -24,6 +24,7 @@ from ..compress import ErrorFeedback
 from ..compress.names import CompressionSpec, parse_compression
 from ..compress.policy import UNMATCHED, CompressionPolicy
 from ..quantized import quantized_allreduce
+from ..reshard import reshard_state_dicts
 from ..sparse import sparse_allreduce
 from ..topk_allreduce import topk_allreduce
 
@@ -773,6 +774,41 @@ class GradientReducer:
                 raise ValueError(f"reducer state is for gradients {_describe(expected)}, this reducer has "
                                  f"{_describe(self._layout)}")
             self._expected_layout = expected
+
+    @staticmethod
+    def reshard_state_dicts(states: Sequence[dict[str, np.ndarray]], new_size: int) -> list[dict[str, np.ndarray]]:
+        """The :meth:`state_dict` of every rank of a run at ``P`` ranks, resharded for ``new_size`` ranks.
+
+        Worker residuals: every new rank gets ``sum / new_size`` of the old
+        ranks' (summed in float64); server residuals re-cut to the new owners'
+        ranges; step counters carried (:func:`scaleml.reshard.reshard_state_dicts`).
+        Each rank of the new run then calls :meth:`load_state_dict` with its
+        own entry. No communication.
+
+        Parameters
+        ----------
+        states : sequence of dict
+            Every old rank's state, in rank order.
+        new_size : int
+            The number of ranks that will load them.
+
+        Returns
+        -------
+        list of dict
+            ``new_size`` states, one per new rank.
+
+        Raises
+        ------
+        ValueError
+            For states that do not fit together (see
+            :func:`scaleml.reshard.reshard_state_dicts`), and for ``adaptive``,
+            whose per-matrix row blocks this does not reshard.
+        """
+        if any(k.startswith("adaptive/") for s in states[:1] for k in s):
+            raise ValueError("the adaptive compression's residuals cannot be resharded to another number of ranks "
+                             "(its server residuals are row blocks of each matrix); resume at the same number of "
+                             "ranks")
+        return reshard_state_dicts(states, new_size)
 
 
 def _describe_policy(identity: tuple[str, str] | None) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from ..reshard import replicated_value
 from .checkpoint import load_checkpoint, save_checkpoint
 from .consistency import TrainingError, agree, check_replicas
 from .data import STOP_WORDS, Dataset, Shard, load_dataset, shard
@@ -349,7 +350,7 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
     identity = config.identity()
     if config.resume:
         assert config.checkpoint is not None
-        state, meta = load_checkpoint(config.checkpoint, comm, identity)
+        state, meta = load_checkpoint(config.checkpoint, comm, identity, reshard=_reshard_checkpoint)
         error: Exception | None = None
         try:
             _restore(state, params, optimizer, reducer)
@@ -359,6 +360,10 @@ def train(config: TrainConfig, comm: MPI.Intracomm = MPI.COMM_WORLD) -> TrainRes
         start_epoch, step, history = int(meta["epoch"]), int(meta["step"]), list(meta.get("history", []))
         initial = dict(meta.get("initial", {}))
         check_replicas(comm, params, "resumed parameters")
+        if rank == 0 and not config.quiet and int(meta["world_size"]) != P:
+            what = "residuals resharded, sum conserved" if any(k.startswith("reducer/ef/") for k in state) else \
+                "no error-feedback residuals to reshard"
+            print(f"resuming a checkpoint of {meta['world_size']} ranks at {P} ranks: {what}", flush=True)
     else:
         initial = _evaluate(model, params, part, comm)
     n_local = part.X.shape[0]
@@ -494,6 +499,25 @@ def _snapshot(params: Sequence[np.ndarray], optimizer: Optimizer, reducer: Gradi
     state.update({f"reducer/{k}": v for k, v in reducer.state_dict().items()})
     state["step"] = np.array(step, dtype=np.int64)
     return state
+
+
+def _reshard_checkpoint(states: list[dict[str, np.ndarray]], new_size: int) -> list[dict[str, np.ndarray]]:
+    """Every old rank's checkpoint arrays as ``new_size`` ranks' (the ``reshard`` of :func:`load_checkpoint`).
+
+    The reducer's state (``reducer/...``) goes through
+    :meth:`GradientReducer.reshard_state_dicts`; the parameters, the
+    optimizer state and the step are the same on every rank (every rank
+    applies the same update) and carry over, checked bitwise.
+    """
+    prefix = "reducer/"
+    reducer_states = [{k[len(prefix):]: v for k, v in s.items() if k.startswith(prefix)} for s in states]
+    carried = {k: replicated_value(states, k) for k in states[0]
+               if not k.startswith(prefix) and k not in ("epoch", "world_size", "rank")}
+    extra = sorted(set().union(*states) - set(states[0]))
+    if extra:
+        raise ValueError(f"old ranks hold keys rank 0 does not ({', '.join(extra[:4])})")
+    return [dict(carried, **{prefix + k: v for k, v in share.items()})
+            for share in GradientReducer.reshard_state_dicts(reducer_states, new_size)]
 
 
 def _restore(state: dict[str, np.ndarray], params: list[np.ndarray], optimizer: Optimizer,

@@ -48,6 +48,7 @@ uninterrupted run at ``P`` ranks would have made.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -80,14 +81,21 @@ def _array(value: Any, key: str) -> np.ndarray:
         raise ValueError(f"state key {key!r}: cannot read {type(value).__name__} as an array ({exc})") from None
 
 
+RULE_PREFIX = re.compile(r"rule\d+/")
+"""A compression policy's rule keeps its reducer's keys under ``rule<i>/`` (:class:`GradientReducer` with
+``policy=``): they are classified by what follows."""
+
+
 def _kind(key: str) -> str:
     """``rewritten``, ``replicated``, ``worker`` or ``server``; ValueError for a key of no known kind."""
     if key in ("world_size", "rank"):
         return "rewritten"
-    if key in REPLICATED_KEYS or key.startswith(REPLICATED_PREFIXES):
+    rule = RULE_PREFIX.match(key)
+    inner = key[rule.end():] if rule and key[rule.end():] not in ("world_size", "rank") else key
+    if inner in REPLICATED_KEYS or inner.startswith(REPLICATED_PREFIXES):
         return "replicated"
-    if key.startswith(RESIDUAL_PREFIX) and len(key) > len(RESIDUAL_PREFIX):
-        return "server" if key.endswith("/server") else "worker"
+    if inner.startswith(RESIDUAL_PREFIX) and len(inner) > len(RESIDUAL_PREFIX):
+        return "server" if inner.endswith("/server") else "worker"
     raise ValueError(f"state key {key!r} is not one resharding knows how to split (known: world_size, rank, "
                      f"{', '.join(REPLICATED_KEYS)}, {', '.join(p + '*' for p in REPLICATED_PREFIXES)}, "
                      f"{RESIDUAL_PREFIX}*)")

@@ -170,3 +170,21 @@ def test_the_hook_loads_a_list_of_every_old_ranks_state():
     old[1]["compressor/step"] = 99
     with pytest.raises(ValueError, match="'compressor/step' differs between old ranks 0 and 1"):
         fresh.load_state_dict(old)
+
+
+@pytest.mark.parametrize("P,P_new", PAIRS)
+def test_a_policys_rules_are_resharded_by_their_own_keys(P, P_new):
+    """GradientReducer(policy=...) keeps each rule's reducer state under rule<i>/: the same rules apply there."""
+    plain = old_states(P)
+    old = [{"compression": s["compression"], "world_size": s["world_size"], "rank": s["rank"], "calls": s["calls"],
+            **{f"rule{i}/{k}": v for i in (0, 2) for k, v in s.items()
+               if k not in ("compression", "world_size", "rank", "calls", "layout")}} for s in plain]
+    new = reshard_state_dicts(old, P_new)
+    expected = reshard_state_dicts(plain, P_new)
+    for r in range(P_new):
+        for i in (0, 2):
+            for key in WORKERS + SERVERS + ["compressor/step", "powersgd/q/bucket2/0"]:
+                np.testing.assert_array_equal(new[r][f"rule{i}/{key}"], expected[r][key])
+        assert int(new[r]["rank"]) == r and int(new[r]["world_size"]) == P_new
+    with pytest.raises(ValueError, match="rule0/adaptive"):
+        reshard_state_dicts([{**s, "rule0/adaptive/x": np.zeros(2)} for s in old], P_new)

@@ -39,6 +39,8 @@ from .comm import Comm
 from .compress import ErrorFeedback
 from .compress.base import Compressor
 from .compress.names import KINDS, CompressionSpec, choices, parse_compression
+from .compress.powersgd import PowerSGD
+from .powersgd_allreduce import powersgd_allreduce
 from .quantized import quantized_allreduce
 from .sparse import sparse_allreduce
 from .topk_allreduce import topk_allreduce
@@ -57,6 +59,8 @@ HOOK_COMPRESSIONS = {
              "qsgdBmax: norm='max')",
     "onebit": "scaleml.quantized_allreduce with ErrorFeedback(OneBit()) (error feedback on both sides)",
     "fp16": "scaleml.quantized_allreduce with Cast('fp16') (bf16: Cast('bf16'))",
+    "powersgdR": "PowerSGD of rank R per parameter of the bucket (e.g. powersgd4), factors batched per bucket; "
+                 "powersgdR_q8: factors summed with QSGD(bits=8)",
 }
 """The ``compression`` names the hook takes (those of :data:`scaleml.train.reducer.COMPRESSIONS` but
 ``adaptive``, which quantizes matrices: a DDP bucket is a flat vector)."""
@@ -164,6 +168,11 @@ class ScaleMLHookState:
         self._nb = _nonblocking_module if nonblocking else None
         self.compressor: Compressor | None = spec.compressor(seed=self.seed, rank=self.rank)
         self.error_feedback = ErrorFeedback(self.compressor) if spec.error_feedback and self.compressor else None
+        # PowerSGD: its state, each bucket's parameter shapes and the step each bucket's reduction belongs to
+        # (noted by the hook on DDP's thread, read on the progress thread).
+        self.powersgd: PowerSGD | None = spec.powersgd(seed=self.seed, rank=self.rank)
+        self._powersgd_shapes: dict[int, list[tuple[int, ...]]] = {}
+        self._powersgd_steps: dict[int, int] = {}
         self._numel: dict[int, int] = {}
         self._outs: dict[int, np.ndarray] = {}
         self._dropins: dict[int, Any] = {}
@@ -200,6 +209,8 @@ class ScaleMLHookState:
             for n in (name, f"{name}/worker", f"{name}/server"):
                 self.error_feedback.reset(n)
             self.error_feedback.__dict__.get("_topk_spares", {}).pop(name, None)
+        if self.powersgd is not None:
+            self.powersgd.reset(f"bucket{index}")
 
     def _compresses_on_device(self) -> bool:
         """Whether CUDA buckets are encoded on the GPU: a QSGD, 1-bit or cast compression without error
@@ -269,6 +280,8 @@ class ScaleMLHookState:
                                      algorithm=s.fixed_algorithm if fixed else "auto", out=out, return_info=True)
             x[...] = out
             sent = int(info.bytes_sent)
+        elif s.kind == "powersgd":
+            sent = self._reduce_powersgd(index, x, comm)
         else:  # qsgd, onebit, cast
             if self.error_feedback is not None:
                 _, info = quantized_allreduce(x, comm, error_feedback=self.error_feedback, name=name,
@@ -285,6 +298,34 @@ class ScaleMLHookState:
         st["bytes_uncompressed"] += ring
         return x
 
+    def note_bucket(self, index: int, shapes: list[tuple[int, ...]], *, last: bool = False) -> None:
+        """PowerSGD: record bucket ``index``'s parameter shapes (in the bucket's order) and the step it belongs
+        to; ``last``: the step's last bucket (DDP's ``bucket.is_last()``), after which the step advances.
+
+        :func:`allreduce_hook` calls it for every bucket; a caller of :meth:`reduce_` without DDP calls it
+        before each bucket (a bucket of unknown shapes is one flat tensor: exact).
+        """
+        if self.powersgd is None:
+            return
+        shapes = [tuple(int(d) for d in s) for s in shapes]
+        if self._powersgd_shapes.get(index, shapes) != shapes:  # DDP regrouped the bucket: its state is stale
+            self.powersgd.reset(f"bucket{index}")
+        self._powersgd_shapes[index] = shapes
+        self._powersgd_steps[index] = self.powersgd.step
+        if last:
+            self.powersgd.advance()
+
+    def _reduce_powersgd(self, index: int, x: np.ndarray, comm: MPI.Intracomm) -> int:
+        """PowerSGD of bucket ``index`` (each parameter a matrix, factors batched); the bytes sent."""
+        assert self.powersgd is not None
+        shapes = self._powersgd_shapes.get(index)
+        if shapes is None or sum(int(np.prod(s, dtype=np.int64)) for s in shapes) != x.size:
+            shapes = [(x.size,)]
+        _, info = powersgd_allreduce(x, comm, self.powersgd, shapes=shapes, bucket=f"bucket{index}",
+                                     average=self.average, step=self._powersgd_steps.get(index),
+                                     return_info=True)
+        return int(info.bytes_sent)
+
     # ---- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -300,7 +341,10 @@ class ScaleMLHookState:
             ``version``, ``compression``, ``world_size``, ``rank``, ``calls``,
             ``compressor/step`` (the quantizer's counter, which keys its random
             rounding), ``numel/<i>`` (each bucket's size) and
-            ``ef/residual/bucket<i>[/worker|/server]`` (float tensors).
+            ``ef/residual/bucket<i>[/worker|/server]`` (float tensors); PowerSGD's
+            ``powersgd/step``, ``powersgd/q/bucket<i>/<j>`` (replicated) and
+            ``powersgd/factor_compressor/step`` (``_q8``), its residuals being
+            ``ef/residual/bucket<i>/worker``.
         """
         torch = _torch()
         state: dict[str, Any] = {"version": _STATE_VERSION, "compression": self.spec.name,
@@ -313,6 +357,9 @@ class ScaleMLHookState:
             for k, v in self.error_feedback.state_dict().items():
                 if k != "step":
                     state[f"ef/{k}"] = torch.from_numpy(np.array(v, copy=True))
+        if self.powersgd is not None:  # powersgd/step, powersgd/q/..., ef/residual/bucket<i>/worker
+            for k, v in self.powersgd.state_dict().items():
+                state[k] = int(v) if v.ndim == 0 else torch.from_numpy(v)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -340,6 +387,10 @@ class ScaleMLHookState:
             raise ValueError(f"hook state belongs to rank {get('rank')} of {get('world_size')}, not rank {self.rank} "
                              f"of {self.size}")
         known = {"version", "compression", "world_size", "rank", "calls", "compressor/step"}
+        if self.powersgd is not None:  # its residuals are ef/ keys too: all of it goes to PowerSGD
+            self.powersgd.load_state_dict({k: np.array(v if isinstance(v, int) else as_numpy(v, k), copy=True)
+                                           for k, v in state.items() if k.startswith(("ef/", "powersgd/"))})
+            state = {k: v for k, v in state.items() if not k.startswith(("ef/", "powersgd/"))}
         ef = {k[3:]: np.array(as_numpy(v, k), copy=True) for k, v in state.items() if k.startswith("ef/")}
         extra = [k for k in state if k not in known and not k.startswith(("ef/", "numel/"))]
         if extra or (ef and self.error_feedback is None):
@@ -396,6 +447,8 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
     float_type = buffer.dtype if buffer.dtype in (torch.float32, torch.float64) else torch.float32
     index = int(bucket.index())
     compressed = state._prepare(index, buffer.numel())
+    if state.powersgd is not None:  # after _prepare: a rebuilt bucket's PowerSGD state is dropped first
+        state.note_bucket(index, [tuple(g.shape) for g in bucket.gradients()], last=bucket.is_last())
     if buffer.device.type == "cuda" and compressed and state._compresses_on_device():
         # Encoded and decoded on the GPU (quantized_gather): only the encoded bytes go through host memory.
         work = buffer if float_type == buffer.dtype else buffer.to(float_type)

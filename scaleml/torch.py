@@ -307,10 +307,8 @@ class ScaleMLHookState:
         """
         if self.powersgd is None:
             return
-        shapes = [tuple(int(d) for d in s) for s in shapes]
-        if self._powersgd_shapes.get(index, shapes) != shapes:  # DDP regrouped the bucket: its state is stale
-            self.powersgd.reset(f"bucket{index}")
-        self._powersgd_shapes[index] = shapes
+        # (PowerSGD itself moves a bucket's state along when DDP reorders its parameters)
+        self._powersgd_shapes[index] = [tuple(int(d) for d in s) for s in shapes]
         self._powersgd_steps[index] = self.powersgd.step
         if last:
             self.powersgd.advance()
@@ -359,7 +357,7 @@ class ScaleMLHookState:
                     state[f"ef/{k}"] = torch.from_numpy(np.array(v, copy=True))
         if self.powersgd is not None:  # powersgd/step, powersgd/q/..., ef/residual/bucket<i>/worker
             for k, v in self.powersgd.state_dict().items():
-                state[k] = int(v) if v.ndim == 0 else torch.from_numpy(v)
+                state[k] = v.item() if v.ndim == 0 else torch.from_numpy(v)  # int, str (a layout) or tensor
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -388,7 +386,7 @@ class ScaleMLHookState:
                              f"of {self.size}")
         known = {"version", "compression", "world_size", "rank", "calls", "compressor/step"}
         if self.powersgd is not None:  # its residuals are ef/ keys too: all of it goes to PowerSGD
-            self.powersgd.load_state_dict({k: np.array(v if isinstance(v, int) else as_numpy(v, k), copy=True)
+            self.powersgd.load_state_dict({k: np.array(v if isinstance(v, (int, str)) else as_numpy(v, k), copy=True)
                                            for k, v in state.items() if k.startswith(("ef/", "powersgd/"))})
             state = {k: v for k, v in state.items() if not k.startswith(("ef/", "powersgd/"))}
         ef = {k[3:]: np.array(as_numpy(v, k), copy=True) for k, v in state.items() if k.startswith("ef/")}

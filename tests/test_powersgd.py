@@ -386,3 +386,32 @@ def test_names():
             parse_compression(bad)
     with pytest.raises(ValueError, match="powersgdR or powersgdR_q8"):
         parse_compression("zip")
+
+
+def test_a_reordered_bucket_moves_its_state_along():
+    """DDP reorders a bucket's parameters after its first step (in a resumed job too): each tensor's residual
+    and Q follow it, so the results per tensor are those of the old order, bit for bit."""
+    order = [3, 0, 4, 2, 1]
+    reordered = [SHAPES[i] for i in order]
+    a, b = PowerSGD(RANK, start_iter=0), PowerSGD(RANK, start_iter=0)
+    for step in range(2):
+        run_ranks([a], [gradients(step, 1)[0]], SHAPES)
+        run_ranks([b], [gradients(step, 1)[0]], SHAPES)
+    saved = b.state_dict()
+    assert saved["powersgd/layout/bucket0"] == '[[24, 40], [40], [3, 3], [16, 4, 3], []]'
+    b = PowerSGD(RANK, start_iter=0)
+    b.load_state_dict(saved)
+    for step in range(2, 4):
+        x = gradients(step, 1)[0]
+        xa = x.copy()
+        run_ranks([a], [xa], SHAPES)
+        xb = flat(split(x, SHAPES)[i] for i in order)
+        run_ranks([b], [xb], reordered)
+        np.testing.assert_array_equal(flat(split(xa, SHAPES)[i] for i in order), xb)
+    # tensors of one shape cannot be told apart: the bucket starts again
+    c = PowerSGD(RANK, start_iter=0)
+    twins = [(24, 40), (40,), (24, 40)]
+    run_ranks([c], [gradients(0, 1, twins)[0]], twins)
+    run_ranks([c], [gradients(1, 1, twins[::-1])[0]], twins[::-1])
+    run_ranks([c], [gradients(1, 1, [(40,), (24, 40), (24, 40)])[0]], [(40,), (24, 40), (24, 40)])
+    assert c.state_dict()["powersgd/layout/bucket0"] == '[[40], [24, 40], [24, 40]]'

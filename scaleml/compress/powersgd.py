@@ -32,6 +32,7 @@ collectives (exact ``MPI_Allreduce``, or ``quantized_allreduce`` with the
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -192,6 +193,7 @@ class PowerSGD:
         self._q: dict[tuple[str, int], np.ndarray] = {}
         self._residuals: dict[str, np.ndarray] = {}
         self._layouts: dict[tuple[tuple[int, ...], ...], _Layout] = {}
+        self._bucket_shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
 
     def __repr__(self) -> str:
         return (f"PowerSGD(rank={self.rank}, min_compression_rate={self.min_compression_rate}, "
@@ -267,6 +269,10 @@ class PowerSGD:
         if sum(lay.sizes) != x.size:
             raise ValueError(f"bucket {bucket!r} has {x.size} elements, its tensors {list(lay.shapes)} hold "
                              f"{sum(lay.sizes)}")
+        before = self._bucket_shapes.get(bucket)
+        if before is not None and before != lay.shapes:
+            self._relayout(bucket, before, lay.shapes)
+        self._bucket_shapes[bucket] = lay.shapes
         W = int(world_size)
         if not self.compresses(step) or not lay.p_total:
             sent = sum_exact(x)
@@ -343,6 +349,27 @@ class PowerSGD:
             at += lay.sizes[j]
         return sent
 
+    def _relayout(self, bucket: str, before: tuple[tuple[int, ...], ...],
+                  after: tuple[tuple[int, ...], ...]) -> None:
+        """The bucket's tensors changed order (DDP rebuilds its buckets after its first step, also in a resumed
+        job): move each tensor's residual and ``Q`` along when the shapes tell the tensors apart, else drop
+        the bucket's state."""
+        if sorted(before) != sorted(after) or len(set(after)) != len(after):
+            self.reset(bucket)
+            return
+        old, new = self.layout(before), self.layout(after)
+        source = [before.index(s) for s in after]
+        residual = self._residuals.get(bucket)
+        if residual is not None:
+            moved = np.empty_like(residual)
+            for j, i in enumerate(source):
+                moved[new.offsets[j]:new.offsets[j] + new.sizes[j]] = residual[old.offsets[i]:old.offsets[i] +
+                                                                                old.sizes[i]]
+            self._residuals[bucket] = moved
+        qs = {j: self._q.pop((bucket, i)) for j, i in enumerate(source) if (bucket, i) in self._q}
+        self.drop_q(bucket)
+        self._q.update({(bucket, j): q for j, q in qs.items()})
+
     def _start_q(self, bucket: str, j: int, step: int, m: int, r: int, dtype: np.dtype) -> np.ndarray:
         """This step's ``Q`` of tensor ``j`` (r, m), orthonormal rows: the kept one, else a random draw."""
         q = self._q.get((bucket, j)) if self.warm_start else None
@@ -376,16 +403,20 @@ class PowerSGD:
         if bucket is None:
             self._q.clear()
             self._residuals.clear()
+            self._bucket_shapes.clear()
         else:
             self.drop_q(bucket)
             self._residuals.pop(bucket, None)
+            self._bucket_shapes.pop(bucket, None)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The state as numpy arrays (copies).
 
         Keys: ``powersgd/step``; ``powersgd/q/<bucket>/<j>`` (the (m, r) ``Q`` of the bucket's tensor
         ``j``: replicated, the same on every rank); ``ef/residual/<bucket>/worker`` (this rank's residual,
-        flat over the bucket; the residuals' sum over ranks is what error feedback owes); and
+        flat over the bucket; the residuals' sum over ranks is what error feedback owes);
+        ``powersgd/layout/<bucket>`` (the shapes of the bucket's tensors, in order, as JSON: replicated;
+        a job whose bucket holds them in another order moves the state along, see :meth:`reduce`); and
         ``powersgd/factor_compressor/step`` with a factor compression (its rounding counter, the same on
         every rank).
         """
@@ -394,6 +425,8 @@ class PowerSGD:
             state[f"powersgd/q/{bucket}/{j}"] = q.T.copy()
         for bucket, r in sorted(self._residuals.items()):
             state[f"ef/residual/{bucket}/worker"] = r.copy()
+        for bucket, shapes in sorted(self._bucket_shapes.items()):
+            state[f"powersgd/layout/{bucket}"] = np.array(json.dumps([list(s) for s in shapes]))
         if self.factor_compression is not None:
             state["powersgd/factor_compressor/step"] = np.array(self.factor_compression.step, dtype=np.int64)
         return state
@@ -404,6 +437,7 @@ class PowerSGD:
             raise ValueError("PowerSGD state lacks 'powersgd/step'")
         qs: dict[tuple[str, int], np.ndarray] = {}
         residuals: dict[str, np.ndarray] = {}
+        layouts: dict[str, tuple[tuple[int, ...], ...]] = {}
         factor_step = None
         for key, value in state.items():
             a = np.asarray(value)
@@ -411,6 +445,12 @@ class PowerSGD:
                 continue
             if key == "powersgd/factor_compressor/step":
                 factor_step = int(a)
+            elif key.startswith("powersgd/layout/"):
+                try:
+                    layouts[key[len("powersgd/layout/"):]] = tuple(tuple(int(d) for d in s)
+                                                                   for s in json.loads(str(a)))
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"PowerSGD state has a malformed layout {key!r}: {exc}") from None
             elif key.startswith("powersgd/q/"):
                 bucket, _, j = key[len("powersgd/q/"):].rpartition("/")
                 if not bucket or not j.isdigit() or a.ndim != 2 or a.dtype not in (np.float32, np.float64):
@@ -425,7 +465,7 @@ class PowerSGD:
         if (factor_step is None) != (self.factor_compression is None):
             raise ValueError("PowerSGD state and this PowerSGD differ in having a factor compression")
         self.step = int(np.asarray(state["powersgd/step"]))
-        self._q, self._residuals = qs, residuals
+        self._q, self._residuals, self._bucket_shapes = qs, residuals, layouts
         if factor_step is not None and self.factor_compression is not None:
             self.factor_compression.step = factor_step
 

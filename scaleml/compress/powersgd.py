@@ -124,14 +124,16 @@ class _Layout:
     p_total: int
     q_total: int
     exact_total: int
+    order: tuple[int, ...]
+    """The tensors by shape (then position): the order of the batched buffers."""
 
     @property
     def compressed(self) -> list[int]:
-        return [j for j, r in enumerate(self.ranks) if r]
+        return [j for j in self.order if self.ranks[j]]
 
     @property
     def exact(self) -> list[int]:
-        return [j for j, r in enumerate(self.ranks) if not r]
+        return [j for j in self.order if not self.ranks[j]]
 
 
 class PowerSGD:
@@ -211,17 +213,19 @@ class PowerSGD:
         sizes = tuple(int(math.prod(s)) for s in key)
         offsets = tuple(int(v) for v in np.cumsum((0, *sizes[:-1]))) if sizes else ()
         ranks = tuple(compression_rank(s, self.rank, self.min_compression_rate) for s in key)
-        p_offsets, q_offsets, p_total, q_total = [], [], 0, 0
-        for s, r in zip(key, ranks):
-            p_offsets.append(p_total)
-            q_offsets.append(q_total)
-            if r:
-                n, m = matrix_shape(s)  # type: ignore[misc]
-                p_total += n * r
-                q_total += m * r
+        # The factors (and the exact tensors) lie in the batched buffers in the order of their shapes, not of
+        # the bucket: a bucket whose tensors DDP reorders sends the same buffers (quantized alike).
+        order = sorted(range(len(key)), key=lambda j: (key[j], j))
+        p_offsets, q_offsets, p_total, q_total = [0] * len(key), [0] * len(key), 0, 0
+        for j in order:
+            p_offsets[j], q_offsets[j] = p_total, q_total
+            if ranks[j]:
+                n, m = matrix_shape(key[j])  # type: ignore[misc]
+                p_total += n * ranks[j]
+                q_total += m * ranks[j]
         exact_total = sum(n for n, r in zip(sizes, ranks) if not r)
         found = self._layouts[key] = _Layout(key, offsets, sizes, ranks, tuple(p_offsets), tuple(q_offsets),
-                                             p_total, q_total, exact_total)
+                                             p_total, q_total, exact_total, tuple(order))
         return found
 
     def compresses(self, step: int | None = None) -> bool:

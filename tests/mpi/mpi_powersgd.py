@@ -164,7 +164,7 @@ def _train(smt, compression: str, steps: range, *, resume: bytes | None = None, 
         loss = torch.nn.functional.cross_entropy(ddp(X), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()}, buf)
     params = np.concatenate([p.detach().numpy().reshape(-1) for p in model.parameters()])

@@ -7,11 +7,15 @@ bits, as from an AllReduce); tests/mpi/mpi_powersgd.py runs the real collectives
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
 import pytest
+from conftest import run_mpi
 
+from scaleml import bench
+from scaleml.bench import methods
 from scaleml.compress import QSGD
 from scaleml.compress.names import parse_compression
 from scaleml.compress.powersgd import PowerSGD, _stream, compression_rank, orthogonalize, random_factor
@@ -415,3 +419,33 @@ def test_a_reordered_bucket_moves_its_state_along():
     run_ranks([c], [gradients(1, 1, twins[::-1])[0]], twins[::-1])
     run_ranks([c], [gradients(1, 1, [(40,), (24, 40), (24, 40)])[0]], [(40,), (24, 40), (24, 40)])
     assert c.state_dict()["powersgd/layout/bucket0"] == '[[40], [24, 40], [24, 40]]'
+
+
+def test_bench_methods_register_and_view_the_vector_as_a_square_matrix():
+    for name in ("powersgd1", "powersgd4", "powersgd4_q8"):
+        assert bench.register_compression(name) == name and name not in bench.LOSSLESS
+    for name in ("powersgd0", "powersgd", "powersgd4_q4"):
+        with pytest.raises(ValueError, match="unknown compression"):
+            bench.register_compression(name)
+    assert methods.powersgd_matrix_shape(8192) == (91, 91) and methods.powersgd_matrix_shape(100) == (10, 10)
+    assert methods.powersgd_matrix_shape(101) == (11, 10) and methods.powersgd_matrix_shape(1) == (1, 1)
+
+
+def test_bench_rows_have_bytes_and_error(tmp_path):
+    out = tmp_path / "p.json"
+    names = ["powersgd1", "powersgd4", "powersgd4_q8"]
+    result = run_mpi(2, ["-m", "scaleml.bench", "--n", "8192", "--density", "1", "-w", "1", "-i", "6",
+                         "--methods", "mpi_allreduce", "--compression", *names, "--json", str(out)], timeout=300)
+    assert result.returncode == 0, result.stdout
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    # 91 x 91: rank r sends P and Q, 2 * 91 * r floats, as two ring AllReduces (2 (P-1)/P = 1 at P = 2)
+    assert rows["powersgd1"]["bytes_sent_per_rank"] == 2 * 91 * 1 * 4
+    assert rows["powersgd4"]["bytes_sent_per_rank"] == 2 * 91 * 4 * 4
+    assert 0 < rows["powersgd4_q8"]["bytes_sent_per_rank"] < rows["powersgd4"]["bytes_sent_per_rank"]
+    for name in names:
+        # random data is full-rank: one call's rank-r error is large, and error feedback's residual makes the
+        # later calls' larger still; the mean over calls approaches the sum
+        assert not rows[name]["lossless"] and 0.5 < rows[name]["rel_error"] < 10, name
+        assert rows[name]["rel_error_time_avg"] < rows[name]["rel_error"], name
+        assert rows[name]["bytes_sent_per_rank"] < rows["mpi_allreduce"]["bytes_sent_per_rank"] / 10
+    assert rows["powersgd4"]["rel_error_time_avg"] < rows["powersgd1"]["rel_error_time_avg"]

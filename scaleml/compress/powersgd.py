@@ -196,6 +196,7 @@ class PowerSGD:
         self._residuals: dict[str, np.ndarray] = {}
         self._layouts: dict[tuple[tuple[int, ...], ...], _Layout] = {}
         self._bucket_shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+        self._scratch = np.empty(0, dtype=np.float32)
 
     def __repr__(self) -> str:
         return (f"PowerSGD(rank={self.rank}, min_compression_rate={self.min_compression_rate}, "
@@ -333,12 +334,18 @@ class PowerSGD:
                 residual = self._residuals[bucket] = np.zeros(x.size, dtype=dtype)
         for j, M in matrices.items():
             p, q = ps[j], qs[j]
-            approx = np.multiply.outer(p[0], q[0])
-            for k in range(1, lay.ranks[j]):
-                approx += np.multiply.outer(p[k], q[k])
             if self.error_feedback:
-                np.subtract(M, approx, out=residual[lay.offsets[j]:lay.offsets[j] + lay.sizes[j]].reshape(M.shape))
-            M[...] = approx
+                kept = residual[lay.offsets[j]:lay.offsets[j] + lay.sizes[j]].reshape(M.shape)
+                kept[...] = M
+            # M = sum_k p_k q_k^T, written in place; a scratch buffer, reused, holds each further product
+            np.multiply(p[0][:, None], q[0][None, :], out=M)
+            if lay.ranks[j] > 1:
+                term = self._scratch_matrix(M.shape, dtype)
+                for k in range(1, lay.ranks[j]):
+                    np.multiply(p[k][:, None], q[k][None, :], out=term)
+                    M += term
+            if self.error_feedback:
+                kept -= M  # the residual: the compensated gradient minus the approximation
             if not average and W > 1:
                 M *= W
             if self.warm_start:
@@ -352,6 +359,13 @@ class PowerSGD:
             x[lay.offsets[j]:lay.offsets[j] + lay.sizes[j]] = exact_buffer[at:at + lay.sizes[j]]
             at += lay.sizes[j]
         return sent
+
+    def _scratch_matrix(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A scratch array of ``shape`` (reused from step to step: no new pages for each product)."""
+        need = int(math.prod(shape))
+        if self._scratch.dtype != dtype or self._scratch.size < need:
+            self._scratch = np.empty(need, dtype=dtype)
+        return self._scratch[:need].reshape(shape)
 
     def _relayout(self, bucket: str, before: tuple[tuple[int, ...], ...],
                   after: tuple[tuple[int, ...], ...]) -> None:

@@ -95,7 +95,8 @@ class ScaleMLHookState:
     compression : str
         ``none`` (default), ``dropin``, ``sparse``, ``topkR`` (e.g.
         ``topk0.01``), ``qsgdB`` or ``qsgdB_ef`` (``qsgd4``), ``onebit``,
-        ``fp16`` or ``bf16`` (:data:`HOOK_COMPRESSIONS`).
+        ``fp16``, ``bf16``, ``powersgdR`` or ``powersgdR_q8`` (``powersgd4``:
+        PowerSGD of rank 4 per parameter, :attr:`powersgd`) (:data:`HOOK_COMPRESSIONS`).
     min_compress_numel : int
         Buckets with fewer elements are averaged exactly.
     average : bool
@@ -223,7 +224,8 @@ class ScaleMLHookState:
         """Average (or sum) bucket ``index``'s flat buffer ``x`` over the ranks, in place (collective).
 
         What the hook runs for each bucket (on the progress thread when
-        nonblocking); usable without DDP. ``comm`` overrides the state's
+        nonblocking); usable without DDP (PowerSGD: :meth:`note_bucket` first,
+        with the bucket's parameter shapes). ``comm`` overrides the state's
         communicator (the private duplicate the progress thread passes).
 
         Parameters

@@ -12,8 +12,11 @@ same run:
 
 - ``ddp_gloo``: plain DDP, float32 buckets through gloo's all_reduce;
 - ``ddp_gloo_fp16``: DDP with torch's own ``fp16_compress_hook`` (gloo, float16);
+- ``ddp_powersgd<R>``: DDP with torch's ``powerSGD_hook`` of rank R (gloo; error feedback and warm start,
+  torch's defaults), PowerSGD from step ``--powersgd-start``;
 - ``scaleml_<c>``: DDP with ``scaleml.torch.allreduce_hook`` and compression
-  ``c`` (``none``, ``fp16``, ``qsgd4``, ``onebit``, ``topk0.01`` ...), over MPI.
+  ``c`` (``none``, ``fp16``, ``qsgd4``, ``onebit``, ``topk0.01``, ``powersgd4``, ``powersgd4_q8`` ...),
+  over MPI; ScaleML's PowerSGD also from step ``--powersgd-start``, as torch's.
 
 ``compute`` is the same step without DDP (no communication): the floor.
 """
@@ -72,9 +75,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--configs", nargs="+",
-                        default=["compute", "ddp_gloo", "ddp_gloo_fp16", "scaleml_none", "scaleml_fp16",
-                                 "scaleml_qsgd4", "scaleml_onebit", "scaleml_topk0.01"])
+                        default=["compute", "ddp_gloo", "ddp_gloo_fp16", "ddp_powersgd1", "ddp_powersgd4",
+                                 "scaleml_none", "scaleml_fp16", "scaleml_qsgd4", "scaleml_onebit", "scaleml_topk0.01",
+                                 "scaleml_powersgd1", "scaleml_powersgd4", "scaleml_powersgd1_q8",
+                                 "scaleml_powersgd4_q8"])
     parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
+    parser.add_argument("--powersgd-start", type=int, default=2,
+                        help="the first PowerSGD step of torch's and ScaleML's PowerSGD rows (before it: exact); "
+                             "torch's minimum with error feedback, within the warm-up")
     parser.add_argument("--json", help="write the rows here (rank 0)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per rank, as the other benchmarks
@@ -98,8 +106,17 @@ def main() -> None:
                 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
                 model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+            elif config.startswith("ddp_powersgd"):
+                from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+
+                torch_state = powerSGD_hook.PowerSGDState(
+                    process_group=None, matrix_approximation_rank=int(config[len("ddp_powersgd"):]),
+                    start_powerSGD_iter=args.powersgd_start)
+                model.register_comm_hook(torch_state, powerSGD_hook.powerSGD_hook)
             elif config.startswith("scaleml_"):
                 state = smt.ScaleMLHookState(compression=config[len("scaleml_"):])
+                if state.powersgd is not None:
+                    state.powersgd.start_iter = args.powersgd_start
                 model.register_comm_hook(state, smt.allreduce_hook)
             elif config != "ddp_gloo":
                 raise SystemExit(f"unknown config {config!r}")

@@ -59,9 +59,10 @@ from .quantized import block_range
 
 __all__ = ["REPLICATED_KEYS", "REPLICATED_PREFIXES", "replicated_value", "reshard_state_dicts", "server_ranges"]
 
-REPLICATED_KEYS = ("compression", "version", "layout", "calls", "compressor/step", "powersgd/step")
+REPLICATED_KEYS = ("compression", "version", "layout", "calls", "compressor/step", "powersgd/step",
+                   "powersgd/factor_compressor/step")
 """Keys that are the same on every rank and carry over unchanged."""
-REPLICATED_PREFIXES = ("numel/", "powersgd/q/")
+REPLICATED_PREFIXES = ("numel/", "powersgd/q/", "powersgd/layout/")
 """Key prefixes whose every key is the same on every rank and carries over unchanged."""
 RESIDUAL_PREFIX = "ef/residual/"
 """Prefix of the error-feedback residuals (worker: bare or ``/worker``; server: ``/server``)."""

@@ -42,6 +42,8 @@ from .compress import ErrorFeedback
 from .compress.base import Compressor
 from .compress.names import KINDS, CompressionSpec, choices, parse_compression
 from .compress.policy import UNMATCHED, CompressionPolicy
+from .compress.powersgd import PowerSGD
+from .powersgd_allreduce import powersgd_allreduce
 from .quantized import quantized_allreduce
 from .reshard import reshard_state_dicts
 from .sparse import sparse_allreduce
@@ -61,6 +63,8 @@ HOOK_COMPRESSIONS = {
              "qsgdBmax: norm='max')",
     "onebit": "scaleml.quantized_allreduce with ErrorFeedback(OneBit()) (error feedback on both sides)",
     "fp16": "scaleml.quantized_allreduce with Cast('fp16') (bf16: Cast('bf16'))",
+    "powersgdR": "PowerSGD of rank R per parameter of the bucket (e.g. powersgd4), factors batched per bucket; "
+                 "powersgdR_q8: factors summed with QSGD(bits=8)",
 }
 """The ``compression`` names the hook takes (those of :data:`scaleml.train.reducer.COMPRESSIONS` but
 ``adaptive``, which quantizes matrices: a DDP bucket is a flat vector)."""
@@ -103,7 +107,8 @@ class ScaleMLHookState:
     compression : str
         ``none`` (default), ``dropin``, ``sparse``, ``topkR`` (e.g.
         ``topk0.01``), ``qsgdB`` or ``qsgdB_ef`` (``qsgd4``), ``onebit``,
-        ``fp16`` or ``bf16`` (:data:`HOOK_COMPRESSIONS`).
+        ``fp16``, ``bf16``, ``powersgdR`` or ``powersgdR_q8`` (``powersgd4``:
+        PowerSGD of rank 4 per parameter, :attr:`powersgd`) (:data:`HOOK_COMPRESSIONS`).
     min_compress_numel : int
         Buckets with fewer elements are averaged exactly.
     average : bool
@@ -205,6 +210,11 @@ class ScaleMLHookState:
         self._nb = _nonblocking_module if nonblocking else None
         self.compressor: Compressor | None = spec.compressor(seed=self.seed, rank=self.rank)
         self.error_feedback = ErrorFeedback(self.compressor) if spec.error_feedback and self.compressor else None
+        # PowerSGD: its state, each bucket's parameter shapes and the step each bucket's reduction belongs to
+        # (noted by the hook on DDP's thread, read on the progress thread).
+        self.powersgd: PowerSGD | None = spec.powersgd(seed=self.seed, rank=self.rank)
+        self._powersgd_shapes: dict[int, list[tuple[int, ...]]] = {}
+        self._powersgd_steps: dict[int, int] = {}
         self._numel: dict[int, int] = {}
         self._outs: dict[int, np.ndarray] = {}
         self._dropins: dict[int, Any] = {}
@@ -243,6 +253,8 @@ class ScaleMLHookState:
             for n in (name, f"{name}/worker", f"{name}/server"):
                 self.error_feedback.reset(n)
             self.error_feedback.__dict__.get("_topk_spares", {}).pop(name, None)
+        if self.powersgd is not None:
+            self.powersgd.reset(f"bucket{index}")
 
     def _compresses_on_device(self) -> bool:
         """Whether CUDA buckets are encoded on the GPU: a QSGD, 1-bit or cast compression without error
@@ -255,7 +267,8 @@ class ScaleMLHookState:
         """Average (or sum) bucket ``index``'s flat buffer ``x`` over the ranks, in place (collective).
 
         What the hook runs for each bucket (on the progress thread when
-        nonblocking); usable without DDP. ``comm`` overrides the state's
+        nonblocking); usable without DDP (PowerSGD: :meth:`note_bucket` first,
+        with the bucket's parameter shapes). ``comm`` overrides the state's
         communicator (the private duplicate the progress thread passes).
 
         Parameters
@@ -312,6 +325,8 @@ class ScaleMLHookState:
                                      algorithm=s.fixed_algorithm if fixed else "auto", out=out, return_info=True)
             x[...] = out
             sent = int(info.bytes_sent)
+        elif s.kind == "powersgd":
+            sent = self._reduce_powersgd(index, x, comm)
         else:  # qsgd, onebit, cast
             if self.error_feedback is not None:
                 _, info = quantized_allreduce(x, comm, error_feedback=self.error_feedback, name=name,
@@ -449,6 +464,7 @@ class ScaleMLHookState:
             label = self.policy.rules[rule].label if rule is not None else UNMATCHED
             group = groups.setdefault((rule, compressed), _SliceGroup(rule, label, compressed))
             group.slices.append((at, n))
+            group.shapes.append(tuple(int(d) for d in p.shape))
             at += n
         if at != numel:
             raise ValueError(f"bucket {index} holds {numel} elements, its parameters {at}: the hook's policy needs "
@@ -535,6 +551,32 @@ class ScaleMLHookState:
         self._plans.clear()
         self.stats["calls"] = int(get("calls"))
 
+    def note_bucket(self, index: int, shapes: list[tuple[int, ...]], *, last: bool = False) -> None:
+        """PowerSGD: record bucket ``index``'s parameter shapes (in the bucket's order) and the step it belongs
+        to; ``last``: the step's last bucket (DDP's ``bucket.is_last()``), after which the step advances.
+
+        :func:`allreduce_hook` calls it for every bucket; a caller of :meth:`reduce_` without DDP calls it
+        before each bucket (a bucket of unknown shapes is one flat tensor: exact).
+        """
+        if self.powersgd is None:
+            return
+        # (PowerSGD itself moves a bucket's state along when DDP reorders its parameters)
+        self._powersgd_shapes[index] = [tuple(int(d) for d in s) for s in shapes]
+        self._powersgd_steps[index] = self.powersgd.step
+        if last:
+            self.powersgd.advance()
+
+    def _reduce_powersgd(self, index: int, x: np.ndarray, comm: MPI.Intracomm) -> int:
+        """PowerSGD of bucket ``index`` (each parameter a matrix, factors batched); the bytes sent."""
+        assert self.powersgd is not None
+        shapes = self._powersgd_shapes.get(index)
+        if shapes is None or sum(int(np.prod(s, dtype=np.int64)) for s in shapes) != x.size:
+            shapes = [(x.size,)]
+        _, info = powersgd_allreduce(x, comm, self.powersgd, shapes=shapes, bucket=f"bucket{index}",
+                                     average=self.average, step=self._powersgd_steps.get(index),
+                                     return_info=True)
+        return int(info.bytes_sent)
+
     # ---- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -550,9 +592,11 @@ class ScaleMLHookState:
             ``version``, ``compression``, ``world_size``, ``rank``, ``calls``,
             ``compressor/step`` (the quantizer's counter, which keys its random
             rounding), ``numel/<i>`` (each bucket's size) and
-            ``ef/residual/bucket<i>[/worker|/server]`` (float tensors). With
-            a policy: ``compression`` is ``policy:<the policy's text>`` and
-            each compressing rule's keys are under ``rule<i>/``.
+            ``ef/residual/bucket<i>[/worker|/server]`` (float tensors); PowerSGD's
+            ``powersgd/step``, ``powersgd/q/bucket<i>/<j>``, ``powersgd/layout/bucket<i>`` (replicated) and
+            ``powersgd/factor_compressor/step`` (``_q8``), its residuals being
+            ``ef/residual/bucket<i>/worker``. With a policy: ``compression`` is
+            ``policy:<the policy's text>`` and each compressing rule's keys are under ``rule<i>/``.
         """
         if self.policy is not None:
             return self._policy_state_dict()
@@ -567,6 +611,9 @@ class ScaleMLHookState:
             for k, v in self.error_feedback.state_dict().items():
                 if k != "step":
                     state[f"ef/{k}"] = torch.from_numpy(np.array(v, copy=True))
+        if self.powersgd is not None:  # powersgd/step, powersgd/q/..., ef/residual/bucket<i>/worker
+            for k, v in self.powersgd.state_dict().items():
+                state[k] = v.item() if v.ndim == 0 else torch.from_numpy(v)  # int, str (a layout) or tensor
         return state
 
     def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
@@ -609,6 +656,10 @@ class ScaleMLHookState:
             raise ValueError(f"hook state belongs to rank {get('rank')} of {get('world_size')}, not rank {self.rank} "
                              f"of {self.size}")
         known = {"version", "compression", "world_size", "rank", "calls", "compressor/step"}
+        if self.powersgd is not None:  # its residuals are ef/ keys too: all of it goes to PowerSGD
+            self.powersgd.load_state_dict({k: np.array(v if isinstance(v, (int, str)) else as_numpy(v, k), copy=True)
+                                           for k, v in state.items() if k.startswith(("ef/", "powersgd/"))})
+            state = {k: v for k, v in state.items() if not k.startswith(("ef/", "powersgd/"))}
         ef = {k[3:]: np.array(as_numpy(v, k), copy=True) for k, v in state.items() if k.startswith("ef/")}
         extra = [k for k in state if k not in known and not k.startswith(("ef/", "numel/"))]
         if extra or (ef and self.error_feedback is None):
@@ -678,6 +729,8 @@ def allreduce_hook(state: ScaleMLHookState, bucket: Any) -> torch.futures.Future
     if state.policy is not None:
         return _policy_hook(state, bucket, index, float_type)
     compressed = state._prepare(index, buffer.numel())
+    if state.powersgd is not None:  # after _prepare: a rebuilt bucket's PowerSGD state is dropped first
+        state.note_bucket(index, [tuple(g.shape) for g in bucket.gradients()], last=bucket.is_last())
     if not compressed and state.exact_path == "process_group":
         state._note_exact()
         state._count_exact(buffer.numel() * buffer.element_size())
@@ -751,6 +804,8 @@ class _SliceGroup:
         self.rule, self.label, self.compressed = rule, label, compressed
         self.slices: list[tuple[int, int]] = []
         """(offset, elements) of each parameter's slice in the bucket, in bucket order."""
+        self.shapes: list[tuple[int, ...]] = []
+        """Each slice's parameter shape (PowerSGD's matrices)."""
         self.numel = 0
         self.contiguous = True
         """The slices follow each other: the group is a view of the bucket, no copy."""
@@ -787,6 +842,13 @@ def _policy_hook(state: ScaleMLHookState, bucket: Any, index: int,
     launched: list[tuple[_SliceGroup, np.ndarray, Any]] = []
     if any(not g.compressed for g in plan):
         state._note_exact()
+    for g in plan:  # a PowerSGD rule's matrices are its slices' parameters
+        if g.compressed:
+            state._rule_states[g.rule].note_bucket(index, g.shapes)  # type: ignore[index]
+    if bucket.is_last():  # every PowerSGD rule counts the step, whether or not this bucket holds its slices
+        for child in state._rule_states.values():
+            if child.powersgd is not None:
+                child.powersgd.advance()
     if state.exact_path == "process_group":
         # The exact slices start on the process group now, in the order every rank issues its buckets.
         for g in plan:

@@ -147,3 +147,9 @@ def test_hierarchical_quantized_on_emulated_nodes(nprocs, ranks_per_node):
 def test_hierarchical_quantized_on_mpis_nodes(nprocs):
     """No emulation: MPI's one node here, the exact intra-node path."""
     run_pytest_under_mpi(nprocs, "mpi_hierarchical_quantized.py", timeout=300)
+
+
+# PowerSGD (issue 22): the reducer's and the DDP hook's paths (the hook's tests skip without PyTorch)
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4, 5])
+def test_powersgd_is_identical_everywhere_and_resumes_bit_for_bit(nprocs):
+    run_pytest_under_mpi(nprocs, "mpi_powersgd.py", timeout=600)

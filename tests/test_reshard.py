@@ -188,3 +188,24 @@ def test_a_policys_rules_are_resharded_by_their_own_keys(P, P_new):
         assert int(new[r]["rank"]) == r and int(new[r]["world_size"]) == P_new
     with pytest.raises(ValueError, match="rule0/adaptive"):
         reshard_state_dicts([{**s, "rule0/adaptive/x": np.zeros(2)} for s in old], P_new)
+
+
+def test_a_powersgd_reducers_real_state_reshards_and_loads():
+    """The keys a PowerSGD reducer really writes (with 8-bit factors): Q, layout and step counters carried, the
+    residual's sum conserved, and the share loads into a reducer of the new size."""
+    rng = np.random.default_rng(0)
+    olds = []
+    for r in range(2):
+        red = GradientReducer(MPI.COMM_SELF, "powersgd2_q8", min_compress_size=16)
+        for _ in range(12):  # past the exact phase: residuals and Q exist
+            red.reduce([rng.standard_normal((32, 16)).astype(np.float32), rng.standard_normal(8).astype(np.float32)])
+        olds.append({**red.state_dict(), "world_size": np.array(2, dtype=np.int64), "rank": np.array(r)})
+    for key in ("powersgd/q/bucket0/0", "powersgd/layout/bucket0", "powersgd/factor_compressor/step"):
+        olds[1][key] = olds[0][key]  # replicated in a real run (here two independent reducers)
+    (new,) = GradientReducer.reshard_state_dicts(olds, 1)
+    key = "ef/residual/bucket0/worker"
+    np.testing.assert_allclose(new[key], olds[0][key].astype(np.float64) + olds[1][key], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(new["powersgd/q/bucket0/0"], olds[0]["powersgd/q/bucket0/0"])
+    fresh = GradientReducer(MPI.COMM_SELF, "powersgd2_q8", min_compress_size=16)
+    fresh.load_state_dict(new)
+    assert fresh.powersgd.step == 12

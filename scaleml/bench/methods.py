@@ -26,6 +26,7 @@ from .. import algorithms, compress
 from .._network import NoCommonNetwork, rendezvous
 from ..comm import Comm
 from ..compress.names import parse_compression, parse_format
+from ..powersgd_allreduce import powersgd_allreduce
 from ..quantized import quantized_allreduce
 from ..sparse import sparse_allreduce
 
@@ -256,6 +257,9 @@ COMPRESSION_NAMES = (
     "dropin:FORMAT: scaleml.Comm(compression=).Allreduce; "
     "allgather:FORMAT: every rank allgathers the P compressed vectors (bytes grow with P); "
     "gloo_fp32, gloo_fp16: torch.distributed all_reduce (gloo); "
+    "powersgdR, powersgdR_q8 (R >= 1): PowerSGD of rank R of the vector viewed as a ceil(sqrt(n)) x "
+    "ceil(n / ceil(sqrt(n))) matrix (zero-padded), error feedback and warm start, no exact phase; _q8: factors "
+    "in QSGD(bits=8); "
     f"all: {' '.join(DEFAULT_COMPRESSION)}. FORMAT: {FORMAT_NAMES}"
 )
 """What :func:`register_compression` accepts (the CLI's help and its error for unknown names)."""
@@ -384,6 +388,40 @@ def _allgather_compressed(spec: str) -> Callable[[Case], Runner]:
     return factory
 
 
+def powersgd_matrix_shape(n: int) -> tuple[int, int]:
+    """The matrix the ``powersgdR`` methods view an n-vector as: ``ceil(sqrt(n))`` rows (torch's
+    ``batched_powerSGD_hook`` squares its bucket the same way), zero-padded to full rows."""
+    rows = max(1, int(np.ceil(np.sqrt(n))))
+    return rows, max(1, -(-n // rows))
+
+
+def _powersgd(name: str) -> Callable[[Case], Runner]:
+    """PowerSGD of the dense vector as one matrix (:func:`powersgd_matrix_shape`): the sum's rank-R
+    approximation. Its state (residual, warm-started Q) carries over from call to call, as in training."""
+
+    def factory(case: Case) -> Runner:
+        state = parse_compression(name, ("powersgd",)).powersgd(rank=case.comm.Get_rank())
+        assert state is not None
+        state.start_iter = 0  # the compressed path from the first call: the exact phase would time MPI
+        rows, cols = powersgd_matrix_shape(case.n)
+        buf = np.zeros(rows * cols, case.dtype)
+
+        def prepare() -> None:
+            buf[:case.n] = case.dense  # reduced in place: every call starts from the data
+            buf[case.n:] = 0
+
+        def run():
+            _, info = powersgd_allreduce(buf, case.comm, state, shapes=[(rows, cols)], bucket="bucket0",
+                                         average=False, return_info=True)
+            state.advance()
+            return buf[:case.n], info.bytes_sent, name
+
+        run.prepare = prepare  # type: ignore[attr-defined]
+        return run
+
+    return factory
+
+
 # ---- torch.distributed (gloo) baselines ---------------------------------------------------
 
 def torch_unavailable() -> str | None:
@@ -493,6 +531,12 @@ def _parse(name: str) -> tuple[Callable[[Case], Runner], bool]:
         if prefix in ("switch", "dropin", "allgather"):
             factory = {"switch": _switch, "dropin": _dropin_lossy, "allgather": _allgather_compressed}[prefix]
             return factory(spec), False
+    if name.startswith("powersgd"):
+        try:
+            parse_compression(name, ("powersgd",))
+        except ValueError:
+            raise ValueError(f"unknown compression {name!r}") from None
+        return _powersgd(name), False
     sparsifier, plus, values = name.partition("+")
     if sparsifier.startswith("topk") and (not plus or _is_format(values)):
         try:

@@ -12,6 +12,9 @@ One class per method, each with ``encode(x) -> Compressed`` and
 :class:`Cast`           float16 / bfloat16 baseline
 ======================  =======================================================
 
+:class:`PowerSGD` (low-rank factors by power iteration, :mod:`.powersgd`) holds the state of a
+collective of its own (:func:`scaleml.powersgd_allreduce.powersgd_allreduce`), not a message format.
+
 :class:`ErrorFeedback` keeps named per-tensor residuals around any of them
 (compensate -> compress -> update) and saves/loads its state.
 
@@ -61,6 +64,7 @@ from .framing import Compressed
 from .framing import _header_crc as _header_crc
 from .onebit import ONEBIT_ID as ONEBIT_ID
 from .onebit import OneBit
+from .powersgd import PowerSGD
 from .qsgd import QSGD
 from .qsgd import QSGD_ID as QSGD_ID
 from .topk import TOPK_ID as TOPK_ID
@@ -76,6 +80,7 @@ __all__ = [
     "CorruptBufferError",
     "ErrorFeedback",
     "OneBit",
+    "PowerSGD",
     "QSGD",
     "TopK",
     "ZipML",

@@ -19,6 +19,8 @@ name                   kind        meaning
 ``onebit``             onebit      ``OneBit()``
 ``fp16``, ``bf16``     cast        ``Cast("fp16")``, ``Cast("bf16")``
 ``adaptive[PI]``       adaptive    ``scaleml.adaptive_allreduce``, proportion ``1/PI`` (default 32)
+``powersgdR``          powersgd    ``PowerSGD(rank=R)``, ``R >= 1`` (``powersgd1``, ``powersgd4``), factors summed
+                                   exactly; ``powersgdR_q8``: factors summed with ``QSGD(bits=8)``
 =====================  ==========  =================================================================
 
 Names are read without surrounding blanks and in any case. The *value
@@ -35,13 +37,14 @@ from dataclasses import dataclass
 from .base import Compressor
 from .cast import Cast
 from .onebit import OneBit
+from .powersgd import PowerSGD
 from .qsgd import QSGD
 from .topk import TopK
 
 __all__ = ["DEFAULT_PI", "FORMAT_KINDS", "KINDS", "VALUE_FORMATS", "CompressionSpec", "choices",
            "parse_compression", "parse_format"]
 
-KINDS = ("none", "dropin", "sparse", "topk", "qsgd", "onebit", "adaptive", "cast")
+KINDS = ("none", "dropin", "sparse", "topk", "qsgd", "onebit", "adaptive", "cast", "powersgd")
 """Every kind of compression name, in the order the error messages list them."""
 
 FORMAT_KINDS = ("qsgd", "onebit", "cast")
@@ -63,11 +66,14 @@ _SPELLINGS = {
     "onebit": "onebit",
     "adaptive": "adaptive or adaptivePI",
     "cast": "fp16, bf16",
+    "powersgd": "powersgdR or powersgdR_q8 (R >= 1, e.g. powersgd4)",
 }
 # The ratio of topkR: 0.01, .5, 1, 1., 1.00, 1e-3 (the reducer's and the benchmark's spellings together).
 _TOPK = re.compile(r"topk((?:\d+\.?\d*|\.\d+)(?:e-?\d+)?)")
 _QSGD = re.compile(r"qsgd(\d+)(max)?(_ef)?")
 _ADAPTIVE = re.compile(r"adaptive(\d*\.?\d+)?")
+_POWERSGD = re.compile(r"powersgd(\d+)(_q8)?")
+_POWERSGD_FACTOR_BITS = 8  # powersgdR_q8: the factors' QSGD bits
 # The paths whose collectives take a compressor, and the one algorithm each runs when fixed (reproducible).
 _FIXED_SPARSE = "split_allgather"
 _FIXED_DENSE = "quantized_ring"
@@ -81,16 +87,20 @@ class CompressionSpec:
     name: str
     """The name as read (blanks stripped, lower case): ``none``, ``topk0.01``, ``qsgd4_ef``, ..."""
     kind: str
-    """``none``, ``dropin``, ``sparse``, ``topk``, ``qsgd``, ``onebit``, ``adaptive`` or ``cast``."""
+    """``none``, ``dropin``, ``sparse``, ``topk``, ``qsgd``, ``onebit``, ``adaptive``, ``cast`` or ``powersgd``."""
     ratio: float = 0.0
     bits: int = 0
     pi: float = 0.0
     cast: str = ""
     error_feedback: bool = False
     """Whether a training path (the reducer, the DDP hook) keeps error feedback: always for ``topk``,
-    ``onebit`` and ``adaptive``; for ``qsgd`` when the name ends in ``_ef``."""
+    ``onebit``, ``adaptive`` and ``powersgd``; for ``qsgd`` when the name ends in ``_ef``."""
     norm: str = "l2"
     """QSGD's norm (``max`` for ``qsgdBmax``)."""
+    powersgd_rank: int = 0
+    """PowerSGD's rank R (``powersgdR``)."""
+    factor_bits: int = 0
+    """The QSGD bits of PowerSGD's factor AllReduces (``powersgdR_q8``: 8; 0: exact)."""
 
     @property
     def lossy(self) -> bool:
@@ -122,8 +132,8 @@ class CompressionSpec:
         -------
         Compressor or None
             ``TopK``, ``QSGD``, ``OneBit`` or ``Cast`` with their default
-            buckets; None for ``none``, ``dropin``, ``sparse`` and
-            ``adaptive`` (not wrapped in error feedback: the caller decides).
+            buckets; None for ``none``, ``dropin``, ``sparse``, ``adaptive`` and
+            ``powersgd`` (see :meth:`powersgd`); not wrapped in error feedback: the caller decides.
         """
         if self.kind == "topk":
             return TopK(ratio=self.ratio, seed=seed, rank=rank)
@@ -134,6 +144,22 @@ class CompressionSpec:
         if self.kind == "cast":
             return Cast("bf16" if self.cast == "bf16" else "fp16", seed=seed, rank=rank)
         return None
+
+    def powersgd(self, *, seed: int = 0, rank: int | None = None) -> PowerSGD | None:
+        """A new :class:`PowerSGD` of this name (its defaults otherwise); None for the other kinds.
+
+        Parameters
+        ----------
+        seed : int
+            Seed of the random ``Q`` factors (and of the factors' QSGD rounding for ``_q8``).
+        rank : int, optional
+            This process's rank: keys the factors' QSGD rounding (not the random ``Q``, which every rank
+            draws alike).
+        """
+        if self.kind != "powersgd":
+            return None
+        factors = QSGD(bits=self.factor_bits, seed=seed, rank=rank) if self.factor_bits else None
+        return PowerSGD(self.powersgd_rank, factor_compression=factors, seed=seed)
 
 
 def choices(kinds: Collection[str] = KINDS) -> str:
@@ -160,6 +186,12 @@ def _read(name: str, s: str) -> CompressionSpec | None:
             raise ValueError(f"QSGD takes 1 to 8 bits, got {name!r}")
         return CompressionSpec(s, "qsgd", bits=bits, error_feedback=bool(m.group(3)),
                                norm="max" if m.group(2) else "l2")
+    if m := _POWERSGD.fullmatch(s):
+        rank = int(m.group(1))
+        if rank < 1:
+            raise ValueError(f"PowerSGD's rank must be >= 1, got {name!r}")
+        return CompressionSpec(s, "powersgd", powersgd_rank=rank, error_feedback=True,
+                               factor_bits=_POWERSGD_FACTOR_BITS if m.group(2) else 0)
     if m := _ADAPTIVE.fullmatch(s):
         pi = float(m.group(1)) if m.group(1) else DEFAULT_PI
         if pi < 1:

@@ -23,6 +23,8 @@ from ..comm import Comm
 from ..compress import ErrorFeedback
 from ..compress.names import CompressionSpec, parse_compression
 from ..compress.policy import UNMATCHED, CompressionPolicy
+from ..compress.powersgd import PowerSGD
+from ..powersgd_allreduce import powersgd_allreduce
 from ..quantized import quantized_allreduce
 from ..reshard import reshard_state_dicts
 from ..sparse import sparse_allreduce
@@ -41,6 +43,8 @@ COMPRESSIONS = {
     "onebit": "scaleml.quantized_allreduce with ErrorFeedback(OneBit()) (error feedback on both sides)",
     "adaptive": "scaleml.adaptive_allreduce per tensor (adaptivePI: proportion 1/PI sent, default PI = 32)",
     "fp16": "scaleml.quantized_allreduce with Cast('fp16') (bf16: Cast('bf16'))",
+    "powersgdR": "PowerSGD of rank R per tensor of a bucket (e.g. powersgd4), error feedback and warm start, exact "
+                 "for the first 10 steps; powersgdR_q8: its factors summed with QSGD(bits=8)",
 }
 """The ``compression`` names and what each runs (parsed by :func:`scaleml.compress.names.parse_compression`)."""
 
@@ -251,8 +255,8 @@ class GradientReducer:
     compression : str
         The path for tensors of at least ``min_compress_size`` elements:
         ``none``, ``dropin``, ``sparse``, ``topkR``, ``qsgdB``, ``qsgdB_ef``,
-        ``onebit``, ``adaptive`` or ``adaptivePI``, ``fp16``, ``bf16``
-        (:data:`COMPRESSIONS`). Error feedback, where the path has it, keeps
+        ``onebit``, ``adaptive`` or ``adaptivePI``, ``fp16``, ``bf16``,
+        ``powersgdR``, ``powersgdR_q8`` (:data:`COMPRESSIONS`). Error feedback, where the path has it, keeps
         one residual per bucket (per tensor for ``adaptive``).
     fusion_bytes : int
         Largest fused buffer in bytes (default 64 MiB, Horovod's; 0: one
@@ -336,6 +340,8 @@ class GradientReducer:
             self._dropin = Comm(comm)
         if s.error_feedback and self.compressor is not None:
             self.error_feedback = ErrorFeedback(self.compressor)
+        # PowerSGD: its own state (Q factors, residuals, step), advanced once per reduce call.
+        self.powersgd: PowerSGD | None = s.powersgd(seed=self.seed, rank=self.rank)
         self._init_policy(policy, names)
 
     # ---- the compression policy -----------------------------------------------------------------
@@ -488,6 +494,8 @@ class GradientReducer:
                                     compress=self.spec.kind != "none", fuse_compressed=self.spec.kind != "adaptive")
         if self.policy is not None:
             self.buckets = self._plan_policy(layout)
+            for child in self._rule_reducers.values():
+                child._layout = layout  # a rule's buckets index the whole layout (PowerSGD's shapes)
         # The first exact bucket carries one more element, the count of ranks whose gradients are invalid: the
         # check of every later call costs no collective of its own. It is reduced first.
         carrier = next((b for b in self.buckets if not b.compressed and b.size), None)
@@ -581,6 +589,9 @@ class GradientReducer:
                     g.reshape(-1)[...] = x[at:at + g.size]
             st.seconds_fusion += time.perf_counter() - t2
         st.calls += 1
+        for owner in (self, *self._rule_reducers.values()):
+            if owner.powersgd is not None:
+                owner.powersgd.advance()
         return grads
 
     def _exact(self, x: np.ndarray, carrier: bool) -> int:
@@ -635,6 +646,8 @@ class GradientReducer:
                 _, info = quantized_allreduce(x, self.comm, self.compressor, algorithm=s.fixed_algorithm if fixed
                                               else "auto", average=True, out=x, return_info=True)
             sent = int(info.bytes_sent)
+        elif s.kind == "powersgd":
+            sent = self._reduce_powersgd(b, x)
         elif s.kind == "adaptive":
             g = grads[b.members[0]]
             m = g.reshape(g.shape[0], -1) if g.ndim > 2 else g
@@ -647,6 +660,14 @@ class GradientReducer:
         st.seconds_collective += time.perf_counter() - t0
         return sent
 
+    def _reduce_powersgd(self, b: Bucket, x: np.ndarray) -> int:
+        """PowerSGD of the bucket's tensors (each viewed as a matrix), its factors batched; the bytes sent."""
+        assert self.powersgd is not None and self._layout is not None
+        shapes = [self._layout[i][0] for i in b.members]
+        _, info = powersgd_allreduce(x, self.comm, self.powersgd, shapes=shapes, bucket=b.name, average=True,
+                                     return_info=True)
+        return int(info.bytes_sent)
+
     # ---- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -655,10 +676,11 @@ class GradientReducer:
         Keys: ``compression``, ``world_size``, ``rank``, ``calls``, ``layout``
         (the gradients' shapes and dtypes, when known), ``compressor/step``
         (the quantizer's step counter, which keys its random rounding),
-        ``ef/residual/<bucket>[/worker|/server]`` (every error-feedback residual)
-        and ``adaptive/...`` (:meth:`AdaptiveAllreduceState.state_dict`).
-        With a policy: ``compression`` is ``policy:<the policy's text>`` and
-        each compressing rule's keys are under ``rule<i>/`` (``rule<i>/ef/...``).
+        ``ef/residual/<bucket>[/worker|/server]`` (every error-feedback residual),
+        ``adaptive/...`` (:meth:`AdaptiveAllreduceState.state_dict`) and ``powersgd/...``
+        (:meth:`PowerSGD.state_dict`: ``powersgd/step``, ``powersgd/q/<bucket>/<j>`` and its residuals
+        ``ef/residual/<bucket>/worker``). With a policy: ``compression`` is ``policy:<the policy's text>``
+        and each compressing rule's keys are under ``rule<i>/`` (``rule<i>/ef/...``).
         """
         if self.policy is not None:
             return self._policy_state_dict()
@@ -677,6 +699,8 @@ class GradientReducer:
             state.update({f"ef/{k}": v for k, v in self.error_feedback.state_dict().items() if k != "step"})
         if self.adaptive is not None:
             state.update({f"adaptive/{k}": v for k, v in self.adaptive.state_dict().items()})
+        if self.powersgd is not None:
+            state.update(self.powersgd.state_dict())
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -704,6 +728,9 @@ class GradientReducer:
             raise ValueError(f"reducer state belongs to rank {scalar('rank')} of {scalar('world_size')}, not rank "
                              f"{self.rank} of {self.size}")
         known = {"compression", "world_size", "rank", "calls", "layout", "compressor/step"}
+        if self.powersgd is not None:  # its residuals are ef/ keys too: all of it goes to PowerSGD
+            self.powersgd.load_state_dict({k: v for k, v in state.items() if k.startswith(("ef/", "powersgd/"))})
+            state = {k: v for k, v in state.items() if not k.startswith(("ef/", "powersgd/"))}
         ef = {k[3:]: v for k, v in state.items() if k.startswith("ef/")}
         ad = {k[9:]: v for k, v in state.items() if k.startswith("adaptive/")}
         extra = [k for k in state if k not in known and not k.startswith(("ef/", "adaptive/"))]

@@ -505,6 +505,7 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
     names = candidates(call, agreement)
     if call.mpi_allreduce is not None:  # the drop-in: MPI on the caller's buffers is the one to beat
         if stats.mpi_runs < BASELINE_RUNS:
+            stats.baseline_call()
             return "dense", f"MPI first: call {stats.mpi_runs + 1} of {BASELINE_RUNS} measuring its time here"
         if not names:
             stats.go_mpi()
@@ -519,6 +520,7 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
         return "dense", (f"no engine algorithm is estimated clearly faster than MPI's measured time "
                          f"({chosen} {estimate * 1e6:.1f} us); MPI period of {stats.mpi_until - stats.calls} calls")
     if "dense" in names and stats.runs("dense") < BASELINE_RUNS:  # the baseline never to lose to, per density
+        stats.baseline_call(stats.runs("dense"))
         return "dense", f"measuring MPI first ({stats.runs('dense') + 1} of {BASELINE_RUNS})"
     prior = _prior(predicted, model, stats.baseline_seconds(predicted))
     return stats.choose(predicted, names, prior, _FAMILIES), _why(stats)

@@ -40,8 +40,9 @@ The rules of a choice (:meth:`ClassStats.choose`), per size class and density
 * **Cold calls**: the first call of an algorithm in a class pays one-time
   costs (MPI's connections, first-touch memory). Its sample is replaced by
   the second one, and the baseline runs :data:`BASELINE_RUNS` times before
-  anything is compared with it; one cold sample of MPI once made ``auto``
-  keep an algorithm that measured 4x slower than MPI.
+  anything is compared with it (its second call spends one call of the
+  exploration budget); one cold sample of MPI once made ``auto`` keep an
+  algorithm that measured 4x slower than MPI.
 * **Hysteresis**: the algorithm in use (the incumbent) is replaced by another
   measured one only when the other's estimate is below ``SWITCH_MARGIN`` of
   the incumbent's; estimates are medians of several agreed samples, so one
@@ -175,6 +176,13 @@ class ClassStats:
     def measured(self, algorithm: str) -> bool:
         """Whether ``algorithm`` has an agreed time at the current density."""
         return (algorithm, self.bucket) in self.ratio
+
+    def baseline_call(self, runs: int | None = None) -> None:
+        """A call of the baseline while it is measured first; ``runs``: its measured calls so far (default the
+        drop-in's MPI calls). Every call after the first spends one of the :data:`EXPLORE_LIMIT` calls of the
+        density bucket: the extra calls of a class's first ones stay within the budget."""
+        if (self.mpi_runs if runs is None else runs) >= 1:
+            self.explored[self.bucket] = self.explored.get(self.bucket, 0) + 1
 
     def runs(self, algorithm: str) -> int:
         """Measured calls of ``algorithm`` at the current density (agreed), the cold first one included."""

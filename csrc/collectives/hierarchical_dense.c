@@ -46,7 +46,9 @@
  *   step 1: (L-1) alpha_i + max(max(n, (L-1) s) c_d beta_i, gamma (L-1) s 3 c_d): each arrived shard is
  *           added while the later ones travel
  *   step 2: the ring's cost on s values over N ranks (2 (N-1) alpha times the
- *           chunks + 2 (N-1)/N s c_d beta, pipelined with its local work)
+ *           chunks + 2 (N-1)/N s c_d S beta, pipelined with its local work): the S
+ *           owners of a node send at once through its one link (a node with a
+ *           link per local rank would make it beta; the model assumes one)
  *   step 3: (L-1) alpha_i + (L-1) s c_d beta_i
  *   + gamma 2 n c_d for the input copy.
  * Memory: the n-value result, and at an owner the L-1 received shards.
@@ -243,8 +245,11 @@ double hierarchical_cost(const scaleml_cost_case *c, const scaleml_cost_params *
         scaleml_cost_case shard = *c;
         shard.n = (uint64_t)(s + 0.5);
         shard.ranks = N;
+        /* the S owners of a node cross at once, through the node's one link: each gets 1/S of its bandwidth */
+        scaleml_cost_params shared = *p;
+        shared.beta = p->beta * S;
         int sparse;
-        time += cross(&shard, p, &sparse);
+        time += cross(&shard, &shared, &sparse);
     }
     return time + (L - 1) * alpha_i + (L - 1) * s * cd * beta_i;
 }

@@ -63,8 +63,9 @@
  * beta_intra), s = n/S:
  *   step 1: (L-1) alpha_i + max(max(n, (L-1) s) c_d beta_i, gamma (L-1) s 3 c_d)
  *   step 2: the quantized ring's cost on s values over N ranks:
- *           2 (N-1) alpha (times the chunks) + max(2 (N-1)/N s q beta, local
- *           work: gamma 2 s c_d + the format's passes over s values)
+ *           2 (N-1) alpha (times the chunks) + max(2 (N-1)/N s q S beta, local
+ *           work: gamma 2 s c_d + the format's passes over s values); S beta: the
+ *           S owners of a node cross at once through its one link
  *   step 3: (L-1) alpha_i + (L-1) s c_d beta_i
  *   + gamma 2 n c_d for the input copy. (With error feedback the direct
  *   algorithm runs step 2; the model costs the ring: error feedback fixes the

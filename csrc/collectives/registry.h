@@ -20,10 +20,17 @@
 typedef double (*sa_cost_fn)(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 typedef int (*sa_run_fn)(sa_context *ctx, scaleml_result *res);
 
+/* How an algorithm's traffic shares a node's one network link when ranks share nodes (the cost model):
+ * SA_LINK_EVERY_RANK: every local rank sends across at once (each gets 1/L of the link: beta x L);
+ * SA_LINK_ONE_PER_NODE: one rank per node crosses at a time (a ring over node-ordered ranks; MPI's own
+ * node-aware Allreduce); SA_LINK_OWN: the cost function accounts for it (the hierarchical entries). */
+typedef enum { SA_LINK_EVERY_RANK = 0, SA_LINK_ONE_PER_NODE, SA_LINK_OWN } sa_link_use;
+
 typedef struct {
     scaleml_algorithm_info info;
     sa_run_fn run;
     sa_cost_fn cost;
+    sa_link_use link;
 } sa_algorithm;
 
 /* Capability bits of scaleml_algorithm_info.codecs. */

@@ -17,8 +17,9 @@ same run:
 - ``scaleml_<c>``: DDP with ``scaleml.torch.allreduce_hook`` and compression
   ``c`` (``none``, ``fp16``, ``qsgd4``, ``onebit``, ``topk0.01``, ``powersgd4``, ``powersgd4_q8`` ...),
   over MPI; ScaleML's PowerSGD also from step ``--powersgd-start``, as torch's. Options after ``@``:
-  ``scaleml_none@blocking`` (the collective inside the hook, not on ScaleML's progress thread) and
-  ``scaleml_none@pg`` (``exact="process_group"``: exact buckets through the process group's all_reduce);
+  ``scaleml_none@blocking`` (the collective inside the hook, not on ScaleML's progress thread),
+  ``scaleml_none@pg`` (``exact="process_group"``: exact buckets through the process group's all_reduce, what
+  ``exact="auto"`` runs under DDP) and ``scaleml_none@mpi`` (``exact="mpi"``: ScaleML's MPI_Allreduce);
 - ``ddp_gloo_again``: plain DDP measured a second time, the A/A control of the run's noise.
 
 ``compute`` is the same step without DDP (no communication): the floor.
@@ -79,7 +80,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--configs", nargs="+",
                         default=["compute", "ddp_gloo", "ddp_gloo_fp16", "ddp_powersgd1", "ddp_powersgd4",
-                                 "scaleml_none", "scaleml_none@blocking", "scaleml_none@pg", "scaleml_fp16",
+                                 "scaleml_none", "scaleml_none@mpi", "scaleml_none@mpi@blocking", "scaleml_fp16",
                                  "scaleml_qsgd4", "scaleml_onebit", "scaleml_topk0.01",
                                  "scaleml_powersgd1", "scaleml_powersgd4", "scaleml_powersgd1_q8",
                                  "scaleml_powersgd4_q8", "ddp_gloo_again"])
@@ -119,11 +120,12 @@ def main() -> None:
                 model.register_comm_hook(torch_state, powerSGD_hook.powerSGD_hook)
             elif config.startswith("scaleml_"):
                 name, *options = config[len("scaleml_"):].split("@")
-                unknown = set(options) - {"blocking", "pg"}
+                unknown = set(options) - {"blocking", "pg", "mpi"}
                 if unknown:
                     raise SystemExit(f"unknown option(s) {sorted(unknown)} of config {config!r}")
                 state = smt.ScaleMLHookState(compression=name, nonblocking="blocking" not in options,
-                                             exact="process_group" if "pg" in options else "auto")
+                                             exact="process_group" if "pg" in options else
+                                             "mpi" if "mpi" in options else "auto")
                 if state.powersgd is not None:
                     state.powersgd.start_iter = args.powersgd_start
                 model.register_comm_hook(state, smt.allreduce_hook)

@@ -6,6 +6,8 @@ re-exported here for the modules that import them from ``_native``.
 
 from __future__ import annotations
 
+import os
+
 from mpi4py import MPI
 
 from . import errors
@@ -20,6 +22,12 @@ _REBUILD_HINT = (
     "`MPICC=$(which mpicc) pip install --no-build-isolation --force-reinstall --no-deps .` "
     "in the environment whose mpi4py was built with that MPI."
 )
+
+# The kernels' OpenMP threads sleep between parallel regions instead of spinning, unless the user chose: a
+# spinning thread steals its core from the other ranks wherever ranks share cores that no launcher or MPI
+# can see (one machine serving several emulated hosts: 1-bit AllReduce 42 ms spinning, 16 ms sleeping,
+# docs/benchmarks.md). Read once, when the OpenMP runtime starts with the extension below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     from . import _core

@@ -380,6 +380,26 @@ def cores_and_sharing(environ: Any = None) -> tuple[int, int]:
     return cores, max(1, world)
 
 
+def limit_num_threads(ranks_on_node: int) -> int:
+    """Lower the kernels' default thread count to the cores over ``ranks_on_node``, the ranks MPI finds on this
+    rank's shared-memory node (called where a communicator's nodes are found, which is collective anyway).
+
+    A launcher counts only the ranks it started itself: on one machine that several launchers' "hosts" share
+    (the emulated cluster's namespaces) each rank would otherwise take every core. ``SCALEML_NUM_THREADS`` and a
+    rank bound to part of the machine are left as they are. Returns the thread count in use.
+    """
+    current = lib.scaleml_get_num_threads()
+    if _settings["SCALEML_NUM_THREADS"].value is not None:
+        return current
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < (os.cpu_count() or cores):
+        return current
+    threads = min(current, default_num_threads(cores, ranks_on_node))
+    if threads != current:
+        lib.scaleml_set_num_threads(threads)
+    return threads
+
+
 def num_threads() -> tuple[int, str]:
     """The kernels' thread count and how it was found (``SCALEML_NUM_THREADS``, or cores / ranks sharing)."""
     setting = _settings["SCALEML_NUM_THREADS"]

@@ -204,6 +204,9 @@ def engine_state(comm: MPI.Comm, ranks_per_node: int | None = None) -> EngineSta
         private = comm.Dup()
         private.Set_errhandler(MPI.ERRORS_RETURN)
         state = EngineState(private, make_topology(private, emulated))
+        shared = private.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks that share this machine's cores
+        config.limit_num_threads(shared.Get_size())
+        shared.Free()
         comm.Set_attr(_state_keyval, state)
     elif ranks_per_node is not None and (state.topology is None or state.topology.ranks_per_node != emulated):
         old = state.topology

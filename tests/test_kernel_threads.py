@@ -354,3 +354,19 @@ def test_collectives_give_the_same_bits_at_any_thread_count() -> None:
         assert got_threads == threads and len(set(digests)) == 1, out
         results.append(digests[0])
     assert results[0] == results[1]
+
+
+def test_a_communicators_shared_memory_node_lowers_the_default() -> None:
+    """Launchers that each started one rank on one machine (the emulated cluster's hosts) say 1 rank per node, and
+    each rank would take every core; the engine's first use of a communicator asks MPI which ranks share this
+    machine and divides the cores among them. SCALEML_NUM_THREADS is left as it is."""
+    code = ("import os; import scaleml; from mpi4py import MPI; from scaleml import config, engine; "
+            "from scaleml._native import lib; "
+            "config._settings['SCALEML_NUM_THREADS'].value is None and lib.scaleml_set_num_threads(os.cpu_count()); "
+            "before = lib.scaleml_get_num_threads(); engine.engine_state(MPI.COMM_WORLD); "
+            "MPI.COMM_WORLD.rank or print('RESULT', before, lib.scaleml_get_num_threads())")
+    cores = len(os.sched_getaffinity(0))
+    for env, want in (({}, max(1, cores // 3)), ({"SCALEML_NUM_THREADS": "3"}, 3)):
+        out = run_mpi(3, ["-c", code], env=env).stdout
+        line = next(line for line in out.splitlines() if line.startswith("RESULT"))
+        assert int(line.split()[2]) == want, (env, out)

@@ -190,11 +190,21 @@ def synthetic_dataset(seed: int, samples: int, features: int, task: str, classes
         y = t.argmax(axis=1).astype(np.int64) if task == "classification" else t[:, 0].astype(np.float32)
         return X, y
 
+    empty = (np.zeros((0, features), np.float32), np.zeros(0, np.int64 if task == "classification" else np.float32))
+    train_rows, test_rows = _blocked_rows(block, empty, samples)
+    return Dataset("synthetic", features, samples, n_test, task, classes if task == "classification" else 0,
+                   train_rows, test_rows)
+
+
+def _blocked_rows(block: Callable[[int], tuple[np.ndarray, np.ndarray]], empty: tuple[np.ndarray, np.ndarray],
+                  samples: int) -> tuple[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                                         Callable[[int, int], tuple[np.ndarray, np.ndarray]]]:
+    """A Dataset's ``train_rows`` and ``test_rows`` over rows drawn in blocks of BLOCK (``block(b)``): the first
+    ``samples`` rows are the training set, the rest the test set; ``empty`` is what no rows are."""
     def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        parts = [block(b) for b in range(start // BLOCK, (stop - 1) // BLOCK + 1)] if stop > start else []
-        if not parts:
-            return np.zeros((0, features), np.float32), np.zeros(0, np.int64 if task == "classification"
-                                                                 else np.float32)
+        if stop <= start:
+            return empty
+        parts = [block(b) for b in range(start // BLOCK, (stop - 1) // BLOCK + 1)]
         X = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
         offset = (start // BLOCK) * BLOCK
@@ -202,13 +212,12 @@ def synthetic_dataset(seed: int, samples: int, features: int, task: str, classes
 
     def train_rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if idx.size == 0:
-            return rows(0, 0)
+            return empty
         lo, hi = int(idx[0]), int(idx[-1]) + 1
         X, y = rows(lo, hi)
         return X[idx - lo], y[idx - lo]
 
-    return Dataset("synthetic", features, samples, n_test, task, classes if task == "classification" else 0,
-                   train_rows, lambda a, b: rows(samples + a, samples + b))
+    return train_rows, lambda a, b: rows(samples + a, samples + b)
 
 
 @functools.lru_cache(maxsize=2)
@@ -303,24 +312,9 @@ def zipf_text_dataset(seed: int, samples: int, vocab: int, bag_length: int, clas
         X[np.arange(bag_length)[None, :] >= lengths[:, None]] = -1
         return X, y.astype(np.int64)
 
-    def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        if stop <= start:
-            return np.zeros((0, bag_length), np.int32), np.zeros(0, np.int64)
-        parts = [block(b) for b in range(start // BLOCK, (stop - 1) // BLOCK + 1)]
-        X = np.concatenate([p[0] for p in parts])
-        y = np.concatenate([p[1] for p in parts])
-        offset = (start // BLOCK) * BLOCK
-        return X[start - offset:stop - offset], y[start - offset:stop - offset]
-
-    def train_rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if idx.size == 0:
-            return rows(0, 0)
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        X, y = rows(lo, hi)
-        return X[idx - lo], y[idx - lo]
-
-    return Dataset("zipf-text", bag_length, samples, n_test, "classification", classes, train_rows,
-                   lambda a, b: rows(samples + a, samples + b))
+    train_rows, test_rows = _blocked_rows(block, (np.zeros((0, bag_length), np.int32), np.zeros(0, np.int64)),
+                                          samples)
+    return Dataset("zipf-text", bag_length, samples, n_test, "classification", classes, train_rows, test_rows)
 
 
 def load_dataset(spec: str, *, seed: int, task: str, classes: int = 10, samples: int = 10000,

@@ -260,18 +260,23 @@ class MLP(SoftmaxRegression):
 
     def loss_and_grads(self, params: Sequence[np.ndarray], X: np.ndarray,
                        y: np.ndarray) -> tuple[float, list[np.ndarray]]:
+        loss, grads, _ = self._backward(params, X.astype(params[0].dtype, copy=False), y, input_grad=False)
+        return loss, grads
+
+    def _backward(self, params: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray,
+                  input_grad: bool) -> tuple[float, list[np.ndarray], np.ndarray | None]:
+        """Mean loss, the layers' gradients (W1, b1, ...) and, when ``input_grad``, the loss's gradient in ``x``."""
         layers = self._layers(params)
-        acts = [X.astype(params[0].dtype, copy=False)]
+        acts = [x]
         for W, b in layers[:-1]:
             acts.append(np.maximum(acts[-1] @ W + b, 0))
         W, b = layers[-1]
         logits = acts[-1] @ W + b
         labels = y.astype(np.intp, copy=False)
         losses, probs = _softmax_xent(logits, labels)
-        n = max(X.shape[0], 1)
         delta = probs
-        delta[np.arange(X.shape[0]), labels] -= 1
-        delta /= n
+        delta[np.arange(x.shape[0]), labels] -= 1
+        delta /= max(x.shape[0], 1)
         grads: list[np.ndarray] = []
         for i in range(len(layers) - 1, -1, -1):
             W, _ = layers[i]
@@ -279,7 +284,7 @@ class MLP(SoftmaxRegression):
             if i:
                 delta = (delta @ W.T) * (acts[i] > 0)
         grads.reverse()
-        return float(losses.mean()) if losses.size else 0.0, grads
+        return float(losses.mean()) if losses.size else 0.0, grads, delta @ layers[0][0].T if input_grad else None
 
 
 class EmbeddingBag(MLP):
@@ -352,31 +357,15 @@ class EmbeddingBag(MLP):
                        y: np.ndarray) -> tuple[float, list[np.ndarray]]:
         E = params[0]
         pooled, mask, divisor = self._pool(E, X)
-        layers = self._layers(params[1:])
-        acts = [pooled]
-        for W, b in layers[:-1]:
-            acts.append(np.maximum(acts[-1] @ W + b, 0))
-        W, b = layers[-1]
-        logits = acts[-1] @ W + b
-        labels = y.astype(np.intp, copy=False)
-        losses, probs = _softmax_xent(logits, labels)
-        n = max(pooled.shape[0], 1)
-        delta = probs
-        delta[np.arange(pooled.shape[0]), labels] -= 1
-        delta /= n
-        grads: list[np.ndarray] = []
-        for i in range(len(layers) - 1, -1, -1):
-            W, _ = layers[i]
-            grads += [delta.sum(axis=0), acts[i].T @ delta]  # reversed below: (b_i, W_i)
-            delta = (delta @ W.T) * (acts[i] > 0) if i else delta @ W.T
-        grads.reverse()
+        loss, grads, delta = MLP._backward(self, params[1:], pooled, y, input_grad=True)
+        assert delta is not None
         # Every token of bag i receives d(pooled_i) / divisor_i; repeated tokens add up (np.add.at, unbuffered).
         # Rows of tokens not in the batch stay exactly 0.0.
         d_rows = delta / divisor[:, None]
         owner, _ = np.nonzero(mask)
         dE = np.zeros_like(E)
         np.add.at(dE, X[mask], d_rows[owner])
-        return float(losses.mean()) if losses.size else 0.0, [dE, *grads]
+        return loss, [dE, *grads]
 
     def evaluate(self, params: Sequence[np.ndarray], X: np.ndarray, y: np.ndarray) -> dict[str, float]:
         out = {"loss": 0.0, "correct": 0.0, "count": float(X.shape[0])}

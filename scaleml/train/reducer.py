@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -107,32 +107,12 @@ def plan_buckets(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any], *, fu
     -------
     list of Bucket
     """
-    if fusion_bytes < 0 or min_compress_size < 0:
-        raise ValueError(f"fusion_bytes and min_compress_size must be >= 0, got {fusion_bytes} and "
-                         f"{min_compress_size}")
     if len(shapes) != len(dtypes):
         raise ValueError(f"{len(shapes)} shapes but {len(dtypes)} dtypes")
-    groups: list[list[int]] = []
-    group_key: list[tuple[bool, np.dtype]] = []
-    open_group: dict[tuple[bool, np.dtype], int] = {}
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-    dts = [np.dtype(d) for d in dtypes]
-    for i, (n, dt) in enumerate(zip(sizes, dts)):
-        compressed = compress and n >= min_compress_size
-        key = (compressed, dt)
-        g = open_group.get(key)
-        alone = compressed and not fuse_compressed
-        if g is not None and not alone and (sum(sizes[j] for j in groups[g]) + n) * dt.itemsize <= fusion_bytes:
-            groups[g].append(i)
-            continue
-        groups.append([i])
-        group_key.append(key)
-        open_group[key] = len(groups) - 1
-    buckets = []
-    for index, (members, (compressed, dt)) in enumerate(zip(groups, group_key)):
-        offsets = tuple(int(x) for x in np.cumsum([0] + [sizes[j] for j in members[:-1]]))
-        buckets.append(Bucket(index, tuple(members), offsets, sum(sizes[j] for j in members), dt, compressed))
-    return buckets
+    # one rule for every tensor: the policy plan without a policy
+    plan = plan_policy_buckets(shapes, dtypes, [0] * len(shapes), [compress], [fuse_compressed],
+                               fusion_bytes=fusion_bytes, min_compress_size=min_compress_size)
+    return [replace(b, rule=None) for b in plan]
 
 
 def plan_policy_buckets(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any], rules: Sequence[int | None],

@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["HOOK_COMPRESSIONS", "ScaleMLHookState", "allreduce_hook", "init_process_group_from_mpi"]
 
 HOOK_COMPRESSIONS = {
-    "none": "exact MPI_Allreduce (mpi4py) of the bucket",
+    "none": "exact: under DDP the process group's own all_reduce (exact='auto'), else MPI_Allreduce (mpi4py)",
     "dropin": "scaleml.Comm(comm).Allreduce: the drop-in (exact; sparse algorithms when faster)",
     "sparse": "scaleml.sparse_allreduce of the bucket's non-zeros (exact)",
     "topkR": "scaleml.topk_allreduce of the fraction R (e.g. topk0.01) with ErrorFeedback(TopK(ratio=R))",

@@ -406,7 +406,10 @@ def test_model_subcommand_prints_every_algorithm(tmp_path, capsys):
     assert [(r["ranks"], r["nodes"]) for r in doc["node_rows"]] == [(4, 1), (1024, 128)]
     wide = doc["node_rows"][1]
     assert wide["hierarchical_dense_inter_node_bytes_per_rank"] < wide["ring_inter_node_bytes_per_rank"] / 7
-    assert wide["hierarchical_dense_s"] < min(wide["ring_s"], wide["dense_s"]) and "hierarchical_dense" in text
+    # one link per node: its per-node bytes (2 (N-1)/N n) are about the node-ordered ring's (2 (P-1)/P n) at
+    # N = 128, so the model puts it near the flat ones there (docs/algorithms.md), not below
+    assert 0.5 < wide["hierarchical_dense_s"] / min(wide["ring_s"], wide["dense_s"]) < 2
+    assert "hierarchical_dense" in text
     row = doc["rows"][0]
     # hand check of the dense prediction: 2 log2 P alpha + 2 (P-1)/P n c_d beta
     assert row["dense_s"] == pytest.approx(2 * 2 * 1e-6 + 2 * 3 / 4 * 4194304 * 4 * 1e-9)

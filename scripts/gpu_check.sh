@@ -7,8 +7,8 @@
 #   scripts/gpu_check.sh --dry-run OUT_DIR    # here: no wheel install, the current Python's packages
 #                                             # (with SCALEML_CUDA_EMULATE=1: the whole script on the CPU)
 #
-# Steps: the wheels into /tmp/site (the mpich wheel's lib/ by hand: pip --target drops it), the in-place
-# build (MPICC = the wheel's mpicc; nvcc builds the CUDA library), `python -m scaleml`, tests/gpu at one
+# Steps: the wheels into a fresh temporary folder, or SCALEML_GPU_SITE (the mpich wheel's lib/ by hand: pip
+# --target drops it), the in-place build (MPICC = the wheel's mpicc; nvcc builds the CUDA library), `python -m scaleml`, tests/gpu at one
 # process (the MPI module at 1 rank), the MPI module at 2 and 4 ranks, the kernel benchmark, quantized_allreduce
 # at 2 and 4 ranks. Logs, JSON and tables go to OUT_DIR (one folder, no subfolders: the device tool brings
 # back files at most 2 levels down), with summary.txt: one line per step, its status and seconds.
@@ -24,7 +24,7 @@ OUT=$(cd "$OUT" && pwd)
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 PY=${PYTHON:-python3}
-SITE=${SCALEML_GPU_SITE:-/tmp/site}
+SITE=${SCALEML_GPU_SITE:-}  # default: a fresh temporary folder, made only when the wheels are installed
 FIRST_FAILURE=0
 export PYTHONUNBUFFERED=1 SCALEML_GPU_TESTS_REQUIRED=1 SCALEML_COST_FILE=/dev/null
 T0=$(date +%s)
@@ -80,6 +80,7 @@ EOF
 }
 
 if [ "$DRY_RUN" -eq 0 ]; then
+    SITE=${SITE:-$(mktemp -d -t scaleml-gpu-site.XXXXXX)}
     step wheels 20 install_wheels
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} PATH=$SITE/bin:$PATH LD_LIBRARY_PATH=$SITE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export MPICC=$SITE/bin/mpicc SCALEML_MPIEXEC=$SITE/bin/mpiexec

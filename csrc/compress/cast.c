@@ -157,9 +157,7 @@ int scaleml_cast_encode(const void *x, int value_bytes, uint64_t n, int format, 
 #pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: bad) if (threads > 1)
     for (int t = 0; t < threads; t++) {
         uint64_t lo, hi;
-        threads_split(units, threads, t, &lo, &hi);
-        lo *= CAST_UNIT;
-        hi = hi * CAST_UNIT < n ? hi * CAST_UNIT : n;
+        threads_split_units(n, CAST_UNIT, threads, t, &lo, &hi);
         bad |= encode_values((const char *)x + lo * (uint64_t)value_bytes, value_bytes, hi - lo, format, out + lo);
     }
     if (bad)
@@ -215,9 +213,7 @@ static int decode_parts(const uint16_t *in, uint64_t n, int format, void *out, i
 #pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: bad) if (threads > 1)
     for (int t = 0; t < threads; t++) {
         uint64_t lo, hi;
-        threads_split(units, threads, t, &lo, &hi);
-        lo *= CAST_UNIT;
-        hi = hi * CAST_UNIT < n ? hi * CAST_UNIT : n;
+        threads_split_units(n, CAST_UNIT, threads, t, &lo, &hi);
         bad |= worker(in + lo, hi - lo, format, (char *)out + lo * (uint64_t)value_bytes, value_bytes);
     }
     if (bad) return scaleml_fail(SCALEML_ERR_MALFORMED, "16-bit payload holds Inf/NaN patterns (corrupted)");

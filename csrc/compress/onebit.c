@@ -303,9 +303,7 @@ static int encode_checked(const void *x, const void *addend, int value_bytes, ui
 #pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
     for (int t = 0; t < threads; t++) {
         uint64_t lo, hi;
-        threads_split(units, threads, t, &lo, &hi);
-        lo *= unit;
-        hi = hi * unit < nb ? hi * unit : nb;
+        threads_split_units(nb, unit, threads, t, &lo, &hi);
         status[t] = value_bytes == 4 ? encode_f32(x, addend, n, bucket, out, residual, lo, hi)
                                      : encode_f64(x, addend, n, bucket, out, residual, lo, hi);
     }
@@ -355,9 +353,7 @@ static int decode_checked(const uint8_t *buf, size_t bytes, uint64_t n, uint64_t
 #pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
     for (int t = 0; t < threads; t++) {
         uint64_t lo, hi;
-        threads_split(units, threads, t, &lo, &hi);
-        lo *= unit;
-        hi = hi * unit < nb ? hi * unit : nb;
+        threads_split_units(nb, unit, threads, t, &lo, &hi);
 #if defined(__x86_64__) && defined(__GNUC__)
         if (value_bytes == 4 && scaleml_cpu_avx2()) {
             decode_f32_avx2(buf, n, bucket, out, add, lo, hi);

@@ -425,20 +425,19 @@ static uint64_t fixed_unit_buckets(uint64_t bucket, uint32_t bits)
 }
 
 /* The fixed format over threads (cap already checked): thread p encodes buckets
- * [lo, hi) of units at the byte offset where they start. Returns as encode_range. */
+ * [lo, hi) of whole units at the byte offset where they start. Returns as encode_range. */
 static int encode_fixed_threads(const qsgd_encoder *e, int threads, uint8_t *out, size_t cap)
 {
     uint64_t g = fixed_unit_buckets(e->bucket, e->bits);
-    uint64_t unit = g * e->bucket, units = (e->n + unit - 1) / unit;
+    uint64_t unit = g * e->bucket;
     uint64_t unit_bytes = g * (32 + e->bucket * (e->bits + 1)) / 8;
     int status[threads];
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int t = 0; t < threads; t++) {
-        uint64_t ulo, uhi;
-        threads_split(units, threads, t, &ulo, &uhi);
-        uint64_t lo = ulo * unit, hi = uhi * unit < e->n ? uhi * unit : e->n;
-        size_t offset = (size_t)(ulo * unit_bytes);
-        size_t room = t == threads - 1 ? cap - offset : (size_t)((uhi - ulo) * unit_bytes);
+        uint64_t lo, hi;
+        threads_split_units(e->n, unit, threads, t, &lo, &hi);
+        size_t offset = (size_t)(lo / unit * unit_bytes);
+        size_t room = t == threads - 1 ? cap - offset : (size_t)((hi - lo) / unit * unit_bytes);
         size_t written;
         int overflow;
         status[t] = encode_range(e, lo, hi, out + offset, room, &written, &overflow);
@@ -666,16 +665,15 @@ static int decode_fixed_serial_threaded(const uint8_t *buf, size_t bytes, uint64
                                         void *out, int value_bytes, int threads)
 {
     uint64_t g = fixed_unit_buckets(bucket, bits);
-    uint64_t unit = g * bucket, units = (n + unit - 1) / unit;
+    uint64_t unit = g * bucket;
     uint64_t unit_bytes = g * (32 + bucket * (bits + 1)) / 8;
     int failed = 0;
 #pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: failed)
     for (int t = 0; t < threads; t++) {
-        uint64_t ulo, uhi;
-        threads_split(units, threads, t, &ulo, &uhi);
-        uint64_t lo = ulo * unit, hi = uhi * unit < n ? uhi * unit : n;
-        size_t offset = (size_t)(ulo * unit_bytes);
-        size_t part = t == threads - 1 ? bytes - offset : (size_t)((uhi - ulo) * unit_bytes);
+        uint64_t lo, hi;
+        threads_split_units(n, unit, threads, t, &lo, &hi);
+        size_t offset = (size_t)(lo / unit * unit_bytes);
+        size_t part = t == threads - 1 ? bytes - offset : (size_t)((hi - lo) / unit * unit_bytes);
         failed |= decode_fixed_serial(buf + offset, part, lo, hi, bits, bucket, out, value_bytes) != 0;
     }
     return failed ? -1 : 0;

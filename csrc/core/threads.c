@@ -44,3 +44,11 @@ void threads_split(uint64_t units, int parts, int p, uint64_t *lo, uint64_t *hi)
     *lo = i * q + (i < r ? i : r);
     *hi = *lo + q + (i < r);
 }
+
+void threads_split_units(uint64_t count, uint64_t unit, int parts, int p, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t ulo, uhi;
+    threads_split((count + unit - 1) / unit, parts, p, &ulo, &uhi);
+    *lo = ulo * unit;
+    *hi = uhi * unit < count ? uhi * unit : count;
+}

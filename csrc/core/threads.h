@@ -30,4 +30,8 @@ int threads_for(uint64_t elements, uint64_t units);
  * units allow (the first units % parts parts get one more). */
 void threads_split(uint64_t units, int parts, int p, uint64_t *lo, uint64_t *hi);
 
+/* Part p of `parts` of [0, count) cut on multiples of `unit` (the last unit may be short): [*lo, *hi) in
+ * elements, the units split as threads_split does. */
+void threads_split_units(uint64_t count, uint64_t unit, int parts, int p, uint64_t *lo, uint64_t *hi);
+
 #endif

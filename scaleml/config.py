@@ -358,6 +358,12 @@ _LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_C
 """Where launchers say how many ranks they started on this node (Hydra, Open MPI, MVAPICH, Cray PALS, Slurm)."""
 
 
+def _affinity() -> tuple[int, bool]:
+    """This rank's cores (``os.sched_getaffinity``) and whether its launcher bound it to part of the machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores, cores < (os.cpu_count() or cores)
+
+
 def cores_and_sharing(environ: Any = None) -> tuple[int, int]:
     """This rank's cores (``os.sched_getaffinity``) and how many ranks of its node share them.
 
@@ -369,8 +375,8 @@ def cores_and_sharing(environ: Any = None) -> tuple[int, int]:
     guess: fewer threads, never oversubscribed cores).
     """
     env = os.environ if environ is None else environ
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < (os.cpu_count() or cores):
+    cores, bound = _affinity()
+    if bound:
         return cores, 1
     for name in _LOCAL_SIZE_VARIABLES:
         text = env.get(name, "").split("(")[0].split(",")[0].strip()  # Slurm: "2(x3),1"
@@ -389,10 +395,8 @@ def limit_num_threads(ranks_on_node: int) -> int:
     rank bound to part of the machine are left as they are. Returns the thread count in use.
     """
     current = lib.scaleml_get_num_threads()
-    if _settings["SCALEML_NUM_THREADS"].value is not None:
-        return current
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < (os.cpu_count() or cores):
+    cores, bound = _affinity()
+    if bound or _settings["SCALEML_NUM_THREADS"].value is not None:
         return current
     threads = min(current, default_num_threads(cores, ranks_on_node))
     if threads != current:

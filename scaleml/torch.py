@@ -783,10 +783,10 @@ def _sparse_bucket(state: ScaleMLHookState, buffer: Any, float_type: Any) -> Any
     flat = (rows[:, None] * width + np.arange(width)).ravel()
     total, info = sparse_allreduce(flat, values.ravel(), int(np.prod(sparse_shape, dtype=np.int64)) * width,
                                    state.comm, out="sparse", return_info=True)
-    out_rows = np.unique(total.indices.astype(np.int64) // width)
+    row_of, column_of = np.divmod(total.indices.astype(np.int64), width)
+    out_rows = np.unique(row_of)
     out_values = np.zeros((out_rows.size, width), values.dtype)
-    out_values[np.searchsorted(out_rows, total.indices.astype(np.int64) // width),
-               total.indices.astype(np.int64) % width] = total.values
+    out_values[np.searchsorted(out_rows, row_of), column_of] = total.values
     result = torch.sparse_coo_tensor(torch.from_numpy(np.stack(np.unravel_index(out_rows, sparse_shape))),
                                      torch.from_numpy(out_values.reshape(out_rows.size, *dense_shape)),
                                      tuple(grad.shape), is_coalesced=True, check_invariants=False)

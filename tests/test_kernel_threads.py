@@ -306,6 +306,48 @@ def test_topk(n: int, dtype: type, ratio: float, approximate: int, sample: int) 
             np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"{threads} threads")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ratio,approximate,sample", [(0.02, 0, 0), (0.05, 1, 1 << 14)])
+def test_topk_candidates_over_threads(dtype: type, ratio: float, approximate: int, sample: int) -> None:
+    """Enough candidates (over 3 * 2^16) that the phases after the filter (histogram, bin gather, output) are
+    cut into parts too; the exact mode's k-th largest magnitude repeated across every part, so the tie rule
+    crosses parts: the payload and residual are the one-thread ones at every count, and (exact mode) the k
+    largest magnitudes, ties taken in index order."""
+    n = (1 << 23) + 3
+    k = int(n * ratio)
+    x = np.random.default_rng(7).standard_normal(n).astype(dtype)
+    tie = np.sort(np.abs(x))[n - k]
+    x[5::4099] = np.where(np.arange(len(x[5::4099])) % 2, tie, -tie)  # equal magnitudes, both signs
+    key = lib.scaleml_rng_key(3, 0, 1, 2)
+    size = int(lib.scaleml_topk_bytes(k + 4 * n // 100, x.itemsize))
+
+    def run() -> tuple[np.ndarray, ...]:
+        out = np.empty(size, np.uint8)
+        written = ffi.new("size_t *")
+        residual = np.empty(n, dtype)
+        check(lib.scaleml_topk_encode(ptr(x), x.itemsize, n, k, approximate, sample, key, ptr(out, "uint8_t *"), size,
+                                      written, ptr(residual)))
+        return out[:written[0]], residual
+
+    with num_threads(1):
+        reference = run()
+    for threads in (2, 3):
+        with num_threads(threads):
+            got = run()
+        for a, b in zip(reference, got):
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"{threads} threads")
+    payload, residual = reference
+    count = int(payload[:8].view(np.uint64)[0])
+    index = payload[8:8 + 4 * count].view(np.uint32)
+    values = payload[len(payload) - count * x.itemsize:].view(dtype)
+    np.testing.assert_array_equal(values, x[index])
+    np.testing.assert_array_equal(residual, np.where(np.isin(np.arange(n), index), 0, x))
+    if not approximate:  # the k largest magnitudes, ties by index: a stable sort on descending magnitude
+        expected = np.sort(np.argsort(-np.abs(x), kind="stable")[:k])
+        np.testing.assert_array_equal(index, expected)
+        assert np.count_nonzero(np.abs(x[index]) == tie) < np.count_nonzero(np.abs(x) == tie)  # a tie was cut
+
+
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("index_dtype", [np.uint32, np.uint64])

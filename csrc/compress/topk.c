@@ -38,6 +38,7 @@
 #include "core/counter_rng.h"
 #include "compress/select.h"
 #include "core/errors.h"
+#include "core/scratch.h"
 #include "core/threads.h"
 
 SELECT_DEFINE(u32, uint32_t)
@@ -204,6 +205,127 @@ TOPK_DEFINE(f64, double, uint64_t, u64, 64, 47)
 TOPK_DEFINE_EMIT_THREADED(f32, float, uint32_t)
 TOPK_DEFINE_EMIT_THREADED(f64, double, uint64_t)
 
+/* A copy of `bytes` over threads (the residual's starting copy of the input). */
+static void copy_threaded(void *dst, const void *src, size_t bytes, int threads)
+{
+    _Pragma("omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)")
+    for (int p = 0; p < threads; p++) {
+        uint64_t lo, hi;
+        threads_split_units(bytes, 64, threads, p, &lo, &hi);
+        memcpy((uint8_t *)dst + lo, (const uint8_t *)src + lo, hi - lo);
+    }
+}
+
+/* The most parts the phases after the candidate filter are cut into. */
+#define CANDIDATE_PARTS 64
+
+/* The phases after the candidate filter, over `threads` parts of the candidate
+ * list (threads_split of c; ck holds the candidates' raw bits, AM masks them to
+ * keys). The output of part p starts at the slot of the entries sent before it
+ * (arith_topk_slot of the keys above t and equal to t in the parts before it),
+ * so every split writes the same payload. */
+#define TOPK_DEFINE_CANDIDATE_PHASES(SUFFIX, VT, KT, KSUF, AM, W)                             \
+    /* Exact mode: the k-th largest key t among the c >= k candidates (keys in [tlo, kmax]), \
+     * how many keys equal to t to send, and each part's keys above t and equal to t. A      \
+     * 4096-bin histogram of key - tlo per part, summed (the same counts at any split); the  \
+     * bin holding the k-th largest; its keys gathered in index order (each part from its    \
+     * own offset); a selection among them. 1: out of memory. */                              \
+    static int candidates_threshold_##SUFFIX(const KT *ck, uint64_t c, uint64_t k, KT tlo,   \
+                                             KT kmax, int threads, KT *t_out,                 \
+                                             uint64_t *take_eq, uint64_t *above, uint64_t *equal) \
+    {                                                                                         \
+        unsigned sh = 0;                                                                      \
+        while (((kmax - tlo) >> sh) >= 4096) sh++;                                            \
+        unsigned top = (unsigned)((kmax - tlo) >> sh);                                        \
+        uint64_t *hists = calloc((size_t)threads * 4096, sizeof *hists);                      \
+        if (!hists) return 1;                                                                 \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)") \
+        for (int p = 0; p < threads; p++) {                                                   \
+            uint64_t lo, hi;                                                                  \
+            threads_split(c, threads, p, &lo, &hi);                                           \
+            uint64_t *h = hists + (size_t)p * 4096;                                           \
+            for (uint64_t j = lo; j < hi; j++) h[((ck[j] & AM) - tlo) >> sh]++;               \
+        }                                                                                     \
+        uint64_t hist[4096], off[threads];                                                    \
+        for (unsigned b = 0; b <= top; b++) {                                                 \
+            hist[b] = 0;                                                                      \
+            for (int p = 0; p < threads; p++) hist[b] += hists[(size_t)p * 4096 + b];         \
+        }                                                                                     \
+        uint64_t above_bin;                                                                   \
+        unsigned bin = arith_topk_pick_bin(hist, top, k, &above_bin);                         \
+        uint64_t mb = hist[bin];                                                              \
+        for (int p = 0; p < threads; p++)                                                     \
+            off[p] = p ? off[p - 1] + hists[(size_t)(p - 1) * 4096 + bin] : 0;                \
+        /* the bin's keys in index order, then a copy that the selection permutes */          \
+        KT *members = malloc(2 * mb * sizeof *members);                                       \
+        if (!members) { free(hists); return 1; }                                              \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)") \
+        for (int p = 0; p < threads; p++) {                                                   \
+            uint64_t lo, hi, q = off[p], end = off[p] + hists[(size_t)p * 4096 + bin];        \
+            threads_split(c, threads, p, &lo, &hi);                                           \
+            for (uint64_t j = lo; j < hi && q < end; j++) {                                   \
+                members[q] = ck[j] & AM;                                                      \
+                q += (KT)(((ck[j] & AM) - tlo) >> sh) == (KT)bin;                             \
+            }                                                                                 \
+        }                                                                                     \
+        KT *sel = members + mb;                                                               \
+        memcpy(sel, members, mb * sizeof *sel);                                               \
+        uint64_t r = mb - (k - above_bin); /* 1 <= k - above_bin <= mb */                     \
+        select_##KSUF(sel, mb, r);                                                            \
+        KT t = sel[r];                                                                        \
+        uint64_t gt = above_bin;                                                              \
+        for (uint64_t j = r + 1; j < mb; j++) gt += sel[j] > t;                               \
+        for (int p = 0; p < threads; p++) {                                                   \
+            uint64_t a = 0, e = 0, end = off[p] + hists[(size_t)p * 4096 + bin];              \
+            for (unsigned b = bin + 1; b <= top; b++) a += hists[(size_t)p * 4096 + b];       \
+            for (uint64_t j = off[p]; j < end; j++) { a += members[j] > t; e += members[j] == t; } \
+            above[p] = a;                                                                     \
+            equal[p] = e;                                                                     \
+        }                                                                                     \
+        free(members);                                                                        \
+        free(hists);                                                                          \
+        *t_out = t;                                                                           \
+        *take_eq = k - gt;                                                                    \
+        return 0;                                                                             \
+    }                                                                                         \
+    /* Candidates [lo, hi) from output slot o to o_end (the sends of this part): a           \
+     * branch-free compaction, every candidate written at slot o, which advances             \
+     * only when it is sent; it stops at o_end, so no write leaves the part's slots. */      \
+    static void candidates_emit_##SUFFIX(const uint32_t *ci, const KT *ck, uint64_t lo,       \
+                                         uint64_t hi, KT t, uint64_t take_eq, uint64_t eq_before, \
+                                         uint64_t o, uint64_t o_end, uint8_t *ip, uint8_t *vp, \
+                                         VT *residual)                                        \
+    {                                                                                         \
+        for (uint64_t j = lo; j < hi && o < o_end; j++) {                                     \
+            KT m = ck[j] & AM;                                                                \
+            uint32_t ij = ci[j];                                                              \
+            uint64_t send = (uint64_t)arith_topk_send##W(m, t, eq_before, take_eq);           \
+            eq_before += m == t;                                                              \
+            memcpy(ip + 4 * o, &ij, 4);                                                       \
+            memcpy(vp + sizeof(VT) * o, &ck[j], sizeof(VT));                                  \
+            if (residual && send) residual[ij] = 0;                                           \
+            o += send;                                                                        \
+        }                                                                                     \
+    }                                                                                         \
+    static void candidates_emit_threaded_##SUFFIX(const uint32_t *ci, const KT *ck, uint64_t c, \
+                                                  KT t, uint64_t take_eq, const uint64_t *above, \
+                                                  const uint64_t *equal, uint8_t *ip,         \
+                                                  uint8_t *vp, VT *residual, int threads)     \
+    {                                                                                         \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)") \
+        for (int p = 0; p < threads; p++) {                                                   \
+            uint64_t lo, hi, gt = 0, eq = 0;                                                  \
+            threads_split(c, threads, p, &lo, &hi);                                           \
+            for (int q = 0; q < p; q++) { gt += above[q]; eq += equal[q]; }                   \
+            uint64_t o = arith_topk_slot(gt, eq, take_eq);                                    \
+            uint64_t o_end = arith_topk_slot(gt + above[p], eq + equal[p], take_eq);          \
+            candidates_emit_##SUFFIX(ci, ck, lo, hi, t, take_eq, eq, o, o_end, ip, vp, residual); \
+        }                                                                                     \
+    }
+
+TOPK_DEFINE_CANDIDATE_PHASES(f32, float, uint32_t, u32, UINT32_C(0x7fffffff), 32)
+TOPK_DEFINE_CANDIDATE_PHASES(f64, double, uint64_t, u64, UINT64_C(0x7fffffffffffffff), 64)
+
 /* Candidate path (both modes, large n): one streaming pass keeps the (index, key)
  * of every entry whose key is >= a cut t_lo taken from a random sample, then the
  * selection and the output use the candidates only. Exact mode takes a cut a
@@ -232,6 +354,9 @@ TOPK_DEFINE_EMIT_THREADED(f64, double, uint64_t)
         }                                                                                     \
         KT *a = malloc(ms * sizeof *a);                                                       \
         if (!a) return -SCALEML_ERR_NOMEM;                                                    \
+        /* random reads, one cache miss each: worth threads even for a small sample */        \
+        int sthreads = threads_within(scaleml_get_num_threads(), n);                          \
+        _Pragma("omp parallel for num_threads(sthreads) schedule(static) if (sthreads > 1)")  \
         for (uint64_t j = 0; j < ms; j++)                                                     \
             a[j] = key_##SUFFIX(x[arith_topk_sample_pos(key, j, n)]);                         \
         select_##KSUF(a, ms, ms - rank);                                                      \
@@ -240,92 +365,69 @@ TOPK_DEFINE_EMIT_THREADED(f64, double, uint64_t)
         if (tlo == 0) return 0; /* too many zeros for a useful cut */                         \
         uint64_t expect = (uint64_t)((double)n * (double)rank / (double)ms);                  \
         uint64_t ccap = 2 * expect + 4096;                                                    \
-        uint32_t *ci = malloc(ccap * sizeof *ci);                                             \
-        KT *ck = malloc(ccap * sizeof *ck);                                                   \
-        if (!ci || !ck) { free(ci); free(ck); return -SCALEML_ERR_NOMEM; }                    \
+        uint32_t *ci = scratch_get(0, ccap * sizeof *ci);                                     \
+        KT *ck = scratch_get(1, ccap * sizeof *ck);                                           \
+        if (!ci || !ck) return -SCALEML_ERR_NOMEM;                                            \
         int bad = 0;                                                                          \
-        uint64_t c = collect_threaded_##SUFFIX(x, n, tlo, ci, ck, ccap, &bad);                \
+        KT kmax = 0;                                                                          \
+        uint64_t c = collect_threaded_##SUFFIX(x, n, tlo, ci, ck, ccap, &bad, &kmax);         \
         int rc = 0;                                                                           \
         if (c == UINT64_MAX) { rc = -SCALEML_ERR_NOMEM; goto done; }                          \
         if (bad) { rc = -SCALEML_ERR_ARG; goto done; }                                        \
         if (c > ccap || (!approximate && c < k)) goto done; /* fall back */                   \
+        int threads = scaleml_get_num_threads();                                              \
+        int cthreads = threads_within(threads < CANDIDATE_PARTS ? threads : CANDIDATE_PARTS, c); \
+        uint64_t above[CANDIDATE_PARTS], equal[CANDIDATE_PARTS];                              \
         KT t = tlo;                                                                           \
         uint64_t take_eq = UINT64_MAX, count = c;                                             \
         if (!approximate) {                                                                   \
-            /* k-th largest candidate key: a 4096-bin histogram of key - tlo, the             \
-             * bin holding it, then a selection among that bin's keys only */                 \
-            KT kmax = tlo;                                                                    \
-            for (uint64_t j = 0; j < c; j++) kmax = (ck[j] & AM) > kmax ? (ck[j] & AM) : kmax;              \
-            unsigned sh = 0;                                                                  \
-            while (((kmax - tlo) >> sh) >= 4096) sh++;                                        \
-            uint64_t hist[4096];                                                              \
-            memset(hist, 0, sizeof hist);                                                     \
-            for (uint64_t j = 0; j < c; j++) hist[((ck[j] & AM) - tlo) >> sh]++;                     \
-            uint64_t above;                                                                   \
-            unsigned bin = arith_topk_pick_bin(hist, (unsigned)((kmax - tlo) >> sh), k, &above); \
-            uint64_t mb = hist[bin];                                                          \
-            KT *tmp = malloc(mb * sizeof *tmp);                                               \
-            if (!tmp) { rc = -SCALEML_ERR_NOMEM; goto done; }                                 \
-            uint64_t q = 0;                                                                   \
-            for (uint64_t j = 0; j < c && q < mb; j++) {                                      \
-                tmp[q] = ck[j] & AM;                                                               \
-                q += (KT)(((ck[j] & AM) - tlo) >> sh) == (KT)bin;                                    \
+            if (candidates_threshold_##SUFFIX(ck, c, k, tlo, kmax, cthreads, &t, &take_eq, above, equal)) { \
+                rc = -SCALEML_ERR_NOMEM;                                                      \
+                goto done;                                                                    \
             }                                                                                 \
-            uint64_t r = mb - (k - above); /* 1 <= k - above <= mb */                         \
-            select_##KSUF(tmp, mb, r);                                                        \
-            t = tmp[r];                                                                       \
-            uint64_t gt = above;                                                              \
-            for (uint64_t j = r + 1; j < mb; j++) gt += tmp[j] > t;                           \
-            free(tmp);                                                                        \
-            take_eq = k - gt;                                                                 \
             count = k;                                                                        \
+        } else {                                                                              \
+            for (int p = 0; p < cthreads; p++) { /* every candidate is sent */                \
+                uint64_t lo, hi;                                                              \
+                threads_split(c, cthreads, p, &lo, &hi);                                      \
+                above[p] = hi - lo;                                                           \
+                equal[p] = 0;                                                                 \
+            }                                                                                 \
         }                                                                                     \
         size_t need = scaleml_topk_bytes(count, (int)sizeof(VT));                             \
         *written = need;                                                                      \
         if (cap < need) { rc = -SCALEML_ERR_TOO_LARGE; goto done; }                           \
         memcpy(out, &count, 8);                                                               \
         uint8_t *ip = out + 8, *vp = out + 8 + pad8(count * 4);                               \
-        if (residual && residual != x) memcpy(residual, x, n * sizeof(VT));                   \
-        /* branch-free compaction: every candidate is written at slot o, which                \
-         * advances only when it is sent; stops once all count are out, so no                 \
-         * write goes past the last slot */                                                   \
-        uint64_t o = 0, eq_before = 0;                                                        \
-        for (uint64_t j = 0; j < c && o < count; j++) {                                       \
-            KT m = ck[j] & AM;                                                                     \
-            uint32_t ij = ci[j];                                                              \
-            uint64_t send = (uint64_t)arith_topk_send##W(m, t, eq_before, take_eq);           \
-            eq_before += m == t;                                                              \
-            memcpy(ip + 4 * o, &ij, 4);                                                       \
-            memcpy(vp + sizeof(VT) * o, &ck[j], sizeof(VT));                                  \
-            if (residual && send) residual[ij] = 0;                                           \
-            o += send;                                                                        \
-        }                                                                                     \
+        if (residual && residual != x) copy_threaded(residual, x, n * sizeof(VT), threads_within(cthreads, n)); \
+        candidates_emit_threaded_##SUFFIX(ci, ck, c, t, take_eq, above, equal, ip, vp, residual, cthreads); \
         memset(out + 8 + count * 4, 0, pad8(count * 4) - count * 4);                          \
         rc = 1;                                                                               \
     done:                                                                                     \
-        free(ci);                                                                             \
-        free(ck);                                                                             \
         return rc;                                                                            \
     }
 
 /* The candidate filter: (index, key) of every entry with key >= tlo, in index
  * order, stored while fewer than ccap; returns how many there are (stored or
- * not) and sets *bad on NaN/Inf. */
+ * not), sets *bad on NaN/Inf and *kmax to the largest key (a candidate's
+ * whenever there is one). */
 #define TOPK_DEFINE_COLLECT(SUFFIX, VT, KT, W)                                                \
     static uint64_t collect_##SUFFIX(const VT *x, uint64_t n, KT tlo, uint32_t *ci, KT *ck,   \
-                                     uint64_t ccap, int *bad_out)                             \
+                                     uint64_t ccap, int *bad_out, KT *kmax)                   \
     {                                                                                         \
         uint64_t c = 0;                                                                       \
-        KT bad = 0;                                                                           \
+        KT bad = 0, mx = 0;                                                                   \
         for (uint64_t i = 0; i < n; i++) {                                                    \
             KT m = key_##SUFFIX(x[i]);                                                        \
             bad |= (KT)arith_topk_bad##W(m);                                                  \
+            mx = m > mx ? m : mx;                                                             \
             if (m >= tlo) {                                                                   \
                 if (c < ccap) { ci[c] = (uint32_t)i; memcpy(&ck[c], x + i, sizeof(VT)); }    \
                 c++;                                                                          \
             }                                                                                 \
         }                                                                                     \
         *bad_out = bad != 0;                                                                  \
+        *kmax = mx;                                                                           \
         return c;                                                                             \
     }
 
@@ -339,13 +441,13 @@ TOPK_DEFINE_COLLECT(f64, double, uint64_t, 64)
  * over the (rare) set bits; the same output as collect_f32. */
 __attribute__((target("avx2,bmi,bmi2"))) static uint64_t collect_f32_avx2(const float *x, uint64_t n, uint32_t tlo,
                                                                          uint32_t *ci, uint32_t *ck, uint64_t ccap,
-                                                                         int bmi2, int *bad_out)
+                                                                         int bmi2, int *bad_out, uint32_t *kmax)
 {
     /* keys are < 2^31 and tlo >= 1, so signed compares against tlo - 1 and
      * INFKEY - 1 are exact */
     const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
     const __m256i lo = _mm256_set1_epi32((int)(tlo - 1)), inf = _mm256_set1_epi32(0x7f800000 - 1);
-    __m256i acc = _mm256_setzero_si256();
+    __m256i acc = _mm256_setzero_si256(), vmax = _mm256_setzero_si256();
     uint64_t c = 0, i = 0;
     const uint32_t *xb = (const uint32_t *)(const void *)x;
     if (bmi2) {
@@ -357,6 +459,7 @@ __attribute__((target("avx2,bmi,bmi2"))) static uint64_t collect_f32_avx2(const 
             __m256i raw = _mm256_loadu_si256((const __m256i *)(const void *)(xb + i));
             __m256i m = _mm256_and_si256(raw, absmask);
             acc = _mm256_or_si256(acc, _mm256_cmpgt_epi32(m, inf));
+            vmax = _mm256_max_epu32(vmax, m);
             unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(m, lo)));
             if (!mask) continue;
             uint64_t spread = _pdep_u64(mask, UINT64_C(0x0101010101010101)) * 0xff;
@@ -371,6 +474,7 @@ __attribute__((target("avx2,bmi,bmi2"))) static uint64_t collect_f32_avx2(const 
     for (; i + 8 <= n; i += 8) {
         __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(xb + i)), absmask);
         acc = _mm256_or_si256(acc, _mm256_cmpgt_epi32(m, inf));
+        vmax = _mm256_max_epu32(vmax, m);
         unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(m, lo)));
         while (mask) {
             unsigned j = (unsigned)__builtin_ctz(mask);
@@ -380,23 +484,28 @@ __attribute__((target("avx2,bmi,bmi2"))) static uint64_t collect_f32_avx2(const 
         }
     }
     int bad = !_mm256_testz_si256(acc, acc);
+    uint32_t lanes[8], mx = 0;
+    _mm256_storeu_si256((__m256i *)(void *)lanes, vmax);
+    for (int j = 0; j < 8; j++) mx = lanes[j] > mx ? lanes[j] : mx;
     for (; i < n; i++) {
         uint32_t m = xb[i] & 0x7fffffffu;
         bad |= m >= 0x7f800000u;
+        mx = m > mx ? m : mx;
         if (m >= tlo) {
             if (c < ccap) { ci[c] = (uint32_t)i; ck[c] = xb[i]; }
             c++;
         }
     }
     *bad_out = bad;
+    *kmax = mx;
     return c;
 }
 #include "core/cpu_features.h"
 static uint64_t collect_f32_dispatch(const float *x, uint64_t n, uint32_t tlo, uint32_t *ci, uint32_t *ck,
-                                     uint64_t ccap, int *bad)
+                                     uint64_t ccap, int *bad, uint32_t *kmax)
 {
-    return scaleml_cpu_avx2() ? collect_f32_avx2(x, n, tlo, ci, ck, ccap, scaleml_cpu_bmi2(), bad)
-                              : collect_f32(x, n, tlo, ci, ck, ccap, bad);
+    return scaleml_cpu_avx2() ? collect_f32_avx2(x, n, tlo, ci, ck, ccap, scaleml_cpu_bmi2(), bad, kmax)
+                              : collect_f32(x, n, tlo, ci, ck, ccap, bad, kmax);
 }
 #else
 #define collect_f32_dispatch collect_f32
@@ -407,42 +516,53 @@ static uint64_t collect_f32_dispatch(const float *x, uint64_t n, uint32_t tlo, u
  * list and count as one pass, so the same fallback. UINT64_MAX: out of memory. */
 #define TOPK_DEFINE_COLLECT_THREADED(SUFFIX, VT, KT)                                          \
     static uint64_t collect_threaded_##SUFFIX(const VT *x, uint64_t n, KT tlo, uint32_t *ci,  \
-                                              KT *ck, uint64_t ccap, int *bad_out)            \
+                                              KT *ck, uint64_t ccap, int *bad_out, KT *kmax)  \
     {                                                                                         \
         int threads = threads_for(n, n / 8);                                                  \
-        if (threads == 1) return collect_##SUFFIX##_dispatch(x, n, tlo, ci, ck, ccap, bad_out); \
+        if (threads == 1) return collect_##SUFFIX##_dispatch(x, n, tlo, ci, ck, ccap, bad_out, kmax); \
         uint64_t count[threads], start[threads];                                              \
+        KT mx[threads];                                                                       \
         int bad[threads];                                                                     \
         uint32_t *pi[threads];                                                                \
         KT *pk[threads];                                                                      \
-        int nomem = 0;                                                                        \
-        _Pragma("omp parallel for num_threads(threads) schedule(static, 1) reduction(|: nomem)") \
+        /* the other parts' lists, in the caller's scratch (a thread of the team may run  */   \
+        /* more than one part) */                                                              \
+        uint32_t *more_i = scratch_get(2, (size_t)(threads - 1) * ccap * sizeof *more_i);     \
+        KT *more_k = scratch_get(3, (size_t)(threads - 1) * ccap * sizeof *more_k);           \
+        if (!more_i || !more_k) return UINT64_MAX;                                            \
+        _Pragma("omp parallel for num_threads(threads) schedule(static, 1)")                  \
         for (int t = 0; t < threads; t++) {                                                   \
             uint64_t lo, hi;                                                                  \
             threads_split(n / 8, threads, t, &lo, &hi);                                       \
             lo *= 8;                                                                          \
             hi = t == threads - 1 ? n : hi * 8;                                               \
-            start[t] = lo;                                                                    \
-            pi[t] = t ? malloc(ccap * sizeof(uint32_t)) : ci;                                 \
-            pk[t] = t ? malloc(ccap * sizeof(KT)) : ck;                                       \
-            count[t] = 0;                                                                     \
-            bad[t] = 0;                                                                       \
-            if (!pi[t] || !pk[t]) nomem = 1;                                                  \
-            else count[t] = collect_##SUFFIX##_dispatch(x + lo, hi - lo, tlo, pi[t], pk[t], ccap, &bad[t]); \
+            pi[t] = t ? more_i + (size_t)(t - 1) * ccap : ci;                                 \
+            pk[t] = t ? more_k + (size_t)(t - 1) * ccap : ck;                                 \
+            count[t] = collect_##SUFFIX##_dispatch(x + lo, hi - lo, tlo, pi[t], pk[t], ccap, &bad[t], &mx[t]); \
         }                                                                                     \
-        uint64_t c = count[0];                                                                \
-        *bad_out = bad[0];                                                                    \
-        for (int t = 1; t < threads; t++) {                                                   \
+        uint64_t c = 0;                                                                       \
+        *bad_out = 0;                                                                         \
+        *kmax = 0;                                                                            \
+        for (int t = 0; t < threads; t++) {                                                   \
             *bad_out |= bad[t];                                                               \
-            if (!nomem && c + count[t] <= ccap) {                                             \
-                for (uint64_t j = 0; j < count[t]; j++) ci[c + j] = pi[t][j] + (uint32_t)start[t]; \
-                memcpy(ck + c, pk[t], count[t] * sizeof(KT));                                 \
-            }                                                                                 \
+            *kmax = mx[t] > *kmax ? mx[t] : *kmax;                                            \
+            start[t] = c; /* part t's first slot in ci and ck */                              \
             c += count[t];                                                                    \
-            free(pi[t]);                                                                      \
-            free(pk[t]);                                                                      \
         }                                                                                     \
-        return nomem ? UINT64_MAX : c;                                                        \
+        /* the parts after the first, appended at their slots: each cut into `threads` */     \
+        /* pieces, so that even two threads copy in parallel */                               \
+        if (c <= ccap) {                                                                      \
+            _Pragma("omp parallel for num_threads(threads) schedule(static)")                 \
+            for (int w = 0; w < (threads - 1) * threads; w++) {                               \
+                int t = 1 + w / threads;                                                      \
+                uint64_t lo, hi, jlo, jhi;                                                    \
+                threads_split(n / 8, threads, t, &lo, &hi);                                   \
+                threads_split(count[t], threads, w % threads, &jlo, &jhi);                    \
+                for (uint64_t j = jlo; j < jhi; j++) ci[start[t] + j] = pi[t][j] + (uint32_t)(lo * 8); \
+                memcpy(ck + start[t] + jlo, pk[t] + jlo, (jhi - jlo) * sizeof(KT));           \
+            }                                                                                 \
+        }                                                                                     \
+        return c;                                                                             \
     }
 
 TOPK_DEFINE_COLLECT_THREADED(f32, float, uint32_t)

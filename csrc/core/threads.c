@@ -38,6 +38,13 @@ int threads_for(uint64_t elements, uint64_t units)
     return (int)t;
 }
 
+int threads_within(int threads, uint64_t elements)
+{
+    uint64_t by_size = elements / SCALEML_THREAD_MIN_ELEMENTS;
+    if ((uint64_t)threads > by_size) threads = (int)by_size;
+    return threads < 1 ? 1 : threads;
+}
+
 void threads_split(uint64_t units, int parts, int p, uint64_t *lo, uint64_t *hi)
 {
     uint64_t q = units / (uint64_t)parts, r = units % (uint64_t)parts, i = (uint64_t)p;

@@ -26,6 +26,9 @@
  * (scaleml_last_num_threads). */
 int threads_for(uint64_t elements, uint64_t units);
 
+/* A later phase of the same call over `elements` elements: min(threads, elements / MIN), at least 1;
+ * the call's recorded count stays the one threads_for gave. */
+int threads_within(int threads, uint64_t elements);
 /* Part p of `parts` of the range [0, units): [*lo, *hi), as equal as whole
  * units allow (the first units % parts parts get one more). */
 void threads_split(uint64_t units, int parts, int p, uint64_t *lo, uint64_t *hi);

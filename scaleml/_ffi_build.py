@@ -96,8 +96,9 @@ _compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden", "
 ffibuilder.set_source(
     "scaleml._core",
     "#include <stdint.h>\n" + "".join(f'#include "{h.name}"\n' for h in API_HEADERS),
-    # csrc/core, csrc/collectives, csrc/compress (csrc/cuda is built by nvcc, not here)
-    sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*/*.c") if p.parent.name != "cuda"),
+    # csrc/core, csrc/collectives, csrc/compress (csrc/cuda is built by nvcc, csrc/python by setup.py's
+    # ext_modules: a CPython extension, not part of the cffi core)
+    sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*/*.c") if p.parent.name not in ("cuda", "python")),
     include_dirs=[str(CSRC)] + _flags["include_dirs"],
     library_dirs=_flags["library_dirs"],
     libraries=_flags["libraries"] + ["m"],

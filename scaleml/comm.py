@@ -18,6 +18,12 @@ from .errors import BufferLayoutError, DeviceError
 from .nonblocking import IallreduceRoutes, MPIRequest, Request, channel
 from .value_format import value_format
 
+try:  # MPI_Allreduce and MPI_Iallreduce of plain float buffers from C (csrc/python/mpi_direct.c): Python 3.11+
+    from ._mpi_direct import allreduce_sum as _allreduce_sum
+    from ._mpi_direct import iallreduce_sum as _iallreduce_sum
+except ImportError:  # below 3.11, or built without mpi4py's headers: mpi4py's calls do the same
+    _allreduce_sum = _iallreduce_sum = None
+
 # Calls at the end of an MPI period whose times are reported at the next check (timing every call costs more).
 _TIMED_CALLS = 8
 _SUM, _IN_PLACE = MPI.SUM, MPI.IN_PLACE  # module constants: read on every call of the fast paths
@@ -472,10 +478,14 @@ class Comm(MPI.Intracomm):
                     and op is _SUM and not _log.ON:
                 routes.calls += 1  # IallreduceRoutes.next() without a decision to make
                 checks = routes.checks
-                try:  # checks.start, inline
-                    request = MPIRequest(checks, self._comm.Iallreduce(sendbuf, recvbuf, op), recvbuf, None)
-                except (BufferError, ValueError, TypeError) as exc:
-                    return self._mpi_iallreduce(checks, sendbuf, recvbuf, op, dtype, n, refused=exc)
+                # checks.start, inline: MPI_Iallreduce from C where the buffers are plain, else mpi4py's
+                mpi_request = None if _iallreduce_sum is None else _iallreduce_sum(self._comm, sendbuf, recvbuf)
+                if mpi_request is None:
+                    try:
+                        mpi_request = self._comm.Iallreduce(sendbuf, recvbuf, op)
+                    except (BufferError, ValueError, TypeError) as exc:
+                        return self._mpi_iallreduce(checks, sendbuf, recvbuf, op, dtype, n, refused=exc)
+                request = MPIRequest(checks, mpi_request, recvbuf, None, sendbuf)
                 checks.pending.append(request)
                 return request
         if _device.is_device(_spec_buffer(recvbuf)) or _device.is_device(_spec_buffer(sendbuf)):
@@ -598,22 +608,28 @@ class Comm(MPI.Intracomm):
             if n < self.min_count:  # below the engine's threshold: MPI, and nothing else on the way
                 if _log.ON:  # INFO logging or a timeline: the one check of this path
                     return _log.mpi(self, "below min_count", self._comm.Allreduce, sendbuf, recvbuf, op)
+                if op is _SUM and _allreduce_sum is not None and _allreduce_sum(self._comm, sendbuf, recvbuf) \
+                        is not None:
+                    return None
                 return self._comm.Allreduce(sendbuf, recvbuf, op)
             stats = self._mpi_fast.get(n)
             dtype = recvbuf.dtype
             if stats is not None and stats.dtype is dtype and op is _SUM and not _log.ON:
                 if stats.mpi_until - stats.calls > _TIMED_CALLS:
-                    # The tuner's MPI period, untimed, in the fewest steps: mpi4py checks the buffers (layout,
-                    # writable, the send buffer's datatype and count against the receive buffer's), and a buffer
-                    # it refuses is this rank's error, which joins the others' MPI_Allreduce with NaN at index 0
-                    # (see _mpi_allreduce).
+                    # The tuner's MPI period, untimed, in the fewest steps: MPI_Allreduce from C where the buffers
+                    # are plain, else mpi4py, which checks them (layout, writable, the send buffer's datatype and
+                    # count against the receive buffer's); a buffer it refuses is this rank's error, which joins
+                    # the others' MPI_Allreduce with NaN at index 0 (see _mpi_allreduce).
                     stats.calls += 1
-                    try:
-                        self._comm.Allreduce(sendbuf, recvbuf, op)
-                    except (BufferError, ValueError, TypeError) as exc:
-                        self._join_failed(self._state, self._refused(sendbuf, recvbuf, exc), n, dtype)
-                    first = recvbuf.item(0)
-                    if first != first:  # NaN at index 0: a rank may have failed
+                    nan_first = None if _allreduce_sum is None else _allreduce_sum(self._comm, sendbuf, recvbuf)
+                    if nan_first is None:
+                        try:
+                            self._comm.Allreduce(sendbuf, recvbuf, op)
+                        except (BufferError, ValueError, TypeError) as exc:
+                            self._join_failed(self._state, self._refused(sendbuf, recvbuf, exc), n, dtype)
+                        first = recvbuf.item(0)
+                        nan_first = first != first
+                    if nan_first:  # NaN at index 0: a rank may have failed
                         self._agree_on_nan(self._state, recvbuf)
                     return None
         if _device.is_device(_spec_buffer(recvbuf)) or _device.is_device(_spec_buffer(sendbuf)):

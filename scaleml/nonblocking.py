@@ -52,6 +52,11 @@ from mpi4py import MPI
 from . import config
 from .engine import EngineState, agree, engine_state
 
+try:  # MPI_Wait and the NaN check of index 0 from C (csrc/python/mpi_direct.c): Python 3.11+
+    from ._mpi_direct import wait_nan_first as _wait_nan_first
+except ImportError:  # below 3.11, or built without mpi4py's headers: mpi4py's Wait and a read of index 0
+    _wait_nan_first = None
+
 __all__ = ["Request", "start", "waitall"]
 
 
@@ -198,16 +203,19 @@ class MPIRequest:
     the path whose every microsecond counts.
     """
 
-    __slots__ = ("_mpi", "_recv", "_local_error", "_checks", "_complete", "_error", "_callbacks")
+    __slots__ = ("_mpi", "_recv", "_send", "_local_error", "_checks", "_complete", "_error", "_callbacks")
     _value = None  # what the blocking call returns when MPI runs it
     name = "Iallreduce"
 
-    def __init__(self, checks: _MPIChecks, mpi_request: MPI.Request, recv: Any, local_error: Any) -> None:
-        self._mpi, self._recv, self._local_error, self._checks = mpi_request, recv, local_error, checks
+    def __init__(self, checks: _MPIChecks, mpi_request: MPI.Request, recv: Any, local_error: Any,
+                 send: Any = None) -> None:
+        # send: the send buffer, kept alive until completion where the request does not hold it (started from C)
+        self._mpi, self._recv, self._send = mpi_request, recv, send
+        self._local_error, self._checks = local_error, checks
         self._complete, self._error, self._callbacks = False, None, None
 
     def _finish(self, error: BaseException | None) -> None:
-        self._error, self._recv = error, None
+        self._error, self._recv, self._send = error, None, None
         self._complete = True
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
@@ -222,17 +230,21 @@ class MPIRequest:
                 # The common case, inline: the oldest pending request, this rank's buffers good, no callback.
                 if pending and pending[0] is self and self._local_error is None and self._callbacks is None:
                     try:
-                        self._mpi.Wait()
+                        if _wait_nan_first is not None:
+                            nan_first = _wait_nan_first(self._mpi, self._recv)
+                        else:
+                            self._mpi.Wait()
+                            first = self._recv.item(0)
+                            nan_first = first != first
                     except MPI.Exception as exc:
                         pending.popleft()
                         self._finish(exc)
                     else:
                         pending.popleft()
-                        first = self._recv.item(0)
-                        if first != first:
+                        if nan_first:
                             checks._agree(self)
                         else:
-                            self._recv = None
+                            self._recv = self._send = None
                             self._complete = True
                             return True
                 else:
@@ -336,7 +348,7 @@ class _MPIChecks:
                 if head._local_error is not None or first != first:
                     self._agree(head)
                 elif head._callbacks is None:  # _finish(None), inline: this runs on every call
-                    head._recv = None
+                    head._recv = head._send = None
                     head._complete = True
                 else:
                     head._finish(None)

@@ -286,6 +286,81 @@ def test_mpi_period_bad_buffer_on_one_rank_raises_everywhere():
     assert_same(recv, expected)
 
 
+def _in_fast_mpi_period(comm, n: int, typecode: str) -> None:
+    """The class of n in a long MPI period, past its first call: the next calls take the fast path (no planning,
+    no timing), as in the steady state of a class MPI won."""
+    comm.Allreduce(data_for(typecode, n), np.zeros(n, typecode))  # planned: the class joins the fast lookup
+    stats = comm._mpi_fast[n]
+    assert stats.dtype == np.dtype(typecode)
+    stats.mpi_until = stats.calls + 1000
+
+
+@pytest.fixture(params=["from C", "through mpi4py"])
+def mpi_route(request, monkeypatch):
+    """The MPI period's two routes: MPI_Allreduce from C (scaleml._mpi_direct, Python 3.11+) and mpi4py's."""
+    if request.param == "through mpi4py":
+        monkeypatch.setattr(scaleml.comm, "_allreduce_sum", None)
+    elif scaleml.comm._allreduce_sum is None:
+        pytest.skip("scaleml._mpi_direct is built on Python 3.11+ only")
+    return request.param
+
+
+@pytest.mark.parametrize("typecode", ["f", "d"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_mpi_period_routes_give_mpis_sum(mpi_route, typecode, in_place):
+    comm = scaleml.Comm(world, min_count=0)
+    n = 702
+    _in_fast_mpi_period(comm, n, typecode)
+    send = data_for(typecode, n)
+    expected = np.empty_like(send)
+    world.Allreduce(send, expected)
+    recv = send.copy() if in_place else np.zeros_like(send)
+    comm.Allreduce(MPI.IN_PLACE if in_place else send, recv)
+    np.testing.assert_array_equal(recv, expected)  # the same MPI_Allreduce: bitwise
+
+
+@pytest.mark.parametrize("bad", ["read-only recv", "strided recv", "short send", "float64 send", "strided send"])
+def test_mpi_period_routes_fail_every_rank_on_one_ranks_bad_buffer(mpi_route, bad):
+    comm = scaleml.Comm(world, min_count=0)
+    n = 703
+    _in_fast_mpi_period(comm, n, "f")
+    send, recv = data_for("f", n), np.zeros(n, np.float32)
+    if rank == size - 1:
+        if bad == "read-only recv":
+            recv.flags.writeable = False
+        elif bad == "strided recv":
+            recv = np.zeros(2 * n, np.float32)[::2]
+        elif bad == "short send":
+            send = send[:-1]
+        elif bad == "float64 send":
+            send = send.astype(np.float64)
+        elif bad == "strided send":
+            send = np.repeat(send, 2)[::2]
+    failed = None
+    try:
+        comm.Allreduce(send, recv)
+    except Exception as exc:  # noqa: BLE001 - every rank must fail, whatever the type
+        failed = exc
+    assert world.allreduce(failed is not None, op=MPI.LAND), f"rank {rank}: {failed!r}"
+    recv = np.zeros(n, np.float32)
+    comm.Allreduce(data_for("f", n), recv)  # and the next call is right
+    expected = np.empty_like(recv)
+    world.Allreduce(data_for("f", n), expected)
+    np.testing.assert_array_equal(recv, expected)
+
+
+@pytest.mark.parametrize("typecode", ["f", "d", "i"])
+def test_below_min_count_routes_are_mpis_allreduce(mpi_route, typecode):
+    comm = scaleml.Comm(world, min_count=1 << 20)
+    send = data_for(typecode, 500)
+    expected, recv = np.empty_like(send), np.zeros_like(send)
+    world.Allreduce(send, expected)
+    comm.Allreduce(send, recv)
+    np.testing.assert_array_equal(recv, expected)
+    with pytest.raises(ValueError):  # mpi4py's own check, before any MPI call (made on every rank here)
+        comm.Allreduce(send, recv[:-1])
+
+
 def test_mpi_period_nan_in_the_data_is_mpis_result():
     comm = scaleml.Comm(world, min_count=0)
     n = 701

@@ -254,10 +254,16 @@ def test_torch_future_completes_with_the_result():
 
 # ---- Iallreduce where the engine lost: MPI_Iallreduce on the caller's buffers ----
 
-@pytest.fixture
-def mpi_route(monkeypatch):
+@pytest.fixture(params=["from C", "through mpi4py"])
+def mpi_route(request, monkeypatch):
     """A fresh communicator (its tuner has learned nothing: the engine's first check of a class chooses MPI)
-    on which every class the engine loses goes to MPI_Iallreduce (SCALEML_IALLREDUCE_THREAD_BYTES: any size)."""
+    on which every class the engine loses goes to MPI_Iallreduce (SCALEML_IALLREDUCE_THREAD_BYTES: any size),
+    started and waited for from C (scaleml._mpi_direct, Python 3.11+) or through mpi4py's calls."""
+    if request.param == "through mpi4py":
+        monkeypatch.setattr(scaleml.comm, "_iallreduce_sum", None)
+        monkeypatch.setattr(scaleml.nonblocking, "_wait_nan_first", None)
+    elif scaleml.comm._iallreduce_sum is None:
+        pytest.skip("scaleml._mpi_direct is built on Python 3.11+ only")
     monkeypatch.setattr(scaleml.nonblocking, "IALLREDUCE_THREAD_BYTES", 1 << 40)
     fresh = world.Dup()
     yield scaleml.Comm(fresh)

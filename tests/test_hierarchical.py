@@ -148,3 +148,69 @@ def test_python_m_scaleml_reports_the_topology(variable, expected):
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("topology"))
     assert "1 node of 1 rank" in line and expected in line
+
+
+def sparse_costs(n: int, P: int, density: float, nodes: tuple[int, int, int], beta: float = 8e-9,
+                 intra=(1e-6, 1e-10), dense_input: bool = False, **kwargs) -> dict[str, float]:
+    k = n * density
+    return algorithms.costs(n, P, k, k * P, 4, 4, False, dense_input, ARGS["alpha"], beta, ARGS["gamma"], 0.0,
+                            nodes=nodes, intra=intra, **kwargs)
+
+
+@pytest.mark.parametrize(("P", "nodes", "density"), [(64, (8, 8, 8), 1e-3), (64, (8, 8, 8), 1e-2),
+                                                     (1024, (128, 8, 8), 1e-3), (16, (2, 8, 8), 1e-2)])
+def test_hierarchical_sparse_beats_every_other_exact_one_on_sparse_data_over_a_slow_link(P, nodes, density):
+    """1 Gbit/s, 8 ranks per node: the flat split algorithms send every rank's k and the global K through the
+    node's one link L times over; hierarchical_sparse sends the node sum's non-zeros and the shard's K once per
+    node, and beats hierarchical_dense while the union stays well below dense."""
+    c = sparse_costs(1 << 22, P, density, nodes)
+    assert c["hierarchical_sparse"] < c["split_allgather"] / 1.5
+    others = {a: c[a] for a in algorithms.EXACT if a != "hierarchical_sparse"}
+    assert c["hierarchical_sparse"] < min(others.values()), others
+
+
+def test_hierarchical_sparse_loses_or_ties_where_its_header_says():
+    n, P = 1 << 22, 64
+    # one rank per node, or nodes unknown: the flat split_allgather, exactly its cost
+    for nodes in ((0, 0, 0), (64, 1, 1)):
+        c = sparse_costs(n, P, 1e-2, nodes)
+        assert c["hierarchical_sparse"] == c["split_allgather"]
+    # dense data: hierarchical_dense's steps plus the scan and a non-pipelined sparse exchange
+    dense = sparse_costs(n, P, 1.0, (8, 8, 8), dense_input=True)
+    assert dense["hierarchical_dense"] < dense["hierarchical_sparse"] < 1.1 * dense["hierarchical_dense"]
+    # very few non-zeros: latency-bound, recursive doubling's log2 P messages win
+    tiny = sparse_costs(n, P, 1e-5, (8, 8, 8))
+    assert tiny["recursive_doubling"] < tiny["hierarchical_sparse"]
+    # a fast network (100 Gbit/s): the dense intra-node steps over n values cost more than the flat algorithms
+    fast = sparse_costs(n, P, 1e-3, (8, 8, 8), beta=8e-11)
+    assert min(fast[a] for a in ("split_allgather", "dense")) < fast["hierarchical_sparse"]
+
+
+def test_hierarchical_sparse_costs_the_intra_terms_and_no_lossy_format():
+    free = sparse_costs(1 << 22, 64, 1e-3, (8, 8, 8), intra=(0.0, 0.0))
+    slow = sparse_costs(1 << 22, 64, 1e-3, (8, 8, 8), intra=(1e-3, 1e-8))
+    assert free["hierarchical_sparse"] < slow["hierarchical_sparse"]
+    assert free["split_allgather"] == slow["split_allgather"]
+    # a lossy format the call allows is never used: the exact cost (it takes the format, ignores it)
+    fmt = value_format(Cast("fp16"))
+    for nodes in ((8, 8, 8), (64, 1, 1)):
+        lossy = sparse_costs(1 << 22, 64, 1e-1, nodes, quantized_value_bytes=fmt.value_bytes(1 << 22, 4),
+                             encode_seconds=1e-9, decode_seconds=1e-9, decode_add_seconds=1e-9)
+        assert lossy["hierarchical_sparse"] == sparse_costs(1 << 22, 64, 1e-1, nodes)["hierarchical_sparse"]
+    # unequal nodes: costed from the smallest node's shards
+    assert math.isfinite(sparse_costs(1 << 20, 5, 1e-2, (2, 2, 3))["hierarchical_sparse"])
+
+
+def test_bench_model_shows_hierarchical_sparse_beside_the_flat_ones_at_64_and_1024(tmp_path, capsys):
+    out = tmp_path / "model.json"
+    assert bench.main(["model", "--n", "4194304", "--ranks", "64", "1024", "--ranks-per-node", "8", "--beta", "8e-9",
+                       "--density", "0.001", "0.01", "--compression", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "hierarchical_sparse" in text
+    rows = json.loads(out.read_text())["node_sparse_rows"]
+    assert [(r["ranks"], r["nodes"], r["density"]) for r in rows] == [
+        (64, 8, 0.001), (64, 8, 0.01), (1024, 128, 0.001), (1024, 128, 0.01)]
+    for r in rows:
+        assert r["speedup_vs_best_other"] > 1  # 1 Gbit/s, 8 ranks on a node's link, sparse: it pays
+        assert (r["hierarchical_sparse_inter_node_bytes_per_rank"]
+                < r["split_allgather_inter_node_bytes_per_rank"])

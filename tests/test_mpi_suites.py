@@ -149,6 +149,20 @@ def test_hierarchical_quantized_on_mpis_nodes(nprocs):
     run_pytest_under_mpi(nprocs, "mpi_hierarchical_quantized.py", timeout=300)
 
 
+@pytest.mark.parametrize("ranks_per_node", ["1", "2", "3"])
+@pytest.mark.parametrize("nprocs", RANK_COUNTS)
+def test_hierarchical_sparse_on_emulated_nodes(nprocs, ranks_per_node):
+    """3 ranks per node makes unequal nodes at 4, 5 and 8 ranks."""
+    run_pytest_under_mpi(nprocs, "mpi_hierarchical_sparse.py", timeout=300,
+                         env={"SCALEML_RANKS_PER_NODE": ranks_per_node})
+
+
+@pytest.mark.parametrize("nprocs", [4])
+def test_hierarchical_sparse_on_mpis_nodes(nprocs):
+    """No emulation: MPI's one node here, steps 1 and 3 only."""
+    run_pytest_under_mpi(nprocs, "mpi_hierarchical_sparse.py", timeout=300)
+
+
 # PowerSGD (issue 22): the reducer's and the DDP hook's paths (the hook's tests skip without PyTorch)
 @pytest.mark.parametrize("nprocs", [1, 2, 3, 4, 5])
 def test_powersgd_is_identical_everywhere_and_resumes_bit_for_bit(nprocs):

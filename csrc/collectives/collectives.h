@@ -77,6 +77,7 @@ int quantized_allreduce_gather(sa_context *ctx, scaleml_result *res);
 int adaptive_allreduce(sa_context *ctx, scaleml_result *res);
 int hierarchical_dense(sa_context *ctx, scaleml_result *res);
 int hierarchical_quantized(sa_context *ctx, scaleml_result *res);
+int hierarchical_sparse(sa_context *ctx, scaleml_result *res);
 
 /* Shared steps of the hierarchical algorithms (hierarchical_dense.c). hierarchical_run: step 1 (exact
  * reduce-scatter within the node to the S owners), step 2 (`cross` on the owner's shard over the cross-node

@@ -75,6 +75,7 @@ double quantized_allreduce_gather_cost(const scaleml_cost_case *c, const scaleml
                                        int *result_sparse);
 double hierarchical_dense_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 double hierarchical_quantized_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
+double hierarchical_sparse_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse);
 /* The hierarchical algorithms' intra-node steps (hierarchical_dense.c) plus `cross`, the cross-node step's
  * cost on one shard (n/S values over N ranks), for a case with N >= 1 nodes of S..L >= 2 ranks. */
 double hierarchical_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, sa_cost_fn cross);

@@ -288,8 +288,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, help="seconds per byte of local work")
     p.add_argument("--delta", type=float, help="seconds of the engine's fixed cost per call")
     p.add_argument("--ranks-per-node", type=int, default=8, metavar="L",
-                   help="ranks per node of the node-aware tables (flat algorithms next to hierarchical_dense and, "
-                   "for the lossy formats, hierarchical_quantized)")
+                   help="ranks per node of the node-aware tables (flat algorithms next to hierarchical_dense; "
+                   "for the lossy formats, hierarchical_quantized; for sparse data, hierarchical_sparse)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the predictions as JSON")
 
 

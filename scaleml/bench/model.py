@@ -5,7 +5,8 @@ formats per (ranks, count, format): the dense quantized algorithms of the regist
 AllReduce and an allgather of the compressed vectors, each with its bytes sent per rank, to show which of
 them grow with the number of ranks; and the exact dense AllReduce on nodes of ``--ranks-per-node`` ranks (default
 8), the flat algorithms next to ``hierarchical_dense``, then the lossy formats on those nodes, the flat quantized
-algorithms next to ``hierarchical_quantized``.
+algorithms next to ``hierarchical_quantized``, and the sparse data of ``--density`` on those nodes, the flat
+exact algorithms next to ``hierarchical_dense`` and ``hierarchical_sparse``.
 """
 
 from __future__ import annotations
@@ -110,9 +111,11 @@ def model(args: argparse.Namespace) -> int:
     lossy_rows = lossy_table(args, params, formats, itemsize) if formats else []
     node_rows = node_table(args, params, itemsize)
     node_lossy_rows = node_lossy_table(args, params, formats, itemsize) if formats else []
+    node_sparse_rows = node_sparse_table(args, params, itemsize)
     if args.json:
         args.json.write_text(json.dumps({"params": params.to_json(), "rows": rows, "lossy_rows": lossy_rows,
-                                         "node_rows": node_rows, "node_lossy_rows": node_lossy_rows}, indent=1))
+                                         "node_rows": node_rows, "node_lossy_rows": node_lossy_rows,
+                                         "node_sparse_rows": node_sparse_rows}, indent=1))
     return 0
 
 
@@ -195,6 +198,58 @@ def node_lossy_table(args: argparse.Namespace, params: cost_model.CostParams, fo
                 print(f"{P:>6d} {N:>6d} {n:>11d} {spec:>9} "
                       + " ".join(f"{pred[a] * 1e3:>{len(a) + 4}.2f} {_mb(sent_by[a]):>6}"
                                  for a in (*FLAT_LOSSY, HIERARCHICAL_LOSSY)) + f" {speedup:>8.2f}")
+    return rows
+
+
+HIERARCHICAL_SPARSE = "hierarchical_sparse"
+NODE_SPARSE_OTHERS = ("recursive_doubling", "split_allgather", "split_dense", "dense", "hierarchical_dense")
+
+
+def node_sparse_table(args: argparse.Namespace, params: cost_model.CostParams, itemsize: int) -> list[dict]:
+    """Print and return sparse data on nodes of ``--ranks-per-node`` ranks, per (ranks, count, density): the flat
+    exact algorithms (every message at the inter-node alpha, beta; all local ranks of a node share its link) and
+    ``hierarchical_dense`` next to ``hierarchical_sparse`` (dense within the node at alpha_intra, beta_intra,
+    sparse across), with the bytes each rank sends across node boundaries (a hierarchical owner's)."""
+    p = params
+    L = args.ranks_per_node
+    others = NODE_SPARSE_OTHERS
+    print(f"\n# sparse data on nodes of {L} ranks: predicted time (ms) and bytes sent across node boundaries per "
+          f"rank (MB); {HIERARCHICAL_SPARSE} sums densely within the node and sends each node's non-zeros across")
+    print(f"{'ranks':>6} {'nodes':>6} {'count':>11} {'density':>8} "
+          + " ".join(f"{a + '(ms)':>{len(a) + 4}} {'MB':>6}" for a in (*others, HIERARCHICAL_SPARSE))
+          + f" {'best other':>18} {'speedup':>8}")
+    rows = []
+    for P in args.ranks:
+        nodes = node_shape(P, L)
+        N, S = nodes[0], nodes[1]
+        for n in args.n:
+            index_bytes = index_dtype(n).itemsize
+            c_s = index_bytes + itemsize
+            for density in args.density:
+                k = int(n * density)
+                pred = algorithms.costs(n, P, k, k * P, index_bytes, itemsize, False, False, p.alpha, p.beta,
+                                        p.gamma, p.delta, nodes=nodes, intra=(p.alpha_intra, p.beta_intra))
+                sent = _bytes_sent(n, P, k, index_bytes, itemsize, False)
+                sent_by = {a: sent[a] for a in others}
+                sent_by["hierarchical_dense"] = (2 * (N - 1) / N * n / S * itemsize if nodes[2] > 1
+                                                 else 2 * (P - 1) / P * n * itemsize)
+                if nodes[2] > 1:  # an owner: its node's non-zeros on a shard, then the shard's reduced blocks
+                    s = n / S
+                    node_entries = cost_model.expected_union(int(s), density * s, L)
+                    union = cost_model.expected_union(int(s), density * s, P)
+                    sent_by[HIERARCHICAL_SPARSE] = (N - 1) / N * (min(node_entries * c_s, s * itemsize)
+                                                                  + min(union * c_s, s * itemsize))
+                else:  # one rank per node: the flat split_allgather
+                    sent_by[HIERARCHICAL_SPARSE] = sent["split_allgather"]
+                best = min(others, key=lambda a: pred[a])
+                speedup = pred[best] / pred[HIERARCHICAL_SPARSE]
+                rows.append({"ranks": P, "ranks_per_node": L, "nodes": N, "count": n, "density": density,
+                             "best_other": best, "speedup_vs_best_other": speedup,
+                             **{f"{a}_s": pred[a] for a in (*others, HIERARCHICAL_SPARSE)},
+                             **{f"{a}_inter_node_bytes_per_rank": sent_by[a] for a in sent_by}})
+                print(f"{P:>6d} {N:>6d} {n:>11d} {density:>8.0e} "
+                      + " ".join(f"{pred[a] * 1e3:>{len(a) + 4}.2f} {_mb(sent_by[a]):>6}"
+                                 for a in (*others, HIERARCHICAL_SPARSE)) + f" {best:>18} {speedup:>8.2f}")
     return rows
 
 

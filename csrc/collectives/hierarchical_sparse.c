@@ -1,0 +1,178 @@
+/*
+ * Hierarchical sparse AllReduce: summed densely and exactly within each node
+ * over shared memory, and sparse only where bytes cross a node boundary: each
+ * node's sum of a shard is scanned for its non-zeros and reduced across nodes
+ * by the flat split sparse AllReduce, so the allgather across nodes carries
+ * each shard's global sum once per node instead of once per rank.
+ *
+ * Topology and shards as in hierarchical_dense.c (steps 1 and 3 are the same
+ * code, hierarchical_run): N nodes of L_0 .. L_{N-1} ranks, S = the smallest
+ * node's ranks, L = the largest's; the index space cut into S shards
+ * (cu_block_range(n, S, j)), local rank j < S of every node owns shard j.
+ *
+ * Steps:
+ *   1. exact dense reduce-scatter within the node (hierarchical_dense.c,
+ *      step 1): owner j ends with the node's sum of shard j, summed in local
+ *      rank order in the input's precision;
+ *   2. across nodes (N > 1): owner j scans its node sum of shard j for its
+ *      non-zeros (-0.0 is none, as in the drop-in's scan) and runs
+ *      `split_allgather` (sparse_allreduce_split_allgather.c) on them over its
+ *      cross-node communicator (N members, cross rank = node index), in a
+ *      sub-context over [0, s_j): a sparse reduce-scatter of the shard's N
+ *      blocks (cu_block_range(s_j, N, m)), summed in node order, then an
+ *      allgather of the reduced blocks, each sparse or dense by the densify
+ *      rule. It leaves the identical sum on all N owners, which is written
+ *      back dense into the shard;
+ *   3. exact allgather within the node (hierarchical_dense.c, step 3).
+ * Every shard's final value is computed once and copied, so the result is
+ * identical on every rank, bitwise. Exact: the value at an index is
+ * ((node_0 + node_1) + ...) + node_{N-1} over the nodes whose sum holds a
+ * non-zero there, each node_i = ((x_0 + x_1) + ...) over its local ranks, in
+ * the input's precision (adding a zero changes no non-zero sum; zeros come
+ * out +0.0). A lossy format the call carries is ignored (exact, like
+ * hierarchical_dense): the entry takes only exact data in the model.
+ *
+ * Fallbacks: one rank per node (L = 1), one rank, or no topology: the flat
+ * `split_allgather` on the whole communicator (dense input is scanned for its
+ * non-zeros first), every byte crossing a node boundary; one node (N = 1):
+ * steps 1 and 3 only. Sparse input is densified into the result first.
+ *
+ * The sub-context's bounds need no agreement (no extra message): a node's sum
+ * of the shard has at most min(s_j, L nnz_max, nnz_sum) non-zeros, all nodes'
+ * together at most min(N s_j, nnz_sum).
+ *
+ * Bytes, c_d = value bytes, c_i = index bytes, W(e, len) = the wire size of a
+ * segment of e entries over len indices: 16 + len c_d when e (c_i + c_d) >=
+ * len c_d (the densify rule), else 16 + pad8(e c_i) + e c_d:
+ *   crossing node boundaries (inter_bytes), per owner of shard j on node i:
+ *     sum_{m != i} W(e_ij(m), b_m)           (its node sum's block m to owner m)
+ *     + (N-1) 8                              (the reduced blocks' sizes)
+ *     + sum_{m != i+1 mod N} W(E_j(m), b_m)  (the allgather, as a ring sends)
+ *   with b_m = |cu_block_range(s_j, N, m)|, e_ij(m) the non-zeros of node i's
+ *   sum in block m, E_j(m) the entries of the reduced block m (the union of
+ *   the nodes' non-zeros there); 0 at N = 1. At the flat fallback the same
+ *   with N = P, S = 1 and the ranks' inputs for the node sums;
+ *   within a node of L_i ranks (intra_bytes): as hierarchical_dense,
+ *   2 (L_i - 1) n c_d per node in total.
+ * Cost (alpha, beta inter-node; alpha_i, beta_i intra-node = alpha_intra,
+ * beta_intra), s = n/S, d = nnz_sum / (P n) the mean density, k_L = s (1 -
+ * (1 - d)^L) the expected non-zeros of a node's sum on a shard, K_s = s (1 -
+ * (1 - d)^P) of the global sum on a shard (sa_expected_union):
+ *   step 1: (L-1) alpha_i + max(max(n, (L-1) s) c_d beta_i, gamma (L-1) s 3 c_d)
+ *   step 2: split_allgather's cost on s values over N ranks with nnz_max =
+ *           k_L and nnz_sum = N k_L: (N-1) alpha + (N-1)/N k_L c_s S beta
+ *           (reduce-scatter) + 2 log2 N alpha + (N-1)/N min(K_s c_s, s c_d) S
+ *           beta (allgather) + its local work; S beta: the S owners of a node
+ *           cross at once through its one link; + gamma (2 s c_d + k_L c_s)
+ *           for the scan and the dense write-back;
+ *   step 3: (L-1) alpha_i + (L-1) s c_d beta_i
+ *   + gamma 2 n c_d for the input copy.
+ * Across one node link per call that is about (k_N + K) c_s, k_N the non-zeros
+ * of the node's sum, against the flat split_allgather's L (k + K) c_s: it pays
+ * where several ranks share a node, the data is sparse (K c_s well below
+ * n c_d) and the network is slow; at one rank per node it costs as the flat
+ * split_allgather, on dense data about as hierarchical_dense plus the scan.
+ * Memory: the n-value result, at an owner the L-1 received shards, the
+ * shard's non-zeros and split_allgather's buffers for s values.
+ */
+#include <stdlib.h>
+
+#include "collectives/collectives.h"
+#include "collectives/comm_util.h"
+#include "collectives/registry.h"
+#include "core/dense_scan.h"
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* split_allgather on the non-zeros of values[0 .. len) (or on c's own sparse input when values is NULL) over
+ * c's communicator; the result goes to *res. */
+static int split_allgather_nonzeros(sa_context *c, const void *values, uint64_t len, scaleml_result *res)
+{
+    if (!values) return sparse_allreduce_split_allgather(c, res);
+    sv_segment given = c->input;
+    uint64_t nnz = scaleml_count_nonzeros(values, len, c->value_bytes);
+    void *indices = malloc(nnz ? nnz * (unsigned)c->index_bytes : 1);
+    void *nonzeros = malloc(nnz ? nnz * (unsigned)c->value_bytes : 1);
+    int rc = SCALEML_OK;
+    if (!indices || !nonzeros) {
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %llu non-zeros", (unsigned long long)nnz);
+    } else {
+        dense_extract_nonzeros(values, len, 0, c->value_bytes, c->index_bytes, indices, nonzeros, nnz);
+        sv_view_sparse(&c->input, 0, len, nnz, indices, nonzeros, c->index_bytes, c->value_bytes);
+        rc = sparse_allreduce_split_allgather(c, res);  /* its result holds no view of the input */
+        c->input = given;
+    }
+    free(indices);
+    free(nonzeros);
+    return rc;
+}
+
+/* Step 2: split_allgather on the non-zeros of this owner's node sum of its shard over the cross-node
+ * communicator; the reduced shard is written back dense. */
+static int cross_sparse(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len, uint64_t *inter)
+{
+    uint64_t L = (uint64_t)t->info.node_size_max, N = (uint64_t)t->info.nodes;
+    uint64_t per_node = L <= UINT64_MAX / (c->nnz_max ? c->nnz_max : 1) ? L * c->nnz_max : UINT64_MAX;
+    sa_context sub = {.comm = t->cross, .n = len, .index_bytes = c->index_bytes, .value_bytes = c->value_bytes,
+                      .nnz_max = min_u64(min_u64(len, per_node), c->nnz_sum),
+                      .nnz_sum = min_u64(len * N, c->nnz_sum)};
+    if (sub.nnz_sum < sub.nnz_max) sub.nnz_sum = sub.nnz_max;
+    int rc = cu_check(MPI_Comm_rank(sub.comm, &sub.rank), "MPI_Comm_rank");
+    if (!rc) rc = cu_check(MPI_Comm_size(sub.comm, &sub.size), "MPI_Comm_size");
+    if (rc) return rc;
+    scaleml_result *r = calloc(1, sizeof *r);
+    if (!r) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
+    rc = split_allgather_nonzeros(&sub, shard, len, r);
+    if (!rc) scaleml_result_to_dense(r, shard);  /* its segments cover [0, len): every value is written */
+    scaleml_result_free(r);
+    c->bytes_sent += sub.bytes_sent;
+    *inter += sub.bytes_sent;
+    return rc;
+}
+
+/* One rank per node: the flat split_allgather on the whole communicator (dense input scanned first). */
+static int flat_sparse(sa_context *c, scaleml_result *res)
+{
+    return split_allgather_nonzeros(c, c->input.dense ? c->input.values : NULL, c->n, res);
+}
+
+int hierarchical_sparse(sa_context *c, scaleml_result *res)
+{
+    c->codec = NULL;  /* exact, whatever format the caller allowed */
+    return hierarchical_run(c, res, cross_sparse, flat_sparse);
+}
+
+/* The cross-node step on one shard: split_allgather's cost, the scan and the dense write-back. */
+static double cross_sparse_cost(const scaleml_cost_case *shard, const scaleml_cost_params *p, int *result_sparse)
+{
+    double s = (double)shard->n, cd = shard->value_bytes, cs = shard->index_bytes + cd;
+    return sparse_allreduce_split_allgather_cost(shard, p, result_sparse) +
+           p->gamma * (2 * s * cd + shard->nnz_max * cs);
+}
+
+double hierarchical_sparse_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)
+{
+    scaleml_cost_case exact = *c;  /* whatever format the caller allowed, nothing travels lossy */
+    exact.quantized_value_bytes = 0;
+    exact.codec_kind = SCALEML_CODEC_NONE;
+    exact.encode_seconds = exact.decode_seconds = exact.decode_add_seconds = 0;
+    double time;
+    if (c->nodes < 1 || c->node_size_max <= 1 || c->node_size_min < 1 || c->ranks == 1) {
+        time = sparse_allreduce_split_allgather_cost(&exact, p, result_sparse);
+        if (c->dense_input)  /* scanned for its non-zeros first */
+            time += p->gamma * ((double)c->n * c->value_bytes + c->nnz_max * (c->index_bytes + c->value_bytes));
+    } else {
+        /* the cross-node step's input: one node's sum of a shard of n/S values, k_L expected non-zeros */
+        uint64_t s = (uint64_t)((double)c->n / c->node_size_min + 0.5);
+        double density = c->n ? c->nnz_sum / c->ranks / (double)c->n : 0.0;
+        double k_node = sa_expected_union(s, density * (double)s, c->node_size_max);
+        exact.nnz_max = k_node;
+        exact.nnz_sum = k_node * c->nodes;
+        time = hierarchical_cost(&exact, p, cross_sparse_cost);
+    }
+    *result_sparse = 0;  /* the result is dense (its result form) */
+    return time;
+}

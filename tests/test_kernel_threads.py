@@ -274,6 +274,19 @@ def test_ranks_sharing_cores_divide_them() -> None:
     assert rows == [[cores, 3, max(1, cores // 3)]] * 3, out
 
 
+def topk_encode(x: np.ndarray, k: int, approximate: int, sample: int, capacity: int) -> tuple[np.ndarray, ...]:
+    """(payload, residual) of TopK's encoder on x, with room for ``capacity`` entries (the payload starts as
+    0xAB bytes, so bytes the encoder leaves unwritten differ from written zeros)."""
+    size = int(lib.scaleml_topk_bytes(capacity, x.itemsize))
+    out = np.full(size, 0xAB, np.uint8)
+    written = ffi.new("size_t *")
+    residual = np.empty_like(x)
+    key = lib.scaleml_rng_key(3, 0, 1, 2)
+    check(lib.scaleml_topk_encode(ptr(x), x.itemsize, x.size, k, approximate, sample, key, ptr(out, "uint8_t *"),
+                                  size, written, ptr(residual)))
+    return out[:written[0]], residual
+
+
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ratio,approximate,sample", [(0.01, 0, 0), (0.3, 0, 0), (0.9, 0, 0), (0.01, 1, 4096),
@@ -285,22 +298,11 @@ def test_topk(n: int, dtype: type, ratio: float, approximate: int, sample: int) 
     x = data(n, dtype)
     x[::7] = x[3]  # many entries equal to one value
     k = max(1, int(n * ratio))
-    key = lib.scaleml_rng_key(3, 0, 1, 2)
-    size = int(lib.scaleml_topk_bytes(n, x.itemsize))
-
-    def run() -> tuple[np.ndarray, ...]:
-        out = np.full(size, 0xAB, np.uint8)
-        written = ffi.new("size_t *")
-        residual = np.empty(n, dtype)
-        check(lib.scaleml_topk_encode(ptr(x), x.itemsize, n, k, approximate, sample, key, ptr(out, "uint8_t *"), size,
-                                      written, ptr(residual)))
-        return out[:written[0]], residual
-
     with num_threads(1):
-        reference = run()
+        reference = topk_encode(x, k, approximate, sample, n)
     for threads in THREAD_COUNTS[1:]:
         with num_threads(threads):
-            got = run()
+            got = topk_encode(x, k, approximate, sample, n)
             assert lib.scaleml_last_num_threads() == max(1, min(threads, n // PER_THREAD))
         for a, b in zip(reference, got):
             np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"{threads} threads")
@@ -318,22 +320,11 @@ def test_topk_candidates_over_threads(dtype: type, ratio: float, approximate: in
     x = np.random.default_rng(7).standard_normal(n).astype(dtype)
     tie = np.sort(np.abs(x))[n - k]
     x[5::4099] = np.where(np.arange(len(x[5::4099])) % 2, tie, -tie)  # equal magnitudes, both signs
-    key = lib.scaleml_rng_key(3, 0, 1, 2)
-    size = int(lib.scaleml_topk_bytes(k + 4 * n // 100, x.itemsize))
-
-    def run() -> tuple[np.ndarray, ...]:
-        out = np.empty(size, np.uint8)
-        written = ffi.new("size_t *")
-        residual = np.empty(n, dtype)
-        check(lib.scaleml_topk_encode(ptr(x), x.itemsize, n, k, approximate, sample, key, ptr(out, "uint8_t *"), size,
-                                      written, ptr(residual)))
-        return out[:written[0]], residual
-
     with num_threads(1):
-        reference = run()
+        reference = topk_encode(x, k, approximate, sample, k + 4 * n // 100)
     for threads in (2, 3):
         with num_threads(threads):
-            got = run()
+            got = topk_encode(x, k, approximate, sample, k + 4 * n // 100)
         for a, b in zip(reference, got):
             np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"{threads} threads")
     payload, residual = reference

@@ -87,6 +87,8 @@ int hierarchical_sparse(sa_context *ctx, scaleml_result *res);
  * that codec and residuals (NULL: none), adding its bytes to c->bytes_sent and *inter. */
 typedef int (*hierarchical_cross_fn)(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len,
                                      uint64_t *inter);
+/* The bytes scaleml_hierarchical_last_wire reports next, for a hierarchical algorithm with its own steps. */
+void hierarchical_set_last_wire(const scaleml_hierarchical_wire *wire);
 int hierarchical_run(sa_context *c, scaleml_result *res, hierarchical_cross_fn cross,
                      int (*flat)(sa_context *, scaleml_result *));
 int hierarchical_cross_run(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len,
@@ -97,6 +99,9 @@ int hierarchical_cross_run(sa_context *c, const scaleml_topology *t, char *shard
  * over all ranks of index range j (cu_block_range); dense when
  * dense_result, else in the form the densify rule gives. */
 int sparse_reduce_scatter(sa_context *ctx, int dense_result, sv_segment *mine);
+/* The same to the first `owners` ranks only (owners <= size): range j is cu_block_range(n, owners, j); a
+ * rank >= owners sends its slices and gets an empty *mine. */
+int sparse_reduce_scatter_to(sa_context *ctx, int owners, int dense_result, sv_segment *mine);
 /* Its alpha-beta-gamma cost (the registry's cost functions of the split algorithms add to it). */
 double sparse_reduce_scatter_cost(const scaleml_cost_case *c, const scaleml_cost_params *p);
 

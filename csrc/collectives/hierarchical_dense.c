@@ -67,6 +67,11 @@ void scaleml_hierarchical_last_wire(scaleml_hierarchical_wire *out)
     *out = last_wire;
 }
 
+void hierarchical_set_last_wire(const scaleml_hierarchical_wire *wire)
+{
+    last_wire = *wire;
+}
+
 /* acc[i] += x[i] over len values of the input's precision */
 static void add_values(void *acc, const void *x, uint64_t len, int value_bytes)
 {

@@ -92,44 +92,138 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 static int split_allgather_nonzeros(sa_context *c, const void *values, uint64_t len, scaleml_result *res)
 {
     if (!values) return sparse_allreduce_split_allgather(c, res);
-    sv_segment given = c->input;
-    uint64_t nnz = scaleml_count_nonzeros(values, len, c->value_bytes);
-    void *indices = malloc(nnz ? nnz * (unsigned)c->index_bytes : 1);
-    void *nonzeros = malloc(nnz ? nnz * (unsigned)c->value_bytes : 1);
-    int rc = SCALEML_OK;
-    if (!indices || !nonzeros) {
-        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %llu non-zeros", (unsigned long long)nnz);
-    } else {
-        dense_extract_nonzeros(values, len, 0, c->value_bytes, c->index_bytes, indices, nonzeros, nnz);
-        sv_view_sparse(&c->input, 0, len, nnz, indices, nonzeros, c->index_bytes, c->value_bytes);
-        rc = sparse_allreduce_split_allgather(c, res);  /* its result holds no view of the input */
-        c->input = given;
-    }
-    free(indices);
-    free(nonzeros);
+    sv_segment given = c->input, dense, nonzeros;
+    sv_view_dense(&dense, 0, len, values, c->index_bytes, c->value_bytes);
+    int rc = sv_copy_nonzeros(&dense, 0, &nonzeros);
+    if (rc) return rc;
+    c->input = nonzeros;
+    c->input.owned = NULL;  /* a view: nonzeros keeps its memory */
+    rc = sparse_allreduce_split_allgather(c, res);  /* its result holds no view of the input */
+    c->input = given;
+    sv_free(&nonzeros);
     return rc;
 }
 
-/* Step 2: split_allgather on the non-zeros of this owner's node sum of its shard over the cross-node
- * communicator; the reduced shard is written back dense. */
-static int cross_sparse(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len, uint64_t *inter)
+/* Step 1: every rank sends its input's entries in shard j (a dense input's non-zeros) to local rank j < S;
+ * owner j gets its node's sum of shard j, summed in local rank order, as the non-zeros of that sum over
+ * [0, s_j) in *node_sum (an empty segment at a rank that owns nothing). */
+static int node_sparse_reduce_scatter(sa_context *c, const scaleml_topology *t, sv_segment *node_sum,
+                                      uint64_t *intra)
+{
+    sa_context node = {.comm = t->node, .rank = t->info.local_rank, .size = t->info.local_size, .n = c->n,
+                       .index_bytes = c->index_bytes, .value_bytes = c->value_bytes, .nnz_max = c->nnz_max,
+                       .nnz_sum = c->nnz_sum, .input = c->input};
+    sv_segment scanned = {0}, sum = {0};
+    int rc = SCALEML_OK;
+    *node_sum = (sv_segment){.index_bytes = c->index_bytes, .value_bytes = c->value_bytes};
+    if (c->input.dense) {  /* the dense input's non-zeros, as the flat fallback scans them */
+        rc = sv_copy_nonzeros(&c->input, 0, &scanned);
+        node.input = scanned;
+        node.input.owned = NULL;
+    }
+    if (!rc) rc = sparse_reduce_scatter_to(&node, t->info.node_size_min, 0, &sum);
+    c->bytes_sent += node.bytes_sent;
+    *intra += node.bytes_sent;
+    sv_free(&scanned);
+    /* the sum's non-zeros only (entries that cancelled and -0.0 are none, as in the dense scan of the sum),
+     * indexed within the shard for the cross-node step */
+    if (!rc && node.rank < t->info.node_size_min) rc = sv_copy_nonzeros(&sum, 0, node_sum);
+    sv_free(&sum);
+    return rc;
+}
+
+/* Step 2: split_allgather on this owner's node sum of its shard (len values) over the cross-node communicator;
+ * *reduced gets the shard's global sum as the entries of the reduced blocks over [0, len). */
+static int cross_sparse(sa_context *c, const scaleml_topology *t, const sv_segment *node_sum, uint64_t len,
+                        sv_segment *reduced, uint64_t *inter)
 {
     uint64_t L = (uint64_t)t->info.node_size_max, N = (uint64_t)t->info.nodes;
     uint64_t per_node = L <= UINT64_MAX / (c->nnz_max ? c->nnz_max : 1) ? L * c->nnz_max : UINT64_MAX;
     sa_context sub = {.comm = t->cross, .n = len, .index_bytes = c->index_bytes, .value_bytes = c->value_bytes,
                       .nnz_max = min_u64(min_u64(len, per_node), c->nnz_sum),
-                      .nnz_sum = min_u64(len * N, c->nnz_sum)};
+                      .nnz_sum = min_u64(len * N, c->nnz_sum), .input = *node_sum};
+    sub.input.owned = NULL;
     if (sub.nnz_sum < sub.nnz_max) sub.nnz_sum = sub.nnz_max;
     int rc = cu_check(MPI_Comm_rank(sub.comm, &sub.rank), "MPI_Comm_rank");
     if (!rc) rc = cu_check(MPI_Comm_size(sub.comm, &sub.size), "MPI_Comm_size");
     if (rc) return rc;
     scaleml_result *r = calloc(1, sizeof *r);
     if (!r) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
-    rc = split_allgather_nonzeros(&sub, shard, len, r);
-    if (!rc) scaleml_result_to_dense(r, shard);  /* its segments cover [0, len): every value is written */
-    scaleml_result_free(r);
+    rc = sparse_allreduce_split_allgather(&sub, r);
     c->bytes_sent += sub.bytes_sent;
     *inter += sub.bytes_sent;
+    if (!rc) {  /* the reduced blocks' entries in one segment (a dense block: its non-zeros) */
+        uint64_t entries = scaleml_result_sparse_count(r);
+        rc = sv_alloc_sparse(reduced, 0, len, entries, c->index_bytes, c->value_bytes);
+        if (!rc) reduced->nnz = scaleml_result_to_sparse(r, reduced->indices, reduced->values, entries);
+    }
+    scaleml_result_free(r);
+    return rc;
+}
+
+/* Step 3: owner j sends its reduced shard j, packed (sparse or dense by the densify rule), to every other rank
+ * of its node; every rank writes every shard into the dense result all[0 .. n). */
+static int node_packed_allgather(sa_context *c, const scaleml_topology *t, const sv_segment *shard, char *all,
+                                 uint64_t *intra)
+{
+    int L = t->info.local_size, S = t->info.node_size_min, me = t->info.local_rank, rc = SCALEML_OK;
+    unsigned vb = (unsigned)c->value_bytes;
+    MPI_Request *reqs = malloc(((size_t)L + (size_t)S) * sizeof *reqs);
+    void **received = calloc((size_t)S, sizeof *received);
+    void *packed = NULL;
+    if (!reqs || !received) {
+        free(reqs);
+        free(received);
+        return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
+    }
+    MPI_Request *recvs = reqs, *sends = reqs + S;
+    int nsends = 0;
+    uint64_t start, len;
+    for (int j = 0; j < S; j++) recvs[j] = MPI_REQUEST_NULL;
+    for (int j = 0; j < S && !rc; j++) {
+        cu_block_range(c->n, S, j, &start, &len);
+        if (j == me || !len) continue;
+        rc = cu_irecv_alloc(t->node, j, TAG_HIER_GATHER, sv_wire_bytes_bound(len, len, c->index_bytes, c->value_bytes),
+                            &received[j], &recvs[j]);
+    }
+    if (!rc && me < S) {
+        cu_block_range(c->n, S, me, &start, &len);
+        size_t bytes = 0;
+        if (len) rc = cu_pack(shard, &packed, &bytes);
+        for (int i = 0; i < L && len && !rc; i++) {
+            if (i == me) continue;
+            uint64_t before = c->bytes_sent;
+            rc = cu_isend(t->node, i, TAG_HIER_GATHER, packed, bytes, &sends[nsends], &c->bytes_sent);
+            *intra += c->bytes_sent - before;
+            if (!rc) nsends++;
+        }
+        if (!rc && len) sv_write_dense(shard, all + start * vb);
+    }
+    for (int j = 0; j < S && !rc; j++) {  /* in shard order: each is written while the later ones travel */
+        if (recvs[j] == MPI_REQUEST_NULL) continue;
+        cu_block_range(c->n, S, j, &start, &len);
+        MPI_Status status;
+        size_t bytes = 0;
+        sv_segment view;
+        rc = cu_waitall(1, &recvs[j], &status);
+        if (!rc) rc = cu_received_bytes(&status, &bytes);
+        if (!rc) rc = sv_unpack(received[j], bytes, 0, len, c->index_bytes, c->value_bytes, &view);
+        if (!rc) sv_write_dense(&view, all + start * vb);
+    }
+    for (int j = 0; j < S; j++) {
+        if (recvs[j] != MPI_REQUEST_NULL) {  /* left over after an error: withdraw it */
+            MPI_Cancel(&recvs[j]);
+            MPI_Wait(&recvs[j], MPI_STATUS_IGNORE);
+        }
+        free(received[j]);
+    }
+    if (nsends) {
+        int wait_rc = cu_waitall(nsends, sends, NULL);
+        if (!rc) rc = wait_rc;
+    }
+    free(packed);
+    free(received);
+    free(reqs);
     return rc;
 }
 
@@ -142,7 +236,34 @@ static int flat_sparse(sa_context *c, scaleml_result *res)
 int hierarchical_sparse(sa_context *c, scaleml_result *res)
 {
     c->codec = NULL;  /* exact, whatever format the caller allowed */
-    return hierarchical_run(c, res, cross_sparse, flat_sparse);
+    const scaleml_topology *t = c->topology;
+    scaleml_hierarchical_wire wire = {0, 0};
+    hierarchical_set_last_wire(&wire);
+    if (!t || t->info.node_size_max == 1 || c->size == 1) {  /* one rank per node: the flat algorithm */
+        int rc = flat_sparse(c, res);
+        wire.inter_bytes = c->size > 1 ? c->bytes_sent : 0;
+        if (!rc) hierarchical_set_last_wire(&wire);
+        return rc;
+    }
+    sv_segment node_sum = {0}, reduced = {0}, all;
+    uint64_t start = 0, len = 0;
+    int owner = t->info.local_rank < t->info.node_size_min;
+    if (owner) cu_block_range(c->n, t->info.node_size_min, t->info.local_rank, &start, &len);
+    /* the input is read in step 1 only: the result may be the caller's input buffer (in place) */
+    int rc = node_sparse_reduce_scatter(c, t, &node_sum, &wire.intra_bytes);
+    if (!rc && owner && len && t->info.nodes > 1) {
+        rc = cross_sparse(c, t, &node_sum, len, &reduced, &wire.inter_bytes);
+        sv_free(&node_sum);
+        node_sum = reduced;
+    }
+    if (!rc) rc = result_dense_storage(c, &all);  /* every value written in step 3 */
+    if (!rc) {
+        rc = node_packed_allgather(c, t, &node_sum, all.values, &wire.intra_bytes);
+        rc = qa_result(res, &all, c->n, rc);
+    }
+    sv_free(&node_sum);
+    if (!rc) hierarchical_set_last_wire(&wire);
+    return rc;
 }
 
 /* The cross-node step on one shard: split_allgather's cost, the scan and the dense write-back. */

@@ -24,6 +24,13 @@
  * owner).
  * Memory: the packed outgoing slices (O(min(k c_s, n c_d))) plus P-1
  * incoming slices of at most n/P*c_d each: O(n).
+ *
+ * sparse_reduce_scatter_to generalises the owners to the first `owners` ranks
+ * (hierarchical_sparse's step 1 on the node communicator, owners = S): the
+ * index space is cut into `owners` ranges (cu_block_range(n, owners, j)), every
+ * rank sends range j to rank j < owners (not itself), ranks >= owners own
+ * nothing and receive nothing; each owner sums its P contributions in rank
+ * order as above. owners = P is sparse_reduce_scatter.
  */
 #include <stdlib.h>
 
@@ -34,13 +41,19 @@
 
 int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
 {
-    int P = c->size, rc = SCALEML_OK;
+    return sparse_reduce_scatter_to(c, c->size, dense_result, mine);
+}
+
+int sparse_reduce_scatter_to(sa_context *c, int owners, int dense_result, sv_segment *mine)
+{
+    int P = c->size, rc = SCALEML_OK, owner = c->rank < owners;
     const scaleml_codec *codec = P > 1 ? c->codec : NULL;
-    uint64_t my_start, my_len;
-    cu_block_range(c->n, P, c->rank, &my_start, &my_len);
+    uint64_t my_start = 0, my_len = 0;
+    if (owner) cu_block_range(c->n, owners, c->rank, &my_start, &my_len);
+    if (!owner) *mine = (sv_segment){.index_bytes = c->index_bytes, .value_bytes = c->value_bytes};
 
     /* Pack every outgoing slice into one block; slice j sits at offsets[j]. */
-    size_t *offsets = calloc((size_t)P + 1, sizeof *offsets);
+    size_t *offsets = calloc((size_t)owners + 1, sizeof *offsets);
     MPI_Request *sends = malloc((size_t)P * sizeof *sends);
     MPI_Request *recvs = malloc((size_t)P * sizeof *recvs);
     void **recvbufs = calloc((size_t)P, sizeof *recvbufs);
@@ -52,25 +65,26 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
     }
     for (int j = 0; j < P; j++) recvs[j] = MPI_REQUEST_NULL;
     size_t recvcap = sv_wire_bytes_bound_codec(my_len, c->nnz_max, c->index_bytes, c->value_bytes, codec);
-    for (int step = 1; step < P && !rc; step++) {  /* receives first: no message waits unmatched */
+    for (int step = 1; step < P && owner && !rc; step++) {  /* receives first: no message waits unmatched */
         int src = (c->rank - step + P) % P;
         rc = cu_irecv_alloc(c->comm, src, TAG_REDUCE_SCATTER, recvcap, &recvbufs[src], &recvs[src]);
     }
-    for (int j = 0; j < P && !rc; j++) {
+    for (int j = 0; j < owners && !rc; j++) {
         uint64_t start, len;
         sv_segment slice;
-        cu_block_range(c->n, P, j, &start, &len);
+        cu_block_range(c->n, owners, j, &start, &len);
         sv_slice(&c->input, start, len, &slice);
         /* The exact size: room for the quantized form and for a refused encode's exact one. */
         offsets[j + 1] = offsets[j] + (j == c->rank ? 0 : sv_wire_bytes(&slice));
     }
-    if (!rc && !(sendblock = malloc(offsets[P] ? offsets[P] : 1)))
-        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory packing %zu bytes", offsets[P]);
+    if (!rc && !(sendblock = malloc(offsets[owners] ? offsets[owners] : 1)))
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory packing %zu bytes", offsets[owners]);
     for (int step = 1; step < P && !rc; step++) {  /* start with the next rank: spreads load */
         int j = (c->rank + step) % P;
+        if (j >= owners) continue;
         uint64_t start, len;
         sv_segment slice;
-        cu_block_range(c->n, P, j, &start, &len);
+        cu_block_range(c->n, owners, j, &start, &len);
         sv_slice(&c->input, start, len, &slice);
         size_t bytes = 0;
         rc = sv_pack_codec(&slice, codec, 0, c->rank,
@@ -83,11 +97,11 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
     }
 
     /* Sum contributions in rank order, not arrival order: the same result every run. */
-    if (!rc && dense_result) {
+    if (!rc && owner && dense_result) {
         rc = sv_alloc_dense(mine, my_start, my_len, c->index_bytes, c->value_bytes);
         have = !rc;
     }
-    for (int src = 0; src < P && !rc; src++) {
+    for (int src = 0; src < P && owner && !rc; src++) {
         sv_segment part = {0};
         if (src == c->rank) {
             sv_slice(&c->input, my_start, my_len, &part);
@@ -121,7 +135,7 @@ int sparse_reduce_scatter(sa_context *c, int dense_result, sv_segment *mine)
             }
         }
     }
-    if (!rc && !dense_result) rc = sv_apply_densify_rule(mine);
+    if (!rc && owner && !dense_result) rc = sv_apply_densify_rule(mine);
     if (rc && have) sv_free(mine);
 
     int wait_rc = nsends ? cu_waitall(nsends, sends, NULL) : SCALEML_OK;

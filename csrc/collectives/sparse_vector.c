@@ -67,6 +67,18 @@ int sv_should_densify(uint64_t nnz, uint64_t len, int index_bytes, int value_byt
             if (i > 0 && idx[i - 1] >= idx[i]) return 0;                               \
         }                                                                              \
         return 1;                                                                      \
+    }                                                                                  \
+    /* entries whose value is not zero (either sign), indices moved by to - from */     \
+    static uint64_t copy_nonzeros_##SUFFIX(const IT *idx, const VT *val, uint64_t nnz, \
+                                           uint64_t from, uint64_t to, IT *oi, VT *ov) \
+    {                                                                                  \
+        uint64_t k = 0;                                                                \
+        for (uint64_t i = 0; i < nnz; i++) {                                           \
+            if (val[i] == 0) continue;                                                 \
+            oi[k] = (IT)((uint64_t)idx[i] - from + to);                                \
+            ov[k++] = val[i];                                                          \
+        }                                                                              \
+        return k;                                                                      \
     }
 
 SV_DEFINE_KERNELS(u32_f32, uint32_t, float)
@@ -279,6 +291,21 @@ int sv_accumulate_consume(sv_segment *acc, sv_segment *b)
     int rc = sv_accumulate(acc, b);
     sv_free(b);
     return rc;
+}
+
+int sv_copy_nonzeros(const sv_segment *src, uint64_t offset, sv_segment *dst)
+{
+    const void *values = src->values;
+    uint64_t count = scaleml_count_nonzeros(values, src->nnz, src->value_bytes);  /* nnz = len when dense */
+    int rc = sv_alloc_sparse(dst, offset, src->len, count, src->index_bytes, src->value_bytes);
+    if (rc) return rc;
+    if (src->dense)
+        dst->nnz = dense_extract_nonzeros(values, src->len, offset, src->value_bytes, src->index_bytes,
+                                          dst->indices, dst->values, count);
+    else
+        dst->nnz = SV_DISPATCH(src->index_bytes, src->value_bytes, copy_nonzeros, src->indices, values, src->nnz,
+                               src->offset, offset, dst->indices, dst->values);
+    return SCALEML_OK;
 }
 
 /* ---- wire format ---- */

@@ -108,6 +108,10 @@ int sv_accumulate(sv_segment *acc, const sv_segment *b);
 /* The same, then b is freed; an owned dense b may become the sum (no copy). */
 int sv_accumulate_consume(sv_segment *acc, sv_segment *b);
 
+/* A new owned sparse segment of src's non-zeros (-0.0 is none: a zero of either sign is no entry) over
+ * [offset, offset + src->len): every index moved by offset - src->offset. */
+int sv_copy_nonzeros(const sv_segment *src, uint64_t offset, sv_segment *dst);
+
 /* Turn an owned or viewed segment into an owned dense one. */
 int sv_densify(sv_segment *s);
 

@@ -266,12 +266,23 @@ int hierarchical_sparse(sa_context *c, scaleml_result *res)
     return rc;
 }
 
-/* The cross-node step on one shard: split_allgather's cost, the scan and the dense write-back. */
+/* The cross-node step on one shard: split_allgather's cost, and the copies of the node sum's non-zeros in and
+ * the reduced entries out. */
 static double cross_sparse_cost(const scaleml_cost_case *shard, const scaleml_cost_params *p, int *result_sparse)
 {
-    double s = (double)shard->n, cd = shard->value_bytes, cs = shard->index_bytes + cd;
-    return sparse_allreduce_split_allgather_cost(shard, p, result_sparse) +
-           p->gamma * (2 * s * cd + shard->nnz_max * cs);
+    double cs = shard->index_bytes + shard->value_bytes;
+    double reduced = sa_expected_union(shard->n, (double)shard->nnz_sum / shard->ranks, shard->ranks);
+    return sparse_allreduce_split_allgather_cost(shard, p, result_sparse) + p->gamma * (shard->nnz_max + reduced) * cs;
+}
+
+static double min_d(double a, double b)
+{
+    return a < b ? a : b;
+}
+
+static double max_d(double a, double b)
+{
+    return a > b ? a : b;
 }
 
 double hierarchical_sparse_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)
@@ -280,20 +291,39 @@ double hierarchical_sparse_cost(const scaleml_cost_case *c, const scaleml_cost_p
     exact.quantized_value_bytes = 0;
     exact.codec_kind = SCALEML_CODEC_NONE;
     exact.encode_seconds = exact.decode_seconds = exact.decode_add_seconds = 0;
-    double time;
-    if (c->nodes < 1 || c->node_size_max <= 1 || c->node_size_min < 1 || c->ranks == 1) {
-        time = sparse_allreduce_split_allgather_cost(&exact, p, result_sparse);
-        if (c->dense_input)  /* scanned for its non-zeros first */
-            time += p->gamma * ((double)c->n * c->value_bytes + c->nnz_max * (c->index_bytes + c->value_bytes));
-    } else {
-        /* the cross-node step's input: one node's sum of a shard of n/S values, k_L expected non-zeros */
-        uint64_t s = (uint64_t)((double)c->n / c->node_size_min + 0.5);
-        double density = c->n ? c->nnz_sum / c->ranks / (double)c->n : 0.0;
-        double k_node = sa_expected_union(s, density * (double)s, c->node_size_max);
-        exact.nnz_max = k_node;
-        exact.nnz_sum = k_node * c->nodes;
-        time = hierarchical_cost(&exact, p, cross_sparse_cost);
-    }
+    double time, n = (double)c->n, cd = c->value_bytes, cs = c->index_bytes + cd;
+    double scan = c->dense_input ? p->gamma * (n * cd + c->nnz_max * cs) : 0.0;  /* dense input: its non-zeros */
     *result_sparse = 0;  /* the result is dense (its result form) */
-    return time;
+    if (c->nodes < 1 || c->node_size_max <= 1 || c->node_size_min < 1 || c->ranks == 1)
+        return sparse_allreduce_split_allgather_cost(&exact, p, result_sparse) + scan;
+    int N = c->nodes, L = c->node_size_max, S = c->node_size_min;
+    double s = n / S, density = c->n ? (double)c->nnz_sum / c->ranks / n : 0.0;
+    double k = min_d((double)c->nnz_max, n), k_node = sa_expected_union((uint64_t)(s + 0.5), density * s, L);
+    /* one node: no boundary, its steps cost what the flat algorithms on that node are costed at */
+    double alpha_i = N > 1 ? p->alpha_intra : p->alpha, beta_i = N > 1 ? p->beta_intra : p->beta;
+    /* step 1: a rank's entries to the S owners (all of them from a rank that owns nothing), the L-1 others'
+     * entries of its shard into an owner, each merged into the sum as it arrives */
+    double sent1 = min_d(k * cs, n * cd) * (L > S ? 1.0 : (S - 1.0) / S);
+    double received1 = (L - 1) * min_d(k / S * cs, s * cd);
+    double merges = p->gamma * (L - 1) * min_d(k_node * cs, s * cd) * 3;
+    time = scan + (L - 1) * alpha_i + max_d(max_d(sent1, received1) * beta_i, merges);
+    /* step 2: split_allgather on the node sum's k_node non-zeros of a shard; the S owners of a node cross at
+     * once, through the node's one link: each gets 1/S of its bandwidth */
+    double entries = k_node;  /* of the reduced shard (step 3) */
+    if (N > 1) {
+        scaleml_cost_case shard = exact;
+        shard.n = (uint64_t)(s + 0.5);
+        shard.ranks = N;
+        shard.nnz_max = k_node;
+        shard.nnz_sum = k_node * N;
+        scaleml_cost_params shared = *p;
+        shared.beta = p->beta * S;
+        int sparse;
+        time += cross_sparse_cost(&shard, &shared, &sparse);
+        entries = sa_expected_union(shard.n, density * s, c->ranks);
+    }
+    /* step 3: the packed reduced shard from its owner to the L-1 others; a rank receives the S shards
+     * (min(K c_s, n c_d) in all) and writes the n-value result */
+    double packed = min_d(entries * cs, s * cd) + SA_SEGMENT_HEADER_BYTES;
+    return time + (L - 1) * alpha_i + (L - 1 > S ? L - 1 : S) * packed * beta_i + p->gamma * n * cd;
 }

@@ -1,49 +1,64 @@
 /*
- * Hierarchical sparse AllReduce: summed densely and exactly within each node
- * over shared memory, and sparse only where bytes cross a node boundary: each
- * node's sum of a shard is scanned for its non-zeros and reduced across nodes
- * by the flat split sparse AllReduce, so the allgather across nodes carries
- * each shard's global sum once per node instead of once per rank.
+ * Hierarchical sparse AllReduce: sparse and exact within each node, and sparse
+ * where bytes cross a node boundary: each node sums its ranks' entries of a
+ * shard at the shard's owner, the node sums' non-zeros are reduced across nodes
+ * by the flat split sparse AllReduce, and the reduced shards go back to the
+ * node's ranks packed. So the allgather across nodes carries each shard's
+ * global sum once per node instead of once per rank, and no step sends all n
+ * values where the data holds k << n non-zeros.
  *
- * Topology and shards as in hierarchical_dense.c (steps 1 and 3 are the same
- * code, hierarchical_run): N nodes of L_0 .. L_{N-1} ranks, S = the smallest
- * node's ranks, L = the largest's; the index space cut into S shards
- * (cu_block_range(n, S, j)), local rank j < S of every node owns shard j.
+ * Topology and shards as in hierarchical_dense.c: N nodes of L_0 .. L_{N-1}
+ * ranks, S = the smallest node's ranks, L = the largest's; the index space cut
+ * into S shards (cu_block_range(n, S, j)), local rank j < S of every node owns
+ * shard j; local ranks >= S own nothing and only send and receive.
  *
  * Steps:
- *   1. exact dense reduce-scatter within the node (hierarchical_dense.c,
- *      step 1): owner j ends with the node's sum of shard j, summed in local
- *      rank order in the input's precision;
- *   2. across nodes (N > 1): owner j scans its node sum of shard j for its
- *      non-zeros (-0.0 is none, as in the drop-in's scan) and runs
- *      `split_allgather` (sparse_allreduce_split_allgather.c) on them over its
+ *   1. sparse reduce-scatter within the node (sparse_reduce_scatter_to on the
+ *      node communicator, owners = S): every rank cuts its entries (a sparse
+ *      input's entries, a dense input's non-zeros: -0.0 is none, as in the
+ *      drop-in's scan) at the shard boundaries and sends shard j's, packed
+ *      sparse or dense by the densify rule, to local rank j (not itself); owner j
+ *      merges its node's L_i contributions in local rank order, ((x_0 + x_1) +
+ *      x_2) + ... in the input's precision, a missing entry adding nothing, and
+ *      keeps the non-zeros of that node sum (an entry that cancelled to zero,
+ *      or -0.0, is none), indexed within the shard;
+ *   2. across nodes (N > 1): owner j runs `split_allgather`
+ *      (sparse_allreduce_split_allgather.c) on those non-zeros over its
  *      cross-node communicator (N members, cross rank = node index), in a
  *      sub-context over [0, s_j): a sparse reduce-scatter of the shard's N
  *      blocks (cu_block_range(s_j, N, m)), summed in node order, then an
  *      allgather of the reduced blocks, each sparse or dense by the densify
- *      rule. It leaves the identical sum on all N owners, which is written
- *      back dense into the shard;
- *   3. exact allgather within the node (hierarchical_dense.c, step 3).
+ *      rule. It leaves the identical sum on all N owners: the reduced shard, the
+ *      entries of its N blocks (a block held dense: its non-zeros). At N = 1 the
+ *      reduced shard is the node sum's non-zeros;
+ *   3. packed allgather within the node: owner j packs its reduced shard once
+ *      (sparse or dense by the densify rule, sv_pack) and sends it to every
+ *      other rank of its node; every rank writes every shard into the dense
+ *      result (zeros where a shard has no entry).
  * Every shard's final value is computed once and copied, so the result is
  * identical on every rank, bitwise. Exact: the value at an index is
  * ((node_0 + node_1) + ...) + node_{N-1} over the nodes whose sum holds a
- * non-zero there, each node_i = ((x_0 + x_1) + ...) over its local ranks, in
- * the input's precision (adding a zero changes no non-zero sum; zeros come
- * out +0.0). A lossy format the call carries is ignored (exact, like
- * hierarchical_dense): the entry takes only exact data in the model.
+ * non-zero there, each node_i = ((x_0 + x_1) + ...) over its local ranks'
+ * entries, in the input's precision: the same values as summing the dense
+ * vectors in that order (adding a zero changes no non-zero sum); every zero of
+ * the result is +0.0, one node included (engine.py's UNSIGNED_ZEROS). A lossy
+ * format the call carries is ignored (exact, like hierarchical_dense): the
+ * entry takes only exact data in the model.
  *
  * Fallbacks: one rank per node (L = 1), one rank, or no topology: the flat
  * `split_allgather` on the whole communicator (dense input is scanned for its
  * non-zeros first), every byte crossing a node boundary; one node (N = 1):
- * steps 1 and 3 only. Sparse input is densified into the result first.
+ * steps 1 and 3 only.
  *
- * The sub-context's bounds need no agreement (no extra message): a node's sum
- * of the shard has at most min(s_j, L nnz_max, nnz_sum) non-zeros, all nodes'
- * together at most min(N s_j, nnz_sum).
+ * The sub-contexts' bounds need no agreement (no extra message): step 1's
+ * messages are bounded by the agreed nnz_max (capped at the dense shard), a
+ * node's sum of the shard has at most min(s_j, L nnz_max, nnz_sum) non-zeros,
+ * all nodes' together at most min(N s_j, nnz_sum); a reduced shard travels in
+ * at most 16 + s_j c_d bytes.
  *
  * Bytes, c_d = value bytes, c_i = index bytes, W(e, len) = the wire size of a
  * segment of e entries over len indices: 16 + len c_d when e (c_i + c_d) >=
- * len c_d (the densify rule), else 16 + pad8(e c_i) + e c_d:
+ * len c_d (the densify rule), else 16 + pad8(e c_i) + e c_d (W(0, 0) = 16):
  *   crossing node boundaries (inter_bytes), per owner of shard j on node i:
  *     sum_{m != i} W(e_ij(m), b_m)           (its node sum's block m to owner m)
  *     + (N-1) 8                              (the reduced blocks' sizes)
@@ -52,28 +67,44 @@
  *   sum in block m, E_j(m) the entries of the reduced block m (the union of
  *   the nodes' non-zeros there); 0 at N = 1. At the flat fallback the same
  *   with N = P, S = 1 and the ranks' inputs for the node sums;
- *   within a node of L_i ranks (intra_bytes): as hierarchical_dense,
- *   2 (L_i - 1) n c_d per node in total.
+ *   within a node of L_i ranks (intra_bytes), per rank of local rank r:
+ *     sum_{j < S, j != r} W(k_r(j), s_j)     (step 1: its entries in shard j,
+ *                                             k_r(j), to owner j; an empty
+ *                                             shard still gets 16 bytes)
+ *     + (L_i - 1) W(E_r, s_r)                (step 3, r < S and s_r > 0: its
+ *                                             reduced shard to the others)
+ *   with E_r the reduced shard's entries (N > 1: sum_m E_r(m) where no block
+ *   is held dense; N = 1: the non-zeros of the node sum). Against the dense
+ *   steps' 2 (L_i - 1) n c_d per node that is about
+ *   (L_i - 1)/L_i sum of the ranks' min(k c_s, n c_d) + (L_i - 1) min(K c_s, n c_d).
  * Cost (alpha, beta inter-node; alpha_i, beta_i intra-node = alpha_intra,
- * beta_intra), s = n/S, d = nnz_sum / (P n) the mean density, k_L = s (1 -
- * (1 - d)^L) the expected non-zeros of a node's sum on a shard, K_s = s (1 -
- * (1 - d)^P) of the global sum on a shard (sa_expected_union):
- *   step 1: (L-1) alpha_i + max(max(n, (L-1) s) c_d beta_i, gamma (L-1) s 3 c_d)
- *   step 2: split_allgather's cost on s values over N ranks with nnz_max =
- *           k_L and nnz_sum = N k_L: (N-1) alpha + (N-1)/N k_L c_s S beta
- *           (reduce-scatter) + 2 log2 N alpha + (N-1)/N min(K_s c_s, s c_d) S
- *           beta (allgather) + its local work; S beta: the S owners of a node
- *           cross at once through its one link; + gamma (2 s c_d + k_L c_s)
- *           for the scan and the dense write-back;
- *   step 3: (L-1) alpha_i + (L-1) s c_d beta_i
- *   + gamma 2 n c_d for the input copy.
+ * beta_intra, or alpha, beta at N = 1), s = n/S, k = nnz_max, d = nnz_sum /
+ * (P n) the mean density, k_L = s (1 - (1 - d)^L) the expected non-zeros of a
+ * node's sum on a shard, K_s = s (1 - (1 - d)^P) of the global sum on a shard
+ * (sa_expected_union), W_x = min(x c_s, s c_d):
+ *   dense input: + gamma (n c_d + k c_s) for the scan;
+ *   step 1: (L-1) alpha_i + max(max(min(k c_s, n c_d) (1 or (S-1)/S),
+ *           (L-1) min(k/S c_s, s c_d)) beta_i, gamma 3 (L-1) W_{k_L}): each
+ *           arrived contribution is merged while the later ones travel;
+ *   step 2 (N > 1): split_allgather's cost on s values over N ranks with
+ *           nnz_max = k_L and nnz_sum = N k_L: (N-1) alpha + (N-1)/N k_L c_s S
+ *           beta (reduce-scatter) + 2 log2 N alpha + (N-1)/N min(K_s c_s, s c_d)
+ *           S beta (allgather) + its local work; S beta: the S owners of a node
+ *           cross at once through its one link; + gamma (k_L + K_s) c_s for the
+ *           copies in and out;
+ *   step 3: (L-1) alpha_i + max(L-1, S) (W_E + 16) beta_i, E = K_s (N > 1) or
+ *           k_L (N = 1): an owner sends L-1 packed shards, a rank receives S;
+ *   + gamma n c_d for writing the dense result.
  * Across one node link per call that is about (k_N + K) c_s, k_N the non-zeros
- * of the node's sum, against the flat split_allgather's L (k + K) c_s: it pays
- * where several ranks share a node, the data is sparse (K c_s well below
- * n c_d) and the network is slow; at one rank per node it costs as the flat
- * split_allgather, on dense data about as hierarchical_dense plus the scan.
- * Memory: the n-value result, at an owner the L-1 received shards, the
- * shard's non-zeros and split_allgather's buffers for s values.
+ * of the node's sum, against the flat split_allgather's L (k + K) c_s; within
+ * the node about k c_s + K c_s per rank instead of the dense steps' 2 n c_d.
+ * It pays where several ranks share a node and the data is sparse; at one rank
+ * per node it costs as the flat split_allgather, on dense data about as
+ * hierarchical_dense plus the scan.
+ * Memory: the n-value result, the scanned non-zeros of a dense input, at an
+ * owner the L-1 received contributions (each at most s c_d) and split_allgather's
+ * buffers for s values, at every rank receive buffers for the S packed shards
+ * (at most n c_d + 16 S in all, touched only as far as the messages fill them).
  */
 #include <stdlib.h>
 

@@ -57,10 +57,11 @@ static const sa_algorithm registry[] = {
       "2 (L-1)/L n c_d within the node + 2 (N-1)/N n/L q across", SPARSE | DENSE, DENSE, FLOATS, 0, TAKES_LOSSY},
      hierarchical_quantized, hierarchical_quantized_cost, SA_LINK_OWN},
     {{"hierarchical_sparse",
-      "sparse data, exact, ranks sharing nodes (summed densely within the node, a sparse split allgather per shard "
-      "across)",
+      "sparse data, exact, ranks sharing nodes (a sparse reduce-scatter and packed allgather within the node, a "
+      "sparse split allgather per shard across)",
       "2 (L-1) within the node + split_allgather's (N-1) + 2 log2 N across (L ranks per node, N nodes)",
-      "2 (L-1)/L n c_d within the node + (N-1)/N (k_N c_s + min(K c_s, n c_d))/L across (k_N: nnz of the node's sum)",
+      "min(k c_s, n c_d) + min(K c_s, n c_d) within the node + (N-1)/N (k_N c_s + min(K c_s, n c_d))/L across "
+      "(k_N: nnz of the node's sum)",
       SPARSE | DENSE, DENSE, FLOATS, 1, TAKES_EXACT},
      hierarchical_sparse, hierarchical_sparse_cost, SA_LINK_OWN},
 };

@@ -214,7 +214,8 @@ def node_sparse_table(args: argparse.Namespace, params: cost_model.CostParams, i
     L = args.ranks_per_node
     others = NODE_SPARSE_OTHERS
     print(f"\n# sparse data on nodes of {L} ranks: predicted time (ms) and bytes sent across node boundaries per "
-          f"rank (MB); {HIERARCHICAL_SPARSE} sums the entries sparsely within the node and sends each node's non-zeros across")
+          f"rank (MB); {HIERARCHICAL_SPARSE} sums the entries sparsely within the node and sends each node's "
+          "non-zeros across")
     print(f"{'ranks':>6} {'nodes':>6} {'count':>11} {'density':>8} "
           + " ".join(f"{a + '(ms)':>{len(a) + 4}} {'MB':>6}" for a in (*others, HIERARCHICAL_SPARSE))
           + f" {'best other':>18} {'speedup':>8}")

@@ -213,8 +213,10 @@ def test_bytes_crossing_nodes_are_the_headers_formula(ranks_per_node, n, density
         np.testing.assert_array_equal(result, flat)  # the same order: bitwise the flat algorithm's result
     else:
         total, node_sums = ordered_sum(inputs, nodes)
-        assert inter == expected_inter_bytes(node_sums, topo.node, topo.local_rank, topo.node_size_min)
-        assert intra == expected_intra_bytes(inputs, total, nodes, topo.node, topo.local_rank, topo.node_size_min)
+        expected = (expected_intra_bytes(inputs, total, nodes, topo.node, topo.local_rank, topo.node_size_min),
+                    expected_inter_bytes(node_sums, topo.node, topo.local_rank, topo.node_size_min))
+        # compared on every rank at once: a rank that failed alone would leave the others in the Split below
+        assert world.allgather((intra, inter)) == world.allgather(expected)
         if density <= 0.02 and n > 1000:  # sparse data: the node's steps send far less than the dense ones did
             node_comm = world.Split(topo.node, rank)
             assert node_comm.allreduce(intra) <= 2 * (topo.local_size - 1) * n * vals.itemsize / 4

@@ -119,6 +119,9 @@ def test_dense_input_and_cancellation(dtype):
     assert drop_in.last_info.algorithm == NAME
     np.testing.assert_array_equal(out, result)
     assert everyone_holds_the_same(out)
+    topo = engine_state(world).topology
+    if size > 1 and topo.node_size_max > 1:  # the drop-in's dense input: its non-zeros cross within the node
+        check_node_bytes(drop_in.last_info, world.allgather(x), world)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -173,10 +176,29 @@ def expected_inter_bytes(node_sums: list[np.ndarray], node: int, local_rank: int
     return total
 
 
-def expected_intra_bytes(inputs: list[np.ndarray], total: np.ndarray, nodes: list[list[int]], node: int,
-                         local_rank: int, S: int) -> int:
-    """The header's formula for the bytes this rank sends within its node: step 1 its input's entries in each
-    other owner's shard, step 3 (owners) the packed reduced shard to every other rank of the node."""
+def reduced_entries(node_sums: list[np.ndarray], total: np.ndarray, start: int, length: int) -> int:
+    """Entries of the reduced shard [start, start + length) that its owner packs in step 3: at one node the
+    node sum's non-zeros; else per block of split_allgather the union of the node sums' non-zeros, or the
+    block's non-zeros where that union makes it dense (a sum that cancelled across nodes is an entry only in a
+    sparse block)."""
+    shard = total[start:start + length]
+    if len(node_sums) == 1:
+        return int((shard != 0).sum())
+    union = np.logical_or.reduce([s[start:start + length] != 0 for s in node_sums])
+    entries = 0
+    for m in range(len(node_sums)):
+        b_start, b_len = block_range(length, len(node_sums), m)
+        u = int(union[b_start:b_start + b_len].sum())
+        dense = u * (4 + total.itemsize) >= b_len * total.itemsize and b_len > 0
+        entries += int((shard[b_start:b_start + b_len] != 0).sum()) if dense else u
+    return entries
+
+
+def expected_intra_bytes(inputs: list[np.ndarray], node_sums: list[np.ndarray], total: np.ndarray,
+                         nodes: list[list[int]], node: int, local_rank: int, S: int) -> int:
+    """The header's formula for the bytes this rank sends within its node: step 1 its input's entries (here
+    its non-zeros) in each other owner's shard, step 3 (owners) the packed reduced shard to every other rank
+    of the node."""
     n, vb = total.size, total.itemsize
     mine = inputs[nodes[node][local_rank]] != 0
     sent = 0
@@ -186,9 +208,22 @@ def expected_intra_bytes(inputs: list[np.ndarray], total: np.ndarray, nodes: lis
             sent += wire(int(mine[start:start + length].sum()), length, 4, vb)
     if local_rank < S:
         start, length = block_range(n, S, local_rank)
-        if length:  # the test's values never cancel: the reduced entries are the sum's non-zeros
-            sent += (len(nodes[node]) - 1) * wire(int((total[start:start + length] != 0).sum()), length, 4, vb)
+        if length:
+            sent += (len(nodes[node]) - 1) * wire(reduced_entries(node_sums, total, start, length), length, 4, vb)
     return sent
+
+
+def check_node_bytes(info, inputs: list[np.ndarray], comm: MPI.Intracomm) -> None:
+    """intra and inter bytes against the header's formulas, on every rank at once (a rank that failed alone
+    would leave the others in the next collective)."""
+    topo = engine_state(comm).topology
+    intra, inter = info.node_bytes
+    nodes = node_layout(comm)
+    total, node_sums = ordered_sum(inputs, nodes)
+    expected = (expected_intra_bytes(inputs, node_sums, total, nodes, topo.node, topo.local_rank,
+                                     topo.node_size_min),
+                expected_inter_bytes(node_sums, topo.node, topo.local_rank, topo.node_size_min))
+    assert comm.allgather((intra, inter)) == comm.allgather(expected)
 
 
 @pytest.mark.parametrize("ranks_per_node", sorted({1, 2, 3, size}))
@@ -202,7 +237,6 @@ def test_bytes_crossing_nodes_are_the_headers_formula(ranks_per_node, n, density
     result, info = check_exact(idx, vals, n, comm.mpi_comm)
     intra, inter = info.node_bytes
     assert intra + inter == info.bytes_sent
-    nodes = node_layout(comm.mpi_comm)
     inputs = world.allgather(dense_of(idx, vals, n))
     if size == 1:
         assert info.node_bytes == (0, 0)
@@ -212,11 +246,7 @@ def test_bytes_crossing_nodes_are_the_headers_formula(ranks_per_node, n, density
         flat, _ = run(idx, vals, n, comm.mpi_comm, "split_allgather")
         np.testing.assert_array_equal(result, flat)  # the same order: bitwise the flat algorithm's result
     else:
-        total, node_sums = ordered_sum(inputs, nodes)
-        expected = (expected_intra_bytes(inputs, total, nodes, topo.node, topo.local_rank, topo.node_size_min),
-                    expected_inter_bytes(node_sums, topo.node, topo.local_rank, topo.node_size_min))
-        # compared on every rank at once: a rank that failed alone would leave the others in the Split below
-        assert world.allgather((intra, inter)) == world.allgather(expected)
+        check_node_bytes(info, inputs, comm.mpi_comm)
         if density <= 0.02 and n > 1000:  # sparse data: the node's steps send far less than the dense ones did
             node_comm = world.Split(topo.node, rank)
             assert node_comm.allreduce(intra) <= 2 * (topo.local_size - 1) * n * vals.itemsize / 4

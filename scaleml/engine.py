@@ -489,7 +489,7 @@ def _prior(predicted: dict[str, float], model: Callable[[float], dict[str, float
 UNSIGNED_ZEROS = frozenset({a.name for a in algorithms.REGISTRY.values() if "dense" not in a.input_forms}
                            | {"hierarchical_sparse"})
 """Algorithms whose sum of -0.0 everywhere is +0.0: the sparse ones, and ``hierarchical_sparse``, which takes
-dense input but scans each node's sum for its non-zeros before it crosses nodes (-0.0 is none)."""
+dense input but sends only its non-zeros and keeps only each node sum's non-zeros (-0.0 is none)."""
 
 _FAMILIES = {a.name: (a.exact, "dense" in a.input_forms) for a in algorithms.REGISTRY.values()}
 """Algorithms whose model errs alike (exact or lossy, dense or sparse input): a measured one corrects the

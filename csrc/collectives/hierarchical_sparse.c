@@ -111,7 +111,6 @@
 #include "collectives/collectives.h"
 #include "collectives/comm_util.h"
 #include "collectives/registry.h"
-#include "core/dense_scan.h"
 
 static uint64_t min_u64(uint64_t a, uint64_t b)
 {

@@ -39,7 +39,9 @@ The rules of a choice (:meth:`ClassStats.choose`), per size class and density
   ``EXPLORE_LIMIT`` calls, each estimated at most 1.5x the best measured call.
 * **Cold calls**: the first call of an algorithm in a class pays one-time
   costs (MPI's connections, first-touch memory). Its sample is replaced by
-  the second one, and the baseline runs :data:`BASELINE_RUNS` times before
+  the second one, and the incumbent runs a second time before anything is
+  compared with it or explored (an algorithm first-touching megabytes of
+  buffers once lost its place to one 1.5x slower warm on that one call), and the baseline runs :data:`BASELINE_RUNS` times before
   anything is compared with it (its second call spends one call of the
   exploration budget); one cold sample of MPI once made ``auto`` keep an
   algorithm that measured 4x slower than MPI.
@@ -257,6 +259,9 @@ class ClassStats:
             choice = min(viable, key=est.__getitem__)
             self.incumbent[bucket] = choice
             return choice
+        incumbent = self.incumbent.get(bucket)
+        if incumbent in measured and self.runs(incumbent) == 1:
+            return incumbent  # its one sample is its cold first call: no evidence against it until a warm one
         best_measured = min(measured, key=est.__getitem__)
         if untried and self.explored.get(bucket, 0) < EXPLORE_LIMIT:
             candidate = min(untried, key=est.__getitem__)
@@ -264,7 +269,6 @@ class ClassStats:
                 self.explored[bucket] = self.explored.get(bucket, 0) + 1
                 self.exploring = True
                 return candidate  # one call to measure it; the incumbent stays until it is beaten
-        incumbent = self.incumbent.get(bucket)
         if incumbent in measured and est[best_measured] >= SWITCH_MARGIN * est[incumbent]:
             return incumbent
         self.incumbent[bucket] = best_measured

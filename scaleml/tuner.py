@@ -41,8 +41,9 @@ The rules of a choice (:meth:`ClassStats.choose`), per size class and density
   costs (MPI's connections, first-touch memory). Its sample is replaced by
   the second one, and the incumbent runs a second time before anything is
   compared with it or explored (an algorithm first-touching megabytes of
-  buffers once lost its place to one 1.5x slower warm on that one call), and the baseline runs :data:`BASELINE_RUNS` times before
-  anything is compared with it (its second call spends one call of the
+  buffers once lost its place to one 1.5x slower warm on that one call), and
+  the baseline runs :data:`BASELINE_RUNS` times before anything is compared
+  with it (its second call spends one call of the
   exploration budget); one cold sample of MPI once made ``auto`` keep an
   algorithm that measured 4x slower than MPI.
 * **Hysteresis**: the algorithm in use (the incumbent) is replaced by another

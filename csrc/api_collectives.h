@@ -32,6 +32,8 @@ typedef struct {
     unsigned value_formats;    /* SCALEML_FORMAT_* */
     int exact;                 /* 1: lossless */
     unsigned codecs;           /* bit (1 << SCALEML_CODEC_*) of every value format it takes (NONE: exact values) */
+    int unsigned_zeros;        /* 1: a zero sum comes out +0.0 even where every rank holds -0.0 (it keeps
+                                * non-zeros only: no entry for -0.0); 0: zeros signed as MPI signs them */
 } scaleml_algorithm_info;
 
 /* What a prediction depends on (all agreed between ranks). */

@@ -48,6 +48,9 @@ class Algorithm:
     codecs: frozenset[str]
     """Value formats it takes (names of :data:`CODECS`): ``"exact"``, the :data:`ELEMENTWISE` formats of
     ``compression=``, or ``"adaptive"`` (the row blocks of :func:`scaleml.adaptive_allreduce`)."""
+    unsigned_zeros: bool
+    """Its zero sums come out +0.0 even where every rank holds -0.0 (it keeps non-zeros only), where MPI gives
+    -0.0."""
 
     def takes(self, kind: int) -> bool:
         """Whether it runs on values in the format of ``SCALEML_CODEC_*`` ``kind`` (the C engine refuses others)."""
@@ -81,7 +84,8 @@ def _load() -> dict[str, Algorithm]:
             result_forms=frozenset(f for f, bit in _FORMS.items() if info.result_forms & bit),
             value_dtypes=tuple(dt for dt, bit in _FORMATS.items() if info.value_formats & bit),
             exact=bool(info.exact),
-            codecs=frozenset(name for name, kind in CODECS.items() if info.codecs & (1 << kind)))
+            codecs=frozenset(name for name, kind in CODECS.items() if info.codecs & (1 << kind)),
+            unsigned_zeros=bool(info.unsigned_zeros))
         table[entry.name] = entry
     return table
 

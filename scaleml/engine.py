@@ -486,11 +486,6 @@ def _prior(predicted: dict[str, float], model: Callable[[float], dict[str, float
     return None if factor is None else model(factor)
 
 
-UNSIGNED_ZEROS = frozenset({a.name for a in algorithms.REGISTRY.values() if "dense" not in a.input_forms}
-                           | {"hierarchical_sparse"})
-"""Algorithms whose sum of -0.0 everywhere is +0.0: the sparse ones, and ``hierarchical_sparse``, which takes
-dense input but sends only its non-zeros and keeps only each node sum's non-zeros (-0.0 is none)."""
-
 _FAMILIES = {a.name: (a.exact, "dense" in a.input_forms) for a in algorithms.REGISTRY.values()}
 """Algorithms whose model errs alike (exact or lossy, dense or sparse input): a measured one corrects the
 estimates of its untried relatives (:meth:`scaleml.tuner.ClassStats.choose`)."""
@@ -604,7 +599,7 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
     if chosen == "dense":  # exact, as MPI sums (error-feedback residuals stay as they are)
         fmt, residuals = None, (None, None)
     if chosen != "dense" and fmt is None and call.mpi_allreduce is not None and agreement.negative_zero_everywhere \
-            and chosen in UNSIGNED_ZEROS:
+            and algorithms.REGISTRY[chosen].unsigned_zeros:
         # Exact zeros as MPI signs them (-0.0 where every rank holds -0.0): a sparse algorithm holds no entry
         # for -0.0. MPI this call, and an MPI period for the class (auto); decided from agreed values only.
         if not code:

@@ -127,8 +127,8 @@ def test_dense_input_and_cancellation(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_explicit_zero_entries_add_nothing_and_come_out_unsigned(dtype):
     """Sparse input that names zeros of either sign (every rank -0.0 at some indices): exact, and on nodes of
-    several ranks every zero of the result is +0.0 (engine.UNSIGNED_ZEROS: each node sum keeps its non-zeros
-    only), one node included. At one rank per node the flat split_allgather keeps a -0.0 every rank names."""
+    several ranks every zero of the result is +0.0 (the registry's unsigned_zeros: each node sum keeps its
+    non-zeros only), one node included. At one rank per node the flat split_allgather keeps a -0.0 every rank names."""
     n = 2003
     x = dense_of(*sparse_data(n, 0.3, "overlap", dtype, world, seed=31), n)
     named = np.zeros(n, bool)

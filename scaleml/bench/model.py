@@ -172,7 +172,7 @@ def node_lossy_table(args: argparse.Namespace, params: cost_model.CostParams, fo
     print(f"\n# lossy formats on nodes of {L} ranks: predicted time (ms) and bytes sent across node boundaries "
           f"per rank (MB); {HIERARCHICAL_LOSSY} sums exactly within the node and compresses only across")
     print(f"{'ranks':>6} {'nodes':>6} {'count':>11} {'format':>9} "
-          + " ".join(f"{a + '(ms)':>{len(a) + 4}} {'MB':>6}" for a in (*FLAT_LOSSY, HIERARCHICAL_LOSSY))
+          + _time_and_bytes_header((*FLAT_LOSSY, HIERARCHICAL_LOSSY))
           + f" {'speedup':>8}")
     rows = []
     for P in args.ranks:
@@ -196,8 +196,8 @@ def node_lossy_table(args: argparse.Namespace, params: cost_model.CostParams, fo
                              **{f"{a}_s": pred[a] for a in (*FLAT_LOSSY, HIERARCHICAL_LOSSY)},
                              **{f"{a}_inter_node_bytes_per_rank": sent_by[a] for a in sent_by}})
                 print(f"{P:>6d} {N:>6d} {n:>11d} {spec:>9} "
-                      + " ".join(f"{pred[a] * 1e3:>{len(a) + 4}.2f} {_mb(sent_by[a]):>6}"
-                                 for a in (*FLAT_LOSSY, HIERARCHICAL_LOSSY)) + f" {speedup:>8.2f}")
+                      + _time_and_bytes_cells(pred, sent_by, (*FLAT_LOSSY, HIERARCHICAL_LOSSY))
+                      + f" {speedup:>8.2f}")
     return rows
 
 
@@ -217,7 +217,7 @@ def node_sparse_table(args: argparse.Namespace, params: cost_model.CostParams, i
           f"rank (MB); {HIERARCHICAL_SPARSE} sums the entries sparsely within the node and sends each node's "
           "non-zeros across")
     print(f"{'ranks':>6} {'nodes':>6} {'count':>11} {'density':>8} "
-          + " ".join(f"{a + '(ms)':>{len(a) + 4}} {'MB':>6}" for a in (*others, HIERARCHICAL_SPARSE))
+          + _time_and_bytes_header((*others, HIERARCHICAL_SPARSE))
           + f" {'best other':>18} {'speedup':>8}")
     rows = []
     for P in args.ranks:
@@ -249,8 +249,8 @@ def node_sparse_table(args: argparse.Namespace, params: cost_model.CostParams, i
                              **{f"{a}_s": pred[a] for a in (*others, HIERARCHICAL_SPARSE)},
                              **{f"{a}_inter_node_bytes_per_rank": sent_by[a] for a in sent_by}})
                 print(f"{P:>6d} {N:>6d} {n:>11d} {density:>8.0e} "
-                      + " ".join(f"{pred[a] * 1e3:>{len(a) + 4}.2f} {_mb(sent_by[a]):>6}"
-                                 for a in (*others, HIERARCHICAL_SPARSE)) + f" {best:>18} {speedup:>8.2f}")
+                      + _time_and_bytes_cells(pred, sent_by, (*others, HIERARCHICAL_SPARSE))
+                      + f" {best:>18} {speedup:>8.2f}")
     return rows
 
 
@@ -262,7 +262,7 @@ def lossy_table(args: argparse.Namespace, params: cost_model.CostParams, formats
     print(f"\n# lossy formats, dense data: predicted time (ms) and bytes sent per rank (MB = 1e6 B); "
           f"{ALLGATHER} = every rank receives the P-1 compressed vectors of the others")
     print(f"{'ranks':>6} {'count':>11} {'format':>9} {'q(B)':>6} "
-          + " ".join(f"{a + '(ms)':>{len(a) + 4}} {'MB':>6}" for a in columns) + f"  {'best':>16} {'speedup':>8}")
+          + _time_and_bytes_header(columns) + f"  {'best':>16} {'speedup':>8}")
     rows = []
     for P in args.ranks:
         for n in args.n:
@@ -283,9 +283,19 @@ def lossy_table(args: argparse.Namespace, params: cost_model.CostParams, formats
                              "speedup_vs_dense": speedup, **{f"{a}_s": times[a] for a in columns},
                              **{f"{a}_bytes_per_rank": sent_by[a] for a in columns}})
                 print(f"{P:>6d} {n:>11d} {spec:>9} {q:>6.3f} "
-                      + " ".join(f"{times[a] * 1e3:>{len(a) + 4}.2f} {_mb(sent_by[a]):>6}" for a in columns)
+                      + _time_and_bytes_cells(times, sent_by, columns)
                       + f"  {best:>16} {speedup:>8.2f}")
     return rows
+
+
+def _time_and_bytes_header(names: tuple[str, ...]) -> str:
+    """The heads of a (predicted ms, MB sent) column pair per algorithm, each as wide as the name."""
+    return " ".join(f"{a + '(ms)':>{len(a) + 4}} {'MB':>6}" for a in names)
+
+
+def _time_and_bytes_cells(seconds: dict[str, float], sent: dict[str, float], names: tuple[str, ...]) -> str:
+    """The (predicted ms, MB sent) cells of each algorithm, under :func:`_time_and_bytes_header`."""
+    return " ".join(f"{seconds[a] * 1e3:>{len(a) + 4}.2f} {_mb(sent[a]):>6}" for a in names)
 
 
 def _mb(nbytes: float) -> str:

@@ -231,6 +231,10 @@ uint64_t scaleml_count_nonzeros_signed(const void *values, uint64_t n, int value
 int scaleml_all_finite(const void *values, uint64_t n, int value_bytes);
 uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes,
                                   void *indices, void *out_values, uint64_t capacity);
+/* Both in one pass: returns the non-zeros, *negative_zeros the -0.0 values, and writes the first
+ * non-zeros (at most capacity; *extracted of them, all of them when *extracted equals the count). */
+uint64_t scaleml_scan_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes, void *indices,
+                               void *out_values, uint64_t capacity, uint64_t *negative_zeros, uint64_t *extracted);
 
 /* Seconds per byte of input that merging two sparse float32 vectors of nnz
  * entries each (half the indices shared) takes here: gamma of the cost model. */

@@ -12,8 +12,18 @@ from mpi4py import MPI
 from . import _device, _log, algorithms, config, nonblocking
 from ._dlpack import DL_HOST, host_view
 from ._native import ffi, lib
-from .dense_scan import count_nonzeros_signed
-from .engine import AllreduceInfo, Call, EngineState, LocalError, agree, as_local_error, collective, engine_state
+from .dense_scan import scan_nonzeros
+from .engine import (
+    AllreduceInfo,
+    Call,
+    EngineState,
+    LocalError,
+    agree,
+    as_local_error,
+    collective,
+    engine_state,
+    index_dtype,
+)
 from .errors import BufferLayoutError, DeviceError
 from .nonblocking import IallreduceRoutes, MPIRequest, Request, channel
 from .value_format import value_format
@@ -27,6 +37,9 @@ except ImportError:  # below 3.11, or built without mpi4py's headers: mpi4py's c
 # Calls at the end of an MPI period whose times are reported at the next check (timing every call costs more).
 _TIMED_CALLS = 8
 _SUM, _IN_PLACE = MPI.SUM, MPI.IN_PLACE  # module constants: read on every call of the fast paths
+# The engine's scan stores up to n / _SPARSE_SHARE non-zeros as it counts them (a sparse algorithm then needs no
+# second pass); after an input with more, n / _DENSE_SHARE (dense data: the stores are wasted).
+_SPARSE_SHARE, _DENSE_SHARE = 16, 256
 
 # mpi4py Datatypes are not hashable: a list of pairs.
 _FLOAT_TYPES = [(MPI.FLOAT, np.dtype(np.float32)), (MPI.DOUBLE, np.dtype(np.float64))]
@@ -327,6 +340,8 @@ class Comm(MPI.Intracomm):
         self._mpi_fast: dict[int, Any] = {}
         """count -> the tuner's statistics of the last class of that count (``stats.dtype`` says its dtype):
         the fast path's one int-keyed lookup."""
+        self._scan_capacity: dict[int, int] = {}
+        """count -> how many non-zeros the next engine call's scan stores (see _engine_allreduce)."""
         self._iallreduce_routes: dict[tuple[int, np.dtype], IallreduceRoutes] = {}
         self._iallreduce_fast: dict[int, IallreduceRoutes] = {}
         """count -> the routes of the last class of that count (``routes.dtype``): the fast path's lookup."""
@@ -846,9 +861,12 @@ class Comm(MPI.Intracomm):
         def prepare(state: EngineState) -> Call:
             _check_op(op)
             send, recv = self._buffers(sendbuf, recvbuf, dtype, n)
-            nnz, negative_zeros = count_nonzeros_signed(send)
+            nnz, negative_zeros, nonzeros = scan_nonzeros(send, self._scan_capacity.get(n, n // _SPARSE_SHARE),
+                                                          index_dtype(n))
+            # Dense data fills the capacity and then only counts: keep those wasted stores few for this size.
+            self._scan_capacity[n] = n // (_SPARSE_SHARE if nnz <= n // _SPARSE_SHARE else _DENSE_SHARE)
             return Call(n, send, requested=self.algorithm, dense_out=recv, fmt=self._format, nnz=nnz,
-                        negative_zero=negative_zeros > 0,
+                        nonzeros=nonzeros, negative_zero=negative_zeros > 0,
                         mpi_allreduce=lambda: self._comm.Allreduce(sendbuf, recvbuf, op))
 
         _, _, self.last_info = collective(self._comm, "Allreduce", prepare,

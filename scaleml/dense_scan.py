@@ -1,5 +1,5 @@
 """The dense scan kernels of the drop-in (``csrc/core/dense_scan.c``): count and extract the non-zeros of a
-dense float vector in one C pass each."""
+dense float vector in one C pass each, or both in one pass."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from ._native import ffi, lib
 
-__all__ = ["count_nonzeros", "count_nonzeros_signed", "extract_nonzeros"]
+__all__ = ["count_nonzeros", "count_nonzeros_signed", "extract_nonzeros", "scan_nonzeros"]
 
 
 def count_nonzeros(x: np.ndarray) -> int:
@@ -33,3 +33,35 @@ def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.n
                                          ffi.from_buffer(idx, require_writable=True),
                                          ffi.from_buffer(vals, require_writable=True), nnz)
     return idx[:found], vals[:found]
+
+
+def scan_nonzeros(x: np.ndarray, capacity: int, idx_dtype: np.dtype
+                  ) -> tuple[int, int, tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`count_nonzeros_signed` and, where they fit, :func:`extract_nonzeros`, in one C pass.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Contiguous float32/float64 vector.
+    capacity : int
+        The most non-zeros to store (the scan stores no more, and counts on).
+    idx_dtype : numpy.dtype
+        uint32 or uint64: the positions' type.
+
+    Returns
+    -------
+    (int, int, tuple or None)
+        The non-zeros, the -0.0 values, and (positions, values) of all the
+        non-zeros, or None where they did not all fit in ``capacity``.
+    """
+    capacity = max(int(capacity), 0)
+    idx = np.empty(capacity, idx_dtype)
+    vals = np.empty(capacity, x.dtype)
+    negative_zeros = ffi.new("uint64_t *")
+    extracted = ffi.new("uint64_t *")
+    nnz = int(lib.scaleml_scan_nonzeros(ffi.from_buffer(x), x.size, x.itemsize, idx.itemsize,
+                                        ffi.from_buffer(idx, require_writable=True),
+                                        ffi.from_buffer(vals, require_writable=True), capacity, negative_zeros,
+                                        extracted))
+    complete = int(extracted[0]) == nnz
+    return nnz, int(negative_zeros[0]), (idx[:nnz], vals[:nnz]) if complete else None

@@ -414,6 +414,9 @@ class Call:
     nnz: int | None = None
     """The agreement's count field: the non-zeros of a dense input (extracted for the algorithms that take
     only sparse input); default the entries this rank sends."""
+    nonzeros: tuple[np.ndarray, np.ndarray] | None = None
+    """(positions, values) of a dense input's ``nnz`` non-zeros where the preparation's scan stored them
+    (the drop-in's, in the pass that counts them); else they are extracted where an algorithm needs them."""
     class_key: tuple = ()
     """What else separates the tuner's size classes (the format's fingerprint, the result form)."""
     mpi_allreduce: Callable[[], None] | None = None
@@ -655,7 +658,8 @@ def run_algorithm(private: MPI.Intracomm, call: Call, chosen: str, agreement: Ag
     nnz_max, nnz_sum = agreement.nnz_max, agreement.nnz_sum
     idx = call.indices
     if idx is None and "dense" not in algorithms.REGISTRY[chosen].input_forms:  # the drop-in's dense input
-        idx, vals = extract_nonzeros(vals, call.nnz if call.nnz is not None else n, index_dtype(n))
+        idx, vals = call.nonzeros if call.nonzeros is not None else \
+            extract_nonzeros(vals, call.nnz if call.nnz is not None else n, index_dtype(n))
         if tl is not None:
             tl.mark("encode")
     if idx is None:  # dense input: n values on every rank (the agreed non-zero counts bound nothing here)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scaleml.dense_scan import count_nonzeros, count_nonzeros_signed, extract_nonzeros
+from scaleml.dense_scan import count_nonzeros, count_nonzeros_signed, extract_nonzeros, scan_nonzeros
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -49,3 +49,26 @@ def test_signed_count_separates_negative_zeros(dtype, n):
     assert nnz == count_nonzeros(x) == np.count_nonzero(x)
     assert negative_zeros == int(np.count_nonzero((x == 0) & np.signbit(x)))
     assert count_nonzeros_signed(np.abs(x))[1] == 0  # +0.0 is not a negative zero
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 1000, 4099])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.5, 1.0])
+def test_scan_counts_and_extracts_in_one_pass(dtype, n, density):
+    rng = np.random.default_rng([n, int(density * 100), 1])
+    x = np.where(rng.random(n) < density, rng.standard_normal(n), 0).astype(dtype)
+    x[rng.random(n) < 0.05] = -0.0
+    if n > 40:
+        x[[7, 33, 40]] = [np.nan, -np.inf, np.finfo(dtype).tiny / 2]
+    positions = np.flatnonzero(x)
+    for idx_dtype in (np.dtype(np.uint32), np.dtype(np.uint64)):
+        for capacity in (positions.size, positions.size + 40, max(positions.size - 1, 0), 0):
+            nnz, negative_zeros, nonzeros = scan_nonzeros(x, capacity, idx_dtype)
+            assert (nnz, negative_zeros) == count_nonzeros_signed(x)
+            if capacity < positions.size:
+                assert nonzeros is None
+                continue
+            idx, vals = nonzeros
+            assert idx.dtype == idx_dtype and vals.dtype == dtype
+            np.testing.assert_array_equal(idx, positions)
+            np.testing.assert_array_equal(vals.view(np.uint8), x[positions].view(np.uint8))  # NaN, -Inf alike

@@ -366,6 +366,39 @@ def test_dense_scans(n: int, dtype: type, index_dtype: type) -> None:
     same_at_every_count(run, n)
 
 
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scan_over_threads(n: int, dtype: type) -> None:
+    """scaleml_scan_nonzeros: the same counts at every thread count; the entries it reports as written are
+    the first non-zeros in order, all of them where each thread's share of the capacity holds its part's."""
+    x = data(n, dtype)
+    x[: n // 3] = 0  # the parts hold different counts
+    x[5::11] = -0.0
+    expected = np.flatnonzero(x)
+    negative_expected = int(np.count_nonzero((x == 0) & np.signbit(x)))
+
+    def scan(capacity: int) -> tuple[np.ndarray, ...]:
+        idx = np.zeros(capacity + 1, np.uint64)
+        val = np.zeros(capacity + 1, dtype)
+        negative, extracted = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        nnz = lib.scaleml_scan_nonzeros(ptr(x), n, x.itemsize, 8, ptr(idx), ptr(val), capacity, negative,
+                                        extracted)
+        assert (nnz, negative[0]) == (expected.size, negative_expected)
+        k = extracted[0]
+        assert k <= min(capacity, nnz) and idx[capacity] == 0  # nothing past the capacity
+        np.testing.assert_array_equal(idx[:k], expected[:k])
+        np.testing.assert_array_equal(val[:k], x[expected[:k]])
+        return np.array([nnz, negative[0], k], np.uint64), idx[:k], val[:k]
+
+    same_at_every_count(lambda: scan(expected.size * max(THREAD_COUNTS)), n)  # every share holds its part
+    for threads in THREAD_COUNTS:
+        with num_threads(threads):
+            for capacity in (expected.size, expected.size // 2 + 3, 0):
+                _, idx, _ = scan(capacity)
+                if threads == 1:  # one pass writes up to the capacity
+                    assert idx.size == min(capacity, expected.size)
+
+
 def test_collectives_give_the_same_bits_at_any_thread_count() -> None:
     """quantized_allreduce (QSGD 4-bit, 1-bit, fp16) and topk_allreduce at 2 ranks with 1 and 3 threads per
     rank: the same result bits (the kernels under the collectives split on bucket boundaries)."""

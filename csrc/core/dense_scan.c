@@ -1,10 +1,12 @@
 /*
  * Scanning a dense vector for its non-zeros: what scaleml.Comm.Allreduce does
- * before it can use a sparse algorithm. Two passes over n values: a branch-free
- * count (vectorizes), then an extraction into exactly sized index and value
- * arrays. NaN counts as a non-zero (it must reach the sum, as in MPI); -0.0
- * does not (it adds nothing to a non-zero). The count can also tell the -0.0
- * values apart, in the same pass: a sum of -0.0 on every rank is -0.0 in MPI,
+ * before it can use a sparse algorithm. One pass over n values counts them and
+ * stores the first ones into index and value arrays of a given capacity
+ * (scaleml_scan_nonzeros); where they did not fit, a branch-free count
+ * (vectorizes) and an extraction into exactly sized arrays. NaN counts as a
+ * non-zero (it must reach the sum, as in MPI); -0.0 does not (it adds nothing
+ * to a non-zero). The count can also tell the -0.0 values apart, in the same
+ * pass: a sum of -0.0 on every rank is -0.0 in MPI,
  * where a sparse algorithm, which holds no entry for them, gives +0.0
  * (scaleml.Comm then lets MPI_Allreduce run; see comm.py).
  */
@@ -56,49 +58,70 @@ DEFINE_COUNT(double, f64)
 DEFINE_COUNT_SIGNED(f32, uint32_t, uint32_t, 32)
 DEFINE_COUNT_SIGNED(f64, uint64_t, uint64_t, 64)
 
-/* Blocks of 32 values are first tested as a whole (a vectorized compare-or),
- * so the mostly-zero blocks of a sparse gradient cost no branch per value;
- * blocks with non-zeros are compacted without branches while the output has
- * room for a whole block. */
+/* The scan of one part: two bit masks per block of 32 values (non-zero and
+ * -0.0; a vectorized compare), the counts from their popcounts, and the first
+ * `cap` non-zeros stored at positions offset + i. A block's non-zeros are
+ * stored by walking its mask's set bits (a sparse gradient's block holds one
+ * or two), or, where more than 8 are set and the output has room for the
+ * whole block, by 32 branch-free stores that advance past non-zeros only.
+ * `count_all` 0: return at `cap` stored (the counts are then partial). */
 #define SCAN_BLOCK 32
-#define DEFINE_SCAN(SUFFIX, VT, IT, W)                                                       \
-    static uint64_t extract_##SUFFIX(const VT *x, uint64_t n, uint64_t offset, IT *idx, VT *val,  \
-                                     uint64_t cap)                                            \
+#define SCAN_DENSE_BLOCK 8
+#define DEFINE_SCAN(SUFFIX, UT, IT, W)                                                       \
+    /* the masks of `len` values; inlined with len 32 in the main loop, where the compares vectorize */ \
+    static inline __attribute__((always_inline)) void masks_##SUFFIX(const unsigned char *x, int len, \
+                                                                     uint32_t *nonzero, uint32_t *negzero) \
     {                                                                                        \
-        uint64_t k = 0, i = 0;                                                               \
-        for (; i + SCAN_BLOCK <= n; i += SCAN_BLOCK) {                                       \
-            int any = 0;                                                                     \
-            for (int j = 0; j < SCAN_BLOCK; j++) any |= arith_sparse_nonzero_##W(x[i + j]);                     \
-            if (!any) continue;                                                              \
-            if (k + SCAN_BLOCK <= cap) {                                                     \
-                /* branch-free: always store, advance only past non-zeros */                 \
+        uint32_t m = 0, z = 0;                                                               \
+        for (int j = 0; j < len; j++) {                                                      \
+            UT bits;                                                                         \
+            memcpy(&bits, x + (uint64_t)j * sizeof bits, sizeof bits);                       \
+            m |= (uint32_t)arith_sparse_nonzero_bits##W(bits) << j;                          \
+            z |= (uint32_t)arith_sparse_negzero_bits##W(bits) << j;                          \
+        }                                                                                    \
+        *nonzero = m;                                                                        \
+        *negzero = z;                                                                        \
+    }                                                                                        \
+    static inline __attribute__((always_inline)) uint64_t scan_##SUFFIX(                     \
+        const unsigned char *x, uint64_t n, uint64_t offset, IT *idx, UT *val, uint64_t cap, int count_all, \
+        uint64_t *stored, uint64_t *negative_zeros)                                          \
+    {                                                                                        \
+        uint64_t k = 0, count = 0, negative = 0;                                             \
+        for (uint64_t i = 0; i < n; i += SCAN_BLOCK) {                                       \
+            uint32_t m, z;                                                                   \
+            int full = n - i >= SCAN_BLOCK;                                                  \
+            if (full)                                                                        \
+                masks_##SUFFIX(x + i * sizeof(UT), SCAN_BLOCK, &m, &z);                      \
+            else                                                                             \
+                masks_##SUFFIX(x + i * sizeof(UT), (int)(n - i), &m, &z);                    \
+            negative += (uint64_t)__builtin_popcount(z);                                     \
+            if (!m) continue;                                                                \
+            int c = __builtin_popcount(m);                                                   \
+            count += (uint64_t)c;                                                            \
+            if (full && c > SCAN_DENSE_BLOCK && k + SCAN_BLOCK <= cap) {                     \
                 for (int j = 0; j < SCAN_BLOCK; j++) {                                       \
-                    idx[k] = (IT)(offset + i + j);                                                    \
-                    val[k] = x[i + j];                                                       \
-                    k += arith_sparse_nonzero_##W(x[i + j]);                                                    \
+                    idx[k] = (IT)(offset + i + (uint64_t)j);                                 \
+                    memcpy(val + k, x + (i + (uint64_t)j) * sizeof(UT), sizeof(UT));         \
+                    k += (m >> j) & 1u;                                                      \
                 }                                                                            \
                 continue;                                                                    \
             }                                                                                \
-            for (int j = 0; j < SCAN_BLOCK; j++)                                             \
-                if (arith_sparse_nonzero_##W(x[i + j])) {                                                         \
-                    if (k == cap) return k;                                                  \
-                    idx[k] = (IT)(offset + i + j);                                                    \
-                    val[k++] = x[i + j];                                                     \
-                }                                                                            \
-        }                                                                                    \
-        for (; i < n; i++)                                                                   \
-            if (arith_sparse_nonzero_##W(x[i])) {                                                                 \
-                if (k == cap) return k;                                                      \
-                idx[k] = (IT)(offset + i);                                                              \
-                val[k++] = x[i];                                                             \
+            for (; m && k < cap; m &= m - 1, k++) {                                          \
+                int j = __builtin_ctz(m);                                                    \
+                idx[k] = (IT)(offset + i + (uint64_t)j);                                     \
+                memcpy(val + k, x + (i + (uint64_t)j) * sizeof(UT), sizeof(UT));             \
             }                                                                                \
-        return k;                                                                            \
+            if (k == cap && !count_all) break;                                               \
+        }                                                                                    \
+        *stored = k;                                                                         \
+        if (negative_zeros) *negative_zeros = negative;                                      \
+        return count;                                                                        \
     }
 
-DEFINE_SCAN(f32_u32, float, uint32_t, f32)
-DEFINE_SCAN(f64_u32, double, uint32_t, f64)
-DEFINE_SCAN(f32_u64, float, uint64_t, f32)
-DEFINE_SCAN(f64_u64, double, uint64_t, f64)
+DEFINE_SCAN(f32_u32, uint32_t, uint32_t, 32)
+DEFINE_SCAN(f64_u32, uint64_t, uint32_t, 64)
+DEFINE_SCAN(f32_u64, uint32_t, uint64_t, 32)
+DEFINE_SCAN(f64_u64, uint64_t, uint64_t, 64)
 
 /* Counts over threads: each thread counts its part, the integer sums do not depend on the split. */
 static uint64_t count_part(const void *values, uint64_t n, int value_bytes)
@@ -139,14 +162,26 @@ uint64_t scaleml_count_nonzeros_signed(const void *values, uint64_t n, int value
     return count;
 }
 
+/* scan_* of one part, by value and index width; returns the non-zeros counted, *stored those written. */
+SCALEML_CLONES static uint64_t scan_part(const void *values, uint64_t n, uint64_t offset, int value_bytes,
+                                         int index_bytes, void *indices, void *out_values, uint64_t capacity,
+                                         int count_all, uint64_t *stored, uint64_t *negative_zeros)
+{
+    if (index_bytes == 4)
+        return value_bytes == 4
+                   ? scan_f32_u32(values, n, offset, indices, out_values, capacity, count_all, stored, negative_zeros)
+                   : scan_f64_u32(values, n, offset, indices, out_values, capacity, count_all, stored, negative_zeros);
+    return value_bytes == 4
+               ? scan_f32_u64(values, n, offset, indices, out_values, capacity, count_all, stored, negative_zeros)
+               : scan_f64_u64(values, n, offset, indices, out_values, capacity, count_all, stored, negative_zeros);
+}
+
 static uint64_t extract_part(const void *values, uint64_t n, uint64_t offset, int value_bytes, int index_bytes,
                              void *indices, void *out_values, uint64_t capacity)
 {
-    if (index_bytes == 4)
-        return value_bytes == 4 ? extract_f32_u32(values, n, offset, indices, out_values, capacity)
-                                : extract_f64_u32(values, n, offset, indices, out_values, capacity);
-    return value_bytes == 4 ? extract_f32_u64(values, n, offset, indices, out_values, capacity)
-                            : extract_f64_u64(values, n, offset, indices, out_values, capacity);
+    uint64_t stored;
+    (void)scan_part(values, n, offset, value_bytes, index_bytes, indices, out_values, capacity, 0, &stored, NULL);
+    return stored;
 }
 
 /* Over threads: each thread counts the non-zeros of its part, then extracts them
@@ -190,6 +225,53 @@ uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_byte
                                   void *indices, void *out_values, uint64_t capacity)
 {
     return dense_extract_nonzeros(values, n, 0, value_bytes, index_bytes, indices, out_values, capacity);
+}
+
+/* Over threads: part t stores at most its share of `capacity` at the slot
+ * where its share starts; the parts' entries are then moved together in
+ * order, up to the first part that had more non-zeros than room (the
+ * entries written are always the first ones, as one pass writes them). */
+uint64_t scaleml_scan_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes, void *indices,
+                               void *out_values, uint64_t capacity, uint64_t *negative_zeros, uint64_t *extracted)
+{
+    int threads = threads_for(n, n);
+    if (threads == 1)
+        return scan_part(values, n, 0, value_bytes, index_bytes, indices, out_values, capacity, 1, extracted,
+                         negative_zeros);
+    uint64_t found[threads], stored[threads], zeros[threads];
+    int parts = threads;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num();
+#pragma omp single
+        parts = omp_get_num_threads();
+        uint64_t lo, hi, slot, end;
+        threads_split(n, parts, t, &lo, &hi);
+        threads_split(capacity, parts, t, &slot, &end);
+        found[t] = scan_part((const char *)values + lo * (uint64_t)value_bytes, hi - lo, lo, value_bytes,
+                             index_bytes, (char *)indices + slot * (uint64_t)index_bytes,
+                             (char *)out_values + slot * (uint64_t)value_bytes, end - slot, 1, &stored[t],
+                             &zeros[t]);
+    }
+    uint64_t total = 0, negative = 0, written = 0;
+    int whole = 1;
+    for (int t = 0; t < parts; t++) {
+        uint64_t slot, end;
+        threads_split(capacity, parts, t, &slot, &end);
+        if (whole && written != slot) { /* moves down only: written <= slot */
+            memmove((char *)indices + written * (uint64_t)index_bytes,
+                    (char *)indices + slot * (uint64_t)index_bytes, stored[t] * (uint64_t)index_bytes);
+            memmove((char *)out_values + written * (uint64_t)value_bytes,
+                    (char *)out_values + slot * (uint64_t)value_bytes, stored[t] * (uint64_t)value_bytes);
+        }
+        if (whole) written += stored[t];
+        whole = whole && stored[t] == found[t];
+        total += found[t];
+        negative += zeros[t];
+    }
+    *negative_zeros = negative;
+    *extracted = written;
+    return total;
 }
 
 

@@ -37,9 +37,10 @@ except ImportError:  # below 3.11, or built without mpi4py's headers: mpi4py's c
 # Calls at the end of an MPI period whose times are reported at the next check (timing every call costs more).
 _TIMED_CALLS = 8
 _SUM, _IN_PLACE = MPI.SUM, MPI.IN_PLACE  # module constants: read on every call of the fast paths
-# The engine's scan stores up to n / _SPARSE_SHARE non-zeros as it counts them (a sparse algorithm then needs no
-# second pass); after an input with more, n / _DENSE_SHARE (dense data: the stores are wasted).
-_SPARSE_SHARE, _DENSE_SHARE = 16, 256
+# The engine's scan stores the non-zeros as it counts them (a sparse algorithm then needs no second pass), up to
+# n / _FIRST_SHARE in a count's first call, then n / _SPARSE_SHARE after an input that had at most that many,
+# n / _DENSE_SHARE after one that had more (dense data: the stores are wasted).
+_FIRST_SHARE, _SPARSE_SHARE, _DENSE_SHARE = 16, 4, 256
 
 # mpi4py Datatypes are not hashable: a list of pairs.
 _FLOAT_TYPES = [(MPI.FLOAT, np.dtype(np.float32)), (MPI.DOUBLE, np.dtype(np.float64))]
@@ -861,7 +862,7 @@ class Comm(MPI.Intracomm):
         def prepare(state: EngineState) -> Call:
             _check_op(op)
             send, recv = self._buffers(sendbuf, recvbuf, dtype, n)
-            nnz, negative_zeros, nonzeros = scan_nonzeros(send, self._scan_capacity.get(n, n // _SPARSE_SHARE),
+            nnz, negative_zeros, nonzeros = scan_nonzeros(send, self._scan_capacity.get(n, n // _FIRST_SHARE),
                                                           index_dtype(n))
             # Dense data fills the capacity and then only counts: keep those wasted stores few for this size.
             self._scan_capacity[n] = n // (_SPARSE_SHARE if nnz <= n // _SPARSE_SHARE else _DENSE_SHARE)

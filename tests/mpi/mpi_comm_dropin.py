@@ -171,15 +171,17 @@ def test_forced_algorithm(algorithm):
 
 
 def test_scan_stores_the_nonzeros_a_sparse_algorithm_takes(monkeypatch):
-    """The drop-in's scan stores the non-zeros as it counts them (up to n/16 of them; n/256 after an input
-    with more): a sparse algorithm extracts them again only when they did not fit."""
+    """The drop-in's scan stores the non-zeros as it counts them (up to n/16 in the first call, then n/4
+    after an input with at most that many, n/256 after one with more): a sparse algorithm extracts them again
+    only when they did not fit."""
     extractions = []
     extract = scaleml.engine.extract_nonzeros
     monkeypatch.setattr(scaleml.engine, "extract_nonzeros", lambda *args: extractions.append(1) or extract(*args))
     comm = scaleml.Comm(world, algorithm="split_allgather", min_count=0)
     n = 50_017
     rng = np.random.default_rng([23, rank])
-    for density, extracted in [(0.001, 0), (0.03, 0), (1.0, 1), (0.03, 1), (0.03, 0), (0.2, 1), (0.001, 0)]:
+    for density, extracted in [(0.2, 1), (0.2, 0), (0.001, 0), (1.0, 1), (0.03, 1), (0.2, 0), (0.5, 1),
+                               (0.001, 0)]:
         send = np.where(rng.random(n) < density, rng.standard_normal(n), 0).astype(np.float32)
         out, expected = np.empty_like(send), np.empty_like(send)
         comm.Allreduce(send, out)

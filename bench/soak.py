@@ -144,10 +144,10 @@ class Soak:
                 result = scaleml.adaptive_allreduce(g, comm, state=state, name=f"a{n}_{np.dtype(dtype).name}")
             elif kind == "dropin":
                 out = np.empty(n, dtype)
-                # Below min_count the drop-in is mpi4py itself, whose answer to a bad buffer on one rank is to
-                # raise there and leave the others in MPI_Allreduce: failures are injected where ScaleML decides.
+                # Below min_count a bad buffer joins the others' MPI_Allreduce with NaN at index 0 (as in the
+                # tuner's MPI periods); an empty call has no index 0 to carry it, so its failures go to the engine.
                 min_count = int(self.rng.choice([0, 1000, 4096]))
-                scaleml.Comm(comm, min_count=0 if fail else min_count).Allreduce(dense, out, MPI.SUM)
+                scaleml.Comm(comm, min_count=0 if fail and n == 0 else min_count).Allreduce(dense, out, MPI.SUM)
                 result = out
             else:
                 out = np.empty(n, dtype)

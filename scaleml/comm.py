@@ -45,6 +45,7 @@ _FIRST_SHARE, _SPARSE_SHARE, _DENSE_SHARE = 16, 4, 256
 # mpi4py Datatypes are not hashable: a list of pairs.
 _FLOAT_TYPES = [(MPI.FLOAT, np.dtype(np.float32)), (MPI.DOUBLE, np.dtype(np.float64))]
 _NUMPY_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT32, _FLOAT64 = _NUMPY_FLOATS  # compared by identity on the fast paths (native byte order)
 
 
 class _Unsupported(Exception):
@@ -480,8 +481,9 @@ class Comm(MPI.Intracomm):
         waits for both kinds.
         """
         # Below min_count, and the steady state of a class that MPI won, with plain arrays, in a few attribute
-        # reads: MPI_Iallreduce (what mpi4py's call costs); a buffer mpi4py refuses is this rank's error, which
-        # joins the others' MPI_Iallreduce with NaN at index 0 (see _mpi_iallreduce).
+        # reads: MPI_Iallreduce (what mpi4py's call costs). Below min_count it is mpi4py's own call and request
+        # (MPI.Request.Waitall works on it); in an MPI period a buffer mpi4py refuses is this rank's error,
+        # which joins the others' MPI_Iallreduce with NaN at index 0 (see _mpi_iallreduce).
         if type(recvbuf) is np.ndarray:
             n = recvbuf.size
             if n < self.min_count:
@@ -621,42 +623,36 @@ class Comm(MPI.Intracomm):
         # The steady state of a size class that MPI won, with plain arrays, in a few attribute reads.
         if type(recvbuf) is np.ndarray:
             n = recvbuf.size
-            if n < self.min_count:  # below the engine's threshold: MPI, and nothing else on the way
-                if _log.ON:  # INFO logging or a timeline: the one check of this path
-                    return _log.mpi(self, "below min_count", self._comm.Allreduce, sendbuf, recvbuf, op)
-                if op is _SUM and _allreduce_sum is not None and _allreduce_sum(self._comm, sendbuf, recvbuf) \
-                        is not None:
-                    return None
-                return self._comm.Allreduce(sendbuf, recvbuf, op)
-            stats = self._mpi_fast.get(n)
             dtype = recvbuf.dtype
+            if n < self.min_count:  # below the engine's threshold: MPI, and nothing else on the way
+                if op is _SUM and (dtype is _FLOAT32 or dtype is _FLOAT64):  # a bad buffer joins with NaN
+                    if _log.ON:  # INFO logging or a timeline: the one check of this path
+                        return _log.mpi(self, "below min_count", lambda s, r, o: self._mpi_sum(s, r, n, dtype),
+                                        sendbuf, recvbuf, op)
+                    return self._mpi_sum(sendbuf, recvbuf, n, dtype)
+                if isinstance(op, MPI.Op):  # other ops and dtypes: mpi4py's own call
+                    if _log.ON:
+                        return _log.mpi(self, "below min_count", self._comm.Allreduce, sendbuf, recvbuf, op)
+                    return self._comm.Allreduce(sendbuf, recvbuf, op)
+                # an op that is no MPI.Op: planned below as a SUM, so that this rank joins the others and fails
+            stats = self._mpi_fast.get(n)
             if stats is not None and stats.dtype is dtype and op is _SUM and not _log.ON:
-                if stats.mpi_until - stats.calls > _TIMED_CALLS:
-                    # The tuner's MPI period, untimed, in the fewest steps: MPI_Allreduce from C where the buffers
-                    # are plain, else mpi4py, which checks them (layout, writable, the send buffer's datatype and
-                    # count against the receive buffer's); a buffer it refuses is this rank's error, which joins
-                    # the others' MPI_Allreduce with NaN at index 0 (see _mpi_allreduce).
+                if stats.mpi_until - stats.calls > _TIMED_CALLS:  # the tuner's MPI period, untimed
                     stats.calls += 1
-                    nan_first = None if _allreduce_sum is None else _allreduce_sum(self._comm, sendbuf, recvbuf)
-                    if nan_first is None:
-                        try:
-                            self._comm.Allreduce(sendbuf, recvbuf, op)
-                        except (BufferError, ValueError, TypeError) as exc:
-                            self._join_failed(self._state, self._refused(sendbuf, recvbuf, exc), n, dtype)
-                        first = recvbuf.item(0)
-                        nan_first = first != first
-                    if nan_first:  # NaN at index 0: a rank may have failed
-                        self._agree_on_nan(self._state, recvbuf)
-                    return None
+                    return self._mpi_sum(sendbuf, recvbuf, n, dtype)
         if _device.is_device(_spec_buffer(recvbuf)) or _device.is_device(_spec_buffer(sendbuf)):
             return self._device_allreduce(sendbuf, recvbuf, op)
-        plan = self._plan(sendbuf, recvbuf, op)
-        if plan is None:
+        plan = self._sum_plan(sendbuf, recvbuf, op)
+        if plan is None or plan[1] < self.min_count:
+            if plan is None:
+                mpi_allreduce = self._comm.Allreduce
+            else:  # a float SUM below min_count: a bad buffer joins with NaN, as in an MPI period
+                dtype, n = plan
+                mpi_allreduce = lambda s, r, o: self._mpi_allreduce(None, s, r, o, dtype, n)  # noqa: E731
             if _log.ON:
-                return _log.mpi(self, None, self._comm.Allreduce, sendbuf, recvbuf, op)
-            return self._comm.Allreduce(sendbuf, recvbuf, op)
+                return _log.mpi(self, None, mpi_allreduce, sendbuf, recvbuf, op)
+            return mpi_allreduce(sendbuf, recvbuf, op)
         dtype, n = plan
-        state = self._state
         stats = self._class_stats(n, dtype)
         if n and self.algorithm == "auto":
             stats.dtype = dtype
@@ -664,11 +660,27 @@ class Comm(MPI.Intracomm):
             if stats.calls < stats.mpi_until:  # an MPI period of the tuner: no agreement
                 stats.calls += 1
                 if _log.ON:
-                    return _log.mpi(self, None, lambda s, r, o: self._mpi_allreduce(state, stats, s, r, o, dtype, n),
+                    return _log.mpi(self, None, lambda s, r, o: self._mpi_allreduce(stats, s, r, o, dtype, n),
                                     sendbuf, recvbuf, op, stats=stats)
-                return self._mpi_allreduce(state, stats, sendbuf, recvbuf, op, dtype, n)
+                return self._mpi_allreduce(stats, sendbuf, recvbuf, op, dtype, n)
         self._engine_allreduce(sendbuf, recvbuf, op, dtype, n)
         return None
+
+    def _mpi_sum(self, sendbuf: Any, recvbuf: np.ndarray, n: int, dtype: np.dtype) -> None:
+        """MPI_Allreduce(SUM) of a float32/float64 array with no agreement (the tuner's MPI period, calls below
+        ``min_count``), in the fewest steps: from C where the buffers are plain, else through mpi4py, which
+        checks them (layout, writable, the send buffer's datatype and count against the receive buffer's). A
+        buffer it refuses is this rank's error, which joins the others' MPI_Allreduce with NaN at index 0
+        (see :meth:`_mpi_allreduce`)."""
+        nan_first = None if _allreduce_sum is None else _allreduce_sum(self._comm, sendbuf, recvbuf)
+        if nan_first is None:
+            try:
+                self._comm.Allreduce(sendbuf, recvbuf, _SUM)
+            except (BufferError, ValueError, TypeError) as exc:
+                self._join_failed(self._refused(sendbuf, recvbuf, exc), n, dtype)
+            nan_first = n > 0 and recvbuf.item(0) != recvbuf.item(0)
+        if nan_first:  # NaN at index 0: a rank may have failed
+            self._agree_on_nan(recvbuf)
 
     def _device_allreduce(self, sendbuf: Any, recvbuf: Any, op: Any) -> None:
         """Allreduce of CUDA arrays: the host path on staged copies, so every rank plans alike whatever memory
@@ -727,16 +739,16 @@ class Comm(MPI.Intracomm):
         stats = self._class_stats(n, dtype)
         if n and self.algorithm == "auto" and stats.calls < stats.mpi_until:
             stats.calls += 1
-            self._join_failed(self._state, error, n, dtype)
+            self._join_failed(error, n, dtype)
 
         def prepare(state: EngineState) -> Call:
             raise error
 
         collective(self._comm, "Allreduce", prepare, size_class=(dtype.itemsize, n, self._codec_fingerprint()))
 
-    def _mpi_allreduce(self, state, stats, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype,
-                       n: int) -> None:
-        """MPI won this size class at its last check: MPI_Allreduce with no agreement (see scaleml.tuner).
+    def _mpi_allreduce(self, stats, sendbuf: Any, recvbuf: Any, op: Any, dtype: np.dtype, n: int) -> None:
+        """MPI won this size class at its last check (``stats``: its statistics; None: a call below
+        ``min_count``): MPI_Allreduce with no agreement (see scaleml.tuner).
 
         A rank whose buffers are bad still joins the MPI_Allreduce, with NaN at
         index 0, then raises through the agreement. Every rank's sum then holds
@@ -748,8 +760,8 @@ class Comm(MPI.Intracomm):
             _check_op(op)
             _, recv = self._buffers(sendbuf, recvbuf, dtype, n)
         except LocalError as exc:
-            self._join_failed(state, exc, n, dtype)
-        self._mpi_call(state, stats, sendbuf, recvbuf, op, recv)
+            self._join_failed(exc, n, dtype)
+        self._mpi_call(stats, sendbuf, recvbuf, op, recv)
 
     def _refused(self, sendbuf: Any, recvbuf: np.ndarray, exc: Exception) -> LocalError:
         """The local error of buffers mpi4py refused: :meth:`_buffers`'s own, else mpi4py's exception."""
@@ -759,34 +771,39 @@ class Comm(MPI.Intracomm):
             return error
         return LocalError(6, exc) if isinstance(exc, BufferError) else as_local_error(exc)
 
-    def _join_failed(self, state: EngineState, error: LocalError, n: int, dtype: np.dtype) -> None:
-        """This rank's buffers are bad in an MPI period: join the MPI_Allreduce the others are in (a bad buffer
-        must not leave them waiting) with NaN at index 0, then raise ``error`` through the agreement."""
+    def _join_failed(self, error: LocalError, n: int, dtype: np.dtype) -> None:
+        """This rank's buffers are bad in a call that MPI runs with no agreement: join the MPI_Allreduce the
+        others are in (a bad buffer must not leave them waiting) with NaN at index 0, then raise ``error``
+        through the agreement (at n = 0 there is no index 0 to tell them: this rank raises alone)."""
         # A sum, as theirs is (only a SUM, or an op that is no op at all, is planned for the engine).
         poison = np.zeros(n, dtype)
-        poison[0] = np.nan
+        if n:
+            poison[0] = np.nan
         self._comm.Allreduce(MPI.IN_PLACE, poison, MPI.SUM)
-        agree(state, error, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce",
+        if not n:
+            raise error.exc
+        # The engine state after the sum: made at first use (a collective), it must not pair with their sum.
+        agree(self._state, error, n=n, value_bytes=dtype.itemsize, algorithm=0, out=0, nnz=0, op_name="Allreduce",
               codec=self._codec_fingerprint())
         raise AssertionError("unreachable: the agreement raises this rank's error") from error  # pragma: no cover
 
-    def _mpi_call(self, state, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, recv: np.ndarray) -> None:
-        """MPI_Allreduce in an MPI period, timed on the calls whose times the next check reports; NaN at
-        index 0 of the sum (a rank may have failed) leads every rank into the agreement."""
-        if stats.mpi_until - stats.calls < _TIMED_CALLS:
+    def _mpi_call(self, stats, sendbuf: Any, recvbuf: Any, op: MPI.Op, recv: np.ndarray) -> None:
+        """MPI_Allreduce in an MPI period, timed on the calls whose times the next check reports (``stats``
+        None: below ``min_count``, untimed); NaN at index 0 of the sum (a rank may have failed) leads every
+        rank into the agreement."""
+        if stats is not None and stats.mpi_until - stats.calls < _TIMED_CALLS:
             t0 = time.perf_counter()
             self._comm.Allreduce(sendbuf, recvbuf, op)  # the caller's buffers, on the caller's communicator
             stats.record_mpi(time.perf_counter() - t0)
         else:
             self._comm.Allreduce(sendbuf, recvbuf, op)
-        first = recv.item(0)
-        if first != first:
-            self._agree_on_nan(state, recv)
+        if recv.size and recv.item(0) != recv.item(0):
+            self._agree_on_nan(recv)
 
-    def _agree_on_nan(self, state: EngineState, recv: np.ndarray) -> None:
+    def _agree_on_nan(self, recv: np.ndarray) -> None:
         """The MPI period's check: NaN at index 0 of the sum leads every rank into the agreement (it raises
         where a rank failed; otherwise the NaN was the data's and MPI's result stands)."""
-        agree(state, None, n=recv.size, value_bytes=recv.itemsize, algorithm=0, out=0, nnz=0,
+        agree(self._state, None, n=recv.size, value_bytes=recv.itemsize, algorithm=0, out=0, nnz=0,
               op_name="Allreduce", codec=self._codec_fingerprint())
 
     def _codec_fingerprint(self) -> int:
@@ -827,7 +844,13 @@ class Comm(MPI.Intracomm):
         return _as_array(sbuf, dtype, n, sdispl, writable=False), recv
 
     def _plan(self, sendbuf: Any, recvbuf: Any, op: MPI.Op) -> tuple[np.dtype, int] | None:
-        """(dtype, count) when the engine may take this call, else None.
+        """(dtype, count) when the engine may take this call, else None: a float SUM (:meth:`_sum_plan`) of
+        at least ``min_count`` values."""
+        plan = self._sum_plan(sendbuf, recvbuf, op)
+        return plan if plan is not None and plan[1] >= self.min_count else None
+
+    def _sum_plan(self, sendbuf: Any, recvbuf: Any, op: Any) -> tuple[np.dtype, int] | None:
+        """(dtype, count) of a float32/float64 SUM, whatever its count; None: a call for MPI as a whole.
 
         Decided only from what MPI requires to match across ranks (op, datatype,
         count, IN_PLACE), so every rank makes the same decision. A rank whose
@@ -840,7 +863,7 @@ class Comm(MPI.Intracomm):
         plan = _float_plan(recvbuf)
         if plan is None and sendbuf is not MPI.IN_PLACE:
             plan = _float_plan(sendbuf)
-        return plan if plan is not None and plan[1] >= self.min_count else None
+        return plan
 
     def _mpi_reason(self, sendbuf: Any, recvbuf: Any, op: Any) -> str:
         """Why :meth:`_plan` sent a call to MPI, for the log (``_log.mpi`` asks only when it logs it)."""
@@ -848,9 +871,7 @@ class Comm(MPI.Intracomm):
             return "SCALEML_DISABLE=1"
         if isinstance(op, MPI.Op) and op != MPI.SUM:
             return f"op {_log.op_name(op)} (the engine takes MPI.SUM)"
-        plan = _float_plan(recvbuf)
-        if plan is None and sendbuf is not MPI.IN_PLACE:
-            plan = _float_plan(sendbuf)
+        plan = self._sum_plan(sendbuf, recvbuf, op)
         if plan is None:
             return "not float32/float64 data"
         return f"count {plan[1]} < min_count {self.min_count}"

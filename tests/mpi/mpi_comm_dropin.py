@@ -341,12 +341,23 @@ def test_mpi_period_routes_give_mpis_sum(mpi_route, typecode, in_place):
     np.testing.assert_array_equal(recv, expected)  # the same MPI_Allreduce: bitwise
 
 
-@pytest.mark.parametrize("bad", ["read-only recv", "strided recv", "short send", "float64 send", "strided send"])
-def test_mpi_period_routes_fail_every_rank_on_one_ranks_bad_buffer(mpi_route, bad):
+def _mpi_without_agreement(period: str, n: int) -> scaleml.Comm:
+    """A Comm whose next float32 call of n values MPI runs with no agreement: in the tuner's MPI period (fast
+    path), or below ``min_count``."""
+    if period == "below min_count":
+        return scaleml.Comm(world, min_count=n + 1)
     comm = scaleml.Comm(world, min_count=0)
-    n = 703
     _in_fast_mpi_period(comm, n, "f")
-    send, recv = data_for("f", n), np.zeros(n, np.float32)
+    return comm
+
+
+@pytest.mark.parametrize("period", ["MPI period", "below min_count"])
+@pytest.mark.parametrize("bad", ["read-only recv", "strided recv", "short send", "float64 send", "strided send",
+                                 "bytes recv", "op not an MPI.Op"])
+def test_mpi_period_routes_fail_every_rank_on_one_ranks_bad_buffer(mpi_route, period, bad):
+    n = 703
+    comm = _mpi_without_agreement(period, n)
+    send, recv, op = data_for("f", n), np.zeros(n, np.float32), MPI.SUM
     if rank == size - 1:
         if bad == "read-only recv":
             recv.flags.writeable = False
@@ -358,9 +369,13 @@ def test_mpi_period_routes_fail_every_rank_on_one_ranks_bad_buffer(mpi_route, ba
             send = send.astype(np.float64)
         elif bad == "strided send":
             send = np.repeat(send, 2)[::2]
+        elif bad == "bytes recv":  # not an array: the drop-in's general path, which mpi4py's check would fail
+            recv = [bytes(4 * n), MPI.FLOAT]
+        elif bad == "op not an MPI.Op":
+            op = "sum"
     failed = None
     try:
-        comm.Allreduce(send, recv)
+        comm.Allreduce(send, recv, op)
     except Exception as exc:  # noqa: BLE001 - every rank must fail, whatever the type
         failed = exc
     assert world.allreduce(failed is not None, op=MPI.LAND), f"rank {rank}: {failed!r}"
@@ -381,12 +396,18 @@ def test_below_min_count_routes_are_mpis_allreduce(mpi_route, typecode):
     np.testing.assert_array_equal(recv, expected)
     with pytest.raises(ValueError):  # mpi4py's own check, before any MPI call (made on every rank here)
         comm.Allreduce(send, recv[:-1])
+    empty = np.zeros(0, send.dtype)
+    comm.Allreduce(empty, empty.copy())  # count 0: no index 0 to check
 
 
-def test_mpi_period_nan_in_the_data_is_mpis_result():
-    comm = scaleml.Comm(world, min_count=0)
+@pytest.mark.parametrize("period", ["MPI period", "below min_count"])
+def test_mpi_period_nan_in_the_data_is_mpis_result(period):
     n = 701
-    _class_goes_to_mpi(comm, n, np.float64)
+    if period == "below min_count":
+        comm = scaleml.Comm(world, min_count=n + 1)
+    else:
+        comm = scaleml.Comm(world, min_count=0)
+        _class_goes_to_mpi(comm, n, np.float64)
     send = data_for("d", n)
     if rank == 0:
         send[5] = np.nan

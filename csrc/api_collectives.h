@@ -194,6 +194,9 @@ typedef struct {
     uint64_t inter_bytes;
 } scaleml_hierarchical_wire;
 void scaleml_hierarchical_last_wire(scaleml_hierarchical_wire *out);
+/* The segments the hierarchical algorithms pipeline their three steps over for n values (1 with error
+ * feedback, whose residuals follow the whole shards). */
+uint64_t scaleml_hierarchical_segments(uint64_t n, int value_bytes);
 
 /* What the last `adaptive` run of this thread put on the wire (collectives/adaptive_allreduce.c), all zero
  * until it succeeds: reduce_scatter_bytes + allgather_bytes is its bytes_sent. */

@@ -175,9 +175,9 @@ def test_hierarchical_sparse_loses_or_ties_where_its_header_says():
     for nodes in ((0, 0, 0), (64, 1, 1)):
         c = sparse_costs(n, P, 1e-2, nodes)
         assert c["hierarchical_sparse"] == c["split_allgather"]
-    # dense data: hierarchical_dense's steps plus the scan and a non-pipelined sparse exchange
+    # dense data: hierarchical_dense's steps plus the scan, the input copy and a sparse exchange without its pipeline
     dense = sparse_costs(n, P, 1.0, (8, 8, 8), dense_input=True)
-    assert dense["hierarchical_dense"] < dense["hierarchical_sparse"] < 1.1 * dense["hierarchical_dense"]
+    assert dense["hierarchical_dense"] < dense["hierarchical_sparse"] < 1.25 * dense["hierarchical_dense"]
     # very few non-zeros: latency-bound, recursive doubling's log2 P messages win
     tiny = sparse_costs(n, P, 1e-5, (8, 8, 8))
     assert tiny["recursive_doubling"] < tiny["hierarchical_sparse"]

@@ -86,11 +86,15 @@ int hierarchical_sparse(sa_context *ctx, scaleml_result *res);
  * topology. hierarchical_cross_run: `run` on the shard [shard, shard + len) in place over t->cross, with
  * that codec and residuals (NULL: none), adding its bytes to c->bytes_sent and *inter. */
 typedef int (*hierarchical_cross_fn)(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len,
-                                     uint64_t *inter);
+                                     uint64_t segment, uint64_t *inter);
 /* The bytes scaleml_hierarchical_last_wire reports next, for a hierarchical algorithm with its own steps. */
 void hierarchical_set_last_wire(const scaleml_hierarchical_wire *wire);
+/* `pipelined`: the steps run over scaleml_hierarchical_segments segments in turn (0: one segment). */
 int hierarchical_run(sa_context *c, scaleml_result *res, hierarchical_cross_fn cross,
-                     int (*flat)(sa_context *, scaleml_result *));
+                     int (*flat)(sa_context *, scaleml_result *), int pipelined);
+/* The segments of the pipeline: about HIER_SEGMENT_BYTES of values each, at most HIER_SEGMENTS. */
+#define HIER_SEGMENT_BYTES (UINT64_C(2) << 20)
+#define HIER_SEGMENTS 8
 int hierarchical_cross_run(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len,
                            const scaleml_codec *codec, void *worker_residual, void *server_residual,
                            int (*run)(sa_context *, scaleml_result *), uint64_t *inter);

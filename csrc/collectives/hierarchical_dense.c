@@ -25,6 +25,13 @@
  *      other rank of its node.
  * Every shard's final value is computed once (by the ring over the owners) and
  * copied, so the result is identical on every rank, bitwise.
+ * Pipeline: the vector is cut into K = scaleml_hierarchical_segments(n) segments
+ * (cu_block_range(n, K, k); about 2 MiB of values each, at most 8; 1 with error
+ * feedback) and the steps run on each segment's shards in turn: segment k+1's
+ * step 1 travels while segment k's step 2 crosses, and segment k's step 3
+ * while the later segments run, so the node steps hide behind the network
+ * (each step's sends are nonblocking and posted before any wait on them).
+ * Dense input is read where it is (no copy of the whole vector first).
  * Fallbacks: one rank per node (L = 1) or no topology: the flat ring on the
  * whole communicator (every byte crosses a node boundary); one node (N = 1):
  * steps 1 and 3 only. Sparse input is densified into the result first.
@@ -32,7 +39,8 @@
  * hierarchical_quantized.c shares (its step 2 compresses); the intra-node cost
  * terms are hierarchical_cost, shared the same way.
  *
- * Bytes, c_d = value bytes, shard s_j = |shard j| (about n/S):
+ * Bytes, c_d = value bytes, shard s_j = |shard j| (about n/S; summed over the
+ * segments' shards of that owner):
  *   crossing node boundaries (step 2; inter_bytes of
  *   scaleml_hierarchical_last_wire): the ring's 2 (N-1)/N s_j c_d per owner,
  *   in total over all ranks exactly 2 (N-1) n c_d (every shard's N blocks
@@ -50,8 +58,13 @@
  *           owners of a node send at once through its one link (a node with a
  *           link per local rank would make it beta; the model assumes one)
  *   step 3: (L-1) alpha_i + (L-1) s c_d beta_i
- *   + gamma 2 n c_d for the input copy.
- * Memory: the n-value result, and at an owner the L-1 received shards.
+ *   pipelined over K segments: step 2 costed on K shards of s/K values (its
+ *   latencies K times), steps 1 and 3 (their latencies K times) count 1/K,
+ *   and the rest only where it exceeds step 2: T_2 + T_13 / K +
+ *   max(0, T_13 (K-1)/K - T_2);
+ *   + gamma 2 n c_d for densifying sparse input.
+ * Memory: the n-value result, and at an owner the L-1 received shards of one
+ * segment.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -86,58 +99,139 @@ static void add_values(void *acc, const void *x, uint64_t len, int value_bytes)
     }
 }
 
-/* Step 1: owner j (local rank < S) ends with the node's sum of shard j in all. */
-static int node_reduce_scatter(sa_context *c, const scaleml_topology *t, char *all, uint64_t *intra)
+uint64_t scaleml_hierarchical_segments(uint64_t n, int value_bytes)
 {
-    int L = t->info.local_size, S = t->info.node_size_min, me = t->info.local_rank, rc = SCALEML_OK;
-    unsigned vb = (unsigned)c->value_bytes;
-    uint64_t start, len, mine_start = 0, mine_len = 0;
-    if (me < S) cu_block_range(c->n, S, me, &mine_start, &mine_len);
-    size_t shard_bytes = (size_t)mine_len * vb;
-    MPI_Request *reqs = malloc(((size_t)L + (size_t)S) * sizeof *reqs);
-    char *received = mine_len ? malloc((size_t)(L - 1) * shard_bytes) : NULL;
-    if (!reqs || (mine_len && !received)) {
-        free(reqs);
-        return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %d shards of %zu bytes", L - 1, shard_bytes);
-    }
-    MPI_Request *recvs = reqs, *sends = reqs + L;
-    int nrecvs = 0, nsends = 0;
-    for (int i = 0; i < L && mine_len && !rc; i++) {  /* receives first: slot k holds local rank k (k < me) or k+1 */
-        if (i == me) continue;
-        rc = cu_irecv(t->node, i, TAG_HIER_REDUCE, received + (size_t)(i < me ? i : i - 1) * shard_bytes,
-                      shard_bytes, &recvs[nrecvs]);
-        if (!rc) nrecvs++;
-    }
-    for (int j = 0; j < S && !rc; j++) {
-        cu_block_range(c->n, S, j, &start, &len);
-        if (j == me || !len) continue;
-        uint64_t before = c->bytes_sent;
-        rc = cu_isend(t->node, j, TAG_HIER_REDUCE, all + start * vb, (size_t)len * vb, &sends[nsends], &c->bytes_sent);
-        *intra += c->bytes_sent - before;
-        if (!rc) nsends++;
-    }
-    if (!rc && mine_len) {
-        /* ((x_0 + x_1) + x_2) + ...: local rank 0's values start the sum, the own ones at their place; each
-         * shard is added as soon as it arrived, in local rank order, while the later ones travel */
-        char *acc = me == 0 ? all + mine_start * vb : received;
-        if (me != 0) rc = cu_wait_exact(&recvs[0], shard_bytes);
-        for (int i = 1; i < L && !rc; i++) {
-            int slot = i < me ? i : i - 1;
-            if (i != me) rc = cu_wait_exact(&recvs[slot], shard_bytes);
-            if (!rc)
-                add_values(acc, i == me ? all + mine_start * vb : received + (size_t)slot * shard_bytes, mine_len,
-                           c->value_bytes);
-        }
-        if (!rc && me != 0) memcpy(all + mine_start * vb, acc, shard_bytes);
-    }
-    if (rc) qa_cancel(recvs, (uint64_t)nrecvs);
-    if (nsends) {  /* the shards sent are overwritten in step 3 */
-        int wait_rc = cu_waitall(nsends, sends, NULL);
+    uint64_t k = n * (uint64_t)value_bytes / HIER_SEGMENT_BYTES;
+    return k < 1 ? 1 : k > HIER_SEGMENTS ? HIER_SEGMENTS : k;
+}
+
+/* One segment's exchange within the node (step 1 or 3), started and not yet completed. */
+typedef struct {
+    MPI_Request *recvs, *sends;
+    char *received;             /* step 1 at an owner: the L-1 shards received (slot k: local rank k, or k+1) */
+    int nrecvs, nsends;
+    uint64_t start, len;        /* the segment: [start, start + len) of the vector */
+    uint64_t mine_start, mine_len;  /* this rank's shard of it (empty for local ranks >= S), from start */
+} node_exchange;
+
+/* Complete the sends (the receives cancelled where rc says the exchange failed) and free; returns rc, or
+ * the sends' error. */
+static int exchange_end(node_exchange *x, int rc)
+{
+    if (rc) qa_cancel(x->recvs, (uint64_t)x->nrecvs);
+    if (x->nsends) {
+        int wait_rc = cu_waitall(x->nsends, x->sends, NULL);
         if (!rc) rc = wait_rc;
     }
-    free(received);
-    free(reqs);
+    free(x->recvs);
+    free(x->received);
+    x->recvs = x->sends = NULL;
+    x->received = NULL;
     return rc;
+}
+
+static int exchange_init(node_exchange *x, const scaleml_topology *t, uint64_t start, uint64_t len, size_t recvs,
+                         size_t sends, size_t received_bytes)
+{
+    int S = t->info.node_size_min, me = t->info.local_rank;
+    *x = (node_exchange){.start = start, .len = len};
+    if (me < S) cu_block_range(len, S, me, &x->mine_start, &x->mine_len);
+    x->recvs = malloc((recvs + sends) * sizeof *x->recvs);
+    x->received = received_bytes ? malloc(received_bytes) : NULL;
+    if (!x->recvs || (received_bytes && !x->received)) {
+        free(x->recvs);
+        free(x->received);
+        return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the node exchange of %zu bytes", received_bytes);
+    }
+    x->sends = x->recvs + recvs;
+    return SCALEML_OK;
+}
+
+/* Step 1, started: every rank sends shard j of the segment to local rank j (j < S, not itself), an owner
+ * posts the receives of its shard from the L-1 others. */
+static int reduce_scatter_start(sa_context *c, const scaleml_topology *t, const char *input, uint64_t start,
+                                uint64_t len, node_exchange *x, uint64_t *intra)
+{
+    int L = t->info.local_size, S = t->info.node_size_min, me = t->info.local_rank;
+    unsigned vb = (unsigned)c->value_bytes;
+    uint64_t mine = 0, shard_start, shard_len;
+    if (me < S) cu_block_range(len, S, me, &shard_start, &mine);
+    size_t shard_bytes = (size_t)mine * vb;
+    int rc = exchange_init(x, t, start, len, (size_t)L, (size_t)S, (size_t)(L - 1) * shard_bytes);
+    for (int i = 0; i < L && mine && !rc; i++) {
+        if (i == me) continue;
+        rc = cu_irecv(t->node, i, TAG_HIER_REDUCE, x->received + (size_t)(i < me ? i : i - 1) * shard_bytes,
+                      shard_bytes, &x->recvs[x->nrecvs]);
+        if (!rc) x->nrecvs++;
+    }
+    for (int j = 0; j < S && !rc; j++) {
+        cu_block_range(len, S, j, &shard_start, &shard_len);
+        if (j == me || !shard_len) continue;
+        uint64_t before = c->bytes_sent;
+        rc = cu_isend(t->node, j, TAG_HIER_REDUCE, input + (start + shard_start) * vb, (size_t)shard_len * vb,
+                      &x->sends[x->nsends], &c->bytes_sent);
+        *intra += c->bytes_sent - before;
+        if (!rc) x->nsends++;
+    }
+    return rc && x->recvs ? exchange_end(x, rc) : rc;
+}
+
+/* Step 1, completed: owner j ends with the node's sum of its shard, ((x_0 + x_1) + x_2) + ... in local rank
+ * order (a fixed order: the sum does not depend on message arrival), each shard added as soon as it
+ * arrived while the later ones travel. */
+static int reduce_scatter_finish(sa_context *c, const scaleml_topology *t, const char *input, char *all,
+                                 node_exchange *x)
+{
+    int L = t->info.local_size, me = t->info.local_rank, rc = SCALEML_OK;
+    unsigned vb = (unsigned)c->value_bytes;
+    size_t shard_bytes = (size_t)x->mine_len * vb;
+    char *mine = all + (x->start + x->mine_start) * vb;
+    const char *own = input + (x->start + x->mine_start) * vb;
+    if (x->mine_len) {
+        char *acc = me == 0 ? mine : x->received;
+        if (me == 0 && own != mine) memcpy(mine, own, shard_bytes);
+        if (me != 0) rc = cu_wait_exact(&x->recvs[0], shard_bytes);
+        for (int i = 1; i < L && !rc; i++) {
+            int slot = i < me ? i : i - 1;
+            if (i != me) rc = cu_wait_exact(&x->recvs[slot], shard_bytes);
+            if (!rc) add_values(acc, i == me ? own : x->received + (size_t)slot * shard_bytes, x->mine_len,
+                                c->value_bytes);
+        }
+        if (!rc && me != 0) memcpy(mine, acc, shard_bytes);
+    }
+    return exchange_end(x, rc);  /* the shards sent are overwritten in step 3 */
+}
+
+/* Step 3, started: every rank receives each reduced shard of the segment from its owner. */
+static int allgather_start(sa_context *c, const scaleml_topology *t, char *all, uint64_t start, uint64_t len,
+                           node_exchange *x, uint64_t *intra)
+{
+    int L = t->info.local_size, S = t->info.node_size_min, me = t->info.local_rank;
+    unsigned vb = (unsigned)c->value_bytes;
+    int rc = exchange_init(x, t, start, len, (size_t)S, (size_t)L, 0);
+    uint64_t shard_start, shard_len;
+    for (int j = 0; j < S && !rc; j++) {
+        cu_block_range(len, S, j, &shard_start, &shard_len);
+        if (j == me || !shard_len) continue;
+        rc = cu_irecv(t->node, j, TAG_HIER_GATHER, all + (start + shard_start) * vb, (size_t)shard_len * vb,
+                      &x->recvs[x->nrecvs]);
+        if (!rc) x->nrecvs++;
+    }
+    for (int i = 0; i < L && x->mine_len && !rc; i++) {
+        if (i == me) continue;
+        uint64_t before = c->bytes_sent;
+        rc = cu_isend(t->node, i, TAG_HIER_GATHER, all + (start + x->mine_start) * vb, (size_t)x->mine_len * vb,
+                      &x->sends[x->nsends], &c->bytes_sent);
+        *intra += c->bytes_sent - before;
+        if (!rc) x->nsends++;
+    }
+    return rc && x->recvs ? exchange_end(x, rc) : rc;
+}
+
+static int allgather_finish(node_exchange *x, int rc)
+{
+    if (!rc && x->nrecvs) rc = cu_waitall(x->nrecvs, x->recvs, NULL);
+    return exchange_end(x, rc);
 }
 
 int hierarchical_cross_run(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len,
@@ -161,52 +255,18 @@ int hierarchical_cross_run(sa_context *c, const scaleml_topology *t, char *shard
 }
 
 /* Step 2: the exact ring on this owner's shard over the cross-node communicator. */
-static int cross_allreduce(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len, uint64_t *inter)
+static int cross_allreduce(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len, uint64_t segment,
+                           uint64_t *inter)
 {
+    (void)segment;
     return hierarchical_cross_run(c, t, shard, len, NULL, NULL, NULL, dense_allreduce_ring, inter);
 }
 
-/* Step 3: every rank receives each reduced shard from its owner. */
-static int node_allgather(sa_context *c, const scaleml_topology *t, char *all, uint64_t *intra)
-{
-    int L = t->info.local_size, S = t->info.node_size_min, me = t->info.local_rank, rc = SCALEML_OK;
-    unsigned vb = (unsigned)c->value_bytes;
-    MPI_Request *reqs = malloc(((size_t)L + (size_t)S) * sizeof *reqs);
-    if (!reqs) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory");
-    MPI_Request *recvs = reqs, *sends = reqs + S;
-    int nrecvs = 0, nsends = 0;
-    uint64_t start, len;
-    for (int j = 0; j < S && !rc; j++) {
-        cu_block_range(c->n, S, j, &start, &len);
-        if (j == me || !len) continue;
-        rc = cu_irecv(t->node, j, TAG_HIER_GATHER, all + start * vb, (size_t)len * vb, &recvs[nrecvs]);
-        if (!rc) nrecvs++;
-    }
-    if (me < S) {
-        cu_block_range(c->n, S, me, &start, &len);
-        for (int i = 0; i < L && len && !rc; i++) {
-            if (i == me) continue;
-            uint64_t before = c->bytes_sent;
-            rc = cu_isend(t->node, i, TAG_HIER_GATHER, all + start * vb, (size_t)len * vb, &sends[nsends],
-                          &c->bytes_sent);
-            *intra += c->bytes_sent - before;
-            if (!rc) nsends++;
-        }
-    }
-    if (!rc && nrecvs) rc = cu_waitall(nrecvs, recvs, NULL);
-    if (rc) qa_cancel(recvs, (uint64_t)nrecvs);
-    if (nsends) {
-        int wait_rc = cu_waitall(nsends, sends, NULL);
-        if (!rc) rc = wait_rc;
-    }
-    free(reqs);
-    return rc;
-}
-
 /* The three steps, shared with hierarchical_quantized.c (collectives.h): `cross` runs step 2 on an owner's
- * shard, `flat` is the whole call at one rank per node. */
+ * shard, `flat` is the whole call at one rank per node. Pipelined over the segments: segment k+1's step 1
+ * travels while segment k's step 2 runs, and segment k's step 3 while the later segments' steps run. */
 int hierarchical_run(sa_context *c, scaleml_result *res, hierarchical_cross_fn cross,
-                     int (*flat)(sa_context *, scaleml_result *))
+                     int (*flat)(sa_context *, scaleml_result *), int pipelined)
 {
     const scaleml_topology *t = c->topology;
     last_wire = (scaleml_hierarchical_wire){0, 0};
@@ -216,17 +276,40 @@ int hierarchical_run(sa_context *c, scaleml_result *res, hierarchical_cross_fn c
         return rc;
     }
     sv_segment all;
-    int rc = qa_dense_start(c, &all);
+    /* Dense input is read where it is: step 1 sends it and sums the own shard from it, steps 1 and 3 write
+     * every value of the result (a copy of the whole input first would cost a pass over it) */
+    int rc = c->input.dense ? result_dense_storage(c, &all) : qa_dense_start(c, &all);
     if (rc) return rc;
     scaleml_hierarchical_wire wire = {0, 0};
     char *values = all.values;
-    rc = node_reduce_scatter(c, t, values, &wire.intra_bytes);
-    if (!rc && t->info.nodes > 1 && t->info.local_rank < t->info.node_size_min) {
-        uint64_t start, len;
-        cu_block_range(c->n, t->info.node_size_min, t->info.local_rank, &start, &len);
-        if (len) rc = cross(c, t, values + start * (unsigned)c->value_bytes, len, &wire.inter_bytes);
+    const char *input = c->input.dense ? c->input.values : values;
+    unsigned vb = (unsigned)c->value_bytes;
+    uint64_t segments = pipelined ? scaleml_hierarchical_segments(c->n, c->value_bytes) : 1, start, len;
+    node_exchange reduce = {0}, gather[HIER_SEGMENTS];
+    int gathers = 0, reducing = 0;
+    cu_block_range(c->n, (int)segments, 0, &start, &len);
+    rc = reduce_scatter_start(c, t, input, start, len, &reduce, &wire.intra_bytes);
+    reducing = !rc;
+    for (uint64_t k = 0; k < segments && !rc; k++) {
+        uint64_t seg_start = reduce.start, seg_len = reduce.len, mine_start = reduce.mine_start,
+                 mine_len = reduce.mine_len;
+        reducing = 0;
+        rc = reduce_scatter_finish(c, t, input, values, &reduce);
+        if (!rc && k + 1 < segments) {
+            cu_block_range(c->n, (int)segments, (int)k + 1, &start, &len);
+            rc = reduce_scatter_start(c, t, input, start, len, &reduce, &wire.intra_bytes);
+            reducing = !rc;
+        }
+        if (!rc && t->info.nodes > 1 && mine_len)
+            rc = cross(c, t, values + (seg_start + mine_start) * vb, mine_len, k, &wire.inter_bytes);
+        if (!rc) rc = allgather_start(c, t, values, seg_start, seg_len, &gather[gathers], &wire.intra_bytes);
+        if (!rc) gathers++;
     }
-    if (!rc) rc = node_allgather(c, t, values, &wire.intra_bytes);
+    if (reducing) exchange_end(&reduce, rc ? rc : SCALEML_ERR_MPI);
+    for (int i = 0; i < gathers; i++) {
+        int gather_rc = allgather_finish(&gather[i], rc);
+        if (!rc) rc = gather_rc;
+    }
     if (!rc) last_wire = wire;
     return qa_result(res, &all, c->n, rc);
 }
@@ -234,29 +317,34 @@ int hierarchical_run(sa_context *c, scaleml_result *res, hierarchical_cross_fn c
 int hierarchical_dense(sa_context *c, scaleml_result *res)
 {
     c->codec = NULL;  /* exact, whatever format the caller allowed */
-    return hierarchical_run(c, res, cross_allreduce, dense_allreduce_ring);
+    return hierarchical_run(c, res, cross_allreduce, dense_allreduce_ring, 1);
 }
 
 double hierarchical_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, sa_cost_fn cross)
 {
     int N = c->nodes, L = c->node_size_max, S = c->node_size_min;
     double n = (double)c->n, cd = c->value_bytes, s = n / S;
+    double K = N > 1 ? (double)scaleml_hierarchical_segments(c->n, c->value_bytes) : 1;
     /* one node: no boundary, its steps cost what the flat algorithms on that node are costed at */
     double alpha_i = N > 1 ? p->alpha_intra : p->alpha, beta_i = N > 1 ? p->beta_intra : p->beta;
     double sent1 = L > S ? n : (S - 1) * s, received1 = (L - 1) * s;
     double wire1 = (sent1 > received1 ? sent1 : received1) * cd * beta_i, adds = p->gamma * (L - 1) * s * 3 * cd;
-    double time = (L - 1) * alpha_i + (wire1 > adds ? wire1 : adds) + p->gamma * 2 * n * cd;
+    double node_steps = K * 2 * (L - 1) * alpha_i + (wire1 > adds ? wire1 : adds) + (L - 1) * s * cd * beta_i;
+    /* sparse input is densified first (dense input is read in place) */
+    double time = c->dense_input ? 0 : p->gamma * 2 * n * cd, cross_time = 0;
     if (N > 1) {
         scaleml_cost_case shard = *c;
-        shard.n = (uint64_t)(s + 0.5);
+        shard.n = (uint64_t)(s / K + 0.5);
         shard.ranks = N;
         /* the S owners of a node cross at once, through the node's one link: each gets 1/S of its bandwidth */
         scaleml_cost_params shared = *p;
         shared.beta = p->beta * S;
         int sparse;
-        time += cross(&shard, &shared, &sparse);
+        cross_time = K * cross(&shard, &shared, &sparse);
     }
-    return time + (L - 1) * alpha_i + (L - 1) * s * cd * beta_i;
+    /* pipelined: all but one segment's node steps run while the other segments cross */
+    double hidden = node_steps * (K - 1) / K;
+    return time + cross_time + node_steps / K + (hidden > cross_time ? hidden - cross_time : 0);
 }
 
 double hierarchical_dense_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)

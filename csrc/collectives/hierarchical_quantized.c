@@ -22,13 +22,16 @@
  *   3. exact allgather within the node (hierarchical_dense.c, step 3): the
  *      owner's decoded shard is copied to every other rank of its node.
  * Every shard's final value is computed once and copied, so the result is
- * identical on every rank, bitwise.
+ * identical on every rank, bitwise. Without error feedback the steps are
+ * pipelined over segments as in hierarchical_dense.c (with it, one segment:
+ * the residuals follow the whole shards).
  *
  * Random streams: the cross-node step keys its encodes as the flat algorithm
  * on N ranks does (key rank = node index, stream = CODEC_STREAM(phase, start
- * within the shard)), with the seed seed ^ (local rank * 0x9E3779B97F4A7C15):
- * the shards' roundings are independent, and local rank 0 (the whole vector
- * at one rank per node) draws exactly what the flat algorithm draws.
+ * within the shard)), with the seed seed ^ (local rank * 0x9E3779B97F4A7C15)
+ * ^ (segment * 0xD1B54A32D192ED03): the shards' roundings are independent,
+ * and local rank 0 (the whole vector at one rank per node) draws exactly what
+ * the flat algorithm draws.
  *
  * Error feedback (both residuals given): the residuals belong to step 2 only.
  * State layout per rank, s_j = |shard j| (cu_block_range(n, S, j)):
@@ -52,7 +55,8 @@
  * Bytes, c_d = value bytes, q = encoded bytes per value, E(j) = the encoded
  * bytes of shard j as the flat algorithm lays it out (each of its N blocks
  * cu_block_range(s_j, N, k) encoded in chunks of qa_pipeline_chunk values,
- * codec_bytes each; about s_j q):
+ * codec_bytes each; about s_j q), summed over the segments: shard j of
+ * segment k is cu_block_range(|segment k|, S, j):
  *   crossing node boundaries (inter_bytes): the ring or direct algorithm's
  *   2 (N-1)/N s_j q per owner; in total over all ranks exactly
  *   2 (N-1) sum_j E(j) (every block is sent N-1 times in each of the two
@@ -67,9 +71,11 @@
  *           work: gamma 2 s c_d + the format's passes over s values); S beta: the
  *           S owners of a node cross at once through its one link
  *   step 3: (L-1) alpha_i + (L-1) s c_d beta_i
- *   + gamma 2 n c_d for the input copy. (With error feedback the direct
- *   algorithm runs step 2; the model costs the ring: error feedback fixes the
- *   algorithm, auto does not choose it.)
+ *   pipelined over the segments as hierarchical_dense.c's cost says;
+ *   + gamma 2 n c_d for densifying sparse input. (With error feedback the
+ *   direct algorithm runs step 2 on whole shards; the model costs the
+ *   pipelined ring: error feedback fixes the algorithm, auto does not choose
+ *   it.)
  * Error: each shard value is encoded N times (ring: N partial sums of node
  * sums; direct: twice) instead of P times as in the flat ring; the node sums
  * are exact.
@@ -83,6 +89,7 @@
 #include "collectives/registry.h"
 
 #define SHARD_SEED_STRIDE UINT64_C(0x9E3779B97F4A7C15)  /* 2^64 / golden ratio: spreads the local ranks */
+#define SEGMENT_SEED_STRIDE UINT64_C(0xD1B54A32D192ED03)  /* and the segments, by another odd constant */
 
 static int feedback(const sa_context *c)
 {
@@ -90,10 +97,11 @@ static int feedback(const sa_context *c)
 }
 
 /* Step 2: the flat quantized algorithm on this owner's shard over the cross-node communicator. */
-static int cross_quantized(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len, uint64_t *inter)
+static int cross_quantized(sa_context *c, const scaleml_topology *t, char *shard, uint64_t len, uint64_t segment,
+                           uint64_t *inter)
 {
     scaleml_codec shard_codec = *c->codec;
-    shard_codec.seed ^= (uint64_t)t->info.local_rank * SHARD_SEED_STRIDE;
+    shard_codec.seed ^= (uint64_t)t->info.local_rank * SHARD_SEED_STRIDE ^ segment * SEGMENT_SEED_STRIDE;
     return hierarchical_cross_run(c, t, shard, len, &shard_codec, c->worker_residual, c->server_residual,
                                   feedback(c) ? quantized_allreduce_direct : quantized_allreduce_ring, inter);
 }
@@ -106,7 +114,7 @@ int hierarchical_quantized(sa_context *c, scaleml_result *res)
         c->ran_exact = 1;
     }
     return hierarchical_run(c, res, cross_quantized,
-                            feedback(c) ? quantized_allreduce_direct : quantized_allreduce_ring);
+                            feedback(c) ? quantized_allreduce_direct : quantized_allreduce_ring, !feedback(c));
 }
 
 double hierarchical_quantized_cost(const scaleml_cost_case *c, const scaleml_cost_params *p, int *result_sparse)

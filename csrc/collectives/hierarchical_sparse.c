@@ -99,8 +99,8 @@
  * of the node's sum, against the flat split_allgather's L (k + K) c_s; within
  * the node about k c_s + K c_s per rank instead of the dense steps' 2 n c_d.
  * It pays where several ranks share a node and the data is sparse; at one rank
- * per node it costs as the flat split_allgather, on dense data about as
- * hierarchical_dense plus the scan.
+ * per node it costs as the flat split_allgather, on dense data somewhat more
+ * than hierarchical_dense (the scan, and no pipeline of its steps).
  * Memory: the n-value result, the scanned non-zeros of a dense input, at an
  * owner the L-1 received contributions (each at most s c_d) and split_allgather's
  * buffers for s values, at every rank receive buffers for the S packed shards

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.mpi
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()
 EMULATED = int(os.environ.get("SCALEML_RANKS_PER_NODE") or 0)
-SIZES = [0, 1, max(size - 1, 1), 1009, 200003]  # fewer values than ranks; several ring chunks per shard
+# fewer values than ranks; several ring chunks per shard; two pipeline segments (scaleml_hierarchical_segments)
+SIZES = [0, 1, max(size - 1, 1), 1009, 200003, (1 << 20) + 3]
 
 
 def data(n: int, dtype=np.float32, seed: int = 0) -> np.ndarray:
@@ -80,8 +81,27 @@ def test_exact_identical_everywhere_and_as_the_flat_ring(n, dtype):
         np.testing.assert_array_equal(result, flat)
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_dense_input_read_in_place_by_the_drop_in(in_place):
+    """The drop-in's dense input is read where it is (step 1 sends it, no copy first): the same sum, whether
+    the result buffer is another array or the input itself, over two pipeline segments."""
+    n = (1 << 20) + 3
+    comm = scaleml.Comm(world, algorithm="hierarchical_dense", min_count=0)
+    x = data(n, seed=11)
+    kept = x.copy()
+    out = x if in_place else np.full_like(x, np.nan)
+    comm.Allreduce(MPI.IN_PLACE if in_place else x, out)
+    assert comm.last_info.algorithm == "hierarchical_dense" and everyone_holds_the_same(out)
+    if not in_place:
+        np.testing.assert_array_equal(x, kept)  # the input untouched
+    exact, exact_abs = reference(kept)
+    assert_close_to_sum(out, exact, exact_abs, size)
+    result, _ = run(kept, world)  # sparse input, densified first: the same values
+    np.testing.assert_array_equal(out, result)
+
+
 @pytest.mark.parametrize("ranks_per_node", sorted({1, 2, 3, size}))
-@pytest.mark.parametrize("n", [1, max(size - 1, 1), 1009, 200003])
+@pytest.mark.parametrize("n", [1, max(size - 1, 1), 1009, 200003, (1 << 20) + 3])  # the last: 2 segments
 def test_bytes_crossing_nodes_are_the_headers_formula(ranks_per_node, n):
     comm = scaleml.Comm(world.Dup(), ranks_per_node=ranks_per_node)
     topo = engine_state(comm.mpi_comm).topology

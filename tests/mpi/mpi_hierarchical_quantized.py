@@ -44,7 +44,8 @@ FORMATS = {
     "bf16": lambda: Cast("bf16"),
     "onebit": lambda: OneBit(bucket=64),
 }
-SIZES = [0, 1, max(size - 1, 1), 1009, 70001]  # fewer values than ranks; uneven shards and blocks
+SIZES = [0, 1, max(size - 1, 1), 1009, 70001, (1 << 20) + 3]  # fewer values than ranks; uneven shards and
+# blocks; two pipeline segments
 
 
 def data(n: int, dtype=np.float32, seed: int = 0) -> np.ndarray:
@@ -63,9 +64,17 @@ def reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bucket_bound(total_abs: np.ndarray, bucket: int, norm: str) -> np.ndarray:
+    """2 x the norm of any `bucket` consecutive values around each index: at most the norm of the aligned bucket
+    holding it and its two neighbours (the algorithms' buckets start where their shards, blocks and pipeline
+    segments start, not at multiples of `bucket`)."""
     pad = (-total_abs.size) % bucket
     b = np.concatenate([total_abs, np.zeros(pad)]).reshape(-1, bucket)
-    norms = np.linalg.norm(b, axis=1) if norm == "l2" else b.max(axis=1)
+    if norm == "l2":
+        squares = (b * b).sum(axis=1)
+        norms = np.sqrt(squares + np.r_[0.0, squares[:-1]] + np.r_[squares[1:], 0.0])
+    else:
+        peaks = b.max(axis=1)
+        norms = np.maximum(peaks, np.maximum(np.r_[0.0, peaks[:-1]], np.r_[peaks[1:], 0.0]))
     return 2 * np.repeat(norms, bucket)[: total_abs.size]
 
 
@@ -217,7 +226,7 @@ def test_bytes_crossing_nodes_are_the_headers_formula(ranks_per_node, fmt, feedb
     comm = scaleml.Comm(world.Dup(), ranks_per_node=ranks_per_node)
     sizes = node_sizes(ranks_per_node)
     nodes, smallest, local = len(sizes), min(sizes), rank % ranks_per_node
-    for n in (1, max(size - 1, 1), 1009, 140003):
+    for n in (1, max(size - 1, 1), 1009, 140003, (1 << 20) + 3):  # the last: 2 segments without error feedback
         x = data(n, seed=7)
         kwargs = {"error_feedback": ErrorFeedback(FORMATS[fmt]())} if feedback else {}
         result, info = quantized(x, None if feedback else FORMATS[fmt](), comm=comm.mpi_comm, **kwargs)
@@ -229,9 +238,14 @@ def test_bytes_crossing_nodes_are_the_headers_formula(ranks_per_node, fmt, feedb
         if nodes == 1:
             assert inter == 0 and info.format == "exact"
         else:
-            # 2 (N-1) sum_j E(j): every encoded block of every shard sent N-1 times in each phase
-            expected = 2 * (nodes - 1) * sum(encoded_bytes(block_range(n, smallest, j)[1], FORMATS[fmt](), nodes)
-                                             for j in range(smallest))
+            # 2 (N-1) sum_j E(j): every encoded block of every shard (of every segment) sent N-1 times in each
+            # phase
+            pipelined = not feedback and max(sizes) > 1  # one rank per node: the flat algorithm, unsegmented
+            segments = lib.scaleml_hierarchical_segments(n, 4) if pipelined else 1
+            assert segments == (2 if pipelined and n > 1 << 20 else 1)
+            expected = 2 * (nodes - 1) * sum(
+                encoded_bytes(block_range(block_range(n, segments, k)[1], smallest, j)[1], FORMATS[fmt](), nodes)
+                for k in range(segments) for j in range(smallest))
             assert world.allreduce(inter) == expected
             if local >= smallest:
                 assert inter == 0  # owns no shard

@@ -239,6 +239,11 @@ uint64_t scaleml_extract_nonzeros(const void *values, uint64_t n, int value_byte
 uint64_t scaleml_scan_nonzeros(const void *values, uint64_t n, int value_bytes, int index_bytes, void *indices,
                                void *out_values, uint64_t capacity, uint64_t *negative_zeros, uint64_t *extracted);
 
+/* 1 when count indices of index_bytes 4 or 8 (signed: int32/int64, else uint32/uint64) strictly increase
+ * and lie in [0, bound): sparse input in its canonical form (one pass, no branch per index). */
+int scaleml_indices_increasing(const void *indices, uint64_t count, int index_bytes, int is_signed,
+                               uint64_t bound);
+
 /* Seconds per byte of input that merging two sparse float32 vectors of nnz
  * entries each (half the indices shared) takes here: gamma of the cost model. */
 double scaleml_merge_seconds_per_byte(uint64_t nnz, int repetitions);

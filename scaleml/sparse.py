@@ -8,6 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import _device, algorithms, config, nonblocking
+from ._native import ffi, lib
 from ._tensors import as_numpy, as_numpy_out, like_input, placement
 from .engine import (
     AllreduceInfo,
@@ -70,15 +71,19 @@ def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray
         raise LocalError(2, ValueError(f"indices and values must be 1-D, got shapes {idx.shape} and {vals.shape}"))
     if idx.size != vals.size:
         raise LocalError(2, ValueError(f"indices ({idx.size}) and values ({vals.size}) differ in length"))
-    if idx.size:
+    # Indices already increasing and in [0, n) (the common case): one C pass checks it all.
+    canonical = idx.itemsize in (4, 8) and idx.flags.c_contiguous and \
+        bool(lib.scaleml_indices_increasing(ffi.from_buffer(idx), idx.size, idx.itemsize, idx.dtype.kind == "i",
+                                            n_int))
+    if idx.size and not canonical:
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= n_int:
             raise LocalError(3, ValueError(f"indices must lie in [0, {n_int}), got [{lo}, {hi}]"))
-    if check_finite and not np.isfinite(vals).all():
+    vals = np.ascontiguousarray(vals)
+    if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(vals), vals.size, vals.itemsize):
         raise LocalError(4, ValueError("values contain NaN or Inf (pass check_finite=False to allow)"))
     idx = np.ascontiguousarray(idx, dtype=index_dtype(n_int))
-    vals = np.ascontiguousarray(vals)
-    if idx.size > 1 and not (idx[1:] > idx[:-1]).all():
+    if idx.size > 1 and not canonical and not (idx[1:] > idx[:-1]).all():
         order = np.argsort(idx, kind="stable")
         idx, vals = idx[order], vals[order]
         starts = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))

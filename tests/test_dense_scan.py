@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scaleml._native import ffi, lib
 from scaleml.dense_scan import count_nonzeros, count_nonzeros_signed, extract_nonzeros, scan_nonzeros
 
 
@@ -72,3 +73,21 @@ def test_scan_counts_and_extracts_in_one_pass(dtype, n, density):
             assert idx.dtype == idx_dtype and vals.dtype == dtype
             np.testing.assert_array_equal(idx, positions)
             np.testing.assert_array_equal(vals.view(np.uint8), x[positions].view(np.uint8))  # NaN, -Inf alike
+
+
+@pytest.mark.parametrize("idx_dtype", [np.uint32, np.uint64, np.int32, np.int64])
+def test_indices_increasing_is_the_canonical_form_check(idx_dtype):
+    def increasing(idx, bound):
+        idx = np.ascontiguousarray(idx, dtype=idx_dtype)
+        return bool(lib.scaleml_indices_increasing(ffi.from_buffer(idx), idx.size, idx.itemsize,
+                                                   idx.dtype.kind == "i", bound))
+
+    if np.dtype(idx_dtype).kind == "i":
+        assert not increasing([-1, 0, 1], 10) and increasing([0, 1], 10)  # negative: not canonical
+
+    assert increasing([], 0) and increasing([0], 1) and increasing(np.arange(1000), 1000)
+    assert not increasing([0], 0) and not increasing(np.arange(1000), 999)  # the last one out of range
+    assert not increasing([0, 1, 1, 2], 10) and not increasing([0, 2, 1], 10)  # repeated, out of order
+    x = np.arange(0, 300000, 3)
+    x[-2], x[-1] = x[-1], x[-2]  # out of order at the very end
+    assert not increasing(x, 1 << 20)

@@ -277,12 +277,14 @@ int hierarchical_run(sa_context *c, scaleml_result *res, hierarchical_cross_fn c
     }
     sv_segment all;
     /* Dense input is read where it is: step 1 sends it and sums the own shard from it, steps 1 and 3 write
-     * every value of the result (a copy of the whole input first would cost a pass over it) */
-    int rc = c->input.dense ? result_dense_storage(c, &all) : qa_dense_start(c, &all);
+     * every value of the result (a copy of the whole input first would cost a pass over it). So is sparse
+     * input that holds every position (sorted, unique: its values are the dense vector). */
+    int whole = c->input.dense || c->input.nnz == c->input.len;
+    int rc = whole ? result_dense_storage(c, &all) : qa_dense_start(c, &all);
     if (rc) return rc;
     scaleml_hierarchical_wire wire = {0, 0};
     char *values = all.values;
-    const char *input = c->input.dense ? c->input.values : values;
+    const char *input = whole ? c->input.values : values;
     unsigned vb = (unsigned)c->value_bytes;
     uint64_t segments = pipelined ? scaleml_hierarchical_segments(c->n, c->value_bytes) : 1, start, len;
     node_exchange reduce = {0}, gather[HIER_SEGMENTS];

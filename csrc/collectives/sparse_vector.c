@@ -566,10 +566,32 @@ int sv_unpack_dense_into(const void *buf, size_t bytes, uint64_t len, int value_
 
 /* ---- output ---- */
 
+#define DEFINE_INCREASING(IT, NEGATIVE)                                                \
+    static int increasing_##IT(const IT *idx, uint64_t count, uint64_t bound)          \
+    {                                                                                  \
+        int bad = NEGATIVE;                                                            \
+        for (uint64_t i = 1; i < count; i++) bad |= idx[i] <= idx[i - 1];              \
+        return !bad && (uint64_t)idx[count - 1] < bound;                               \
+    }
+DEFINE_INCREASING(uint32_t, 0)
+DEFINE_INCREASING(uint64_t, 0)
+DEFINE_INCREASING(int32_t, idx[0] < 0)
+DEFINE_INCREASING(int64_t, idx[0] < 0)
+
+int scaleml_indices_increasing(const void *indices, uint64_t count, int index_bytes, int is_signed,
+                               uint64_t bound)
+{
+    if (count == 0) return 1;
+    if (is_signed)
+        return index_bytes == 4 ? increasing_int32_t(indices, count, bound) : increasing_int64_t(indices, count, bound);
+    return index_bytes == 4 ? increasing_uint32_t(indices, count, bound) : increasing_uint64_t(indices, count, bound);
+}
+
 void sv_write_dense(const sv_segment *s, void *dense)
 {
     if (s->dense && s->values == dense) return;  /* computed in place */
-    if (s->dense) {
+    /* every position present (sorted, unique, within the segment): the values are the dense vector */
+    if (s->dense || s->nnz == s->len) {
         copy_values(dense, s->values, s->len, s->value_bytes);
         return;
     }

@@ -131,18 +131,13 @@ static int exchange_end(node_exchange *x, int rc)
 }
 
 static int exchange_init(node_exchange *x, const scaleml_topology *t, uint64_t start, uint64_t len, size_t recvs,
-                         size_t sends, size_t received_bytes)
+                         size_t sends)
 {
     int S = t->info.node_size_min, me = t->info.local_rank;
     *x = (node_exchange){.start = start, .len = len};
     if (me < S) cu_block_range(len, S, me, &x->mine_start, &x->mine_len);
     x->recvs = malloc((recvs + sends) * sizeof *x->recvs);
-    x->received = received_bytes ? malloc(received_bytes) : NULL;
-    if (!x->recvs || (received_bytes && !x->received)) {
-        free(x->recvs);
-        free(x->received);
-        return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for the node exchange of %zu bytes", received_bytes);
-    }
+    if (!x->recvs) return scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %zu requests", recvs + sends);
     x->sends = x->recvs + recvs;
     return SCALEML_OK;
 }
@@ -154,11 +149,13 @@ static int reduce_scatter_start(sa_context *c, const scaleml_topology *t, const 
 {
     int L = t->info.local_size, S = t->info.node_size_min, me = t->info.local_rank;
     unsigned vb = (unsigned)c->value_bytes;
-    uint64_t mine = 0, shard_start, shard_len;
-    if (me < S) cu_block_range(len, S, me, &shard_start, &mine);
-    size_t shard_bytes = (size_t)mine * vb;
-    int rc = exchange_init(x, t, start, len, (size_t)L, (size_t)S, (size_t)(L - 1) * shard_bytes);
-    for (int i = 0; i < L && mine && !rc; i++) {
+    uint64_t shard_start, shard_len;
+    int rc = exchange_init(x, t, start, len, (size_t)L, (size_t)S);
+    if (rc) return rc;
+    size_t shard_bytes = (size_t)x->mine_len * vb;
+    if (shard_bytes && !(x->received = malloc((size_t)(L - 1) * shard_bytes)))
+        rc = scaleml_fail(SCALEML_ERR_NOMEM, "out of memory for %d shards of %zu bytes", L - 1, shard_bytes);
+    for (int i = 0; i < L && shard_bytes && !rc; i++) {
         if (i == me) continue;
         rc = cu_irecv(t->node, i, TAG_HIER_REDUCE, x->received + (size_t)(i < me ? i : i - 1) * shard_bytes,
                       shard_bytes, &x->recvs[x->nrecvs]);
@@ -173,7 +170,7 @@ static int reduce_scatter_start(sa_context *c, const scaleml_topology *t, const 
         *intra += c->bytes_sent - before;
         if (!rc) x->nsends++;
     }
-    return rc && x->recvs ? exchange_end(x, rc) : rc;
+    return rc ? exchange_end(x, rc) : rc;
 }
 
 /* Step 1, completed: owner j ends with the node's sum of its shard, ((x_0 + x_1) + x_2) + ... in local rank
@@ -208,7 +205,8 @@ static int allgather_start(sa_context *c, const scaleml_topology *t, char *all, 
 {
     int L = t->info.local_size, S = t->info.node_size_min, me = t->info.local_rank;
     unsigned vb = (unsigned)c->value_bytes;
-    int rc = exchange_init(x, t, start, len, (size_t)S, (size_t)L, 0);
+    int rc = exchange_init(x, t, start, len, (size_t)S, (size_t)L);
+    if (rc) return rc;
     uint64_t shard_start, shard_len;
     for (int j = 0; j < S && !rc; j++) {
         cu_block_range(len, S, j, &shard_start, &shard_len);
@@ -225,7 +223,7 @@ static int allgather_start(sa_context *c, const scaleml_topology *t, char *all, 
         *intra += c->bytes_sent - before;
         if (!rc) x->nsends++;
     }
-    return rc && x->recvs ? exchange_end(x, rc) : rc;
+    return rc ? exchange_end(x, rc) : rc;
 }
 
 static int allgather_finish(node_exchange *x, int rc)

@@ -75,16 +75,6 @@ int sv_should_densify(uint64_t nnz, uint64_t len, int index_bytes, int value_byt
         }                                                                              \
         return lo;                                                                     \
     }                                                                                  \
-    static int check_indices_##SUFFIX(const IT *idx, uint64_t nnz, uint64_t lo,        \
-                                      uint64_t hi)                                     \
-    {                                                                                  \
-        for (uint64_t i = 0; i < nnz; i++) {                                           \
-            uint64_t x = idx[i];                                                       \
-            if (x < lo || x >= hi) return 0;                                           \
-            if (i > 0 && idx[i - 1] >= idx[i]) return 0;                               \
-        }                                                                              \
-        return 1;                                                                      \
-    }                                                                                  \
     /* entries whose value is not zero (either sign), indices moved by to - from */     \
     static uint64_t copy_nonzeros_##SUFFIX(const IT *idx, const VT *val, uint64_t nnz, \
                                            uint64_t from, uint64_t to, IT *oi, VT *ov) \
@@ -325,6 +315,36 @@ int sv_copy_nonzeros(const sv_segment *src, uint64_t offset, sv_segment *dst)
     return SCALEML_OK;
 }
 
+/* ---- index checks ---- */
+
+/* 1 when idx[0 .. count) strictly increase within [lo, hi): one pass, no branch per index. */
+#define DEFINE_WITHIN(IT, NEGATIVE)                                                    \
+    static int within_##IT(const IT *idx, uint64_t count, uint64_t lo, uint64_t hi)    \
+    {                                                                                  \
+        int bad = NEGATIVE || (uint64_t)idx[0] < lo;                                   \
+        for (uint64_t i = 1; i < count; i++) bad |= idx[i] <= idx[i - 1];              \
+        return !bad && (uint64_t)idx[count - 1] < hi;                                  \
+    }
+DEFINE_WITHIN(uint32_t, 0)
+DEFINE_WITHIN(uint64_t, 0)
+DEFINE_WITHIN(int32_t, idx[0] < 0)
+DEFINE_WITHIN(int64_t, idx[0] < 0)
+
+static int indices_within(const void *indices, uint64_t count, int index_bytes, int is_signed, uint64_t lo,
+                          uint64_t hi)
+{
+    if (count == 0) return 1;
+    if (is_signed)
+        return index_bytes == 4 ? within_int32_t(indices, count, lo, hi) : within_int64_t(indices, count, lo, hi);
+    return index_bytes == 4 ? within_uint32_t(indices, count, lo, hi) : within_uint64_t(indices, count, lo, hi);
+}
+
+int scaleml_indices_increasing(const void *indices, uint64_t count, int index_bytes, int is_signed,
+                               uint64_t bound)
+{
+    return indices_within(indices, count, index_bytes, is_signed, 0, bound);
+}
+
 /* ---- wire format ---- */
 
 /* A sparse segment whose entries take at least as many bytes as its dense form
@@ -398,7 +418,7 @@ int sv_unpack(const void *buf, size_t bytes, uint64_t offset, uint64_t len,
                        (unsigned long long)nnz, body);
     sv_view_sparse(view, offset, len, nnz, p, p + pad8((size_t)nnz * (unsigned)index_bytes),
                    index_bytes, value_bytes);
-    if (!SV_DISPATCH(index_bytes, value_bytes, check_indices, view->indices, nnz, offset, offset + len))
+    if (!indices_within(view->indices, nnz, index_bytes, 0, offset, offset + len))
         return scaleml_fail(SCALEML_ERR_MALFORMED,
                        "malformed message: indices unsorted, repeated or outside [%llu, %llu)",
                        (unsigned long long)offset, (unsigned long long)(offset + len));
@@ -565,27 +585,6 @@ int sv_unpack_dense_into(const void *buf, size_t bytes, uint64_t len, int value_
 }
 
 /* ---- output ---- */
-
-#define DEFINE_INCREASING(IT, NEGATIVE)                                                \
-    static int increasing_##IT(const IT *idx, uint64_t count, uint64_t bound)          \
-    {                                                                                  \
-        int bad = NEGATIVE;                                                            \
-        for (uint64_t i = 1; i < count; i++) bad |= idx[i] <= idx[i - 1];              \
-        return !bad && (uint64_t)idx[count - 1] < bound;                               \
-    }
-DEFINE_INCREASING(uint32_t, 0)
-DEFINE_INCREASING(uint64_t, 0)
-DEFINE_INCREASING(int32_t, idx[0] < 0)
-DEFINE_INCREASING(int64_t, idx[0] < 0)
-
-int scaleml_indices_increasing(const void *indices, uint64_t count, int index_bytes, int is_signed,
-                               uint64_t bound)
-{
-    if (count == 0) return 1;
-    if (is_signed)
-        return index_bytes == 4 ? increasing_int32_t(indices, count, bound) : increasing_int64_t(indices, count, bound);
-    return index_bytes == 4 ? increasing_uint32_t(indices, count, bound) : increasing_uint64_t(indices, count, bound);
-}
 
 void sv_write_dense(const sv_segment *s, void *dense)
 {

@@ -469,10 +469,20 @@ _SIMD_SCRIPT = """
 import sys
 import numpy as np
 from scaleml import compress as C
+from scaleml.dense_scan import scan_nonzeros
 
 def run():
     rng = np.random.default_rng(7)
     out = {}
+    for density in (0.001, 0.01, 0.3, 1.0):  # the drop-in's scan (AVX-512 for float32 with uint32 positions)
+        x = np.where(rng.random(70001) < density, rng.standard_normal(70001), 0).astype(np.float32)
+        x[rng.random(x.size) < 0.01] = -0.0
+        for capacity in (x.size, x.size // 50, 0):
+            nnz, negative_zeros, nonzeros = scan_nonzeros(x, capacity, np.dtype(np.uint32))
+            parts = [np.array([nnz, negative_zeros], np.uint64).view(np.uint8)]
+            if nonzeros is not None:
+                parts += [nonzeros[0].view(np.uint8), nonzeros[1].view(np.uint8)]
+            out[f"scan-{density}-{capacity}"] = np.concatenate(parts)
     for n in (0, 7, 1000, 4099, 100003):
         for dtype in (np.float32, np.float64):
             x = (rng.standard_normal(n) * 3).astype(dtype)
@@ -506,7 +516,7 @@ if __name__ == "__main__":
 
 
 def test_portable_and_simd_paths_agree(tmp_path):
-    """The hand-written SIMD paths (AVX2, BMI2, F16C) give the same bytes as the
+    """The hand-written SIMD paths (AVX2, BMI2, F16C, AVX-512F) give the same bytes as the
     portable code, which a subprocess forces with SCALEML_NO_SIMD=1."""
     import os
     import subprocess

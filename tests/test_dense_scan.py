@@ -75,6 +75,37 @@ def test_scan_counts_and_extracts_in_one_pass(dtype, n, density):
             np.testing.assert_array_equal(vals.view(np.uint8), x[positions].view(np.uint8))  # NaN, -Inf alike
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scan_across_density_changes_and_capacity_cuts(dtype):
+    """Long stretches of different densities (the AVX-512 path of float32 with uint32 positions switches,
+    chunk by chunk, between skipping empty vectors and branch-free stores), with capacities that run out
+    anywhere: the stored entries are always the first non-zeros, the counts always whole."""
+    rng = np.random.default_rng(11)
+    n = 60_013
+    density = np.repeat([0.0005, 0.3, 0.004, 1.0, 0.0, 0.02, 0.6], -(-n // 7))[:n]
+    x = np.where(rng.random(n) < density, rng.standard_normal(n), 0).astype(dtype)
+    x[rng.random(n) < 0.01] = -0.0
+    x[[100, 20_000, 45_000]] = [np.nan, np.finfo(dtype).tiny / 2, -np.inf]  # NaN and a subnormal count
+    positions = np.flatnonzero(x)
+    expected = count_nonzeros_signed(x)
+    for idx_dtype in (np.dtype(np.uint32), np.dtype(np.uint64)):
+        for capacity in (positions.size, positions.size + 5000, positions.size - 1, positions.size // 3, 1500,
+                         1023, 0):
+            idx = np.full(capacity + 17, 7, idx_dtype)  # guard slots: nothing is written past the capacity
+            vals = np.full(capacity + 17, 7, dtype)
+            negative, extracted = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+            nnz = lib.scaleml_scan_nonzeros(ffi.from_buffer(x), n, x.itemsize, idx.itemsize,
+                                            ffi.from_buffer(idx, require_writable=True),
+                                            ffi.from_buffer(vals, require_writable=True), capacity, negative,
+                                            extracted)
+            assert (nnz, negative[0]) == expected
+            k = extracted[0]
+            assert k == min(capacity, positions.size)
+            np.testing.assert_array_equal(idx[:k], positions[:k])
+            np.testing.assert_array_equal(vals[:k].view(np.uint8), x[positions[:k]].view(np.uint8))
+            assert (idx[capacity:] == 7).all() and (vals[capacity:] == 7).all()
+
+
 @pytest.mark.parametrize("idx_dtype", [np.uint32, np.uint64, np.int32, np.int64])
 def test_indices_increasing_is_the_canonical_form_check(idx_dtype):
     def increasing(idx, bound):

@@ -368,7 +368,8 @@ def test_dense_scans(n: int, dtype: type, index_dtype: type) -> None:
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_scan_over_threads(n: int, dtype: type) -> None:
+@pytest.mark.parametrize("idx_dtype", [np.uint32, np.uint64])  # float32 with uint32: the AVX-512 path
+def test_scan_over_threads(n: int, dtype: type, idx_dtype: type) -> None:
     """scaleml_scan_nonzeros: the same counts at every thread count; the entries it reports as written are
     the first non-zeros in order, all of them where each thread's share of the capacity holds its part's."""
     x = data(n, dtype)
@@ -378,11 +379,11 @@ def test_scan_over_threads(n: int, dtype: type) -> None:
     negative_expected = int(np.count_nonzero((x == 0) & np.signbit(x)))
 
     def scan(capacity: int) -> tuple[np.ndarray, ...]:
-        idx = np.zeros(capacity + 1, np.uint64)
+        idx = np.zeros(capacity + 1, idx_dtype)
         val = np.zeros(capacity + 1, dtype)
         negative, extracted = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        nnz = lib.scaleml_scan_nonzeros(ptr(x), n, x.itemsize, 8, ptr(idx), ptr(val), capacity, negative,
-                                        extracted)
+        nnz = lib.scaleml_scan_nonzeros(ptr(x), n, x.itemsize, idx.itemsize, ptr(idx), ptr(val), capacity,
+                                        negative, extracted)
         assert (nnz, negative[0]) == (expected.size, negative_expected)
         k = extracted[0]
         assert k <= min(capacity, nnz) and idx[capacity] == 0  # nothing past the capacity

@@ -24,8 +24,10 @@ int scaleml_cpu_f16c(void)
 {
     return simd_allowed() && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
 }
+int scaleml_cpu_avx512f(void) { return simd_allowed() && __builtin_cpu_supports("avx512f"); }
 #else
 int scaleml_cpu_avx2(void) { return 0; }
 int scaleml_cpu_bmi2(void) { return 0; }
 int scaleml_cpu_f16c(void) { return 0; }
+int scaleml_cpu_avx512f(void) { return 0; }
 #endif

@@ -1,6 +1,6 @@
 /*
  * Run-time CPU feature checks for the hand-written SIMD paths of the
- * compression kernels (AVX2, BMI2, F16C). Setting the environment variable
+ * compression kernels and the dense scan (AVX2, BMI2, F16C, AVX-512F). Setting the environment variable
  * SCALEML_NO_SIMD (to anything but "0") before the first call forces the
  * portable code, which the tests use to check that both give identical bytes.
  * (The compiler-generated target_clones are not affected: they come from the
@@ -12,5 +12,6 @@
 int scaleml_cpu_avx2(void);
 int scaleml_cpu_bmi2(void);
 int scaleml_cpu_f16c(void);
+int scaleml_cpu_avx512f(void);
 
 #endif

@@ -417,6 +417,9 @@ class Call:
     nonzeros: tuple[np.ndarray, np.ndarray] | None = None
     """(positions, values) of a dense input's ``nnz`` non-zeros where the preparation's scan stored them
     (the drop-in's, in the pass that counts them); else they are extracted where an algorithm needs them."""
+    every_position: bool = False
+    """The dense input is sparse input that listed every position (``sparse_allreduce``): an algorithm that
+    takes sparse input gets all ``n`` entries, zeros included, as the caller listed them."""
     class_key: tuple = ()
     """What else separates the tuner's size classes (the format's fingerprint, the result form)."""
     mpi_allreduce: Callable[[], None] | None = None
@@ -657,7 +660,11 @@ def run_algorithm(private: MPI.Intracomm, call: Call, chosen: str, agreement: Ag
         dense = np.empty(n, dtype=vals.dtype) if call.dense_out is None else call.dense_out
     nnz_max, nnz_sum = agreement.nnz_max, agreement.nnz_sum
     idx = call.indices
-    if idx is None and "dense" not in algorithms.REGISTRY[chosen].input_forms:  # the drop-in's dense input
+    entry = algorithms.REGISTRY[chosen]
+    if call.every_position and ("dense" not in entry.input_forms or entry.unsigned_zeros):
+        # the positions as listed, zeros and their signs included (a dense input would drop them)
+        idx = np.arange(n, dtype=index_dtype(n))
+    elif idx is None and "dense" not in entry.input_forms:  # the drop-in's dense input: its non-zeros
         idx, vals = call.nonzeros if call.nonzeros is not None else \
             extract_nonzeros(vals, call.nnz if call.nnz is not None else n, index_dtype(n))
         if tl is not None:

@@ -48,8 +48,9 @@ def as_float_array(x: object, what: str) -> np.ndarray:
     return a
 
 
-def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one rank's sparse input; return sorted unique indices and summed values."""
+def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """Validate one rank's sparse input; return sorted unique indices and summed values, or (None, values)
+    where the indices are every position in order (0 .. n-1): the values are then the dense vector."""
     try:
         n_int = int(n)
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
@@ -82,6 +83,8 @@ def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray
     vals = np.ascontiguousarray(vals)
     if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(vals), vals.size, vals.itemsize):
         raise LocalError(4, ValueError("values contain NaN or Inf (pass check_finite=False to allow)"))
+    if canonical and idx.size == n_int > 0:  # n strictly increasing indices in [0, n): exactly 0 .. n-1
+        return None, vals
     idx = np.ascontiguousarray(idx, dtype=index_dtype(n_int))
     if idx.size > 1 and not canonical and not (idx[1:] > idx[:-1]).all():
         order = np.argsort(idx, kind="stable")
@@ -156,6 +159,10 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     def prepare(state: EngineState) -> Call:
         device = placement({"indices": indices, "values": values, "dense_out": dense_out})
         idx, vals = _canonical_input(indices, values, n, check_finite)
+        if idx is None and (device or compression is not None or out != "dense"):
+            # every position listed: the values are read in place as dense input where the sum is exact,
+            # on the host, into a dense result; elsewhere the positions are listed as before
+            idx = np.arange(int(n), dtype=index_dtype(int(n)))
         target = dense_out
         if device and out == "dense" and dense_out is None:  # the result on the device, allocated before the sum
             view = _device.device_array(values, "values")
@@ -175,11 +182,12 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     return (result, info) if return_info else result
 
 
-def sparse_call(idx: np.ndarray, vals: np.ndarray, n: int, algorithm: object, compression: object,
+def sparse_call(idx: np.ndarray | None, vals: np.ndarray, n: int, algorithm: object, compression: object,
                 out: object = "dense", dense_out: object = None) -> Call:
     """The engine's :class:`~scaleml.engine.Call` for summing the canonical entries ``(idx, vals)`` of a
     vector of dimension ``n``: the algorithm (``SCALEML_DISABLE``, ``SCALEML_ALGORITHM``), the lossy format,
-    the result form and its memory checked (raises on this rank; the engine raises it on every rank)."""
+    the result form and its memory checked (raises on this rank; the engine raises it on every rank).
+    ``idx`` None: the entries are every position in order, ``vals`` the dense vector (read in place)."""
     requested, lossy = ("dense", None) if config.DISABLE else (algorithm, compression)
     requested = config.apply_algorithm(requested, lambda a: lossy is not None or algorithms.get(a).exact)
     code = algorithms.code_of(requested)
@@ -198,7 +206,8 @@ def sparse_call(idx: np.ndarray, vals: np.ndarray, n: int, algorithm: object, co
         raise LocalError(5, MemoryError(f"a dense vector of n = {n} does not fit in memory; "
                                         "use out='sparse' with a sparse algorithm"))
     return Call(n, vals, idx, requested=requested, out=out, fmt=fmt,
-                dense_out=None if dest is None else dest.reshape(-1), class_key=(out,), kept=dest)
+                dense_out=None if dest is None else dest.reshape(-1), class_key=(out,), kept=dest,
+                every_position=idx is None)
 
 
 def lossy_format(compression: object, code: int) -> ValueFormat | None:

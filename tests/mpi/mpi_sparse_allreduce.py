@@ -158,3 +158,33 @@ def test_dense_input_travels_dense():
         assert info.bytes_sent <= bound, f"{algorithm} sent {info.bytes_sent} > {bound}"
         expected = (np.arange(1, n + 1, dtype=np.float64) * P + P * (P - 1) / 2).astype(np.float32)
         np.testing.assert_allclose(result, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("index_type", [np.int64, np.int32, np.uint32])
+def test_every_position_listed_is_read_as_dense_input(index_type):
+    """Every position listed in order: the values are read in place as the dense vector, and every
+    algorithm gives the same bits and sends the same bytes as the same entries listed in another order
+    (which goes through the sort), zeros and -0.0 values included."""
+    n, rank = 5003, comm.Get_rank()
+    rng = np.random.default_rng(40 + rank)
+    for dtype in (np.float32, np.float64):
+        vals = rng.standard_normal(n).astype(dtype)
+        vals[rng.random(n) < 0.2] = 0.0
+        vals[::97] = -0.0  # -0.0 on every rank there: a sparse sum keeps its sign
+        idx = np.arange(n, dtype=index_type)
+        exact, exact_abs = dense_reference(idx, vals, n, comm)
+        for algorithm in ALL:
+            for out in ("dense", "sparse"):
+                result, info = scaleml.sparse_allreduce(idx, vals, n, comm, algorithm, out, return_info=True)
+                listed, listed_info = scaleml.sparse_allreduce(idx[::-1].copy(), vals[::-1].copy(), n, comm,
+                                                               info.algorithm, out, return_info=True)
+                assert info.bytes_sent == listed_info.bytes_sent, (algorithm, out)
+                if out == "sparse":
+                    np.testing.assert_array_equal(result.indices, listed.indices)
+                    result, listed = result.to_dense(), listed.to_dense()
+                assert result.tobytes() == listed.tobytes(), (algorithm, out, info.algorithm)
+                assert_close_to_sum(result, exact, exact_abs, comm.Get_size())
+        into = np.full(n, 7, dtype)
+        assert scaleml.sparse_allreduce(idx, vals, n, comm, "ring", dense_out=into) is into
+        assert into.tobytes() == scaleml.sparse_allreduce(idx[::-1].copy(), vals[::-1].copy(), n, comm,
+                                                          "ring").tobytes()

@@ -536,6 +536,9 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
 
 
 def _why(stats: ClassStats) -> str:
+    if stats.second_look:
+        return (f"exploring: a second look, its one sample was its cold first call "
+                f"({stats.explored[stats.bucket]} of {EXPLORE_LIMIT})")
     if stats.exploring:
         return (f"exploring: never measured here, estimated within {EXPLORE_WITHIN}x of the best measured "
                 f"({stats.explored[stats.bucket]} of {EXPLORE_LIMIT})")

@@ -34,9 +34,12 @@ The rules of a choice (:meth:`ClassStats.choose`), per size class and density
   never measured there (the best-estimated first), and only one whose
   estimate is below :data:`EXPLORE_WITHIN` times the best measured one's (and,
   for the drop-in, below :data:`WIN_MARGIN` of MPI's time): the model cannot
-  rank algorithms it puts close together, and trying one costs one call. So
-  the extra time the first calls of a class spend exploring is at most
-  ``EXPLORE_LIMIT`` calls, each estimated at most 1.5x the best measured call.
+  rank algorithms it puts close together, and trying one costs one call. The
+  same budget pays a **second look**: an explored algorithm whose one (cold)
+  sample is within 1.5x of the incumbent's warm estimate runs once more
+  before it is judged. So the extra time the first calls of a class spend
+  exploring is at most ``EXPLORE_LIMIT`` calls, each estimated at most 1.5x
+  the best measured call.
 * **Cold calls**: the first call of an algorithm in a class pays one-time
   costs (MPI's connections, first-touch memory). Its sample is replaced by
   the second one, and the incumbent runs a second time before anything is
@@ -72,8 +75,9 @@ SWITCH_MARGIN = 0.9
 """Another algorithm replaces the one in use (or is explored) only below this fraction of its estimate."""
 PRUNE_FACTOR = 4.0
 """An algorithm predicted more than this many times the best candidate's prediction is never explored."""
-EXPLORE_LIMIT = 2
-"""Calls per class and density that may try an algorithm never measured there, after the first choice."""
+EXPLORE_LIMIT = 3
+"""Calls per class and density that may try an algorithm never measured there, or run once more one whose
+only sample is its cold first call, after the first choice."""
 EXPLORE_WITHIN = 1.5
 """An algorithm never measured is tried only when its estimate is below this many times the best measured one's:
 the model cannot rank near-equals, and one call of an algorithm estimated within 1.5x costs little."""
@@ -132,7 +136,10 @@ class ClassStats:
     chosen_estimate: float = 0.0
     """The estimate :meth:`choose` gave its last choice (seconds)."""
     exploring: bool = False
-    """Whether :meth:`choose`'s last choice was an exploration (an algorithm never measured here)."""
+    """Whether :meth:`choose`'s last choice was an exploration (an algorithm never measured here, or a second
+    look: one whose only sample is its cold first call)."""
+    second_look: bool = False
+    """Whether that exploration was a second look."""
     _ratio_samples: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     _runs: dict[tuple[str, int], int] = field(default_factory=dict)
     """Measured calls per (algorithm, density bucket), the cold one included."""
@@ -248,7 +255,7 @@ class ClassStats:
                 est[a] = prior[a] * (_median(relatives) if relatives else 1.0)
         measured = [a for a in viable if a in measured]
         untried = [a for a in viable if a not in measured]
-        self.exploring = False
+        self.exploring = self.second_look = False
         choice = self._choice(est, viable, measured, untried, math.inf if ceiling is None else ceiling)
         self.chosen_estimate = est[choice]
         return choice
@@ -264,7 +271,17 @@ class ClassStats:
         if incumbent in measured and self.runs(incumbent) == 1:
             return incumbent  # its one sample is its cold first call: no evidence against it until a warm one
         best_measured = min(measured, key=est.__getitem__)
-        if untried and self.explored.get(bucket, 0) < EXPLORE_LIMIT:
+        budget_left = self.explored.get(bucket, 0) < EXPLORE_LIMIT
+        if budget_left and incumbent in measured:
+            # A second look: an explored algorithm's one sample is its cold first call, which the incumbent's
+            # is not (it ran twice); within reach of the incumbent, it runs once warm before it is judged.
+            second = [a for a in measured if a != incumbent and self.runs(a) == 1
+                      and est[a] < min(EXPLORE_WITHIN * est[incumbent], ceiling)]
+            if second:
+                self.explored[bucket] = self.explored.get(bucket, 0) + 1
+                self.exploring = self.second_look = True
+                return min(second, key=est.__getitem__)
+        if untried and budget_left:
             candidate = min(untried, key=est.__getitem__)
             if est[candidate] < min(EXPLORE_WITHIN * est[best_measured], ceiling):
                 self.explored[bucket] = self.explored.get(bucket, 0) + 1

@@ -12,7 +12,7 @@ from mpi4py import MPI
 from . import _device, _log, algorithms, config, nonblocking
 from ._dlpack import DL_HOST, host_view
 from ._native import ffi, lib
-from .dense_scan import scan_nonzeros
+from .dense_scan import ScanScratch, scan_nonzeros
 from .engine import (
     AllreduceInfo,
     Call,
@@ -344,6 +344,8 @@ class Comm(MPI.Intracomm):
         the fast path's one int-keyed lookup."""
         self._scan_capacity: dict[int, int] = {}
         """count -> how many non-zeros the next engine call's scan stores (see _engine_allreduce)."""
+        self._scan_scratch = ScanScratch()
+        """Where the scans store them (this Comm's calls never overlap: Iallreduce runs on a worker Comm)."""
         self._iallreduce_routes: dict[tuple[int, np.dtype], IallreduceRoutes] = {}
         self._iallreduce_fast: dict[int, IallreduceRoutes] = {}
         """count -> the routes of the last class of that count (``routes.dtype``): the fast path's lookup."""
@@ -884,7 +886,7 @@ class Comm(MPI.Intracomm):
             _check_op(op)
             send, recv = self._buffers(sendbuf, recvbuf, dtype, n)
             nnz, negative_zeros, nonzeros = scan_nonzeros(send, self._scan_capacity.get(n, n // _FIRST_SHARE),
-                                                          index_dtype(n))
+                                                          index_dtype(n), self._scan_scratch)
             # Dense data fills the capacity and then only counts: keep those wasted stores few for this size.
             self._scan_capacity[n] = n // (_SPARSE_SHARE if nnz <= n // _SPARSE_SHARE else _DENSE_SHARE)
             return Call(n, send, requested=self.algorithm, dense_out=recv, fmt=self._format, nnz=nnz,

@@ -7,7 +7,7 @@ import numpy as np
 
 from ._native import ffi, lib
 
-__all__ = ["count_nonzeros", "count_nonzeros_signed", "extract_nonzeros", "scan_nonzeros"]
+__all__ = ["ScanScratch", "count_nonzeros", "count_nonzeros_signed", "extract_nonzeros", "scan_nonzeros"]
 
 
 def count_nonzeros(x: np.ndarray) -> int:
@@ -35,7 +35,31 @@ def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.n
     return idx[:found], vals[:found]
 
 
-def scan_nonzeros(x: np.ndarray, capacity: int, idx_dtype: np.dtype
+class ScanScratch:
+    """Memory that :func:`scan_nonzeros` stores into, kept from one call to the next.
+
+    Fresh arrays of n/4 entries per call cost a 16 MB vector's scan at 1% density
+    about 0.4 ms of its 0.9 (page faults and cold lines); the drop-in keeps one of
+    these per communicator, whose calls never overlap. The entries a scan returns
+    are views into it, valid until the next scan that uses it.
+    """
+
+    __slots__ = ("_bytes",)
+
+    def __init__(self) -> None:
+        self._bytes = np.empty(0, np.uint8)
+
+    def arrays(self, capacity: int, idx_dtype: np.dtype, value_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, values) arrays of ``capacity`` entries over this memory (grown where too small)."""
+        # values first, positions at the next multiple of 8: both aligned for their types
+        at = -(-capacity * value_dtype.itemsize // 8) * 8
+        end = at + capacity * idx_dtype.itemsize
+        if self._bytes.size < end:
+            self._bytes = np.empty(end, np.uint8)
+        return self._bytes[at:end].view(idx_dtype), self._bytes[:capacity * value_dtype.itemsize].view(value_dtype)
+
+
+def scan_nonzeros(x: np.ndarray, capacity: int, idx_dtype: np.dtype, scratch: ScanScratch | None = None
                   ) -> tuple[int, int, tuple[np.ndarray, np.ndarray] | None]:
     """:func:`count_nonzeros_signed` and, where they fit, :func:`extract_nonzeros`, in one C pass.
 
@@ -47,6 +71,8 @@ def scan_nonzeros(x: np.ndarray, capacity: int, idx_dtype: np.dtype
         The most non-zeros to store (the scan stores no more, and counts on).
     idx_dtype : numpy.dtype
         uint32 or uint64: the positions' type.
+    scratch : ScanScratch, optional
+        Where to store them (the arrays returned are views into it); default new arrays.
 
     Returns
     -------
@@ -55,8 +81,10 @@ def scan_nonzeros(x: np.ndarray, capacity: int, idx_dtype: np.dtype
         non-zeros, or None where they did not all fit in ``capacity``.
     """
     capacity = max(int(capacity), 0)
-    idx = np.empty(capacity, idx_dtype)
-    vals = np.empty(capacity, x.dtype)
+    if scratch is None:
+        idx, vals = np.empty(capacity, idx_dtype), np.empty(capacity, x.dtype)
+    else:
+        idx, vals = scratch.arrays(capacity, idx_dtype, x.dtype)
     negative_zeros = ffi.new("uint64_t *")
     extracted = ffi.new("uint64_t *")
     nnz = int(lib.scaleml_scan_nonzeros(ffi.from_buffer(x), x.size, x.itemsize, idx.itemsize,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scaleml._native import ffi, lib
-from scaleml.dense_scan import count_nonzeros, count_nonzeros_signed, extract_nonzeros, scan_nonzeros
+from scaleml.dense_scan import ScanScratch, count_nonzeros, count_nonzeros_signed, extract_nonzeros, scan_nonzeros
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -104,6 +104,27 @@ def test_scan_across_density_changes_and_capacity_cuts(dtype):
             np.testing.assert_array_equal(idx[:k], positions[:k])
             np.testing.assert_array_equal(vals[:k].view(np.uint8), x[positions[:k]].view(np.uint8))
             assert (idx[capacity:] == 7).all() and (vals[capacity:] == 7).all()
+
+
+def test_scan_into_kept_scratch_matches_fresh_arrays():
+    """One ScanScratch over calls of growing and shrinking capacity, value and index types: the same entries
+    as fresh arrays, in aligned views of its memory."""
+    rng = np.random.default_rng(3)
+    scratch = ScanScratch()
+    for n, density, dtype, idx_dtype, share in [(5001, 0.01, np.float32, np.uint32, 16), (5001, 0.01, np.float32,
+                                                np.uint32, 4), (70001, 0.3, np.float64, np.uint32, 3),
+                                               (333, 1.0, np.float64, np.uint64, 1), (99, 0.5, np.float32,
+                                                np.uint64, 7), (70001, 0.3, np.float32, np.uint32, 256)]:
+        x = np.where(rng.random(n) < density, rng.standard_normal(n), 0).astype(dtype)
+        capacity = n // share
+        fresh = scan_nonzeros(x, capacity, np.dtype(idx_dtype))
+        kept = scan_nonzeros(x, capacity, np.dtype(idx_dtype), scratch)
+        assert fresh[:2] == kept[:2]
+        assert (fresh[2] is None) == (kept[2] is None)
+        if kept[2] is not None:
+            for a, b in zip(fresh[2], kept[2]):
+                assert a.dtype == b.dtype and b.flags.aligned
+                np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("idx_dtype", [np.uint32, np.uint64, np.int32, np.int64])

@@ -291,5 +291,6 @@ const char *scaleml_build_cflags(void);
 int scaleml_cpu_avx2(void);
 int scaleml_cpu_bmi2(void);
 int scaleml_cpu_f16c(void);
+int scaleml_cpu_avx512f(void);
 
 #endif

@@ -104,10 +104,10 @@ def build_report() -> dict[str, Any]:
         "compiler": ffi.string(lib.scaleml_build_compiler()).decode(),
         "cflags": cflags,
         "simd_dispatch": ("compiled for " + " ".join(march) + ", plus" if march else
-                          "baseline ISA (no -march), with") + " run-time dispatch: AVX2/BMI2/F16C kernels where "
-                         "the CPU has them, AVX2 target_clones for the random numbers",
+                          "baseline ISA (no -march), with") + " run-time dispatch: AVX2/BMI2/F16C/AVX-512F kernels "
+                         "where the CPU has them, AVX2 target_clones for the random numbers",
         "simd_in_use": {"avx2": bool(lib.scaleml_cpu_avx2()), "bmi2": bool(lib.scaleml_cpu_bmi2()),
-                        "f16c": bool(lib.scaleml_cpu_f16c())},
+                        "f16c": bool(lib.scaleml_cpu_f16c()), "avx512f": bool(lib.scaleml_cpu_avx512f())},
         "scaleml_no_simd": bool(no_simd and no_simd != "0"),
         "kernel_threads": {"threads": lib.scaleml_get_num_threads(), "from": config.num_threads()[1]},
         "cpu": model,

@@ -267,7 +267,7 @@ def test_python_m_scaleml_prints_the_installation_and_configuration():
     assert report["scaleml"]["version"] == scaleml.__version__
     assert report["mpi"]["library"] == MPI.Get_library_version().strip()
     assert report["mpi"]["built_against"].startswith(scaleml.BUILT_MPI_VENDOR)
-    assert set(report["build"]["simd_in_use"]) == {"avx2", "bmi2", "f16c"} and report["build"]["cflags"]
+    assert set(report["build"]["simd_in_use"]) == {"avx2", "bmi2", "f16c", "avx512f"} and report["build"]["cflags"]
     assert isinstance(report["cuda"]["available"], bool)
     assert report["configuration"]["SCALEML_MIN_COUNT"] == {"value": 77, "source": "env",
                                                           "help": config.VARIABLES["SCALEML_MIN_COUNT"].help}

@@ -424,27 +424,29 @@ static uint64_t fixed_unit_buckets(uint64_t bucket, uint32_t bits)
     return g;
 }
 
-/* The fixed format over threads (cap already checked): thread p encodes buckets
- * [lo, hi) of whole units at the byte offset where they start. Returns as encode_range. */
+/* The fixed format over threads (cap already checked): part p (threads_parts of
+ * them, taken one at a time) encodes buckets [lo, hi) of whole units at the byte
+ * offset where they start. Returns as encode_range. */
 static int encode_fixed_threads(const qsgd_encoder *e, int threads, uint8_t *out, size_t cap)
 {
     uint64_t g = fixed_unit_buckets(e->bucket, e->bits);
     uint64_t unit = g * e->bucket;
     uint64_t unit_bytes = g * (32 + e->bucket * (e->bits + 1)) / 8;
-    int status[threads];
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-    for (int t = 0; t < threads; t++) {
+    int parts = threads_parts(threads, (e->n + unit - 1) / unit);
+    int status[parts];
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int p = 0; p < parts; p++) {
         uint64_t lo, hi;
-        threads_split_units(e->n, unit, threads, t, &lo, &hi);
+        threads_split_units(e->n, unit, parts, p, &lo, &hi);
         size_t offset = (size_t)(lo / unit * unit_bytes);
-        size_t room = t == threads - 1 ? cap - offset : (size_t)((hi - lo) / unit * unit_bytes);
+        size_t room = p == parts - 1 ? cap - offset : (size_t)((hi - lo) / unit * unit_bytes);
         size_t written;
         int overflow;
-        status[t] = encode_range(e, lo, hi, out + offset, room, &written, &overflow);
+        status[p] = encode_range(e, lo, hi, out + offset, room, &written, &overflow);
     }
     /* the first failing part holds the first failing bucket: the single thread's error */
-    for (int t = 0; t < threads; t++)
-        if (status[t]) return status[t];
+    for (int p = 0; p < parts; p++)
+        if (status[p]) return status[p];
     return 0;
 }
 
@@ -605,13 +607,14 @@ static int decode_fixed_threaded(const uint8_t *buf, size_t bytes, uint64_t n, u
         if (!qsgd_norm_valid(nf))
             return decode_fixed(buf, bytes, n, bits, bucket, out, value_bytes, accumulate);
     }
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-    for (int t = 0; t < threads; t++) {
+    int parts = threads_parts(threads, buckets);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int p = 0; p < parts; p++) {
         uint64_t blo, bhi;
-        threads_split(buckets, threads, t, &blo, &bhi);
+        threads_split(buckets, parts, p, &blo, &bhi);
         uint64_t lo = blo * bucket, hi = bhi * bucket < n ? bhi * bucket : n;
         size_t offset = (size_t)(blo * bucket_bytes);
-        size_t part = t == threads - 1 ? bytes - offset : (size_t)((bhi - blo) * bucket_bytes);
+        size_t part = p == parts - 1 ? bytes - offset : (size_t)((bhi - blo) * bucket_bytes);
         /* cannot fail: the norms are valid and the size was checked */
         (void)decode_fixed(buf + offset, part, hi - lo, bits, bucket, (char *)out + lo * (uint64_t)value_bytes,
                            value_bytes, accumulate);
@@ -667,13 +670,13 @@ static int decode_fixed_serial_threaded(const uint8_t *buf, size_t bytes, uint64
     uint64_t g = fixed_unit_buckets(bucket, bits);
     uint64_t unit = g * bucket;
     uint64_t unit_bytes = g * (32 + bucket * (bits + 1)) / 8;
-    int failed = 0;
-#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|: failed)
-    for (int t = 0; t < threads; t++) {
+    int failed = 0, parts = threads_parts(threads, (n + unit - 1) / unit);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(|: failed)
+    for (int p = 0; p < parts; p++) {
         uint64_t lo, hi;
-        threads_split_units(n, unit, threads, t, &lo, &hi);
+        threads_split_units(n, unit, parts, p, &lo, &hi);
         size_t offset = (size_t)(lo / unit * unit_bytes);
-        size_t part = t == threads - 1 ? bytes - offset : (size_t)((hi - lo) / unit * unit_bytes);
+        size_t part = p == parts - 1 ? bytes - offset : (size_t)((hi - lo) / unit * unit_bytes);
         failed |= decode_fixed_serial(buf + offset, part, lo, hi, bits, bucket, out, value_bytes) != 0;
     }
     return failed ? -1 : 0;

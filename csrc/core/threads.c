@@ -45,6 +45,12 @@ int threads_within(int threads, uint64_t elements)
     return threads < 1 ? 1 : threads;
 }
 
+int threads_parts(int threads, uint64_t units)
+{
+    uint64_t parts = threads > 1 ? (uint64_t)threads * SCALEML_THREAD_PARTS : 1;
+    return (int)(parts < units ? parts : units > 0 ? units : 1);
+}
+
 void threads_split(uint64_t units, int parts, int p, uint64_t *lo, uint64_t *hi)
 {
     uint64_t q = units / (uint64_t)parts, r = units % (uint64_t)parts, i = (uint64_t)p;

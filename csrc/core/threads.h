@@ -29,6 +29,14 @@ int threads_for(uint64_t elements, uint64_t units);
 /* A later phase of the same call over `elements` elements: min(threads, elements / MIN), at least 1;
  * the call's recorded count stays the one threads_for gave. */
 int threads_within(int threads, uint64_t elements);
+/* Parts to cut a call's `units` into for `threads` threads that take them one at a time
+ * (schedule(dynamic, 1)): SCALEML_THREAD_PARTS per thread, at most `units`. Where a core is
+ * shared (another process, the hypervisor), its thread takes fewer parts instead of holding up
+ * the others with an equal share; the bytes depend on the parts' positions only, not on who ran
+ * them. */
+#define SCALEML_THREAD_PARTS 4
+int threads_parts(int threads, uint64_t units);
+
 /* Part p of `parts` of the range [0, units): [*lo, *hi), as equal as whole
  * units allow (the first units % parts parts get one more). */
 void threads_split(uint64_t units, int parts, int p, uint64_t *lo, uint64_t *hi);

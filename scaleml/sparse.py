@@ -107,6 +107,9 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
         Positions of this rank's non-zeros in ``[0, n)``; any order, repeats
         allowed (their values are summed). A CPU ``torch.Tensor`` is accepted
         (viewed without a copy), here and for ``values`` and ``dense_out``.
+        Every position in order (``0 .. n-1``, of any integer type) makes
+        ``values`` the dense vector, read in place for an exact dense
+        result: no index conversion and no scatter.
     values : array_like of float32 or float64
         Values at ``indices``; same length, same dtype on every rank. When it
         is a ``torch.Tensor``, a dense result is one too (sharing the numpy

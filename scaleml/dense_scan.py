@@ -38,10 +38,11 @@ def extract_nonzeros(x: np.ndarray, nnz: int, idx_dtype: np.dtype) -> tuple[np.n
 class ScanScratch:
     """Memory that :func:`scan_nonzeros` stores into, kept from one call to the next.
 
-    Fresh arrays of n/4 entries per call cost a 16 MB vector's scan at 1% density
-    about 0.4 ms of its 0.9 (page faults and cold lines); the drop-in keeps one of
-    these per communicator, whose calls never overlap. The entries a scan returns
-    are views into it, valid until the next scan that uses it.
+    What fresh arrays of n/4 entries per call cost depends on what the allocator did
+    with the last call's (given back and faulted in again, or reused): up to half of
+    a 16 MB vector's scan. The drop-in keeps one of these per communicator, whose
+    calls never overlap. The entries a scan returns are views into it, valid until
+    the next scan that uses it.
     """
 
     __slots__ = ("_bytes",)

@@ -598,7 +598,9 @@ def collective(comm: MPI.Intracomm, op_name: str, prepare: Callable[[EngineState
     stats.learn(agreement.engine_ns, agreement.mpi_ns)
     P = state.private.Get_size()
     stats.at_density(agreement.nnz_sum, P, n)
-    dense_input = call.indices is None
+    # As the caller gave it, the same on every rank: every position listed is read as dense input on some
+    # ranks only, and the plan must not depend on that.
+    dense_input = call.indices is None and not call.every_position
     idx_bytes = index_dtype(n).itemsize
     case = (n, P, agreement, idx_bytes, value_bytes, call.out == "sparse", dense_input, call.fmt)
     predicted = predict(*case, topology=state.topology)

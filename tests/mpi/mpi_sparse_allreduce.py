@@ -188,3 +188,26 @@ def test_every_position_listed_is_read_as_dense_input(index_type):
         assert scaleml.sparse_allreduce(idx, vals, n, comm, "ring", dense_out=into) is into
         assert into.tobytes() == scaleml.sparse_allreduce(idx[::-1].copy(), vals[::-1].copy(), n, comm,
                                                           "ring").tobytes()
+
+
+def test_every_position_on_some_ranks_plans_alike():
+    """Rank 0 lists every position (read as dense input there), the others some: every algorithm sums right,
+    and `auto` plans from agreed values only, so every rank's tuner ends in the same state (the plan once
+    took rank 0's dense input into its model and the ranks' states parted)."""
+    c = comm.Dup()
+    n, rank = 4099, c.Get_rank()
+    rng = np.random.default_rng(70 + rank)
+    for step in range(24):
+        if rank == 0:
+            idx = np.arange(n)
+        else:
+            idx = np.flatnonzero(rng.random(n) < 0.3)
+        vals = rng.standard_normal(idx.size).astype(np.float32)
+        exact, exact_abs = dense_reference(idx, vals, n, c)
+        algorithm = ALL[step % len(ALL)] if step % 2 else "auto"
+        assert_close_to_sum(scaleml.sparse_allreduce(idx, vals, n, c, algorithm), exact, exact_abs, c.Get_size())
+    state = scaleml.engine.engine_state(c)
+    mine = {k: (v.calls, v.mpi_until, v.backoff, sorted(v.ratio.items()), v.mpi_seconds, sorted(v.incumbent.items()))
+            for k, v in state.tuner.classes.items()}
+    assert all(other == mine for other in c.allgather(mine))
+    c.Free()

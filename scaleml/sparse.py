@@ -48,9 +48,11 @@ def as_float_array(x: object, what: str) -> np.ndarray:
     return a
 
 
-def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray | None, np.ndarray]:
-    """Validate one rank's sparse input; return sorted unique indices and summed values, or (None, values)
-    where the indices are every position in order (0 .. n-1): the values are then the dense vector."""
+def _canonical_input(indices, values, n, check_finite: bool, dense_ok: bool = False
+                     ) -> tuple[np.ndarray | None, np.ndarray]:
+    """Validate one rank's sparse input; return sorted unique indices and summed values, or, with
+    ``dense_ok``, (None, values) where the indices are every position in order (0 .. n-1): the values are
+    then the dense vector."""
     try:
         n_int = int(n)
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
@@ -83,7 +85,7 @@ def _canonical_input(indices, values, n, check_finite: bool) -> tuple[np.ndarray
     vals = np.ascontiguousarray(vals)
     if check_finite and not lib.scaleml_all_finite(ffi.from_buffer(vals), vals.size, vals.itemsize):
         raise LocalError(4, ValueError("values contain NaN or Inf (pass check_finite=False to allow)"))
-    if canonical and idx.size == n_int > 0:  # n strictly increasing indices in [0, n): exactly 0 .. n-1
+    if dense_ok and canonical and idx.size == n_int > 0:  # n strictly increasing indices in [0, n): 0 .. n-1
         return None, vals
     idx = np.ascontiguousarray(idx, dtype=index_dtype(n_int))
     if idx.size > 1 and not canonical and not (idx[1:] > idx[:-1]).all():
@@ -161,11 +163,10 @@ def sparse_allreduce(indices, values, n: int, comm: MPI.Intracomm = MPI.COMM_WOR
     """
     def prepare(state: EngineState) -> Call:
         device = placement({"indices": indices, "values": values, "dense_out": dense_out})
-        idx, vals = _canonical_input(indices, values, n, check_finite)
-        if idx is None and (device or compression is not None or out != "dense"):
-            # every position listed: the values are read in place as dense input where the sum is exact,
-            # on the host, into a dense result; elsewhere the positions are listed as before
-            idx = np.arange(int(n), dtype=index_dtype(int(n)))
+        # every position listed: the values are read in place as dense input where the sum is exact, on the
+        # host, into a dense result; elsewhere the positions go as listed
+        idx, vals = _canonical_input(indices, values, n, check_finite,
+                                     dense_ok=not device and compression is None and out == "dense")
         target = dense_out
         if device and out == "dense" and dense_out is None:  # the result on the device, allocated before the sum
             view = _device.device_array(values, "values")

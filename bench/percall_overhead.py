@@ -3,7 +3,7 @@
 On one rank MPI_Allreduce is a copy, so what differs is the wrapper's work. Sizes below ``min_count``
 (MPI straight away) and at or above it (the steady state of a class MPI won: an MPI period). The calls take
 turns (ABAB...), and each figure is the median of ``--repeats`` batches of ``--calls`` calls; A/A is mpi4py
-against itself.
+against itself. ``Allreduce`` is the blocking call; ``Iallreduce`` is the nonblocking one and its ``Wait``.
 
     .venv/bin/python bench/percall_overhead.py --json docs/results/dropin_percall_overhead_P1.json
 """
@@ -44,25 +44,32 @@ def main(argv: list[str] | None = None) -> int:
     dropin = scaleml.Comm(world)
     plain = world.Dup()
     rows = []
-    for n in args.elements:
+    for call, n in [(call, n) for call in ("Allreduce", "Iallreduce") for n in args.elements]:
         x = np.ones(n, np.float32)
         out = np.empty_like(x)
+        if call == "Allreduce":
+            mpi4py_call = functools.partial(plain.Allreduce, x, out)
+            scaleml_call = functools.partial(dropin.Allreduce, x, out)
+        else:
+            def mpi4py_call(x=x, out=out):
+                plain.Iallreduce(x, out).Wait()
+
+            def scaleml_call(x=x, out=out):
+                dropin.Iallreduce(x, out).Wait()
         for _ in range(50):  # past MPI's first measurement: the class's steady state
-            dropin.Allreduce(x, out)
+            scaleml_call()
         samples: dict[str, list[float]] = {"mpi4py": [], "mpi4py_again": [], "scaleml": []}
-        mpi4py_call = functools.partial(plain.Allreduce, x, out)
-        scaleml_call = functools.partial(dropin.Allreduce, x, out)
         for _ in range(args.repeats):
             samples["mpi4py"].append(per_call(mpi4py_call, args.calls))
             samples["scaleml"].append(per_call(scaleml_call, args.calls))
             samples["mpi4py_again"].append(per_call(mpi4py_call, args.calls))
         med = {k: statistics.median(v) for k, v in samples.items()}
-        row = {"elements": n, "bytes": 4 * n, "mpi4py_us": med["mpi4py"] * 1e6,
+        row = {"call": call, "elements": n, "bytes": 4 * n, "mpi4py_us": med["mpi4py"] * 1e6,
                "scaleml_us": med["scaleml"] * 1e6, "overhead_us": (med["scaleml"] - med["mpi4py"]) * 1e6,
                "aa_us": (med["mpi4py_again"] - med["mpi4py"]) * 1e6,
                "route": "below min_count" if n < dropin.min_count else "MPI period"}
         rows.append(row)
-        print(f"{n:>8} floats ({row['route']:>15}): mpi4py {row['mpi4py_us']:.2f} us, "
+        print(f"{call:>10} {n:>8} floats ({row['route']:>15}): mpi4py {row['mpi4py_us']:.2f} us, "
               f"scaleml {row['scaleml_us']:.2f} us, overhead {row['overhead_us']:+.2f} us (A/A {row['aa_us']:+.2f} us)")
     if args.json:
         with open(args.json, "w") as f:

@@ -52,10 +52,10 @@ from mpi4py import MPI
 from . import config
 from .engine import EngineState, agree, engine_state
 
-try:  # MPI_Wait and the NaN check of index 0 from C (csrc/python/mpi_direct.c): Python 3.11+
-    from ._mpi_direct import wait_nan_first as _wait_nan_first
-except ImportError:  # below 3.11, or built without mpi4py's headers: mpi4py's Wait and a read of index 0
-    _wait_nan_first = None
+try:  # MPIRequest's fields and Wait in C (csrc/python/mpi_direct.c): Python 3.11+
+    from ._mpi_direct import SumRequest as _SumRequest
+except ImportError:  # below 3.11, or built without mpi4py's headers: MPIRequestPy's, in Python
+    _SumRequest = None
 
 __all__ = ["Request", "start", "waitall"]
 
@@ -188,31 +188,12 @@ def waitall(requests: Iterable[Any]) -> None:
         raise first
 
 
-class MPIRequest:
-    """A drop-in ``Iallreduce`` that MPI runs: ``MPI_Iallreduce`` on the caller's buffers.
+class _MPIRequestMethods:
+    """What :class:`MPIRequest` adds to its fields and ``Wait`` (in C where built, else :class:`MPIRequestPy`)."""
 
-    Where the engine lost to MPI in a size class, a nonblocking call costs
-    what mpi4py's costs: no hand-over to the progress thread (which costs tens
-    of microseconds, more than the whole collective below a few hundred KiB).
-    Its safety is the blocking drop-in's MPI period's: a rank whose buffers are
-    bad joins with NaN at index 0 of a scratch sum, and a sum with NaN at index
-    0 leads every rank into an agreement that raises on every rank if any rank
-    failed (see :class:`_MPIChecks`). It completes when waited for or tested,
-    as mpi4py's requests do; a done-callback (or a torch future) gets a thread
-    of its own that waits for it. :class:`Request`'s methods, lean: this is
-    the path whose every microsecond counts.
-    """
-
-    __slots__ = ("_mpi", "_recv", "_send", "_local_error", "_checks", "_complete", "_error", "_callbacks")
+    __slots__ = ()
     _value = None  # what the blocking call returns when MPI runs it
     name = "Iallreduce"
-
-    def __init__(self, checks: _MPIChecks, mpi_request: MPI.Request, recv: Any, local_error: Any,
-                 send: Any = None) -> None:
-        # send: the send buffer, kept alive until completion where the request does not hold it (started from C)
-        self._mpi, self._recv, self._send = mpi_request, recv, send
-        self._local_error, self._checks = local_error, checks
-        self._complete, self._error, self._callbacks = False, None, None
 
     def _finish(self, error: BaseException | None) -> None:
         self._error, self._recv, self._send = error, None, None
@@ -220,38 +201,6 @@ class MPIRequest:
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             callback(self)
-
-    def Wait(self, status: MPI.Status | None = None) -> bool:  # noqa: N802 (mpi4py's name)
-        """Wait for the collective to complete; raise its exception if it failed (``True`` as mpi4py)."""
-        if not self._complete:
-            checks = self._checks
-            with checks.lock:
-                pending = checks.pending
-                # The common case, inline: the oldest pending request, this rank's buffers good, no callback.
-                if pending and pending[0] is self and self._local_error is None and self._callbacks is None:
-                    try:
-                        if _wait_nan_first is not None:
-                            nan_first = _wait_nan_first(self._mpi, self._recv)
-                        else:
-                            self._mpi.Wait()
-                            first = self._recv.item(0)
-                            nan_first = first != first
-                    except MPI.Exception as exc:
-                        pending.popleft()
-                        self._finish(exc)
-                    else:
-                        pending.popleft()
-                        if nan_first:
-                            checks._agree(self)
-                        else:
-                            self._recv = self._send = None
-                            self._complete = True
-                            return True
-                else:
-                    checks.complete(self, True)
-        if self._error is not None:
-            raise self._error
-        return True
 
     def Test(self, status: MPI.Status | None = None) -> bool:  # noqa: N802
         """Whether the collective completed (raises its exception if it failed)."""
@@ -300,6 +249,70 @@ class MPIRequest:
     def __repr__(self) -> str:
         state = "pending" if not self._complete else ("failed" if self._error else "complete")
         return f"<scaleml.nonblocking.Request {self.name} (MPI) {state}>"
+
+
+class MPIRequestPy(_MPIRequestMethods):
+    """:class:`MPIRequest` in Python: where ``scaleml._mpi_direct`` is not built (and in the tests of that
+    route). The same fields, and the same ``Wait`` as the C one (``SumRequest``, csrc/python/mpi_direct.c)."""
+
+    __slots__ = ("_mpi", "_recv", "_send", "_local_error", "_checks", "_complete", "_error", "_callbacks")
+
+    def __init__(self, checks: _MPIChecks, mpi_request: MPI.Request, recv: Any, local_error: Any,
+                 send: Any = None) -> None:
+        # send: the send buffer, kept alive until completion where the request does not hold it (started from C)
+        self._mpi, self._recv, self._send = mpi_request, recv, send
+        self._local_error, self._checks = local_error, checks
+        self._complete, self._error, self._callbacks = False, None, None
+
+    def Wait(self, status: MPI.Status | None = None) -> bool:  # noqa: N802 (mpi4py's name)
+        """Wait for the collective to complete; raise its exception if it failed (``True`` as mpi4py)."""
+        if not self._complete:
+            checks = self._checks
+            with checks.lock:
+                pending = checks.pending
+                # The common case, inline: the oldest pending request, this rank's buffers good, no callback.
+                if pending and pending[0] is self and self._local_error is None and self._callbacks is None:
+                    try:
+                        self._mpi.Wait()
+                    except MPI.Exception as exc:
+                        pending.popleft()
+                        self._finish(exc)
+                    else:
+                        pending.popleft()
+                        first = self._recv.item(0)
+                        if first != first:
+                            checks._agree(self)
+                        else:
+                            self._recv = self._send = None
+                            self._complete = True
+                            return True
+                else:
+                    checks.complete(self, True)
+        if self._error is not None:
+            raise self._error
+        return True
+
+
+if _SumRequest is not None:
+    class MPIRequest(_SumRequest, _MPIRequestMethods):
+        """A drop-in ``Iallreduce`` that MPI runs: ``MPI_Iallreduce`` on the caller's buffers.
+
+        Where the engine lost to MPI in a size class, a nonblocking call costs
+        what mpi4py's costs: no hand-over to the progress thread (which costs tens
+        of microseconds, more than the whole collective below a few hundred KiB).
+        Its safety is the blocking drop-in's MPI period's: a rank whose buffers are
+        bad joins with NaN at index 0 of a scratch sum, and a sum with NaN at index
+        0 leads every rank into an agreement that raises on every rank if any rank
+        failed (see :class:`_MPIChecks`). It completes when waited for or tested,
+        as mpi4py's requests do; a done-callback (or a torch future) gets a thread
+        of its own that waits for it. Its fields, its start
+        (``scaleml._mpi_direct.iallreduce_request``) and the common case of its
+        ``Wait`` are C: this is the path whose every microsecond counts.
+        """
+
+        __slots__ = ()
+else:
+    MPIRequest = MPIRequestPy  # type: ignore[misc]
 
 
 class _MPIChecks:

@@ -666,12 +666,16 @@ def run_algorithm(private: MPI.Intracomm, call: Call, chosen: str, agreement: Ag
     nnz_max, nnz_sum = agreement.nnz_max, agreement.nnz_sum
     idx = call.indices
     entry = algorithms.REGISTRY[chosen]
+    # In place (the drop-in's MPI.IN_PLACE) with this rank's non-zeros known and no -0.0 among its zeros, the
+    # result can be written over the input: its non-zeros cleared, the result's entries set (see below).
+    over = False
     if call.every_position and ("dense" not in entry.input_forms or entry.unsigned_zeros):
         # the positions as listed, zeros and their signs included (a dense input would drop them)
         idx = np.arange(n, dtype=index_dtype(n))
     elif idx is None and "dense" not in entry.input_forms:  # the drop-in's dense input: its non-zeros
         idx, vals = call.nonzeros if call.nonzeros is not None else \
             extract_nonzeros(vals, call.nnz if call.nnz is not None else n, index_dtype(n))
+        over = dense is call.values and not call.negative_zero
         if tl is not None:
             tl.mark("encode")
     if idx is None:  # dense input: n values on every rank (the agreed non-zero counts bound nothing here)
@@ -700,7 +704,10 @@ def run_algorithm(private: MPI.Intracomm, call: Call, chosen: str, agreement: Ag
         info.node_bytes = (int(wire.intra_bytes), int(wire.inter_bytes))
     result: np.ndarray | SparseVector
     if dense is not None:
-        lib.scaleml_result_to_dense(res, ffi.from_buffer(dense, require_writable=True))
+        out = ffi.from_buffer(dense, require_writable=True)
+        if not (over and lib.scaleml_result_to_dense_over(res, out, ffi.from_buffer(idx), idx.size, idx.itemsize,
+                                                          dense.itemsize)):
+            lib.scaleml_result_to_dense(res, out)
         result = dense
     else:
         out_dtype = index_dtype(n) if idx is None else idx.dtype

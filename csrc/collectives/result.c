@@ -41,6 +41,44 @@ void scaleml_result_to_dense(const scaleml_result *res, void *dense)
     }
 }
 
+/* Where the result's entries and the positions to clear are fewer than n / OVER_SHARE, writing them alone
+ * beats writing all n values: each costs a cache line, the fill streams n values (measured on one core,
+ * 2^22 float32: 0.07 against 0.45 ms at 0.1% density, equal at about 5%, where the fill wins beyond). */
+#define OVER_SHARE 32
+
+static void clear_positions(void *dense, const void *positions, uint64_t count, int index_bytes, int value_bytes)
+{
+    const uint32_t *p32 = positions;
+    const uint64_t *p64 = positions;
+    if (value_bytes == 4) {
+        float *d = dense;
+        if (index_bytes == 4)
+            for (uint64_t i = 0; i < count; i++) d[p32[i]] = 0.0f;
+        else
+            for (uint64_t i = 0; i < count; i++) d[p64[i]] = 0.0f;
+    } else {
+        double *d = dense;
+        if (index_bytes == 4)
+            for (uint64_t i = 0; i < count; i++) d[p32[i]] = 0.0;
+        else
+            for (uint64_t i = 0; i < count; i++) d[p64[i]] = 0.0;
+    }
+}
+
+int scaleml_result_to_dense_over(const scaleml_result *res, void *dense, const void *positions, uint64_t count,
+                                 int index_bytes, int value_bytes)
+{
+    uint64_t entries = 0;
+    for (int i = 0; i < res->nsegments; i++) {
+        if (res->segments[i].dense) return 0;
+        entries += res->segments[i].nnz;
+    }
+    if ((entries + count) * OVER_SHARE >= res->n) return 0;
+    clear_positions(dense, positions, count, index_bytes, value_bytes);
+    for (int i = 0; i < res->nsegments; i++) sv_write_entries(&res->segments[i], dense);
+    return 1;
+}
+
 uint64_t scaleml_result_sparse_count(const scaleml_result *res)
 {
     uint64_t total = 0;

@@ -600,6 +600,11 @@ void sv_write_dense(const sv_segment *s, void *dense)
                      s->nnz);
 }
 
+void sv_write_entries(const sv_segment *s, void *whole)
+{
+    SV_DISPATCH_VOID(s->index_bytes, s->value_bytes, scatter_set, whole, 0, s->indices, s->values, s->nnz);
+}
+
 uint64_t sv_sparse_entry_count(const sv_segment *s)
 {
     if (!s->dense) return s->nnz;

@@ -156,6 +156,8 @@ int sv_unpack_dense_into(const void *buf, size_t bytes, uint64_t len, int value_
 
 /* Write s into dense[0 .. len) where dense[0] is global index s->offset. */
 void sv_write_dense(const sv_segment *s, void *dense);
+/* Write a sparse segment's entries at their global indices of whole[0 .. n), and nothing else. */
+void sv_write_entries(const sv_segment *s, void *whole);
 /* Entries that sv_write_sparse produces: nnz (sparse) or the non-zeros (dense). */
 uint64_t sv_sparse_entry_count(const sv_segment *s);
 /* Write those entries, at most capacity of them; returns how many were written. */

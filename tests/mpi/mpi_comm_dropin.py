@@ -192,6 +192,66 @@ def test_scan_stores_the_nonzeros_a_sparse_algorithm_takes(monkeypatch):
         extractions.clear()
 
 
+class CountingLib:
+    """scaleml.engine's cffi lib, counting what scaleml_result_to_dense_over returns."""
+
+    def __init__(self, lib):
+        self.lib, self.over = lib, []
+
+    def scaleml_result_to_dense_over(self, *args):
+        written = self.lib.scaleml_result_to_dense_over(*args)
+        self.over.append(written)
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self.lib, name)
+
+
+@pytest.mark.parametrize("typecode", ["f", "d"])
+@pytest.mark.parametrize("algorithm", ["split_allgather", "recursive_doubling", "split_dense"])
+def test_in_place_sparse_result_is_written_over_the_input(monkeypatch, typecode, algorithm):
+    """MPI.IN_PLACE at low density: the result written over the input (its non-zeros cleared, the result's
+    entries set) where it pays, else the whole vector written; sums that cancel to 0 and a -0.0 on one rank
+    (which must come out as MPI's +0.0) either way."""
+    counting = CountingLib(scaleml.engine.lib)
+    monkeypatch.setattr(scaleml.engine, "lib", counting)
+    comm = scaleml.Comm(world, algorithm=algorithm, min_count=0)
+    n = 40_000
+    rng = np.random.default_rng([29, rank])
+    for density, negative_zero in [(0.0005, False), (0.0005, True), (0.05, False), (0.0, False)]:
+        x = np.where(rng.random(n) < density, rng.standard_normal(n), 0).astype(typecode)
+        x[11] = 1.5 if rank % 2 == 0 else -1.5  # 0 where the ranks are even in number
+        x[n - 1] = 0.25  # the last index
+        if negative_zero and rank == 0:
+            x[7] = -0.0
+        parts = world.allgather(x)
+        expected = parts[0].copy()
+        for part in parts[1:]:
+            expected += part
+        out = x.copy()
+        counting.over.clear()
+        comm.Allreduce(MPI.IN_PLACE, out)
+        failures = []  # gathered before asserting: a rank that failed alone would leave the others waiting
+        tolerance = size * 4 * np.finfo(out.dtype).eps
+        if not (np.allclose(out, expected, rtol=tolerance, atol=tolerance)
+                and np.array_equal(np.signbit(out), np.signbit(expected))):
+            failures.append(f"in place, density {density}: wrong sum or sign of zero")
+        info = comm.last_info
+        if info is not None and info.algorithm == algorithm and size > 1:  # else MPI ran it
+            # Written over where this rank's input held no -0.0 and the entries are few (split_dense's result
+            # is dense: never over); each rank's own choice, made after the collective (nothing to agree).
+            over = not (negative_zero and rank == 0) and density < 0.01 and algorithm != "split_dense"
+            if counting.over != [int(over)] and not (counting.over == [] and not over):
+                failures.append(f"density {density}, -0.0 {negative_zero}: written over {counting.over}")
+        # Not in place: the whole vector, as before.
+        send, out = x.copy(), np.full_like(x, 9)
+        counting.over.clear()
+        comm.Allreduce(send, out)
+        if not np.allclose(out, expected, rtol=tolerance, atol=tolerance) or counting.over:
+            failures.append(f"not in place, density {density}: wrong sum or written over")
+        assert world.allgather(failures) == [[]] * size
+
+
 def test_attributes_are_the_wrapped_communicators():
     comm = scaleml.Comm(world)
     assert comm.rank == world.rank and comm.Get_size() == size

@@ -259,7 +259,7 @@ class MPIRequestPy(_MPIRequestMethods):
 
     def __init__(self, checks: _MPIChecks, mpi_request: MPI.Request, recv: Any, local_error: Any,
                  send: Any = None) -> None:
-        # send: the send buffer, kept alive until completion where the request does not hold it (started from C)
+        # send: the send buffer, kept alive until completion (MPI reads it until then)
         self._mpi, self._recv, self._send = mpi_request, recv, send
         self._local_error, self._checks = local_error, checks
         self._complete, self._error, self._callbacks = False, None, None

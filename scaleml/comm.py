@@ -498,18 +498,15 @@ class Comm(MPI.Intracomm):
                     and op is _SUM and not _log.ON:
                 routes.calls += 1  # IallreduceRoutes.next() without a decision to make
                 checks = routes.checks
-                # checks.start, inline: the request made and started in C where the buffers are plain
+                # the request made and started in C where the buffers are plain
                 if _iallreduce_request is not None:
                     request = _iallreduce_request(MPIRequest, checks, self._comm, sendbuf, recvbuf)
                     if request is not None:
                         return request
                 try:  # else mpi4py's call, which refuses bad buffers
-                    mpi_request = self._comm.Iallreduce(sendbuf, recvbuf, op)
+                    return checks.start(self._comm, sendbuf, recvbuf, op, recvbuf, None)
                 except (BufferError, ValueError, TypeError) as exc:
                     return self._mpi_iallreduce(checks, sendbuf, recvbuf, op, dtype, n, refused=exc)
-                request = MPIRequest(checks, mpi_request, recvbuf, None, sendbuf)
-                checks.pending.append(request)
-                return request
         return self._planned_iallreduce(sendbuf, recvbuf, op)
 
     def _planned_iallreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op) -> Any:

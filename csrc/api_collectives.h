@@ -217,12 +217,11 @@ void scaleml_block_range(uint64_t n, int parts, int j, uint64_t *start, uint64_t
 /* Write the result into n dense values. */
 void scaleml_result_to_dense(const scaleml_result *result, void *dense);
 /* The result written over dense where dense still holds this rank's input: +0.0 at every index but the
- * count positions (index_bytes 4 or 8, value_bytes the values'). Those positions are cleared and the
- * result's entries set, nothing else: 1. Nothing is written, 0, where a segment is dense (the algorithm
- * may have written into dense) or where the entries are too many for this to pay: then
- * scaleml_result_to_dense. */
+ * count positions (index_bytes 4 or 8). Those positions are cleared and the result's entries set, nothing
+ * else: 1. Nothing is written, 0, where a segment is dense (the algorithm may have written into dense) or
+ * where the entries are too many for this to pay: then scaleml_result_to_dense. */
 int scaleml_result_to_dense_over(const scaleml_result *result, void *dense, const void *positions, uint64_t count,
-                                 int index_bytes, int value_bytes);
+                                 int index_bytes);
 /* Number of entries scaleml_result_to_sparse writes. */
 uint64_t scaleml_result_sparse_count(const scaleml_result *result);
 /* Write the result as sorted (index, value) entries into arrays of capacity

@@ -705,8 +705,7 @@ def run_algorithm(private: MPI.Intracomm, call: Call, chosen: str, agreement: Ag
     result: np.ndarray | SparseVector
     if dense is not None:
         out = ffi.from_buffer(dense, require_writable=True)
-        if not (over and lib.scaleml_result_to_dense_over(res, out, ffi.from_buffer(idx), idx.size, idx.itemsize,
-                                                          dense.itemsize)):
+        if not (over and lib.scaleml_result_to_dense_over(res, out, ffi.from_buffer(idx), idx.size, idx.itemsize)):
             lib.scaleml_result_to_dense(res, out)
         result = dense
     else:

@@ -66,15 +66,15 @@ static void clear_positions(void *dense, const void *positions, uint64_t count, 
 }
 
 int scaleml_result_to_dense_over(const scaleml_result *res, void *dense, const void *positions, uint64_t count,
-                                 int index_bytes, int value_bytes)
+                                 int index_bytes)
 {
     uint64_t entries = 0;
     for (int i = 0; i < res->nsegments; i++) {
         if (res->segments[i].dense) return 0;
         entries += res->segments[i].nnz;
     }
-    if ((entries + count) * OVER_SHARE >= res->n) return 0;
-    clear_positions(dense, positions, count, index_bytes, value_bytes);
+    if (!res->nsegments || (entries + count) * OVER_SHARE >= res->n) return 0;
+    clear_positions(dense, positions, count, index_bytes, res->segments[0].value_bytes);
     for (int i = 0; i < res->nsegments; i++) sv_write_entries(&res->segments[i], dense);
     return 1;
 }

@@ -12,13 +12,12 @@ first calls (the tuner's baseline and exploration) are warm-up.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
-from timing import slowest_median  # bench/timing.py (this script's folder)
+from timing import save_json, slowest_median  # bench/timing.py (this script's folder)
 
 import scaleml
 
@@ -66,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['aa_ratio']:6.2f}  {row['algorithm']}")
         dropin.mpi_comm.Free()
     if args.json and rank == 0:
-        with open(args.json, "w") as f:
-            json.dump({"command": " ".join(["python", *sys.argv]), "rows": rows}, f, indent=1)
+        save_json(args.json, rows=rows)
     plain.Free()
     return 0
 

@@ -16,12 +16,11 @@ where the engine chose MPI and MPI is quick: see scaleml.nonblocking.)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 from mpi4py import MPI
-from timing import timed_interleaved  # bench/timing.py (this script's folder)
+from timing import save_json, timed_interleaved  # bench/timing.py (this script's folder)
 
 import scaleml
 
@@ -66,9 +65,7 @@ def main() -> None:
         if world.Get_rank() == 0:
             print(line, flush=True)
     if world.Get_rank() == 0 and args.json:
-        with open(args.json, "w") as f:
-            json.dump({"command": " ".join(["python", *sys.argv]), "argv": sys.argv, "ranks": world.Get_size(),
-                       "rows": rows}, f, indent=1)
+        save_json(args.json, argv=sys.argv, ranks=world.Get_size(), rows=rows)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
+from timing import save_json  # bench/timing.py (this script's folder)
 
 import scaleml
 
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{call:>10} {n:>8} floats ({row['route']:>15}): mpi4py {row['mpi4py_us']:.2f} us, "
               f"scaleml {row['scaleml_us']:.2f} us, overhead {row['overhead_us']:+.2f} us (A/A {row['aa_us']:+.2f} us)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"command": " ".join(["python", *sys.argv]), "rows": rows}, f, indent=1)
+        save_json(args.json, rows=rows)
     plain.Free()
     return 0
 

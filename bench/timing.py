@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -50,3 +53,9 @@ def timed_interleaved(steps: dict[str, Callable[[], object]], iterations: int, w
             step()
             times[name].append(time.perf_counter() - t0)
     return {name: slowest_median(values, comm) for name, values in times.items()}
+
+
+def save_json(path: str, **fields: Any) -> None:
+    """Write ``fields`` to ``path`` as JSON, after ``command``: the command line that made them."""
+    with open(path, "w") as f:
+        json.dump({"command": " ".join(["python", *sys.argv]), **fields}, f, indent=1)

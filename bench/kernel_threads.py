@@ -2,14 +2,24 @@
 selection of 2^24 float32 at one rank, every run printed; 1 thread is measured first and again last (an A/A
 control: the gap between the two is the noise of the machine).
 
+The thread counts take turns in every run (1, 2, 1, then 1, 2, 1 again...), so a spell in which the host
+slows the second core slows every pass alike instead of one pass. A last pass, "pair", runs two 1-thread
+calls at once on separate copies of the data, one per Python thread: what two cores of this machine give
+together at that moment, with no split to pay for. ``2 * (1 thread) / pair`` is then the most any split over
+two threads could reach, printed as the ceiling next to the 2-thread speedup. (CPU time the hypervisor stole
+shows in /proc/stat as ``steal``, printed too; a busy sibling hyperthread on the host does not show there,
+but does in the pair.)
+
     PYTHONPATH=$PWD python bench/kernel_threads.py [--log2n 24] [--runs 7] [--threads 1 2 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -44,6 +54,16 @@ def kernels(n: int) -> dict[str, Callable[[], int]]:
     }
 
 
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor took from this machine's CPUs so far (/proc/stat's ``steal``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log2n", type=int, default=24)
@@ -51,29 +71,46 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 1])
     args = parser.parse_args()
     n = 1 << args.log2n
-    calls = kernels(n)
-    best: dict[tuple[str, int], list[float]] = {}
-    print(f"n = 2^{args.log2n} float32, {args.runs} runs per kernel and thread count, milliseconds")
-    for pass_no, threads in enumerate(args.threads):
-        lib.scaleml_set_num_threads(threads)
-        for name, call in calls.items():
-            assert call() == 0  # warm-up
-            times = []
-            for _ in range(args.runs):
-                t0 = time.perf_counter()
-                rc = call()
-                times.append((time.perf_counter() - t0) * 1e3)
-                assert rc == 0
-            used = lib.scaleml_last_num_threads()
-            best[(name, pass_no)] = times
-            print(f"pass {pass_no} threads {threads} (used {used}) {name:<22}"
-                  + " ".join(f"{t:7.2f}" for t in times) + f"   median {np.median(times):7.2f}")
-    print("\nspeedup of each pass over pass 0 (medians)")
+    calls, copies = kernels(n), kernels(n)  # the pair's second call works on its own copy
+    passes = [*(str(t) for t in args.threads), "pair"]
+    times: dict[tuple[str, int], list[float]] = {(name, p): [] for name in calls for p in range(len(passes))}
+    used: dict[tuple[str, int], int] = {}
+    for call in calls.values():
+        for threads in set(args.threads):
+            lib.scaleml_set_num_threads(threads)
+            assert call() == 0  # warm-up (and the OpenMP team of that size)
+    stolen = steal_seconds()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(1) as other:
+        for _ in range(args.runs):
+            for name, call in calls.items():
+                for pass_no, threads in enumerate([*args.threads, 1]):
+                    lib.scaleml_set_num_threads(threads)
+                    t0 = time.perf_counter()
+                    second = other.submit(copies[name]) if passes[pass_no] == "pair" else None
+                    rc = call()
+                    if second is not None:
+                        rc |= second.result()
+                    times[(name, pass_no)].append((time.perf_counter() - t0) * 1e3)
+                    assert rc == 0
+                    used[(name, pass_no)] = lib.scaleml_last_num_threads()
+    elapsed = time.perf_counter() - start
+    print(f"n = 2^{args.log2n} float32, {args.runs} runs per kernel and pass, the passes in turns, milliseconds")
     for name in calls:
-        base = np.median(best[(name, 0)])
-        print(f"  {name:<22}" + "  ".join(f"pass {p} ({args.threads[p]} thr): {base / np.median(best[(name, p)]):.2f}x"
-                                          for p in range(1, len(args.threads))))
-
+        for pass_no, label in enumerate(passes):
+            t = times[(name, pass_no)]
+            used_now = used[(name, pass_no)]
+            what = "two 1-thread calls at once" if label == "pair" else f"threads {label} (used {used_now})"
+            print(f"pass {pass_no} {what} {name:<22}" + " ".join(f"{x:7.2f}" for x in t)
+                  + f"   median {np.median(t):7.2f}")
+    if stolen is not None:
+        print(f"stolen by the hypervisor: {steal_seconds() - stolen:.2f} s of CPU time in {elapsed:.2f} s")
+    print("\nspeedup of each pass over pass 0 (medians); ceiling: 2 x pass 0 / pair")
+    for name in calls:
+        base = np.median(times[(name, 0)])
+        print(f"  {name:<22}" + "  ".join(f"pass {p} ({args.threads[p]} thr): {base / np.median(times[(name, p)]):.2f}x"
+                                          for p in range(1, len(args.threads)))
+              + f"  ceiling: {2 * base / np.median(times[(name, len(args.threads))]):.2f}x")
 
 if __name__ == "__main__":
     main()

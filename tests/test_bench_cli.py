@@ -96,6 +96,8 @@ def test_short_sweep_under_mpiexec(tmp_path):
     assert header.split()[4:8] == ["min(us)", "avg(us)", "max(us)", "med(us)"] and header.split()[-1] == "#wrong"
     # nccl-tests' closing lines: the check, and the mean bus bandwidth over sizes, one line per method
     assert result.stdout.count("# Out of bounds values : 0 OK") == 1
+    # sparse data and the drop-in: one line says that its input, unlike the sparse rows', is the dense vector
+    assert result.stdout.count("# input: dropin gets the dense vector") == 1
     averages = {line.split()[-1]: float(line.split()[5]) for line in result.stdout.splitlines()
                 if line.startswith("# Avg bus bandwidth    : ")}
     assert set(averages) == set(bench.BUILTIN)

@@ -75,7 +75,9 @@ flags of nccl-tests and the OSU micro-benchmarks:
 output, as nccl-tests: per size, time (us), algbw = data size / time and busbw = algbw * factor (GB/s),
 factor 2(P-1)/P for the AllReduce-based methods, and (P-1)/P with data size P * size for the
 allgather-based ones (allgather:FORMAT); then "# Out of bounds values : N OK|FAILED" (-c 1) and
-"# Avg bus bandwidth    : X GB/s METHOD", the mean busbw over sizes, per method.
+"# Avg bus bandwidth    : X GB/s METHOD", the mean busbw over sizes, per method. With dropin and a
+density below 1, a line above the table says that dropin reads the dense vector while the sparse rows get
+the non-zeros as input.
 """
 
 # ---- command line --------------------------------------------------------------------------
@@ -769,6 +771,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"# {meta['mpi']}")
         print("# time in us; algbw, busbw in GB/s (busbw = algbw x 2(P-1)/P for AllReduce, (P-1)/P with P x "
               "the size for allgather:*)")
+        if "dropin" in methods and any(d < 1 for d in args.density):
+            print("# input: dropin gets the dense vector, as a user's Allreduce does, and reads all of it to find "
+                  "the non-zeros; the rows but MPI's get them as (index, value) pairs")
         print(header(), flush=True)
     progress_wanted = getattr(args, "progress", None)
     progress = _Progress(len(cases), rank == 0 and (progress_wanted if progress_wanted is not None

@@ -112,5 +112,6 @@ def main() -> None:
                                           for p in range(1, len(args.threads)))
               + f"  ceiling: {2 * base / np.median(times[(name, len(args.threads))]):.2f}x")
 
+
 if __name__ == "__main__":
     main()

@@ -53,6 +53,10 @@ int sv_should_densify(uint64_t nnz, uint64_t len, int index_bytes, int value_byt
     {                                                                                  \
         for (uint64_t i = 0; i < nnz; i++) dense[idx[i] - offset] = val[i];            \
     }                                                                                  \
+    static void scatter_zero_##SUFFIX(VT *dense, const IT *idx, uint64_t count)        \
+    {                                                                                  \
+        for (uint64_t i = 0; i < count; i++) dense[idx[i]] = 0;                        \
+    }                                                                                  \
     /* dense = the entries, zeros elsewhere: zeroed and set a chunk at a time while it  \
      * is in cache (a whole memset first would send the sets to memory again); entries \
      * past the chunk wait for theirs, any before it land on zeros already written. */ \
@@ -603,6 +607,11 @@ void sv_write_dense(const sv_segment *s, void *dense)
 void sv_write_entries(const sv_segment *s, void *whole)
 {
     SV_DISPATCH_VOID(s->index_bytes, s->value_bytes, scatter_set, whole, 0, s->indices, s->values, s->nnz);
+}
+
+void sv_zero_positions(void *whole, const void *positions, uint64_t count, int index_bytes, int value_bytes)
+{
+    SV_DISPATCH_VOID(index_bytes, value_bytes, scatter_zero, whole, positions, count);
 }
 
 uint64_t sv_sparse_entry_count(const sv_segment *s)

@@ -158,6 +158,8 @@ int sv_unpack_dense_into(const void *buf, size_t bytes, uint64_t len, int value_
 void sv_write_dense(const sv_segment *s, void *dense);
 /* Write a sparse segment's entries at their global indices of whole[0 .. n), and nothing else. */
 void sv_write_entries(const sv_segment *s, void *whole);
+/* Set whole[positions[i]] to zero for i < count (positions of index_bytes, values of value_bytes). */
+void sv_zero_positions(void *whole, const void *positions, uint64_t count, int index_bytes, int value_bytes);
 /* Entries that sv_write_sparse produces: nnz (sparse) or the non-zeros (dense). */
 uint64_t sv_sparse_entry_count(const sv_segment *s);
 /* Write those entries, at most capacity of them; returns how many were written. */

@@ -44,7 +44,16 @@ from . import timeline as _timeline
 from ._native import check, comm_address, ffi, lib
 from .dense_scan import extract_nonzeros
 from .errors import AGREEMENT_EXCEPTIONS, DeviceError
-from .tuner import BASELINE_RUNS, EXPLORE_LIMIT, EXPLORE_WITHIN, WIN_MARGIN, ClassStats, Tuner, bandwidth_factor
+from .tuner import (
+    BASELINE_RUNS,
+    EXACT_WIN_MARGIN,
+    EXPLORE_LIMIT,
+    EXPLORE_WITHIN,
+    WIN_MARGIN,
+    ClassStats,
+    Tuner,
+    bandwidth_factor,
+)
 from .value_format import ValueFormat
 
 __all__ = ["Agreement", "AllreduceInfo", "Call", "EngineState", "LocalError", "SparseVector", "Topology", "agree",
@@ -520,9 +529,12 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
             stats.go_mpi()
             return "dense", "no engine algorithm takes this call"
         prior = _prior(predicted, model, stats.mpi_seconds)
-        chosen = stats.choose(predicted, names, prior, _FAMILIES, ceiling=WIN_MARGIN * stats.mpi_seconds)
+        # what each must beat to run: exact ones give up nothing but time, lossy ones their error too
+        ceiling = {a: (EXACT_WIN_MARGIN if algorithms.get(a).exact else WIN_MARGIN) * stats.mpi_seconds
+                   for a in names}
+        chosen = stats.choose(predicted, names, prior, _FAMILIES, ceiling=ceiling)
         estimate = stats.chosen_estimate
-        if estimate < WIN_MARGIN * stats.mpi_seconds:
+        if estimate < ceiling[chosen]:
             stats.stay_engine()
             return chosen, _why(stats)
         stats.go_mpi()

@@ -33,7 +33,8 @@ The rules of a choice (:meth:`ClassStats.choose`), per size class and density
   :data:`EXPLORE_LIMIT` calls per class and density run an algorithm that was
   never measured there (the best-estimated first), and only one whose
   estimate is below :data:`EXPLORE_WITHIN` times the best measured one's (and,
-  for the drop-in, below :data:`WIN_MARGIN` of MPI's time): the model cannot
+  for the drop-in, below the margin of MPI's time that it would have to beat to
+  run: :data:`EXACT_WIN_MARGIN` or :data:`WIN_MARGIN`): the model cannot
   rank algorithms it puts close together, and trying one costs one call. The
   same budget pays a **second look**: an explored algorithm whose one (cold)
   sample is within 1.5x of the incumbent's warm estimate runs once more
@@ -56,9 +57,11 @@ The rules of a choice (:meth:`ClassStats.choose`), per size class and density
 
 For the drop-in (:class:`scaleml.Comm`) MPI's own ``MPI_Allreduce`` on the
 caller's buffers is the baseline: it is measured first (one call), and an
-engine algorithm runs only where its estimate is below :data:`WIN_MARGIN` of
-MPI's measured time (its best recent time: the comparison leans towards MPI).
-Otherwise the class goes to MPI directly, with no agreement at all, for the
+engine algorithm runs only where its estimate is below a margin of MPI's
+measured time (its best recent time: the comparison leans towards MPI): an
+exact algorithm below :data:`EXACT_WIN_MARGIN` of it, since it gives up nothing
+but time; a lossy one below :data:`WIN_MARGIN`, since its error is worth paying
+only for a clear gain. Otherwise the class goes to MPI directly, with no agreement at all, for the
 next ``backoff`` calls (4, then x4 up to 1024), so small and mid-size messages
 cost what MPI costs; the call that ends the period re-checks with fresh numbers.
 """
@@ -66,11 +69,16 @@ cost what MPI costs; the call that ends the period re-checks with fresh numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 WIN_MARGIN = 0.9
-"""An engine algorithm replaces MPI only when its estimate is below this fraction of MPI's time."""
+"""A lossy engine algorithm replaces MPI (exact) only when its estimate is below this fraction of MPI's time."""
+EXACT_WIN_MARGIN = 0.95
+"""An exact engine algorithm replaces MPI only when its estimate is below this fraction of MPI's time. MPI's time
+is its best recent one and the estimate a median, so the comparison already leans towards MPI; an exact
+algorithm measured 8% faster (the hierarchical one on 2 nodes of 2 ranks, whose ceiling over MPI is about
+1.25x) is worth its place, where a lossy one must also pay for its error."""
 SWITCH_MARGIN = 0.9
 """Another algorithm replaces the one in use (or is explored) only below this fraction of its estimate."""
 PRUNE_FACTOR = 4.0
@@ -221,7 +229,7 @@ class ClassStats:
 
     def choose(self, predicted: dict[str, float], candidates: Iterable[str],
                prior: dict[str, float] | None = None, families: dict[str, object] | None = None,
-               ceiling: float | None = None) -> str:
+               ceiling: float | Mapping[str, float] | None = None) -> str:
         """The algorithm to run among ``candidates`` (see the module's rules); the same on every rank.
 
         Parameters
@@ -236,8 +244,9 @@ class ClassStats:
         families : dict, optional
             Algorithm -> its family (algorithms that share a structure, whose model errs alike): an untried
             algorithm's prior is scaled by how far its measured relatives ran from theirs.
-        ceiling : float, optional
-            Never explore an algorithm estimated at or above this (the drop-in: 0.9 of MPI's time).
+        ceiling : float or dict, optional
+            Never explore an algorithm estimated at or above this, or at or above its own entry (the drop-in:
+            the margin of MPI's time that each algorithm must beat to run).
         """
         names = [a for a in candidates if a in predicted]
         if not names:
@@ -256,12 +265,16 @@ class ClassStats:
         measured = [a for a in viable if a in measured]
         untried = [a for a in viable if a not in measured]
         self.exploring = self.second_look = False
-        choice = self._choice(est, viable, measured, untried, math.inf if ceiling is None else ceiling)
+        if ceiling is None or isinstance(ceiling, Mapping):
+            caps = {a: (ceiling or {}).get(a, math.inf) for a in names}
+        else:
+            caps = dict.fromkeys(names, ceiling)
+        choice = self._choice(est, viable, measured, untried, caps)
         self.chosen_estimate = est[choice]
         return choice
 
     def _choice(self, est: dict[str, float], viable: list[str], measured: list[str], untried: list[str],
-                ceiling: float) -> str:
+                ceiling: dict[str, float]) -> str:
         bucket = self.bucket
         if not measured:  # the model's first choice: not exploration
             choice = min(viable, key=est.__getitem__)
@@ -276,14 +289,14 @@ class ClassStats:
             # A second look: an explored algorithm's one sample is its cold first call, which the incumbent's
             # is not (it ran twice); within reach of the incumbent, it runs once warm before it is judged.
             second = [a for a in measured if a != incumbent and self.runs(a) == 1
-                      and est[a] < min(EXPLORE_WITHIN * est[incumbent], ceiling)]
+                      and est[a] < min(EXPLORE_WITHIN * est[incumbent], ceiling[a])]
             if second:
                 self.explored[bucket] = self.explored.get(bucket, 0) + 1
                 self.exploring = self.second_look = True
                 return min(second, key=est.__getitem__)
         if untried and budget_left:
             candidate = min(untried, key=est.__getitem__)
-            if est[candidate] < min(EXPLORE_WITHIN * est[best_measured], ceiling):
+            if est[candidate] < min(EXPLORE_WITHIN * est[best_measured], ceiling[candidate]):
                 self.explored[bucket] = self.explored.get(bucket, 0) + 1
                 self.exploring = True
                 return candidate  # one call to measure it; the incumbent stays until it is beaten

@@ -9,7 +9,15 @@ from planner_sim import replay
 
 from scaleml import algorithms, engine
 from scaleml.compress import QSGD, Cast, OneBit
-from scaleml.tuner import EXPLORE_LIMIT, PRUNE_FACTOR, SWITCH_MARGIN, ClassStats, bandwidth_factor
+from scaleml.tuner import (
+    EXACT_WIN_MARGIN,
+    EXPLORE_LIMIT,
+    PRUNE_FACTOR,
+    SWITCH_MARGIN,
+    WIN_MARGIN,
+    ClassStats,
+    bandwidth_factor,
+)
 from scaleml.value_format import value_format
 
 # Times of one 2^22-float32 Allreduce at 4 ranks on the emulated cluster (4 hosts at 1 Gbit/s), as measured
@@ -126,6 +134,51 @@ def test_an_explored_algorithm_gets_a_warm_call_before_it_is_judged():
     spent = explored_once(1.2)
     spent.explored[spent.bucket] = EXPLORE_LIMIT
     assert spent.choose(predicted, ["a", "b"]) == "a"
+
+
+def test_each_algorithm_is_explored_only_below_its_own_ceiling():
+    """The drop-in's ceiling per algorithm: the margin of MPI's time that it must beat to run."""
+    predicted = {"a": 1.0, "exact": 0.93, "lossy": 0.92}
+    s = ClassStats()
+    assert s.choose(predicted, ["a"]) == "a"
+    for seconds in (1.0, 1.0):
+        s.record_engine("a", predicted["a"], seconds)
+        s.learn(*s.reports_ns())
+    ceiling = {"a": 0.95, "exact": 0.95, "lossy": 0.90}
+    assert s.choose(predicted, ["a", "lossy"], ceiling=ceiling) == "a"  # 0.92 is not below its 0.90
+    assert s.choose(predicted, ["a", "lossy"], ceiling=0.95) == "lossy" and s.exploring
+    assert s.choose(predicted, ["a", "exact"], ceiling=ceiling) == "exact" and s.exploring
+
+
+@pytest.mark.parametrize(("share", "adopted"), [(0.80, True), (0.92, True), (0.97, False)])
+def test_the_drop_in_takes_an_exact_algorithm_below_the_exact_margin(share, adopted):
+    """2 nodes of 2 ranks, the flat ring slower than MPI: ``hierarchical_dense`` at 0.92 of MPI's time (the
+    2 x 2 cluster's case, where its ceiling over MPI is about 1.25x) runs from the third call on; at 0.97,
+    above EXACT_WIN_MARGIN, the class returns to MPI after its one try."""
+    mpi = MPI_SECONDS
+    seconds = {a: 2 * mpi for a in algorithms.NAMES}
+    seconds["hierarchical_dense"] = share * mpi
+    routes = replay(seconds, mpi, calls=40, nodes=(2, 2, 2))[0]
+    assert share < EXACT_WIN_MARGIN or not adopted
+    assert routes[:3] == ["mpi", "mpi", "hierarchical_dense"], routes
+    steady = set(routes[10:])
+    assert steady == ({"hierarchical_dense"} if adopted else {"mpi"}), routes
+
+
+@pytest.mark.parametrize("compression", [Cast("fp16"), QSGD(bits=4)])
+def test_a_lossy_format_must_beat_the_lossy_margin(compression):
+    """Every lossy algorithm at 0.93 of MPI's time (faster, but not by WIN_MARGIN): the drop-in may try them
+    within its budget, and then stays on MPI, exact; at 0.85 it runs the format."""
+    mpi = MPI_SECONDS
+    for share, lossy_in_the_end in ((0.93, False), (0.85, True)):
+        seconds = {a: (2 * mpi if algorithms.REGISTRY[a].exact else share * mpi) for a in algorithms.NAMES}
+        routes = replay(seconds, mpi, compression=compression, calls=40)[0]
+        assert WIN_MARGIN < share or lossy_in_the_end
+        tail = set(routes[20:])
+        if lossy_in_the_end:
+            assert tail and all(not algorithms.REGISTRY[r].exact for r in tail), routes
+        else:
+            assert tail == {"mpi"}, routes
 
 
 def test_a_measured_relative_corrects_an_untried_algorithms_estimate():

@@ -62,8 +62,9 @@ measured time (its best recent time: the comparison leans towards MPI): an
 exact algorithm below :data:`EXACT_WIN_MARGIN` of it, since it gives up nothing
 but time; a lossy one below :data:`WIN_MARGIN`, since its error is worth paying
 only for a clear gain. Otherwise the class goes to MPI directly, with no
-agreement at all, for the next ``backoff`` calls (4, then x4 up to 1024), so small and mid-size messages
-cost what MPI costs; the call that ends the period re-checks with fresh numbers.
+agreement at all, for the next ``backoff`` calls (4, then x4 up to 1024), so
+small and mid-size messages cost what MPI costs; the call that ends the period
+re-checks with fresh numbers.
 """
 
 from __future__ import annotations

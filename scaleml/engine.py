@@ -504,6 +504,9 @@ def _prior(predicted: dict[str, float], model: Callable[[float], dict[str, float
 _FAMILIES = {a.name: (a.exact, "dense" in a.input_forms) for a in algorithms.REGISTRY.values()}
 """Algorithms whose model errs alike (exact or lossy, dense or sparse input): a measured one corrects the
 estimates of its untried relatives (:meth:`scaleml.tuner.ClassStats.choose`)."""
+_WIN_MARGINS = {a.name: EXACT_WIN_MARGIN if a.exact else WIN_MARGIN for a in algorithms.REGISTRY.values()}
+"""The fraction of MPI's time each algorithm must beat to replace it in the drop-in: exact ones give up nothing
+but time, lossy ones their error too."""
 
 
 def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predicted: dict[str, float],
@@ -529,9 +532,7 @@ def plan(call: Call, code: int, agreement: Agreement, stats: ClassStats, predict
             stats.go_mpi()
             return "dense", "no engine algorithm takes this call"
         prior = _prior(predicted, model, stats.mpi_seconds)
-        # what each must beat to run: exact ones give up nothing but time, lossy ones their error too
-        ceiling = {a: (EXACT_WIN_MARGIN if algorithms.get(a).exact else WIN_MARGIN) * stats.mpi_seconds
-                   for a in names}
+        ceiling = {a: _WIN_MARGINS[a] * stats.mpi_seconds for a in names}
         chosen = stats.choose(predicted, names, prior, _FAMILIES, ceiling=ceiling)
         estimate = stats.chosen_estimate
         if estimate < ceiling[chosen]:

@@ -230,7 +230,7 @@ class ClassStats:
 
     def choose(self, predicted: dict[str, float], candidates: Iterable[str],
                prior: dict[str, float] | None = None, families: dict[str, object] | None = None,
-               ceiling: float | Mapping[str, float] | None = None) -> str:
+               ceiling: Mapping[str, float] | None = None) -> str:
         """The algorithm to run among ``candidates`` (see the module's rules); the same on every rank.
 
         Parameters
@@ -245,9 +245,9 @@ class ClassStats:
         families : dict, optional
             Algorithm -> its family (algorithms that share a structure, whose model errs alike): an untried
             algorithm's prior is scaled by how far its measured relatives ran from theirs.
-        ceiling : float or dict, optional
-            Never explore an algorithm estimated at or above this, or at or above its own entry (the drop-in:
-            the margin of MPI's time that each algorithm must beat to run).
+        ceiling : dict, optional
+            Algorithm -> never explore it estimated at or above this (the drop-in: the margin of MPI's time
+            that it must beat to run); an algorithm not in it has no ceiling.
         """
         names = [a for a in candidates if a in predicted]
         if not names:
@@ -266,10 +266,7 @@ class ClassStats:
         measured = [a for a in viable if a in measured]
         untried = [a for a in viable if a not in measured]
         self.exploring = self.second_look = False
-        if ceiling is None or isinstance(ceiling, Mapping):
-            caps = {a: (ceiling or {}).get(a, math.inf) for a in names}
-        else:
-            caps = dict.fromkeys(names, ceiling)
+        caps = {a: (ceiling or {}).get(a, math.inf) for a in names}
         choice = self._choice(est, viable, measured, untried, caps)
         self.chosen_estimate = est[choice]
         return choice

@@ -146,7 +146,7 @@ def test_each_algorithm_is_explored_only_below_its_own_ceiling():
         s.learn(*s.reports_ns())
     ceiling = {"a": 0.95, "exact": 0.95, "lossy": 0.90}
     assert s.choose(predicted, ["a", "lossy"], ceiling=ceiling) == "a"  # 0.92 is not below its 0.90
-    assert s.choose(predicted, ["a", "lossy"], ceiling=0.95) == "lossy" and s.exploring
+    assert s.choose(predicted, ["a", "lossy"], ceiling={"a": 0.95, "lossy": 0.95}) == "lossy" and s.exploring
     assert s.choose(predicted, ["a", "exact"], ceiling=ceiling) == "exact" and s.exploring
 
 
